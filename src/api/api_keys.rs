@@ -1,0 +1,139 @@
+//! `/api/v1/api-keys` (admin scope).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::{generate_key, Caller};
+use super::error::{ApiError, ErrorEnvelope, Validation};
+use super::extract::{encode_cursor, ApiJson, ApiPath, ApiQuery, Data, List, ListParams};
+use super::AppState;
+use crate::clock::format_ms;
+use crate::store::ids::{format_id, parse_id, IdKind};
+use crate::store::records::{ApiKeyRecord, Scope};
+use crate::store::{api_keys, StoreError};
+
+/// Body of `POST /api/v1/api-keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    /// 1 to 200 characters.
+    pub name: String,
+    /// One or more of `webhooks:read`, `webhooks:write`, `admin`.
+    pub scopes: Vec<String>,
+}
+
+/// An API key as listed (the key itself is never shown again).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyView {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// First 8 characters of the key.
+    pub prefix: String,
+    pub created_at: String,
+    /// The key; present only in the response that creates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl ApiKeyView {
+    fn from_record(record: &ApiKeyRecord, key: Option<String>) -> Self {
+        ApiKeyView {
+            id: format_id(IdKind::ApiKey, record.id),
+            name: record.name.clone(),
+            scopes: record.scopes.iter().map(|s| s.as_str().to_string()).collect(),
+            prefix: record.prefix.clone(),
+            created_at: format_ms(record.created_at_ms),
+            key,
+        }
+    }
+}
+
+/// Checks a key's name and scopes, as the API and the CLI both need.
+pub fn validate_key_request(name: &str, scopes: &[String]) -> Result<Vec<Scope>, ApiError> {
+    let mut v = Validation::default();
+    let name_len = name.chars().count();
+    v.check(
+        (1..=200).contains(&name_len) && !name.trim().is_empty(),
+        "name",
+        "must be 1 to 200 characters",
+    );
+    let mut parsed = Vec::new();
+    for (i, s) in scopes.iter().enumerate() {
+        match Scope::parse(s) {
+            Some(scope) if !parsed.contains(&scope) => parsed.push(scope),
+            Some(_) => {}
+            None => v.fail(
+                &format!("scopes[{i}]"),
+                format!("unknown scope `{s}`; use webhooks:read, webhooks:write or admin"),
+            ),
+        }
+    }
+    v.check(!scopes.is_empty(), "scopes", "give at least one scope");
+    v.finish()?;
+    parsed.sort();
+    Ok(parsed)
+}
+
+/// Creates an API key; the key is in this response and nowhere else, ever.
+#[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys",
+    request_body = CreateApiKey,
+    responses((status = 201, body = Data<ApiKeyView>), (status = "4XX", body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateApiKey>,
+) -> Result<(StatusCode, Json<Data<ApiKeyView>>), ApiError> {
+    caller.require(Scope::Admin)?;
+    let scopes = validate_key_request(&body.name, &body.scopes)?;
+    let new = generate_key(body.name.trim(), scopes);
+    let record = new.record.clone();
+    state
+        .store
+        .write(move |txn| api_keys::insert(txn, &record))
+        .await?;
+    let view = ApiKeyView::from_record(&new.record, Some(new.key));
+    Ok((StatusCode::CREATED, Json(Data { data: view })))
+}
+
+/// Lists API keys, newest first.
+#[utoipa::path(get, path = "/api/v1/api-keys", tag = "api-keys",
+    params(ListParams),
+    responses((status = 200, body = List<ApiKeyView>), (status = "4XX", body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<List<ApiKeyView>>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let (limit, cursor) = (params.limit()?, params.cursor()?);
+    let page = state.store.read(|txn| api_keys::list(txn, cursor, limit))?;
+    Ok(Json(List {
+        data: page.items.iter().map(|r| ApiKeyView::from_record(r, None)).collect(),
+        next_cursor: encode_cursor(page.next),
+    }))
+}
+
+/// Revokes an API key; it stops working at once.
+#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "api-keys",
+    params(("id" = String, Path, description = "API key id (`key_...`)")),
+    responses((status = 204), (status = "4XX", body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Admin)?;
+    let id = parse_id(IdKind::ApiKey, &id).ok_or_else(|| ApiError::not_found("no such API key"))?;
+    match state.store.write(move |txn| api_keys::delete(txn, id)).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(StoreError::NotFound) => Err(ApiError::not_found("no such API key")),
+        Err(e) => Err(e.into()),
+    }
+}

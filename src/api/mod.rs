@@ -1,0 +1,147 @@
+//! The HTTP surface: REST API under `/api/v1`, operations endpoints, and
+//! (from the ingest module) `/in/{slug}`.
+//!
+//! Routes are registered through utoipa-axum, so the OpenAPI document is
+//! built from the same list the router serves and cannot drift from it.
+
+pub mod api_keys;
+pub mod auth;
+pub mod destinations;
+pub mod error;
+pub mod extract;
+pub mod ops;
+pub mod sources;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    /// `server.public_url` without a trailing slash.
+    pub public_url: Arc<str>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Krafter",
+        description = "Self-hosted webhook relay: verify, store durably, fan out, retry, replay."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "api-keys", description = "API keys (admin scope)"),
+        (name = "sources", description = "Sources: where providers send webhooks"),
+        (name = "destinations", description = "Destinations: where Krafter forwards them"),
+        (name = "operations", description = "Health, readiness, metrics and this document")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key: `krf_...`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document served at `/api/v1/openapi.json`.
+#[derive(Clone)]
+pub struct OpenApiJson(pub Arc<String>);
+
+/// Every route with its OpenAPI entry.
+fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(api_keys::create, api_keys::list))
+        .routes(routes!(api_keys::delete))
+        .routes(routes!(sources::create, sources::list))
+        .routes(routes!(sources::get, sources::update, sources::delete))
+        .routes(routes!(destinations::create, destinations::list))
+        .routes(routes!(
+            destinations::get,
+            destinations::update,
+            destinations::delete
+        ))
+        .routes(routes!(destinations::rotate_secret))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+}
+
+/// The OpenAPI document, without starting anything (for tests and tools).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented_routes().into_openapi()
+}
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    let (routes, openapi) = documented_routes().split_for_parts();
+    let json = openapi
+        .to_pretty_json()
+        .unwrap_or_else(|_| "{}".to_string());
+    let max_body = state.config.server.max_body_bytes;
+    routes
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(Extension(OpenApiJson(Arc::new(json))))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+/// Counts and logs every request by its route template, so ids and slugs
+/// (which are bearer-like for ingest) never reach logs or metric labels.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    state.metrics.observe_request(method.as_str(), &route, status);
+    tracing::info!(
+        method = %method,
+        route = %route,
+        status,
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::internal().into_response()
+}

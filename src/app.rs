@@ -1,0 +1,123 @@
+//! Starting and stopping a whole Krafter server, in-process.
+//!
+//! `krafter serve` and the end-to-end tests use the same [`start`], so the
+//! tests exercise exactly what users run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::http::server::{self, ConnectionLimits};
+use crate::http::tls::{self, TlsError};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A server that is accepting requests.
+pub struct RunningServer {
+    addr: SocketAddr,
+    admin_key_file: Option<PathBuf>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    store: Store,
+}
+
+/// Opens storage, makes the bootstrap key if none exists, binds the
+/// listener and starts serving. When this returns, `/healthz` answers and
+/// `admin.key` (if made) is on disk.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::open(&config.storage, metrics.clone())?;
+    let admin_key_file = api::auth::ensure_bootstrap_key(&store).await?;
+    if let Some(path) = &admin_key_file {
+        tracing::info!(path = %path.display(), "created the bootstrap admin API key; read it from this file");
+    }
+    let acceptor = match (&config.server.tls.cert_path, &config.server.tls.key_path) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.server.listen,
+        source,
+    })?;
+    let limits = ConnectionLimits {
+        header_read_timeout: config.server.header_read_timeout,
+        tls_handshake_timeout: Duration::from_secs(10),
+        shutdown_grace: config.server.shutdown_grace,
+    };
+    let mut public_url = config.public_url();
+    if config.server.public_url.is_empty() && config.server.listen.port() == 0 {
+        // An ephemeral port is only known now.
+        let scheme = if config.tls_enabled() { "https" } else { "http" };
+        public_url = format!("{scheme}://{addr}");
+    }
+    let state = AppState {
+        store: store.clone(),
+        config: Arc::new(config),
+        metrics,
+        public_url: public_url.into(),
+    };
+    let router = api::router(state);
+    let tls_on = acceptor.is_some();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(listener, router, acceptor, limits, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(%addr, tls = tls_on, "listening");
+    Ok(RunningServer {
+        addr,
+        admin_key_file,
+        stop: Some(stop),
+        task,
+        store,
+    })
+}
+
+impl RunningServer {
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Path of the bootstrap key file, when this start created it.
+    pub fn admin_key_file(&self) -> Option<&PathBuf> {
+        self.admin_key_file.as_ref()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (within the grace
+    /// period), commits queued writes and closes storage.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+        self.store.close().await;
+    }
+}

@@ -1,0 +1,433 @@
+//! Configuration: built-in defaults < TOML file < `KRAFTER_*` environment.
+//!
+//! Every struct denies unknown fields so a typo in a key is a startup error
+//! that names the key, rather than a setting silently ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Environment variable naming the config file when `--config` is absent.
+pub const CONFIG_ENV: &str = "KRAFTER_CONFIG";
+/// Config file used when present in the working directory.
+pub const LOCAL_CONFIG: &str = "krafter.toml";
+/// Config file used by the packaged service.
+pub const SYSTEM_CONFIG: &str = "/etc/krafter/krafter.toml";
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key is unknown, has the wrong type or an unparsable value; figment's
+    /// message names the key and the source it came from.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// A value parsed but makes no sense (e.g. an empty retry schedule).
+    #[error("invalid configuration: `{key}`: {message}")]
+    Value { key: &'static str, message: String },
+    /// The file named by `--config` or `KRAFTER_CONFIG` does not exist.
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+/// The whole configuration. Field names are the contract (SPEC §2).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub delivery: DeliveryConfig,
+    pub log: LogConfig,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Base URL the world reaches Krafter at; ingest URLs are built from it.
+    /// Empty means "derived from `listen`" (http, or https when TLS is on).
+    pub public_url: String,
+    /// Largest request body accepted, on ingest and on the API.
+    pub max_body_bytes: usize,
+    /// How long a client may take to send a request's headers (slowloris guard).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long graceful shutdown waits for in-flight requests.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub tls: TlsConfig,
+}
+
+/// PEM files for HTTPS; when both are set the listener speaks HTTPS only.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+}
+
+/// The redb database.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory holding `krafter.redb`, `admin.key` and `secrets.key`.
+    pub path: PathBuf,
+    /// redb page cache; redb's own default (1 GiB) is too much for a small VM.
+    pub cache_size_bytes: usize,
+    /// Save allocator state with each commit so restart after a crash is
+    /// near-instant instead of a walk of the whole file.
+    pub quick_repair: bool,
+    /// Most operations the writer folds into one durable commit.
+    pub max_batch_ops: usize,
+    /// Operations that may wait for the writer before callers are refused.
+    pub queue_capacity: usize,
+}
+
+/// Outgoing deliveries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "duration_list")]
+    pub retry_schedule: Vec<Duration>,
+    pub max_in_flight_per_destination: usize,
+    /// Allow destinations on loopback/private/link-local/... addresses.
+    pub allow_private_networks: bool,
+    /// PEM bundle trusted in addition to the system roots.
+    pub extra_ca_path: Option<PathBuf>,
+    /// A destination whose deliveries all fail for this long is disabled.
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive: `info`, `debug`, `krafter=debug,info`.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: String::new(),
+            max_body_bytes: 5 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(25),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::from("./krafter-data"),
+            cache_size_bytes: 64 * 1024 * 1024,
+            quick_repair: true,
+            max_batch_ops: 1024,
+            queue_capacity: 8192,
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let schedule = [5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600];
+        DeliveryConfig {
+            timeout: Duration::from_secs(15),
+            retry_schedule: schedule.into_iter().map(Duration::from_secs).collect(),
+            max_in_flight_per_destination: 16,
+            allow_private_networks: false,
+            extra_ca_path: None,
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            delivery: DeliveryConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration the way `krafter serve` does: the explicit
+    /// file, else `$KRAFTER_CONFIG`, else `./krafter.toml`, else
+    /// `/etc/krafter/krafter.toml`, each only if present; then the
+    /// environment on top.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = Self::find_file(explicit)?;
+        Self::from_figment(Self::figment(file.as_deref()))
+    }
+
+    /// The file that [`Config::load`] reads, if any.
+    pub fn find_file(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+        let named = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
+        if let Some(path) = named {
+            return if path.is_file() {
+                Ok(Some(path))
+            } else {
+                Err(ConfigError::MissingFile(path))
+            };
+        }
+        Ok([LOCAL_CONFIG, SYSTEM_CONFIG]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file()))
+    }
+
+    /// Defaults, then the file (if any), then `KRAFTER_*` variables with
+    /// `__` separating nesting levels.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment.merge(Env::prefixed("KRAFTER_").split("__").ignore(&["config"]))
+    }
+
+    /// Extracts and validates a configuration from any figment, so tests can
+    /// layer their own values.
+    pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key, message: &str| {
+            Err(ConfigError::Value {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if self.server.max_body_bytes == 0 {
+            return fail("server.max_body_bytes", "must be greater than 0");
+        }
+        if !self.server.public_url.is_empty() {
+            match url::Url::parse(&self.server.public_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => return fail("server.public_url", "must be an absolute http(s) URL"),
+            }
+        }
+        if self.server.tls.cert_path.is_some() != self.server.tls.key_path.is_some() {
+            return fail(
+                "server.tls",
+                "set both cert_path and key_path, or neither",
+            );
+        }
+        if self.storage.path.as_os_str().is_empty() {
+            return fail("storage.path", "must not be empty");
+        }
+        if self.storage.max_batch_ops == 0 || self.storage.queue_capacity == 0 {
+            return fail(
+                "storage.max_batch_ops",
+                "max_batch_ops and queue_capacity must be greater than 0",
+            );
+        }
+        if self.delivery.retry_schedule.is_empty() {
+            return fail("delivery.retry_schedule", "must have at least one step");
+        }
+        if self.delivery.timeout.is_zero() {
+            return fail("delivery.timeout", "must be greater than 0");
+        }
+        if self.delivery.max_in_flight_per_destination == 0 {
+            return fail(
+                "delivery.max_in_flight_per_destination",
+                "must be greater than 0",
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return fail("log.level", &e.to_string());
+        }
+        Ok(())
+    }
+
+    /// The public base URL without a trailing slash, derived from the
+    /// listener when not configured.
+    pub fn public_url(&self) -> String {
+        if self.server.public_url.is_empty() {
+            let scheme = if self.tls_enabled() { "https" } else { "http" };
+            format!("{scheme}://{}", self.server.listen)
+        } else {
+            self.server.public_url.trim_end_matches('/').to_string()
+        }
+    }
+
+    /// Whether the listener speaks HTTPS.
+    pub fn tls_enabled(&self) -> bool {
+        self.server.tls.cert_path.is_some() && self.server.tls.key_path.is_some()
+    }
+
+    /// The effective configuration as TOML, for `krafter check-config`.
+    /// Nothing in the config is a secret today (TLS keys are paths), but the
+    /// userinfo of `public_url` is masked in case someone put one there.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        if let Ok(mut url) = url::Url::parse(&shown.server.public_url) {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("****"));
+                shown.server.public_url = url.to_string();
+            }
+        }
+        shown.server.public_url = shown.public_url();
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n{shown:#?}"))
+    }
+}
+
+/// figment's errors name the key (`for key "server.listen"`) but prefix it
+/// with the profile name; keep the message, drop the noise.
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| e.to_string().replace("default.", ""))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `["5s", "5m"]` ⇄ `Vec<Duration>` (humantime-serde handles one value only).
+mod duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        list.iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<humantime_serde::Serde<Duration>>::deserialize(d)
+            .map(|list| list.into_iter().map(|x| x.into_inner()).collect())
+    }
+}
+
+/// Parses a duration written as in the config (`"15s"`, `"5m"`, `"5d"`).
+pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::default();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.public_url(), "http://127.0.0.1:8080");
+        assert_eq!(c.server.max_body_bytes, 5 * 1024 * 1024);
+        assert_eq!(c.storage.path, PathBuf::from("./krafter-data"));
+        assert_eq!(c.delivery.timeout, Duration::from_secs(15));
+        let steps: Vec<u64> = c.delivery.retry_schedule.iter().map(|d| d.as_secs()).collect();
+        assert_eq!(steps, vec![5, 300, 1800, 7200, 18000, 36000, 36000]);
+        assert_eq!(c.delivery.max_in_flight_per_destination, 16);
+        assert!(!c.delivery.allow_private_networks);
+        assert_eq!(c.delivery.disable_after, Duration::from_secs(5 * 86400));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = from_toml("[server]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = from_toml("[delivery]\ntimeout = \"soon\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("delivery.timeout"), "{text}");
+    }
+
+    #[test]
+    fn durations_and_lists_parse() {
+        let c = from_toml("[delivery]\ntimeout = \"2s\"\nretry_schedule = [\"1s\", \"5m\"]\ndisable_after = \"5d\"\n")
+            .unwrap();
+        assert_eq!(c.delivery.timeout, Duration::from_secs(2));
+        assert_eq!(
+            c.delivery.retry_schedule,
+            vec![Duration::from_secs(1), Duration::from_secs(300)]
+        );
+    }
+
+    #[test]
+    fn half_tls_is_refused() {
+        let err = from_toml("[server.tls]\ncert_path = \"/tmp/c.pem\"\n").unwrap_err();
+        assert!(err.to_string().contains("server.tls"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file_with_double_underscore_nesting() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("k.toml", "[server]\nlisten = \"127.0.0.1:9000\"\n")?;
+            jail.set_env("KRAFTER_SERVER__LISTEN", "127.0.0.1:9100");
+            jail.set_env("KRAFTER_DELIVERY__RETRY_SCHEDULE", "[\"1s\",\"5s\"]");
+            jail.set_env("KRAFTER_SERVER__MAX_BODY_BYTES", "1024");
+            jail.set_env("KRAFTER_CONFIG", "ignored-by-the-extractor");
+            let c = Config::from_figment(Config::figment(Some(Path::new("k.toml"))))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.server.listen.to_string(), "127.0.0.1:9100");
+            assert_eq!(c.server.max_body_bytes, 1024);
+            assert_eq!(
+                c.delivery.retry_schedule,
+                vec![Duration::from_secs(1), Duration::from_secs(5)]
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn public_url_derives_from_listener_and_tls() {
+        let mut c = Config::default();
+        c.server.listen = "0.0.0.0:8443".parse().unwrap();
+        c.server.tls.cert_path = Some("c".into());
+        c.server.tls.key_path = Some("k".into());
+        assert_eq!(c.public_url(), "https://0.0.0.0:8443");
+        c.server.public_url = "https://hooks.example.com/".into();
+        assert_eq!(c.public_url(), "https://hooks.example.com");
+    }
+}

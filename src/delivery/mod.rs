@@ -1,0 +1,3 @@
+//! Outgoing deliveries.
+
+pub mod ssrf;

@@ -1,0 +1,3 @@
+//! Inbound webhooks: `POST /in/{slug}`.
+
+pub mod providers;

@@ -1,0 +1,598 @@
+//! Inbound signature verification, one module per provider.
+//!
+//! Every provider verifies exactly as its official SDK does (see
+//! `shared/PROVIDERS.md`): over the raw body bytes, in constant time,
+//! against every secret a source currently accepts (key rotation). All of
+//! it is pure, synchronous and I/O-free, so the ingest route can call it
+//! inline and tests need no server.
+//!
+//! The ingest route's order (SPEC §7):
+//! 1. [`pre_verification_handshake`] → answer 200 and stop (nothing stored);
+//! 2. [`verify`] → on `Err`, 401 `invalid_signature` (the error's message is
+//!    safe to show: it never contains a secret or a signature);
+//! 3. [`post_verification_handshake`] → answer 200 and stop;
+//! 4. [`event_type`] and [`provider_event_id`], then dedup and store.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+mod common;
+mod generic_hmac;
+mod github;
+mod none;
+mod shopify;
+mod slack;
+mod standard_webhooks;
+mod stripe;
+
+pub use common::{MAX_EVENT_FIELD_BYTES, MAX_SIGNATURE_HEADER_BYTES};
+
+/// Which provider signs a source's webhooks. The snake_case names are part
+/// of the public API (SPEC §8) and are stored in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Stripe,
+    Github,
+    Shopify,
+    Slack,
+    StandardWebhooks,
+    Svix,
+    GenericHmac,
+    None,
+}
+
+impl ProviderKind {
+    /// `none` is the only provider that accepts unsigned requests, so it is
+    /// the only one whose source may have no signing secret.
+    pub fn requires_secret(self) -> bool {
+        !matches!(self, ProviderKind::None)
+    }
+}
+
+/// How a `generic_hmac` source's requests are signed and described.
+///
+/// Stored with postcard, so no `skip_serializing_if`/`flatten`/`untagged`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenericHmacConfig {
+    /// Header carrying the signature, e.g. `X-Signature`.
+    pub signature_header: String,
+    /// `hex` or `base64`.
+    #[serde(default)]
+    pub encoding: SignatureEncoding,
+    /// Text before the signature in the header, e.g. `sha256=`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// JSON pointer (RFC 6901) to the event type in the body, e.g. `/type`.
+    #[serde(default)]
+    pub event_type_pointer: Option<String>,
+    /// Header carrying the event type (used when no pointer is set).
+    #[serde(default)]
+    pub event_type_header: Option<String>,
+    /// Header carrying the provider's event id, for de-duplication.
+    #[serde(default)]
+    pub event_id_header: Option<String>,
+    /// JSON pointer to the provider's event id (used when no header is set).
+    #[serde(default)]
+    pub event_id_pointer: Option<String>,
+}
+
+/// Text encoding of a generic HMAC signature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureEncoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+/// What the ingest route hands a provider: the request as received. The
+/// clock is passed in (not read) so verification stays pure and testable.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    /// Request headers; looked up case-insensitively.
+    pub headers: &'a http::HeaderMap,
+    /// The raw body bytes exactly as received (signatures cover these, never
+    /// a re-serialisation).
+    pub body: &'a [u8],
+    /// Current Unix time in seconds, for timestamp tolerance checks.
+    pub now_unix: i64,
+}
+
+/// Why a request failed verification. Every message is safe to return to
+/// the caller: it names at most a header, never a secret or signature.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// A header the scheme requires is absent or blank.
+    #[error("missing required header `{0}`")]
+    MissingHeader(Cow<'static, str>),
+    /// A required header is unparseable, not visible ASCII, or longer than
+    /// [`MAX_SIGNATURE_HEADER_BYTES`].
+    #[error("malformed header `{0}`")]
+    MalformedHeader(Cow<'static, str>),
+    /// The signed timestamp is outside the provider's tolerance window
+    /// (a replayed or badly delayed request).
+    #[error("timestamp outside the allowed tolerance")]
+    TimestampOutsideTolerance,
+    /// No signature in the request matches any accepted secret.
+    #[error("no matching signature")]
+    NoMatchingSignature,
+    /// The provider never signs an empty body (Shopify).
+    #[error("empty body")]
+    EmptyBody,
+    /// The source has no usable secret (none, only empty ones, or, for
+    /// Standard Webhooks/Svix, none that decodes), so nothing can verify.
+    #[error("the source has no usable signing secret")]
+    NoSecret,
+    /// A `generic_hmac` source without its signature configuration.
+    #[error("the source has no generic_hmac configuration")]
+    MissingConfig,
+}
+
+/// A reply to a provider handshake: always HTTP 200, never stored or
+/// forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeReply {
+    /// Value of the `Content-Type` header.
+    pub content_type: &'static str,
+    /// Response body.
+    pub body: Vec<u8>,
+}
+
+/// Verifies `inbound` for a source of provider `kind`.
+///
+/// `secrets` are the secrets the source currently accepts: the current one
+/// first, then the previous one during a 24 h rotation overlap; any may
+/// match. Each is the raw bytes of the secret as the user entered it (e.g.
+/// `b"whsec_..."`); providers that need decoding decode it themselves.
+/// `config` is only read for `generic_hmac`. `none` always succeeds.
+pub fn verify(
+    kind: ProviderKind,
+    config: Option<&GenericHmacConfig>,
+    inbound: &Inbound<'_>,
+    secrets: &[&[u8]],
+) -> Result<(), VerifyError> {
+    match kind {
+        ProviderKind::Stripe => stripe::verify(inbound, secrets),
+        ProviderKind::Github => github::verify(inbound, secrets),
+        ProviderKind::Shopify => shopify::verify(inbound, secrets),
+        ProviderKind::Slack => slack::verify(inbound, secrets),
+        ProviderKind::StandardWebhooks => standard_webhooks::verify(false, inbound, secrets),
+        ProviderKind::Svix => standard_webhooks::verify(true, inbound, secrets),
+        ProviderKind::GenericHmac => generic_hmac::verify(config, inbound, secrets),
+        ProviderKind::None => Ok(()),
+    }
+}
+
+/// Requests answered before verification and never stored: Slack's
+/// `ssl_check=1` probe, which carries no usable signature.
+pub fn pre_verification_handshake(
+    kind: ProviderKind,
+    inbound: &Inbound<'_>,
+) -> Option<HandshakeReply> {
+    match kind {
+        ProviderKind::Slack => slack::pre_verification_handshake(inbound),
+        _ => None,
+    }
+}
+
+/// Requests answered after successful verification and never stored:
+/// Slack `url_verification` → 200 `{"challenge": ...}`. `json` is the body
+/// parsed once by the caller (`None` when it is not JSON).
+pub fn post_verification_handshake(
+    kind: ProviderKind,
+    _inbound: &Inbound<'_>,
+    json: Option<&serde_json::Value>,
+) -> Option<HandshakeReply> {
+    match kind {
+        ProviderKind::Slack => slack::post_verification_handshake(json),
+        _ => None,
+    }
+}
+
+/// The event type per SPEC §8 (destinations filter on it), or `"unknown"`.
+/// Longer than [`MAX_EVENT_FIELD_BYTES`] → truncated at a character
+/// boundary.
+pub fn event_type(
+    kind: ProviderKind,
+    config: Option<&GenericHmacConfig>,
+    inbound: &Inbound<'_>,
+    json: Option<&serde_json::Value>,
+) -> String {
+    match kind {
+        ProviderKind::Stripe => stripe::event_type(json),
+        ProviderKind::Github => github::event_type(inbound.headers),
+        ProviderKind::Shopify => shopify::event_type(inbound.headers),
+        ProviderKind::Slack => slack::event_type(json),
+        ProviderKind::StandardWebhooks | ProviderKind::Svix => standard_webhooks::event_type(json),
+        ProviderKind::GenericHmac => generic_hmac::event_type(config, inbound.headers, json),
+        ProviderKind::None => none::event_type(json),
+    }
+}
+
+/// The provider's own event id, used to de-duplicate retries and
+/// redeliveries, if the provider has one. Blank ids and ids longer than
+/// [`MAX_EVENT_FIELD_BYTES`] give `None` (never truncated: two ids sharing
+/// a prefix must not be mistaken for duplicates).
+pub fn provider_event_id(
+    kind: ProviderKind,
+    config: Option<&GenericHmacConfig>,
+    inbound: &Inbound<'_>,
+    json: Option<&serde_json::Value>,
+) -> Option<String> {
+    match kind {
+        ProviderKind::Stripe => stripe::event_id(json),
+        ProviderKind::Github => github::event_id(inbound.headers),
+        ProviderKind::Shopify => shopify::event_id(inbound.headers),
+        ProviderKind::Slack => slack::event_id(json),
+        ProviderKind::StandardWebhooks => standard_webhooks::event_id(false, inbound.headers),
+        ProviderKind::Svix => standard_webhooks::event_id(true, inbound.headers),
+        ProviderKind::GenericHmac => generic_hmac::event_id(config, inbound.headers, json),
+        ProviderKind::None => None,
+    }
+}
+
+/// Checks a signing secret when a source is created or its secret changed,
+/// so a secret that could never verify is refused with 422 up front rather
+/// than failing every ingest with 401. The message is safe to return.
+pub fn validate_secret(kind: ProviderKind, secret: &[u8]) -> Result<(), &'static str> {
+    match kind {
+        ProviderKind::None => Ok(()),
+        _ if secret.is_empty() => Err("signing_secret must not be empty"),
+        ProviderKind::StandardWebhooks | ProviderKind::Svix => {
+            standard_webhooks::decode_secret(secret)
+                .map(|_| ())
+                .ok_or("signing_secret must be `whsec_` followed by base64")
+        }
+        _ => Ok(()),
+    }
+}
+
+impl GenericHmacConfig {
+    /// Checks the configuration when a source is created or updated, so a
+    /// config that can never verify or extract anything is refused with 422
+    /// up front. The message is safe to return.
+    pub fn validate(&self) -> Result<(), String> {
+        fn header_ok(field: &str, name: &str) -> Result<(), String> {
+            if name.len() > MAX_EVENT_FIELD_BYTES || http::HeaderName::try_from(name).is_err() {
+                return Err(format!("{field} must be a valid HTTP header name"));
+            }
+            Ok(())
+        }
+        fn pointer_ok(field: &str, pointer: &str) -> Result<(), String> {
+            if pointer.len() > MAX_EVENT_FIELD_BYTES || !pointer.starts_with('/') {
+                return Err(format!(
+                    "{field} must be a JSON pointer starting with `/`, e.g. `/type`"
+                ));
+            }
+            Ok(())
+        }
+        header_ok("signature_header", &self.signature_header)?;
+        if let Some(prefix) = &self.prefix {
+            if prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err("prefix must be at most 64 visible ASCII characters".to_owned());
+            }
+        }
+        if let Some(name) = &self.event_type_header {
+            header_ok("event_type_header", name)?;
+        }
+        if let Some(name) = &self.event_id_header {
+            header_ok("event_id_header", name)?;
+        }
+        if let Some(pointer) = &self.event_type_pointer {
+            pointer_ok("event_type_pointer", pointer)?;
+        }
+        if let Some(pointer) = &self.event_id_pointer {
+            pointer_ok("event_id_pointer", pointer)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    const ALL: [ProviderKind; 8] = [
+        ProviderKind::Stripe,
+        ProviderKind::Github,
+        ProviderKind::Shopify,
+        ProviderKind::Slack,
+        ProviderKind::StandardWebhooks,
+        ProviderKind::Svix,
+        ProviderKind::GenericHmac,
+        ProviderKind::None,
+    ];
+
+    fn generic_config() -> GenericHmacConfig {
+        GenericHmacConfig {
+            signature_header: "X-Signature".to_owned(),
+            encoding: SignatureEncoding::Hex,
+            prefix: Some("sha256=".to_owned()),
+            event_type_pointer: Some("/type".to_owned()),
+            event_type_header: None,
+            event_id_header: None,
+            event_id_pointer: Some("/id".to_owned()),
+        }
+    }
+
+    #[test]
+    fn none_always_verifies() {
+        let h = HeaderMap::new();
+        let inbound = Inbound {
+            headers: &h,
+            body: b"anything",
+            now_unix: 0,
+        };
+        assert_eq!(verify(ProviderKind::None, None, &inbound, &[]), Ok(()));
+    }
+
+    #[test]
+    fn signed_providers_reject_unsigned_requests() {
+        let h = HeaderMap::new();
+        let inbound = Inbound {
+            headers: &h,
+            body: b"{}",
+            now_unix: 0,
+        };
+        let config = generic_config();
+        for kind in ALL {
+            if kind == ProviderKind::None {
+                continue;
+            }
+            assert!(
+                verify(kind, Some(&config), &inbound, &[b"whsec_AAAA"]).is_err(),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dispatch_reaches_each_provider() {
+        // Stripe vector through the public entry point.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "stripe-signature",
+            HeaderValue::from_static(
+                "t=1614265330,v1=31fe7071853a3ce7cef4cf91041ccfde0db025f63c690910579c71cf94740b3d",
+            ),
+        );
+        let body =
+            br#"{"id":"evt_test_webhook","object":"event","type":"payment_intent.succeeded"}"#;
+        let inbound = Inbound {
+            headers: &h,
+            body,
+            now_unix: 1614265330,
+        };
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        assert_eq!(
+            verify(
+                ProviderKind::Stripe,
+                None,
+                &inbound,
+                &[b"whsec_test_secret"]
+            ),
+            Ok(())
+        );
+        assert!(verify(
+            ProviderKind::Github,
+            None,
+            &inbound,
+            &[b"whsec_test_secret"]
+        )
+        .is_err());
+        assert_eq!(
+            event_type(ProviderKind::Stripe, None, &inbound, Some(&json)),
+            "payment_intent.succeeded"
+        );
+        assert_eq!(
+            provider_event_id(ProviderKind::Stripe, None, &inbound, Some(&json)).as_deref(),
+            Some("evt_test_webhook")
+        );
+        assert_eq!(
+            event_type(ProviderKind::None, None, &inbound, Some(&json)),
+            "payment_intent.succeeded"
+        );
+        assert_eq!(
+            provider_event_id(ProviderKind::None, None, &inbound, Some(&json)),
+            None
+        );
+        let config = generic_config();
+        assert_eq!(
+            event_type(
+                ProviderKind::GenericHmac,
+                Some(&config),
+                &inbound,
+                Some(&json)
+            ),
+            "payment_intent.succeeded"
+        );
+        assert_eq!(
+            provider_event_id(
+                ProviderKind::GenericHmac,
+                Some(&config),
+                &inbound,
+                Some(&json)
+            )
+            .as_deref(),
+            Some("evt_test_webhook")
+        );
+        assert_eq!(
+            event_type(ProviderKind::Github, None, &inbound, Some(&json)),
+            "unknown"
+        );
+    }
+
+    #[test]
+    fn handshakes_are_slack_only() {
+        let h = HeaderMap::new();
+        let probe = Inbound {
+            headers: &h,
+            body: b"ssl_check=1&token=x",
+            now_unix: 0,
+        };
+        let challenge = serde_json::json!({"type": "url_verification", "challenge": "c"});
+        for kind in ALL {
+            let pre = pre_verification_handshake(kind, &probe);
+            let post = post_verification_handshake(kind, &probe, Some(&challenge));
+            assert_eq!(pre.is_some(), kind == ProviderKind::Slack, "{kind:?}");
+            assert_eq!(post.is_some(), kind == ProviderKind::Slack, "{kind:?}");
+        }
+        let reply = post_verification_handshake(ProviderKind::Slack, &probe, Some(&challenge));
+        assert_eq!(
+            reply.map(|r| r.body),
+            Some(br#"{"challenge":"c"}"#.to_vec())
+        );
+    }
+
+    /// Hostile input of every shape must give `Err`, never a panic.
+    #[test]
+    fn garbage_never_panics() {
+        let names = [
+            "stripe-signature",
+            "x-hub-signature-256",
+            "x-shopify-hmac-sha256",
+            "shopify-hmac-sha256",
+            "x-slack-signature",
+            "x-slack-request-timestamp",
+            "webhook-id",
+            "webhook-timestamp",
+            "webhook-signature",
+            "svix-id",
+            "svix-timestamp",
+            "svix-signature",
+            "x-signature",
+        ];
+        let values: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b" ".to_vec(),
+            b",".repeat(10_000),
+            b"=".repeat(10_000),
+            b"t=".to_vec(),
+            b"v1,".to_vec(),
+            b"v1, v1, v1,".to_vec(),
+            b"sha256=".to_vec(),
+            b"v0=".to_vec(),
+            b"-9223372036854775808".to_vec(),
+            b"9223372036854775807".to_vec(),
+            b"\xff\xfe\x80".to_vec(),
+            b"\xc3".to_vec(),
+            b"a".repeat(100 * 1024),
+            "t=1,v1=\u{e9}\u{e9}".as_bytes().to_vec(),
+        ];
+        let config = generic_config();
+        for value in &values {
+            let Ok(value) = HeaderValue::from_bytes(value) else {
+                continue;
+            };
+            let mut h = HeaderMap::new();
+            for name in names {
+                h.insert(HeaderName::from_static(name), value.clone());
+            }
+            for now in [0, i64::MIN, i64::MAX] {
+                let inbound = Inbound {
+                    headers: &h,
+                    body: b"",
+                    now_unix: now,
+                };
+                for kind in ALL {
+                    let secrets: [&[u8]; 2] = [b"whsec_AAAA", b""];
+                    if kind != ProviderKind::None {
+                        assert!(verify(kind, Some(&config), &inbound, &secrets).is_err());
+                    }
+                    let _ = event_type(kind, Some(&config), &inbound, None);
+                    let _ = provider_event_id(kind, Some(&config), &inbound, None);
+                    let _ = pre_verification_handshake(kind, &inbound);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn error_messages_never_echo_input() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-hub-signature-256",
+            HeaderValue::from_static("sha256=deadbeef"),
+        );
+        let inbound = Inbound {
+            headers: &h,
+            body: b"x",
+            now_unix: 0,
+        };
+        let err = verify(ProviderKind::Github, None, &inbound, &[b"topsecret"]);
+        let message = err
+            .map(|()| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert!(!message.contains("deadbeef"));
+        assert!(!message.contains("topsecret"));
+        assert_eq!(message, "no matching signature");
+    }
+
+    #[test]
+    fn secrets_are_validated_per_provider() {
+        assert!(validate_secret(ProviderKind::None, b"").is_ok());
+        assert!(validate_secret(ProviderKind::Stripe, b"").is_err());
+        assert!(validate_secret(ProviderKind::Stripe, b"whsec_anything").is_ok());
+        assert!(validate_secret(
+            ProviderKind::StandardWebhooks,
+            b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        )
+        .is_ok());
+        assert!(validate_secret(ProviderKind::Svix, b"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
+        assert!(validate_secret(ProviderKind::Svix, b"whsec_not base64!").is_err());
+        assert!(validate_secret(ProviderKind::StandardWebhooks, b"whsec_").is_err());
+    }
+
+    #[test]
+    fn generic_config_validation() {
+        assert!(generic_config().validate().is_ok());
+        let mut bad = generic_config();
+        bad.signature_header = "bad header".to_owned();
+        assert!(bad.validate().is_err());
+        let mut bad = generic_config();
+        bad.event_type_pointer = Some("type".to_owned());
+        assert!(bad.validate().is_err());
+        let mut bad = generic_config();
+        bad.prefix = Some("sha 256=".to_owned());
+        assert!(bad.validate().is_err());
+        let mut bad = generic_config();
+        bad.event_id_header = Some(String::new());
+        assert!(bad.validate().is_err());
+    }
+
+    /// The stored (postcard) and API (JSON) shapes must not drift.
+    #[test]
+    fn stored_and_api_shapes_are_stable() {
+        let json = serde_json::to_value(ALL).unwrap_or_default();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                "stripe",
+                "github",
+                "shopify",
+                "slack",
+                "standard_webhooks",
+                "svix",
+                "generic_hmac",
+                "none"
+            ])
+        );
+        let config = generic_config();
+        let bytes = postcard::to_allocvec(&config).unwrap_or_default();
+        let back: Option<GenericHmacConfig> = postcard::from_bytes(&bytes).ok();
+        assert_eq!(back, Some(config));
+        let kind_bytes = postcard::to_allocvec(&ProviderKind::GenericHmac).unwrap_or_default();
+        assert_eq!(kind_bytes, vec![6]);
+        let minimal: Result<GenericHmacConfig, _> =
+            serde_json::from_value(serde_json::json!({"signature_header": "X-Sig"}));
+        assert_eq!(
+            minimal.map(|c| c.encoding).ok(),
+            Some(SignatureEncoding::Hex)
+        );
+    }
+}

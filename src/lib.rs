@@ -1,0 +1,16 @@
+//! Krafter: a self-hosted webhook relay.
+//!
+//! Providers POST to `/in/{slug}`; Krafter verifies, stores durably in one
+//! redb file and fans out to the user's destinations. The library holds
+//! everything so tests and benchmarks can run the real server in-process.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod delivery;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod store;

@@ -1,0 +1,61 @@
+//! API keys: stored as SHA-256 hashes, found by hash, compared in constant time.
+
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use subtle::ConstantTimeEq;
+
+use super::records::{ApiKeyRecord, Record};
+use super::tables::{API_KEYS, API_KEY_HASHES};
+use super::{page_by_id, Page, StoreError};
+
+/// Stores a new key.
+pub fn insert(txn: &WriteTransaction, key: &ApiKeyRecord) -> Result<(), StoreError> {
+    let mut hashes = txn.open_table(API_KEY_HASHES)?;
+    if hashes.get(key.hash.as_slice())?.is_some() {
+        return Err(StoreError::Conflict("an identical key already exists".into()));
+    }
+    hashes.insert(key.hash.as_slice(), key.id)?;
+    txn.open_table(API_KEYS)?.insert(key.id, key.encode().as_slice())?;
+    Ok(())
+}
+
+/// The key whose SHA-256 is `hash`, if it exists (revoked keys are gone).
+///
+/// The index lookup finds the candidate; the digest is then compared in
+/// constant time, so response timing says nothing about how close a guess was.
+pub fn find_by_hash(txn: &ReadTransaction, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
+    let Some(id) = txn.open_table(API_KEY_HASHES)?.get(hash.as_slice())?.map(|g| g.value()) else {
+        return Ok(None);
+    };
+    let Some(bytes) = txn.open_table(API_KEYS)?.get(id)? else {
+        return Ok(None);
+    };
+    let record = ApiKeyRecord::decode(bytes.value())?;
+    if bool::from(record.hash.ct_eq(hash)) {
+        Ok(Some(record))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Newest first.
+pub fn list(txn: &ReadTransaction, before: Option<u128>, limit: usize) -> Result<Page<ApiKeyRecord>, StoreError> {
+    page_by_id(&txn.open_table(API_KEYS)?, before, limit)
+}
+
+/// How many keys exist (the bootstrap key is made when there are none).
+pub fn count(txn: &ReadTransaction) -> Result<u64, StoreError> {
+    Ok(txn.open_table(API_KEYS)?.len()?)
+}
+
+/// Revokes a key: both the record and its hash go, so it stops working
+/// with the commit.
+pub fn delete(txn: &WriteTransaction, id: u128) -> Result<(), StoreError> {
+    let mut keys = txn.open_table(API_KEYS)?;
+    let record = match keys.get(id)? {
+        Some(bytes) => ApiKeyRecord::decode(bytes.value())?,
+        None => return Err(StoreError::NotFound),
+    };
+    keys.remove(id)?;
+    txn.open_table(API_KEY_HASHES)?.remove(record.hash.as_slice())?;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Destinations, keyed by (source, destination) so a source's destinations
+//! are one contiguous range.
+
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+
+use super::records::{DestinationRecord, Record};
+use super::tables::{DESTINATIONS, SOURCES};
+use super::{Page, StoreError};
+
+/// Stores a new destination of an existing source.
+pub fn insert(txn: &WriteTransaction, destination: &DestinationRecord) -> Result<(), StoreError> {
+    if txn.open_table(SOURCES)?.get(destination.source_id)?.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    txn.open_table(DESTINATIONS)?.insert(
+        (destination.source_id, destination.id),
+        destination.encode().as_slice(),
+    )?;
+    Ok(())
+}
+
+/// One destination of a source.
+pub fn get(txn: &ReadTransaction, source_id: u128, id: u128) -> Result<DestinationRecord, StoreError> {
+    match txn.open_table(DESTINATIONS)?.get((source_id, id))? {
+        Some(bytes) => DestinationRecord::decode(bytes.value()),
+        None => Err(StoreError::NotFound),
+    }
+}
+
+/// A source's destinations, newest first.
+pub fn list(
+    txn: &ReadTransaction,
+    source_id: u128,
+    before: Option<u128>,
+    limit: usize,
+) -> Result<Page<DestinationRecord>, StoreError> {
+    let table = txn.open_table(DESTINATIONS)?;
+    let upper = before.unwrap_or(u128::MAX);
+    let mut items = Vec::new();
+    let mut more = false;
+    let mut last = None;
+    // `before` is exclusive; with no cursor the range must include u128::MAX
+    // (never a real ULID, but keep the bound honest).
+    let range = match before {
+        Some(_) => table.range((source_id, 0)..(source_id, upper))?,
+        None => table.range((source_id, 0)..=(source_id, upper))?,
+    };
+    for entry in range.rev() {
+        let (key, value) = entry?;
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        items.push(DestinationRecord::decode(value.value())?);
+        last = Some(key.value().1);
+    }
+    Ok(Page {
+        items,
+        next: if more { last } else { None },
+    })
+}
+
+/// Every destination of a source (for counting and, later, fan-out).
+pub fn all_of_source(txn: &ReadTransaction, source_id: u128) -> Result<Vec<DestinationRecord>, StoreError> {
+    let table = txn.open_table(DESTINATIONS)?;
+    let mut out = Vec::new();
+    for entry in table.range((source_id, 0)..=(source_id, u128::MAX))? {
+        out.push(DestinationRecord::decode(entry?.1.value())?);
+    }
+    Ok(out)
+}
+
+/// How many destinations a source has.
+pub fn count_of_source(txn: &ReadTransaction, source_id: u128) -> Result<u64, StoreError> {
+    let table = txn.open_table(DESTINATIONS)?;
+    let mut n = 0;
+    for entry in table.range((source_id, 0)..=(source_id, u128::MAX))? {
+        entry?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Reads, changes and writes back one destination; `change` may refuse.
+pub fn update(
+    txn: &WriteTransaction,
+    source_id: u128,
+    id: u128,
+    change: impl FnOnce(&mut DestinationRecord) -> Result<(), StoreError>,
+) -> Result<DestinationRecord, StoreError> {
+    let mut table = txn.open_table(DESTINATIONS)?;
+    let mut destination = match table.get((source_id, id))? {
+        Some(bytes) => DestinationRecord::decode(bytes.value())?,
+        None => return Err(StoreError::NotFound),
+    };
+    change(&mut destination)?;
+    table.insert((source_id, id), destination.encode().as_slice())?;
+    Ok(destination)
+}
+
+/// Removes one destination.
+pub fn delete(txn: &WriteTransaction, source_id: u128, id: u128) -> Result<(), StoreError> {
+    match txn.open_table(DESTINATIONS)?.remove((source_id, id))? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound),
+    }
+}

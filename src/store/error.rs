@@ -1,0 +1,60 @@
+//! The storage layer's one error type.
+
+/// Why a storage operation failed.
+///
+/// `NotFound` and `Conflict` are answers about the data (the API turns them
+/// into 404/409); the rest are failures of the store itself.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing asked for does not exist (or no longer does).
+    #[error("not found")]
+    NotFound,
+    /// The change contradicts what is stored (e.g. a duplicate slug).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Another process holds the database file (a running server).
+    #[error("the database at {0} is in use by another Krafter process")]
+    InUse(String),
+    /// The writer is stopped or its queue stayed full; the caller may retry.
+    #[error("storage is unavailable: {0}")]
+    Unavailable(&'static str),
+    /// redb reported an error.
+    #[error("storage error: {0}")]
+    Redb(#[from] redb::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// A file beside the database (key files) could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Redb(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl StoreError {
+    /// Wraps an I/O error with what Krafter was doing.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Storage: one redb file, written only by the group-commit writer.
+//!
+//! Reads go straight to redb (MVCC, never blocked by the writer) and must
+//! not hold a transaction across network I/O: the helpers here copy records
+//! out and drop the transaction before returning.
+
+pub mod api_keys;
+pub mod crypto;
+pub mod destinations;
+mod error;
+pub mod ids;
+pub mod records;
+pub mod sources;
+pub mod tables;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+
+pub use error::StoreError;
+pub use writer::WriterLimits;
+
+use crate::config::StorageConfig;
+use crate::metrics::Metrics;
+use crypto::SecretBox;
+use writer::Writer;
+
+/// Name of the database file inside `storage.path`.
+pub const DB_FILE: &str = "krafter.redb";
+
+/// The open store; clones share one database and one writer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    writer: Writer,
+    secrets: SecretBox,
+    dir: PathBuf,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Store {
+    /// Opens (creating on first start) the data directory and database and
+    /// starts the writer. Fails with [`StoreError::InUse`] when another
+    /// process holds the file.
+    pub fn open(config: &StorageConfig, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        let dir = config.path.clone();
+        create_private_dir(&dir)?;
+        let file = dir.join(DB_FILE);
+        let db = Database::builder()
+            .set_cache_size(config.cache_size_bytes)
+            .create(&file)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::InUse(file.display().to_string())
+                }
+                other => StoreError::Redb(other.into()),
+            })?;
+        let db = Arc::new(db);
+        create_tables(&db)?;
+        let secrets = SecretBox::load_or_create(&dir)?;
+        let healthy = Arc::new(AtomicBool::new(true));
+        let limits = WriterLimits {
+            max_batch_ops: config.max_batch_ops,
+            max_batch_bytes: 8 * 1024 * 1024,
+            queue_capacity: config.queue_capacity,
+            quick_repair: config.quick_repair,
+            enqueue_timeout: Duration::from_secs(5),
+        };
+        let writer = Writer::start(db.clone(), limits, healthy.clone(), metrics);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                writer,
+                secrets,
+                dir,
+                healthy,
+            }),
+        })
+    }
+
+    /// Runs `f` in the next group commit; see [`writer::Writer::write`] for
+    /// the contract `f` must keep. Answers after the commit is durable.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.writer.write(0, f).await
+    }
+
+    /// Like [`Store::write`], telling the writer roughly how many bytes the
+    /// operation adds so large bodies close a batch sooner.
+    pub async fn write_sized<T, F>(&self, size_hint: usize, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.writer.write(size_hint, f).await
+    }
+
+    /// Runs `f` over a fresh read snapshot; the snapshot is dropped when `f`
+    /// returns, so `f` must copy out what it needs.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        f(&txn)
+    }
+
+    /// Seals a secret for storage.
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        self.inner.secrets.seal(plaintext)
+    }
+
+    /// Opens a sealed secret.
+    pub fn open_secret(&self, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.inner.secrets.open(sealed)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Size of the database file, for metrics.
+    pub fn file_size(&self) -> u64 {
+        std::fs::metadata(self.inner.dir.join(DB_FILE))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// False once a commit has failed (redb then refuses writes until the
+    /// file is reopened); `/readyz` reports it.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Commits queued writes and stops the writer.
+    pub async fn close(&self) {
+        self.inner.writer.stop().await;
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))
+}
+
+/// Creates every table up front so readers never meet a missing table.
+fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    txn.open_table(tables::API_KEYS)?;
+    txn.open_table(tables::API_KEY_HASHES)?;
+    txn.open_table(tables::SOURCES)?;
+    txn.open_table(tables::SOURCE_SLUGS)?;
+    txn.open_table(tables::DESTINATIONS)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// One page of a newest-first list.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Where the next page starts (exclusive), when there is one.
+    pub next: Option<u128>,
+}
+
+/// Newest-first page over a table keyed by ULID, starting below `before`.
+pub(crate) fn page_by_id<T: records::Record>(
+    table: &impl ReadableTable<u128, &'static [u8]>,
+    before: Option<u128>,
+    limit: usize,
+) -> Result<Page<T>, StoreError> {
+    let range = match before {
+        Some(cursor) => table.range(..cursor)?,
+        None => table.range::<u128>(..)?,
+    };
+    let mut items = Vec::with_capacity(limit.min(256));
+    let mut last_key = None;
+    let mut more = false;
+    for entry in range.rev() {
+        let (key, value) = entry?;
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        items.push(T::decode(value.value())?);
+        last_key = Some(key.value());
+    }
+    Ok(Page {
+        items,
+        next: if more { last_key } else { None },
+    })
+}

@@ -1,0 +1,168 @@
+//! What is stored, and how.
+//!
+//! Values are `[version byte] + postcard`. redb has no schema migration, so
+//! the version byte is what lets a later release read an older record: a
+//! new layout gets a new version and a decoder for the old one.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use crate::ingest::providers::{GenericHmacConfig, ProviderKind};
+
+/// Encoding of a stored record.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The layout version written by this release.
+    const VERSION: u8 = 1;
+
+    /// Bytes to store.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![Self::VERSION];
+        // postcard cannot fail on our plain structs when writing to a Vec;
+        // the empty fallback would be caught as corrupt on read.
+        if let Ok(body) = postcard::to_stdvec(self) {
+            out.extend_from_slice(&body);
+        }
+        out
+    }
+
+    /// Reads stored bytes back.
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        match bytes.split_first() {
+            Some((&v, body)) if v == Self::VERSION => postcard::from_bytes(body)
+                .map_err(|e| StoreError::Corrupt(format!("{}: {e}", std::any::type_name::<Self>()))),
+            Some((v, _)) => Err(StoreError::Corrupt(format!(
+                "{}: unknown record version {v}",
+                std::any::type_name::<Self>()
+            ))),
+            None => Err(StoreError::Corrupt("empty record".into())),
+        }
+    }
+}
+
+/// What an API key may do. `Write` includes `Read`; `Admin` includes all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Scope {
+    /// The public name (SPEC §3).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "webhooks:read",
+            Scope::Write => "webhooks:write",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// Parses a public name.
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "webhooks:read" => Some(Scope::Read),
+            "webhooks:write" => Some(Scope::Write),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+
+    /// Whether holding `self` grants `needed`.
+    pub fn grants(self, needed: Scope) -> bool {
+        self >= needed
+    }
+}
+
+/// An API key; the key itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub id: u128,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    /// First 8 characters of the key, to recognise it in lists.
+    pub prefix: String,
+    pub hash: [u8; 32],
+    pub created_at_ms: i64,
+}
+
+impl Record for ApiKeyRecord {}
+
+/// A secret that was replaced, still accepted until `until_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetiredSecret {
+    pub sealed: Vec<u8>,
+    pub until_ms: i64,
+}
+
+/// A source: one third-party origin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub id: u128,
+    pub slug: String,
+    pub name: String,
+    pub provider: ProviderKind,
+    pub provider_config: Option<GenericHmacConfig>,
+    /// Sealed with the data directory's key; `None` only for provider `none`.
+    pub signing_secret: Option<Vec<u8>>,
+    pub previous_secret: Option<RetiredSecret>,
+    pub enabled: bool,
+    pub retention_days: u32,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl Record for SourceRecord {}
+
+/// A destination: one URL of the user's receiving one source's events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DestinationRecord {
+    pub id: u128,
+    pub source_id: u128,
+    pub url: String,
+    pub event_filter: Vec<String>,
+    pub enabled: bool,
+    /// Sealed `whsec_...` string.
+    pub secret: Vec<u8>,
+    pub previous_secret: Option<RetiredSecret>,
+    /// Deliveries per second, when limited.
+    pub rate_limit: Option<u32>,
+    pub disabled_reason: Option<String>,
+    pub disabled_at_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl Record for DestinationRecord {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_carry_a_version_byte_and_refuse_unknown_versions() {
+        let rec = ApiKeyRecord {
+            id: 7,
+            name: "ci".into(),
+            scopes: vec![Scope::Write],
+            prefix: "krf_abcd".into(),
+            hash: [1; 32],
+            created_at_ms: 5,
+        };
+        let mut bytes = rec.encode();
+        assert_eq!(bytes[0], 1);
+        assert_eq!(ApiKeyRecord::decode(&bytes).unwrap().name, "ci");
+        bytes[0] = 9;
+        assert!(ApiKeyRecord::decode(&bytes).is_err());
+        assert!(ApiKeyRecord::decode(&[]).is_err());
+        assert!(ApiKeyRecord::decode(&[1, 0xff]).is_err());
+    }
+
+    #[test]
+    fn scopes_include_lower_ones() {
+        assert!(Scope::Admin.grants(Scope::Read));
+        assert!(Scope::Write.grants(Scope::Read));
+        assert!(!Scope::Write.grants(Scope::Admin));
+        assert!(!Scope::Read.grants(Scope::Write));
+    }
+}

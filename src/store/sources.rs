@@ -1,0 +1,72 @@
+//! Sources and their ingest slugs.
+
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+
+use super::records::{Record, SourceRecord};
+use super::tables::{DESTINATIONS, SOURCES, SOURCE_SLUGS};
+use super::{page_by_id, Page, StoreError};
+
+/// Stores a new source; its slug must be unused.
+pub fn insert(txn: &WriteTransaction, source: &SourceRecord) -> Result<(), StoreError> {
+    let mut slugs = txn.open_table(SOURCE_SLUGS)?;
+    if slugs.get(source.slug.as_str())?.is_some() {
+        return Err(StoreError::Conflict(format!("slug {} is taken", source.slug)));
+    }
+    slugs.insert(source.slug.as_str(), source.id)?;
+    txn.open_table(SOURCES)?.insert(source.id, source.encode().as_slice())?;
+    Ok(())
+}
+
+/// One source by id.
+pub fn get(txn: &ReadTransaction, id: u128) -> Result<SourceRecord, StoreError> {
+    match txn.open_table(SOURCES)?.get(id)? {
+        Some(bytes) => SourceRecord::decode(bytes.value()),
+        None => Err(StoreError::NotFound),
+    }
+}
+
+/// One source by its ingest slug.
+pub fn get_by_slug(txn: &ReadTransaction, slug: &str) -> Result<SourceRecord, StoreError> {
+    let id = txn
+        .open_table(SOURCE_SLUGS)?
+        .get(slug)?
+        .map(|g| g.value())
+        .ok_or(StoreError::NotFound)?;
+    get(txn, id)
+}
+
+/// Newest first.
+pub fn list(txn: &ReadTransaction, before: Option<u128>, limit: usize) -> Result<Page<SourceRecord>, StoreError> {
+    page_by_id(&txn.open_table(SOURCES)?, before, limit)
+}
+
+/// Reads, changes and writes back one source. `change` may refuse (its
+/// error is returned and nothing is written).
+pub fn update(
+    txn: &WriteTransaction,
+    id: u128,
+    change: impl FnOnce(&mut SourceRecord) -> Result<(), StoreError>,
+) -> Result<SourceRecord, StoreError> {
+    let mut table = txn.open_table(SOURCES)?;
+    let mut source = match table.get(id)? {
+        Some(bytes) => SourceRecord::decode(bytes.value())?,
+        None => return Err(StoreError::NotFound),
+    };
+    change(&mut source)?;
+    table.insert(id, source.encode().as_slice())?;
+    Ok(source)
+}
+
+/// Removes a source with its slug and every destination it has.
+pub fn delete(txn: &WriteTransaction, id: u128) -> Result<(), StoreError> {
+    let mut table = txn.open_table(SOURCES)?;
+    let source = match table.get(id)? {
+        Some(bytes) => SourceRecord::decode(bytes.value())?,
+        None => return Err(StoreError::NotFound),
+    };
+    table.remove(id)?;
+    txn.open_table(SOURCE_SLUGS)?.remove(source.slug.as_str())?;
+    txn.open_table(DESTINATIONS)?
+        .retain_in((id, 0)..=(id, u128::MAX), |_, _| false)?;
+    Ok(())
+}

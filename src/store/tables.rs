@@ -1,0 +1,18 @@
+//! redb table definitions: the on-disk layout in one place.
+//!
+//! Ids are ULIDs as `u128`, so every id-keyed table is in creation order.
+
+use redb::TableDefinition;
+
+/// API key id → [`super::records::ApiKeyRecord`].
+pub const API_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("api_keys");
+/// SHA-256 of a key → API key id: authentication is one point lookup.
+pub const API_KEY_HASHES: TableDefinition<&[u8], u128> = TableDefinition::new("api_key_hashes");
+/// Source id → [`super::records::SourceRecord`].
+pub const SOURCES: TableDefinition<u128, &[u8]> = TableDefinition::new("sources");
+/// Ingest slug → source id.
+pub const SOURCE_SLUGS: TableDefinition<&str, u128> = TableDefinition::new("source_slugs");
+/// (source id, destination id) → [`super::records::DestinationRecord`];
+/// keyed by source first so a source's destinations are one range.
+pub const DESTINATIONS: TableDefinition<(u128, u128), &[u8]> =
+    TableDefinition::new("destinations");

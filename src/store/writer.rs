@@ -1,0 +1,234 @@
+//! The single writer: every change to the database goes through here.
+//!
+//! redb allows one write transaction at a time and each durable commit costs
+//! an fsync (1–3 ms here). One thread owns all writes: it takes whatever
+//! operations are queued (up to a count and a byte budget), applies them in
+//! one transaction, commits once, and only then answers each caller. Work
+//! that arrives during one fsync forms the next batch, so there is no
+//! artificial linger when idle and throughput grows with concurrency.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use redb::{Database, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+use crate::metrics::Metrics;
+
+/// One operation in a batch. `apply` runs inside the shared transaction;
+/// `finish` answers the caller once the batch's fate is known.
+trait PendingWrite: Send {
+    fn apply(&mut self, txn: &WriteTransaction) -> Applied;
+    fn finish(self: Box<Self>, committed: bool);
+}
+
+/// What applying one operation did to the shared transaction.
+enum Applied {
+    /// Wrote (or decided not to write) cleanly; the batch can commit.
+    Clean,
+    /// redb itself failed mid-operation: the transaction can't be trusted.
+    Broken,
+}
+
+enum Job {
+    Write {
+        op: Box<dyn PendingWrite>,
+        size: usize,
+    },
+    Stop,
+}
+
+struct Op<T, F> {
+    f: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> PendingWrite for Op<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+{
+    fn apply(&mut self, txn: &WriteTransaction) -> Applied {
+        let Some(f) = self.f.take() else {
+            return Applied::Clean;
+        };
+        let result = f(txn);
+        let applied = match &result {
+            Err(StoreError::Redb(_)) | Err(StoreError::Io { .. }) => Applied::Broken,
+            _ => Applied::Clean,
+        };
+        self.result = Some(result);
+        applied
+    }
+
+    fn finish(self: Box<Self>, committed: bool) {
+        let answer = match (committed, self.result) {
+            (true, Some(result)) => result,
+            (true, None) => Err(StoreError::Unavailable("operation was not applied")),
+            (false, Some(Err(e))) if !matches!(e, StoreError::Redb(_)) => Err(e),
+            (false, _) => Err(StoreError::Unavailable("the write could not be committed")),
+        };
+        // The caller may have gone away (client disconnected); that is fine.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// Limits that shape batches.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterLimits {
+    pub max_batch_ops: usize,
+    pub max_batch_bytes: usize,
+    pub queue_capacity: usize,
+    pub quick_repair: bool,
+    /// How long a caller waits for room in a full queue before `Unavailable`.
+    pub enqueue_timeout: Duration,
+}
+
+/// Handle to the writer thread; cheap to share behind the store.
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    enqueue_timeout: Duration,
+}
+
+impl Writer {
+    /// Starts the writer thread over `db`. `healthy` goes false if a commit
+    /// fails: redb refuses further writes until the file is reopened.
+    pub fn start(
+        db: Arc<Database>,
+        limits: WriterLimits,
+        healthy: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
+    ) -> Writer {
+        let (tx, rx) = mpsc::channel(limits.queue_capacity);
+        let thread = std::thread::Builder::new()
+            .name("krafter-writer".into())
+            .spawn(move || run(db, rx, limits, healthy, metrics))
+            .ok();
+        Writer {
+            tx,
+            thread: std::sync::Mutex::new(thread),
+            enqueue_timeout: limits.enqueue_timeout,
+        }
+    }
+
+    /// Runs `f` inside the next batch's transaction and returns its result
+    /// once the batch is durably committed.
+    ///
+    /// Contract for `f`: check everything that can fail for logical reasons
+    /// (not found, conflict) *before* writing, so an `Err` never leaves half
+    /// an operation in a transaction that others will commit.
+    pub async fn write<T, F>(&self, size_hint: usize, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let op = Box::new(Op {
+            f: Some(f),
+            result: None,
+            reply,
+        });
+        let job = Job::Write { op, size: size_hint };
+        match tokio::time::timeout(self.enqueue_timeout, self.tx.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(StoreError::Unavailable("the writer has stopped")),
+            Err(_) => return Err(StoreError::Unavailable("the write queue is full")),
+        }
+        answer
+            .await
+            .unwrap_or(Err(StoreError::Unavailable("the writer has stopped")))
+    }
+
+    /// Commits what is queued, then stops the thread. Later writes fail
+    /// with `Unavailable`.
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Job::Stop).await;
+        let handle = match self.thread.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+fn run(
+    db: Arc<Database>,
+    mut rx: mpsc::Receiver<Job>,
+    limits: WriterLimits,
+    healthy: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) {
+    let mut stopping = false;
+    while !stopping {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let mut batch: Vec<Box<dyn PendingWrite>> = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Write { op, size } => {
+                    bytes += size;
+                    batch.push(op);
+                }
+                Job::Stop => stopping = true,
+            }
+            // After a stop request, drain everything already queued so no
+            // accepted write is dropped on shutdown.
+            let room = batch.len() < limits.max_batch_ops && bytes < limits.max_batch_bytes;
+            if stopping || room {
+                next = rx.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let committed = commit_batch(&db, &mut batch, limits.quick_repair);
+        metrics.observe_commit(started.elapsed(), batch.len());
+        if !committed {
+            healthy.store(false, Ordering::SeqCst);
+        }
+        for op in batch {
+            op.finish(committed);
+        }
+    }
+    rx.close();
+    // Anything that raced in after the stop is refused, not silently lost.
+    while let Ok(Job::Write { op, .. }) = rx.try_recv() {
+        op.finish(false);
+    }
+}
+
+fn commit_batch(db: &Database, batch: &mut [Box<dyn PendingWrite>], quick_repair: bool) -> bool {
+    let mut txn = match db.begin_write() {
+        Ok(txn) => txn,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            return false;
+        }
+    };
+    txn.set_quick_repair(quick_repair);
+    for op in batch.iter_mut() {
+        if let Applied::Broken = op.apply(&txn) {
+            tracing::error!("a write failed inside redb; aborting the batch");
+            let _ = txn.abort();
+            return false;
+        }
+    }
+    match txn.commit() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "commit failed; storage is marked unavailable");
+            false
+        }
+    }
+}
