@@ -311,12 +311,30 @@ impl Config {
     }
 }
 
-/// figment's errors name the key (`for key "server.listen"`) but prefix it
-/// with the profile name; keep the message, drop the noise.
+/// Renders figment's errors as "`delivery.timeout`: <problem> (from <source>)",
+/// lower-casing the path (environment keys arrive upper-case) and dropping
+/// the profile name.
 fn describe_figment_error(error: figment::Error) -> String {
     error
         .into_iter()
-        .map(|e| e.to_string().replace("default.", ""))
+        .map(|e| {
+            let key = e
+                .path
+                .iter()
+                .map(|p| p.to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(".");
+            let from = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{from}", e.kind)
+            } else {
+                format!("`{key}`: {}{from}", e.kind)
+            }
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
