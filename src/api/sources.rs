@@ -3,7 +3,6 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use base64::Engine;
 use rand::distributions::{Alphanumeric, DistString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -13,7 +12,7 @@ use super::error::{ApiError, ErrorEnvelope, Validation};
 use super::extract::{encode_cursor, ApiJson, ApiPath, ApiQuery, Data, List, ListParams};
 use super::AppState;
 use crate::clock::{format_ms, now_ms};
-use crate::ingest::providers::{GenericHmacConfig, ProviderKind};
+use crate::ingest::providers::{self, GenericHmacConfig, ProviderKind};
 use crate::store::ids::{format_id, new_id, parse_id, IdKind};
 use crate::store::records::{RetiredSecret, Scope, SourceRecord};
 use crate::store::{destinations, sources, StoreError};
@@ -121,17 +120,10 @@ fn check_retention(v: &mut Validation, days: u32) {
 }
 
 fn check_secret(v: &mut Validation, provider: ProviderKind, secret: &str) {
-    if secret.is_empty() || secret.len() > 1024 {
-        v.fail("signing_secret", "must be 1 to 1024 characters");
-        return;
-    }
-    if matches!(provider, ProviderKind::StandardWebhooks | ProviderKind::Svix) {
-        let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-        let ok = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map(|k| !k.is_empty())
-            .unwrap_or(false);
-        v.check(ok, "signing_secret", "must be `whsec_` followed by base64, as the provider shows it");
+    if secret.len() > 1024 {
+        v.fail("signing_secret", "must be at most 1024 characters");
+    } else if let Err(message) = providers::validate_secret(provider, secret.as_bytes()) {
+        v.fail("signing_secret", message.trim_start_matches("signing_secret "));
     }
 }
 
@@ -141,28 +133,8 @@ fn check_provider_config(v: &mut Validation, provider: ProviderKind, config: Opt
             v.fail("provider_config", "is required for provider generic_hmac")
         }
         (ProviderKind::GenericHmac, Some(c)) => {
-            let header_ok = !c.signature_header.is_empty()
-                && axum::http::HeaderName::from_bytes(c.signature_header.as_bytes()).is_ok();
-            v.check(header_ok, "provider_config.signature_header", "must be a valid header name");
-            for (field, pointer) in [
-                ("provider_config.event_type_pointer", &c.event_type_pointer),
-                ("provider_config.event_id_pointer", &c.event_id_pointer),
-            ] {
-                if let Some(p) = pointer {
-                    v.check(p.is_empty() || p.starts_with('/'), field, "must be a JSON pointer such as /type");
-                }
-            }
-            for (field, header) in [
-                ("provider_config.event_type_header", &c.event_type_header),
-                ("provider_config.event_id_header", &c.event_id_header),
-            ] {
-                if let Some(h) = header {
-                    v.check(
-                        axum::http::HeaderName::from_bytes(h.as_bytes()).is_ok(),
-                        field,
-                        "must be a valid header name",
-                    );
-                }
+            if let Err(message) = c.validate() {
+                v.fail("provider_config", message);
             }
         }
         (_, Some(_)) => v.fail("provider_config", "is only used by provider generic_hmac"),

@@ -8,7 +8,6 @@ use std::borrow::Cow;
 
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use serde_json::Value;
@@ -83,10 +82,10 @@ pub(crate) fn usable_secrets<'s>(
 /// [`MAX_SIGNATURE_HEADER_BYTES`] → `MalformedHeader`. Header names are
 /// matched case-insensitively by `HeaderMap`. Only the first value is used
 /// when a header is repeated, as the SDKs do.
-pub(crate) fn required_header<'h>(
-    headers: &'h HeaderMap,
+pub(crate) fn required_header(
+    headers: &HeaderMap,
     name: impl Into<Cow<'static, str>>,
-) -> Result<&'h str, VerifyError> {
+) -> Result<&str, VerifyError> {
     let name = name.into();
     let Some(value) = headers.get(name.as_ref()) else {
         return Err(VerifyError::MissingHeader(name));

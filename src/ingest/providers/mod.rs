@@ -34,13 +34,22 @@ pub use common::{MAX_EVENT_FIELD_BYTES, MAX_SIGNATURE_HEADER_BYTES};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
+    /// `Stripe-Signature` (`t=..,v1=..`), secret used as-is.
     Stripe,
+    /// `X-Hub-Signature-256: sha256=<hex>`.
     Github,
+    /// `X-Shopify-Hmac-Sha256: <base64>`.
     Shopify,
+    /// `X-Slack-Signature: v0=<hex>` with `X-Slack-Request-Timestamp`.
     Slack,
+    /// Standard Webhooks `webhook-*` headers, `whsec_<base64>` secret.
     StandardWebhooks,
+    /// Svix: Standard Webhooks under `svix-*` headers (falls back to
+    /// `webhook-*`).
     Svix,
+    /// HMAC-SHA256 of the body as a [`GenericHmacConfig`] describes.
     GenericHmac,
+    /// No verification (testing only).
     None,
 }
 
@@ -84,8 +93,10 @@ pub struct GenericHmacConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SignatureEncoding {
+    /// Hexadecimal, either case.
     #[default]
     Hex,
+    /// Base64, standard or URL-safe, padding optional.
     Base64,
 }
 

@@ -231,7 +231,7 @@ mod tests {
             format!("t=99999999999999999999999,v1={SIG}"),
             format!("t=-9223372036854775808,v1={SIG}"),
             ",".repeat(4000),
-            format!("t={TS},{}v1={SIG}", ",".repeat(3000)),
+            format!("t={TS},{}v1={}", ",".repeat(3000), &SIG[..63]),
             "t=1,v1=é".to_owned(),
         ];
         for case in cases {
@@ -242,6 +242,8 @@ mod tests {
     #[test]
     fn many_commas_around_a_valid_signature_still_verify() {
         let header = format!(",,t={TS},,,v1={SIG},,");
+        assert!(check(&header, BODY, TS, &[SECRET]).is_ok());
+        let header = format!("t={TS},{}v1={SIG}", ",".repeat(3000));
         assert!(check(&header, BODY, TS, &[SECRET]).is_ok());
     }
 
