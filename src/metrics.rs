@@ -22,6 +22,54 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// How an ingest request ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum IngestResult {
+    Accepted,
+    Duplicate,
+    Handshake,
+    InvalidSignature,
+    TooLarge,
+    NotFound,
+    BadRequest,
+    Unavailable,
+    Error,
+}
+
+impl IngestResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngestResult::Accepted => "accepted",
+            IngestResult::Duplicate => "duplicate",
+            IngestResult::Handshake => "handshake",
+            IngestResult::InvalidSignature => "invalid_signature",
+            IngestResult::TooLarge => "too_large",
+            IngestResult::NotFound => "not_found",
+            IngestResult::BadRequest => "bad_request",
+            IngestResult::Unavailable => "unavailable",
+            IngestResult::Error => "error",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for IngestResult {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Labels of one ingest request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestLabels {
+    /// The source id (never the slug: it is the URL's only secret part).
+    pub source: String,
+    pub result: IngestResult,
+}
+
 /// Every metric Krafter exports.
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +81,10 @@ pub struct Metrics {
     pub storage_commit_batch_size: Histogram,
     /// Size of the database file.
     pub storage_file_size: Gauge,
+    /// Ingest requests by source and result.
+    pub ingest_requests: Family<IngestLabels, Counter>,
+    /// Events stored (not counting duplicates and handshakes).
+    pub events_stored: Counter,
 }
 
 impl Default for Metrics {
@@ -69,8 +121,22 @@ impl Metrics {
             "Size of the database file in bytes",
             storage_file_size.clone(),
         );
+        let ingest_requests = Family::<IngestLabels, Counter>::default();
+        registry.register(
+            "ingest_requests",
+            "Ingest requests by source id and result",
+            ingest_requests.clone(),
+        );
+        let events_stored = Counter::default();
+        registry.register(
+            "events_stored",
+            "Events durably stored by ingest",
+            events_stored.clone(),
+        );
         Metrics {
             registry,
+            ingest_requests,
+            events_stored,
             http_requests,
             storage_commit_duration,
             storage_commit_batch_size,
@@ -82,6 +148,16 @@ impl Metrics {
     pub fn observe_commit(&self, elapsed: Duration, ops: usize) {
         self.storage_commit_duration.observe(elapsed.as_secs_f64());
         self.storage_commit_batch_size.observe(ops as f64);
+    }
+
+    /// Counts one ingest request.
+    pub fn observe_ingest(&self, source: &str, result: IngestResult) {
+        self.ingest_requests
+            .get_or_create(&IngestLabels {
+                source: source.to_string(),
+                result,
+            })
+            .inc();
     }
 
     /// Counts one served request.

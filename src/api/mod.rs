@@ -50,6 +50,7 @@ pub struct AppState {
         (name = "api-keys", description = "API keys (admin scope)"),
         (name = "sources", description = "Sources: where providers send webhooks"),
         (name = "destinations", description = "Destinations: where Krafter forwards them"),
+        (name = "ingest", description = "Public ingest URLs that providers POST to"),
         (name = "operations", description = "Health, readiness, metrics and this document")
     )
 )]
@@ -94,6 +95,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+        .routes(routes!(crate::ingest::route::receive))
 }
 
 /// The OpenAPI document, without starting anything (for tests and tools).

@@ -8,6 +8,7 @@ pub mod api_keys;
 pub mod crypto;
 pub mod destinations;
 mod error;
+pub mod events;
 pub mod ids;
 pub mod records;
 pub mod sources;
@@ -170,6 +171,12 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(tables::SOURCES)?;
     txn.open_table(tables::SOURCE_SLUGS)?;
     txn.open_table(tables::DESTINATIONS)?;
+    txn.open_table(tables::EVENTS)?;
+    txn.open_table(tables::SOURCE_EVENTS)?;
+    txn.open_table(tables::DEDUP)?;
+    txn.open_table(tables::DELIVERIES)?;
+    txn.open_table(tables::EVENT_DELIVERIES)?;
+    txn.open_table(tables::DUE)?;
     txn.commit()?;
     Ok(())
 }

@@ -166,3 +166,68 @@ mod tests {
         assert!(!Scope::Read.grants(Scope::Write));
     }
 }
+
+/// One accepted inbound request, exactly as received.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: u128,
+    pub source_id: u128,
+    pub received_at_ms: i64,
+    pub event_type: String,
+    pub provider_event_id: Option<String>,
+    /// Lower-case names, hop-by-hop headers removed, values as raw bytes.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl Record for EventRecord {}
+
+/// What listing an event needs, kept apart from the body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventSummary {
+    pub event_type: String,
+    pub provider_event_id: Option<String>,
+    pub received_at_ms: i64,
+    pub size_bytes: u64,
+}
+
+impl Record for EventSummary {}
+
+/// Where a delivery stands (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    /// The public name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One (event, destination) pair to deliver.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub id: u128,
+    pub event_id: u128,
+    pub source_id: u128,
+    pub destination_id: u128,
+    pub status: DeliveryStatus,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due, while pending.
+    pub next_attempt_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl Record for DeliveryRecord {}

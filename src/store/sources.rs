@@ -57,7 +57,7 @@ pub fn update(
     Ok(source)
 }
 
-/// Removes a source with its slug and every destination it has.
+/// Removes a source with its slug, destinations, events and deliveries.
 pub fn delete(txn: &WriteTransaction, id: u128) -> Result<(), StoreError> {
     let mut table = txn.open_table(SOURCES)?;
     let source = match table.get(id)? {
@@ -68,5 +68,8 @@ pub fn delete(txn: &WriteTransaction, id: u128) -> Result<(), StoreError> {
     txn.open_table(SOURCE_SLUGS)?.remove(source.slug.as_str())?;
     txn.open_table(DESTINATIONS)?
         .retain_in((id, 0)..=(id, u128::MAX), |_, _| false)?;
+    for event_id in super::events::ids_of_source(txn, id)? {
+        super::events::purge(txn, event_id)?;
+    }
     Ok(())
 }

@@ -16,3 +16,19 @@ pub const SOURCE_SLUGS: TableDefinition<&str, u128> = TableDefinition::new("sour
 /// keyed by source first so a source's destinations are one range.
 pub const DESTINATIONS: TableDefinition<(u128, u128), &[u8]> =
     TableDefinition::new("destinations");
+/// Event id → [`super::records::EventRecord`] (headers and raw body; immutable).
+pub const EVENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("events");
+/// (source id, event id) → [`super::records::EventSummary`]: a source's
+/// events in time order without reading bodies (listing, retention).
+pub const SOURCE_EVENTS: TableDefinition<(u128, u128), &[u8]> =
+    TableDefinition::new("source_events");
+/// (source id, provider event id) → event id, for de-duplication.
+pub const DEDUP: TableDefinition<(u128, &str), u128> = TableDefinition::new("dedup");
+/// Delivery id → [`super::records::DeliveryRecord`].
+pub const DELIVERIES: TableDefinition<u128, &[u8]> = TableDefinition::new("deliveries");
+/// (event id, delivery id) → (): an event's deliveries.
+pub const EVENT_DELIVERIES: TableDefinition<(u128, u128), ()> =
+    TableDefinition::new("event_deliveries");
+/// (due time in Unix ms, delivery id) → (): the durable delay queue.
+/// Everything in it is pending; after a crash it is simply due again.
+pub const DUE: TableDefinition<(u64, u128), ()> = TableDefinition::new("due");
