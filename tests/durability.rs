@@ -1,0 +1,189 @@
+//! The durability promise, tested with real process kills: every event that
+//! got a 2xx from ingest is on disk after `kill -9`, with its deliveries.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use krafter::config::StorageConfig;
+use krafter::metrics::Metrics;
+use krafter::store::ids::{parse_id, IdKind};
+use krafter::store::{events, Store};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tokio::sync::Mutex;
+
+const SECRET: &str = "whsec_durability";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn spawn(data: &Path, port: u16) -> Child {
+    Command::new(common::binary())
+        .arg("serve")
+        .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("KRAFTER_STORAGE__PATH", data)
+        .env("KRAFTER_DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
+        .env("KRAFTER_LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn krafter")
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("krafter did not become healthy");
+}
+
+/// Stripe's scheme, computed here independently of Krafter's verifier.
+fn stripe_signature(body: &str) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_survives_kill_9_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let client = reqwest::Client::new();
+    // Acknowledged event id → (body, stripe id), over every round.
+    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let mut slug = String::new();
+    let mut destinations = 0;
+
+    for round in 0..3 {
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut child = spawn(&data, port);
+        wait_healthy(&client, &base).await;
+        if round == 0 {
+            let key = std::fs::read_to_string(data.join("admin.key")).unwrap();
+            let key = key.trim();
+            let source: Value = client
+                .post(format!("{base}/api/v1/webhooks/sources"))
+                .bearer_auth(key)
+                .json(&json!({"name": "crash", "provider": "stripe", "signing_secret": SECRET}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            slug = source["data"]["slug"].as_str().unwrap().to_string();
+            let src = source["data"]["id"].as_str().unwrap();
+            for filter in [json!([]), json!(["invoice.*"])] {
+                let status = client
+                    .post(format!("{base}/api/v1/webhooks/sources/{src}/destinations"))
+                    .bearer_auth(key)
+                    .json(&json!({"url": "http://127.0.0.1:9/sink", "event_filter": filter}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(status, 201);
+                destinations += 1;
+            }
+        }
+
+        // 32 concurrent senders, each with its own keep-alive connection.
+        let stop_at = Instant::now() + Duration::from_millis(1500);
+        let mut tasks = Vec::new();
+        for sender in 0..32 {
+            let (client, base, slug, acked) =
+                (reqwest::Client::new(), base.clone(), slug.clone(), acked.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                loop {
+                    let stripe_id = format!("evt_r{round}_s{sender}_n{n}");
+                    n += 1;
+                    let body = format!(
+                        r#"{{"id":"{stripe_id}","type":"invoice.paid","pad":"{}"}}"#,
+                        "x".repeat(512)
+                    );
+                    let sent = client
+                        .post(format!("{base}/in/{slug}"))
+                        .header("stripe-signature", stripe_signature(&body))
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .timeout(Duration::from_secs(5))
+                        .send()
+                        .await;
+                    let Ok(resp) = sent else { break };
+                    if resp.status() != 200 {
+                        break;
+                    }
+                    let Ok(answer) = resp.json::<Value>().await else { break };
+                    let id = answer["data"]["event_id"].as_str().unwrap().to_string();
+                    assert_eq!(answer["data"]["duplicate"], false);
+                    acked.lock().await.insert(id, body);
+                    if Instant::now() > stop_at + Duration::from_secs(10) {
+                        break;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(stop_at - Instant::now()).await;
+        // The real thing: SIGKILL while requests are in flight.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for task in tasks {
+            task.await.unwrap();
+        }
+
+        let store = Store::open(
+            &StorageConfig { path: data.clone(), ..StorageConfig::default() },
+            Arc::new(Metrics::new()),
+        )
+        .expect("the database opens after a crash");
+        let acked = acked.lock().await;
+        assert!(acked.len() > 100, "round {round}: load too small ({})", acked.len());
+        eprintln!("round {round}: {} events acknowledged so far", acked.len());
+        let missing = store
+            .read(|txn| {
+                let mut missing = Vec::new();
+                for (id, body) in acked.iter() {
+                    let raw = parse_id(IdKind::Event, id).unwrap();
+                    match events::get(txn, raw) {
+                        Ok(event) => {
+                            assert_eq!(event.body, body.as_bytes(), "body of {id}");
+                            assert_eq!(events::deliveries_of(txn, raw)?.len(), destinations);
+                        }
+                        Err(_) => missing.push(id.clone()),
+                    }
+                }
+                Ok(missing)
+            })
+            .unwrap();
+        store.close().await;
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} of {} acknowledged events lost, e.g. {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+}
