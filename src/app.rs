@@ -75,7 +75,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let mut public_url = config.public_url();
     if config.server.public_url.is_empty() && config.server.listen.port() == 0 {
         // An ephemeral port is only known now.
-        let scheme = if config.tls_enabled() { "https" } else { "http" };
+        let scheme = if config.tls_enabled() {
+            "https"
+        } else {
+            "http"
+        };
         public_url = format!("{scheme}://{addr}");
     }
     let state = AppState {

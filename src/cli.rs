@@ -92,7 +92,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -140,7 +142,9 @@ async fn run_key_command(store: &Store, cmd: ApiKeysCommand) -> anyhow::Result<(
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             let new = generate_key(args.name.trim(), scopes);
             let record = new.record.clone();
-            store.write(move |txn| api_keys::insert(txn, &record)).await?;
+            store
+                .write(move |txn| api_keys::insert(txn, &record))
+                .await?;
             eprintln!(
                 "created {} ({}); the key is shown only this once:",
                 format_id(IdKind::ApiKey, new.record.id),
@@ -150,7 +154,10 @@ async fn run_key_command(store: &Store, cmd: ApiKeysCommand) -> anyhow::Result<(
         }
         ApiKeysCommand::List => {
             let mut cursor = None;
-            println!("{:<30}  {:<8}  {:<24}  {:<30}  NAME", "ID", "PREFIX", "CREATED", "SCOPES");
+            println!(
+                "{:<30}  {:<8}  {:<24}  {:<30}  NAME",
+                "ID", "PREFIX", "CREATED", "SCOPES"
+            );
             loop {
                 let page = store.read(|txn| api_keys::list(txn, cursor, 250))?;
                 for k in &page.items {

@@ -34,7 +34,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration. Field names are the contract (SPEC §2).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -141,7 +141,7 @@ impl Default for StorageConfig {
         StorageConfig {
             path: PathBuf::from("./krafter-data"),
             cache_size_bytes: 64 * 1024 * 1024,
-            quick_repair: true,
+            quick_repair: false,
             max_batch_ops: 1024,
             queue_capacity: 8192,
         }
@@ -167,17 +167,6 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: "info".to_string(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            storage: StorageConfig::default(),
-            delivery: DeliveryConfig::default(),
-            log: LogConfig::default(),
         }
     }
 }
@@ -247,10 +236,7 @@ impl Config {
             }
         }
         if self.server.tls.cert_path.is_some() != self.server.tls.key_path.is_some() {
-            return fail(
-                "server.tls",
-                "set both cert_path and key_path, or neither",
-            );
+            return fail("server.tls", "set both cert_path and key_path, or neither");
         }
         if self.storage.path.as_os_str().is_empty() {
             return fail("storage.path", "must not be empty");
@@ -307,7 +293,8 @@ impl Config {
             }
         }
         shown.server.public_url = shown.public_url();
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n{shown:#?}"))
+        toml::to_string_pretty(&shown)
+            .unwrap_or_else(|e| format!("# cannot render: {e}\n{shown:#?}"))
     }
 }
 
@@ -381,7 +368,12 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, 5 * 1024 * 1024);
         assert_eq!(c.storage.path, PathBuf::from("./krafter-data"));
         assert_eq!(c.delivery.timeout, Duration::from_secs(15));
-        let steps: Vec<u64> = c.delivery.retry_schedule.iter().map(|d| d.as_secs()).collect();
+        let steps: Vec<u64> = c
+            .delivery
+            .retry_schedule
+            .iter()
+            .map(|d| d.as_secs())
+            .collect();
         assert_eq!(steps, vec![5, 300, 1800, 7200, 18000, 36000, 36000]);
         assert_eq!(c.delivery.max_in_flight_per_destination, 16);
         assert!(!c.delivery.allow_private_networks);
@@ -419,6 +411,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
     fn environment_overrides_file_with_double_underscore_nesting() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("k.toml", "[server]\nlisten = \"127.0.0.1:9000\"\n")?;

@@ -112,8 +112,12 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
         let stop_at = Instant::now() + Duration::from_millis(1500);
         let mut tasks = Vec::new();
         for sender in 0..32 {
-            let (client, base, slug, acked) =
-                (reqwest::Client::new(), base.clone(), slug.clone(), acked.clone());
+            let (client, base, slug, acked) = (
+                reqwest::Client::new(),
+                base.clone(),
+                slug.clone(),
+                acked.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let mut n = 0u64;
                 loop {
@@ -135,7 +139,9 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
                     if resp.status() != 200 {
                         break;
                     }
-                    let Ok(answer) = resp.json::<Value>().await else { break };
+                    let Ok(answer) = resp.json::<Value>().await else {
+                        break;
+                    };
                     let id = answer["data"]["event_id"].as_str().unwrap().to_string();
                     assert_eq!(answer["data"]["duplicate"], false);
                     acked.lock().await.insert(id, body);
@@ -154,12 +160,19 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
         }
 
         let store = Store::open(
-            &StorageConfig { path: data.clone(), ..StorageConfig::default() },
+            &StorageConfig {
+                path: data.clone(),
+                ..StorageConfig::default()
+            },
             Arc::new(Metrics::new()),
         )
         .expect("the database opens after a crash");
         let acked = acked.lock().await;
-        assert!(acked.len() > 100, "round {round}: load too small ({})", acked.len());
+        assert!(
+            acked.len() > 100,
+            "round {round}: load too small ({})",
+            acked.len()
+        );
         eprintln!("round {round}: {} events acknowledged so far", acked.len());
         let missing = store
             .read(|txn| {

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{binary, TestServer};
-use krafter::config::Config;
 use figment::providers::Format;
+use krafter::config::Config;
 use serde_json::json;
 
 /// Starts `krafter serve` on a free port with its data in `dir`; returns the
@@ -63,7 +63,10 @@ mod raw_http {
         let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
         let mut s = std::net::TcpStream::connect(host)?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-        write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
         let mut buf = String::new();
         s.read_to_string(&mut buf)?;
         buf.split_whitespace()
@@ -106,7 +109,10 @@ fn binary_bootstraps_an_admin_key_never_logs_it_and_exits_0_on_sigterm() {
     assert!(key.starts_with("krf_") && key.len() >= 36, "{key}");
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    assert_eq!(raw_http::get_status(&format!("{base}/readyz")).unwrap(), 200);
+    assert_eq!(
+        raw_http::get_status(&format!("{base}/readyz")).unwrap(),
+        200
+    );
 
     let started = Instant::now();
     sigterm(&child);
@@ -119,7 +125,10 @@ fn binary_bootstraps_an_admin_key_never_logs_it_and_exits_0_on_sigterm() {
         logs.push_str(&line.unwrap());
         logs.push('\n');
     }
-    assert!(logs.contains("admin.key"), "the key's path is logged: {logs}");
+    assert!(
+        logs.contains("admin.key"),
+        "the key's path is logged: {logs}"
+    );
     assert!(!logs.contains(key), "the key itself must never be logged");
 }
 
@@ -135,7 +144,14 @@ fn offline_cli_refuses_while_the_server_runs_and_manages_keys_when_stopped() {
             .output()
             .expect("run cli")
     };
-    let out = cli(&["api-keys", "create", "--name", "ci", "--scope", "webhooks:read"]);
+    let out = cli(&[
+        "api-keys",
+        "create",
+        "--name",
+        "ci",
+        "--scope",
+        "webhooks:read",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by a running Krafter server"), "{err}");
@@ -144,8 +160,21 @@ fn offline_cli_refuses_while_the_server_runs_and_manages_keys_when_stopped() {
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
 
-    let out = cli(&["api-keys", "create", "--name", "ci", "--scope", "webhooks:read", "--scope", "webhooks:write"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&[
+        "api-keys",
+        "create",
+        "--name",
+        "ci",
+        "--scope",
+        "webhooks:read",
+        "--scope",
+        "webhooks:write",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(key.starts_with("krf_"), "{key}");
 
@@ -166,7 +195,11 @@ fn offline_cli_refuses_while_the_server_runs_and_manages_keys_when_stopped() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scope"));
 
     let out = cli(&["api-keys", "revoke", &id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cli(&["api-keys", "revoke", &id]);
     assert!(!out.status.success());
 
@@ -187,17 +220,27 @@ fn offline_cli_refuses_while_the_server_runs_and_manages_keys_when_stopped() {
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
 }
 
-
 #[test]
 fn offline_key_works_against_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(binary())
-        .args(["api-keys", "create", "--name", "reader", "--scope", "webhooks:read"])
+        .args([
+            "api-keys",
+            "create",
+            "--name",
+            "reader",
+            "--scope",
+            "webhooks:read",
+        ])
         .current_dir(dir.path())
         .env("KRAFTER_STORAGE__PATH", dir.path().join("data"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
     // A key exists, so the first serve makes no bootstrap key.
     let (mut child, base) = spawn_binary(dir.path(), &[]);
@@ -248,7 +291,10 @@ fn bad_configuration_fails_startup_naming_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("delivery.timeout"));
 
-    let out = run(&[], Some("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n"));
+    let out = run(
+        &[],
+        Some("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n"),
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"));
 
@@ -262,7 +308,11 @@ fn bad_configuration_fails_startup_naming_the_key() {
         &[("KRAFTER_SERVER__MAX_BODY_BYTES", "777")],
         Some("[server]\nlisten = \"127.0.0.1:9999\"\nmax_body_bytes = 1\n"),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let shown = String::from_utf8(out.stdout).unwrap();
     assert!(shown.contains("krafter.toml"), "{shown}");
     assert!(shown.contains("127.0.0.1:9999"), "{shown}");
@@ -280,7 +330,9 @@ fn bad_configuration_fails_startup_naming_the_key() {
 fn version_flag_prints_the_version() {
     let out = Command::new(binary()).arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8(out.stdout).unwrap().contains(env!("CARGO_PKG_VERSION")));
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains(env!("CARGO_PKG_VERSION")));
 }
 
 /// The example documents every key with its default: loading it gives the
@@ -295,11 +347,19 @@ fn example_config_documents_every_key_with_its_default() {
             .merge(figment::providers::Toml::file_exact(&example_path)),
     )
     .expect("the example loads");
-    assert_eq!(loaded, Config::default(), "example values must equal the defaults");
+    assert_eq!(
+        loaded,
+        Config::default(),
+        "example values must equal the defaults"
+    );
 
     // Every key of the struct, including optional ones that serialise as null.
     let mut keys = Vec::new();
-    collect_keys("", &serde_json::to_value(Config::default()).unwrap(), &mut keys);
+    collect_keys(
+        "",
+        &serde_json::to_value(Config::default()).unwrap(),
+        &mut keys,
+    );
     let mut optional = Vec::new();
     collect_optional(&mut optional);
     keys.extend(optional);
@@ -315,14 +375,21 @@ fn example_config_documents_every_key_with_its_default() {
         }
     }
     for key in keys {
-        assert!(documented.contains(&key), "{key} is missing from krafter.toml.example");
+        assert!(
+            documented.contains(&key),
+            "{key} is missing from krafter.toml.example"
+        );
     }
 }
 
 fn collect_keys(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
     if let serde_json::Value::Object(map) = value {
         for (k, v) in map {
-            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
             if v.is_object() {
                 collect_keys(&path, v, out);
             } else {
@@ -343,8 +410,9 @@ fn collect_optional(out: &mut Vec<String>) {
 
 #[tokio::test]
 async fn https_only_when_tls_is_configured() {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
     let tls_dir = tempfile::tempdir().unwrap();
     let cert_path = tls_dir.path().join("cert.pem");
     let key_path = tls_dir.path().join("key.pem");
@@ -372,7 +440,13 @@ async fn https_only_when_tls_is_configured() {
         .unwrap();
     assert_eq!(resp.status(), 201);
     let body: serde_json::Value = resp.json().await.unwrap();
-    assert!(body["data"]["url"].as_str().unwrap().starts_with("https://"), "{body}");
+    assert!(
+        body["data"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://"),
+        "{body}"
+    );
 
     // Plain HTTP on the TLS listener gets nowhere.
     let plain = reqwest::Client::new()
@@ -382,7 +456,10 @@ async fn https_only_when_tls_is_configured() {
     assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
 
     // A client that does not trust the certificate is refused.
-    let untrusting = reqwest::Client::new().get(format!("{https}/healthz")).send().await;
+    let untrusting = reqwest::Client::new()
+        .get(format!("{https}/healthz"))
+        .send()
+        .await;
     assert!(untrusting.is_err());
 }
 
@@ -396,7 +473,12 @@ async fn data_survives_a_restart() {
     let server = server.restart().await;
     assert_eq!(server.admin_key, admin, "no second bootstrap key");
     let (status, body) = server
-        .call(reqwest::Method::GET, &format!("/api/v1/webhooks/sources/{id}"), Some(&read_key), None)
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/webhooks/sources/{id}"),
+            Some(&read_key),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["name"], "kept");

@@ -44,7 +44,11 @@ impl ApiKeyView {
         ApiKeyView {
             id: format_id(IdKind::ApiKey, record.id),
             name: record.name.clone(),
-            scopes: record.scopes.iter().map(|s| s.as_str().to_string()).collect(),
+            scopes: record
+                .scopes
+                .iter()
+                .map(|s| s.as_str().to_string())
+                .collect(),
             prefix: record.prefix.clone(),
             created_at: format_ms(record.created_at_ms),
             key,
@@ -114,7 +118,11 @@ pub async fn list(
     let (limit, cursor) = (params.limit()?, params.cursor()?);
     let page = state.store.read(|txn| api_keys::list(txn, cursor, limit))?;
     Ok(Json(List {
-        data: page.items.iter().map(|r| ApiKeyView::from_record(r, None)).collect(),
+        data: page
+            .items
+            .iter()
+            .map(|r| ApiKeyView::from_record(r, None))
+            .collect(),
         next_cursor: encode_cursor(page.next),
     }))
 }
@@ -131,7 +139,11 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Admin)?;
     let id = parse_id(IdKind::ApiKey, &id).ok_or_else(|| ApiError::not_found("no such API key"))?;
-    match state.store.write(move |txn| api_keys::delete(txn, id)).await {
+    match state
+        .store
+        .write(move |txn| api_keys::delete(txn, id))
+        .await
+    {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(StoreError::NotFound) => Err(ApiError::not_found("no such API key")),
         Err(e) => Err(e.into()),

@@ -61,7 +61,12 @@ pub async fn ensure_bootstrap_key(store: &Store) -> Result<Option<PathBuf>, Stor
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(StoreError::io(format!("removing stale {}", path.display()), e)),
+        Err(e) => {
+            return Err(StoreError::io(
+                format!("removing stale {}", path.display()),
+                e,
+            ))
+        }
     }
     write_private_file(&path, format!("{}\n", new.key).as_bytes())?;
     let record = new.record;

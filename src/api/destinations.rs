@@ -159,7 +159,11 @@ fn check_filter(v: &mut Validation, filter: &[String]) {
 fn check_rate_limit(v: &mut Validation, limit: Option<u32>, zero_allowed: bool) {
     if let Some(n) = limit {
         let ok = n <= 10_000 && (n > 0 || zero_allowed);
-        v.check(ok, "rate_limit", "must be between 1 and 10000 deliveries per second");
+        v.check(
+            ok,
+            "rate_limit",
+            "must be between 1 and 10000 deliveries per second",
+        );
     }
 }
 
@@ -212,7 +216,9 @@ pub async fn create(
         .map_err(not_found)?;
     Ok((
         StatusCode::CREATED,
-        Json(Data { data: view(&record, Some(secret)) }),
+        Json(Data {
+            data: view(&record, Some(secret)),
+        }),
     ))
 }
 
@@ -259,7 +265,9 @@ pub async fn get(
         .store
         .read(|txn| destinations::get(txn, source_id, id))
         .map_err(not_found)?;
-    Ok(Json(Data { data: view(&d, None) }))
+    Ok(Json(Data {
+        data: view(&d, None),
+    }))
 }
 
 /// Changes a destination's URL, filter, enabled flag or rate limit.
@@ -316,7 +324,9 @@ pub async fn update(
         })
         .await
         .map_err(not_found)?;
-    Ok(Json(Data { data: view(&updated, None) }))
+    Ok(Json(Data {
+        data: view(&updated, None),
+    }))
 }
 
 /// Deletes a destination; its pending deliveries are cancelled.
@@ -370,5 +380,7 @@ pub async fn rotate_secret(
         })
         .await
         .map_err(not_found)?;
-    Ok(Json(Data { data: view(&updated, Some(secret)) }))
+    Ok(Json(Data {
+        data: view(&updated, Some(secret)),
+    }))
 }

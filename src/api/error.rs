@@ -103,7 +103,11 @@ impl ApiError {
         };
         ApiError {
             details,
-            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message)
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                message,
+            )
         }
     }
     /// 422 for one field.
@@ -136,7 +140,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::not_found("not found"),
             StoreError::Conflict(message) => ApiError::conflict(message),
-            StoreError::Unavailable(why) => ApiError::unavailable(format!("storage is busy: {why}; retry shortly")),
+            StoreError::Unavailable(why) => {
+                ApiError::unavailable(format!("storage is busy: {why}; retry shortly"))
+            }
             other => {
                 tracing::error!(error = %other, "storage error while serving a request");
                 ApiError::internal()

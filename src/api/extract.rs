@@ -56,11 +56,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJson<T> {
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn body_rejection(rejection: BytesRejection, limit: usize) -> ApiError {
@@ -71,8 +80,27 @@ fn body_rejection(rejection: BytesRejection, limit: usize) -> ApiError {
     }
 }
 
-/// Parses JSON, naming the offending field on type errors.
+/// Parses a JSON request body (always a JSON object), naming the offending
+/// field on type errors.
+///
+/// Well-formedness is checked over the whole body first, so malformed JSON
+/// (bad syntax, invalid UTF-8, trailing bytes) is a 400 even when a field
+/// before the fault is unknown or mistyped; only then is the body read into
+/// `T`, whose failures are all 422s naming the field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if std::str::from_utf8(bytes).is_err() {
+        return Err(ApiError::bad_request(
+            "malformed JSON: the body is not valid UTF-8",
+        ));
+    }
+    // Iterative and allocation-free: no recursion limit to trip on deep nesting.
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+    // Serde would also read a struct from an array of its fields in order;
+    // the API speaks objects only.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid_field("body", "must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
     de.end()
@@ -84,20 +112,23 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     use serde_json::error::Category;
     let path = e.path().to_string();
     let inner = e.into_inner();
-    match inner.classify() {
-        Category::Data => {
-            let message = strip_position(&inner.to_string());
-            let field = if path == "." || path.is_empty() {
-                missing_field_name(&message).unwrap_or_else(|| "body".to_string())
-            } else {
-                path
-            };
-            ApiError::validation(vec![FieldError { field, message }])
-        }
+    let message = strip_position(&inner.to_string());
+    let message = match inner.classify() {
+        Category::Data => message,
+        // The body is known to be well-formed, so this is serde_json saying a
+        // value has the wrong type (an enum given a number: "expected value")
+        // or cannot be represented (a lone surrogate, a number out of range,
+        // nesting past the recursion limit).
         Category::Syntax | Category::Eof | Category::Io => {
-            ApiError::bad_request(format!("malformed JSON: {inner}"))
+            format!("has the wrong type or an unsupported value ({message})")
         }
-    }
+    };
+    let field = if path == "." || path.is_empty() {
+        missing_field_name(&message).unwrap_or_else(|| "body".to_string())
+    } else {
+        path
+    };
+    ApiError::validation(vec![FieldError { field, message }])
 }
 
 /// serde_json appends " at line 1 column 12" to data errors; the field name
@@ -124,7 +155,9 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|e: QueryRejection| ApiError::bad_request(format!("invalid query string: {}", e.body_text())))
+            .map_err(|e: QueryRejection| {
+                ApiError::bad_request(format!("invalid query string: {}", e.body_text()))
+            })
     }
 }
 
@@ -138,7 +171,9 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| ApiPath(p.0))
-            .map_err(|e: PathRejection| ApiError::bad_request(format!("invalid path: {}", e.body_text())))
+            .map_err(|e: PathRejection| {
+                ApiError::bad_request(format!("invalid path: {}", e.body_text()))
+            })
     }
 }
 
@@ -163,7 +198,9 @@ impl ListParams {
         match self.limit {
             None => Ok(DEFAULT_LIMIT),
             Some(n) if (1..=MAX_LIMIT as u32).contains(&n) => Ok(n as usize),
-            Some(_) => Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_LIMIT}"))),
+            Some(_) => Err(ApiError::bad_request(format!(
+                "limit must be between 1 and {MAX_LIMIT}"
+            ))),
         }
     }
 

@@ -116,7 +116,9 @@ pub fn router(state: AppState) -> Router {
         .layer(Extension(OpenApiJson(Arc::new(json))))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .with_state(state)
 }
 
@@ -132,7 +134,9 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .unwrap_or_else(|| "unmatched".to_string());
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    state.metrics.observe_request(method.as_str(), &route, status);
+    state
+        .metrics
+        .observe_request(method.as_str(), &route, status);
     tracing::info!(
         method = %method,
         route = %route,

@@ -42,7 +42,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.storage_file_size.set(size);
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()

@@ -99,7 +99,10 @@ fn not_found(e: StoreError) -> ApiError {
 }
 
 fn new_slug() -> String {
-    format!("wh_{}", Alphanumeric.sample_string(&mut rand::rngs::OsRng, 8))
+    format!(
+        "wh_{}",
+        Alphanumeric.sample_string(&mut rand::rngs::OsRng, 8)
+    )
 }
 
 fn check_name(v: &mut Validation, name: &str) {
@@ -123,11 +126,18 @@ fn check_secret(v: &mut Validation, provider: ProviderKind, secret: &str) {
     if secret.len() > 1024 {
         v.fail("signing_secret", "must be at most 1024 characters");
     } else if let Err(message) = providers::validate_secret(provider, secret.as_bytes()) {
-        v.fail("signing_secret", message.trim_start_matches("signing_secret "));
+        v.fail(
+            "signing_secret",
+            message.trim_start_matches("signing_secret "),
+        );
     }
 }
 
-fn check_provider_config(v: &mut Validation, provider: ProviderKind, config: Option<&GenericHmacConfig>) {
+fn check_provider_config(
+    v: &mut Validation,
+    provider: ProviderKind,
+    config: Option<&GenericHmacConfig>,
+) {
     match (provider, config) {
         (ProviderKind::GenericHmac, None) => {
             v.fail("provider_config", "is required for provider generic_hmac")
@@ -192,7 +202,12 @@ pub async fn create(
             Err(StoreError::Conflict("could not pick a free slug".into()))
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(Data { data: view(&state, &created, 0) })))
+    Ok((
+        StatusCode::CREATED,
+        Json(Data {
+            data: view(&state, &created, 0),
+        }),
+    ))
 }
 
 /// Lists sources, newest first.
@@ -241,9 +256,16 @@ pub async fn get(
     let id = source_id(&id)?;
     let (source, count) = state
         .store
-        .read(|txn| Ok((sources::get(txn, id)?, destinations::count_of_source(txn, id)?)))
+        .read(|txn| {
+            Ok((
+                sources::get(txn, id)?,
+                destinations::count_of_source(txn, id)?,
+            ))
+        })
         .map_err(not_found)?;
-    Ok(Json(Data { data: view(&state, &source, count) }))
+    Ok(Json(Data {
+        data: view(&state, &source, count),
+    }))
 }
 
 /// Changes a source's name, enabled flag, retention, secret or generic
@@ -262,7 +284,10 @@ pub async fn update(
     caller.require(Scope::Write)?;
     let id = source_id(&id)?;
     // The provider decides how secrets and settings are checked.
-    let current = state.store.read(|txn| sources::get(txn, id)).map_err(not_found)?;
+    let current = state
+        .store
+        .read(|txn| sources::get(txn, id))
+        .map_err(not_found)?;
     let mut v = Validation::default();
     if let Some(name) = &body.name {
         check_name(&mut v, name);
@@ -278,7 +303,10 @@ pub async fn update(
     }
     v.finish()?;
 
-    let sealed = body.signing_secret.as_ref().map(|s| state.store.seal(s.as_bytes()));
+    let sealed = body
+        .signing_secret
+        .as_ref()
+        .map(|s| state.store.seal(s.as_bytes()));
     let updated = state
         .store
         .write(move |txn| {
@@ -310,8 +338,12 @@ pub async fn update(
         })
         .await
         .map_err(not_found)?;
-    let count = state.store.read(|txn| destinations::count_of_source(txn, id))?;
-    Ok(Json(Data { data: view(&state, &updated, count) }))
+    let count = state
+        .store
+        .read(|txn| destinations::count_of_source(txn, id))?;
+    Ok(Json(Data {
+        data: view(&state, &updated, count),
+    }))
 }
 
 /// Deletes a source with its destinations, events and pending deliveries.

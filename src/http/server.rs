@@ -73,15 +73,19 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 let handshake_timeout = limits.tls_handshake_timeout;
                 tokio::spawn(async move {
-                    let tls_stream =
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        };
+                    let tls_stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
                         .into_owned();

@@ -7,7 +7,10 @@
 /// passes everything; otherwise any pattern may match, where `*` stands for
 /// any run of characters (including none) and everything else is literal.
 pub fn matches(patterns: &[String], event_type: &str) -> bool {
-    patterns.is_empty() || patterns.iter().any(|p| glob(p.as_bytes(), event_type.as_bytes()))
+    patterns.is_empty()
+        || patterns
+            .iter()
+            .any(|p| glob(p.as_bytes(), event_type.as_bytes()))
 }
 
 /// Wildcard match in O(len(pattern) × len(text)) worst case, without
@@ -71,7 +74,10 @@ mod tests {
         assert!(matches(&f(&["a*b*c"]), "abc"));
         assert!(!matches(&f(&["a*b*c"]), "acb"));
         assert!(matches(&f(&["**"]), ""));
-        assert!(matches(&f(&["customer.*.updated"]), "customer.subscription.updated"));
+        assert!(matches(
+            &f(&["customer.*.updated"]),
+            "customer.subscription.updated"
+        ));
     }
 
     #[test]

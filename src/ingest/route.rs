@@ -65,7 +65,9 @@ pub async fn receive(
     let source = match lookup(&state, &slug) {
         Ok(source) => source,
         Err(e) => {
-            state.metrics.observe_ingest("unknown", IngestResult::NotFound);
+            state
+                .metrics
+                .observe_ingest("unknown", IngestResult::NotFound);
             return e.into_response();
         }
     };
@@ -92,7 +94,12 @@ fn lookup(state: &AppState, slug: &str) -> Result<SourceRecord, ApiError> {
 
 type Handled = Result<(IngestResult, Response), (IngestResult, ApiError)>;
 
-async fn handle(state: &AppState, source: &SourceRecord, headers: HeaderMap, body: Body) -> Handled {
+async fn handle(
+    state: &AppState,
+    source: &SourceRecord,
+    headers: HeaderMap,
+    body: Body,
+) -> Handled {
     let limit = state.config.server.max_body_bytes;
     let too_large = |_| (IngestResult::TooLarge, ApiError::payload_too_large(limit));
     let declared = headers
@@ -104,7 +111,10 @@ async fn handle(state: &AppState, source: &SourceRecord, headers: HeaderMap, bod
     }
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             return Err(too_large(()))
         }
         Err(_) => {
@@ -124,8 +134,8 @@ async fn handle(state: &AppState, source: &SourceRecord, headers: HeaderMap, bod
     if let Some(reply) = providers::pre_verification_handshake(source.provider, &inbound) {
         return Ok((IngestResult::Handshake, handshake(reply)));
     }
-    let secrets = open_secrets(state, source, now)
-        .map_err(|e| (IngestResult::Error, ApiError::from(e)))?;
+    let secrets =
+        open_secrets(state, source, now).map_err(|e| (IngestResult::Error, ApiError::from(e)))?;
     let secret_refs: Vec<&[u8]> = secrets.iter().map(Vec::as_slice).collect();
     if let Err(e) = providers::verify(
         source.provider,
@@ -153,7 +163,12 @@ async fn handle(state: &AppState, source: &SourceRecord, headers: HeaderMap, bod
         source_id: source.id,
         received_at_ms: now,
         event_type: providers::event_type(source.provider, config, &inbound, json.as_ref()),
-        provider_event_id: providers::provider_event_id(source.provider, config, &inbound, json.as_ref()),
+        provider_event_id: providers::provider_event_id(
+            source.provider,
+            config,
+            &inbound,
+            json.as_ref(),
+        ),
         headers: stored_headers(&headers),
         body: body.to_vec(),
     };
@@ -185,7 +200,11 @@ async fn handle(state: &AppState, source: &SourceRecord, headers: HeaderMap, bod
 
 /// The secrets a source accepts now: current, then the previous one while
 /// its 24 h overlap lasts.
-fn open_secrets(state: &AppState, source: &SourceRecord, now: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+fn open_secrets(
+    state: &AppState,
+    source: &SourceRecord,
+    now: i64,
+) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut out = Vec::with_capacity(2);
     if let Some(sealed) = &source.signing_secret {
         out.push(state.store.open_secret(sealed)?);
@@ -199,9 +218,18 @@ fn open_secrets(state: &AppState, source: &SourceRecord, now: i64) -> Result<Vec
 }
 
 fn stored_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    // Headers named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect();
     headers
         .iter()
-        .filter(|(name, _)| !is_hop_by_hop(name))
+        .filter(|(name, _)| !is_hop_by_hop(name) && !listed.iter().any(|l| l == name.as_str()))
         .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
         .collect()
 }

@@ -11,10 +11,13 @@ use super::{page_by_id, Page, StoreError};
 pub fn insert(txn: &WriteTransaction, key: &ApiKeyRecord) -> Result<(), StoreError> {
     let mut hashes = txn.open_table(API_KEY_HASHES)?;
     if hashes.get(key.hash.as_slice())?.is_some() {
-        return Err(StoreError::Conflict("an identical key already exists".into()));
+        return Err(StoreError::Conflict(
+            "an identical key already exists".into(),
+        ));
     }
     hashes.insert(key.hash.as_slice(), key.id)?;
-    txn.open_table(API_KEYS)?.insert(key.id, key.encode().as_slice())?;
+    txn.open_table(API_KEYS)?
+        .insert(key.id, key.encode().as_slice())?;
     Ok(())
 }
 
@@ -22,8 +25,15 @@ pub fn insert(txn: &WriteTransaction, key: &ApiKeyRecord) -> Result<(), StoreErr
 ///
 /// The index lookup finds the candidate; the digest is then compared in
 /// constant time, so response timing says nothing about how close a guess was.
-pub fn find_by_hash(txn: &ReadTransaction, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
-    let Some(id) = txn.open_table(API_KEY_HASHES)?.get(hash.as_slice())?.map(|g| g.value()) else {
+pub fn find_by_hash(
+    txn: &ReadTransaction,
+    hash: &[u8; 32],
+) -> Result<Option<ApiKeyRecord>, StoreError> {
+    let Some(id) = txn
+        .open_table(API_KEY_HASHES)?
+        .get(hash.as_slice())?
+        .map(|g| g.value())
+    else {
         return Ok(None);
     };
     let Some(bytes) = txn.open_table(API_KEYS)?.get(id)? else {
@@ -38,7 +48,11 @@ pub fn find_by_hash(txn: &ReadTransaction, hash: &[u8; 32]) -> Result<Option<Api
 }
 
 /// Newest first.
-pub fn list(txn: &ReadTransaction, before: Option<u128>, limit: usize) -> Result<Page<ApiKeyRecord>, StoreError> {
+pub fn list(
+    txn: &ReadTransaction,
+    before: Option<u128>,
+    limit: usize,
+) -> Result<Page<ApiKeyRecord>, StoreError> {
     page_by_id(&txn.open_table(API_KEYS)?, before, limit)
 }
 
@@ -56,6 +70,7 @@ pub fn delete(txn: &WriteTransaction, id: u128) -> Result<(), StoreError> {
         None => return Err(StoreError::NotFound),
     };
     keys.remove(id)?;
-    txn.open_table(API_KEY_HASHES)?.remove(record.hash.as_slice())?;
+    txn.open_table(API_KEY_HASHES)?
+        .remove(record.hash.as_slice())?;
     Ok(())
 }

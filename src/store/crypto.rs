@@ -108,7 +108,10 @@ mod tests {
         let sealed = sb.seal(b"whsec_abc");
         assert!(!sealed.windows(9).any(|w| w == b"whsec_abc"));
         assert_eq!(sb.open(&sealed).unwrap(), b"whsec_abc");
-        let mode = fs::metadata(dir.path().join("secrets.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("secrets.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         // The same key is loaded on the next start.
         let again = SecretBox::load_or_create(dir.path()).unwrap();

@@ -9,7 +9,11 @@ use super::{Page, StoreError};
 
 /// Stores a new destination of an existing source.
 pub fn insert(txn: &WriteTransaction, destination: &DestinationRecord) -> Result<(), StoreError> {
-    if txn.open_table(SOURCES)?.get(destination.source_id)?.is_none() {
+    if txn
+        .open_table(SOURCES)?
+        .get(destination.source_id)?
+        .is_none()
+    {
         return Err(StoreError::NotFound);
     }
     txn.open_table(DESTINATIONS)?.insert(
@@ -20,7 +24,11 @@ pub fn insert(txn: &WriteTransaction, destination: &DestinationRecord) -> Result
 }
 
 /// One destination of a source.
-pub fn get(txn: &ReadTransaction, source_id: u128, id: u128) -> Result<DestinationRecord, StoreError> {
+pub fn get(
+    txn: &ReadTransaction,
+    source_id: u128,
+    id: u128,
+) -> Result<DestinationRecord, StoreError> {
     match txn.open_table(DESTINATIONS)?.get((source_id, id))? {
         Some(bytes) => DestinationRecord::decode(bytes.value()),
         None => Err(StoreError::NotFound),
@@ -61,7 +69,10 @@ pub fn list(
 }
 
 /// Every destination of a source (for counting and, later, fan-out).
-pub fn all_of_source(txn: &ReadTransaction, source_id: u128) -> Result<Vec<DestinationRecord>, StoreError> {
+pub fn all_of_source(
+    txn: &ReadTransaction,
+    source_id: u128,
+) -> Result<Vec<DestinationRecord>, StoreError> {
     let table = txn.open_table(DESTINATIONS)?;
     let mut out = Vec::new();
     for entry in table.range((source_id, 0)..=(source_id, u128::MAX))? {

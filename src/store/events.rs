@@ -28,7 +28,9 @@ pub enum IngestOutcome {
 pub fn ingest(txn: &WriteTransaction, event: &EventRecord) -> Result<IngestOutcome, StoreError> {
     let mut dedup = txn.open_table(DEDUP)?;
     if let Some(pid) = &event.provider_event_id {
-        let original = dedup.get((event.source_id, pid.as_str()))?.map(|g| g.value());
+        let original = dedup
+            .get((event.source_id, pid.as_str()))?
+            .map(|g| g.value());
         if let Some(original) = original {
             return Ok(IngestOutcome::Duplicate { original });
         }
@@ -51,7 +53,8 @@ pub fn ingest(txn: &WriteTransaction, event: &EventRecord) -> Result<IngestOutco
     if let Some(pid) = &event.provider_event_id {
         dedup.insert((event.source_id, pid.as_str()), event.id)?;
     }
-    txn.open_table(EVENTS)?.insert(event.id, event.encode().as_slice())?;
+    txn.open_table(EVENTS)?
+        .insert(event.id, event.encode().as_slice())?;
     let summary = EventSummary {
         event_type: event.event_type.clone(),
         provider_event_id: event.provider_event_id.clone(),
@@ -104,7 +107,10 @@ pub fn get(txn: &ReadTransaction, id: u128) -> Result<EventRecord, StoreError> {
 }
 
 /// An event's deliveries, oldest first.
-pub fn deliveries_of(txn: &ReadTransaction, event_id: u128) -> Result<Vec<DeliveryRecord>, StoreError> {
+pub fn deliveries_of(
+    txn: &ReadTransaction,
+    event_id: u128,
+) -> Result<Vec<DeliveryRecord>, StoreError> {
     let by_event = txn.open_table(EVENT_DELIVERIES)?;
     let deliveries = txn.open_table(DELIVERIES)?;
     let mut out = Vec::new();
@@ -139,10 +145,14 @@ pub fn purge(txn: &WriteTransaction, event_id: u128) -> Result<(), StoreError> {
     else {
         return Ok(());
     };
-    txn.open_table(SOURCE_EVENTS)?.remove((event.source_id, event_id))?;
+    txn.open_table(SOURCE_EVENTS)?
+        .remove((event.source_id, event_id))?;
     if let Some(pid) = &event.provider_event_id {
         let mut dedup = txn.open_table(DEDUP)?;
-        let points_here = dedup.get((event.source_id, pid.as_str()))?.map(|g| g.value()) == Some(event_id);
+        let points_here = dedup
+            .get((event.source_id, pid.as_str()))?
+            .map(|g| g.value())
+            == Some(event_id);
         if points_here {
             dedup.remove((event.source_id, pid.as_str()))?;
         }

@@ -82,7 +82,10 @@ mod tests {
         assert_eq!(parse_id(IdKind::Source, &text), Some(id));
         assert_eq!(parse_id(IdKind::Destination, &text), None);
         assert_eq!(parse_id(IdKind::Source, "src_"), None);
-        assert_eq!(parse_id(IdKind::Source, "src_!!!!!!!!!!!!!!!!!!!!!!!!!!"), None);
+        assert_eq!(
+            parse_id(IdKind::Source, "src_!!!!!!!!!!!!!!!!!!!!!!!!!!"),
+            None
+        );
         assert_eq!(parse_id(IdKind::Source, "src_ü"), None);
     }
 

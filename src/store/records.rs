@@ -29,8 +29,9 @@ pub trait Record: Serialize + DeserializeOwned {
     /// Reads stored bytes back.
     fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
         match bytes.split_first() {
-            Some((&v, body)) if v == Self::VERSION => postcard::from_bytes(body)
-                .map_err(|e| StoreError::Corrupt(format!("{}: {e}", std::any::type_name::<Self>()))),
+            Some((&v, body)) if v == Self::VERSION => postcard::from_bytes(body).map_err(|e| {
+                StoreError::Corrupt(format!("{}: {e}", std::any::type_name::<Self>()))
+            }),
             Some((v, _)) => Err(StoreError::Corrupt(format!(
                 "{}: unknown record version {v}",
                 std::any::type_name::<Self>()

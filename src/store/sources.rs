@@ -10,10 +10,14 @@ use super::{page_by_id, Page, StoreError};
 pub fn insert(txn: &WriteTransaction, source: &SourceRecord) -> Result<(), StoreError> {
     let mut slugs = txn.open_table(SOURCE_SLUGS)?;
     if slugs.get(source.slug.as_str())?.is_some() {
-        return Err(StoreError::Conflict(format!("slug {} is taken", source.slug)));
+        return Err(StoreError::Conflict(format!(
+            "slug {} is taken",
+            source.slug
+        )));
     }
     slugs.insert(source.slug.as_str(), source.id)?;
-    txn.open_table(SOURCES)?.insert(source.id, source.encode().as_slice())?;
+    txn.open_table(SOURCES)?
+        .insert(source.id, source.encode().as_slice())?;
     Ok(())
 }
 
@@ -36,7 +40,11 @@ pub fn get_by_slug(txn: &ReadTransaction, slug: &str) -> Result<SourceRecord, St
 }
 
 /// Newest first.
-pub fn list(txn: &ReadTransaction, before: Option<u128>, limit: usize) -> Result<Page<SourceRecord>, StoreError> {
+pub fn list(
+    txn: &ReadTransaction,
+    before: Option<u128>,
+    limit: usize,
+) -> Result<Page<SourceRecord>, StoreError> {
     page_by_id(&txn.open_table(SOURCES)?, before, limit)
 }
 

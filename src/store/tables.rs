@@ -14,8 +14,7 @@ pub const SOURCES: TableDefinition<u128, &[u8]> = TableDefinition::new("sources"
 pub const SOURCE_SLUGS: TableDefinition<&str, u128> = TableDefinition::new("source_slugs");
 /// (source id, destination id) → [`super::records::DestinationRecord`];
 /// keyed by source first so a source's destinations are one range.
-pub const DESTINATIONS: TableDefinition<(u128, u128), &[u8]> =
-    TableDefinition::new("destinations");
+pub const DESTINATIONS: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new("destinations");
 /// Event id → [`super::records::EventRecord`] (headers and raw body; immutable).
 pub const EVENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("events");
 /// (source id, event id) → [`super::records::EventSummary`]: a source's

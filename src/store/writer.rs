@@ -133,7 +133,10 @@ impl Writer {
             result: None,
             reply,
         });
-        let job = Job::Write { op, size: size_hint };
+        let job = Job::Write {
+            op,
+            size: size_hint,
+        };
         match tokio::time::timeout(self.enqueue_timeout, self.tx.send(job)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(StoreError::Unavailable("the writer has stopped")),

@@ -88,7 +88,9 @@ impl TestServer {
         key: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self.client.request(method, format!("{}{}", self.base, path));
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
         if let Some(key) = key {
             req = req.bearer_auth(key);
         }
@@ -103,28 +105,35 @@ impl TestServer {
 
     /// GET with the admin key.
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, Some(&self.admin_key), None).await
+        self.call(Method::GET, path, Some(&self.admin_key), None)
+            .await
     }
 
     /// POST JSON with the admin key.
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some(&self.admin_key), Some(body)).await
+        self.call(Method::POST, path, Some(&self.admin_key), Some(body))
+            .await
     }
 
     /// PATCH JSON with the admin key.
     pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::PATCH, path, Some(&self.admin_key), Some(body)).await
+        self.call(Method::PATCH, path, Some(&self.admin_key), Some(body))
+            .await
     }
 
     /// DELETE with the admin key.
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::DELETE, path, Some(&self.admin_key), None).await
+        self.call(Method::DELETE, path, Some(&self.admin_key), None)
+            .await
     }
 
     /// Creates an API key with the given scopes and returns (id, key).
     pub async fn create_key(&self, scopes: &[&str]) -> (String, String) {
         let (status, body) = self
-            .post("/api/v1/api-keys", serde_json::json!({"name": "test", "scopes": scopes}))
+            .post(
+                "/api/v1/api-keys",
+                serde_json::json!({"name": "test", "scopes": scopes}),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         (
@@ -148,10 +157,16 @@ impl TestServer {
 
 /// Asserts the SPEC's error envelope with the given status and code.
 pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_code: &str) {
-    assert_eq!(status.as_u16(), want_status, "unexpected status; body: {body}");
+    assert_eq!(
+        status.as_u16(),
+        want_status,
+        "unexpected status; body: {body}"
+    );
     assert_eq!(body["error"]["code"], want_code, "body: {body}");
     assert!(
-        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
         "error message missing: {body}"
     );
 }
@@ -186,7 +201,9 @@ impl TestServer {
         content_type: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> RawResponse {
-        let mut req = self.client.request(method, format!("{}{}", self.base, path));
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
         if let Some(key) = key {
             req = req.bearer_auth(key);
         }
@@ -216,7 +233,10 @@ impl TestServer {
         body: Option<Value>,
     ) -> RawResponse {
         let (ct, bytes) = match body {
-            Some(v) => (Some("application/json"), Some(serde_json::to_vec(&v).expect("json"))),
+            Some(v) => (
+                Some("application/json"),
+                Some(serde_json::to_vec(&v).expect("json")),
+            ),
             None => (None, None),
         };
         self.raw(method, path, key, ct, bytes).await
@@ -241,7 +261,9 @@ pub fn assert_invalid_field(status: StatusCode, body: &Value, field: &str) {
 /// Checks the SPEC's time format: RFC 3339 UTC with milliseconds and `Z`
 /// (`2026-11-27T14:48:08.123Z`).
 pub fn assert_timestamp(value: &Value) {
-    let s = value.as_str().unwrap_or_else(|| panic!("not a string time: {value}"));
+    let s = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string time: {value}"));
     let b = s.as_bytes();
     let digits = |r: std::ops::Range<usize>| r.into_iter().all(|i| b[i].is_ascii_digit());
     let ok = b.len() == 24

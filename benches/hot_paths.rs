@@ -1,0 +1,67 @@
+//! Criterion benchmarks of the per-event hot paths: signature verification,
+//! filter matching and record encoding.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use http::HeaderMap;
+use krafter::ingest::filter;
+use krafter::ingest::providers::{self, Inbound, ProviderKind};
+use krafter::store::records::{EventRecord, Record};
+
+fn stripe_verify(c: &mut Criterion) {
+    // The Stripe vector from PROVIDERS.md, verified at its own timestamp.
+    let body = br#"{"id":"evt_test_webhook","object":"event","type":"payment_intent.succeeded"}"#;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "stripe-signature",
+        "t=1614265330,v1=31fe7071853a3ce7cef4cf91041ccfde0db025f63c690910579c71cf94740b3d"
+            .parse()
+            .expect("header"),
+    );
+    let inbound = Inbound {
+        headers: &headers,
+        body,
+        now_unix: 1_614_265_330,
+    };
+    let secrets: [&[u8]; 1] = [b"whsec_test_secret"];
+    assert!(providers::verify(ProviderKind::Stripe, None, &inbound, &secrets).is_ok());
+    c.bench_function("stripe verify (80-byte body)", |b| {
+        b.iter(|| providers::verify(ProviderKind::Stripe, None, black_box(&inbound), &secrets))
+    });
+}
+
+fn filter_matching(c: &mut Criterion) {
+    let patterns: Vec<String> = ["charge.*", "invoice.paid", "customer.*.updated", "*"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    c.bench_function("filter match (4 patterns)", |b| {
+        b.iter(|| {
+            filter::matches(
+                black_box(&patterns[..3]),
+                black_box("customer.subscription.updated"),
+            )
+        })
+    });
+}
+
+fn record_encoding(c: &mut Criterion) {
+    let event = EventRecord {
+        id: 1,
+        source_id: 2,
+        received_at_ms: 3,
+        event_type: "invoice.paid".into(),
+        provider_event_id: Some("evt_123".into()),
+        headers: vec![("content-type".into(), b"application/json".to_vec()); 8],
+        body: vec![b'x'; 1024],
+    };
+    c.bench_function("event encode (1 KiB body)", |b| {
+        b.iter(|| black_box(&event).encode())
+    });
+    let bytes = event.encode();
+    c.bench_function("event decode (1 KiB body)", |b| {
+        b.iter(|| EventRecord::decode(black_box(&bytes)))
+    });
+}
+
+criterion_group!(benches, stripe_verify, filter_matching, record_encoding);
+criterion_main!(benches);
