@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::delivery::engine::Engine;
 use crate::http::server::{self, ConnectionLimits};
 use crate::http::tls::{self, TlsError};
 use crate::metrics::Metrics;
@@ -26,6 +27,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Delivery(#[from] crate::delivery::engine::EngineError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -41,6 +44,8 @@ pub struct RunningServer {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     store: Store,
+    engine: Engine,
+    delivery_grace: Duration,
 }
 
 /// Opens storage, makes the bootstrap key if none exists, binds the
@@ -53,6 +58,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     if let Some(path) = &admin_key_file {
         tracing::info!(path = %path.display(), "created the bootstrap admin API key; read it from this file");
     }
+    let engine = Engine::start(store.clone(), config.delivery.clone(), metrics.clone())?;
     let acceptor = match (&config.server.tls.cert_path, &config.server.tls.key_path) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
@@ -87,7 +93,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         config: Arc::new(config),
         metrics,
         public_url: public_url.into(),
+        engine: engine.clone(),
     };
+    // In-flight attempts get their timeout to finish, within the 30 s that
+    // SPEC §2 allows for the whole shutdown.
+    let delivery_grace =
+        (state.config.delivery.timeout + Duration::from_secs(1)).min(Duration::from_secs(20));
     let router = api::router(state);
     let tls_on = acceptor.is_some();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -101,6 +112,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         stop: Some(stop),
         task,
         store,
+        engine,
+        delivery_grace,
     })
 }
 
@@ -122,6 +135,7 @@ impl RunningServer {
             let _ = stop.send(());
         }
         let _ = (&mut self.task).await;
+        self.engine.shutdown(self.delivery_grace).await;
         self.store.close().await;
     }
 }

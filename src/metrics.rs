@@ -85,6 +85,22 @@ pub struct Metrics {
     pub ingest_requests: Family<IngestLabels, Counter>,
     /// Events stored (not counting duplicates and handshakes).
     pub events_stored: Counter,
+    /// Delivery attempts by result (`succeeded`, `http_status`, `timeout`, ...).
+    pub delivery_attempts: Family<ResultLabel, Counter>,
+    /// Duration of delivery attempts.
+    pub delivery_attempt_duration: Histogram,
+    /// Deliveries waiting in the queue (refreshed on scrape).
+    pub deliveries_pending: Gauge,
+    /// Age of the oldest due delivery, in seconds (refreshed on scrape).
+    pub oldest_pending_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Destinations auto-disabled since start.
+    pub destinations_disabled: Counter,
+}
+
+/// A single `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
 }
 
 impl Default for Metrics {
@@ -133,8 +149,43 @@ impl Metrics {
             "Events durably stored by ingest",
             events_stored.clone(),
         );
+        let delivery_attempts = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts by result",
+            delivery_attempts.clone(),
+        );
+        let delivery_attempt_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "delivery_attempt_duration_seconds",
+            "Duration of delivery attempts, in seconds",
+            delivery_attempt_duration.clone(),
+        );
+        let deliveries_pending = Gauge::default();
+        registry.register(
+            "deliveries_pending",
+            "Deliveries waiting for their next attempt (queue depth)",
+            deliveries_pending.clone(),
+        );
+        let oldest_pending_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "oldest_pending_age_seconds",
+            "How long the oldest due delivery has been waiting past its due time, in seconds",
+            oldest_pending_age.clone(),
+        );
+        let destinations_disabled = Counter::default();
+        registry.register(
+            "destinations_auto_disabled",
+            "Destinations disabled because every delivery failed for delivery.disable_after",
+            destinations_disabled.clone(),
+        );
         Metrics {
             registry,
+            delivery_attempts,
+            delivery_attempt_duration,
+            deliveries_pending,
+            oldest_pending_age,
+            destinations_disabled,
             ingest_requests,
             events_stored,
             http_requests,
@@ -148,6 +199,17 @@ impl Metrics {
     pub fn observe_commit(&self, elapsed: Duration, ops: usize) {
         self.storage_commit_duration.observe(elapsed.as_secs_f64());
         self.storage_commit_batch_size.observe(ops as f64);
+    }
+
+    /// Records one delivery attempt.
+    pub fn observe_attempt(&self, result: &str, duration: Duration) {
+        self.delivery_attempts
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+        self.delivery_attempt_duration
+            .observe(duration.as_secs_f64());
     }
 
     /// Counts one ingest request.

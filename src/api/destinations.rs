@@ -19,7 +19,7 @@ use crate::clock::{format_ms, now_ms};
 use crate::delivery::ssrf;
 use crate::store::ids::{format_id, new_id, parse_id, IdKind};
 use crate::store::records::{DestinationRecord, RetiredSecret, Scope};
-use crate::store::{destinations, sources, StoreError};
+use crate::store::{deliveries, destinations, sources, StoreError};
 
 /// How long creation waits for DNS before accepting an unresolved host.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -205,6 +205,7 @@ pub async fn create(
         rate_limit: body.rate_limit,
         disabled_reason: None,
         disabled_at_ms: None,
+        failing_since_ms: None,
         created_at_ms: now,
         updated_at_ms: now,
     };
@@ -214,6 +215,7 @@ pub async fn create(
         .write(move |txn| destinations::insert(txn, &stored))
         .await
         .map_err(not_found)?;
+    state.engine.wake(source_id, record.id);
     Ok((
         StatusCode::CREATED,
         Json(Data {
@@ -301,7 +303,7 @@ pub async fn update(
     let updated = state
         .store
         .write(move |txn| {
-            destinations::update(txn, source_id, id, |d| {
+            let updated = destinations::update(txn, source_id, id, |d| {
                 if let Some(url) = body.url {
                     d.url = url;
                 }
@@ -315,15 +317,23 @@ pub async fn update(
                     if enabled && !d.enabled {
                         d.disabled_reason = None;
                         d.disabled_at_ms = None;
+                        d.failing_since_ms = None;
                     }
                     d.enabled = enabled;
                 }
                 d.updated_at_ms = now_ms();
                 Ok(())
-            })
+            })?;
+            if !updated.enabled {
+                deliveries::cancel_pending(txn, id, updated.updated_at_ms)?;
+            }
+            Ok(updated)
         })
         .await
         .map_err(not_found)?;
+    if updated.enabled {
+        state.engine.wake(source_id, id);
+    }
     Ok(Json(Data {
         data: view(&updated, None),
     }))
@@ -343,9 +353,14 @@ pub async fn delete(
     let (source_id, id) = (source_id(&source)?, destination_id(&id)?);
     state
         .store
-        .write(move |txn| destinations::delete(txn, source_id, id))
+        .write(move |txn| {
+            destinations::delete(txn, source_id, id)?;
+            deliveries::cancel_pending(txn, id, now_ms())
+        })
         .await
         .map_err(not_found)?;
+    // The lane notices its destination is gone and stops.
+    state.engine.wake(source_id, id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// `server.public_url` without a trailing slash.
     pub public_url: Arc<str>,
+    /// Woken after commits that queue deliveries.
+    pub engine: crate::delivery::engine::Engine,
 }
 
 #[derive(OpenApi)]

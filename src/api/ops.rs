@@ -40,6 +40,19 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let size = i64::try_from(state.store.file_size()).unwrap_or(i64::MAX);
     state.metrics.storage_file_size.set(size);
+    match state.engine.queue_stats() {
+        Ok((pending, oldest_ms)) => {
+            state
+                .metrics
+                .deliveries_pending
+                .set(i64::try_from(pending).unwrap_or(i64::MAX));
+            state
+                .metrics
+                .oldest_pending_age
+                .set(oldest_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read queue statistics"),
+    }
     (
         StatusCode::OK,
         [(

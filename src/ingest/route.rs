@@ -7,7 +7,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderName, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::{BodyExt, Limited};
@@ -179,8 +179,11 @@ async fn handle(
         .write_sized(size, move |txn| events::ingest(txn, &event))
         .await;
     match outcome {
-        Ok(IngestOutcome::Stored { .. }) => {
+        Ok(IngestOutcome::Stored { deliveries }) => {
             state.metrics.events_stored.inc();
+            for d in &deliveries {
+                state.engine.wake(d.source_id, d.destination_id);
+            }
             Ok((IngestResult::Accepted, accepted(event_id, false)))
         }
         Ok(IngestOutcome::Duplicate { original }) => {
@@ -229,14 +232,16 @@ fn stored_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .collect();
     headers
         .iter()
-        .filter(|(name, _)| !is_hop_by_hop(name) && !listed.iter().any(|l| l == name.as_str()))
+        .filter(|(name, _)| {
+            !is_hop_by_hop(name.as_str()) && !listed.iter().any(|l| l == name.as_str())
+        })
         .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
         .collect()
 }
 
 /// Whether a header is hop-by-hop (never stored or forwarded).
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
 }
 
 fn handshake(reply: providers::HandshakeReply) -> Response {

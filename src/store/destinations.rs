@@ -116,3 +116,14 @@ pub fn delete(txn: &WriteTransaction, source_id: u128, id: u128) -> Result<(), S
         None => Err(StoreError::NotFound),
     }
 }
+
+/// Every destination of every source, as (source id, destination id):
+/// the delivery engine starts one lane per destination at boot.
+pub fn all_ids(txn: &ReadTransaction) -> Result<Vec<(u128, u128)>, StoreError> {
+    let table = txn.open_table(DESTINATIONS)?;
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        out.push(entry?.0.value());
+    }
+    Ok(out)
+}

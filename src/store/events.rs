@@ -7,7 +7,8 @@ use super::records::{
     DeliveryRecord, DeliveryStatus, DestinationRecord, EventRecord, EventSummary, Record,
 };
 use super::tables::{
-    DEDUP, DELIVERIES, DESTINATIONS, DUE, EVENTS, EVENT_DELIVERIES, SOURCES, SOURCE_EVENTS,
+    ATTEMPTS, DEDUP, DELIVERIES, DESTINATIONS, DUE, EVENTS, EVENT_DELIVERIES, SOURCES,
+    SOURCE_EVENTS,
 };
 use super::StoreError;
 use crate::ingest::filter;
@@ -92,7 +93,7 @@ pub fn insert_deliveries(
         };
         deliveries.insert(d.id, d.encode().as_slice())?;
         by_event.insert((event.id, d.id), ())?;
-        due.insert((due_ms.max(0) as u64, d.id), ())?;
+        due.insert((destination_id, due_ms.max(0) as u64, d.id), event.id)?;
         out.push(d);
     }
     Ok(out)
@@ -160,6 +161,7 @@ pub fn purge(txn: &WriteTransaction, event_id: u128) -> Result<(), StoreError> {
     let mut by_event = txn.open_table(EVENT_DELIVERIES)?;
     let mut deliveries = txn.open_table(DELIVERIES)?;
     let mut due = txn.open_table(DUE)?;
+    let mut attempts = txn.open_table(ATTEMPTS)?;
     let ids: Vec<u128> = by_event
         .extract_from_if((event_id, 0)..=(event_id, u128::MAX), |_, _| true)?
         .map(|entry| entry.map(|(k, _)| k.value().1))
@@ -168,9 +170,10 @@ pub fn purge(txn: &WriteTransaction, event_id: u128) -> Result<(), StoreError> {
         if let Some(bytes) = deliveries.remove(id)? {
             let d = DeliveryRecord::decode(bytes.value())?;
             if let Some(at) = d.next_attempt_ms {
-                due.remove((at.max(0) as u64, id))?;
+                due.remove((d.destination_id, at.max(0) as u64, id))?;
             }
         }
+        attempts.retain_in((id, 0)..=(id, u32::MAX), |_, _| false)?;
     }
     Ok(())
 }

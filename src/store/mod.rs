@@ -6,6 +6,7 @@
 
 pub mod api_keys;
 pub mod crypto;
+pub mod deliveries;
 pub mod destinations;
 mod error;
 pub mod events;
@@ -177,6 +178,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(tables::DELIVERIES)?;
     txn.open_table(tables::EVENT_DELIVERIES)?;
     txn.open_table(tables::DUE)?;
+    txn.open_table(tables::ATTEMPTS)?;
     txn.commit()?;
     Ok(())
 }

@@ -130,6 +130,9 @@ pub struct DestinationRecord {
     pub rate_limit: Option<u32>,
     pub disabled_reason: Option<String>,
     pub disabled_at_ms: Option<i64>,
+    /// Start of the current run of failed attempts (none since a success);
+    /// drives auto-disable. Written only when the run starts or ends.
+    pub failing_since_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -232,3 +235,21 @@ pub struct DeliveryRecord {
 }
 
 impl Record for DeliveryRecord {}
+
+/// One HTTP try of a delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// 1-based.
+    pub number: u32,
+    pub started_at_ms: i64,
+    pub duration_ms: u64,
+    /// The HTTP status, when a response arrived.
+    pub status_code: Option<u16>,
+    /// `timeout`, `connect`, `tls`, `ssrf_refused`, `http_status`, ...
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    /// First 1 KiB of the response body.
+    pub response_snippet: Vec<u8>,
+}
+
+impl Record for AttemptRecord {}

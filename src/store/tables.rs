@@ -28,6 +28,10 @@ pub const DELIVERIES: TableDefinition<u128, &[u8]> = TableDefinition::new("deliv
 /// (event id, delivery id) → (): an event's deliveries.
 pub const EVENT_DELIVERIES: TableDefinition<(u128, u128), ()> =
     TableDefinition::new("event_deliveries");
-/// (due time in Unix ms, delivery id) → (): the durable delay queue.
-/// Everything in it is pending; after a crash it is simply due again.
-pub const DUE: TableDefinition<(u64, u128), ()> = TableDefinition::new("due");
+/// (destination id, due time in Unix ms, delivery id) → event id: the
+/// durable delay queue, one contiguous range per destination so a slow
+/// destination's backlog never sits in front of another's. Everything in it
+/// is pending; after a crash it is simply due again.
+pub const DUE: TableDefinition<(u128, u64, u128), u128> = TableDefinition::new("due");
+/// (delivery id, attempt number) → [`super::records::AttemptRecord`].
+pub const ATTEMPTS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("attempts");

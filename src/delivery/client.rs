@@ -1,0 +1,155 @@
+//! The outgoing HTTP client: pooled keep-alive connections, rustls with the
+//! system roots plus `delivery.extra_ca_path`, and the SSRF guard applied
+//! where it cannot be dodged — on the addresses actually connected to.
+//!
+//! Names are resolved by our own resolver, which refuses the whole answer
+//! if any address is private (unless allowed); IP-literal URLs never reach a
+//! resolver, so [`guard_literal`] checks them before a request is sent.
+//! Redirects are never followed (hyper's client doesn't), so a 3xx is just a
+//! failed attempt.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use super::ssrf::{self, SsrfError};
+use crate::config::DeliveryConfig;
+use crate::http::tls::provider;
+
+/// The pooled client every delivery uses.
+pub type DeliveryClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("delivery.extra_ca_path {path}: {message}")]
+    ExtraCa { path: String, message: String },
+    #[error("TLS client configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// DNS resolution that refuses private answers (the SSRF guard).
+#[derive(Clone)]
+pub struct GuardedResolver {
+    allow_private: bool,
+}
+
+type Resolved = std::vec::IntoIter<SocketAddr>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Name> for GuardedResolver {
+    type Response = Resolved;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Resolved, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if !allow_private {
+                ssrf::check_resolved(&host, &addrs)?;
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
+/// Builds the client from the delivery configuration.
+pub fn build(config: &DeliveryConfig) -> Result<DeliveryClient, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A malformed system certificate is skipped, as browsers do.
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &config.extra_ca_path {
+        for cert in load_pem(path)? {
+            roots.add(cert).map_err(|e| ClientError::ExtraCa {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+        allow_private: config.allow_private_networks,
+    });
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.timeout.min(Duration::from_secs(10))));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .build(https))
+}
+
+fn load_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let fail = |message: String| ClientError::ExtraCa {
+        path: path.display().to_string(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| fail(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail("no certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+/// Refuses an IP-literal URL host on a forbidden network (names are
+/// checked by [`GuardedResolver`] when connecting).
+pub fn guard_literal(url: &url::Url, allow_private: bool) -> Result<(), SsrfError> {
+    if allow_private {
+        return Ok(());
+    }
+    let ip = match url.host() {
+        Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+        _ => return Ok(()),
+    };
+    ssrf::check_resolved(&ip.to_string(), &[SocketAddr::new(ip, 0)])
+}
+
+/// Whether an error chain contains an SSRF refusal.
+pub fn is_ssrf_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.downcast_ref::<SsrfError>().is_some() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}

@@ -1,0 +1,348 @@
+//! The delivery engine: one lane per destination.
+//!
+//! A lane reads only its own destination's range of the durable `due`
+//! queue, runs at most `max_in_flight_per_destination` attempts at once and
+//! honours the destination's rate limit. Lanes share nothing but the HTTP
+//! client and the writer, so a destination that hangs, fails or has a
+//! million-delivery backlog cannot delay any other (the backlog stays on
+//! disk; a lane holds only its in-flight deliveries in memory).
+//!
+//! At least once: a delivery leaves the queue only in the same commit that
+//! records its success, final failure or cancellation. After a crash the
+//! queue is read again from the start, so nothing not recorded as
+//! succeeded is lost.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use super::client::{self, ClientError, DeliveryClient};
+use super::retry;
+use super::signer;
+use super::worker::{self, AttemptRequest};
+use crate::clock::now_ms;
+use crate::config::DeliveryConfig;
+use crate::metrics::Metrics;
+use crate::store::deliveries::{self, AttemptOutcome, DueItem, Next};
+use crate::store::ids::{format_id, IdKind};
+use crate::store::records::{AttemptRecord, DestinationRecord, RetiredSecret};
+use crate::store::{destinations, events, Store, StoreError};
+
+/// How long a lane sleeps at most before looking at its queue again, in
+/// case a wake-up was missed (e.g. a retry scheduled by another process
+/// before a restart).
+const IDLE_RECHECK: Duration = Duration::from_secs(30);
+
+/// Handle to the running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    client: DeliveryClient,
+    config: DeliveryConfig,
+    metrics: Arc<Metrics>,
+    lanes: Mutex<HashMap<u128, Arc<Lane>>>,
+    stop: watch::Sender<bool>,
+    tracker: TaskTracker,
+}
+
+struct Lane {
+    source_id: u128,
+    destination_id: u128,
+    wake: Notify,
+    /// Deliveries taken from the queue and not yet recorded.
+    in_flight: Mutex<HashSet<u128>>,
+    /// Attempts allowed at once (released when the HTTP exchange ends).
+    permits: Arc<Semaphore>,
+}
+
+impl Engine {
+    /// Builds the HTTP client and starts a lane for every destination.
+    pub fn start(
+        store: Store,
+        config: DeliveryConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Engine, EngineError> {
+        let client = client::build(&config)?;
+        let (stop, _) = watch::channel(false);
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                store,
+                client,
+                config,
+                metrics,
+                lanes: Mutex::new(HashMap::new()),
+                stop,
+                tracker: TaskTracker::new(),
+            }),
+        };
+        for (source_id, destination_id) in engine.inner.store.read(destinations::all_ids)? {
+            engine.wake(source_id, destination_id);
+        }
+        Ok(engine)
+    }
+
+    /// Tells a destination's lane to look at its queue (starting the lane
+    /// if needed). Called after commits that queue deliveries.
+    pub fn wake(&self, source_id: u128, destination_id: u128) {
+        if *self.inner.stop.borrow() {
+            return;
+        }
+        let lane = {
+            let mut lanes = lock(&self.inner.lanes);
+            if let Some(lane) = lanes.get(&destination_id) {
+                lane.clone()
+            } else {
+                let lane = Arc::new(Lane {
+                    source_id,
+                    destination_id,
+                    wake: Notify::new(),
+                    in_flight: Mutex::new(HashSet::new()),
+                    permits: Arc::new(Semaphore::new(
+                        self.inner.config.max_in_flight_per_destination,
+                    )),
+                });
+                lanes.insert(destination_id, lane.clone());
+                let inner = self.inner.clone();
+                let run_lane = lane.clone();
+                self.inner
+                    .tracker
+                    .spawn(async move { run(inner, run_lane).await });
+                lane
+            }
+        };
+        lane.wake.notify_one();
+    }
+
+    /// Stops taking new attempts and waits (bounded) for in-flight ones to
+    /// finish and be recorded; unfinished ones stay queued for next start.
+    pub async fn shutdown(&self, grace: Duration) {
+        let _ = self.inner.stop.send(true);
+        self.inner.tracker.close();
+        if tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "delivery attempts still running at shutdown stay queued for the next start"
+            );
+        }
+    }
+
+    /// Deliveries waiting, and the age in ms of the oldest one, for metrics.
+    pub fn queue_stats(&self) -> Result<(u64, Option<i64>), StoreError> {
+        let destinations: Vec<u128> = lock(&self.inner.lanes).keys().copied().collect();
+        self.inner.store.read(|txn| {
+            let pending = deliveries::pending_count(txn)?;
+            let oldest = deliveries::oldest_due(txn, &destinations)?;
+            Ok((pending, oldest.map(|due| (now_ms() - due as i64).max(0))))
+        })
+    }
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// A lane's loop: take what is due (up to the free slots), start attempts,
+/// sleep until woken or until the next delivery falls due.
+async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
+    let mut stop = inner.stop.subscribe();
+    let mut next_slot = Instant::now();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let destination = match inner
+            .store
+            .read(|txn| destinations::get(txn, lane.source_id, lane.destination_id))
+        {
+            Ok(d) => d,
+            Err(StoreError::NotFound) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "delivery lane cannot read its destination");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut wait = IDLE_RECHECK;
+        let free = lane.permits.available_permits();
+        if destination.enabled && free > 0 {
+            let in_flight = lock(&lane.in_flight).clone();
+            let now = now_ms().max(0) as u64;
+            match inner
+                .store
+                .read(|txn| deliveries::due_for(txn, lane.destination_id, now, &in_flight, free))
+            {
+                Ok((items, next_due)) => {
+                    if let Some(due) = next_due {
+                        wait = wait.min(Duration::from_millis(due.saturating_sub(now)));
+                    }
+                    for item in items {
+                        let Ok(permit) = lane.permits.clone().acquire_owned().await else {
+                            break;
+                        };
+                        if let Some(rate) = destination.rate_limit.filter(|r| *r > 0) {
+                            let now = Instant::now();
+                            if next_slot > now {
+                                tokio::time::sleep_until(next_slot).await;
+                            }
+                            next_slot =
+                                next_slot.max(now) + Duration::from_secs_f64(1.0 / f64::from(rate));
+                        }
+                        lock(&lane.in_flight).insert(item.delivery_id);
+                        let (inner, lane) = (inner.clone(), lane.clone());
+                        let destination = destination.clone();
+                        inner.tracker.clone().spawn(async move {
+                            deliver(&inner, &lane, &destination, item, permit).await;
+                            lock(&lane.in_flight).remove(&item.delivery_id);
+                            lane.wake.notify_one();
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "delivery lane cannot read its queue");
+                    wait = Duration::from_secs(1);
+                }
+            }
+        }
+        tokio::select! {
+            _ = lane.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    lock(&inner.lanes).remove(&lane.destination_id);
+}
+
+/// Runs one attempt of `item` and records its outcome.
+async fn deliver(
+    inner: &Inner,
+    lane: &Lane,
+    destination: &DestinationRecord,
+    item: DueItem,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let loaded = inner.store.read(|txn| {
+        let event = events::get(txn, item.event_id)?;
+        let delivery = deliveries::get(txn, item.delivery_id)?;
+        Ok((event, delivery))
+    });
+    let (event, delivery) = match loaded {
+        Ok(pair) => pair,
+        // Deleted since it was queued (source deleted, retention).
+        Err(StoreError::NotFound) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot load a delivery");
+            return;
+        }
+    };
+    let keys = match signing_keys(&inner.store, destination) {
+        Ok(keys) => keys,
+        Err(e) => {
+            tracing::error!(destination = %format_id(IdKind::Destination, destination.id), error = %e, "cannot open the destination secret");
+            return;
+        }
+    };
+    let number = delivery.attempts + 1;
+    let started_at_ms = now_ms();
+    let result = worker::attempt(
+        &inner.client,
+        AttemptRequest {
+            url: &destination.url,
+            event: &event,
+            keys: &keys,
+            attempt: number,
+            timeout: inner.config.timeout,
+            allow_private: inner.config.allow_private_networks,
+        },
+    )
+    .await;
+    drop(permit);
+    // A slot is free: the lane can start another delivery while this
+    // outcome is being committed.
+    lane.wake.notify_one();
+    inner
+        .metrics
+        .observe_attempt(result.error_kind.unwrap_or("succeeded"), result.duration);
+    let finished_ms = started_at_ms + result.duration.as_millis() as i64;
+    let next = if result.succeeded() {
+        Next::Succeeded
+    } else {
+        retry::after_failure(
+            &inner.config.retry_schedule,
+            number,
+            result.retry_after,
+            finished_ms,
+        )
+    };
+    let outcome = AttemptOutcome {
+        destination_id: lane.destination_id,
+        source_id: lane.source_id,
+        item,
+        attempt: AttemptRecord {
+            number,
+            started_at_ms,
+            duration_ms: result.duration.as_millis() as u64,
+            status_code: result.status,
+            error_kind: result.error_kind.map(str::to_string),
+            error_message: result.error_message,
+            response_snippet: result.snippet,
+        },
+        next,
+        disable_after_ms: inner.config.disable_after.as_millis() as i64,
+    };
+    match inner
+        .store
+        .write(move |txn| deliveries::record_attempt(txn, &outcome))
+        .await
+    {
+        Ok(recorded) if recorded.disabled_destination => {
+            inner.metrics.destinations_disabled.inc();
+            tracing::warn!(
+                destination = %format_id(IdKind::Destination, lane.destination_id),
+                "destination disabled: every delivery failed for delivery.disable_after"
+            );
+        }
+        Ok(_) => {}
+        // Stays queued; it will be attempted again.
+        Err(e) => tracing::error!(error = %e, "cannot record a delivery attempt"),
+    }
+}
+
+/// The destination's HMAC keys: the current secret, plus the previous one
+/// during the 24 h after a rotation.
+fn signing_keys(
+    store: &Store,
+    d: &DestinationRecord,
+) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut keys = Vec::with_capacity(2);
+    let current = String::from_utf8(store.open_secret(&d.secret)?)?;
+    keys.push(signer::secret_key(&current)?);
+    if let Some(RetiredSecret { sealed, until_ms }) = &d.previous_secret {
+        if *until_ms > now_ms() {
+            let previous = String::from_utf8(store.open_secret(sealed)?)?;
+            keys.push(signer::secret_key(&previous)?);
+        }
+    }
+    Ok(keys)
+}

@@ -1,0 +1,250 @@
+//! The delivery queue: what is due per destination, and recording attempts.
+
+use std::collections::HashSet;
+
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+
+use super::records::{AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, Record};
+use super::tables::{ATTEMPTS, DELIVERIES, DESTINATIONS, DUE};
+use super::StoreError;
+
+/// A delivery waiting in a destination's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueItem {
+    pub delivery_id: u128,
+    pub event_id: u128,
+    /// The due time it is queued under (its key in the queue).
+    pub due_ms: u64,
+}
+
+/// Up to `limit` deliveries of `destination` due at or before `now_ms`,
+/// earliest first, skipping those already in flight; plus when the next
+/// one not taken falls due (to sleep until then).
+pub fn due_for(
+    txn: &ReadTransaction,
+    destination: u128,
+    now_ms: u64,
+    in_flight: &HashSet<u128>,
+    limit: usize,
+) -> Result<(Vec<DueItem>, Option<u64>), StoreError> {
+    let table = txn.open_table(DUE)?;
+    let mut items = Vec::new();
+    let range = table.range((destination, 0, 0)..=(destination, u64::MAX, u128::MAX))?;
+    for entry in range {
+        let (key, value) = entry?;
+        let (_, due_ms, delivery_id) = key.value();
+        if in_flight.contains(&delivery_id) {
+            continue;
+        }
+        if due_ms > now_ms || items.len() == limit {
+            return Ok((items, Some(due_ms)));
+        }
+        items.push(DueItem {
+            delivery_id,
+            event_id: value.value(),
+            due_ms,
+        });
+    }
+    Ok((items, None))
+}
+
+/// Deliveries waiting (the queue depth).
+pub fn pending_count(txn: &ReadTransaction) -> Result<u64, StoreError> {
+    Ok(txn.open_table(DUE)?.len()?)
+}
+
+/// Earliest due time over the given destinations' queues.
+pub fn oldest_due(txn: &ReadTransaction, destinations: &[u128]) -> Result<Option<u64>, StoreError> {
+    let table = txn.open_table(DUE)?;
+    let mut oldest: Option<u64> = None;
+    for &d in destinations {
+        let first = table
+            .range((d, 0, 0)..=(d, u64::MAX, u128::MAX))?
+            .next()
+            .transpose()?;
+        if let Some((key, _)) = first {
+            let due = key.value().1;
+            oldest = Some(oldest.map_or(due, |o| o.min(due)));
+        }
+    }
+    Ok(oldest)
+}
+
+/// What to do with a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Succeeded,
+    RetryAt(i64),
+    Failed,
+}
+
+/// An attempt's result, to be recorded in one write.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub destination_id: u128,
+    pub source_id: u128,
+    pub item: DueItem,
+    pub attempt: AttemptRecord,
+    pub next: Next,
+    /// Auto-disable threshold (`delivery.disable_after`), in ms.
+    pub disable_after_ms: i64,
+}
+
+/// What recording an attempt changed beyond the delivery itself.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// The destination was disabled by this attempt (all failed for too long).
+    pub disabled_destination: bool,
+    /// The delivery was no longer pending (cancelled or deleted meanwhile).
+    pub stale: bool,
+}
+
+/// Records an attempt: the attempt row, the delivery's new state and queue
+/// position, and the destination's failure run (auto-disable).
+pub fn record_attempt(txn: &WriteTransaction, o: &AttemptOutcome) -> Result<Recorded, StoreError> {
+    let mut deliveries = txn.open_table(DELIVERIES)?;
+    let Some(mut delivery) = deliveries
+        .get(o.item.delivery_id)?
+        .map(|b| DeliveryRecord::decode(b.value()))
+        .transpose()?
+    else {
+        // The event (or its source) was deleted meanwhile.
+        return Ok(Recorded {
+            stale: true,
+            ..Recorded::default()
+        });
+    };
+    let mut destinations = txn.open_table(DESTINATIONS)?;
+    let destination = destinations
+        .get((o.source_id, o.destination_id))?
+        .map(|b| DestinationRecord::decode(b.value()))
+        .transpose()?;
+
+    txn.open_table(ATTEMPTS)?.insert(
+        (delivery.id, o.attempt.number),
+        o.attempt.encode().as_slice(),
+    )?;
+    let now = o.attempt.started_at_ms + o.attempt.duration_ms as i64;
+    let mut due = txn.open_table(DUE)?;
+    let queued = due
+        .remove((o.destination_id, o.item.due_ms, delivery.id))?
+        .is_some();
+    let mut recorded = Recorded::default();
+    if delivery.status != DeliveryStatus::Pending || !queued {
+        recorded.stale = true;
+        delivery.attempts = delivery.attempts.max(o.attempt.number);
+        delivery.updated_at_ms = now;
+        deliveries.insert(delivery.id, delivery.encode().as_slice())?;
+        return Ok(recorded);
+    }
+    delivery.attempts = o.attempt.number;
+    delivery.updated_at_ms = now;
+    match o.next {
+        Next::Succeeded => {
+            delivery.status = DeliveryStatus::Succeeded;
+            delivery.next_attempt_ms = None;
+        }
+        Next::Failed => {
+            delivery.status = DeliveryStatus::Failed;
+            delivery.next_attempt_ms = None;
+        }
+        Next::RetryAt(at) => {
+            delivery.next_attempt_ms = Some(at);
+            due.insert(
+                (o.destination_id, at.max(0) as u64, delivery.id),
+                delivery.event_id,
+            )?;
+        }
+    }
+    deliveries.insert(delivery.id, delivery.encode().as_slice())?;
+    drop(due);
+    drop(deliveries);
+
+    if let Some(mut d) = destination {
+        let succeeded = o.next == Next::Succeeded;
+        let changed = match (succeeded, d.failing_since_ms) {
+            (true, Some(_)) => {
+                d.failing_since_ms = None;
+                true
+            }
+            (false, None) => {
+                d.failing_since_ms = Some(o.attempt.started_at_ms);
+                true
+            }
+            (false, Some(since)) if d.enabled && now - since >= o.disable_after_ms => {
+                d.enabled = false;
+                d.disabled_at_ms = Some(now);
+                d.disabled_reason = Some(format!(
+                    "every delivery attempt failed for {} (since {}); re-enable it once the endpoint works",
+                    humantime::format_duration(std::time::Duration::from_millis((now - since).max(0) as u64 / 1000 * 1000)),
+                    crate::clock::format_ms(since)
+                ));
+                recorded.disabled_destination = true;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            d.updated_at_ms = now;
+            destinations.insert((o.source_id, o.destination_id), d.encode().as_slice())?;
+        }
+        drop(destinations);
+        if recorded.disabled_destination {
+            cancel_pending(txn, o.destination_id, now)?;
+        }
+    }
+    Ok(recorded)
+}
+
+/// Cancels every queued delivery of a destination (disabled or deleted).
+pub fn cancel_pending(
+    txn: &WriteTransaction,
+    destination: u128,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let mut due = txn.open_table(DUE)?;
+    let mut deliveries = txn.open_table(DELIVERIES)?;
+    let mut cancelled = 0;
+    let queued: Vec<u128> = due
+        .extract_from_if(
+            (destination, 0, 0)..=(destination, u64::MAX, u128::MAX),
+            |_, _| true,
+        )?
+        .map(|entry| entry.map(|(k, _)| k.value().2))
+        .collect::<Result<_, _>>()?;
+    for id in queued {
+        let record = deliveries
+            .get(id)?
+            .map(|b| DeliveryRecord::decode(b.value()))
+            .transpose()?;
+        if let Some(mut d) = record {
+            d.status = DeliveryStatus::Cancelled;
+            d.next_attempt_ms = None;
+            d.updated_at_ms = now_ms;
+            deliveries.insert(id, d.encode().as_slice())?;
+            cancelled += 1;
+        }
+    }
+    Ok(cancelled)
+}
+
+/// One delivery.
+pub fn get(txn: &ReadTransaction, id: u128) -> Result<DeliveryRecord, StoreError> {
+    match txn.open_table(DELIVERIES)?.get(id)? {
+        Some(bytes) => DeliveryRecord::decode(bytes.value()),
+        None => Err(StoreError::NotFound),
+    }
+}
+
+/// A delivery's attempts, in order.
+pub fn attempts_of(
+    txn: &ReadTransaction,
+    delivery_id: u128,
+) -> Result<Vec<AttemptRecord>, StoreError> {
+    let table = txn.open_table(ATTEMPTS)?;
+    let mut out = Vec::new();
+    for entry in table.range((delivery_id, 0)..=(delivery_id, u32::MAX))? {
+        out.push(AttemptRecord::decode(entry?.1.value())?);
+    }
+    Ok(out)
+}
