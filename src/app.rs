@@ -46,6 +46,7 @@ pub struct RunningServer {
     store: Store,
     engine: Engine,
     delivery_grace: Duration,
+    retention: JoinHandle<()>,
 }
 
 /// Opens storage, makes the bootstrap key if none exists, binds the
@@ -99,6 +100,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     // SPEC §2 allows for the whole shutdown.
     let delivery_grace =
         (state.config.delivery.timeout + Duration::from_secs(1)).min(Duration::from_secs(20));
+    let retention = tokio::spawn(retention_loop(
+        store.clone(),
+        state.config.storage.retention_interval,
+    ));
     let router = api::router(state);
     let tls_on = acceptor.is_some();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -114,6 +119,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         store,
         engine,
         delivery_grace,
+        retention,
     })
 }
 
@@ -135,7 +141,22 @@ impl RunningServer {
             let _ = stop.send(());
         }
         let _ = (&mut self.task).await;
+        self.retention.abort();
         self.engine.shutdown(self.delivery_grace).await;
         self.store.close().await;
+    }
+}
+
+/// Removes expired events every `interval`, for as long as the server runs.
+async fn retention_loop(store: Store, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match crate::store::retention::sweep(&store, crate::clock::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "retention removed expired events"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
+        }
     }
 }

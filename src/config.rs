@@ -86,6 +86,9 @@ pub struct StorageConfig {
     pub max_batch_ops: usize,
     /// Operations that may wait for the writer before callers are refused.
     pub queue_capacity: usize,
+    /// How often expired events are looked for and removed.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
 }
 
 /// Outgoing deliveries.
@@ -144,6 +147,7 @@ impl Default for StorageConfig {
             quick_repair: false,
             max_batch_ops: 1024,
             queue_capacity: 8192,
+            retention_interval: Duration::from_secs(60),
         }
     }
 }

@@ -11,7 +11,9 @@ use common::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-const PUBLIC_URL: &str = "https://93.184.216.34/hook";
+/// A loopback port nothing listens on: deliveries made by these calls fail
+/// locally and are retried later; no traffic leaves the machine.
+const DESTINATION_URL: &str = "http://127.0.0.1:9/hook";
 
 /// Every route the server serves (src/api/mod.rs `documented_routes`), with
 /// a body that makes it succeed and the status it then answers.
@@ -43,7 +45,7 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, u16)> {
         (
             Method::POST,
             "/api/v1/webhooks/sources/{source_id}/destinations",
-            Some(json!({"url": PUBLIC_URL})),
+            Some(json!({"url": DESTINATION_URL})),
             201,
         ),
         (
@@ -85,6 +87,43 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, u16)> {
             "/in/{slug}",
             Some(json!({"type": "test.event"})),
             200,
+        ),
+        (
+            Method::GET,
+            "/api/v1/webhooks/sources/{id}/events",
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/api/v1/webhooks/sources/{id}/events/{event_id}",
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/api/v1/webhooks/sources/{id}/events/{event_id}/deliveries",
+            None,
+            200,
+        ),
+        (
+            Method::POST,
+            "/api/v1/webhooks/sources/{id}/events/{event_id}/replay",
+            None,
+            202,
+        ),
+        // The delivery is pending, not failed: the route answers 409.
+        (
+            Method::POST,
+            "/api/v1/webhooks/sources/{id}/events/{event_id}/deliveries/{delivery_id}/retry",
+            None,
+            409,
+        ),
+        (
+            Method::POST,
+            "/api/v1/webhooks/sources/{id}/replay",
+            Some(json!({"after": "2020-01-01T00:00:00Z"})),
+            202,
         ),
     ]
 }
@@ -208,6 +247,8 @@ struct Ids {
     source: String,
     slug: String,
     destination: String,
+    event: String,
+    delivery: String,
 }
 
 async fn fresh_ids(server: &TestServer) -> Ids {
@@ -224,16 +265,35 @@ async fn fresh_ids(server: &TestServer) -> Ids {
     let (status, body) = server
         .post(
             &format!("/api/v1/webhooks/sources/{source}/destinations"),
-            json!({"url": PUBLIC_URL}),
+            json!({"url": DESTINATION_URL}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let destination = body["data"]["id"].as_str().unwrap().to_string();
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &format!("/in/{slug}"),
+            None,
+            Some(json!({"type": "openapi.check"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let event = body["data"]["event_id"].as_str().unwrap().to_string();
+    let (status, body) = server
+        .get(&format!(
+            "/api/v1/webhooks/sources/{source}/events/{event}/deliveries"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let delivery = body["data"][0]["id"].as_str().unwrap().to_string();
     Ids {
         key,
         source,
         slug,
         destination,
+        event,
+        delivery,
     }
 }
 
@@ -247,14 +307,17 @@ fn concrete(template: &str, ids: &Ids) -> String {
     } else {
         template.replace("{id}", &ids.source)
     };
-    let path = path.replace("{slug}", &ids.slug);
+    let path = path
+        .replace("{slug}", &ids.slug)
+        .replace("{event_id}", &ids.event)
+        .replace("{delivery_id}", &ids.delivery);
     assert!(!path.contains('{'), "unfilled template {template}");
     path
 }
 
 #[tokio::test]
 async fn every_listed_route_answers_on_the_server() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| c.delivery.allow_private_networks = true).await;
     // What the router answers for a path it does not serve.
     let (status, fallback) = server.get("/surely/not/a/route").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -284,6 +347,8 @@ async fn every_listed_route_answers_on_the_server() {
                 source: "src_01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
                 slug: "wh_Zz9Zz9Zz".into(),
                 destination: "dst_01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+                event: "evt_01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+                delivery: "dlv_01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
             };
             let path = concrete(template, &unknown);
             let body = routes()

@@ -8,6 +8,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod destinations;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod ops;
 pub mod sources;
@@ -52,6 +53,7 @@ pub struct AppState {
         (name = "api-keys", description = "API keys (admin scope)"),
         (name = "sources", description = "Sources: where providers send webhooks"),
         (name = "destinations", description = "Destinations: where Krafter forwards them"),
+        (name = "events", description = "Events, deliveries, replay and retry"),
         (name = "ingest", description = "Public ingest URLs that providers POST to"),
         (name = "operations", description = "Health, readiness, metrics and this document")
     )
@@ -93,6 +95,12 @@ fn documented_routes() -> OpenApiRouter<AppState> {
             destinations::delete
         ))
         .routes(routes!(destinations::rotate_secret))
+        .routes(routes!(events::list))
+        .routes(routes!(events::get))
+        .routes(routes!(events::deliveries))
+        .routes(routes!(events::replay))
+        .routes(routes!(events::retry))
+        .routes(routes!(events::bulk_replay))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -248,3 +248,29 @@ pub fn attempts_of(
     }
     Ok(out)
 }
+
+/// Puts a `failed` delivery back in its destination's queue, due now.
+pub fn retry(
+    txn: &WriteTransaction,
+    delivery_id: u128,
+    now_ms: i64,
+) -> Result<DeliveryRecord, StoreError> {
+    let mut deliveries = txn.open_table(DELIVERIES)?;
+    let mut d = match deliveries.get(delivery_id)? {
+        Some(bytes) => DeliveryRecord::decode(bytes.value())?,
+        None => return Err(StoreError::NotFound),
+    };
+    if d.status != DeliveryStatus::Failed {
+        return Err(StoreError::Conflict(format!(
+            "only a failed delivery can be retried; this one is {}",
+            d.status.as_str()
+        )));
+    }
+    d.status = DeliveryStatus::Pending;
+    d.next_attempt_ms = Some(now_ms);
+    d.updated_at_ms = now_ms;
+    deliveries.insert(d.id, d.encode().as_slice())?;
+    txn.open_table(DUE)?
+        .insert((d.destination_id, now_ms.max(0) as u64, d.id), d.event_id)?;
+    Ok(d)
+}

@@ -64,14 +64,21 @@ pub fn ingest(txn: &WriteTransaction, event: &EventRecord) -> Result<IngestOutco
     };
     txn.open_table(SOURCE_EVENTS)?
         .insert((event.source_id, event.id), summary.encode().as_slice())?;
-    let deliveries = insert_deliveries(txn, event, &targets, event.received_at_ms)?;
+    let deliveries = insert_deliveries(
+        txn,
+        event.id,
+        event.source_id,
+        &targets,
+        event.received_at_ms,
+    )?;
     Ok(IngestOutcome::Stored { deliveries })
 }
 
 /// Creates one pending delivery per destination, due at `due_ms`.
 pub fn insert_deliveries(
     txn: &WriteTransaction,
-    event: &EventRecord,
+    event_id: u128,
+    source_id: u128,
     destination_ids: &[u128],
     due_ms: i64,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
@@ -82,8 +89,8 @@ pub fn insert_deliveries(
     for &destination_id in destination_ids {
         let d = DeliveryRecord {
             id: new_id(),
-            event_id: event.id,
-            source_id: event.source_id,
+            event_id,
+            source_id,
             destination_id,
             status: DeliveryStatus::Pending,
             attempts: 0,
@@ -92,8 +99,8 @@ pub fn insert_deliveries(
             updated_at_ms: due_ms,
         };
         deliveries.insert(d.id, d.encode().as_slice())?;
-        by_event.insert((event.id, d.id), ())?;
-        due.insert((destination_id, due_ms.max(0) as u64, d.id), event.id)?;
+        by_event.insert((event_id, d.id), ())?;
+        due.insert((destination_id, due_ms.max(0) as u64, d.id), event_id)?;
         out.push(d);
     }
     Ok(out)
@@ -186,4 +193,137 @@ pub fn ids_of_source(txn: &WriteTransaction, source_id: u128) -> Result<Vec<u128
         ids.push(entry?.0.value().1);
     }
     Ok(ids)
+}
+
+/// Which of a source's events to list.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Only ids below this (the cursor), exclusive.
+    pub before_id: Option<u128>,
+    /// `received_at` bounds in Unix ms: `after` exclusive, `before` exclusive.
+    pub after_ms: Option<i64>,
+    pub before_ms: Option<i64>,
+    /// Exact type or `*` pattern.
+    pub type_pattern: Option<String>,
+}
+
+/// Most index entries one page may examine: a rare type over a huge
+/// source returns a short page with a cursor instead of scanning it all.
+pub const MAX_SCAN_PER_PAGE: usize = 20_000;
+
+/// A page of a source's events, newest first, from the summary index (no
+/// bodies are read). `next` is set when more may follow.
+pub fn list(
+    txn: &ReadTransaction,
+    source_id: u128,
+    query: &EventQuery,
+    limit: usize,
+) -> Result<super::Page<(u128, EventSummary)>, StoreError> {
+    let table = txn.open_table(SOURCE_EVENTS)?;
+    // ULIDs start with their millisecond: time bounds become key bounds.
+    // A second of slack on each side, then the exact check below.
+    let mut upper = query.before_id.unwrap_or(u128::MAX);
+    if let Some(before) = query.before_ms {
+        upper = upper.min(ulid_floor(before.saturating_add(1000)));
+    }
+    let lower = query
+        .after_ms
+        .map(|after| ulid_floor(after.saturating_sub(1000)))
+        .unwrap_or(0);
+    let patterns: Vec<String> = query.type_pattern.iter().cloned().collect();
+    let mut items = Vec::new();
+    let mut last_seen = None;
+    for (scanned, entry) in table
+        .range((source_id, lower)..(source_id, upper))?
+        .rev()
+        .enumerate()
+    {
+        let (key, value) = entry?;
+        let id = key.value().1;
+        if items.len() == limit || scanned == MAX_SCAN_PER_PAGE {
+            return Ok(super::Page {
+                items,
+                next: last_seen,
+            });
+        }
+        last_seen = Some(id);
+        let summary = EventSummary::decode(value.value())?;
+        let in_time = query.after_ms.is_none_or(|a| summary.received_at_ms > a)
+            && query.before_ms.is_none_or(|b| summary.received_at_ms < b);
+        if in_time && filter::matches(&patterns, &summary.event_type) {
+            items.push((id, summary));
+        }
+    }
+    Ok(super::Page { items, next: None })
+}
+
+/// The smallest ULID of a millisecond.
+fn ulid_floor(ms: i64) -> u128 {
+    u128::from(ms.max(0) as u64) << 80
+}
+
+/// One event's summary (for the detail view and replay).
+pub fn summary(
+    txn: &ReadTransaction,
+    source_id: u128,
+    event_id: u128,
+) -> Result<EventSummary, StoreError> {
+    match txn.open_table(SOURCE_EVENTS)?.get((source_id, event_id))? {
+        Some(bytes) => EventSummary::decode(bytes.value()),
+        None => Err(StoreError::NotFound),
+    }
+}
+
+/// Most events one bulk replay may cover; narrower ranges beyond that.
+pub const MAX_BULK_EVENTS: usize = 1_000_000;
+
+/// Every event of a source received in (`after_ms`, `before_ms`) whose type
+/// matches, oldest first, as (id, type). `None` when more than
+/// [`MAX_BULK_EVENTS`] match.
+pub fn matching(
+    txn: &ReadTransaction,
+    source_id: u128,
+    after_ms: i64,
+    before_ms: i64,
+    type_pattern: Option<&str>,
+) -> Result<Option<Vec<(u128, String)>>, StoreError> {
+    let table = txn.open_table(SOURCE_EVENTS)?;
+    let patterns: Vec<String> = type_pattern.map(str::to_string).into_iter().collect();
+    let lower = ulid_floor(after_ms.saturating_sub(1000));
+    let upper = ulid_floor(before_ms.saturating_add(1000));
+    let mut out = Vec::new();
+    for entry in table.range((source_id, lower)..(source_id, upper))? {
+        let (key, value) = entry?;
+        let summary = EventSummary::decode(value.value())?;
+        if summary.received_at_ms > after_ms
+            && summary.received_at_ms < before_ms
+            && filter::matches(&patterns, &summary.event_type)
+        {
+            if out.len() == MAX_BULK_EVENTS {
+                return Ok(None);
+            }
+            out.push((key.value().1, summary.event_type));
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Queues deliveries for many events in one write, skipping events that
+/// were deleted meanwhile. Returns the deliveries made.
+pub fn insert_many(
+    txn: &WriteTransaction,
+    source_id: u128,
+    plan: &[(u128, Vec<u128>)],
+    due_ms: i64,
+) -> Result<Vec<DeliveryRecord>, StoreError> {
+    let mut made = Vec::new();
+    for (event_id, targets) in plan {
+        let exists = txn.open_table(EVENTS)?.get(*event_id)?.is_some();
+        if exists {
+            made.extend(insert_deliveries(
+                txn, *event_id, source_id, targets, due_ms,
+            )?);
+        }
+    }
+    Ok(made)
 }

@@ -12,6 +12,7 @@ mod error;
 pub mod events;
 pub mod ids;
 pub mod records;
+pub mod retention;
 pub mod sources;
 pub mod tables;
 mod writer;
