@@ -1,6 +1,12 @@
 //! Load tool: drives the real release server over loopback.
 //!
-//! `cargo bench --bench load -- [--connections 64] [--seconds 10] [--body-bytes 1024]`
+//! `cargo bench --bench load -- [--scenario ingest|fanout|backlog] [--connections 64] [--seconds 10] [--body-bytes 1024] [--events N]`
+//!
+//! - `ingest` (default): ingest throughput and latency, vs bare hyper.
+//! - `fanout`: the same load with 4 destinations on a fast local sink:
+//!   deliveries/s, ingest-to-delivery latency, backlog over time.
+//! - `backlog`: queues `--events` × 4 deliveries to a sink that never
+//!   answers, and reports the server's RSS with that backlog on disk.
 //!
 //! It starts `krafter serve` (release build) on a free loopback port with a
 //! temp data dir, creates a Stripe source with two matching destinations
@@ -34,22 +40,34 @@ const SECRET: &str = "whsec_load_tool_secret";
 const MAX_REQUESTS: u64 = 20_000_000;
 
 struct Options {
+    scenario: String,
     connections: usize,
     seconds: u64,
     body_bytes: usize,
+    events: u64,
 }
 
 fn options() -> Options {
     let mut o = Options {
+        scenario: "ingest".to_string(),
         connections: 64,
         seconds: 10,
         body_bytes: 1024,
+        events: 250_000,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
+        if args[i] == "--scenario" {
+            if let Some(name) = args.get(i + 1) {
+                o.scenario = name.clone();
+            }
+            i += 2;
+            continue;
+        }
         let value = args.get(i + 1).and_then(|v| v.parse::<u64>().ok());
         match (args[i].as_str(), value) {
+            ("--events", Some(v)) => o.events = v.clamp(1, 5_000_000),
             ("--connections", Some(v)) => o.connections = v.clamp(1, 1024) as usize,
             ("--seconds", Some(v)) => o.seconds = v.clamp(1, 600),
             ("--body-bytes", Some(v)) => o.body_bytes = v.clamp(64, 1 << 20) as usize,
@@ -74,7 +92,8 @@ fn main() {
 
 async fn run(o: Options) {
     println!(
-        "load: {} connections, {} s, {}-byte bodies, machine: {} cores",
+        "load: scenario {}, {} connections, {} s, {}-byte bodies, machine: {} cores",
+        o.scenario,
         o.connections,
         o.seconds,
         o.body_bytes,
@@ -82,33 +101,178 @@ async fn run(o: Options) {
             .map(|n| n.get())
             .unwrap_or(0)
     );
-    let sink = start_bare_server().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let mut server = spawn_krafter(dir.path(), port);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_healthy(&base).await;
-    let slug = setup_source(&base, dir.path(), sink).await;
+    match o.scenario.as_str() {
+        "fanout" => fanout(&o).await,
+        "backlog" => backlog(&o).await,
+        _ => ingest(&o).await,
+    }
+}
 
-    let krafter = drive(
-        format!("127.0.0.1:{port}").parse().expect("addr"),
-        format!("/in/{slug}"),
-        &o,
-        true,
-    )
-    .await;
-    let rss = rss_kib(server.id());
-    let _ = server.kill();
-    let _ = server.wait();
+/// A Krafter release server on a free port with a temp data dir.
+struct Server {
+    child: Child,
+    base: String,
+    addr: SocketAddr,
+    key: String,
+    _dir: tempfile::TempDir,
+}
 
-    let bare = drive(sink, "/".to_string(), &o, true).await;
+impl Server {
+    async fn start(extra_env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = spawn_krafter(dir.path(), port, extra_env);
+        let base = format!("http://127.0.0.1:{port}");
+        wait_healthy(&base).await;
+        let key = std::fs::read_to_string(dir.path().join("data/admin.key")).expect("admin.key");
+        Server {
+            child,
+            base,
+            addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+            key: key.trim().to_string(),
+            _dir: dir,
+        }
+    }
 
+    fn rss_mib(&self) -> u64 {
+        rss_kib(self.child.id()) / 1024
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn ingest(o: &Options) {
+    let sink = start_sink(Sink::default()).await;
+    let server = Server::start(&[]).await;
+    let slug = setup_source(&server, &[sink, sink]).await;
+    let krafter = drive(server.addr, format!("/in/{slug}"), o, true).await;
+    let rss = server.rss_mib();
+    drop(server);
+    let bare = drive(sink, "/".to_string(), o, true).await;
     println!("krafter ingest: {}", krafter.describe());
-    println!("krafter RSS after run: {} MiB", rss / 1024);
+    println!("krafter RSS after run: {rss} MiB");
     println!("bare hyper 200: {}", bare.describe());
     println!(
         "ratio krafter/bare: {:.2}",
         krafter.rate() / bare.rate().max(1.0)
+    );
+}
+
+async fn fanout(o: &Options) {
+    let sink = Sink::default();
+    let addr = start_sink(sink.clone()).await;
+    let server = Server::start(&[]).await;
+    let slug = setup_source(&server, &[addr, addr, addr, addr]).await;
+    let started = Instant::now();
+    let sampler = {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut per_second = Vec::new();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = sink.count.load(Ordering::Relaxed);
+                per_second.push(now - last);
+                last = now;
+                if per_second.len() > 600 {
+                    return per_second;
+                }
+            }
+        })
+    };
+    let load = drive(server.addr, format!("/in/{slug}"), o, true).await;
+    let backlog_at_end = server.metric("krafter_deliveries_pending").await;
+    let delivered_during = sink.count.load(Ordering::Relaxed);
+    let during = started.elapsed();
+    // Let the backlog drain (bounded).
+    let expected = load.ok * 4;
+    let drain_deadline = Instant::now() + Duration::from_secs(120);
+    while sink.count.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drained_in = started.elapsed().saturating_sub(during);
+    sampler.abort();
+    let rss = server.rss_mib();
+    let mut latencies = sink
+        .latencies_us
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * p).round() as usize)
+            .map_or(0.0, |v| *v as f64 / 1000.0)
+    };
+    println!("ingest during fan-out: {}", load.describe());
+    println!(
+        "deliveries while ingesting: {:.0}/s ({} in {:.1} s); backlog at end of ingest: {backlog_at_end}",
+        delivered_during as f64 / during.as_secs_f64(),
+        delivered_during,
+        during.as_secs_f64()
+    );
+    println!(
+        "all {} of {expected} deliveries done {:.1} s after ingest stopped; overall {:.0} deliveries/s",
+        sink.count.load(Ordering::Relaxed),
+        drained_in.as_secs_f64(),
+        sink.count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    );
+    println!(
+        "ingest-to-delivery latency ms: p50 {:.1} p90 {:.1} p99 {:.1} (n={})",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        latencies.len()
+    );
+    println!("krafter RSS: {rss} MiB");
+}
+
+async fn backlog(o: &Options) {
+    // A sink that accepts connections and never answers: every delivery
+    // stays pending (in flight until the timeout, then retried later).
+    let hang = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hang_addr = hang.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hang.accept().await {
+            held.push(stream);
+        }
+    });
+    let server = Server::start(&[]).await;
+    let slug = setup_source(&server, &[hang_addr, hang_addr, hang_addr, hang_addr]).await;
+    let before = server.rss_mib();
+    let target = o.events;
+    let sent = drive_count(server.addr, format!("/in/{slug}"), o, target).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pending = server.metric("krafter_deliveries_pending").await;
+    println!(
+        "backlog: {} events accepted ({} errors) in {:.1} s; deliveries pending: {pending}",
+        sent.ok,
+        sent.errors,
+        sent.elapsed.as_secs_f64()
+    );
+    println!(
+        "krafter RSS: {before} MiB before, {} MiB with the backlog",
+        server.rss_mib()
     );
 }
 
@@ -119,9 +283,10 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn spawn_krafter(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_krafter"))
-        .arg("serve")
+fn spawn_krafter(dir: &std::path::Path, port: u16, extra_env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_krafter"));
+    cmd.envs(extra_env.iter().copied());
+    cmd.arg("serve")
         .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("KRAFTER_STORAGE__PATH", dir.join("data"))
         .env("KRAFTER_DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
@@ -145,13 +310,11 @@ async fn wait_healthy(base: &str) {
     panic!("krafter did not start");
 }
 
-async fn setup_source(base: &str, dir: &std::path::Path, sink: SocketAddr) -> String {
-    let key = std::fs::read_to_string(dir.join("data/admin.key")).expect("admin.key");
-    let key = key.trim();
+async fn setup_source(server: &Server, destinations: &[SocketAddr]) -> String {
     let client = reqwest::Client::new();
     let source: Value = client
-        .post(format!("{base}/api/v1/webhooks/sources"))
-        .bearer_auth(key)
+        .post(format!("{}/api/v1/webhooks/sources", server.base))
+        .bearer_auth(&server.key)
         .json(&json!({"name": "load", "provider": "stripe", "signing_secret": SECRET}))
         .send()
         .await
@@ -160,11 +323,19 @@ async fn setup_source(base: &str, dir: &std::path::Path, sink: SocketAddr) -> St
         .await
         .expect("source json");
     let id = source["data"]["id"].as_str().expect("source id");
-    for filter in [json!(["invoice.*"]), json!(["*"])] {
+    for (i, sink) in destinations.iter().enumerate() {
+        let filter = if i % 2 == 0 {
+            json!(["invoice.*"])
+        } else {
+            json!(["*"])
+        };
         let status = client
-            .post(format!("{base}/api/v1/webhooks/sources/{id}/destinations"))
-            .bearer_auth(key)
-            .json(&json!({"url": format!("http://{sink}/sink"), "event_filter": filter}))
+            .post(format!(
+                "{}/api/v1/webhooks/sources/{id}/destinations",
+                server.base
+            ))
+            .bearer_auth(&server.key)
+            .json(&json!({"url": format!("http://{sink}/sink/{i}"), "event_filter": filter}))
             .send()
             .await
             .expect("create destination")
@@ -174,9 +345,17 @@ async fn setup_source(base: &str, dir: &std::path::Path, sink: SocketAddr) -> St
     source["data"]["slug"].as_str().expect("slug").to_string()
 }
 
+/// What the sink saw: deliveries counted, and ingest-to-delivery latency
+/// read from the send time the load generator put in each body.
+#[derive(Clone, Default)]
+struct Sink {
+    count: Arc<AtomicU64>,
+    latencies_us: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
 /// A hyper server that answers 200 to everything: the bare-HTTP baseline
 /// and the delivery sink.
-async fn start_bare_server() -> SocketAddr {
+async fn start_sink(sink: Sink) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -185,10 +364,28 @@ async fn start_bare_server() -> SocketAddr {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            let sink = sink.clone();
             tokio::spawn(async move {
-                let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let _ = req.into_body().collect().await;
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let sink = sink.clone();
+                    async move {
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        if let Some(sent) = sent_at_us(&body) {
+                            let now = epoch().elapsed().as_micros() as u64;
+                            if let Ok(mut l) = sink.latencies_us.lock() {
+                                if l.len() < 5_000_000 {
+                                    l.push(now.saturating_sub(sent));
+                                }
+                            }
+                        }
+                        sink.count.fetch_add(1, Ordering::Relaxed);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -197,6 +394,24 @@ async fn start_bare_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// The process-wide time origin shared by generator and sink.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Reads `"sent_us":<n>` from a body made by [`event_body`].
+fn sent_at_us(body: &[u8]) -> Option<u64> {
+    let marker = b"\"sent_us\":";
+    let at = body.windows(marker.len()).position(|w| w == marker)? + marker.len();
+    let digits: Vec<u8> = body[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
 struct Outcome {
@@ -237,6 +452,30 @@ impl Outcome {
 /// Runs `o.connections` keep-alive HTTP/1.1 connections against `addr`,
 /// each sending unique Stripe-signed events, for `o.seconds`.
 async fn drive(addr: SocketAddr, path: String, o: &Options, sign: bool) -> Outcome {
+    drive_with(
+        addr,
+        path,
+        o,
+        sign,
+        MAX_REQUESTS,
+        Duration::from_secs(o.seconds),
+    )
+    .await
+}
+
+/// Sends exactly `count` events (or stops after 10 minutes).
+async fn drive_count(addr: SocketAddr, path: String, o: &Options, count: u64) -> Outcome {
+    drive_with(addr, path, o, true, count, Duration::from_secs(600)).await
+}
+
+async fn drive_with(
+    addr: SocketAddr,
+    path: String,
+    o: &Options,
+    sign: bool,
+    cap: u64,
+    limit: Duration,
+) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -258,9 +497,7 @@ async fn drive(addr: SocketAddr, path: String, o: &Options, sign: bool) -> Outco
             };
             tokio::spawn(connection);
             let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed)
-                && sent.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
-            {
+            while !stop.load(Ordering::Relaxed) && sent.fetch_add(1, Ordering::Relaxed) < cap {
                 let body = event_body(conn, n, body_bytes);
                 n += 1;
                 let mut req = Request::post(path.as_str())
@@ -294,7 +531,10 @@ async fn drive(addr: SocketAddr, path: String, o: &Options, sign: bool) -> Outco
             (latencies, ok, errors)
         }));
     }
-    tokio::time::sleep(Duration::from_secs(o.seconds)).await;
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline && !tasks.iter().all(|t| t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let mut outcome = Outcome {
         ok: 0,
@@ -315,8 +555,10 @@ async fn drive(addr: SocketAddr, path: String, o: &Options, sign: bool) -> Outco
 }
 
 fn event_body(conn: usize, n: u64, size: usize) -> String {
-    let head =
-        format!(r#"{{"id":"evt_load_{conn}_{n}","object":"event","type":"invoice.paid","pad":""#);
+    let sent = epoch().elapsed().as_micros();
+    let head = format!(
+        r#"{{"id":"evt_load_{conn}_{n}","object":"event","type":"invoice.paid","sent_us":{sent},"pad":""#
+    );
     let pad = size.saturating_sub(head.len() + 2);
     format!("{head}{}\"}}", "x".repeat(pad))
 }
