@@ -76,7 +76,10 @@ pub async fn ensure_bootstrap_key(store: &Store) -> Result<Option<PathBuf>, Stor
     Ok(Some(path))
 }
 
-/// The authenticated caller of an API request.
+/// The authenticated caller of an API request. In-process callers that
+/// authenticated by other means (the dashboard's session) insert one as a
+/// request extension and dispatch into the same router, so every operation
+/// has exactly one implementation.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub key_id: u128,
@@ -101,6 +104,11 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Set only by in-process callers (the dashboard, after checking its
+        // session); a network request cannot carry request extensions.
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
         let key = bearer_token(parts).ok_or_else(|| {
             ApiError::unauthorized("send an API key as `Authorization: Bearer krf_...`")
         })?;
