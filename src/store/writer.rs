@@ -235,3 +235,111 @@ fn commit_batch(db: &Database, batch: &mut [Box<dyn PendingWrite>], quick_repair
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableDatabase;
+
+    const T: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("t");
+
+    fn writer(
+        dir: &tempfile::TempDir,
+        queue: usize,
+        timeout_ms: u64,
+    ) -> (Arc<Database>, Arc<Writer>) {
+        let db = Arc::new(Database::create(dir.path().join("w.redb")).unwrap());
+        let limits = WriterLimits {
+            max_batch_ops: 64,
+            max_batch_bytes: 1 << 20,
+            queue_capacity: queue,
+            quick_repair: false,
+            enqueue_timeout: Duration::from_millis(timeout_ms),
+        };
+        let w = Writer::start(
+            db.clone(),
+            limits,
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(Metrics::new()),
+        );
+        (db, Arc::new(w))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_after_a_bounded_wait_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, w) = writer(&dir, 1, 200);
+        // Occupy the writer thread.
+        let busy = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.write(0, |_| {
+                    std::thread::sleep(Duration::from_millis(800));
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Fill the one queue slot.
+        let queued = {
+            let w = w.clone();
+            tokio::spawn(async move { w.write(0, |_| Ok(1)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let refused = w.write(0, |_| Ok(2)).await;
+        let waited = started.elapsed();
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert!(
+            waited >= Duration::from_millis(180) && waited < Duration::from_millis(700),
+            "{waited:?}"
+        );
+        // The accepted ones still complete.
+        assert!(busy.await.unwrap().is_ok());
+        assert_eq!(queued.await.unwrap().unwrap(), 1);
+        w.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_a_refused_op_does_not_spoil_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, w) = writer(&dir, 1024, 5_000);
+        let mut tasks = Vec::new();
+        for i in 0..200u64 {
+            let w = w.clone();
+            tasks.push(tokio::spawn(async move {
+                w.write(0, move |txn| {
+                    if i % 10 == 0 {
+                        // Refuses before writing, as the contract asks.
+                        return Err(StoreError::Conflict("no".into()));
+                    }
+                    txn.open_table(T)?.insert(i, i)?;
+                    Ok(i)
+                })
+                .await
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(ok, 180);
+        w.stop().await;
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(T).unwrap();
+        assert_eq!(redb::ReadableTableMetadata::len(&table).unwrap(), 180);
+        // After stop, writes are refused rather than lost silently.
+        assert!(matches!(
+            w.write(0, |_| Ok(())).await,
+            Err(StoreError::Unavailable(_))
+        ));
+    }
+}
