@@ -7,6 +7,9 @@
 //!   deliveries/s, ingest-to-delivery latency, backlog over time.
 //! - `backlog`: queues `--events` × 4 deliveries to a sink that never
 //!   answers, and reports the server's RSS with that backlog on disk.
+//! - `events`: ingests `--events` into one source, then times listing the
+//!   newest page and a deep page, and a bulk replay of all of them
+//!   (deliveries queued/s).
 //!
 //! It starts `krafter serve` (release build) on a free loopback port with a
 //! temp data dir, creates a Stripe source with two matching destinations
@@ -104,6 +107,7 @@ async fn run(o: Options) {
     match o.scenario.as_str() {
         "fanout" => fanout(&o).await,
         "backlog" => backlog(&o).await,
+        "events" => events_listing(&o).await,
         _ => ingest(&o).await,
     }
 }
@@ -274,6 +278,133 @@ async fn backlog(o: &Options) {
         "krafter RSS: {before} MiB before, {} MiB with the backlog",
         server.rss_mib()
     );
+}
+
+async fn events_listing(o: &Options) {
+    let hang = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hang_addr = hang.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hang.accept().await {
+            held.push(stream);
+        }
+    });
+    let server = Server::start(&[]).await;
+    let slug = setup_source(&server, &[]).await;
+    let client = reqwest::Client::new();
+    let sources: Value = client
+        .get(format!("{}/api/v1/webhooks/sources", server.base))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .expect("sources")
+        .json()
+        .await
+        .expect("json");
+    let source = sources["data"][0]["id"]
+        .as_str()
+        .expect("source")
+        .to_string();
+    let start = time_now_rfc3339(0);
+    let sent = drive_count(server.addr, format!("/in/{slug}"), o, o.events).await;
+    println!(
+        "stored {} events in {:.1} s ({:.0}/s)",
+        sent.ok,
+        sent.elapsed.as_secs_f64(),
+        sent.rate()
+    );
+    let list = format!("{}/api/v1/webhooks/sources/{source}/events", server.base);
+    let time_get = |url: String| {
+        let (client, key) = (client.clone(), server.key.clone());
+        async move {
+            let mut samples = Vec::new();
+            let mut last = Value::Null;
+            for _ in 0..50 {
+                let t0 = Instant::now();
+                last = client
+                    .get(&url)
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .expect("list")
+                    .json()
+                    .await
+                    .expect("json");
+                samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            samples.sort_by(|a, b| a.total_cmp(b));
+            (
+                samples[samples.len() / 2],
+                samples[samples.len() * 99 / 100],
+                last,
+            )
+        }
+    };
+    let (p50, p99, newest) = time_get(format!("{list}?limit=50")).await;
+    println!(
+        "list newest page (50): p50 {p50:.2} ms, p99 {p99:.2} ms ({} items)",
+        newest["data"].as_array().map_or(0, Vec::len)
+    );
+    let deep_before = time_now_rfc3339(-(sent.elapsed.as_secs() as i64) + 2);
+    let _ = start;
+    let (p50, p99, deep) = time_get(format!("{list}?limit=50&before={deep_before}")).await;
+    println!(
+        "list deep page (50, before the first ~2 s of ingest): p50 {p50:.2} ms, p99 {p99:.2} ms ({} items)",
+        deep["data"].as_array().map_or(0, Vec::len)
+    );
+    if let Some(cursor) = deep["next_cursor"].as_str() {
+        let (p50, p99, _) = time_get(format!("{list}?limit=50&cursor={cursor}")).await;
+        println!("list deep page by cursor: p50 {p50:.2} ms, p99 {p99:.2} ms");
+    }
+    let status = client
+        .post(format!(
+            "{}/api/v1/webhooks/sources/{source}/destinations",
+            server.base
+        ))
+        .bearer_auth(&server.key)
+        .json(&json!({"url": format!("http://{hang_addr}/hang")}))
+        .send()
+        .await
+        .expect("destination")
+        .status();
+    assert_eq!(status, 201);
+    let t0 = Instant::now();
+    let accepted: Value = client
+        .post(format!(
+            "{}/api/v1/webhooks/sources/{source}/replay",
+            server.base
+        ))
+        .bearer_auth(&server.key)
+        .json(&json!({"after": "2000-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .expect("bulk replay")
+        .json()
+        .await
+        .expect("json");
+    let answered = t0.elapsed();
+    let want = accepted["data"]["deliveries"].as_f64().unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while server.metric("krafter_deliveries_pending").await < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let queued = server.metric("krafter_deliveries_pending").await;
+    println!(
+        "bulk replay: answered 202 in {:.0} ms; {queued} of {want} deliveries queued in {:.1} s ({:.0}/s)",
+        answered.as_secs_f64() * 1000.0,
+        t0.elapsed().as_secs_f64(),
+        queued / t0.elapsed().as_secs_f64()
+    );
+    println!("krafter RSS: {} MiB", server.rss_mib());
+}
+
+/// Now plus `offset_s` seconds, as RFC 3339.
+fn time_now_rfc3339(offset_s: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    krafter::clock::format_ms(now + offset_s * 1000)
 }
 
 fn free_port() -> u16 {

@@ -555,9 +555,25 @@ pub async fn bulk_replay(
             else {
                 return Ok(None);
             };
+            // Without a status filter the targets depend only on the
+            // type: one shared list per type, not one per event.
+            let by_type: Vec<std::sync::Arc<Vec<u128>>> = matched
+                .types
+                .iter()
+                .map(|event_type| {
+                    std::sync::Arc::new(match &chosen {
+                        Some(chosen) => chosen.clone(),
+                        None => all
+                            .iter()
+                            .filter(|d| d.enabled && filter::matches(&d.event_filter, event_type))
+                            .map(|d| d.id)
+                            .collect(),
+                    })
+                })
+                .collect();
             let mut plan = Vec::new();
-            for (event, event_type) in matched {
-                let targets: Vec<u128> = if only_failed {
+            for (event, type_index) in matched.events {
+                let targets = if only_failed {
                     let mut failed: Vec<u128> = events::deliveries_of(txn, event)?
                         .iter()
                         .filter(|d| d.status == DeliveryStatus::Failed)
@@ -567,14 +583,9 @@ pub async fn bulk_replay(
                         .collect();
                     failed.sort_unstable();
                     failed.dedup();
-                    failed
-                } else if let Some(chosen) = &chosen {
-                    chosen.clone()
+                    std::sync::Arc::new(failed)
                 } else {
-                    all.iter()
-                        .filter(|d| d.enabled && filter::matches(&d.event_filter, &event_type))
-                        .map(|d| d.id)
-                        .collect()
+                    by_type[type_index as usize].clone()
                 };
                 if !targets.is_empty() {
                     plan.push((event, targets));

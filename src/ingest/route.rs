@@ -21,7 +21,7 @@ use crate::clock::now_ms;
 use crate::ingest::providers::{self, Inbound, ProviderKind};
 use crate::metrics::IngestResult;
 use crate::store::events::{self, IngestOutcome};
-use crate::store::ids::{format_id, new_id, IdKind};
+use crate::store::ids::{format_id, id_timestamp_ms, new_id, IdKind};
 use crate::store::records::{EventRecord, SourceRecord};
 use crate::store::{sources, StoreError};
 
@@ -158,10 +158,13 @@ async fn handle(
         return Ok((IngestResult::Handshake, handshake(reply)));
     }
     let config = source.provider_config.as_ref();
+    // `received_at` is the id's own millisecond, so time filters on the
+    // (source, id) index are exact key bounds.
+    let id = new_id();
     let event = EventRecord {
-        id: new_id(),
+        id,
         source_id: source.id,
-        received_at_ms: now,
+        received_at_ms: id_timestamp_ms(id) as i64,
         event_type: providers::event_type(source.provider, config, &inbound, json.as_ref()),
         provider_event_id: providers::provider_event_id(
             source.provider,

@@ -220,15 +220,15 @@ pub fn list(
     limit: usize,
 ) -> Result<super::Page<(u128, EventSummary)>, StoreError> {
     let table = txn.open_table(SOURCE_EVENTS)?;
-    // ULIDs start with their millisecond: time bounds become key bounds.
-    // A second of slack on each side, then the exact check below.
+    // An event's `received_at` is its id's millisecond: time bounds are
+    // key bounds (the exact check below guards the edges).
     let mut upper = query.before_id.unwrap_or(u128::MAX);
     if let Some(before) = query.before_ms {
-        upper = upper.min(ulid_floor(before.saturating_add(1000)));
+        upper = upper.min(ulid_floor(before));
     }
     let lower = query
         .after_ms
-        .map(|after| ulid_floor(after.saturating_sub(1000)))
+        .map(|after| ulid_floor(after.saturating_add(1)))
         .unwrap_or(0);
     let patterns: Vec<String> = query.type_pattern.iter().cloned().collect();
     let mut items = Vec::new();
@@ -277,21 +277,30 @@ pub fn summary(
 /// Most events one bulk replay may cover; narrower ranges beyond that.
 pub const MAX_BULK_EVENTS: usize = 1_000_000;
 
+/// Events of a source in a time range, with their types interned: a bulk
+/// replay over a million events holds 20 bytes per event, not a string.
+#[derive(Debug, Default)]
+pub struct Matched {
+    /// (event id, index into `types`), oldest first.
+    pub events: Vec<(u128, u32)>,
+    pub types: Vec<String>,
+}
+
 /// Every event of a source received in (`after_ms`, `before_ms`) whose type
-/// matches, oldest first, as (id, type). `None` when more than
-/// [`MAX_BULK_EVENTS`] match.
+/// matches. `None` when more than [`MAX_BULK_EVENTS`] match.
 pub fn matching(
     txn: &ReadTransaction,
     source_id: u128,
     after_ms: i64,
     before_ms: i64,
     type_pattern: Option<&str>,
-) -> Result<Option<Vec<(u128, String)>>, StoreError> {
+) -> Result<Option<Matched>, StoreError> {
     let table = txn.open_table(SOURCE_EVENTS)?;
     let patterns: Vec<String> = type_pattern.map(str::to_string).into_iter().collect();
-    let lower = ulid_floor(after_ms.saturating_sub(1000));
-    let upper = ulid_floor(before_ms.saturating_add(1000));
-    let mut out = Vec::new();
+    let lower = ulid_floor(after_ms.saturating_add(1));
+    let upper = ulid_floor(before_ms);
+    let mut matched = Matched::default();
+    let mut index: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
     for entry in table.range((source_id, lower)..(source_id, upper))? {
         let (key, value) = entry?;
         let summary = EventSummary::decode(value.value())?;
@@ -299,13 +308,18 @@ pub fn matching(
             && summary.received_at_ms < before_ms
             && filter::matches(&patterns, &summary.event_type)
         {
-            if out.len() == MAX_BULK_EVENTS {
+            if matched.events.len() == MAX_BULK_EVENTS {
                 return Ok(None);
             }
-            out.push((key.value().1, summary.event_type));
+            let next = matched.types.len() as u32;
+            let t = *index.entry(summary.event_type.clone()).or_insert_with(|| {
+                matched.types.push(summary.event_type);
+                next
+            });
+            matched.events.push((key.value().1, t));
         }
     }
-    Ok(Some(out))
+    Ok(Some(matched))
 }
 
 /// Queues deliveries for many events in one write, skipping events that
@@ -313,7 +327,7 @@ pub fn matching(
 pub fn insert_many(
     txn: &WriteTransaction,
     source_id: u128,
-    plan: &[(u128, Vec<u128>)],
+    plan: &[(u128, std::sync::Arc<Vec<u128>>)],
     due_ms: i64,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
     let mut made = Vec::new();
