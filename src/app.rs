@@ -142,6 +142,9 @@ impl RunningServer {
         }
         let _ = (&mut self.task).await;
         self.retention.abort();
+        // Abort is asynchronous: wait until the task (and its Store clone)
+        // is dropped, or the database stays open after shutdown returns.
+        let _ = (&mut self.retention).await;
         self.engine.shutdown(self.delivery_grace).await;
         self.store.close().await;
     }

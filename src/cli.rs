@@ -36,6 +36,29 @@ pub enum Command {
     /// Manage API keys while the server is stopped.
     #[command(subcommand)]
     ApiKeys(ApiKeysCommand),
+    /// Download a consistent backup from the running server (admin key).
+    Backup(BackupArgs),
+    /// Restore a backup into an empty data directory (server stopped).
+    Restore {
+        /// A file written by `krafter backup`.
+        #[arg(long)]
+        from: PathBuf,
+    },
+}
+
+/// Arguments of `backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Where to write the backup; must not exist.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// The server's base URL (default: derived from `server.listen`).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// File holding an admin API key (default: `<storage.path>/admin.key`);
+    /// `$KRAFTER_API_KEY` takes precedence.
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
 }
 
 /// `krafter api-keys ...`
@@ -80,6 +103,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(serve(config))
         }
         Command::ApiKeys(cmd) => runtime()?.block_on(api_keys_command(config, cmd)),
+        Command::Backup(args) => runtime()?.block_on(backup(config, args)),
+        Command::Restore { from } => {
+            let rows = crate::store::backup::restore(&from, &config.storage.path)?;
+            eprintln!(
+                "restored {rows} rows from {} into {}; start the server with this configuration",
+                from.display(),
+                config.storage.path.display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -103,8 +136,12 @@ fn init_logging(config: &Config) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let server = crate::app::start(config).await?;
+    // systemd `Type=notify`: ready means the listener is open and the
+    // bootstrap key written. A no-op outside systemd.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     wait_for_signal().await?;
     tracing::info!("shutting down");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
@@ -188,5 +225,67 @@ async fn run_key_command(store: &Store, cmd: ApiKeysCommand) -> anyhow::Result<(
             }
         }
     }
+    Ok(())
+}
+
+async fn backup(config: Config, args: BackupArgs) -> anyhow::Result<()> {
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::AsyncWriteExt;
+
+    if args.to.exists() {
+        bail!("{} already exists; choose a new file", args.to.display());
+    }
+    let key = match std::env::var("KRAFTER_API_KEY") {
+        Ok(key) => key,
+        Err(_) => {
+            let path = args
+                .api_key_file
+                .clone()
+                .unwrap_or_else(|| config.storage.path.join(crate::api::auth::ADMIN_KEY_FILE));
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the API key from {} (or set KRAFTER_API_KEY)", path.display()))?
+        }
+    };
+    let base = args.url.unwrap_or_else(|| {
+        let mut addr = config.server.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let scheme = if config.tls_enabled() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    });
+    let mut delivery = config.delivery.clone();
+    delivery.allow_private_networks = true;
+    let client = crate::delivery::client::build_with_body::<Empty<bytes::Bytes>>(&delivery)?;
+    let request = http::Request::get(format!("{}/api/v1/backup", base.trim_end_matches('/')))
+        .header(http::header::AUTHORIZATION, format!("Bearer {}", key.trim()))
+        .body(Empty::new())?;
+    let response = client
+        .request(request)
+        .await
+        .with_context(|| format!("connecting to {base}"))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        bail!("the server answered {status}: {}", String::from_utf8_lossy(&body));
+    }
+    let partial = args.to.with_extension("partial");
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .await
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let mut body = response.into_body();
+    let mut written = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            file.write_all(data).await?;
+            written += data.len() as u64;
+        }
+    }
+    file.sync_all().await?;
+    tokio::fs::rename(&partial, &args.to).await?;
+    eprintln!("wrote {} ({written} bytes); it holds the secrets key: keep it private", args.to.display());
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod backup;
 pub mod destinations;
 pub mod error;
 pub mod events;
@@ -105,6 +106,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+        .routes(routes!(backup::backup))
         .routes(routes!(crate::ingest::route::receive))
 }
 

@@ -77,6 +77,17 @@ impl tower::Service<Name> for GuardedResolver {
 
 /// Builds the client from the delivery configuration.
 pub fn build(config: &DeliveryConfig) -> Result<DeliveryClient, ClientError> {
+    build_with_body(config)
+}
+
+/// The same client for another request body type (the CLI's GETs).
+pub fn build_with_body<B>(
+    config: &DeliveryConfig,
+) -> Result<Client<HttpsConnector<HttpConnector<GuardedResolver>>, B>, ClientError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {

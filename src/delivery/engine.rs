@@ -29,13 +29,17 @@ use crate::config::DeliveryConfig;
 use crate::metrics::Metrics;
 use crate::store::deliveries::{self, AttemptOutcome, DueItem, Next};
 use crate::store::ids::{format_id, IdKind};
-use crate::store::records::{AttemptRecord, DestinationRecord, RetiredSecret};
+use crate::store::records::{AttemptRecord, DeliveryStatus, DestinationRecord, RetiredSecret};
 use crate::store::{destinations, events, Store, StoreError};
 
 /// How long a lane sleeps at most before looking at its queue again, in
 /// case a wake-up was missed (e.g. a retry scheduled by another process
 /// before a restart).
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
+
+/// How long an item that hit a storage error waits before the lane may
+/// take it again.
+const ERROR_PAUSE: Duration = Duration::from_secs(5);
 
 /// Handle to the running engine; cheap to clone.
 #[derive(Clone)]
@@ -124,7 +128,10 @@ impl Engine {
     /// Stops taking new attempts and waits (bounded) for in-flight ones to
     /// finish and be recorded; unfinished ones stay queued for next start.
     pub async fn shutdown(&self, grace: Duration) {
-        let _ = self.inner.stop.send(true);
+        // `send` would do nothing while no lane has subscribed yet (an idle
+        // engine, or a lane spawned but not yet polled): that lane would then
+        // never stop and keep the store open. `send_replace` always sets it.
+        self.inner.stop.send_replace(true);
         self.inner.tracker.close();
         if tokio::time::timeout(grace, self.inner.tracker.wait())
             .await
@@ -204,7 +211,15 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
                         if let Some(rate) = destination.rate_limit.filter(|r| *r > 0) {
                             let now = Instant::now();
                             if next_slot > now {
-                                tokio::time::sleep_until(next_slot).await;
+                                // Shutdown doesn't wait for a rate-limited
+                                // backlog: what is not sent stays queued.
+                                tokio::select! {
+                                    _ = tokio::time::sleep_until(next_slot) => {}
+                                    _ = stop.changed() => break,
+                                }
+                                if *stop.borrow() {
+                                    break;
+                                }
                             }
                             next_slot =
                                 next_slot.max(now) + Duration::from_secs_f64(1.0 / f64::from(rate));
@@ -224,6 +239,9 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
                     wait = Duration::from_secs(1);
                 }
             }
+        }
+        if *stop.borrow() {
+            break;
         }
         tokio::select! {
             _ = lane.wake.notified() => {}
@@ -253,13 +271,21 @@ async fn deliver(
         Err(StoreError::NotFound) => return,
         Err(e) => {
             tracing::error!(error = %e, "cannot load a delivery");
+            // It stays queued; pause so the lane does not spin on it.
+            tokio::time::sleep(ERROR_PAUSE).await;
             return;
         }
     };
+    // Cancelled (destination disabled or deleted) while this item waited
+    // for its rate-limit slot: it must not be sent.
+    if delivery.status != DeliveryStatus::Pending {
+        return;
+    }
     let keys = match signing_keys(&inner.store, destination) {
         Ok(keys) => keys,
         Err(e) => {
             tracing::error!(destination = %format_id(IdKind::Destination, destination.id), error = %e, "cannot open the destination secret");
+            tokio::time::sleep(ERROR_PAUSE).await;
             return;
         }
     };

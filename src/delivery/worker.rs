@@ -106,6 +106,8 @@ pub async fn attempt(client: &DeliveryClient, req: AttemptRequest<'_>) -> Attemp
         Ok(Err(e)) => {
             let kind = if is_ssrf_refusal(&e) {
                 "ssrf_refused"
+            } else if is_tls_failure(&e) {
+                "tls"
             } else if e.is_connect() {
                 "connect"
             } else {
@@ -189,6 +191,24 @@ async fn read_snippet(mut body: hyper::body::Incoming) -> Vec<u8> {
         }
     }
     snippet
+}
+
+/// Whether a TLS handshake or certificate check failed (rustls errors
+/// arrive wrapped in `io::Error`, whose `source()` skips the wrapped error).
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                return true;
+            }
+        }
+        current = err.source();
+    }
+    false
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

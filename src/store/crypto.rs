@@ -22,6 +22,8 @@ const NONCE_LEN: usize = 12;
 /// Seals and opens secrets with the data directory's key.
 pub struct SecretBox {
     cipher: ChaCha20Poly1305,
+    /// Kept for backups, which must carry it.
+    key: Vec<u8>,
 }
 
 impl SecretBox {
@@ -46,6 +48,7 @@ impl SecretBox {
         };
         Ok(SecretBox {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            key,
         })
     }
 
@@ -60,6 +63,11 @@ impl SecretBox {
             Err(_) => out.clear(),
         }
         out
+    }
+
+    /// The raw key, for backups.
+    pub fn key_bytes(&self) -> &[u8] {
+        &self.key
     }
 
     /// Decrypts what [`SecretBox::seal`] produced.

@@ -5,6 +5,7 @@
 //! out and drop the transaction before returning.
 
 pub mod api_keys;
+pub mod backup;
 pub mod crypto;
 pub mod deliveries;
 pub mod destinations;
@@ -119,6 +120,14 @@ impl Store {
         f(&txn)
     }
 
+    /// Writes a consistent backup (one snapshot, plus the secrets key) to
+    /// `dest`, a path that must not exist. Blocking: call off the async
+    /// threads.
+    pub fn backup_to(&self, dest: &Path) -> Result<u64, StoreError> {
+        let snapshot = self.inner.db.begin_read()?;
+        backup::write_backup(&snapshot, self.inner.secrets.key_bytes(), dest)
+    }
+
     /// Seals a secret for storage.
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
         self.inner.secrets.seal(plaintext)
@@ -180,6 +189,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(tables::EVENT_DELIVERIES)?;
     txn.open_table(tables::DUE)?;
     txn.open_table(tables::ATTEMPTS)?;
+    txn.open_table(tables::DASHBOARD_SESSIONS)?;
     txn.commit()?;
     Ok(())
 }

@@ -35,3 +35,8 @@ pub const EVENT_DELIVERIES: TableDefinition<(u128, u128), ()> =
 pub const DUE: TableDefinition<(u128, u64, u128), u128> = TableDefinition::new("due");
 /// (delivery id, attempt number) → [`super::records::AttemptRecord`].
 pub const ATTEMPTS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("attempts");
+/// SHA-256 of a dashboard session id → the dashboard's session record
+/// (`crate::dashboard::session`). Only the hash is stored, so a copy of the
+/// database does not sign anyone in.
+pub const DASHBOARD_SESSIONS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("dashboard_sessions");

@@ -285,3 +285,511 @@ pub fn assert_timestamp(value: &Value) {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|e| panic!("not a valid RFC 3339 time: {s}: {e}"));
 }
+
+// ---------------------------------------------------------------------------
+// Delivery-side helpers: restarting with a changed config, `none` sources,
+// destinations, ingest, metrics, and a programmable in-test HTTP receiver.
+// ---------------------------------------------------------------------------
+
+impl TestServer {
+    /// Stops the server gracefully, lets `tweak` change the configuration,
+    /// and starts it again on the same data directory.
+    pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        self.stop().await;
+        let TestServer {
+            mut config, dir, ..
+        } = self;
+        tweak(&mut config);
+        Self::start_in(dir, config).await
+    }
+
+    /// Creates a source with provider `none` (no verification) and returns
+    /// its `data` object (`id`, `slug`, ...).
+    pub async fn create_none_source(&self, name: &str) -> Value {
+        let (status, body) = self
+            .post(
+                "/api/v1/webhooks/sources",
+                serde_json::json!({"name": name, "provider": "none"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["data"].clone()
+    }
+
+    /// Creates a destination of `source_id` from a JSON body (at least
+    /// `url`) and returns its `data` object, including the one-time `secret`.
+    pub async fn create_destination(&self, source_id: &str, body: Value) -> Value {
+        let (status, resp) = self
+            .post(
+                &format!("/api/v1/webhooks/sources/{source_id}/destinations"),
+                body.clone(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body} → {resp}");
+        resp["data"].clone()
+    }
+
+    /// POSTs `body` to `/in/{slug}`, asserts a 200 with a new event, and
+    /// returns the event id.
+    pub async fn ingest_bytes(&self, slug: &str, content_type: &str, body: Vec<u8>) -> String {
+        let resp = self
+            .raw(
+                Method::POST,
+                &format!("/in/{slug}"),
+                None,
+                Some(content_type),
+                Some(body),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "ingest: {}", resp.text);
+        let json = resp.json();
+        assert_eq!(json["data"]["duplicate"], false, "{json}");
+        json["data"]["event_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no event_id: {json}"))
+            .to_string()
+    }
+
+    /// Ingests `{"type": event_type, ...extra}` as JSON; returns the event id.
+    pub async fn ingest_json(&self, slug: &str, body: &Value) -> String {
+        self.ingest_bytes(
+            slug,
+            "application/json",
+            serde_json::to_vec(body).expect("json"),
+        )
+        .await
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        let resp = self.raw(Method::GET, "/metrics", None, None, None).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+        resp.text
+    }
+
+    /// The value of one Prometheus series, written exactly as exposed
+    /// (`krafter_delivery_attempts_total{result="timeout"}`); 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        parse_metric(&self.metrics_text().await, series)
+    }
+}
+
+/// The value of `series` in a Prometheus text exposition (0 when absent).
+pub fn parse_metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|value| value.split_whitespace().next())
+                .and_then(|value| value.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics with
+/// `what` after `within`.
+pub async fn poll<T, F, Fut>(within: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1:0 for delivery tests: it records
+/// every request (headers, body bytes, arrival time) and answers as a
+/// programmable script says (status, headers such as `Retry-After`, body,
+/// delay or hang). Optionally speaks HTTPS with a given rustls config.
+/// Dropping it closes the listener and every open connection.
+pub mod receiver {
+    use std::collections::HashMap;
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, MutexGuard};
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Incoming;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncRead, AsyncWrite};
+    use tokio::net::TcpListener;
+    use tokio::task::{JoinHandle, JoinSet};
+
+    /// One request as the receiver saw it.
+    #[derive(Debug, Clone)]
+    pub struct Received {
+        pub method: String,
+        /// Path and query.
+        pub path: String,
+        pub headers: http::HeaderMap,
+        pub body: Vec<u8>,
+        /// When its head arrived.
+        pub at: Instant,
+        /// 0-based position among all requests to this receiver.
+        pub index: usize,
+        /// 0-based position among requests to the same path.
+        pub path_index: usize,
+    }
+
+    impl Received {
+        /// The single value of a header as text (panics if it repeats).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            let mut values = self.headers.get_all(name).iter();
+            let first = values.next()?;
+            assert!(
+                values.next().is_none(),
+                "header {name} sent more than once: {:?}",
+                self.headers
+            );
+            Some(first.to_str().expect("header value is text"))
+        }
+
+        /// The single value of a header, which must be present.
+        pub fn must(&self, name: &str) -> &str {
+            self.header(name)
+                .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+        }
+    }
+
+    /// How to answer one request.
+    #[derive(Debug, Clone)]
+    pub struct Reply {
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+        /// Wait this long before answering (a very long delay is a hang).
+        pub delay: Duration,
+    }
+
+    impl Reply {
+        pub fn status(status: u16) -> Reply {
+            Reply {
+                status,
+                headers: Vec::new(),
+                body: Vec::new(),
+                delay: Duration::ZERO,
+            }
+        }
+
+        pub fn ok() -> Reply {
+            Reply::status(200)
+        }
+
+        /// Never answers (within any test's lifetime).
+        pub fn hang() -> Reply {
+            Reply::ok().delay(Duration::from_secs(3600))
+        }
+
+        pub fn header(mut self, name: &str, value: &str) -> Reply {
+            self.headers.push((name.to_string(), value.to_string()));
+            self
+        }
+
+        pub fn retry_after(self, value: &str) -> Reply {
+            self.header("retry-after", value)
+        }
+
+        pub fn body(mut self, body: impl Into<Vec<u8>>) -> Reply {
+            self.body = body.into();
+            self
+        }
+
+        pub fn delay(mut self, delay: Duration) -> Reply {
+            self.delay = delay;
+            self
+        }
+    }
+
+    /// Decides the answer to each request.
+    pub type Script = Arc<dyn Fn(&Received) -> Reply + Send + Sync>;
+
+    /// Answers the n-th request (over all paths) with `replies[n]`, and
+    /// every later one with `then`.
+    pub fn sequence(replies: Vec<Reply>, then: Reply) -> impl Fn(&Received) -> Reply {
+        move |r: &Received| {
+            replies
+                .get(r.index)
+                .cloned()
+                .unwrap_or_else(|| then.clone())
+        }
+    }
+
+    struct State {
+        received: Mutex<Vec<Received>>,
+        per_path: Mutex<HashMap<String, usize>>,
+        script: Mutex<Script>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+        connections: AtomicUsize,
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a request as open until dropped (answered, or cancelled).
+    struct Open(Arc<State>);
+
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A running receiver.
+    pub struct Receiver {
+        addr: SocketAddr,
+        scheme: &'static str,
+        state: Arc<State>,
+        accept: JoinHandle<()>,
+    }
+
+    impl Drop for Receiver {
+        fn drop(&mut self) {
+            self.accept.abort();
+        }
+    }
+
+    impl Receiver {
+        /// Plain HTTP, answering per `script`.
+        pub async fn start(
+            script: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+        ) -> Receiver {
+            Self::launch(None, Arc::new(script)).await
+        }
+
+        /// Plain HTTP, answering 200 to everything.
+        pub async fn ok() -> Receiver {
+            Self::start(|_| Reply::ok()).await
+        }
+
+        /// HTTPS with the given server config (HTTP/1.1).
+        pub async fn start_tls(
+            tls: Arc<rustls::ServerConfig>,
+            script: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+        ) -> Receiver {
+            Self::launch(Some(tokio_rustls::TlsAcceptor::from(tls)), Arc::new(script)).await
+        }
+
+        async fn launch(tls: Option<tokio_rustls::TlsAcceptor>, script: Script) -> Receiver {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind receiver");
+            let addr = listener.local_addr().expect("receiver address");
+            let state = Arc::new(State {
+                received: Mutex::new(Vec::new()),
+                per_path: Mutex::new(HashMap::new()),
+                script: Mutex::new(script),
+                in_flight: AtomicUsize::new(0),
+                max_in_flight: AtomicUsize::new(0),
+                connections: AtomicUsize::new(0),
+            });
+            let accept_state = state.clone();
+            let accept = tokio::spawn(async move {
+                // Owned here so that aborting this task closes every connection.
+                let mut connections = JoinSet::new();
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    while connections.try_join_next().is_some() {}
+                    accept_state.connections.fetch_add(1, Ordering::SeqCst);
+                    let (state, tls) = (accept_state.clone(), tls.clone());
+                    connections.spawn(async move {
+                        let _ = tcp.set_nodelay(true);
+                        match tls {
+                            None => serve(tcp, state).await,
+                            Some(acceptor) => {
+                                if let Ok(stream) = acceptor.accept(tcp).await {
+                                    serve(stream, state).await;
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            Receiver {
+                addr,
+                scheme,
+                state,
+                accept,
+            }
+        }
+
+        /// The bound address (127.0.0.1:port).
+        pub fn addr(&self) -> SocketAddr {
+            self.addr
+        }
+
+        /// `http(s)://127.0.0.1:<port><path>`.
+        pub fn url(&self, path: &str) -> String {
+            format!("{}://{}{path}", self.scheme, self.addr)
+        }
+
+        /// `http(s)://localhost:<port><path>`.
+        pub fn localhost_url(&self, path: &str) -> String {
+            format!("{}://localhost:{}{path}", self.scheme, self.addr.port())
+        }
+
+        /// Replaces the script for the requests that come next.
+        pub fn set_script(&self, script: impl Fn(&Received) -> Reply + Send + Sync + 'static) {
+            *lock(&self.state.script) = Arc::new(script);
+        }
+
+        /// Every request so far, in arrival order.
+        pub fn requests(&self) -> Vec<Received> {
+            lock(&self.state.received).clone()
+        }
+
+        /// The requests to one path, in arrival order.
+        pub fn requests_to(&self, path: &str) -> Vec<Received> {
+            lock(&self.state.received)
+                .iter()
+                .filter(|r| r.path == path)
+                .cloned()
+                .collect()
+        }
+
+        pub fn count(&self) -> usize {
+            lock(&self.state.received).len()
+        }
+
+        pub fn count_to(&self, path: &str) -> usize {
+            lock(&self.state.received)
+                .iter()
+                .filter(|r| r.path == path)
+                .count()
+        }
+
+        /// Requests open right now (arrived, not yet answered).
+        pub fn in_flight(&self) -> usize {
+            self.state.in_flight.load(Ordering::SeqCst)
+        }
+
+        /// The most requests that were ever open at once.
+        pub fn max_in_flight(&self) -> usize {
+            self.state.max_in_flight.load(Ordering::SeqCst)
+        }
+
+        /// TCP connections accepted so far.
+        pub fn connections(&self) -> usize {
+            self.state.connections.load(Ordering::SeqCst)
+        }
+
+        /// Waits until at least `n` requests arrived (panics after `within`).
+        pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
+            self.wait_until(within, &format!("{n} requests"), |all| all.len() >= n)
+                .await
+        }
+
+        /// Waits until at least `n` requests to `path` arrived.
+        pub async fn wait_for_path(&self, path: &str, n: usize, within: Duration) -> Vec<Received> {
+            self.wait_until(within, &format!("{n} requests to {path}"), |all| {
+                all.iter().filter(|r| r.path == path).count() >= n
+            })
+            .await;
+            self.requests_to(path)
+        }
+
+        /// Waits until `done` holds over the requests so far.
+        pub async fn wait_until(
+            &self,
+            within: Duration,
+            what: &str,
+            done: impl Fn(&[Received]) -> bool,
+        ) -> Vec<Received> {
+            let deadline = Instant::now() + within;
+            loop {
+                {
+                    let all = lock(&self.state.received);
+                    if done(&all) {
+                        return all.clone();
+                    }
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "receiver: timed out after {within:?} waiting for {what}; got {} requests",
+                        self.count()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    async fn serve<S>(io: S, state: Arc<State>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = service_fn(move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(req, state).await) }
+        });
+        let _ = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(io), service)
+            .await;
+    }
+
+    async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<Full<Bytes>> {
+        let at = Instant::now();
+        let now_open = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now_open, Ordering::SeqCst);
+        let _open = Open(state.clone());
+        let (parts, body) = req.into_parts();
+        let body = match body.collect().await {
+            Ok(collected) => collected.to_bytes().to_vec(),
+            Err(_) => Vec::new(),
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".to_string());
+        let received = {
+            let mut all = lock(&state.received);
+            let mut per_path = lock(&state.per_path);
+            let path_index = per_path.entry(path.clone()).or_insert(0);
+            let received = Received {
+                method: parts.method.to_string(),
+                path: path.clone(),
+                headers: parts.headers,
+                body,
+                at,
+                index: all.len(),
+                path_index: *path_index,
+            };
+            *path_index += 1;
+            all.push(received.clone());
+            received
+        };
+        let script = lock(&state.script).clone();
+        let reply = script(&received);
+        if !reply.delay.is_zero() {
+            tokio::time::sleep(reply.delay).await;
+        }
+        let mut response = Response::builder().status(reply.status);
+        for (name, value) in &reply.headers {
+            response = response.header(name.as_str(), value.as_str());
+        }
+        response
+            .body(Full::new(Bytes::from(reply.body)))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    }
+}

@@ -1,0 +1,8 @@
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || true
+    if [ "$1" -ge 1 ]; then
+        systemctl try-restart krafter.service >/dev/null 2>&1 || true
+    fi
+fi
+# /var/lib/krafter (events, keys) is never removed by the package.
+exit 0
