@@ -426,7 +426,12 @@ pub async fn replay(
     let queued = targets.clone();
     let created = state
         .store
-        .write(move |txn| events::insert_deliveries(txn, record.id, source, &queued, now_ms()))
+        .write(move |txn| {
+            // Re-checked in the write: a destination disabled or deleted
+            // since the check above gets no delivery.
+            let live = events::enabled_destinations(txn, source, &queued)?;
+            events::insert_deliveries(txn, record.id, source, &live, now_ms())
+        })
         .await
         .map_err(not_found("event"))?;
     for d in &created {
@@ -574,10 +579,24 @@ pub async fn bulk_replay(
             let mut plan = Vec::new();
             for (event, type_index) in matched.events {
                 let targets = if only_failed {
-                    let mut failed: Vec<u128> = events::deliveries_of(txn, event)?
+                    // A destination counts as failed for this event when a
+                    // delivery to it failed and none (a replay, a retry)
+                    // has succeeded or is still pending since.
+                    let list = events::deliveries_of(txn, event)?;
+                    let settled = |dest: u128| {
+                        list.iter().any(|d| {
+                            d.destination_id == dest
+                                && matches!(
+                                    d.status,
+                                    DeliveryStatus::Succeeded | DeliveryStatus::Pending
+                                )
+                        })
+                    };
+                    let mut failed: Vec<u128> = list
                         .iter()
                         .filter(|d| d.status == DeliveryStatus::Failed)
                         .map(|d| d.destination_id)
+                        .filter(|id| !settled(*id))
                         .filter(|id| chosen.as_ref().is_none_or(|c| c.contains(id)))
                         .filter(|id| all.iter().any(|d| d.id == *id && d.enabled))
                         .collect();

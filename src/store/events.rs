@@ -334,10 +334,28 @@ pub fn insert_many(
     for (event_id, targets) in plan {
         let exists = txn.open_table(EVENTS)?.get(*event_id)?.is_some();
         if exists {
-            made.extend(insert_deliveries(
-                txn, *event_id, source_id, targets, due_ms,
-            )?);
+            let live = enabled_destinations(txn, source_id, targets)?;
+            made.extend(insert_deliveries(txn, *event_id, source_id, &live, due_ms)?);
         }
     }
     Ok(made)
+}
+
+/// Those of `ids` that still exist and are enabled, read in the write
+/// transaction that is about to queue deliveries to them.
+pub fn enabled_destinations(
+    txn: &WriteTransaction,
+    source_id: u128,
+    ids: &[u128],
+) -> Result<Vec<u128>, StoreError> {
+    let table = txn.open_table(DESTINATIONS)?;
+    let mut live = Vec::with_capacity(ids.len());
+    for &id in ids {
+        if let Some(bytes) = table.get((source_id, id))? {
+            if DestinationRecord::decode(bytes.value())?.enabled {
+                live.push(id);
+            }
+        }
+    }
+    Ok(live)
 }
