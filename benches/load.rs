@@ -251,16 +251,7 @@ async fn fanout(o: &Options) {
 }
 
 async fn backlog(o: &Options) {
-    // A sink that accepts connections and never answers: every delivery
-    // stays pending (in flight until the timeout, then retried later).
-    let hang = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let hang_addr = hang.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = hang.accept().await {
-            held.push(stream);
-        }
-    });
+    let hang_addr = start_hanging_sink().await;
     let server = Server::start(&[]).await;
     let slug = setup_source(&server, &[hang_addr, hang_addr, hang_addr, hang_addr]).await;
     let before = server.rss_mib();
@@ -281,14 +272,7 @@ async fn backlog(o: &Options) {
 }
 
 async fn events_listing(o: &Options) {
-    let hang = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let hang_addr = hang.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = hang.accept().await {
-            held.push(stream);
-        }
-    });
+    let hang_addr = start_hanging_sink().await;
     let server = Server::start(&[]).await;
     let slug = setup_source(&server, &[]).await;
     let client = reqwest::Client::new();
@@ -522,6 +506,20 @@ async fn start_sink(sink: Sink) -> SocketAddr {
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
+        }
+    });
+    addr
+}
+
+/// A sink that accepts connections and never answers: deliveries to it
+/// stay pending (in flight until the timeout, then retried later).
+async fn start_hanging_sink() -> SocketAddr {
+    let hang = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = hang.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hang.accept().await {
+            held.push(stream);
         }
     });
     addr

@@ -242,8 +242,12 @@ async fn backup(config: Config, args: BackupArgs) -> anyhow::Result<()> {
                 .api_key_file
                 .clone()
                 .unwrap_or_else(|| config.storage.path.join(crate::api::auth::ADMIN_KEY_FILE));
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("reading the API key from {} (or set KRAFTER_API_KEY)", path.display()))?
+            std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "reading the API key from {} (or set KRAFTER_API_KEY)",
+                    path.display()
+                )
+            })?
         }
     };
     let base = args.url.unwrap_or_else(|| {
@@ -251,14 +255,21 @@ async fn backup(config: Config, args: BackupArgs) -> anyhow::Result<()> {
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let scheme = if config.tls_enabled() { "https" } else { "http" };
+        let scheme = if config.tls_enabled() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{addr}")
     });
     let mut delivery = config.delivery.clone();
     delivery.allow_private_networks = true;
     let client = crate::delivery::client::build_with_body::<Empty<bytes::Bytes>>(&delivery)?;
     let request = http::Request::get(format!("{}/api/v1/backup", base.trim_end_matches('/')))
-        .header(http::header::AUTHORIZATION, format!("Bearer {}", key.trim()))
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", key.trim()),
+        )
         .body(Empty::new())?;
     let response = client
         .request(request)
@@ -266,8 +277,16 @@ async fn backup(config: Config, args: BackupArgs) -> anyhow::Result<()> {
         .with_context(|| format!("connecting to {base}"))?;
     if !response.status().is_success() {
         let status = response.status();
-        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        bail!("the server answered {status}: {}", String::from_utf8_lossy(&body));
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        bail!(
+            "the server answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     let partial = args.to.with_extension("partial");
     let mut file = tokio::fs::OpenOptions::new()
@@ -286,6 +305,9 @@ async fn backup(config: Config, args: BackupArgs) -> anyhow::Result<()> {
     }
     file.sync_all().await?;
     tokio::fs::rename(&partial, &args.to).await?;
-    eprintln!("wrote {} ({written} bytes); it holds the secrets key: keep it private", args.to.display());
+    eprintln!(
+        "wrote {} ({written} bytes); it holds the secrets key: keep it private",
+        args.to.display()
+    );
     Ok(())
 }

@@ -1030,13 +1030,6 @@ async fn failing_destinations_are_auto_disabled() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// The real binary; killed (SIGKILL) when dropped.
 struct Krafter(Child);
 
@@ -1071,20 +1064,6 @@ fn spawn_krafter(dir: &Path, data: &Path, port: u16) -> Krafter {
             .spawn()
             .expect("spawn krafter"),
     )
-}
-
-async fn wait_healthy(client: &reqwest::Client, base: &str) {
-    poll(
-        Duration::from_secs(20),
-        "krafter to answer /healthz",
-        || async {
-            match client.get(format!("{base}/healthz")).send().await {
-                Ok(r) if r.status() == 200 => Some(()),
-                _ => None,
-            }
-        },
-    )
-    .await
 }
 
 /// Ingests events numbered from `next` until `total` are acknowledged or
@@ -1148,10 +1127,10 @@ async fn no_delivery_is_lost_across_kill_9() {
     let data = dir.path().join("data");
     let client = reqwest::Client::new();
 
-    let port = free_port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = spawn_krafter(dir.path(), &data, port);
-    wait_healthy(&client, &base).await;
+    common::wait_healthy(&base).await;
     let key = std::fs::read_to_string(data.join("admin.key")).expect("admin.key");
     let key = key.trim();
     let source: Value = client
@@ -1195,13 +1174,13 @@ async fn no_delivery_is_lost_across_kill_9() {
     );
     assert!(at_kill.1 < 2 * 2 * at_kill.0, "killed too late to matter");
 
-    let port = free_port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let _child = {
         drop(child);
         spawn_krafter(dir.path(), &data, port)
     };
-    wait_healthy(&client, &base).await;
+    common::wait_healthy(&base).await;
     ingest_until(&base, &slug, next, EVENTS, acked.clone()).await;
     let acked: Vec<String> = acked.lock().unwrap().clone();
     // Concurrent senders may overshoot a little.

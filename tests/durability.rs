@@ -9,23 +9,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use krafter::config::StorageConfig;
 use krafter::metrics::Metrics;
 use krafter::store::ids::{parse_id, IdKind};
 use krafter::store::{events, Store};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tokio::sync::Mutex;
 
 const SECRET: &str = "whsec_durability";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn spawn(data: &Path, port: u16) -> Child {
     Command::new(common::binary())
@@ -40,30 +31,6 @@ fn spawn(data: &Path, port: u16) -> Child {
         .expect("spawn krafter")
 }
 
-async fn wait_healthy(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("krafter did not become healthy");
-}
-
-/// Stripe's scheme, computed here independently of Krafter's verifier.
-fn stripe_signature(body: &str) -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(format!("{t}.{body}").as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_event_survives_kill_9_under_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,10 +42,10 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
     let mut destinations = 0;
 
     for round in 0..3 {
-        let port = free_port();
+        let port = common::free_port();
         let base = format!("http://127.0.0.1:{port}");
         let mut child = spawn(&data, port);
-        wait_healthy(&client, &base).await;
+        common::wait_healthy(&base).await;
         if round == 0 {
             let key = std::fs::read_to_string(data.join("admin.key")).unwrap();
             let key = key.trim();
@@ -129,7 +96,7 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
                     );
                     let sent = client
                         .post(format!("{base}/in/{slug}"))
-                        .header("stripe-signature", stripe_signature(&body))
+                        .header("stripe-signature", common::stripe_signature(SECRET, &body))
                         .header("content-type", "application/json")
                         .body(body.clone())
                         .timeout(Duration::from_secs(5))

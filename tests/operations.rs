@@ -8,9 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 const STRIPE_SECRET: &str = "whsec_ops_test_secret_4f1c9a";
 const BODY_MARKER: &str = "body-marker-7b3e91";
@@ -20,15 +18,8 @@ struct Binary {
     base: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn spawn(data: &Path, env: &[(&str, &str)]) -> Binary {
-    let port = free_port();
+    let port = common::free_port();
     let child = Command::new(common::binary())
         .arg("serve")
         .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
@@ -42,19 +33,6 @@ fn spawn(data: &Path, env: &[(&str, &str)]) -> Binary {
         child,
         base: format!("http://127.0.0.1:{port}"),
     }
-}
-
-async fn wait_healthy(base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("krafter did not become healthy");
 }
 
 /// SIGTERM, wait for exit 0, return everything it logged.
@@ -75,17 +53,6 @@ fn stop(mut b: Binary) -> String {
     logs
 }
 
-/// Stripe's scheme, computed independently of Krafter.
-fn stripe_header(body: &str) -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut mac = Hmac::<Sha256>::new_from_slice(STRIPE_SECRET.as_bytes()).unwrap();
-    mac.update(format!("{t}.{body}").as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 /// A receiver on loopback that answers 200 and counts requests.
 async fn receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -101,7 +68,9 @@ async fn receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) 
                 let mut got = Vec::new();
                 // Read headers + body (small, Content-Length framed).
                 loop {
-                    let Ok(n) = stream.read(&mut buf).await else { return };
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
@@ -123,7 +92,9 @@ async fn receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) 
                 }
                 seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
                     .await;
             });
         }
@@ -151,7 +122,7 @@ async fn json_logs_carry_no_secrets_and_metrics_move() {
             ("KRAFTER_DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
         ],
     );
-    wait_healthy(&b.base).await;
+    common::wait_healthy(&b.base).await;
     let admin = std::fs::read_to_string(data.join("admin.key")).unwrap();
     let admin = admin.trim().to_string();
     let client = reqwest::Client::new();
@@ -195,8 +166,9 @@ async fn json_logs_carry_no_secrets_and_metrics_move() {
 
     let mut signatures = Vec::new();
     for i in 0..3 {
-        let body = format!(r#"{{"id":"evt_ops_{i}","type":"invoice.paid","note":"{BODY_MARKER}"}}"#);
-        let sig = stripe_header(&body);
+        let body =
+            format!(r#"{{"id":"evt_ops_{i}","type":"invoice.paid","note":"{BODY_MARKER}"}}"#);
+        let sig = common::stripe_signature(STRIPE_SECRET, &body);
         let status = client
             .post(format!("{}/in/{slug}", b.base))
             .header("stripe-signature", &sig)
@@ -236,17 +208,33 @@ async fn json_logs_carry_no_secrets_and_metrics_move() {
         .unwrap();
     let ingest = format!("krafter_ingest_requests_total{{source=\"{src}\",result=\"accepted\"}}");
     assert_eq!(metric(&text, &ingest), 3.0, "{text}");
-    let invalid = format!("krafter_ingest_requests_total{{source=\"{src}\",result=\"invalid_signature\"}}");
+    let invalid =
+        format!("krafter_ingest_requests_total{{source=\"{src}\",result=\"invalid_signature\"}}");
     assert_eq!(metric(&text, &invalid), 1.0);
     assert_eq!(metric(&text, "krafter_events_stored_total"), 3.0);
     // The attempt is recorded a moment after the receiver answers.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut text = text;
-    while !text.contains("krafter_delivery_attempts_total{result=\"succeeded\"} 3") && Instant::now() < deadline {
+    while !text.contains("krafter_delivery_attempts_total{result=\"succeeded\"} 3")
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        text = client.get(format!("{}/metrics", b.base)).send().await.unwrap().text().await.unwrap();
+        text = client
+            .get(format!("{}/metrics", b.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
     }
-    assert_eq!(metric(&text, "krafter_delivery_attempts_total{result=\"succeeded\"}"), 3.0);
+    assert_eq!(
+        metric(
+            &text,
+            "krafter_delivery_attempts_total{result=\"succeeded\"}"
+        ),
+        3.0
+    );
     assert_eq!(metric(&text, "krafter_deliveries_pending "), 0.0);
     assert!(metric(&text, "krafter_storage_commit_duration_seconds_count") >= 5.0);
     assert!(metric(&text, "krafter_storage_file_size_bytes") > 0.0);
@@ -257,21 +245,28 @@ async fn json_logs_carry_no_secrets_and_metrics_move() {
         "krafter_destinations_auto_disabled_total",
         "krafter_storage_commit_batch_size",
     ] {
-        assert!(text.contains(&format!("# HELP {}", name.trim_end_matches("_total"))), "{name} has HELP");
+        assert!(
+            text.contains(&format!("# HELP {}", name.trim_end_matches("_total"))),
+            "{name} has HELP"
+        );
     }
     assert!(!text.contains(&slug), "slugs are not metric labels");
 
     let logs = stop(b);
     let mut lines = 0;
     for line in logs.lines() {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         for field in ["timestamp", "level", "target"] {
             assert!(v.get(field).is_some(), "{field} missing: {line}");
         }
         lines += 1;
     }
     assert!(lines > 10, "request logs present");
-    assert!(logs.contains("\"route\":\"/in/{slug}\""), "request logs use the route template");
+    assert!(
+        logs.contains("\"route\":\"/in/{slug}\""),
+        "request logs use the route template"
+    );
     for secret in [
         admin.as_str(),
         write_key.as_str(),
@@ -281,7 +276,10 @@ async fn json_logs_carry_no_secrets_and_metrics_move() {
         BODY_MARKER,
         &slug,
     ] {
-        assert!(!logs.contains(secret), "the logs contain a secret or body: {secret}");
+        assert!(
+            !logs.contains(secret),
+            "the logs contain a secret or body: {secret}"
+        );
     }
     for sig in &signatures {
         let v1 = sig.split("v1=").nth(1).unwrap();
@@ -294,8 +292,11 @@ async fn backup_of_a_running_server_restores_into_a_working_server() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let b = spawn(&data, &[]);
-    wait_healthy(&b.base).await;
-    let admin = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_string();
+    common::wait_healthy(&b.base).await;
+    let admin = std::fs::read_to_string(data.join("admin.key"))
+        .unwrap()
+        .trim()
+        .to_string();
     let client = reqwest::Client::new();
     let source: Value = client
         .post(format!("{}/api/v1/webhooks/sources", b.base))
@@ -312,7 +313,10 @@ async fn backup_of_a_running_server_restores_into_a_working_server() {
     let body = r#"{"id":"evt_before_backup","type":"invoice.paid"}"#;
     let resp: Value = client
         .post(format!("{}/in/{slug}", b.base))
-        .header("stripe-signature", stripe_header(body))
+        .header(
+            "stripe-signature",
+            common::stripe_signature(STRIPE_SECRET, body),
+        )
         .body(body)
         .send()
         .await
@@ -332,7 +336,11 @@ async fn backup_of_a_running_server_restores_into_a_working_server() {
         .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(std::fs::metadata(&file).unwrap().len() > 0);
     // Without an admin key it is refused.
     let refused = client
@@ -361,16 +369,26 @@ async fn backup_of_a_running_server_restores_into_a_working_server() {
             .unwrap()
     };
     let out = restore(&data);
-    assert!(!out.status.success(), "restoring over live data must be refused");
+    assert!(
+        !out.status.success(),
+        "restoring over live data must be refused"
+    );
     let out = restore(&restored);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let b = spawn(&restored, &[]);
-    wait_healthy(&b.base).await;
+    common::wait_healthy(&b.base).await;
     // The old admin key works (its hash was restored; no new bootstrap key).
     assert!(!restored.join("admin.key").exists());
     let got: Value = client
-        .get(format!("{}/api/v1/webhooks/sources/{src}/events/{event}", b.base))
+        .get(format!(
+            "{}/api/v1/webhooks/sources/{src}/events/{event}",
+            b.base
+        ))
         .bearer_auth(&admin)
         .send()
         .await
@@ -383,7 +401,10 @@ async fn backup_of_a_running_server_restores_into_a_working_server() {
     // dedup state came along.
     let again: Value = client
         .post(format!("{}/in/{slug}", b.base))
-        .header("stripe-signature", stripe_header(body))
+        .header(
+            "stripe-signature",
+            common::stripe_signature(STRIPE_SECRET, body),
+        )
         .body(body)
         .send()
         .await
@@ -395,7 +416,10 @@ async fn backup_of_a_running_server_restores_into_a_working_server() {
     let fresh = r#"{"id":"evt_after_restore","type":"invoice.paid"}"#;
     let status = client
         .post(format!("{}/in/{slug}", b.base))
-        .header("stripe-signature", stripe_header(fresh))
+        .header(
+            "stripe-signature",
+            common::stripe_signature(STRIPE_SECRET, fresh),
+        )
         .body(fresh)
         .send()
         .await

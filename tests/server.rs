@@ -17,7 +17,7 @@ use serde_json::json;
 /// Starts `krafter serve` on a free port with its data in `dir`; returns the
 /// child and its base URL once `/healthz` answers.
 fn spawn_binary(dir: &Path, extra_env: &[(&str, &str)]) -> (Child, String) {
-    let port = free_port();
+    let port = common::free_port();
     let mut cmd = Command::new(binary());
     cmd.arg("serve")
         .current_dir(dir)
@@ -34,11 +34,6 @@ fn spawn_binary(dir: &Path, extra_env: &[(&str, &str)]) -> (Child, String) {
     let base = format!("http://127.0.0.1:{port}");
     wait_healthy(&base);
     (child, base)
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
 }
 
 fn wait_healthy(base: &str) {

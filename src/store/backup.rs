@@ -92,7 +92,9 @@ pub fn restore(backup: &Path, data_dir: &Path) -> Result<u64, StoreError> {
     let source = Database::builder()
         .set_cache_size(16 * 1024 * 1024)
         .open(backup)
-        .map_err(|e| StoreError::Corrupt(format!("{} is not a Krafter backup: {e}", backup.display())))?;
+        .map_err(|e| {
+            StoreError::Corrupt(format!("{} is not a Krafter backup: {e}", backup.display()))
+        })?;
     let from = source.begin_read()?;
     let key = from
         .open_table(BACKUP_META)
@@ -140,7 +142,11 @@ mod tests {
         store.close().await;
         let backup = Database::open(&dest).unwrap();
         let txn = backup.begin_read().unwrap();
-        let copied: Vec<String> = txn.list_tables().unwrap().map(|t| t.name().to_string()).collect();
+        let copied: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_string())
+            .collect();
         for table in &live {
             assert!(
                 copied.contains(table) || NOT_BACKED_UP.contains(&table.as_str()),

@@ -793,3 +793,41 @@ pub mod receiver {
             .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
     }
 }
+
+/// A loopback port that was free a moment ago (for spawning the binary).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits (up to 30 s) until `<base>/healthz` answers 200.
+pub async fn wait_healthy(base: &str) {
+    let client = reqwest::Client::new();
+    poll(
+        std::time::Duration::from_secs(30),
+        "krafter to answer /healthz",
+        || async {
+            match client.get(format!("{base}/healthz")).send().await {
+                Ok(r) if r.status() == 200 => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await
+}
+
+/// A `Stripe-Signature` header for `body` at the current time, computed
+/// here with plain HMAC (Stripe's documented scheme), never by Krafter.
+pub fn stripe_signature(secret: &str, body: &str) -> String {
+    use hmac::Mac;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
