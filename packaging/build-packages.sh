@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=x86_64-unknown-linux-gnu
+# The package metadata names paths under ./target.
+unset CARGO_TARGET_DIR
 
 for tool in cargo-deb cargo-generate-rpm; do
     command -v "$tool" >/dev/null || cargo install --locked "$tool"

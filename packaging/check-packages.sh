@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=x86_64-unknown-linux-gnu
+unset CARGO_TARGET_DIR
 
 if ! command -v rpm >/dev/null; then
     apt-get update -qq && apt-get install -y -qq rpm >/dev/null
