@@ -122,7 +122,12 @@ pub fn router(state: AppState) -> Router {
         .to_pretty_json()
         .unwrap_or_else(|_| "{}".to_string());
     let max_body = state.config.server.max_body_bytes;
+    // The dashboard: pages for people, kept out of the OpenAPI document,
+    // that call these same routes in-process for every operation.
+    let dashboard =
+        crate::dashboard::router(state.clone(), routes.clone().with_state(state.clone()));
     routes
+        .merge(dashboard)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(Extension(OpenApiJson(Arc::new(json))))

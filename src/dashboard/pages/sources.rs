@@ -1,0 +1,597 @@
+//! Sources: list with ingest URLs, create, the source page (its ingest URL
+//! and destinations), settings, enable/disable, delete with confirmation.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use maud::{html, Markup};
+use serde_json::{json, Map, Value};
+
+use super::{
+    destinations, list_query, notice, provider_label, value, QueryMap, SourceTab, PROVIDERS,
+};
+use crate::dashboard::dispatch::{id_segment, ApiFailure};
+use crate::dashboard::error::DashboardError;
+use crate::dashboard::form::Form;
+use crate::dashboard::model::{Destination, Source};
+use crate::dashboard::session::{Session, SignedForm};
+use crate::dashboard::views::{self, Nav};
+use crate::dashboard::Dashboard;
+
+const PAGE: usize = 50;
+
+/// API path of one source.
+pub fn api_path(sid: &str) -> String {
+    format!("/api/v1/webhooks/sources/{sid}")
+}
+
+/// Fetches one source (404 page if it is gone).
+pub async fn fetch(d: &Dashboard, session: &Session, sid: &str) -> Result<Source, DashboardError> {
+    d.api.get(&session.caller, &api_path(sid)).await
+}
+
+/// Every source, newest first.
+pub async fn list(
+    State(d): State<Dashboard>,
+    session: Session,
+    Query(query): Query<QueryMap>,
+) -> Result<Response, DashboardError> {
+    let path = format!(
+        "/api/v1/webhooks/sources?{}",
+        list_query(PAGE, query.get("cursor"))
+    );
+    let page = d.api.list::<Source>(&session.caller, &path).await?;
+    let body = html! {
+        div.title-row {
+            h1 { "Sources" }
+            @if session.can_write() && !page.items.is_empty() {
+                a.btn.primary href="/dashboard/sources/new" { "New source" }
+            }
+        }
+        @if let Some(n) = notice(&query) { (n) }
+        @if page.items.is_empty() {
+            (views::empty("No sources yet", html! {
+                p { "A source is one provider sending you webhooks — Stripe, GitHub, Shopify, Slack, or anything that signs with HMAC. Each gets its own ingest URL to paste into the provider's settings." }
+                @if session.can_write() {
+                    a.btn.primary href="/dashboard/sources/new" { "Create your first source" }
+                } @else {
+                    p.muted { "Your API key is read-only: ask an admin to create one." }
+                }
+            }))
+        } @else {
+            div.table-wrap {
+                table {
+                    thead { tr {
+                        th scope="col" { "Name" } th scope="col" { "Provider" } th scope="col" { "Ingest URL" }
+                        th scope="col" { "Destinations" } th scope="col" { "Status" } th scope="col" { "Created" }
+                    } }
+                    tbody {
+                        @for (i, s) in page.items.iter().enumerate() {
+                            tr {
+                                td { a href={ "/dashboard/sources/" (s.id) } { strong { (s.name) } } }
+                                td { (provider_label(&s.provider)) }
+                                td { (views::copyable(&format!("url-{i}"), &s.url, "ingest URL")) }
+                                td.num { a href={ "/dashboard/sources/" (s.id) } { (s.destinations_count) } }
+                                td { (views::status_pill(if s.enabled { "enabled" } else { "disabled" })) }
+                                td { (views::time(&s.created_at)) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(cursor) = &page.next_cursor {
+                p.pager { a href={ "/dashboard/sources?" (list_query(PAGE, Some(cursor))) } { "Older sources →" } }
+            }
+        }
+    };
+    Ok(views::ok(views::page(
+        "Sources",
+        Some(&session),
+        Nav::Sources,
+        body,
+    )))
+}
+
+/// The "New source" form.
+pub async fn new_page(session: Session) -> Result<Response, DashboardError> {
+    Ok(new_form(&session, None, StatusCode::OK))
+}
+
+fn new_form(
+    session: &Session,
+    refused: Option<(&Form, &ApiFailure)>,
+    status: StatusCode,
+) -> Response {
+    let (form, failure) = split(refused);
+    let body = html! {
+        (views::crumbs(&[("Sources", Some("/dashboard/sources".to_string())), ("New source", None)]))
+        h1 { "New source" }
+        section.card {
+            @if let Some(f) = failure { (views::failure(f)) }
+            form method="post" action="/dashboard/sources" {
+                (views::csrf(session))
+                label for="name" { "Name" }
+                input #name type="text" name="name" required maxlength="200"
+                    value=(value(form, "name", "")) placeholder="Stripe production";
+                (views::field_error(failure, "name"))
+                label for="provider" { "Provider" }
+                select #provider name="provider" {
+                    @for (p, label) in PROVIDERS {
+                        option value=(p) selected[value(form, "provider", "stripe") == p] { (label) }
+                    }
+                }
+                p.hint { "Krafter verifies each request exactly as the provider's own SDK does." }
+                (views::field_error(failure, "provider"))
+                label for="signing_secret" { "Signing secret" }
+                input #signing_secret type="password" name="signing_secret" autocomplete="off" spellcheck="false"
+                    placeholder="whsec_… (from the provider's webhook settings)";
+                p.hint { "Required for every provider except “None”. Stored encrypted and never shown again." }
+                (views::field_error(failure, "signing_secret"))
+                label for="retention_days" { "Keep events for (days)" }
+                input #retention_days type="number" name="retention_days" min="1" max="3650"
+                    value=(value(form, "retention_days", "30"));
+                (views::field_error(failure, "retention_days"))
+                (generic_fields(form, failure, None))
+                div.form-actions {
+                    button.btn.primary type="submit" { "Create source" }
+                    a.btn href="/dashboard/sources" { "Cancel" }
+                }
+            }
+        }
+    };
+    views::respond(
+        status,
+        views::page("New source", Some(session), Nav::Sources, body),
+    )
+}
+
+fn split<'a>(
+    refused: Option<(&'a Form, &'a ApiFailure)>,
+) -> (Option<&'a Form>, Option<&'a ApiFailure>) {
+    match refused {
+        Some((f, e)) => (Some(f), Some(e)),
+        None => (None, None),
+    }
+}
+
+/// The `generic_hmac` settings, in their own group (the script shows it
+/// only when that provider is chosen).
+fn generic_fields(
+    form: Option<&Form>,
+    failure: Option<&ApiFailure>,
+    current: Option<&crate::dashboard::model::ProviderConfig>,
+) -> Markup {
+    let cur = |f: fn(&crate::dashboard::model::ProviderConfig) -> Option<String>| {
+        current.and_then(f).unwrap_or_default()
+    };
+    let fields: [(&str, &str, String, &str); 6] = [
+        (
+            "signature_header",
+            "Signature header",
+            cur(|c| Some(c.signature_header.clone())),
+            "X-Signature",
+        ),
+        (
+            "prefix",
+            "Signature prefix",
+            cur(|c| c.prefix.clone()),
+            "sha256=",
+        ),
+        (
+            "event_type_pointer",
+            "Event type: JSON pointer",
+            cur(|c| c.event_type_pointer.clone()),
+            "/type",
+        ),
+        (
+            "event_type_header",
+            "Event type: header",
+            cur(|c| c.event_type_header.clone()),
+            "X-Event-Type",
+        ),
+        (
+            "event_id_header",
+            "Event id: header",
+            cur(|c| c.event_id_header.clone()),
+            "X-Event-Id",
+        ),
+        (
+            "event_id_pointer",
+            "Event id: JSON pointer",
+            cur(|c| c.event_id_pointer.clone()),
+            "/id",
+        ),
+    ];
+    let encoding = value(
+        form,
+        "encoding",
+        &current
+            .map(|c| c.encoding.clone())
+            .unwrap_or_else(|| "hex".into()),
+    );
+    html! {
+        fieldset.generic data-show-for="generic_hmac" {
+            legend { "Generic HMAC settings" }
+            p.hint { "Only for provider “Generic HMAC”: HMAC-SHA256 of the raw body, in a header you name." }
+            (views::field_error(failure, "provider_config"))
+            @for (name, label, default, placeholder) in &fields {
+                label for={ "cfg-" (name) } { (label) }
+                input id={ "cfg-" (name) } type="text" name=(name) value=(value(form, name, default)) placeholder=(placeholder);
+            }
+            label for="cfg-encoding" { "Signature encoding" }
+            select #cfg-encoding name="encoding" {
+                option value="hex" selected[encoding == "hex"] { "hex" }
+                option value="base64" selected[encoding == "base64"] { "base64" }
+            }
+        }
+    }
+}
+
+fn provider_config(form: &Form) -> Value {
+    let mut config = Map::new();
+    config.insert(
+        "signature_header".into(),
+        json!(form.text("signature_header").unwrap_or_default()),
+    );
+    config.insert(
+        "encoding".into(),
+        json!(form.text("encoding").unwrap_or_else(|| "hex".into())),
+    );
+    for name in [
+        "prefix",
+        "event_type_pointer",
+        "event_type_header",
+        "event_id_header",
+        "event_id_pointer",
+    ] {
+        if let Some(v) = form.text(name) {
+            config.insert(name.into(), json!(v));
+        }
+    }
+    Value::Object(config)
+}
+
+/// A number field as JSON: a number when it is one, else the text (so the
+/// API names the field in its 422).
+fn number(form: &Form, name: &str) -> Option<Value> {
+    form.text(name).map(|t| match t.parse::<u64>() {
+        Ok(n) => json!(n),
+        Err(_) => json!(t),
+    })
+}
+
+/// Creates a source, then shows its page (with its ingest URL).
+pub async fn create(
+    State(d): State<Dashboard>,
+    SignedForm { session, form }: SignedForm,
+) -> Result<Response, DashboardError> {
+    let provider = form.text("provider").unwrap_or_default();
+    let mut body = Map::new();
+    body.insert("name".into(), json!(form.get("name").unwrap_or("")));
+    body.insert("provider".into(), json!(provider));
+    if let Some(secret) = form.text("signing_secret") {
+        body.insert("signing_secret".into(), json!(secret));
+    }
+    if let Some(days) = number(&form, "retention_days") {
+        body.insert("retention_days".into(), days);
+    }
+    if provider == "generic_hmac" {
+        body.insert("provider_config".into(), provider_config(&form));
+    }
+    match d
+        .api
+        .change::<Source>(
+            &session.caller,
+            Method::POST,
+            "/api/v1/webhooks/sources",
+            Some(Value::Object(body)),
+        )
+        .await?
+    {
+        Ok(source) => Ok(views::see_other(&format!(
+            "/dashboard/sources/{}?notice=source-created",
+            source.id
+        ))),
+        Err(f)
+            if f.status == StatusCode::UNPROCESSABLE_ENTITY
+                || f.status == StatusCode::BAD_REQUEST =>
+        {
+            Ok(new_form(
+                &session,
+                Some((&form, &f)),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ))
+        }
+        Err(f) => Err(f.into()),
+    }
+}
+
+/// The source page: ingest URL and destinations.
+pub async fn show(
+    State(d): State<Dashboard>,
+    session: Session,
+    Path(sid): Path<String>,
+    Query(query): Query<QueryMap>,
+) -> Result<Response, DashboardError> {
+    let sid = id_segment(&sid)?;
+    render_show(&d, &session, sid, &query, ShowExtra::None).await
+}
+
+/// What else the source page shows after an action on it.
+pub enum ShowExtra<'a> {
+    None,
+    /// A destination was just made: its secret, once.
+    Created(Destination),
+    /// Adding a destination was refused: the form again, with why.
+    Refused(&'a Form, ApiFailure),
+}
+
+/// Renders the source page.
+pub async fn render_show(
+    d: &Dashboard,
+    session: &Session,
+    sid: &str,
+    query: &QueryMap,
+    extra: ShowExtra<'_>,
+) -> Result<Response, DashboardError> {
+    let source = fetch(d, session, sid).await?;
+    let dests = d
+        .api
+        .list::<Destination>(
+            &session.caller,
+            &format!("{}/destinations?limit=250", api_path(sid)),
+        )
+        .await?;
+    let status = match extra {
+        ShowExtra::Refused(..) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::OK,
+    };
+    let hint = match source.provider.as_str() {
+        "stripe" => "In Stripe: Developers → Webhooks → Add endpoint, and paste this URL.",
+        "github" => "In GitHub: Settings → Webhooks → Add webhook, content type application/json, and paste this URL.",
+        "shopify" => "In Shopify: Settings → Notifications → Webhooks (or your app's webhook subscriptions), and paste this URL.",
+        "slack" => "In Slack: your app's Event Subscriptions → Request URL; Krafter answers the url_verification challenge.",
+        "none" => "This source verifies nothing: anyone with the URL can send events. Use it for testing only.",
+        _ => "Paste this URL where your provider asks for a webhook endpoint.",
+    };
+    let body = html! {
+        (super::source_header(&source, SourceTab::Destinations, session))
+        @if let Some(n) = notice(query) { (n) }
+        @if let ShowExtra::Created(dest) = &extra {
+            @if let Some(secret) = &dest.secret {
+                (views::shown_once("new-secret", secret, "destination signing secret",
+                    "Your endpoint verifies Krafter's Standard Webhooks signature (webhook-signature header) with it."))
+            }
+        }
+        section.card {
+            h2 { "Ingest URL" }
+            (views::copyable("ingest-url", &source.url, "ingest URL"))
+            p.hint { (hint) }
+            @if !source.enabled { p.warn { "This source is disabled: its URL answers 404 until it is enabled again." } }
+        }
+        section {
+            div.title-row {
+                h2 { "Destinations" }
+                span.muted { "Where Krafter forwards this source's events, signed and retried." }
+            }
+            @if dests.items.is_empty() {
+                (views::empty("No destinations yet", html! {
+                    p { "Events sent to the ingest URL are stored, but go nowhere until you add the URL of your app." }
+                    @if !session.can_write() { p.muted { "Your API key is read-only." } }
+                }))
+            } @else {
+                (destinations::table(&source, &dests.items, session))
+            }
+            @if session.can_write() {
+                @let refused = match &extra { ShowExtra::Refused(f, e) => Some((*f, e)), _ => None };
+                (destinations::new_form(&source, session, refused))
+            }
+        }
+    };
+    Ok(views::respond(
+        status,
+        views::page(&source.name, Some(session), Nav::Sources, body),
+    ))
+}
+
+/// The settings page.
+pub async fn edit_page(
+    State(d): State<Dashboard>,
+    session: Session,
+    Path(sid): Path<String>,
+    Query(query): Query<QueryMap>,
+) -> Result<Response, DashboardError> {
+    let sid = id_segment(&sid)?;
+    let source = fetch(&d, &session, sid).await?;
+    Ok(settings(&source, &session, &query, None))
+}
+
+fn settings(
+    source: &Source,
+    session: &Session,
+    query: &QueryMap,
+    refused: Option<(&Form, &ApiFailure)>,
+) -> Response {
+    let (form, failure) = split(refused);
+    let base = format!("/dashboard/sources/{}", source.id);
+    let status = if refused.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let body = html! {
+        (super::source_header(source, SourceTab::Settings, session))
+        @if let Some(n) = notice(query) { (n) }
+        section.card {
+            h2 { "Settings" }
+            @if let Some(f) = failure { (views::failure(f)) }
+            form method="post" action={ (base) "/edit" } {
+                (views::csrf(session))
+                label for="name" { "Name" }
+                input #name type="text" name="name" required maxlength="200" value=(value(form, "name", &source.name));
+                (views::field_error(failure, "name"))
+                label for="retention_days" { "Keep events for (days)" }
+                input #retention_days type="number" name="retention_days" min="1" max="3650"
+                    value=(value(form, "retention_days", &source.retention_days.to_string()));
+                (views::field_error(failure, "retention_days"))
+                @if source.provider != "none" {
+                    label for="signing_secret" { "New signing secret" }
+                    input #signing_secret type="password" name="signing_secret" autocomplete="off" spellcheck="false"
+                        placeholder="Leave empty to keep the current one";
+                    p.hint { "After a change the previous secret is still accepted for 24 hours, so the provider's secret roll loses nothing." }
+                    (views::field_error(failure, "signing_secret"))
+                }
+                @if source.provider == "generic_hmac" {
+                    (generic_fields(form, failure, source.provider_config.as_ref()))
+                }
+                div.form-actions { button.btn.primary type="submit" { "Save" } }
+            }
+        }
+        section.card {
+            h2 { "Status" }
+            @if source.enabled {
+                p { "Enabled: the ingest URL accepts webhooks." }
+            } @else {
+                p { "Disabled: the ingest URL answers 404, so the provider will retry later." }
+            }
+            form method="post" action={ (base) "/enabled" } {
+                (views::csrf(session))
+                input type="hidden" name="enabled" value=(if source.enabled { "false" } else { "true" });
+                button.btn type="submit" { @if source.enabled { "Disable source" } @else { "Enable source" } }
+            }
+        }
+        section.card.danger-zone {
+            h2 { "Delete" }
+            p { "Deleting a source deletes its destinations, events and pending deliveries. Its ingest URL stops working." }
+            a.btn.danger href={ (base) "/delete" } { "Delete source…" }
+        }
+    };
+    views::respond(
+        status,
+        views::page(
+            &format!("{} settings", source.name),
+            Some(session),
+            Nav::Sources,
+            body,
+        ),
+    )
+}
+
+/// Saves the settings.
+pub async fn edit(
+    State(d): State<Dashboard>,
+    Path(sid): Path<String>,
+    SignedForm { session, form }: SignedForm,
+) -> Result<Response, DashboardError> {
+    let sid = id_segment(&sid)?;
+    let source = fetch(&d, &session, sid).await?;
+    let mut body = Map::new();
+    body.insert("name".into(), json!(form.get("name").unwrap_or("")));
+    if let Some(days) = number(&form, "retention_days") {
+        body.insert("retention_days".into(), days);
+    }
+    if let Some(secret) = form.text("signing_secret") {
+        body.insert("signing_secret".into(), json!(secret));
+    }
+    if source.provider == "generic_hmac" {
+        body.insert("provider_config".into(), provider_config(&form));
+    }
+    match d
+        .api
+        .change::<Source>(
+            &session.caller,
+            Method::PATCH,
+            &api_path(sid),
+            Some(Value::Object(body)),
+        )
+        .await?
+    {
+        Ok(_) => Ok(views::see_other(&format!(
+            "/dashboard/sources/{sid}/edit?notice=source-updated"
+        ))),
+        Err(f)
+            if f.status == StatusCode::UNPROCESSABLE_ENTITY
+                || f.status == StatusCode::BAD_REQUEST =>
+        {
+            Ok(settings(
+                &source,
+                &session,
+                &QueryMap::new(),
+                Some((&form, &f)),
+            ))
+        }
+        Err(f) => Err(f.into()),
+    }
+}
+
+/// Enables or disables a source.
+pub async fn set_enabled(
+    State(d): State<Dashboard>,
+    Path(sid): Path<String>,
+    SignedForm { session, form }: SignedForm,
+) -> Result<Response, DashboardError> {
+    let sid = id_segment(&sid)?;
+    let enabled = form.get("enabled") == Some("true");
+    d.api
+        .change::<Source>(
+            &session.caller,
+            Method::PATCH,
+            &api_path(sid),
+            Some(json!({ "enabled": enabled })),
+        )
+        .await??;
+    let notice = if enabled {
+        "source-enabled"
+    } else {
+        "source-disabled"
+    };
+    Ok(views::see_other(&format!(
+        "/dashboard/sources/{sid}/edit?notice={notice}"
+    )))
+}
+
+/// Asks before deleting.
+pub async fn delete_page(
+    State(d): State<Dashboard>,
+    session: Session,
+    Path(sid): Path<String>,
+) -> Result<Response, DashboardError> {
+    let sid = id_segment(&sid)?;
+    let source = fetch(&d, &session, sid).await?;
+    let body = html! {
+        (views::crumbs(&[("Sources", Some("/dashboard/sources".to_string())),
+            (source.name.as_str(), Some(format!("/dashboard/sources/{sid}"))), ("Delete", None)]))
+        section.card.danger-zone {
+            h1 { "Delete “" (source.name) "”?" }
+            p { "This deletes the source, its " strong { (source.destinations_count) " destination(s)" }
+                ", every stored event and every pending delivery. Requests to "
+                code { (source.url) } " will be answered 404. This cannot be undone." }
+            form method="post" action={ "/dashboard/sources/" (sid) "/delete" } {
+                (views::csrf(&session))
+                div.form-actions {
+                    button.btn.danger type="submit" { "Delete source" }
+                    a.btn href={ "/dashboard/sources/" (sid) "/edit" } { "Cancel" }
+                }
+            }
+        }
+    };
+    Ok(views::ok(views::page(
+        &format!("Delete {}", source.name),
+        Some(&session),
+        Nav::Sources,
+        body,
+    )))
+}
+
+/// Deletes a source.
+pub async fn delete(
+    State(d): State<Dashboard>,
+    Path(sid): Path<String>,
+    SignedForm { session, .. }: SignedForm,
+) -> Result<Response, DashboardError> {
+    let sid = id_segment(&sid)?;
+    d.api
+        .change::<Value>(&session.caller, Method::DELETE, &api_path(sid), None)
+        .await??;
+    Ok(views::see_other("/dashboard/sources?notice=source-deleted"))
+}

@@ -1,0 +1,583 @@
+//! The dashboard end to end in a real browser: Debian's headless Chromium,
+//! driven through chromedriver (WebDriver) by fantoccini, against a real
+//! Krafter server, with a real HTTP receiver on 127.0.0.1 as destination.
+//!
+//! Chromium and chromedriver are system packages (`apt-get install
+//! chromium chromium-driver`; `.ci/run` installs them). Without them this
+//! test fails and says so: a dashboard that was never opened in a browser
+//! is not tested.
+//!
+//! Screenshots of each main page go to `target/dashboard-screenshots/`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use fantoccini::{Client, ClientBuilder, Locator};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use common::TestServer;
+
+/// A chromedriver this test started, in its own process group so that the
+/// browser it launches goes with it.
+struct Driver {
+    child: Child,
+    url: String,
+    _profile: tempfile::TempDir,
+    chromium: PathBuf,
+    profile_dir: PathBuf,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Only the process group this test created for chromedriver (its
+        // pid), which holds the browser it launched. Signalled through the
+        // syscall, never a `kill` command line: a group id is a negative
+        // number there, and a misparse can mean "every process".
+        if let Ok(pgid) = libc::pid_t::try_from(self.child.id()) {
+            if pgid > 1 {
+                // SAFETY: kill(2) has no memory effects; -pgid names exactly
+                // the group made by `process_group(0)` at spawn.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    dirs.push(PathBuf::from("/usr/bin"));
+    dirs.push(PathBuf::from("/usr/lib/chromium"));
+    for name in names {
+        for dir in &dirs {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+async fn start_driver() -> Driver {
+    use std::os::unix::process::CommandExt;
+    let chromedriver = find_program(&["chromedriver"]).unwrap_or_else(|| {
+        panic!(
+            "chromedriver is not installed: this browser test needs Debian's `chromium` and \
+             `chromium-driver` packages (apt-get install -y chromium chromium-driver); .ci/run installs them"
+        )
+    });
+    let chromium = find_program(&["chromium", "chromium-browser"]).unwrap_or_else(|| {
+        panic!(
+            "chromium is not installed: apt-get install -y chromium chromium-driver \
+             (.ci/run installs them)"
+        )
+    });
+    let port = free_port();
+    let profile = tempfile::tempdir().expect("profile dir");
+    let profile_dir = profile.path().to_path_buf();
+    let child = Command::new(&chromedriver)
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        // No desktop session bus to find or start (keyring lookups).
+        .env("DBUS_SESSION_BUS_ADDRESS", "disabled:")
+        // Never the test's own stdin: the browser must not read from it.
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("chromedriver starts");
+    let url = format!("http://127.0.0.1:{port}");
+    let driver = Driver {
+        child,
+        url,
+        _profile: profile,
+        chromium,
+        profile_dir,
+    };
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(resp) = http.get(format!("{}/status", driver.url)).send().await {
+            if resp.status().is_success() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not answer on {}",
+            driver.url
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    driver
+}
+
+async fn open_browser(driver: &Driver) -> Client {
+    let caps = serde_json::json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": driver.chromium.to_string_lossy(),
+            "args": [
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--password-store=basic",
+                "--use-mock-keychain",
+                "--disable-extensions",
+                "--mute-audio",
+                "--window-size=1280,900",
+                format!("--user-data-dir={}", driver.profile_dir.display()),
+            ]
+        }
+    });
+    let serde_json::Value::Object(caps) = caps else {
+        unreachable!("a JSON object literal")
+    };
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("chromedriver opens a Chromium session")
+}
+
+/// A destination on 127.0.0.1 that answers 200 and remembers each request
+/// (path and `webhook-id`).
+#[derive(Clone, Default)]
+struct Receiver {
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Receiver {
+    async fn start() -> (Receiver, SocketAddr) {
+        use axum::extract::State;
+        use axum::http::{HeaderMap, Uri};
+        let receiver = Receiver::default();
+        let app = axum::Router::new()
+            .fallback(
+                |State(r): State<Receiver>, uri: Uri, headers: HeaderMap| async move {
+                    let id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    r.seen
+                        .lock()
+                        .expect("lock")
+                        .push((uri.path().to_string(), id));
+                    "ok"
+                },
+            )
+            .with_state(receiver.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (receiver, addr)
+    }
+
+    fn to(&self, path: &str) -> Vec<String> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+}
+
+fn shots_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
+
+/// Saves a screenshot of the whole page (the window is stretched to the
+/// document's height for the picture, then put back).
+async fn shot(client: &Client, name: &str) -> Result<()> {
+    let (width, height) = client.get_window_size().await.context("window size")?;
+    let full = client
+        .execute(
+            "return Math.ceil(document.documentElement.scrollHeight);",
+            vec![],
+        )
+        .await
+        .context("page height")?
+        .as_u64()
+        .unwrap_or(height)
+        .clamp(height, 4000);
+    // Outer minus inner height: what the window adds around the page.
+    let frame = height.saturating_sub(inner_height(client).await?);
+    client
+        .set_window_size(width as u32, (full + frame) as u32)
+        .await
+        .context("stretching the window")?;
+    let png = client.screenshot().await.context("screenshot")?;
+    client
+        .set_window_size(width as u32, height as u32)
+        .await
+        .context("restoring the window")?;
+    std::fs::write(shots_dir().join(format!("{name}.png")), png).context("saving screenshot")?;
+    Ok(())
+}
+
+async fn inner_height(client: &Client) -> Result<u64> {
+    Ok(client
+        .execute("return window.innerHeight;", vec![])
+        .await
+        .context("inner height")?
+        .as_u64()
+        .unwrap_or(0))
+}
+
+/// Clicks something that loads a new page, and waits until that page has
+/// replaced this one (a click returns before the navigation is done).
+async fn click_nav(client: &Client, locator: Locator<'_>) -> Result<()> {
+    client
+        .execute("window.__krafterOldPage = true; return null;", vec![])
+        .await
+        .context("marking the current page")?;
+    click(client, locator).await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let loaded = client
+            .execute(
+                "return window.__krafterOldPage === undefined && document.readyState === 'complete';",
+                vec![],
+            )
+            .await;
+        if matches!(loaded, Ok(serde_json::Value::Bool(true))) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no new page loaded after clicking {locator:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn text_of(client: &Client, css: &str) -> Result<String> {
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+        .with_context(|| format!("waiting for `{css}`"))?
+        .text()
+        .await
+        .with_context(|| format!("text of `{css}`"))
+}
+
+async fn click(client: &Client, locator: Locator<'_>) -> Result<()> {
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(locator)
+        .await
+        .with_context(|| format!("finding {locator:?}"))?
+        .click()
+        .await
+        .with_context(|| format!("clicking {locator:?}"))
+}
+
+async fn fill(client: &Client, css: &str, value: &str) -> Result<()> {
+    let field = client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+        .with_context(|| format!("finding field `{css}`"))?;
+    field.clear().await.ok();
+    field
+        .send_keys(value)
+        .await
+        .with_context(|| format!("typing into `{css}`"))
+}
+
+/// Reloads until the page source satisfies `ready` (deliveries happen in
+/// the background).
+async fn reload_until(client: &Client, what: &str, ready: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let source = client.source().await.context("page source")?;
+        if ready(&source) {
+            return Ok(source);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}; page was:\n{source}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.refresh().await.context("reload")?;
+    }
+}
+
+fn stripe_signature(secret: &str, body: &[u8]) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// How many delivery cards on an event page have `status`.
+fn deliveries_with(page: &str, status: &str) -> usize {
+    let want = format!("data-status=\"{status}\"");
+    page.split("<article")
+        .skip(1)
+        .filter(|card| {
+            card.split('>')
+                .next()
+                .is_some_and(|tag| tag.contains(&want))
+        })
+        .count()
+}
+
+const STRIPE_SECRET: &str = "whsec_browser_test_secret";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_in_a_real_browser() {
+    let server = TestServer::start_with(|c| c.delivery.allow_private_networks = true).await;
+    let (receiver, receiver_addr) = Receiver::start().await;
+    let driver = start_driver().await;
+    let client = open_browser(&driver).await;
+    let outcome = flow(&client, &server, &receiver, receiver_addr).await;
+    let _ = client.close().await;
+    drop(driver);
+    if let Err(e) = outcome {
+        panic!("browser flow failed: {e:#}");
+    }
+}
+
+async fn flow(
+    client: &Client,
+    server: &TestServer,
+    receiver: &Receiver,
+    receiver_addr: SocketAddr,
+) -> Result<()> {
+    let base = &server.base;
+    let http = reqwest::Client::new();
+
+    // Any dashboard page without a session leads to the sign-in page.
+    client.goto(&format!("{base}/dashboard")).await?;
+    let heading = text_of(client, "h1").await?;
+    ensure!(
+        heading.contains("Sign in"),
+        "expected sign-in, got {heading}"
+    );
+    ensure!(client.current_url().await?.path() == "/dashboard/sign-in");
+    shot(client, "01-sign-in").await?;
+
+    // Sign in with the bootstrap key, read from <storage>/admin.key.
+    let admin_key = std::fs::read_to_string(server.data_dir().join("admin.key"))?
+        .trim()
+        .to_string();
+    fill(client, "#key", &admin_key).await?;
+    click_nav(client, Locator::Css("form button[type=submit]")).await?;
+    let heading = text_of(client, "h1").await?;
+    ensure!(heading == "Sources", "after sign-in: {heading}");
+    let source = client.source().await?;
+    ensure!(source.contains("No sources yet"), "empty state missing");
+
+    // API keys: New API key, tick Webhooks → webhooks:write, see it once.
+    click_nav(client, Locator::LinkText("API keys")).await?;
+    click_nav(client, Locator::LinkText("New API key")).await?;
+    fill(client, "#key-name", "ci").await?;
+    click(
+        client,
+        Locator::Css("input[name=scopes][value='webhooks:write']"),
+    )
+    .await?;
+    click_nav(
+        client,
+        Locator::XPath("//button[normalize-space()='Create key']"),
+    )
+    .await?;
+    let new_key = text_of(client, "#new-key").await?;
+    ensure!(new_key.starts_with("krf_"), "new key shown: {new_key}");
+    shot(client, "02-api-key-created").await?;
+    // The key works against the API, with exactly the scope picked.
+    let status = http
+        .get(format!("{base}/api/v1/webhooks/sources"))
+        .bearer_auth(&new_key)
+        .send()
+        .await?
+        .status();
+    ensure!(status == 200, "new key reads sources: {status}");
+    let status = http
+        .get(format!("{base}/api/v1/api-keys"))
+        .bearer_auth(&new_key)
+        .send()
+        .await?
+        .status();
+    ensure!(status == 403, "a webhooks:write key is not admin: {status}");
+    // Shown once: the list no longer has it.
+    client.goto(&format!("{base}/dashboard/api-keys")).await?;
+    let page = client.source().await?;
+    ensure!(!page.contains(&new_key), "the key must not be shown again");
+    ensure!(page.contains("webhooks:write") && page.contains(&new_key[..8]));
+    shot(client, "03-api-keys").await?;
+
+    // A Stripe source: its page shows the ingest URL to paste into Stripe.
+    click_nav(client, Locator::LinkText("Sources")).await?;
+    click_nav(client, Locator::LinkText("Create your first source")).await?;
+    fill(client, "#name", "Stripe production").await?;
+    client
+        .find(Locator::Css("#provider"))
+        .await?
+        .select_by_value("stripe")
+        .await?;
+    fill(client, "#signing_secret", STRIPE_SECRET).await?;
+    click_nav(
+        client,
+        Locator::XPath("//button[normalize-space()='Create source']"),
+    )
+    .await?;
+    let ingest_url = text_of(client, "#ingest-url").await?;
+    ensure!(
+        ingest_url.starts_with(&format!("{base}/in/wh_")),
+        "ingest URL: {ingest_url}"
+    );
+    ensure!(client.source().await?.contains("No destinations yet"));
+
+    // Two destinations on the in-test receiver; each secret shown once.
+    for (path, filter) in [("/a", "invoice.*"), ("/b", "")] {
+        fill(
+            client,
+            "#dest-url",
+            &format!("http://{receiver_addr}{path}"),
+        )
+        .await?;
+        fill(client, "#dest-filter", filter).await?;
+        click_nav(
+            client,
+            Locator::XPath("//button[normalize-space()='Add destination']"),
+        )
+        .await?;
+        let secret = text_of(client, "#new-secret").await?;
+        ensure!(secret.starts_with("whsec_"), "destination secret: {secret}");
+        if path == "/b" {
+            shot(client, "04-source-with-destinations").await?;
+        }
+    }
+    let rows = client
+        .find_all(Locator::Css("#destinations tbody tr"))
+        .await?;
+    ensure!(
+        rows.len() == 2,
+        "two destinations listed, got {}",
+        rows.len()
+    );
+
+    // A signed Stripe event, sent by "Stripe" (this test) to the ingest URL.
+    let body = br#"{"id":"evt_1BrowserTest","type":"invoice.paid","data":{"object":{"id":"in_1","amount_paid":4200}}}"#;
+    let resp = http
+        .post(&ingest_url)
+        .header("content-type", "application/json")
+        .header("Stripe-Signature", stripe_signature(STRIPE_SECRET, body))
+        .body(body.to_vec())
+        .send()
+        .await?;
+    ensure!(resp.status() == 200, "ingest answered {}", resp.status());
+
+    // The events list shows it, delivered to both destinations.
+    click_nav(client, Locator::LinkText("Events")).await?;
+    reload_until(client, "both deliveries to succeed", |page| {
+        page.contains("invoice.paid") && page.contains("2 <span class=\"pill pill-ok\"")
+    })
+    .await?;
+    shot(client, "05-events").await?;
+
+    // The event page: headers, body, both deliveries with their attempt.
+    click_nav(client, Locator::Css("#events tbody a")).await?;
+    let page = reload_until(client, "the event page", |page| {
+        deliveries_with(page, "succeeded") == 2
+    })
+    .await?;
+    ensure!(page.contains("HTTP 200"), "attempt status code shown");
+    ensure!(page.contains("stripe-signature"), "headers shown");
+    ensure!(page.contains("amount_paid"), "body shown");
+
+    // Replay to one chosen destination (/b) only.
+    click(
+        client,
+        Locator::XPath("//label[contains(., '/b')]/input[@name='destination_ids']"),
+    )
+    .await?;
+    click_nav(client, Locator::Css("button[name=mode][value=chosen]")).await?;
+    let notice = text_of(client, ".notice").await?;
+    ensure!(
+        notice.contains("queued to 1 destination"),
+        "replay notice: {notice}"
+    );
+    reload_until(client, "the replayed delivery to succeed", |page| {
+        deliveries_with(page, "succeeded") == 3
+    })
+    .await?;
+    shot(client, "06-event-replayed").await?;
+    // The receiver saw one delivery at /a and two (same webhook-id) at /b.
+    let (to_a, to_b) = (receiver.to("/a"), receiver.to("/b"));
+    ensure!(to_a.len() == 1, "deliveries to /a: {to_a:?}");
+    ensure!(
+        to_b.len() == 2 && to_b[0] == to_b[1],
+        "deliveries to /b: {to_b:?}"
+    );
+
+    // The same page on a phone-sized screen.
+    client.set_window_size(390, 844).await?;
+    client.refresh().await?;
+    shot(client, "07-event-narrow").await?;
+    client.set_window_size(1280, 900).await?;
+
+    // Sign out; the old session no longer opens pages.
+    click_nav(
+        client,
+        Locator::XPath("//button[normalize-space()='Sign out']"),
+    )
+    .await?;
+    let notice = text_of(client, ".notice").await?;
+    ensure!(notice.contains("signed out"), "sign-out notice: {notice}");
+    client.goto(&format!("{base}/dashboard/sources")).await?;
+    ensure!(client.current_url().await?.path() == "/dashboard/sign-in");
+
+    // Signed in with the webhooks:write key: sources yes, API keys no.
+    fill(client, "#key", &new_key).await?;
+    click_nav(client, Locator::Css("form button[type=submit]")).await?;
+    ensure!(text_of(client, "h1").await? == "Sources");
+    let links = client.find_all(Locator::LinkText("API keys")).await?;
+    ensure!(links.is_empty(), "a non-admin key sees no API keys link");
+    ensure!(client.source().await?.contains("Stripe production"));
+    shot(client, "08-sources").await?;
+    Ok(())
+}
