@@ -89,12 +89,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         };
         public_url = format!("{scheme}://{addr}");
     }
+    let retention_wake = Arc::new(tokio::sync::Notify::new());
     let state = AppState {
         store: store.clone(),
         config: Arc::new(config),
         metrics,
         public_url: public_url.into(),
         engine: engine.clone(),
+        retention: retention_wake.clone(),
     };
     // In-flight attempts get their timeout to finish, within the 30 s that
     // SPEC §2 allows for the whole shutdown.
@@ -103,6 +105,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let retention = tokio::spawn(retention_loop(
         store.clone(),
         state.config.storage.retention_interval,
+        retention_wake,
     ));
     let router = api::router(state);
     let tls_on = acceptor.is_some();
@@ -150,12 +153,16 @@ impl RunningServer {
     }
 }
 
-/// Removes expired events every `interval`, for as long as the server runs.
-async fn retention_loop(store: Store, interval: Duration) {
+/// Removes expired events (and deleted sources' events) every `interval`,
+/// or at once when woken, for as long as the server runs.
+async fn retention_loop(store: Store, interval: Duration, wake: Arc<tokio::sync::Notify>) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wake.notified() => {}
+        }
         match crate::store::retention::sweep(&store, crate::clock::now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(events = n, "retention removed expired events"),

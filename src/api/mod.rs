@@ -41,6 +41,8 @@ pub struct AppState {
     pub public_url: Arc<str>,
     /// Woken after commits that queue deliveries.
     pub engine: crate::delivery::engine::Engine,
+    /// Wakes the retention task early (after a source is deleted).
+    pub retention: Arc<tokio::sync::Notify>,
 }
 
 #[derive(OpenApi)]

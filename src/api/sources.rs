@@ -363,5 +363,7 @@ pub async fn delete(
         .write(move |txn| sources::delete(txn, id))
         .await
         .map_err(not_found)?;
+    // The retention task purges its events now, in small chunks.
+    state.retention.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }

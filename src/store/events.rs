@@ -185,16 +185,6 @@ pub fn purge(txn: &WriteTransaction, event_id: u128) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Ids of a source's events, oldest first (for deleting a source).
-pub fn ids_of_source(txn: &WriteTransaction, source_id: u128) -> Result<Vec<u128>, StoreError> {
-    let table = txn.open_table(SOURCE_EVENTS)?;
-    let mut ids = Vec::new();
-    for entry in table.range((source_id, 0)..=(source_id, u128::MAX))? {
-        ids.push(entry?.0.value().1);
-    }
-    Ok(ids)
-}
-
 /// Which of a source's events to list.
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {

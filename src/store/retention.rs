@@ -15,9 +15,11 @@ use super::{events, Store, StoreError};
 const CHUNK: usize = 500;
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
-/// Removes every expired event as of `now_ms`; returns how many went.
-/// Taking the clock as a parameter lets tests move it.
+/// Removes every expired event as of `now_ms`, and the events of deleted
+/// sources; returns how many went. Taking the clock as a parameter lets
+/// tests move it.
 pub async fn sweep(store: &Store, now_ms: i64) -> Result<u64, StoreError> {
+    let orphans = purge_orphans(store).await?;
     let sources: Vec<SourceRecord> = store.read(|txn| {
         let mut out = Vec::new();
         for entry in txn.open_table(SOURCES)?.iter()? {
@@ -25,7 +27,7 @@ pub async fn sweep(store: &Store, now_ms: i64) -> Result<u64, StoreError> {
         }
         Ok(out)
     })?;
-    let mut removed = 0;
+    let mut removed = orphans;
     for source in sources {
         let cutoff = now_ms - i64::from(source.retention_days) * DAY_MS;
         loop {
@@ -51,6 +53,49 @@ pub async fn sweep(store: &Store, now_ms: i64) -> Result<u64, StoreError> {
     Ok(removed)
 }
 
+/// Purges, in chunks, the events of sources that no longer exist (a
+/// deleted source's events, or what a crash interrupted). Returns how many.
+pub async fn purge_orphans(store: &Store) -> Result<u64, StoreError> {
+    let orphaned: Vec<u128> = store.read(|txn| {
+        let sources = txn.open_table(SOURCES)?;
+        let index = txn.open_table(SOURCE_EVENTS)?;
+        let mut out = Vec::new();
+        let mut from = Some((0u128, 0u128));
+        // One lookup per source id present in the index, not per event.
+        while let Some(start) = from.take() {
+            let Some(entry) = index.range(start..)?.next() else {
+                break;
+            };
+            let source = entry?.0.value().0;
+            if sources.get(source)?.is_none() {
+                out.push(source);
+            }
+            from = source.checked_add(1).map(|next| (next, 0));
+        }
+        Ok(out)
+    })?;
+    let mut removed = 0;
+    for source in orphaned {
+        loop {
+            let ids = store.read(|txn| expired_ids(txn, source, i64::MAX))?;
+            if ids.is_empty() {
+                break;
+            }
+            let n = ids.len();
+            store
+                .write(move |txn| {
+                    for id in &ids {
+                        events::purge(txn, *id)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            removed += n as u64;
+        }
+    }
+    Ok(removed)
+}
+
 /// Up to [`CHUNK`] of a source's events received before `cutoff_ms`, oldest first.
 fn expired_ids(
     txn: &redb::ReadTransaction,
@@ -68,4 +113,89 @@ fn expired_ids(
         ids.push(key.value().1);
     }
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::StorageConfig;
+    use crate::ingest::providers::ProviderKind;
+    use crate::metrics::Metrics;
+    use crate::store::ids::new_id;
+    use crate::store::records::EventRecord;
+    use crate::store::sources;
+
+    fn source(slug: &str) -> SourceRecord {
+        SourceRecord {
+            id: new_id(),
+            slug: slug.to_string(),
+            name: slug.to_string(),
+            provider: ProviderKind::None,
+            provider_config: None,
+            signing_secret: None,
+            previous_secret: None,
+            enabled: true,
+            retention_days: 30,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn event(source_id: u128, n: u32) -> EventRecord {
+        let id = new_id();
+        EventRecord {
+            id,
+            source_id,
+            received_at_ms: crate::store::ids::id_timestamp_ms(id) as i64,
+            event_type: "t".into(),
+            provider_event_id: Some(format!("p{n}")),
+            headers: vec![],
+            body: vec![b'x'; 100],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deleted_sources_events_are_purged_in_chunks_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig {
+            path: dir.path().join("data"),
+            ..StorageConfig::default()
+        };
+        let store = Store::open(&config, Arc::new(Metrics::new())).unwrap();
+        let (gone, kept) = (source("wh_gone0000"), source("wh_kept0000"));
+        let (gone_id, kept_id) = (gone.id, kept.id);
+        store
+            .write(move |txn| {
+                sources::insert(txn, &gone)?;
+                sources::insert(txn, &kept)
+            })
+            .await
+            .unwrap();
+        // More than one chunk's worth for the deleted source.
+        for batch in 0..3u32 {
+            store
+                .write(move |txn| {
+                    for n in 0..400 {
+                        events::ingest(txn, &event(gone_id, batch * 1000 + n))?;
+                    }
+                    events::ingest(txn, &event(kept_id, batch))?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        store
+            .write(move |txn| sources::delete(txn, gone_id))
+            .await
+            .unwrap();
+        let count = |id| store.read(|txn| events::count_of_source(txn, id)).unwrap();
+        assert_eq!(count(gone_id), 1200, "deletion itself stays small");
+        assert_eq!(purge_orphans(&store).await.unwrap(), 1200);
+        assert_eq!(count(gone_id), 0);
+        assert_eq!(count(kept_id), 3);
+        assert_eq!(purge_orphans(&store).await.unwrap(), 0);
+        store.close().await;
+    }
 }

@@ -65,7 +65,8 @@ pub fn update(
     Ok(source)
 }
 
-/// Removes a source with its slug, destinations, events and deliveries.
+/// Removes a source with its slug and destinations; its events follow in
+/// the background (see the comment inside).
 pub fn delete(txn: &WriteTransaction, id: u128) -> Result<(), StoreError> {
     let mut table = txn.open_table(SOURCES)?;
     let source = match table.get(id)? {
@@ -76,8 +77,10 @@ pub fn delete(txn: &WriteTransaction, id: u128) -> Result<(), StoreError> {
     txn.open_table(SOURCE_SLUGS)?.remove(source.slug.as_str())?;
     txn.open_table(DESTINATIONS)?
         .retain_in((id, 0)..=(id, u128::MAX), |_, _| false)?;
-    for event_id in super::events::ids_of_source(txn, id)? {
-        super::events::purge(txn, event_id)?;
-    }
+    // Its events and deliveries are purged afterwards in small chunks
+    // (`retention::purge_orphans`): a source with millions of events must
+    // not become one huge transaction that stalls every ingest. Nothing can
+    // reach them meanwhile: the slug and destinations are gone, so ingest
+    // answers 404, the API 404 and the delivery lanes stop.
     Ok(())
 }
