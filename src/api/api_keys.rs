@@ -26,7 +26,7 @@ pub struct CreateApiKey {
 }
 
 /// An API key as listed (the key itself is never shown again).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyView {
     pub id: String,
     pub name: String,

@@ -55,7 +55,7 @@ pub struct UpdateDestination {
 }
 
 /// A destination as the API shows it. `secret` only on create and rotate.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DestinationView {
     pub id: String,
     pub source_id: String,

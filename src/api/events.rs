@@ -44,7 +44,7 @@ pub struct EventListParams {
 }
 
 /// Delivery counts of one event.
-#[derive(Debug, Default, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryCounts {
     pub pending: u32,
     pub succeeded: u32,
@@ -53,7 +53,7 @@ pub struct DeliveryCounts {
 }
 
 /// An event as listed.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EventView {
     pub id: String,
     pub source_id: String,
@@ -66,7 +66,7 @@ pub struct EventView {
 }
 
 /// An event with its headers and body.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EventDetail {
     #[serde(flatten)]
     pub event: EventView,
@@ -81,7 +81,7 @@ pub struct EventDetail {
 }
 
 /// One HTTP try.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AttemptView {
     pub number: u32,
     pub started_at: String,
@@ -94,7 +94,7 @@ pub struct AttemptView {
 }
 
 /// A delivery with its attempts.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryView {
     pub id: String,
     pub destination_id: String,
@@ -115,7 +115,7 @@ pub struct ReplayRequest {
 }
 
 /// What a replay queued.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReplayAccepted {
     pub count: usize,
     pub destination_ids: Vec<String>,
@@ -138,7 +138,7 @@ pub struct BulkReplayRequest {
 }
 
 /// What a bulk replay will queue.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BulkReplayAccepted {
     pub events: usize,
     pub deliveries: usize,

@@ -52,7 +52,7 @@ pub struct UpdateSource {
 }
 
 /// A source as the API shows it (never its secret).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SourceView {
     pub id: String,
     /// `wh_` + 8 random base62 characters.

@@ -87,7 +87,7 @@ pub fn source_header(source: &Source, tab: SourceTab, session: &Session) -> Mark
         div.title-row {
             h1 { (source.name) }
             (views::status_pill(if source.enabled { "enabled" } else { "disabled" }))
-            span.tag { (provider_label(&source.provider)) }
+            span.tag { (provider_label(source.provider.as_str())) }
         }
         nav.tabs aria-label="Source sections" {
             @for (t, label, href) in &tabs {

@@ -17,6 +17,7 @@ use crate::dashboard::model::{Destination, Source};
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
+use crate::ingest::providers::ProviderKind;
 
 const PAGE: usize = 50;
 
@@ -69,7 +70,7 @@ pub async fn list(
                         @for (i, s) in page.items.iter().enumerate() {
                             tr {
                                 td { a href={ "/dashboard/sources/" (s.id) } { strong { (s.name) } } }
-                                td { (provider_label(&s.provider)) }
+                                td { (provider_label(s.provider.as_str())) }
                                 td { (views::copyable(&format!("url-{i}"), &s.url, "ingest URL")) }
                                 td.num { a href={ "/dashboard/sources/" (s.id) } { (s.destinations_count) } }
                                 td { (views::status_pill(if s.enabled { "enabled" } else { "disabled" })) }
@@ -205,9 +206,7 @@ fn generic_fields(
     let encoding = value(
         form,
         "encoding",
-        &current
-            .map(|c| c.encoding.clone())
-            .unwrap_or_else(|| "hex".into()),
+        current.map_or("hex", |c| c.encoding.as_str()),
     );
     html! {
         fieldset.generic data-show-for="generic_hmac" {
@@ -434,14 +433,14 @@ fn settings(
                 input #retention_days type="number" name="retention_days" min="1" max="3650"
                     value=(value(form, "retention_days", &source.retention_days.to_string()));
                 (views::field_error(failure, "retention_days"))
-                @if source.provider != "none" {
+                @if source.provider != ProviderKind::None {
                     label for="signing_secret" { "New signing secret" }
                     input #signing_secret type="password" name="signing_secret" autocomplete="off" spellcheck="false"
                         placeholder="Leave empty to keep the current one";
                     p.hint { "After a change the previous secret is still accepted for 24 hours, so the provider's secret roll loses nothing." }
                     (views::field_error(failure, "signing_secret"))
                 }
-                @if source.provider == "generic_hmac" {
+                @if source.provider == ProviderKind::GenericHmac {
                     (generic_fields(form, failure, source.provider_config.as_ref()))
                 }
                 div.form-actions { button.btn.primary type="submit" { "Save" } }
@@ -493,7 +492,7 @@ pub async fn edit(
     if let Some(secret) = form.text("signing_secret") {
         body.insert("signing_secret".into(), json!(secret));
     }
-    if source.provider == "generic_hmac" {
+    if source.provider == ProviderKind::GenericHmac {
         body.insert("provider_config".into(), provider_config(&form));
     }
     match d

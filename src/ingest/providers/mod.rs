@@ -59,6 +59,20 @@ impl ProviderKind {
     pub fn requires_secret(self) -> bool {
         !matches!(self, ProviderKind::None)
     }
+
+    /// The public (serde) name, e.g. `standard_webhooks`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Stripe => "stripe",
+            ProviderKind::Github => "github",
+            ProviderKind::Shopify => "shopify",
+            ProviderKind::Slack => "slack",
+            ProviderKind::StandardWebhooks => "standard_webhooks",
+            ProviderKind::Svix => "svix",
+            ProviderKind::GenericHmac => "generic_hmac",
+            ProviderKind::None => "none",
+        }
+    }
 }
 
 /// How a `generic_hmac` source's requests are signed and described.
@@ -98,6 +112,16 @@ pub enum SignatureEncoding {
     Hex,
     /// Base64, standard or URL-safe, padding optional.
     Base64,
+}
+
+impl SignatureEncoding {
+    /// The public (serde) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureEncoding::Hex => "hex",
+            SignatureEncoding::Base64 => "base64",
+        }
+    }
 }
 
 /// What the ingest route hands a provider: the request as received. The
