@@ -503,6 +503,32 @@ pub async fn retry(
 /// Events of one bulk replay queued per write, so ingest commits keep
 /// interleaving with a large replay.
 const BULK_CHUNK: usize = 200;
+/// Bulk replays up to this many events are queued before the 202 (a few
+/// hundred milliseconds at most); larger ones continue in the background.
+const DURABLE_BULK_EVENTS: usize = 5_000;
+
+/// Queues a bulk replay's deliveries, [`BULK_CHUNK`] events per commit,
+/// waking each destination's lane as its deliveries land.
+async fn queue_bulk(
+    store: &crate::store::Store,
+    engine: &crate::delivery::engine::Engine,
+    source: u128,
+    plan: &[(u128, std::sync::Arc<Vec<u128>>)],
+) -> Result<(), StoreError> {
+    for chunk in plan.chunks(BULK_CHUNK) {
+        let chunk = chunk.to_vec();
+        let made = store
+            .write(move |txn| events::insert_many(txn, source, &chunk, now_ms()))
+            .await?;
+        let mut woken = std::collections::HashSet::new();
+        for d in made {
+            if woken.insert(d.destination_id) {
+                engine.wake(source, d.destination_id);
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Re-sends every event in a time range (optionally of a type, optionally
 /// only where delivery failed, optionally to chosen destinations). Counts
@@ -628,28 +654,17 @@ pub async fn bulk_replay(
         events: plan.len(),
         deliveries: plan.iter().map(|(_, t)| t.len()).sum(),
     };
-    let (store, engine) = (state.store.clone(), state.engine.clone());
-    tokio::spawn(async move {
-        for chunk in plan.chunks(BULK_CHUNK) {
-            let chunk = chunk.to_vec();
-            match store
-                .write(move |txn| events::insert_many(txn, source, &chunk, now_ms()))
-                .await
-            {
-                Ok(made) => {
-                    let mut woken = std::collections::HashSet::new();
-                    for d in made {
-                        if woken.insert(d.destination_id) {
-                            engine.wake(source, d.destination_id);
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "bulk replay stopped");
-                    return;
-                }
+    if plan.len() <= DURABLE_BULK_EVENTS {
+        // Small enough to queue before answering: the 202 then means the
+        // deliveries are durable, as for a single replay.
+        queue_bulk(&state.store, &state.engine, source, &plan).await?;
+    } else {
+        let (store, engine) = (state.store.clone(), state.engine.clone());
+        tokio::spawn(async move {
+            if let Err(e) = queue_bulk(&store, &engine, source, &plan).await {
+                tracing::error!(error = %e, "bulk replay stopped");
             }
-        }
-    });
+        });
+    }
     Ok((StatusCode::ACCEPTED, Json(Data { data: accepted })))
 }
