@@ -102,6 +102,45 @@ async fn receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) 
     (format!("http://{addr}/hook"), count)
 }
 
+/// POSTs JSON with a bearer key and returns the JSON answer.
+async fn post_json(url: String, key: &str, body: &Value) -> Value {
+    reqwest::Client::new()
+        .post(url)
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON answer")
+}
+
+/// Sends a Stripe-signed event; returns the status, the JSON answer and
+/// the signature header it sent.
+async fn ingest(base: &str, slug: &str, body: &str) -> (u16, Value, String) {
+    let signature = common::stripe_signature(STRIPE_SECRET, body);
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/in/{slug}"))
+        .header("stripe-signature", &signature)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null), signature)
+}
+
+async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
 fn metric(text: &str, line_prefix: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(line_prefix))
@@ -128,56 +167,35 @@ async fn json_logs_carry_no_secrets_and_metrics_move() {
     let client = reqwest::Client::new();
     let api = format!("{}/api/v1", b.base);
 
-    let key: Value = client
-        .post(format!("{api}/api-keys"))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "ci", "scopes": ["webhooks:write"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let key: Value = post_json(
+        format!("{api}/api-keys"),
+        &admin,
+        &json!({"name": "ci", "scopes": ["webhooks:write"]}),
+    )
+    .await;
     let write_key = key["data"]["key"].as_str().unwrap().to_string();
-    let source: Value = client
-        .post(format!("{api}/webhooks/sources"))
-        .bearer_auth(&write_key)
-        .json(&json!({"name": "s", "provider": "stripe", "signing_secret": STRIPE_SECRET}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let source: Value = post_json(
+        format!("{api}/webhooks/sources"),
+        &write_key,
+        &json!({"name": "s", "provider": "stripe", "signing_secret": STRIPE_SECRET}),
+    )
+    .await;
     let src = source["data"]["id"].as_str().unwrap().to_string();
     let slug = source["data"]["slug"].as_str().unwrap().to_string();
     let (url, delivered) = receiver().await;
-    let dest: Value = client
-        .post(format!("{api}/webhooks/sources/{src}/destinations"))
-        .bearer_auth(&write_key)
-        .json(&json!({"url": url}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dest: Value = post_json(
+        format!("{api}/webhooks/sources/{src}/destinations"),
+        &write_key,
+        &json!({"url": url}),
+    )
+    .await;
     let dest_secret = dest["data"]["secret"].as_str().unwrap().to_string();
 
     let mut signatures = Vec::new();
     for i in 0..3 {
         let body =
             format!(r#"{{"id":"evt_ops_{i}","type":"invoice.paid","note":"{BODY_MARKER}"}}"#);
-        let sig = common::stripe_signature(STRIPE_SECRET, &body);
-        let status = client
-            .post(format!("{}/in/{slug}", b.base))
-            .header("stripe-signature", &sig)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let (status, _, sig) = ingest(&b.base, &slug, &body).await;
         assert_eq!(status, 200);
         signatures.push(sig);
     }
@@ -198,14 +216,7 @@ async fn json_logs_carry_no_secrets_and_metrics_move() {
     assert_eq!(delivered.load(std::sync::atomic::Ordering::SeqCst), 3);
 
     // Metrics moved as expected.
-    let text = client
-        .get(format!("{}/metrics", b.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&b.base).await;
     let ingest = format!("krafter_ingest_requests_total{{source=\"{src}\",result=\"accepted\"}}");
     assert_eq!(metric(&text, &ingest), 3.0, "{text}");
     let invalid =
@@ -221,14 +232,7 @@ async fn json_logs_carry_no_secrets_and_metrics_move() {
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        text = client
-            .get(format!("{}/metrics", b.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        text = metrics_text(&b.base).await;
     }
     assert_eq!(
         metric(
@@ -300,32 +304,16 @@ async fn backup_of_a_running_server_restores_into_a_working_server() {
         .trim()
         .to_string();
     let client = reqwest::Client::new();
-    let source: Value = client
-        .post(format!("{}/api/v1/webhooks/sources", b.base))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "kept", "provider": "stripe", "signing_secret": STRIPE_SECRET}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let source: Value = post_json(
+        format!("{}/api/v1/webhooks/sources", b.base),
+        &admin,
+        &json!({"name": "kept", "provider": "stripe", "signing_secret": STRIPE_SECRET}),
+    )
+    .await;
     let src = source["data"]["id"].as_str().unwrap().to_string();
     let slug = source["data"]["slug"].as_str().unwrap().to_string();
     let body = r#"{"id":"evt_before_backup","type":"invoice.paid"}"#;
-    let resp: Value = client
-        .post(format!("{}/in/{slug}", b.base))
-        .header(
-            "stripe-signature",
-            common::stripe_signature(STRIPE_SECRET, body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resp: Value = ingest(&b.base, &slug, body).await.1;
     let event = resp["data"]["event_id"].as_str().unwrap().to_string();
 
     // Backup through the running server, with the real CLI.
@@ -401,32 +389,10 @@ async fn backup_of_a_running_server_restores_into_a_working_server() {
     assert_eq!(got["data"]["body"], body, "{got}");
     // The sealed signing secret opens: a new signed event verifies, and
     // dedup state came along.
-    let again: Value = client
-        .post(format!("{}/in/{slug}", b.base))
-        .header(
-            "stripe-signature",
-            common::stripe_signature(STRIPE_SECRET, body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: Value = ingest(&b.base, &slug, body).await.1;
     assert_eq!(again["data"]["duplicate"], true, "{again}");
     let fresh = r#"{"id":"evt_after_restore","type":"invoice.paid"}"#;
-    let status = client
-        .post(format!("{}/in/{slug}", b.base))
-        .header(
-            "stripe-signature",
-            common::stripe_signature(STRIPE_SECRET, fresh),
-        )
-        .body(fresh)
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = ingest(&b.base, &slug, fresh).await.0;
     assert_eq!(status, 200);
     let _ = stop(b);
 }
