@@ -143,12 +143,14 @@ impl RunningServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let _ = (&mut self.task).await;
+        // Requests and delivery attempts drain side by side, so the whole
+        // stop stays within SPEC §2's 30 s (HTTP grace 25 s, delivery ≤ 20 s).
+        let http = async { (&mut self.task).await.ok() };
+        tokio::join!(http, self.engine.shutdown(self.delivery_grace));
         self.retention.abort();
         // Abort is asynchronous: wait until the task (and its Store clone)
         // is dropped, or the database stays open after shutdown returns.
         let _ = (&mut self.retention).await;
-        self.engine.shutdown(self.delivery_grace).await;
         self.store.close().await;
     }
 }
