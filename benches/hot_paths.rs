@@ -21,6 +21,7 @@ fn stripe_verify(c: &mut Criterion) {
         headers: &headers,
         body,
         now_unix: 1_614_265_330,
+        url: "https://hooks.example.com/in/wh_bench",
     };
     let secrets: [&[u8]; 1] = [b"whsec_test_secret"];
     assert!(providers::verify(ProviderKind::Stripe, None, &inbound, &secrets).is_ok());

@@ -26,7 +26,8 @@ use krafter::store::Store;
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sha2::Sha256;
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -34,6 +35,10 @@ const SOURCES: &str = "/api/v1/webhooks/sources";
 const STRIPE_SECRET: &str = "whsec_test_secret";
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+const PADDLE_SECRET: &str = "pdl_ntfset_test";
+const SQUARE_KEY: &str = "Ibxx_5AKakO-3qeNVR61Dw";
+const LINEAR_SECRET: &str = "lin_wh_testsecret";
+const TWILIO_TOKEN: &str = "12345";
 /// Loopback, accepted because these tests allow private networks; nothing
 /// listens on the discard port, and no test waits for a delivery.
 const DEST_URL: &str = "http://127.0.0.1:9/x";
@@ -92,6 +97,45 @@ fn sw_signature(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
         .expect("base64 secret");
     let sig = mac(&key, &[format!("{id}.{ts}.").as_bytes(), body]);
     format!("v1,{}", B64.encode(sig))
+}
+
+/// `Paddle-Signature`: `ts=<ts>;h1=` + hex HMAC of `"{ts}:" + body`.
+fn paddle_header(secret: &str, ts: i64, body: &[u8]) -> String {
+    let sig = mac(secret.as_bytes(), &[format!("{ts}:").as_bytes(), body]);
+    format!("ts={ts};h1={}", hex::encode(sig))
+}
+
+/// `x-square-hmacsha256-signature`: base64 HMAC of notification URL + body.
+fn square_header(key: &str, url: &str, body: &[u8]) -> String {
+    B64.encode(mac(key.as_bytes(), &[url.as_bytes(), body]))
+}
+
+/// `Linear-Signature`: hex HMAC of the body.
+fn linear_header(secret: &str, body: &[u8]) -> String {
+    hex::encode(mac(secret.as_bytes(), &[body]))
+}
+
+/// `X-Twilio-Signature`: base64 HMAC-SHA1 of the URL followed by each
+/// parameter's name and value, sorted by name (Twilio's RequestValidator).
+fn twilio_header(token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let mut m =
+        <Hmac<Sha1> as Mac>::new_from_slice(token.as_bytes()).expect("HMAC takes any key length");
+    m.update(url.as_bytes());
+    for (name, value) in sorted {
+        m.update(name.as_bytes());
+        m.update(value.as_bytes());
+    }
+    B64.encode(m.finalize().into_bytes())
+}
+
+/// `application/x-www-form-urlencoded` encoding of `params`.
+fn form(params: &[(&str, &str)]) -> Vec<u8> {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish()
+        .into_bytes()
 }
 
 fn now() -> i64 {
@@ -172,6 +216,55 @@ fn test_signers_reproduce_the_documented_vectors() {
             br#"{"test": 2432232314}"#
         ),
         "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    );
+    assert_eq!(
+        paddle_header(
+            PADDLE_SECRET,
+            1700000000,
+            br#"{"event_id":"evt_1","event_type":"transaction.paid"}"#
+        ),
+        "ts=1700000000;h1=65f474bb061912f5578c7938fc332996a48df09c2cef51d0d1b68ff02a746591"
+    );
+    assert_eq!(
+        square_header(
+            SQUARE_KEY,
+            "https://webhook.site/679a4f3a-dcfa-49ee-bac5-9d0edad886b9",
+            br#"{"merchant_id":"MLEFBHHSJGVHD","type":"webhooks.test_notification","event_id":"ac3ac95b-f97d-458c-a6e6-18981597e05f","created_at":"2022-07-13T20:30:59.037339943Z","data":{"type":"webhooks","id":"bc368e64-01aa-407e-b46e-3231809b1129"}}"#
+        ),
+        "GF4YkrJgGBDZ9NIYbNXBnMzqb2HoL4RW/S6vkZ9/2N4="
+    );
+    assert_eq!(
+        linear_header(
+            LINEAR_SECRET,
+            br#"{"type":"Issue","action":"create","webhookTimestamp":1700000000000}"#
+        ),
+        "e703a3084e02594fcefcb912769531b6a916934cb298676c3ea037cb1b548930"
+    );
+    let twilio_params = [
+        ("CallSid", "CA1234567890ABCDE"),
+        ("Caller", "+14158675309"),
+        ("Digits", "1234"),
+        ("From", "+14158675309"),
+        ("To", "+18005551212"),
+    ];
+    let twilio_url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+    assert_eq!(
+        twilio_header(TWILIO_TOKEN, twilio_url, &twilio_params),
+        "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+    );
+    let json_body = br#"{"property": "value", "boolean": true}"#;
+    let body_hash = hex::encode(Sha256::digest(json_body));
+    assert_eq!(
+        body_hash,
+        "0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620"
+    );
+    assert_eq!(
+        twilio_header(
+            TWILIO_TOKEN,
+            &format!("{twilio_url}&bodySHA256={body_hash}"),
+            &[]
+        ),
+        "a9nBmqA0ju/hNViExpshrM61xv4="
     );
 }
 
@@ -699,6 +792,407 @@ async fn svix_event_is_verified_with_svix_headers() {
         "invoice.paid",
         Some("msg_svix2"),
     );
+    store.close().await;
+}
+
+fn paddle_body(id: &str, event_type: &str) -> Vec<u8> {
+    format!(r#"{{"event_id":"{id}","event_type":"{event_type}","occurred_at":"2024-01-01T00:00:00Z","notification_id":"ntf_1","data":{{}}}}"#)
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn paddle_event_is_verified_deduplicated_and_stored() {
+    let mut server = TestServer::start().await;
+    let (src, slug) = create_source(&server, "paddle", Some(PADDLE_SECRET), None).await;
+    let body = paddle_body("evt_01paddle", "transaction.paid");
+    let headers = vec![
+        (
+            "Paddle-Signature",
+            paddle_header(PADDLE_SECRET, now(), &body),
+        ),
+        ("Content-Type", "application/json".to_string()),
+        custom(),
+    ];
+    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let evt = assert_accepted(status, &resp, false);
+
+    // Paddle's retry of the same event (new ts, same event_id) → duplicate.
+    let headers = vec![
+        (
+            "Paddle-Signature",
+            paddle_header(PADDLE_SECRET, now(), &body),
+        ),
+        custom(),
+    ];
+    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    assert_eq!(assert_accepted(status, &resp, true), evt);
+
+    // Several h1 entries (secret rotation at Paddle): any may match.
+    let body2 = paddle_body("evt_02paddle", "subscription.created");
+    let ts = now();
+    let good = paddle_header(PADDLE_SECRET, ts, &body2);
+    let good_sig = good.split_once(";h1=").expect("h1").1;
+    let other = paddle_header("pdl_ntfset_other", ts, &body2);
+    let other_sig = other.split_once(";h1=").expect("h1").1;
+    let multi = format!("ts={ts};h1={other_sig};h1={good_sig}");
+    let (status, resp) = ingest(
+        &server,
+        &slug,
+        &[("Paddle-Signature", multi), custom()],
+        body2.clone(),
+    )
+    .await;
+    let evt2 = assert_accepted(status, &resp, false);
+
+    // Refused: stale (past the SDK's 5 s), tampered, wrong secret, malformed.
+    let mut tampered = body.clone();
+    tampered[3] ^= 1;
+    let p = |value: String| vec![("Paddle-Signature", value)];
+    let fresh = paddle_header(PADDLE_SECRET, now(), &body);
+    let fresh_sig = fresh.split_once(";h1=").expect("h1").1.to_string();
+    let cases = vec![
+        (
+            "stale by 60 s",
+            p(paddle_header(PADDLE_SECRET, now() - 60, &body)),
+            body.clone(),
+        ),
+        (
+            "ts moved forward",
+            p(format!("ts={};h1={fresh_sig}", now() + 30)),
+            body.clone(),
+        ),
+        ("tampered body", p(fresh.clone()), tampered),
+        (
+            "wrong secret",
+            p(paddle_header("pdl_ntfset_other", now(), &body)),
+            body.clone(),
+        ),
+        (
+            "uppercase hex",
+            p(format!("ts={};h1={}", now(), fresh_sig.to_uppercase())),
+            body.clone(),
+        ),
+        (
+            "stripe-style header",
+            p(format!("t={},v1={fresh_sig}", now())),
+            body.clone(),
+        ),
+        ("no h1", p(format!("ts={}", now())), body.clone()),
+        ("no ts", p(format!("h1={fresh_sig}")), body.clone()),
+        ("missing header", Vec::new(), body.clone()),
+        ("empty header", p(String::new()), body.clone()),
+        ("1000 semicolons", p(";".repeat(1000)), body.clone()),
+    ];
+    assert_all_rejected(&server, &slug, cases).await;
+
+    let store = open_store(&mut server).await;
+    assert_event(
+        &stored_event(&store, &evt),
+        &src,
+        &body,
+        "transaction.paid",
+        Some("evt_01paddle"),
+    );
+    assert!(header(&stored_event(&store, &evt), "paddle-signature").is_some());
+    assert_event(
+        &stored_event(&store, &evt2),
+        &src,
+        &body2,
+        "subscription.created",
+        Some("evt_02paddle"),
+    );
+    assert_eq!(stored_count(&store, &src), 2);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn square_signs_the_public_url_and_is_verified_end_to_end() {
+    let mut server = TestServer::start().await;
+    let (src, slug) = create_source(&server, "square", Some(SQUARE_KEY), None).await;
+    // The notification URL is the server's public URL (what the API shows).
+    let url = format!("{}/in/{slug}", server.base);
+    let (status, shown) = server.get(&format!("{SOURCES}/{src}")).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["data"]["url"], json!(url));
+
+    let body = br#"{"merchant_id":"MLEFBHHSJGVHD","type":"payment.updated","event_id":"6a8f5f28-54a1-4eb0-a98a-3111513fd4fc","created_at":"2024-01-01T00:00:00Z","data":{"type":"payment","id":"p1"}}"#.to_vec();
+    let headers = vec![
+        (
+            "x-square-hmacsha256-signature",
+            square_header(SQUARE_KEY, &url, &body),
+        ),
+        ("Content-Type", "application/json".to_string()),
+        custom(),
+    ];
+    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let evt = assert_accepted(status, &resp, false);
+
+    // Square's retry: same event_id → duplicate.
+    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    assert_eq!(assert_accepted(status, &resp, true), evt);
+
+    // A query string is part of the signed URL.
+    let body2 = br#"{"type":"refund.created","event_id":"ev-2"}"#.to_vec();
+    let with_query = format!("{url}?tenant=a%20b&x=1");
+    let headers2 = vec![
+        (
+            "X-Square-HmacSha256-Signature",
+            square_header(SQUARE_KEY, &with_query, &body2),
+        ),
+        custom(),
+    ];
+    let (status, resp) = ingest(
+        &server,
+        &format!("{slug}?tenant=a%20b&x=1"),
+        &headers2,
+        body2.clone(),
+    )
+    .await;
+    let evt2 = assert_accepted(status, &resp, false);
+
+    // Refused: a URL other than the configured one, even when the request's
+    // Host / X-Forwarded-* headers claim it (they are never trusted).
+    let evil = format!("https://evil.example/in/{slug}");
+    let sq = |value: String| vec![("x-square-hmacsha256-signature", value)];
+    let mut forwarded = sq(square_header(SQUARE_KEY, &evil, &body));
+    forwarded.push(("X-Forwarded-Host", "evil.example".to_string()));
+    forwarded.push(("X-Forwarded-Proto", "https".to_string()));
+    forwarded.push(("Forwarded", "host=evil.example;proto=https".to_string()));
+    let mut tampered = body.clone();
+    tampered[5] ^= 1;
+    let cases = vec![
+        ("forwarded host", forwarded, body.clone()),
+        (
+            "body only (no URL)",
+            sq(square_header(SQUARE_KEY, "", &body)),
+            body.clone(),
+        ),
+        (
+            "trailing slash",
+            sq(square_header(SQUARE_KEY, &format!("{url}/"), &body)),
+            body.clone(),
+        ),
+        (
+            "tampered body",
+            sq(square_header(SQUARE_KEY, &url, &body)),
+            tampered,
+        ),
+        (
+            "wrong key",
+            sq(square_header("other-key", &url, &body)),
+            body.clone(),
+        ),
+        (
+            "hex instead of base64",
+            sq(hex::encode(mac(
+                SQUARE_KEY.as_bytes(),
+                &[url.as_bytes(), &body],
+            ))),
+            body.clone(),
+        ),
+        ("missing header", Vec::new(), body.clone()),
+        ("empty header", sq(String::new()), body.clone()),
+        ("garbage header", sq("!!!=é".to_string()), body.clone()),
+    ];
+    assert_all_rejected(&server, &slug, cases).await;
+    let (status, resp) = ingest(
+        &server,
+        &format!("{slug}?tenant=a%20b&x=1"),
+        &sq(square_header(SQUARE_KEY, &url, &body2)),
+        body2.clone(),
+    )
+    .await;
+    assert_invalid_signature(status, &resp, "signed without the query");
+
+    let store = open_store(&mut server).await;
+    assert_event(
+        &stored_event(&store, &evt),
+        &src,
+        &body,
+        "payment.updated",
+        Some("6a8f5f28-54a1-4eb0-a98a-3111513fd4fc"),
+    );
+    assert_event(
+        &stored_event(&store, &evt2),
+        &src,
+        &body2,
+        "refund.created",
+        Some("ev-2"),
+    );
+    assert_eq!(stored_count(&store, &src), 2);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn linear_event_is_verified_with_its_body_timestamp() {
+    let mut server = TestServer::start().await;
+    let (src, slug) = create_source(&server, "linear", Some(LINEAR_SECRET), None).await;
+    let linear_body = |ts_ms: i64| {
+        format!(r#"{{"action":"create","type":"Issue","data":{{"id":"i1"}},"webhookTimestamp":{ts_ms}}}"#)
+            .into_bytes()
+    };
+    let body = linear_body(now() * 1000);
+    let headers = vec![
+        ("Linear-Signature", linear_header(LINEAR_SECRET, &body)),
+        (
+            "Linear-Delivery",
+            "b7e1c3d2-0000-4000-8000-000000000001".to_string(),
+        ),
+        ("Linear-Event", "Issue".to_string()),
+        custom(),
+    ];
+    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let evt = assert_accepted(status, &resp, false);
+    // A redelivery keeps Linear-Delivery → duplicate.
+    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    assert_eq!(assert_accepted(status, &resp, true), evt);
+
+    let l = |value: String| vec![("Linear-Signature", value)];
+    let stale = linear_body((now() - 120) * 1000);
+    let future = linear_body((now() + 120) * 1000);
+    let untimed = br#"{"action":"create","type":"Issue"}"#.to_vec();
+    let cases = vec![
+        (
+            "stale",
+            l(linear_header(LINEAR_SECRET, &stale)),
+            stale.clone(),
+        ),
+        (
+            "future",
+            l(linear_header(LINEAR_SECRET, &future)),
+            future.clone(),
+        ),
+        (
+            "no webhookTimestamp",
+            l(linear_header(LINEAR_SECRET, &untimed)),
+            untimed.clone(),
+        ),
+        (
+            "wrong secret",
+            l(linear_header("lin_wh_other", &body)),
+            body.clone(),
+        ),
+        (
+            "uppercase hex",
+            l(linear_header(LINEAR_SECRET, &body).to_uppercase()),
+            body.clone(),
+        ),
+        ("missing header", Vec::new(), body.clone()),
+    ];
+    assert_all_rejected(&server, &slug, cases).await;
+
+    let store = open_store(&mut server).await;
+    assert_event(
+        &stored_event(&store, &evt),
+        &src,
+        &body,
+        "Issue.create",
+        Some("b7e1c3d2-0000-4000-8000-000000000001"),
+    );
+    assert_eq!(stored_count(&store, &src), 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn twilio_form_and_json_requests_are_verified_against_the_public_url() {
+    let mut server = TestServer::start().await;
+    let (src, slug) = create_source(&server, "twilio", Some(TWILIO_TOKEN), None).await;
+    let url = format!("{}/in/{slug}?account=main", server.base);
+    let params = [
+        ("MessageSid", "SM0123456789abcdef0123456789abcdef"),
+        ("MessageStatus", "delivered"),
+        ("SmsStatus", "delivered"),
+        ("To", "+15558675310"),
+        ("From", "+15017122661"),
+        ("Body", "Hello & welcome, 100% ✓"),
+    ];
+    let body = form(&params);
+    let headers = vec![
+        (
+            "X-Twilio-Signature",
+            twilio_header(TWILIO_TOKEN, &url, &params),
+        ),
+        (
+            "Content-Type",
+            "application/x-www-form-urlencoded".to_string(),
+        ),
+        custom(),
+    ];
+    let target = format!("{slug}?account=main");
+    let (status, resp) = ingest(&server, &target, &headers, body.clone()).await;
+    let evt1 = assert_accepted(status, &resp, false);
+    // No dedup id: an identical callback is stored again, never dropped.
+    let (status, resp) = ingest(&server, &target, &headers, body.clone()).await;
+    let evt1b = assert_accepted(status, &resp, false);
+    assert_ne!(evt1, evt1b);
+
+    // A JSON body: the URL carries bodySHA256 and alone is signed.
+    let json_body = br#"{"type":"com.twilio.messaging.message.delivered","data":{}}"#.to_vec();
+    let hash = hex::encode(Sha256::digest(&json_body));
+    let json_url = format!("{}/in/{slug}?bodySHA256={hash}", server.base);
+    let headers2 = vec![
+        (
+            "X-Twilio-Signature",
+            twilio_header(TWILIO_TOKEN, &json_url, &[]),
+        ),
+        ("Content-Type", "application/json".to_string()),
+        custom(),
+    ];
+    let target2 = format!("{slug}?bodySHA256={hash}");
+    let (status, resp) = ingest(&server, &target2, &headers2, json_body.clone()).await;
+    let evt2 = assert_accepted(status, &resp, false);
+
+    let tw = |value: String| vec![("X-Twilio-Signature", value)];
+    let other_json = br#"{"type":"com.twilio.messaging.message.failed","data":{}}"#.to_vec();
+    let mut tampered = params;
+    tampered[1] = ("MessageStatus", "failed");
+    let cases = vec![
+        (
+            "tampered parameter",
+            tw(twilio_header(TWILIO_TOKEN, &url, &params)),
+            form(&tampered),
+        ),
+        (
+            "signed without the query",
+            tw(twilio_header(
+                TWILIO_TOKEN,
+                &format!("{}/in/{slug}", server.base),
+                &params,
+            )),
+            body.clone(),
+        ),
+        (
+            "wrong token",
+            tw(twilio_header("54321", &url, &params)),
+            body.clone(),
+        ),
+        ("missing header", Vec::new(), body.clone()),
+        ("empty header", tw(String::new()), body.clone()),
+    ];
+    assert_all_rejected(&server, &target, cases).await;
+    let cases = vec![(
+        "JSON body that does not match bodySHA256",
+        tw(twilio_header(TWILIO_TOKEN, &json_url, &[])),
+        other_json,
+    )];
+    assert_all_rejected(&server, &target2, cases).await;
+
+    let store = open_store(&mut server).await;
+    assert_event(
+        &stored_event(&store, &evt1),
+        &src,
+        &body,
+        "message.delivered",
+        None,
+    );
+    assert_event(
+        &stored_event(&store, &evt2),
+        &src,
+        &json_body,
+        "com.twilio.messaging.message.delivered",
+        None,
+    );
+    assert_eq!(stored_count(&store, &src), 3);
     store.close().await;
 }
 

@@ -6,7 +6,7 @@
 //! deliveries are committed in one group commit before the 200.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -59,6 +59,7 @@ const HOP_BY_HOP: [&str; 9] = [
 pub async fn receive(
     State(state): State<AppState>,
     ApiPath(slug): ApiPath<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -72,7 +73,8 @@ pub async fn receive(
         }
     };
     let source_label = format_id(IdKind::Source, source.id);
-    let (result, response) = match handle(&state, &source, headers, body).await {
+    let url = public_ingest_url(&state.public_url, &source.slug, query.as_deref());
+    let (result, response) = match handle(&state, &source, &url, headers, body).await {
         Ok((result, response)) => (result, response),
         Err((result, error)) => (result, error.into_response()),
     };
@@ -94,9 +96,20 @@ fn lookup(state: &AppState, slug: &str) -> Result<SourceRecord, ApiError> {
 
 type Handled = Result<(IngestResult, Response), (IngestResult, ApiError)>;
 
+/// The URL the provider called, as Square and Twilio sign it: the
+/// configured public URL + `/in/<slug>` + `?<query>` exactly as received.
+/// Built from configuration only, never from `Host`/`X-Forwarded-*`.
+fn public_ingest_url(public_url: &str, slug: &str, query: Option<&str>) -> String {
+    match query {
+        Some(query) => format!("{public_url}/in/{slug}?{query}"),
+        None => format!("{public_url}/in/{slug}"),
+    }
+}
+
 async fn handle(
     state: &AppState,
     source: &SourceRecord,
+    url: &str,
     headers: HeaderMap,
     body: Body,
 ) -> Handled {
@@ -130,6 +143,7 @@ async fn handle(
         headers: &headers,
         body: &body,
         now_unix: now.div_euclid(1000),
+        url,
     };
     if let Some(reply) = providers::pre_verification_handshake(source.provider, &inbound) {
         return Ok((IngestResult::Handshake, handshake(reply)));

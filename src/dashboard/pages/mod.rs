@@ -100,11 +100,15 @@ pub fn source_header(source: &Source, tab: SourceTab, session: &Session) -> Mark
 }
 
 /// Providers a source can have, with what people call them.
-pub const PROVIDERS: [(&str, &str); 8] = [
+pub const PROVIDERS: [(&str, &str); 12] = [
     ("stripe", "Stripe"),
     ("github", "GitHub"),
     ("shopify", "Shopify"),
     ("slack", "Slack"),
+    ("paddle", "Paddle"),
+    ("linear", "Linear"),
+    ("square", "Square"),
+    ("twilio", "Twilio"),
     ("standard_webhooks", "Standard Webhooks"),
     ("svix", "Svix"),
     ("generic_hmac", "Generic HMAC"),

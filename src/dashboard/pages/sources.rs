@@ -52,7 +52,7 @@ pub async fn list(
         @if let Some(n) = notice(&query) { (n) }
         @if page.items.is_empty() {
             (views::empty("No sources yet", html! {
-                p { "A source is one provider sending you webhooks — Stripe, GitHub, Shopify, Slack, or anything that signs with HMAC. Each gets its own ingest URL to paste into the provider's settings." }
+                p { "A source is one provider sending you webhooks — Stripe, GitHub, Shopify, Slack, Paddle, Linear, Square, Twilio, or anything that signs with HMAC. Each gets its own ingest URL to paste into the provider's settings." }
                 @if session.can_write() {
                     a.btn.primary href="/dashboard/sources/new" { "Create your first source" }
                 } @else {
@@ -350,6 +350,10 @@ pub async fn render_show(
         "github" => "In GitHub: Settings → Webhooks → Add webhook, content type application/json, and paste this URL.",
         "shopify" => "In Shopify: Settings → Notifications → Webhooks (or your app's webhook subscriptions), and paste this URL.",
         "slack" => "In Slack: your app's Event Subscriptions → Request URL; Krafter answers the url_verification challenge.",
+        "paddle" => "In Paddle: Developer tools → Notifications → New destination, paste this URL, and use its secret key here. Paddle signatures expire after 5 seconds, so keep this host's clock synchronised (NTP).",
+        "linear" => "In Linear: Settings → API → Webhooks → New webhook, paste this URL, and use its signing secret here.",
+        "square" => "In Square: Developer Dashboard → Webhooks → Add subscription, paste exactly this URL (Square signs it), and use its signature key here. server.public_url must be the address Square calls.",
+        "twilio" => "In Twilio: paste exactly this URL as the webhook or status callback (Twilio signs it, query string included), and use your auth token as the secret. server.public_url must be the address Twilio calls.",
         "none" => "This source verifies nothing: anyone with the URL can send events. Use it for testing only.",
         _ => "Paste this URL where your provider asks for a webhook endpoint.",
     };

@@ -164,6 +164,7 @@ mod tests {
                 headers: &h,
                 body,
                 now_unix: 0,
+                url: "",
             },
             secrets,
         )
@@ -248,6 +249,7 @@ mod tests {
             headers: &h,
             body: BODY,
             now_unix: 0,
+            url: "",
         };
         assert!(matches!(
             verify(None, &inbound, &[SECRET]),

@@ -71,6 +71,7 @@ mod tests {
                 headers: &h,
                 body,
                 now_unix: 0,
+                url: "",
             },
             secrets,
         )
@@ -90,6 +91,7 @@ mod tests {
             headers: &h,
             body: BODY_1,
             now_unix: i64::MAX,
+            url: "",
         };
         assert!(verify(&inbound, &[SECRET_1]).is_ok());
     }

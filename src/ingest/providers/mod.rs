@@ -21,16 +21,23 @@ use utoipa::ToSchema;
 mod common;
 mod generic_hmac;
 mod github;
+mod linear;
 mod none;
+mod paddle;
 mod shopify;
 mod slack;
+mod square;
 mod standard_webhooks;
 mod stripe;
+mod twilio;
 
 pub use common::{MAX_EVENT_FIELD_BYTES, MAX_SIGNATURE_HEADER_BYTES};
 
 /// Which provider signs a source's webhooks. The snake_case names are part
 /// of the public API (SPEC §8) and are stored in the database.
+///
+/// Stored with postcard by variant index: new variants go at the end, and
+/// existing ones are never reordered or removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
@@ -51,6 +58,16 @@ pub enum ProviderKind {
     GenericHmac,
     /// No verification (testing only).
     None,
+    /// `Paddle-Signature: ts=..;h1=..` (Paddle Billing), 5 s window.
+    Paddle,
+    /// `Linear-Signature: <hex>` with the body's `webhookTimestamp`.
+    Linear,
+    /// `x-square-hmacsha256-signature: <base64>` over the public URL and
+    /// the body.
+    Square,
+    /// `X-Twilio-Signature: <base64>` HMAC-SHA1 over the public URL and the
+    /// form parameters (or `bodySHA256` for JSON bodies).
+    Twilio,
 }
 
 impl ProviderKind {
@@ -71,6 +88,10 @@ impl ProviderKind {
             ProviderKind::Svix => "svix",
             ProviderKind::GenericHmac => "generic_hmac",
             ProviderKind::None => "none",
+            ProviderKind::Paddle => "paddle",
+            ProviderKind::Linear => "linear",
+            ProviderKind::Square => "square",
+            ProviderKind::Twilio => "twilio",
         }
     }
 }
@@ -135,6 +156,11 @@ pub struct Inbound<'a> {
     pub body: &'a [u8],
     /// Current Unix time in seconds, for timestamp tolerance checks.
     pub now_unix: i64,
+    /// The public URL the provider called: `<server.public_url>/in/<slug>`,
+    /// plus `?<query>` when the request had one. Rebuilt from configuration,
+    /// never from `Host` or `X-Forwarded-*` (which any caller controls);
+    /// Square and Twilio sign it.
+    pub url: &'a str,
 }
 
 /// Why a request failed verification. Every message is safe to return to
@@ -165,6 +191,10 @@ pub enum VerifyError {
     /// A `generic_hmac` source without its signature configuration.
     #[error("the source has no generic_hmac configuration")]
     MissingConfig,
+    /// A signed body field the scheme requires (Linear's
+    /// `webhookTimestamp`) is absent, or the body is not the JSON it must be.
+    #[error("missing or malformed body field `{0}`")]
+    MalformedBodyField(Cow<'static, str>),
 }
 
 /// A reply to a provider handshake: always HTTP 200, never stored or
@@ -199,6 +229,10 @@ pub fn verify(
         ProviderKind::Svix => standard_webhooks::verify(true, inbound, secrets),
         ProviderKind::GenericHmac => generic_hmac::verify(config, inbound, secrets),
         ProviderKind::None => Ok(()),
+        ProviderKind::Paddle => paddle::verify(inbound, secrets),
+        ProviderKind::Linear => linear::verify(inbound, secrets),
+        ProviderKind::Square => square::verify(inbound, secrets),
+        ProviderKind::Twilio => twilio::verify(inbound, secrets),
     }
 }
 
@@ -228,7 +262,8 @@ pub fn post_verification_handshake(
     }
 }
 
-/// The event type per SPEC §8 (destinations filter on it), or `"unknown"`.
+/// The event type per SPEC §8 (destinations filter on it), or `"unknown"`
+/// (`"twilio.request"` for a Twilio request that names no event).
 /// Longer than [`MAX_EVENT_FIELD_BYTES`] → truncated at a character
 /// boundary.
 pub fn event_type(
@@ -245,6 +280,10 @@ pub fn event_type(
         ProviderKind::StandardWebhooks | ProviderKind::Svix => standard_webhooks::event_type(json),
         ProviderKind::GenericHmac => generic_hmac::event_type(config, inbound.headers, json),
         ProviderKind::None => none::event_type(json),
+        ProviderKind::Paddle => paddle::event_type(json),
+        ProviderKind::Linear => linear::event_type(json),
+        ProviderKind::Square => square::event_type(json),
+        ProviderKind::Twilio => twilio::event_type(inbound, json),
     }
 }
 
@@ -266,7 +305,12 @@ pub fn provider_event_id(
         ProviderKind::StandardWebhooks => standard_webhooks::event_id(false, inbound.headers),
         ProviderKind::Svix => standard_webhooks::event_id(true, inbound.headers),
         ProviderKind::GenericHmac => generic_hmac::event_id(config, inbound.headers, json),
-        ProviderKind::None => None,
+        ProviderKind::Paddle => paddle::event_id(json),
+        ProviderKind::Linear => linear::event_id(inbound.headers),
+        ProviderKind::Square => square::event_id(json),
+        // A message's or call's SID is shared by all its status callbacks:
+        // de-duplicating on it would drop distinct events.
+        ProviderKind::None | ProviderKind::Twilio => None,
     }
 }
 
@@ -332,7 +376,7 @@ mod tests {
     use super::*;
     use http::{HeaderMap, HeaderName, HeaderValue};
 
-    const ALL: [ProviderKind; 8] = [
+    const ALL: [ProviderKind; 12] = [
         ProviderKind::Stripe,
         ProviderKind::Github,
         ProviderKind::Shopify,
@@ -341,6 +385,10 @@ mod tests {
         ProviderKind::Svix,
         ProviderKind::GenericHmac,
         ProviderKind::None,
+        ProviderKind::Paddle,
+        ProviderKind::Linear,
+        ProviderKind::Square,
+        ProviderKind::Twilio,
     ];
 
     fn generic_config() -> GenericHmacConfig {
@@ -362,6 +410,7 @@ mod tests {
             headers: &h,
             body: b"anything",
             now_unix: 0,
+            url: "",
         };
         assert_eq!(verify(ProviderKind::None, None, &inbound, &[]), Ok(()));
     }
@@ -373,6 +422,7 @@ mod tests {
             headers: &h,
             body: b"{}",
             now_unix: 0,
+            url: "",
         };
         let config = generic_config();
         for kind in ALL {
@@ -402,6 +452,7 @@ mod tests {
             headers: &h,
             body,
             now_unix: 1614265330,
+            url: "",
         };
         let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
         assert_eq!(
@@ -462,6 +513,113 @@ mod tests {
         );
     }
 
+    /// The P2 providers' PROVIDERS.md vectors through the public entry
+    /// points, each refused by the other providers.
+    #[test]
+    fn dispatch_reaches_p2_providers() {
+        struct Case {
+            kind: ProviderKind,
+            header: (&'static str, &'static str),
+            body: &'static [u8],
+            url: &'static str,
+            now: i64,
+            secret: &'static [u8],
+            event_type: &'static str,
+            event_id: Option<&'static str>,
+        }
+        let cases = [
+            Case {
+                kind: ProviderKind::Paddle,
+                header: (
+                    "paddle-signature",
+                    "ts=1700000000;h1=65f474bb061912f5578c7938fc332996a48df09c2cef51d0d1b68ff02a746591",
+                ),
+                body: br#"{"event_id":"evt_1","event_type":"transaction.paid"}"#,
+                url: "",
+                now: 1_700_000_000,
+                secret: b"pdl_ntfset_test",
+                event_type: "transaction.paid",
+                event_id: Some("evt_1"),
+            },
+            Case {
+                kind: ProviderKind::Linear,
+                header: (
+                    "linear-signature",
+                    "e703a3084e02594fcefcb912769531b6a916934cb298676c3ea037cb1b548930",
+                ),
+                body: br#"{"type":"Issue","action":"create","webhookTimestamp":1700000000000}"#,
+                url: "",
+                now: 1_700_000_000,
+                secret: b"lin_wh_testsecret",
+                event_type: "Issue.create",
+                event_id: None,
+            },
+            Case {
+                kind: ProviderKind::Square,
+                header: (
+                    "x-square-hmacsha256-signature",
+                    "GF4YkrJgGBDZ9NIYbNXBnMzqb2HoL4RW/S6vkZ9/2N4=",
+                ),
+                body: br#"{"merchant_id":"MLEFBHHSJGVHD","type":"webhooks.test_notification","event_id":"ac3ac95b-f97d-458c-a6e6-18981597e05f","created_at":"2022-07-13T20:30:59.037339943Z","data":{"type":"webhooks","id":"bc368e64-01aa-407e-b46e-3231809b1129"}}"#,
+                url: "https://webhook.site/679a4f3a-dcfa-49ee-bac5-9d0edad886b9",
+                now: 0,
+                secret: b"Ibxx_5AKakO-3qeNVR61Dw",
+                event_type: "webhooks.test_notification",
+                event_id: Some("ac3ac95b-f97d-458c-a6e6-18981597e05f"),
+            },
+            Case {
+                kind: ProviderKind::Twilio,
+                header: ("x-twilio-signature", "RSOYDt4T1cUTdK1PDd93/VVr8B8="),
+                body: b"CallSid=CA1234567890ABCDE&Caller=%2B14158675309&Digits=1234&From=%2B14158675309&To=%2B18005551212",
+                url: "https://mycompany.com/myapp.php?foo=1&bar=2",
+                now: 0,
+                secret: b"12345",
+                event_type: "twilio.request",
+                event_id: None,
+            },
+        ];
+        for case in &cases {
+            let mut h = HeaderMap::new();
+            h.insert(case.header.0, HeaderValue::from_static(case.header.1));
+            let inbound = Inbound {
+                headers: &h,
+                body: case.body,
+                now_unix: case.now,
+                url: case.url,
+            };
+            let json: Option<serde_json::Value> = serde_json::from_slice(case.body).ok();
+            for kind in ALL {
+                let result = verify(kind, None, &inbound, &[case.secret]);
+                match kind {
+                    ProviderKind::None => assert_eq!(result, Ok(())),
+                    k if k == case.kind => assert_eq!(result, Ok(()), "{k:?}"),
+                    k => assert!(result.is_err(), "{k:?} accepted {:?}", case.kind),
+                }
+            }
+            assert_eq!(
+                event_type(case.kind, None, &inbound, json.as_ref()),
+                case.event_type
+            );
+            assert_eq!(
+                provider_event_id(case.kind, None, &inbound, json.as_ref()).as_deref(),
+                case.event_id
+            );
+        }
+        // Linear's dedup id is its delivery header.
+        let mut h = HeaderMap::new();
+        h.insert("linear-delivery", HeaderValue::from_static("d-1"));
+        let inbound = Inbound {
+            headers: &h,
+            body: b"{}",
+            now_unix: 0,
+            url: "",
+        };
+        assert_eq!(
+            provider_event_id(ProviderKind::Linear, None, &inbound, None).as_deref(),
+            Some("d-1")
+        );
+    }
+
     #[test]
     fn handshakes_are_slack_only() {
         let h = HeaderMap::new();
@@ -469,6 +627,7 @@ mod tests {
             headers: &h,
             body: b"ssl_check=1&token=x",
             now_unix: 0,
+            url: "",
         };
         let challenge = serde_json::json!({"type": "url_verification", "challenge": "c"});
         for kind in ALL {
@@ -501,6 +660,10 @@ mod tests {
             "svix-timestamp",
             "svix-signature",
             "x-signature",
+            "paddle-signature",
+            "linear-signature",
+            "x-square-hmacsha256-signature",
+            "x-twilio-signature",
         ];
         let values: Vec<Vec<u8>> = vec![
             b"".to_vec(),
@@ -518,6 +681,10 @@ mod tests {
             b"\xc3".to_vec(),
             b"a".repeat(100 * 1024),
             "t=1,v1=\u{e9}\u{e9}".as_bytes().to_vec(),
+            b"ts=".to_vec(),
+            b"ts=1;h1=".to_vec(),
+            b";".repeat(10_000),
+            b"ts=9223372036854775807;h1=00".to_vec(),
         ];
         let config = generic_config();
         for value in &values {
@@ -528,11 +695,16 @@ mod tests {
             for name in names {
                 h.insert(HeaderName::from_static(name), value.clone());
             }
-            for now in [0, i64::MIN, i64::MAX] {
+            for (now, url) in [
+                (0, ""),
+                (i64::MIN, "https://h/in/wh_x?bodySHA256="),
+                (i64::MAX, "https://[::1]:99999999999999999999/?%zz"),
+            ] {
                 let inbound = Inbound {
                     headers: &h,
                     body: b"",
                     now_unix: now,
+                    url,
                 };
                 for kind in ALL {
                     let secrets: [&[u8]; 2] = [b"whsec_AAAA", b""];
@@ -558,6 +730,7 @@ mod tests {
             headers: &h,
             body: b"x",
             now_unix: 0,
+            url: "",
         };
         let err = verify(ProviderKind::Github, None, &inbound, &[b"topsecret"]);
         let message = err
@@ -581,6 +754,16 @@ mod tests {
         assert!(validate_secret(ProviderKind::Svix, b"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
         assert!(validate_secret(ProviderKind::Svix, b"whsec_not base64!").is_err());
         assert!(validate_secret(ProviderKind::StandardWebhooks, b"whsec_").is_err());
+        for kind in [
+            ProviderKind::Paddle,
+            ProviderKind::Linear,
+            ProviderKind::Square,
+            ProviderKind::Twilio,
+        ] {
+            assert!(kind.requires_secret(), "{kind:?}");
+            assert!(validate_secret(kind, b"").is_err(), "{kind:?}");
+            assert!(validate_secret(kind, b"any-secret").is_ok(), "{kind:?}");
+        }
     }
 
     #[test]
@@ -614,15 +797,28 @@ mod tests {
                 "standard_webhooks",
                 "svix",
                 "generic_hmac",
-                "none"
+                "none",
+                "paddle",
+                "linear",
+                "square",
+                "twilio"
             ])
         );
+        for kind in ALL {
+            let name = serde_json::to_value(kind).unwrap_or_default();
+            assert_eq!(name, serde_json::json!(kind.as_str()));
+        }
         let config = generic_config();
         let bytes = postcard::to_allocvec(&config).unwrap_or_default();
         let back: Option<GenericHmacConfig> = postcard::from_bytes(&bytes).ok();
         assert_eq!(back, Some(config));
-        let kind_bytes = postcard::to_allocvec(&ProviderKind::GenericHmac).unwrap_or_default();
-        assert_eq!(kind_bytes, vec![6]);
+        // Variant indexes are what the database holds: append-only.
+        for (index, kind) in ALL.iter().enumerate() {
+            let kind_bytes = postcard::to_allocvec(kind).unwrap_or_default();
+            assert_eq!(kind_bytes, vec![index as u8], "{kind:?}");
+            let back: Option<ProviderKind> = postcard::from_bytes(&kind_bytes).ok();
+            assert_eq!(back, Some(*kind));
+        }
         let minimal: Result<GenericHmacConfig, _> =
             serde_json::from_value(serde_json::json!({"signature_header": "X-Sig"}));
         assert_eq!(

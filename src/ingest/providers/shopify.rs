@@ -99,6 +99,7 @@ mod tests {
                 headers: &h,
                 body,
                 now_unix: 0,
+                url: "",
             },
             secrets,
         )

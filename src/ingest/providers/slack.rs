@@ -149,6 +149,7 @@ mod tests {
                 headers: &h,
                 body,
                 now_unix: now,
+                url: "",
             },
             secrets,
         )
@@ -258,6 +259,7 @@ mod tests {
             headers: &h,
             body: b"token=abc&ssl_check=1",
             now_unix: 0,
+            url: "",
         };
         let reply = pre_verification_handshake(&probe);
         assert_eq!(reply.map(|r| r.body), Some(Vec::new()));
@@ -273,6 +275,7 @@ mod tests {
                 headers: &h,
                 body,
                 now_unix: 0,
+                url: "",
             };
             assert!(pre_verification_handshake(&other).is_none());
         }

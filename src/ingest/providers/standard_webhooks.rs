@@ -180,6 +180,7 @@ mod tests {
                 headers: h,
                 body,
                 now_unix: now,
+                url: "",
             },
             secrets,
         )

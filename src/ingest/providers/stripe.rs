@@ -104,6 +104,7 @@ mod tests {
                 headers: &h,
                 body,
                 now_unix: now,
+                url: "",
             },
             secrets,
         )
@@ -208,6 +209,7 @@ mod tests {
             headers: &h,
             body: BODY,
             now_unix: TS,
+            url: "",
         };
         assert!(matches!(
             verify(&inbound, &[SECRET]),
