@@ -349,11 +349,6 @@ mod duration_list {
     }
 }
 
-/// Parses a duration written as in the config (`"15s"`, `"5m"`, `"5d"`).
-pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
