@@ -286,3 +286,21 @@ mod tests {
         assert_eq!(body_field(None, "s"), None);
     }
 }
+
+/// Shared by the providers' unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    /// A header map holding `name: value`, or empty when `value` is `None`.
+    pub(crate) fn one_header(name: &'static str, value: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = value {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_str(value).expect("test header"),
+            );
+        }
+        headers
+    }
+}

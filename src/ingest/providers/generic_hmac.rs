@@ -113,6 +113,7 @@ pub(crate) fn event_id(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::providers::common::test_support::one_header;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
     use hmac::{Hmac, Mac};
     use http::HeaderValue;
@@ -151,13 +152,7 @@ mod tests {
         body: &[u8],
         secrets: &[&[u8]],
     ) -> Result<(), VerifyError> {
-        let mut h = HeaderMap::new();
-        if let Some(value) = value {
-            h.insert(
-                "x-signature",
-                HeaderValue::from_str(value).expect("test header"),
-            );
-        }
+        let h = one_header("x-signature", value);
         verify(
             Some(config),
             &Inbound {

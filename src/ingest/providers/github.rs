@@ -48,6 +48,7 @@ pub(crate) fn event_id(headers: &HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::providers::common::test_support::one_header;
     use http::HeaderValue;
 
     // ✅ Vectors from PROVIDERS.md (@octokit/webhooks-methods).
@@ -59,13 +60,7 @@ mod tests {
     const SIG_2: &str = "sha256=e3eccac34c43c7dc1cbb905488b1b81347fcc700a7b025697a9d07862256023f";
 
     fn check(header: Option<&str>, body: &[u8], secrets: &[&[u8]]) -> Result<(), VerifyError> {
-        let mut h = HeaderMap::new();
-        if let Some(value) = header {
-            h.insert(
-                "X-Hub-Signature-256",
-                HeaderValue::from_str(value).expect("test header"),
-            );
-        }
+        let h = one_header("x-hub-signature-256", header);
         verify(
             &Inbound {
                 headers: &h,

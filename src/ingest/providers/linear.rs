@@ -98,6 +98,7 @@ pub(crate) fn event_id(headers: &HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::providers::common::test_support::one_header;
     use hmac::{Hmac, Mac};
     use http::HeaderValue;
     use sha2::Sha256;
@@ -115,13 +116,7 @@ mod tests {
         now: i64,
         secrets: &[&[u8]],
     ) -> Result<(), VerifyError> {
-        let mut h = HeaderMap::new();
-        if let Some(value) = header {
-            h.insert(
-                "Linear-Signature",
-                HeaderValue::from_str(value).expect("test header"),
-            );
-        }
+        let h = one_header("linear-signature", header);
         verify(
             &Inbound {
                 headers: &h,

@@ -90,8 +90,8 @@ pub(crate) fn event_id(json: Option<&Value>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::providers::common::test_support::one_header;
     use hmac::{Hmac, Mac};
-    use http::{HeaderMap, HeaderValue};
     use sha2::Sha256;
 
     // ✅ Vector from PROVIDERS.md (Paddle SDK).
@@ -106,13 +106,7 @@ mod tests {
         now: i64,
         secrets: &[&[u8]],
     ) -> Result<(), VerifyError> {
-        let mut h = HeaderMap::new();
-        if let Some(value) = header {
-            h.insert(
-                "Paddle-Signature",
-                HeaderValue::from_str(value).expect("test header"),
-            );
-        }
+        let h = one_header("paddle-signature", header);
         verify(
             &Inbound {
                 headers: &h,

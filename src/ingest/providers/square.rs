@@ -52,6 +52,7 @@ pub(crate) fn event_id(json: Option<&Value>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::providers::common::test_support::one_header;
     use hmac::{Hmac, Mac};
     use http::{HeaderMap, HeaderValue};
     use sha2::Sha256;
@@ -68,13 +69,7 @@ mod tests {
         body: &[u8],
         secrets: &[&[u8]],
     ) -> Result<(), VerifyError> {
-        let mut h = HeaderMap::new();
-        if let Some(value) = header {
-            h.insert(
-                "X-Square-HmacSha256-Signature",
-                HeaderValue::from_str(value).expect("test header"),
-            );
-        }
+        let h = one_header("x-square-hmacsha256-signature", header);
         verify(
             &Inbound {
                 headers: &h,

@@ -191,8 +191,9 @@ pub(crate) fn event_type(inbound: &Inbound<'_>, json: Option<&Value>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::providers::common::test_support::one_header;
     use hmac::{Hmac, Mac};
-    use http::{HeaderMap, HeaderValue};
+    use http::HeaderMap;
     use sha1::Sha1;
 
     // ✅ Vectors from PROVIDERS.md (twilio RequestValidator).
@@ -215,13 +216,7 @@ mod tests {
         body: &[u8],
         secrets: &[&[u8]],
     ) -> Result<(), VerifyError> {
-        let mut h = HeaderMap::new();
-        if let Some(value) = header {
-            h.insert(
-                "X-Twilio-Signature",
-                HeaderValue::from_str(value).expect("test header"),
-            );
-        }
+        let h = one_header("x-twilio-signature", header);
         verify(
             &Inbound {
                 headers: &h,
