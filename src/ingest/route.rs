@@ -73,7 +73,12 @@ pub async fn receive(
         }
     };
     let source_label = format_id(IdKind::Source, source.id);
-    let url = public_ingest_url(&state.public_url, &source.slug, query.as_deref());
+    // Only the providers that sign the URL need it built.
+    let url = if matches!(source.provider, ProviderKind::Square | ProviderKind::Twilio) {
+        public_ingest_url(&state.public_url, &source.slug, query.as_deref())
+    } else {
+        String::new()
+    };
     let (result, response) = match handle(&state, &source, &url, headers, body).await {
         Ok((result, response)) => (result, response),
         Err((result, error)) => (result, error.into_response()),
