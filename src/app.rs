@@ -76,8 +76,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     })?;
     let limits = ConnectionLimits {
         header_read_timeout: config.server.header_read_timeout,
+        idle_timeout: config.server.idle_timeout,
         tls_handshake_timeout: Duration::from_secs(10),
         shutdown_grace: config.server.shutdown_grace,
+        max_connections: config.server.max_connections,
     };
     let mut public_url = config.public_url();
     if config.server.public_url.is_empty() && config.server.listen.port() == 0 {

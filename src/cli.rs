@@ -289,9 +289,11 @@ async fn backup(config: Config, args: BackupArgs) -> anyhow::Result<()> {
         );
     }
     let partial = args.to.with_extension("partial");
+    // The backup holds the secrets key: only its owner may read it.
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&partial)
         .await
         .with_context(|| format!("creating {}", partial.display()))?;

@@ -40,6 +40,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub delivery: DeliveryConfig,
+    pub limits: LimitsConfig,
+    pub dashboard: DashboardConfig,
     pub log: LogConfig,
 }
 
@@ -54,9 +56,22 @@ pub struct ServerConfig {
     pub public_url: String,
     /// Largest request body accepted, on ingest and on the API.
     pub max_body_bytes: usize,
-    /// How long a client may take to send a request's headers (slowloris guard).
+    /// How long a client may take to send a request's headers, counted from
+    /// the connection's start or the end of its previous request (slowloris
+    /// guard; a connection that sends nothing is closed after it).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// An open connection with no request in progress (HTTP/1.1 keep-alive,
+    /// an HTTP/2 connection with no stream) is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// The whole request body must arrive within this time after the
+    /// headers; a body that stops arriving (or drips) is cut off.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Connections open at once; past it new ones wait in the kernel's
+    /// backlog until one closes, so the server keeps its file descriptors.
+    pub max_connections: usize,
     /// How long graceful shutdown waits for in-flight requests.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -107,6 +122,27 @@ pub struct DeliveryConfig {
     /// A destination whose deliveries all fail for this long is disabled.
     #[serde(with = "humantime_serde")]
     pub disable_after: Duration,
+    /// Refuse every destination address outside loopback (127.0.0.0/8,
+    /// ::1) and resolve no name but `localhost`: for local development and
+    /// test setups that must never reach another machine.
+    pub loopback_only: bool,
+}
+
+/// Caps that keep one tenant's data from slowing everyone else.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Destinations one source may have; every ingest fans out over all of
+    /// them inside the writer, so thousands would slow every source.
+    pub destinations_per_source: usize,
+}
+
+/// The web dashboard.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// Sign-in attempts one client address may make per minute (429 past it).
+    pub sign_in_per_minute: u32,
 }
 
 /// Logging.
@@ -133,6 +169,9 @@ impl Default for ServerConfig {
             public_url: String::new(),
             max_body_bytes: 5 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
             shutdown_grace: Duration::from_secs(25),
             tls: TlsConfig::default(),
         }
@@ -162,6 +201,23 @@ impl Default for DeliveryConfig {
             allow_private_networks: false,
             extra_ca_path: None,
             disable_after: Duration::from_secs(5 * 24 * 3600),
+            loopback_only: false,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            destinations_per_source: 100,
+        }
+    }
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            sign_in_per_minute: 10,
         }
     }
 }
@@ -238,6 +294,27 @@ impl Config {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                 _ => return fail("server.public_url", "must be an absolute http(s) URL"),
             }
+        }
+        for (key, value) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("server.body_read_timeout", self.server.body_read_timeout),
+        ] {
+            if value.is_zero() {
+                return fail(key, "must be greater than 0");
+            }
+        }
+        if self.server.max_connections == 0 {
+            return fail("server.max_connections", "must be greater than 0");
+        }
+        if self.limits.destinations_per_source == 0 {
+            return fail("limits.destinations_per_source", "must be greater than 0");
+        }
+        if self.dashboard.sign_in_per_minute == 0 {
+            return fail("dashboard.sign_in_per_minute", "must be greater than 0");
         }
         if self.server.tls.cert_path.is_some() != self.server.tls.key_path.is_some() {
             return fail("server.tls", "set both cert_path and key_path, or neither");

@@ -222,8 +222,9 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one served request.
-    pub fn observe_request(&self, method: &str, route: &str, status: u16) {
+    /// Counts one served request; `method` comes from [`method_label`] so
+    /// the label set stays bounded.
+    pub fn observe_request(&self, method: &'static str, route: &str, status: u16) {
         self.http_requests
             .get_or_create(&HttpLabels {
                 method: method.to_string(),
@@ -239,5 +240,24 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// A bounded label for an HTTP method: the standard ones by name, any
+/// other token as `other`. hyper accepts any token as a method, and a label
+/// an unauthenticated client chooses would grow the registry forever.
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
     }
 }

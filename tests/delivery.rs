@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1047,7 +1047,7 @@ fn spawn_krafter(dir: &Path, data: &Path, port: u16) -> Krafter {
         .open(dir.join("krafter.log"))
         .expect("log file");
     Krafter(
-        Command::new(common::binary())
+        common::krafter()
             .arg("serve")
             .current_dir(dir)
             .env_remove("KRAFTER_CONFIG")

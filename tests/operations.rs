@@ -20,7 +20,7 @@ struct Binary {
 
 fn spawn(data: &Path, env: &[(&str, &str)]) -> Binary {
     let port = common::free_port();
-    let child = Command::new(common::binary())
+    let child = common::krafter()
         .arg("serve")
         .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("KRAFTER_STORAGE__PATH", data)
@@ -319,7 +319,7 @@ async fn backup_of_a_running_server_restores_into_a_working_server() {
     // Backup through the running server, with the real CLI.
     let file = dir.path().join("krafter.backup");
     let port = b.base.rsplit(':').next().unwrap().to_string();
-    let out = Command::new(common::binary())
+    let out = common::krafter()
         .args(["backup", "--to"])
         .arg(&file)
         .env("KRAFTER_STORAGE__PATH", &data)
@@ -351,7 +351,7 @@ async fn backup_of_a_running_server_restores_into_a_working_server() {
     // Restore into a fresh directory, never over existing data.
     let restored = dir.path().join("restored");
     let restore = |target: &Path| {
-        Command::new(common::binary())
+        common::krafter()
             .args(["restore", "--from"])
             .arg(&file)
             .env("KRAFTER_STORAGE__PATH", target)

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{binary, TestServer};
+use common::{krafter, TestServer};
 use figment::providers::Format;
 use krafter::config::Config;
 use serde_json::json;
@@ -18,7 +18,7 @@ use serde_json::json;
 /// child and its base URL once `/healthz` answers.
 fn spawn_binary(dir: &Path, extra_env: &[(&str, &str)]) -> (Child, String) {
     let port = common::free_port();
-    let mut cmd = Command::new(binary());
+    let mut cmd = krafter();
     cmd.arg("serve")
         .current_dir(dir)
         .env_clear()
@@ -132,7 +132,7 @@ fn offline_cli_refuses_while_the_server_runs_and_manages_keys_when_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, _base) = spawn_binary(dir.path(), &[]);
     let cli = |args: &[&str]| {
-        Command::new(binary())
+        krafter()
             .args(args)
             .current_dir(dir.path())
             .env("KRAFTER_STORAGE__PATH", dir.path().join("data"))
@@ -218,7 +218,7 @@ fn offline_cli_refuses_while_the_server_runs_and_manages_keys_when_stopped() {
 #[test]
 fn offline_key_works_against_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(binary())
+    let out = krafter()
         .args([
             "api-keys",
             "create",
@@ -270,7 +270,7 @@ fn offline_key_works_against_the_server() {
 fn bad_configuration_fails_startup_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let run = |env: &[(&str, &str)], file: Option<&str>| {
-        let mut cmd = Command::new(binary());
+        let mut cmd = krafter();
         cmd.arg("check-config").current_dir(dir.path()).env_clear();
         if let Some(text) = file {
             std::fs::write(dir.path().join("krafter.toml"), text).unwrap();
@@ -313,7 +313,7 @@ fn bad_configuration_fails_startup_naming_the_key() {
     assert!(shown.contains("127.0.0.1:9999"), "{shown}");
     assert!(shown.contains("max_body_bytes = 777"), "{shown}");
 
-    let out = Command::new(binary())
+    let out = krafter()
         .args(["--config", "/nonexistent/k.toml", "check-config"])
         .output()
         .unwrap();
@@ -323,7 +323,7 @@ fn bad_configuration_fails_startup_naming_the_key() {
 
 #[test]
 fn version_flag_prints_the_version() {
-    let out = Command::new(binary()).arg("--version").output().unwrap();
+    let out = krafter().arg("--version").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8(out.stdout)
         .unwrap()

@@ -111,31 +111,68 @@ fn not_found(e: StoreError) -> ApiError {
 }
 
 /// Checks a destination URL's shape, then (unless private networks are
-/// allowed) where its host resolves.
-async fn check_url(state: &AppState, v: &mut Validation, text: &str) {
+/// allowed) where its host resolves. Returns the URL as it will be stored
+/// and sent: normalised (percent-encoding, IDNA, default port dropped), so
+/// the SSRF check, the API and the delivery client all see the same target.
+async fn check_url(state: &AppState, v: &mut Validation, text: &str) -> Option<String> {
     if text.len() > MAX_URL_LEN {
         v.fail("url", format!("must be at most {MAX_URL_LEN} characters"));
-        return;
+        return None;
     }
     let url = match url::Url::parse(text) {
         Ok(url) => url,
         Err(e) => {
             v.fail("url", format!("is not an absolute URL: {e}"));
-            return;
+            return None;
         }
     };
+    // The URL standard reads `\` as `/` and drops tabs and newlines, so
+    // `http://a.invalid\@127.0.0.1/` means one host to a browser and another
+    // to a reader; refuse such text rather than guess.
+    if text
+        .chars()
+        .any(|c| c == '\\' || c.is_whitespace() || c.is_control())
+    {
+        v.fail(
+            "url",
+            "must not contain backslashes, spaces or control characters (percent-encode them)",
+        );
+        return None;
+    }
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         v.fail("url", "must be an http or https URL with a host");
-        return;
+        return None;
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        v.fail(
+            "url",
+            "must not contain credentials (user:password@): they would be shown to every reader and never sent",
+        );
+        return None;
+    }
+    if url.fragment().is_some() {
+        v.fail(
+            "url",
+            "must not contain a fragment (#...): it is never sent",
+        );
+        return None;
+    }
+    let normalised = url.as_str().to_string();
+    if normalised.len() > MAX_URL_LEN || http::Uri::try_from(normalised.as_str()).is_err() {
+        v.fail("url", "cannot be sent as an HTTP request target");
+        return None;
     }
     if !state.config.delivery.allow_private_networks {
-        if let Err(e) = ssrf::check_url_host(&url, RESOLVE_TIMEOUT).await {
+        if let Err(e) =
+            ssrf::check_url_host(&url, RESOLVE_TIMEOUT, !state.config.delivery.loopback_only).await
+        {
             v.fail(
                 "url",
                 format!("{e}; private networks are refused unless delivery.allow_private_networks is true"),
             );
         }
     }
+    Some(normalised)
 }
 
 fn check_filter(v: &mut Validation, filter: &[String]) {
@@ -187,17 +224,18 @@ pub async fn create(
         .map_err(not_found)?;
     let filter = body.event_filter.unwrap_or_default();
     let mut v = Validation::default();
-    check_url(&state, &mut v, &body.url).await;
+    let url = check_url(&state, &mut v, &body.url).await;
     check_filter(&mut v, &filter);
     check_rate_limit(&mut v, body.rate_limit, false);
     v.finish()?;
+    let url = url.ok_or_else(|| ApiError::invalid_field("url", "is not valid"))?;
 
     let secret = new_secret();
     let now = now_ms();
     let record = DestinationRecord {
         id: new_id(),
         source_id,
-        url: body.url,
+        url,
         event_filter: filter,
         enabled: body.enabled.unwrap_or(true),
         secret: state.store.seal(secret.as_bytes()),
@@ -210,11 +248,18 @@ pub async fn create(
         updated_at_ms: now,
     };
     let stored = record.clone();
+    let limit = state.config.limits.destinations_per_source;
     state
         .store
-        .write(move |txn| destinations::insert(txn, &stored))
+        .write(move |txn| destinations::insert(txn, &stored, limit))
         .await
-        .map_err(not_found)?;
+        .map_err(|e| match e {
+            StoreError::LimitReached(limit) => ApiError::invalid_field(
+                "source_id",
+                format!("this source already has {limit} destinations, the most limits.destinations_per_source allows"),
+            ),
+            other => not_found(other),
+        })?;
     state.engine.wake(source_id, record.id);
     Ok((
         StatusCode::CREATED,
@@ -291,8 +336,9 @@ pub async fn update(
         .read(|txn| destinations::get(txn, source_id, id))
         .map_err(not_found)?;
     let mut v = Validation::default();
-    if let Some(url) = &body.url {
-        check_url(&state, &mut v, url).await;
+    let mut url = None;
+    if let Some(text) = &body.url {
+        url = check_url(&state, &mut v, text).await;
     }
     if let Some(filter) = &body.event_filter {
         check_filter(&mut v, filter);
@@ -304,7 +350,7 @@ pub async fn update(
         .store
         .write(move |txn| {
             let updated = destinations::update(txn, source_id, id, |d| {
-                if let Some(url) = body.url {
+                if let Some(url) = url {
                     d.url = url;
                 }
                 if let Some(filter) = body.event_filter {

@@ -141,7 +141,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::not_found("not found"),
             StoreError::Conflict(message) => ApiError::conflict(message),
             StoreError::Unavailable(why) => {
-                ApiError::unavailable(format!("storage is busy: {why}; retry shortly"))
+                ApiError::unavailable(format!("storage is unavailable: {why}"))
             }
             other => {
                 tracing::error!(error = %other, "storage error while serving a request");

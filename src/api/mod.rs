@@ -134,6 +134,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(Extension(OpenApiJson(Arc::new(json))))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body_deadline,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
@@ -145,7 +149,7 @@ pub fn router(state: AppState) -> Router {
 /// (which are bearer-like for ingest) never reach logs or metric labels.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
+    let method = crate::metrics::method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -153,9 +157,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .unwrap_or_else(|| "unmatched".to_string());
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    state
-        .metrics
-        .observe_request(method.as_str(), &route, status);
+    state.metrics.observe_request(method, &route, status);
     tracing::info!(
         method = %method,
         route = %route,
@@ -164,6 +166,13 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         "request"
     );
     response
+}
+
+/// Gives every request body `server.body_read_timeout` to arrive in full.
+async fn body_deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.config.server.body_read_timeout;
+    next.run(request.map(|body| crate::http::body_deadline::DeadlineBody::wrap(body, limit)))
+        .await
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -21,7 +21,10 @@ pub mod form;
 pub mod model;
 mod pages;
 pub mod session;
+pub mod throttle;
 pub mod views;
+
+use std::sync::Arc;
 
 use axum::extract::{Path, Request};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
@@ -40,6 +43,8 @@ pub struct Dashboard {
     pub app: AppState,
     /// The API, called in-process.
     pub api: ApiClient,
+    /// Sign-in attempts per client address.
+    pub sign_in_throttle: Arc<throttle::SignInThrottle>,
 }
 
 impl Dashboard {
@@ -59,6 +64,9 @@ const ICON: &str = include_str!("assets/icon.svg");
 /// every operation is dispatched to it.
 pub fn router(state: AppState, api: Router) -> Router<AppState> {
     let dashboard = Dashboard {
+        sign_in_throttle: Arc::new(throttle::SignInThrottle::new(
+            state.config.dashboard.sign_in_per_minute,
+        )),
         app: state,
         api: ApiClient::new(api),
     };

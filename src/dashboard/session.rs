@@ -18,7 +18,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
 use base64::Engine;
 use rand::RngCore;
-use redb::{ReadableTable, WriteTransaction};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -28,8 +28,9 @@ use super::form::Form;
 use super::Dashboard;
 use crate::api::auth::Caller;
 use crate::clock::now_ms;
+use crate::store::api_keys::key_sessions_of;
 use crate::store::records::{ApiKeyRecord, Record, Scope};
-use crate::store::tables::{API_KEYS, DASHBOARD_SESSIONS};
+use crate::store::tables::{API_KEYS, DASHBOARD_SESSIONS, KEY_SESSIONS};
 use crate::store::{Store, StoreError};
 
 /// Name of the session cookie.
@@ -42,6 +43,8 @@ pub const SIGN_IN_COOKIE: &str = "krafter_sign_in";
 pub const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
 /// How long a sign-in form stays usable.
 const SIGN_IN_TTL_SECS: i64 = 3600;
+/// Sessions one API key may hold; signing in once more ends the oldest.
+pub const MAX_SESSIONS_PER_KEY: usize = 50;
 /// Name of the hidden form field carrying the CSRF token.
 pub const CSRF_FIELD: &str = "csrf";
 
@@ -63,6 +66,8 @@ impl Record for SessionRecord {}
 pub struct Session {
     /// SHA-256 of the cookie value: enough to sign this session out.
     id_hash: [u8; 32],
+    /// When it started: its place in the key's session index.
+    created_at_ms: i64,
     /// The CSRF token to embed in this session's forms.
     pub csrf: String,
     /// The signed-in key's name and prefix, shown in the header.
@@ -103,8 +108,9 @@ pub fn tokens_match(expected: &str, given: &str) -> bool {
 }
 
 /// Starts a session for `key`; returns the cookie value (the only copy of
-/// the id). Expired sessions are swept in the same commit, so the table
-/// never grows beyond the sessions of the last `SESSION_TTL_MS`.
+/// the id). In the same commit the key's expired sessions are swept and,
+/// past [`MAX_SESSIONS_PER_KEY`], its oldest ones end: the work is bounded
+/// by one key's sessions, never a scan of everyone's.
 pub async fn create(store: &Store, key: &ApiKeyRecord) -> Result<String, StoreError> {
     let id = random_token();
     let now = now_ms();
@@ -115,41 +121,55 @@ pub async fn create(store: &Store, key: &ApiKeyRecord) -> Result<String, StoreEr
         expires_at_ms: now + SESSION_TTL_MS,
     };
     let id_hash = hash(&id);
+    let key_id = key.id;
     store
         .write(move |txn| {
-            sweep_expired(txn, now)?;
-            txn.open_table(DASHBOARD_SESSIONS)?
-                .insert(id_hash.as_slice(), record.encode().as_slice())?;
+            let mut index = txn.open_table(KEY_SESSIONS)?;
+            let mut sessions = txn.open_table(DASHBOARD_SESSIONS)?;
+            let mut live = Vec::new();
+            let mut ended = Vec::new();
+            for entry in index.range(key_sessions_of(key_id))? {
+                let (k, _) = entry?;
+                let (_, created, hash) = k.value();
+                let alive = sessions
+                    .get(hash)?
+                    .and_then(|v| SessionRecord::decode(v.value()).ok())
+                    .is_some_and(|r| r.expires_at_ms > now);
+                let place = (created, hash.to_vec());
+                if alive {
+                    live.push(place);
+                } else {
+                    ended.push(place);
+                }
+            }
+            // Oldest first (the index order): make room for this one.
+            let excess = (live.len() + 1).saturating_sub(MAX_SESSIONS_PER_KEY);
+            ended.extend(live.into_iter().take(excess));
+            for (created, hash) in ended {
+                index.remove((key_id, created, hash.as_slice()))?;
+                sessions.remove(hash.as_slice())?;
+            }
+            sessions.insert(id_hash.as_slice(), record.encode().as_slice())?;
+            index.insert((key_id, now, id_hash.as_slice()), ())?;
             Ok(())
         })
         .await?;
     Ok(id)
 }
 
-fn sweep_expired(txn: &WriteTransaction, now: i64) -> Result<(), StoreError> {
-    let mut table = txn.open_table(DASHBOARD_SESSIONS)?;
-    let mut expired = Vec::new();
-    for entry in table.iter()? {
-        let (key, value) = entry?;
-        // An unreadable record is as good as expired.
-        let dead = SessionRecord::decode(value.value()).map_or(true, |r| r.expires_at_ms <= now);
-        if dead {
-            expired.push(key.value().to_vec());
-        }
-    }
-    for key in expired {
-        table.remove(key.as_slice())?;
-    }
-    Ok(())
-}
-
 /// Ends a session (sign-out). Ending one that is already gone is fine.
 pub async fn end(store: &Store, session: &Session) -> Result<(), StoreError> {
-    let id_hash = session.id_hash;
+    let (id_hash, key_id, created) = (
+        session.id_hash,
+        session.caller.key_id,
+        session.created_at_ms,
+    );
     store
         .write(move |txn| {
             txn.open_table(DASHBOARD_SESSIONS)?
                 .remove(id_hash.as_slice())?;
+            txn.open_table(KEY_SESSIONS)?
+                .remove((key_id, created, id_hash.as_slice()))?;
             Ok(())
         })
         .await
@@ -186,6 +206,7 @@ fn lookup(store: &Store, id: &str) -> Result<Lookup, StoreError> {
         let key = ApiKeyRecord::decode(&key)?;
         Ok(Lookup::Valid(Session {
             id_hash,
+            created_at_ms: record.created_at_ms,
             csrf: record.csrf,
             key_name: key.name,
             key_prefix: key.prefix,
@@ -383,6 +404,31 @@ mod tests {
         let fresh = create(&store, &key).await.expect("session");
         assert_eq!(sessions(&store), 1);
         assert!(matches!(lookup(&store, &fresh), Ok(Lookup::Valid(_))));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_key_holds_at_most_fifty_sessions_and_the_oldest_end_first() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, key) = store_with_key(dir.path()).await;
+        let mut ids = Vec::new();
+        for _ in 0..MAX_SESSIONS_PER_KEY + 5 {
+            ids.push(create(&store, &key).await.expect("session"));
+            // Distinct creation times keep "oldest" well defined.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert_eq!(sessions(&store), MAX_SESSIONS_PER_KEY as u64);
+        for (i, id) in ids.iter().enumerate() {
+            let valid = matches!(lookup(&store, id), Ok(Lookup::Valid(_)));
+            assert_eq!(valid, i >= 5, "session {i}");
+        }
+        // Revoking the key removes every one of its sessions.
+        let key_id = key.id;
+        store
+            .write(move |txn| crate::store::api_keys::delete(txn, key_id))
+            .await
+            .expect("revoked");
+        assert_eq!(sessions(&store), 0);
         store.close().await;
     }
 

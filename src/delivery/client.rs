@@ -40,10 +40,42 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
 }
 
-/// DNS resolution that refuses private answers (the SSRF guard).
+/// Which networks deliveries may reach (`delivery.allow_private_networks`
+/// and `delivery.loopback_only`).
+#[derive(Debug, Clone, Copy)]
+pub struct Reach {
+    pub allow_private: bool,
+    pub loopback_only: bool,
+}
+
+impl Reach {
+    /// The delivery configuration's reach.
+    pub fn of(config: &DeliveryConfig) -> Reach {
+        Reach {
+            allow_private: config.allow_private_networks,
+            loopback_only: config.loopback_only,
+        }
+    }
+
+    /// Whether a connection to `ip` (named `host` in the URL) may be made.
+    fn check(&self, host: &str, ip: std::net::IpAddr) -> Result<(), SsrfError> {
+        if self.loopback_only && !ip.is_loopback() {
+            return Err(SsrfError::NotLoopback {
+                host: host.to_string(),
+            });
+        }
+        if self.allow_private {
+            return Ok(());
+        }
+        ssrf::check_resolved(host, &[SocketAddr::new(ip, 0)])
+    }
+}
+
+/// DNS resolution that refuses private answers (the SSRF guard), and under
+/// `loopback_only` resolves nothing but `localhost`, without DNS.
 #[derive(Clone)]
 pub struct GuardedResolver {
-    allow_private: bool,
+    reach: Reach,
 }
 
 type Resolved = std::vec::IntoIter<SocketAddr>;
@@ -62,13 +94,22 @@ impl tower::Service<Name> for GuardedResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let allow_private = self.allow_private;
+        let reach = self.reach;
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if !allow_private {
-                ssrf::check_resolved(&host, &addrs)?;
+            if reach.loopback_only && !ssrf::is_localhost_name(&host) {
+                return Err(SsrfError::NotLoopback { host }.into());
+            }
+            let addrs: Vec<SocketAddr> = if reach.loopback_only {
+                vec![
+                    SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+                    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
+                ]
+            } else {
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect()
+            };
+            for addr in &addrs {
+                reach.check(&host, addr.ip())?;
             }
             Ok(addrs.into_iter())
         })
@@ -108,7 +149,7 @@ where
         .with_no_client_auth();
 
     let mut http = HttpConnector::new_with_resolver(GuardedResolver {
-        allow_private: config.allow_private_networks,
+        reach: Reach::of(config),
     });
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -141,16 +182,13 @@ fn load_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
 
 /// Refuses an IP-literal URL host on a forbidden network (names are
 /// checked by [`GuardedResolver`] when connecting).
-pub fn guard_literal(url: &url::Url, allow_private: bool) -> Result<(), SsrfError> {
-    if allow_private {
-        return Ok(());
-    }
+pub fn guard_literal(url: &url::Url, reach: Reach) -> Result<(), SsrfError> {
     let ip = match url.host() {
         Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
         Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
         _ => return Ok(()),
     };
-    ssrf::check_resolved(&ip.to_string(), &[SocketAddr::new(ip, 0)])
+    reach.check(&ip.to_string(), ip)
 }
 
 /// Whether an error chain contains an SSRF refusal.

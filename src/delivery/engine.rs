@@ -41,6 +41,12 @@ const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// take it again.
 const ERROR_PAUSE: Duration = Duration::from_secs(5);
 
+/// How often a lane looks again while storage refuses writes.
+const UNHEALTHY_RECHECK: Duration = Duration::from_secs(1);
+
+/// Longest wait between two tries to record an attempt's outcome.
+const MAX_RECORD_RETRY: Duration = Duration::from_secs(5);
+
 /// Handle to the running engine; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -193,7 +199,13 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
         };
         let mut wait = IDLE_RECHECK;
         let free = lane.permits.available_permits();
-        if destination.enabled && free > 0 {
+        // While storage cannot record outcomes, nothing new is sent: an
+        // attempt whose outcome cannot be recorded would be sent again.
+        let writable = inner.store.is_healthy();
+        if !writable {
+            wait = UNHEALTHY_RECHECK;
+        }
+        if destination.enabled && free > 0 && writable {
             let in_flight = lock(&lane.in_flight).clone();
             let now = now_ms().max(0) as u64;
             match inner
@@ -299,7 +311,7 @@ async fn deliver(
             keys: &keys,
             attempt: number,
             timeout: inner.config.timeout,
-            allow_private: inner.config.allow_private_networks,
+            reach: client::Reach::of(&inner.config),
         },
     )
     .await;
@@ -310,6 +322,19 @@ async fn deliver(
     inner
         .metrics
         .observe_attempt(result.error_kind.unwrap_or("succeeded"), result.duration);
+    if let Some(kind) = result.error_kind {
+        // Ids, numbers and the error only: never the URL (it may carry a
+        // token), the body or the response.
+        tracing::warn!(
+            destination = %format_id(IdKind::Destination, lane.destination_id),
+            event = %format_id(IdKind::Event, item.event_id),
+            delivery = %format_id(IdKind::Delivery, item.delivery_id),
+            attempt = number,
+            error_kind = kind,
+            status = result.status,
+            "delivery attempt failed"
+        );
+    }
     let finished_ms = started_at_ms + result.duration.as_millis() as i64;
     let next = if result.succeeded() {
         Next::Succeeded
@@ -337,21 +362,41 @@ async fn deliver(
         next,
         disable_after_ms: inner.config.disable_after.as_millis() as i64,
     };
-    match inner
-        .store
-        .write(move |txn| deliveries::record_attempt(txn, &outcome))
-        .await
-    {
-        Ok(recorded) if recorded.disabled_destination => {
-            inner.metrics.destinations_disabled.inc();
-            tracing::warn!(
-                destination = %format_id(IdKind::Destination, lane.destination_id),
-                "destination disabled: every delivery failed for delivery.disable_after"
-            );
+    // The item stays in the lane's in-flight set until its outcome is
+    // recorded, so it is not handed out (and sent) again meanwhile. When
+    // storage refuses the write (disk full, failed commit), keep the outcome
+    // and try again: the store reopens itself once it can.
+    let outcome = Arc::new(outcome);
+    let mut stop = inner.stop.subscribe();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = outcome.clone();
+        match inner
+            .store
+            .write(move |txn| deliveries::record_attempt(txn, &attempt))
+            .await
+        {
+            Ok(recorded) => {
+                if recorded.disabled_destination {
+                    inner.metrics.destinations_disabled.inc();
+                    tracing::warn!(
+                        destination = %format_id(IdKind::Destination, lane.destination_id),
+                        "destination disabled: every delivery failed for delivery.disable_after"
+                    );
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?delay, "cannot record a delivery attempt; delivery pauses until it can");
+            }
         }
-        Ok(_) => {}
-        // Stays queued; it will be attempted again.
-        Err(e) => tracing::error!(error = %e, "cannot record a delivery attempt"),
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            // At shutdown the delivery stays queued; it is attempted again
+            // after the restart (at least once).
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+        delay = (delay * 2).min(MAX_RECORD_RETRY);
     }
 }
 

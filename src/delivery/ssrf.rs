@@ -178,6 +178,12 @@ pub enum SsrfError {
         /// Why `ip` is forbidden.
         class: AddressClass,
     },
+    /// `delivery.loopback_only` is set and the host is not on loopback.
+    #[error("destination host {host} is not on loopback, and delivery.loopback_only allows nothing else")]
+    NotLoopback {
+        /// The host as written in the URL.
+        host: String,
+    },
 }
 
 fn forbidden_message(host: &str, ip: &IpAddr, class: &AddressClass) -> String {
@@ -222,7 +228,15 @@ pub fn forbidden_class(ip: IpAddr) -> Option<AddressClass> {
 /// Callers skip this check entirely when `delivery.allow_private_networks` is
 /// true. The timeout bounds only the wait: the system resolver runs on a
 /// blocking thread that cannot be cancelled and finishes in the background.
-pub async fn check_url_host(url: &Url, resolve_timeout: Duration) -> Result<(), SsrfError> {
+///
+/// With `resolve_names` false (`delivery.loopback_only`) no name is looked
+/// up at all: it is accepted as if it did not resolve, and the delivery-time
+/// guard refuses it.
+pub async fn check_url_host(
+    url: &Url,
+    resolve_timeout: Duration,
+    resolve_names: bool,
+) -> Result<(), SsrfError> {
     let name = match url.host() {
         None => return Ok(()),
         Some(Host::Ipv4(v4)) => return check_ip(&url_host_string(url), IpAddr::V4(v4)),
@@ -238,6 +252,7 @@ pub async fn check_url_host(url: &Url, resolve_timeout: Duration) -> Result<(), 
             return check_ip(name, IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
         Some(SpecialUseName::Invalid) => return Ok(()),
+        None if !resolve_names => return Ok(()),
         None => {}
     }
     let port = url.port_or_known_default().unwrap_or(0);
@@ -276,6 +291,12 @@ fn url_host_string(url: &Url) -> String {
         Some(host) => host.to_string(),
         None => String::new(),
     }
+}
+
+/// Whether `name` is `localhost` or a name below it (RFC 6761: always
+/// loopback, never looked up).
+pub fn is_localhost_name(name: &str) -> bool {
+    matches!(special_use_name(name), Some(SpecialUseName::Localhost))
 }
 
 enum SpecialUseName {
@@ -915,7 +936,9 @@ mod tests {
             }
         );
         let err = check_resolved("mapped.example", &[mapped]).unwrap_err();
-        let SsrfError::Forbidden { class, .. } = err;
+        let SsrfError::Forbidden { class, .. } = err else {
+            panic!("expected Forbidden");
+        };
         assert_eq!(class.underlying(), &AddressClass::Loopback);
     }
 
@@ -969,7 +992,7 @@ mod tests {
                 AddressClass::Private,
             ),
         ] {
-            let err = check_url_host(&url(u), SHORT).await.unwrap_err();
+            let err = check_url_host(&url(u), SHORT, true).await.unwrap_err();
             assert_eq!(
                 err,
                 SsrfError::Forbidden {
@@ -981,10 +1004,12 @@ mod tests {
             );
         }
 
-        let err = check_url_host(&url("http://[::ffff:192.168.0.1]/"), SHORT)
+        let err = check_url_host(&url("http://[::ffff:192.168.0.1]/"), SHORT, true)
             .await
             .unwrap_err();
-        let SsrfError::Forbidden { host, class, .. } = err;
+        let SsrfError::Forbidden { host, class, .. } = err else {
+            panic!("expected Forbidden");
+        };
         assert_eq!(host, "[::ffff:c0a8:1]");
         assert_eq!(class.underlying(), &AddressClass::Private);
 
@@ -994,7 +1019,7 @@ mod tests {
             "https://[2606:4700:4700::1111]/",
             "http://172.32.0.0/",
         ] {
-            assert_eq!(check_url_host(&url(u), SHORT).await, Ok(()), "{u}");
+            assert_eq!(check_url_host(&url(u), SHORT, true).await, Ok(()), "{u}");
         }
     }
 
@@ -1006,8 +1031,10 @@ mod tests {
             "http://LOCALHOST./",
             "http://api.localhost/",
         ] {
-            let err = check_url_host(&url(u), SHORT).await.unwrap_err();
-            let SsrfError::Forbidden { ip, class, .. } = err;
+            let err = check_url_host(&url(u), SHORT, true).await.unwrap_err();
+            let SsrfError::Forbidden { ip, class, .. } = err else {
+                panic!("expected Forbidden");
+            };
             assert!(ip.is_loopback(), "{u}");
             assert_eq!(class, AddressClass::Loopback, "{u}");
         }
@@ -1016,11 +1043,11 @@ mod tests {
     #[tokio::test]
     async fn check_url_host_unresolvable_name_is_accepted() {
         assert_eq!(
-            check_url_host(&url("https://does-not-exist.invalid/hook"), SHORT).await,
+            check_url_host(&url("https://does-not-exist.invalid/hook"), SHORT, true).await,
             Ok(())
         );
         assert_eq!(
-            check_url_host(&url("http://x.does-not-exist.INVALID./"), SHORT).await,
+            check_url_host(&url("http://x.does-not-exist.INVALID./"), SHORT, true).await,
             Ok(())
         );
     }
@@ -1028,7 +1055,7 @@ mod tests {
     #[tokio::test]
     async fn check_url_host_without_host_is_accepted() {
         assert_eq!(
-            check_url_host(&url("mailto:a@b.example"), SHORT).await,
+            check_url_host(&url("mailto:a@b.example"), SHORT, true).await,
             Ok(())
         );
     }
@@ -1042,7 +1069,9 @@ mod tests {
         assert!(!addrs.is_empty());
         assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
         let err = check_resolved("localhost", &addrs).unwrap_err();
-        let SsrfError::Forbidden { class, .. } = err;
+        let SsrfError::Forbidden { class, .. } = err else {
+            panic!("expected Forbidden");
+        };
         assert_eq!(class, AddressClass::Loopback);
     }
 

@@ -8,7 +8,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 
-use super::client::{guard_literal, is_ssrf_refusal, DeliveryClient};
+use super::client::{guard_literal, is_ssrf_refusal, DeliveryClient, Reach};
 use super::retry::parse_retry_after;
 use super::signer;
 use crate::store::ids::{format_id, IdKind};
@@ -55,18 +55,18 @@ pub struct AttemptRequest<'a> {
     pub keys: &'a [Vec<u8>],
     pub attempt: u32,
     pub timeout: Duration,
-    pub allow_private: bool,
+    pub reach: Reach,
 }
 
-/// Inbound headers never forwarded: hop-by-hop ones, `host`,
-/// `content-length`, and the ones Krafter sets itself.
+/// Inbound headers forwarded: those kept with the event (events stored
+/// before a header joined that rule are filtered again here), minus
+/// `content-length` and the ones Krafter sets itself.
 fn forwarded(name: &str) -> bool {
-    !(crate::ingest::route::is_hop_by_hop(name)
-        || name == "host"
-        || name == "content-length"
-        || name == "user-agent"
-        || name.starts_with("webhook-")
-        || name.starts_with("krafter-"))
+    crate::http::headers::is_kept_with_event(name, &[])
+        && !(name == "content-length"
+            || name == "user-agent"
+            || name.starts_with("webhook-")
+            || name.starts_with("krafter-"))
 }
 
 /// Sends one attempt and classifies what happened.
@@ -76,7 +76,7 @@ pub async fn attempt(client: &DeliveryClient, req: AttemptRequest<'_>) -> Attemp
         Ok(url) => url,
         Err(e) => return AttemptResult::failure(started, "invalid_url", e.to_string()),
     };
-    if let Err(e) = guard_literal(&url, req.allow_private) {
+    if let Err(e) = guard_literal(&url, req.reach) {
         return AttemptResult::failure(started, "ssrf_refused", e.to_string());
     }
     let request = match build_request(&req) {

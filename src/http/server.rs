@@ -2,26 +2,39 @@
 //!
 //! Served by hyper-util directly (not `axum::serve`) to get what a public
 //! listener needs: the header-read timeout actually armed (it needs a
-//! timer, or hyper silently disables it), TCP_NODELAY, a TLS handshake
-//! timeout, and draining in-flight requests on shutdown.
+//! timer, or hyper silently disables it), silent and idle connections
+//! closed (see [`super::watch`]), a cap on open connections, TCP_NODELAY,
+//! a TLS handshake timeout, and draining in-flight requests on shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use super::watch::{Activity, Clock};
 
 /// Limits applied to every connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
+    /// A connection that has sent nothing is closed after this long; HTTP/1
+    /// also gives each request's head this long.
     pub header_read_timeout: Duration,
+    /// A connection on which no byte moves for this long is closed.
+    pub idle_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
@@ -40,10 +53,24 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    // Tells the watchdogs to drop connections that never sent a byte, which
+    // graceful shutdown cannot reach (no protocol was detected on them yet).
+    let (closing, _) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
 
     loop {
-        let (stream, _peer) = tokio::select! {
+        // Past max_connections the listener stops accepting: new
+        // connections wait in the kernel's backlog, the ones being served
+        // keep their file descriptors.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -56,21 +83,31 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers that limit per client (dashboard sign-in) read the peer
+        // address from the request, as axum's `ConnectInfo`.
+        let router = router.clone();
+        let service = TowerToHyperService::new(tower::service_fn(
+            move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(request)
+            },
+        ));
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let closing = closing.subscribe();
         match &tls {
             None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let (io, clock) = Activity::new(stream);
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), service)
+                        .into_owned();
+                    guard(watcher.watch(conn), clock, limits, closing).await;
+                    drop(slot);
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
                 let handshake_timeout = limits.tls_handshake_timeout;
                 tokio::spawn(async move {
                     let tls_stream = match tokio::time::timeout(
@@ -86,20 +123,53 @@ pub async fn serve(
                         }
                         Err(_) => return,
                     };
+                    let (io, clock) = Activity::new(tls_stream);
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(io), service)
                         .into_owned();
-                    let _ = watcher.watch(conn).await;
+                    guard(watcher.watch(conn), clock, limits, closing).await;
+                    drop(slot);
                 });
             }
         }
     }
 
     drop(listener);
+    closing.send_replace(true);
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("open connections did not finish within the grace period");
+    }
+}
+
+/// Drives one connection, dropping (and so closing) it once it has been
+/// silent past its limit, or, during shutdown, if it never sent a byte.
+async fn guard(
+    conn: impl Future,
+    clock: Arc<Clock>,
+    limits: ConnectionLimits,
+    mut closing: watch::Receiver<bool>,
+) {
+    tokio::pin!(conn);
+    loop {
+        let deadline = clock.deadline(limits.header_read_timeout, limits.idle_timeout);
+        tokio::select! {
+            _ = &mut conn => return,
+            () = tokio::time::sleep_until(deadline) => {
+                if clock.deadline(limits.header_read_timeout, limits.idle_timeout)
+                    <= tokio::time::Instant::now()
+                {
+                    tracing::debug!("closing a silent connection");
+                    return;
+                }
+            }
+            changed = closing.changed(), if !*closing.borrow() => {
+                if changed.is_err() || !clock.heard() {
+                    return;
+                }
+            }
+        }
     }
 }

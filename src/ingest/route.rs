@@ -33,19 +33,6 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
-/// Headers that describe one hop, not the message; never stored or forwarded.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Receives a provider's webhook.
 #[utoipa::path(post, path = "/in/{slug}", tag = "ingest",
     params(("slug" = String, Path, description = "the source's ingest slug (`wh_...`)")),
@@ -254,16 +241,9 @@ fn stored_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .collect();
     headers
         .iter()
-        .filter(|(name, _)| {
-            !is_hop_by_hop(name.as_str()) && !listed.iter().any(|l| l == name.as_str())
-        })
+        .filter(|(name, _)| crate::http::headers::is_kept_with_event(name.as_str(), &listed))
         .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
         .collect()
-}
-
-/// Whether a header is hop-by-hop (never stored or forwarded).
-pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.contains(&name)
 }
 
 fn handshake(reply: providers::HandshakeReply) -> Response {

@@ -4,7 +4,7 @@ use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransacti
 use subtle::ConstantTimeEq;
 
 use super::records::{ApiKeyRecord, Record};
-use super::tables::{API_KEYS, API_KEY_HASHES};
+use super::tables::{API_KEYS, API_KEY_HASHES, DASHBOARD_SESSIONS, KEY_SESSIONS};
 use super::{page_by_id, Page, StoreError};
 
 /// Stores a new key.
@@ -72,5 +72,21 @@ pub fn delete(txn: &WriteTransaction, id: u128) -> Result<(), StoreError> {
     keys.remove(id)?;
     txn.open_table(API_KEY_HASHES)?
         .remove(record.hash.as_slice())?;
+    // Its dashboard sessions end with it (at most 50, found by index).
+    let mut index = txn.open_table(KEY_SESSIONS)?;
+    let mut sessions = txn.open_table(DASHBOARD_SESSIONS)?;
+    let of_key: Vec<(i64, Vec<u8>)> = index
+        .range(key_sessions_of(id))?
+        .map(|entry| entry.map(|(k, _)| (k.value().1, k.value().2.to_vec())))
+        .collect::<Result<_, _>>()?;
+    for (created, hash) in of_key {
+        index.remove((id, created, hash.as_slice()))?;
+        sessions.remove(hash.as_slice())?;
+    }
     Ok(())
+}
+
+/// The range of [`KEY_SESSIONS`] holding one key's sessions.
+pub fn key_sessions_of(key_id: u128) -> std::ops::RangeInclusive<(u128, i64, &'static [u8])> {
+    (key_id, i64::MIN, &[][..])..=(key_id, i64::MAX, &[0xff; 64][..])
 }

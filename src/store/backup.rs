@@ -56,8 +56,8 @@ fn copy_all(from: &ReadTransaction, to: &WriteTransaction) -> Result<u64, StoreE
 }
 
 /// Tables deliberately not backed up (sessions of the dashboard: a
-/// restored server signs everyone out).
-pub const NOT_BACKED_UP: &[&str] = &["dashboard_sessions"];
+/// restored server signs everyone out; the writer's health probe).
+pub const NOT_BACKED_UP: &[&str] = &["dashboard_sessions", "dashboard_key_sessions", "health"];
 
 /// Writes a consistent snapshot of `snapshot` (one read transaction) and
 /// the secrets key into a new database file at `dest`. Returns rows copied.
@@ -66,6 +66,7 @@ pub fn write_backup(
     secrets_key: &[u8],
     dest: &Path,
 ) -> Result<u64, StoreError> {
+    super::create_private_file(dest)?;
     let db = Database::builder()
         .set_cache_size(16 * 1024 * 1024)
         .create(dest)
@@ -102,8 +103,8 @@ pub fn restore(backup: &Path, data_dir: &Path) -> Result<u64, StoreError> {
         .get(SECRETS_KEY)?
         .map(|v| v.value().to_vec())
         .ok_or_else(|| StoreError::Corrupt("the backup holds no secrets key".into()))?;
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| StoreError::io(format!("creating {}", data_dir.display()), e))?;
+    super::create_private_dir(data_dir)?;
+    super::create_private_file(&target)?;
     let db = Database::builder()
         .create(&target)
         .map_err(|e| StoreError::Redb(e.into()))?;

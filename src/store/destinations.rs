@@ -8,7 +8,11 @@ use super::tables::{DESTINATIONS, SOURCES};
 use super::{Page, StoreError};
 
 /// Stores a new destination of an existing source.
-pub fn insert(txn: &WriteTransaction, destination: &DestinationRecord) -> Result<(), StoreError> {
+pub fn insert(
+    txn: &WriteTransaction,
+    destination: &DestinationRecord,
+    max_per_source: usize,
+) -> Result<(), StoreError> {
     if txn
         .open_table(SOURCES)?
         .get(destination.source_id)?
@@ -16,7 +20,16 @@ pub fn insert(txn: &WriteTransaction, destination: &DestinationRecord) -> Result
     {
         return Err(StoreError::NotFound);
     }
-    txn.open_table(DESTINATIONS)?.insert(
+    let mut table = txn.open_table(DESTINATIONS)?;
+    // Counted inside the write, so concurrent creations cannot pass the cap.
+    let existing = table
+        .range((destination.source_id, 0)..=(destination.source_id, u128::MAX))?
+        .take(max_per_source)
+        .count();
+    if existing >= max_per_source {
+        return Err(StoreError::LimitReached(max_per_source));
+    }
+    table.insert(
         (destination.source_id, destination.id),
         destination.encode().as_slice(),
     )?;

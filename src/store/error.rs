@@ -12,6 +12,10 @@ pub enum StoreError {
     /// The change contradicts what is stored (e.g. a duplicate slug).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A configured cap (e.g. destinations per source) is reached; the
+    /// number is the cap.
+    #[error("limit of {0} reached")]
+    LimitReached(usize),
     /// Another process holds the database file (a running server).
     #[error("the database at {0} is in use by another Krafter process")]
     InUse(String),

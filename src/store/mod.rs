@@ -43,7 +43,7 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    db: Arc<DbSlot>,
     writer: Writer,
     secrets: SecretBox,
     dir: PathBuf,
@@ -58,17 +58,8 @@ impl Store {
         let dir = config.path.clone();
         create_private_dir(&dir)?;
         let file = dir.join(DB_FILE);
-        let db = Database::builder()
-            .set_cache_size(config.cache_size_bytes)
-            .create(&file)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => {
-                    StoreError::InUse(file.display().to_string())
-                }
-                other => StoreError::Redb(other.into()),
-            })?;
-        let db = Arc::new(db);
-        create_tables(&db)?;
+        create_private_file(&file)?;
+        let db = Arc::new(DbSlot::open(file, config.cache_size_bytes)?);
         let secrets = SecretBox::load_or_create(&dir)?;
         let healthy = Arc::new(AtomicBool::new(true));
         let limits = WriterLimits {
@@ -116,15 +107,28 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.inner.db.begin_read()?;
-        f(&txn)
+        let db = self.inner.db.get()?;
+        let txn = db
+            .begin_read()
+            .map_err(|e| self.while_unhealthy(e.into()))?;
+        f(&txn).map_err(|e| self.while_unhealthy(e))
+    }
+
+    /// After a failed commit redb fails reads too until the file is
+    /// reopened; callers get `Unavailable` (503), not an internal error.
+    fn while_unhealthy(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Redb(_) if !self.is_healthy() => StoreError::Unavailable(RECOVERING),
+            other => other,
+        }
     }
 
     /// Writes a consistent backup (one snapshot, plus the secrets key) to
     /// `dest`, a path that must not exist. Blocking: call off the async
     /// threads.
     pub fn backup_to(&self, dest: &Path) -> Result<u64, StoreError> {
-        let snapshot = self.inner.db.begin_read()?;
+        let db = self.inner.db.get()?;
+        let snapshot = db.begin_read()?;
         backup::write_backup(&snapshot, self.inner.secrets.key_bytes(), dest)
     }
 
@@ -150,8 +154,8 @@ impl Store {
             .unwrap_or(0)
     }
 
-    /// False once a commit has failed (redb then refuses writes until the
-    /// file is reopened); `/readyz` reports it.
+    /// False from a failed commit until the writer has reopened the file
+    /// and written to it again; `/readyz` reports it.
     pub fn is_healthy(&self) -> bool {
         self.inner.healthy.load(Ordering::SeqCst)
     }
@@ -162,16 +166,120 @@ impl Store {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
+/// Creates the data directory 0700. One that exists keeps its mode (the
+/// operator chose it), with a warning when others may read it.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Ok(meta) = std::fs::metadata(dir) {
+        if meta.is_dir() {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    path = %dir.display(),
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the data directory is open to other users; it holds secrets (chmod 700 it)"
+                );
+            }
+            return Ok(());
+        }
     }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))
+}
+
+/// Why storage answers `Unavailable` between a failed commit and the
+/// writer's successful reopen.
+const RECOVERING: &str = "a write failed (disk full or an I/O error); Krafter is reopening the database and retries by itself";
+
+/// The open database. A failed commit latches redb into refusing every
+/// later operation, so the writer swaps in a fresh handle (see
+/// [`DbSlot::reopen`]); everyone else takes the current one per operation.
+pub(crate) struct DbSlot {
+    current: std::sync::RwLock<Option<Arc<Database>>>,
+    file: PathBuf,
+    cache_size: usize,
+}
+
+impl DbSlot {
+    fn open(file: PathBuf, cache_size: usize) -> Result<DbSlot, StoreError> {
+        let db = open_database(&file, cache_size)?;
+        create_tables(&db)?;
+        Ok(DbSlot {
+            current: std::sync::RwLock::new(Some(Arc::new(db))),
+            file,
+            cache_size,
+        })
+    }
+
+    /// The current database; `Unavailable` while it is being reopened.
+    pub(crate) fn get(&self) -> Result<Arc<Database>, StoreError> {
+        let current = match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        current.ok_or(StoreError::Unavailable(RECOVERING))
+    }
+
+    /// Closes the broken handle and opens the file again (redb repairs it
+    /// as after a crash), then proves it writable with one small commit.
+    /// Blocking; called only by the writer thread.
+    pub(crate) fn reopen(&self) -> Result<(), StoreError> {
+        let old = match self.current.write() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(old) = old {
+            // redb holds a lock on the file: the old handle must be gone
+            // before the file can be opened again. Readers drop theirs
+            // within one operation.
+            let waited = std::time::Instant::now();
+            while Arc::strong_count(&old) > 1 && waited.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        let db = open_database(&self.file, self.cache_size)?;
+        create_tables(&db)?;
+        let txn = db.begin_write()?;
+        txn.open_table(tables::HEALTH)?
+            .insert("probe", crate::clock::now_ms())?;
+        txn.commit()?;
+        match self.current.write() {
+            Ok(mut guard) => *guard = Some(Arc::new(db)),
+            Err(poisoned) => *poisoned.into_inner() = Some(Arc::new(db)),
+        }
+        Ok(())
+    }
+}
+
+fn open_database(file: &Path, cache_size: usize) -> Result<Database, StoreError> {
+    Database::builder()
+        .set_cache_size(cache_size)
+        .create(file)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse(file.display().to_string())
+            }
+            other => StoreError::Redb(other.into()),
+        })
+}
+
+/// Creates `file` 0600 (whatever the umask) when it does not exist yet, so
+/// redb opens a file only its owner can read instead of making a 0644 one.
+pub(crate) fn create_private_file(file: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::io(format!("creating {}", file.display()), e)),
+    }
 }
 
 /// Creates every table up front so readers never meet a missing table.
@@ -190,6 +298,8 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(tables::DUE)?;
     txn.open_table(tables::ATTEMPTS)?;
     txn.open_table(tables::DASHBOARD_SESSIONS)?;
+    txn.open_table(tables::KEY_SESSIONS)?;
+    txn.open_table(tables::HEALTH)?;
     txn.commit()?;
     Ok(())
 }

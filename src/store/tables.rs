@@ -40,3 +40,13 @@ pub const ATTEMPTS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("
 /// database does not sign anyone in.
 pub const DASHBOARD_SESSIONS: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("dashboard_sessions");
+
+/// (API key id, session created at ms, SHA-256 of the session id) → ():
+/// a key's sessions oldest first, so a sign-in can cap and sweep that
+/// key's sessions without scanning everyone's.
+pub const KEY_SESSIONS: TableDefinition<(u128, i64, &[u8]), ()> =
+    TableDefinition::new("dashboard_key_sessions");
+
+/// `"probe"` → when the writer last proved a reopened file writable
+/// (Unix ms). Nothing reads it; it exists so that proof is a real commit.
+pub const HEALTH: TableDefinition<&str, i64> = TableDefinition::new("health");

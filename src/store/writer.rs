@@ -13,9 +13,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redb::{Database, WriteTransaction};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
+use super::{DbSlot, StoreError};
 use crate::metrics::Metrics;
 
 /// One operation in a batch. `apply` runs inside the shared transaction;
@@ -96,10 +97,11 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread over `db`. `healthy` goes false if a commit
-    /// fails: redb refuses further writes until the file is reopened.
-    pub fn start(
-        db: Arc<Database>,
+    /// Starts the writer thread over `db`. `healthy` goes false when a
+    /// commit fails (redb then refuses everything until the file is
+    /// reopened) and true again once the writer has reopened it.
+    pub(crate) fn start(
+        db: Arc<DbSlot>,
         limits: WriterLimits,
         healthy: Arc<AtomicBool>,
         metrics: Arc<Metrics>,
@@ -162,7 +164,7 @@ impl Writer {
 }
 
 fn run(
-    db: Arc<Database>,
+    db: Arc<DbSlot>,
     mut rx: mpsc::Receiver<Job>,
     limits: WriterLimits,
     healthy: Arc<AtomicBool>,
@@ -195,7 +197,10 @@ fn run(
             continue;
         }
         let started = Instant::now();
-        let committed = commit_batch(&db, &mut batch, limits.quick_repair);
+        let committed = match db.get() {
+            Ok(current) => commit_batch(&current, &mut batch, limits.quick_repair),
+            Err(_) => false,
+        };
         metrics.observe_commit(started.elapsed(), batch.len());
         if !committed {
             healthy.store(false, Ordering::SeqCst);
@@ -203,11 +208,50 @@ fn run(
         for op in batch {
             op.finish(committed);
         }
+        if !committed {
+            recover(&db, &mut rx, &healthy, &mut stopping);
+        }
     }
     rx.close();
     // Anything that raced in after the stop is refused, not silently lost.
     while let Ok(Job::Write { op, .. }) = rx.try_recv() {
         op.finish(false);
+    }
+}
+
+/// Longest wait between two attempts to reopen the database.
+const MAX_REOPEN_DELAY: Duration = Duration::from_secs(5);
+
+/// Reopens the database after a failed commit, retrying with backoff until
+/// it is writable again (e.g. once disk space is freed). Writes queued in
+/// the meantime are refused at once, so callers answer 503 promptly
+/// instead of waiting out the queue timeout.
+fn recover(db: &DbSlot, rx: &mut mpsc::Receiver<Job>, healthy: &AtomicBool, stopping: &mut bool) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match db.reopen() {
+            Ok(()) => {
+                healthy.store(true, Ordering::SeqCst);
+                tracing::warn!("storage reopened after a failed write; writes resume");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?delay, "storage cannot be reopened yet")
+            }
+        }
+        let until = Instant::now() + delay;
+        while Instant::now() < until {
+            match rx.try_recv() {
+                Ok(Job::Write { op, .. }) => op.finish(false),
+                Ok(Job::Stop) => {
+                    *stopping = true;
+                    return;
+                }
+                Err(TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(10)),
+                Err(TryRecvError::Disconnected) => return,
+            }
+        }
+        delay = (delay * 2).min(MAX_REOPEN_DELAY);
     }
 }
 
@@ -248,7 +292,8 @@ mod tests {
         queue: usize,
         timeout_ms: u64,
     ) -> (Arc<Database>, Arc<Writer>) {
-        let db = Arc::new(Database::create(dir.path().join("w.redb")).unwrap());
+        let slot = Arc::new(DbSlot::open(dir.path().join("w.redb"), 1 << 20).unwrap());
+        let db = slot.get().unwrap();
         let limits = WriterLimits {
             max_batch_ops: 64,
             max_batch_bytes: 1 << 20,
@@ -257,7 +302,7 @@ mod tests {
             enqueue_timeout: Duration::from_millis(timeout_ms),
         };
         let w = Writer::start(
-            db.clone(),
+            slot,
             limits,
             Arc::new(AtomicBool::new(true)),
             Arc::new(Metrics::new()),

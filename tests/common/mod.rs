@@ -26,6 +26,8 @@ pub fn test_config(dir: &TempDir) -> Config {
     config.server.listen = "127.0.0.1:0".parse().expect("literal address");
     config.storage.path = dir.path().join("data");
     config.storage.cache_size_bytes = 8 * 1024 * 1024;
+    // The network guard: no test server reaches beyond loopback or asks DNS.
+    config.delivery.loopback_only = true;
     config
 }
 
@@ -174,6 +176,15 @@ pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_cod
 /// Path of the built `krafter` binary.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_krafter"))
+}
+
+/// A command running the built binary with the test network guard on
+/// (`delivery.loopback_only`): whatever a test configures, the server it
+/// starts can reach nothing but loopback and looks up no name in DNS.
+pub fn krafter() -> std::process::Command {
+    let mut command = std::process::Command::new(binary());
+    command.env("KRAFTER_DELIVERY__LOOPBACK_ONLY", "true");
+    command
 }
 
 /// A raw response: status, headers and the body exactly as sent.

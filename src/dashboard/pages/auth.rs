@@ -1,8 +1,12 @@
 //! Signing in with an API key, and signing out.
 
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use maud::{html, Markup};
 
 use super::{notice, QueryMap};
@@ -69,6 +73,7 @@ fn form(token: &str, next: Option<&str>, error: Option<&str>, notice: Option<Mar
 /// Checks the key and starts a session.
 pub async fn sign_in(
     State(d): State<Dashboard>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     form_data: Form,
 ) -> Result<Response, DashboardError> {
@@ -82,6 +87,23 @@ pub async fn sign_in(
             secure,
         )
     };
+    // Counted before anything is checked, so failures and successes alike
+    // use the budget. Requests that did not come over a socket (none in
+    // production) have no address to count.
+    if let Some(Extension(ConnectInfo(addr))) = peer {
+        if let Err(retry_after) = d.sign_in_throttle.attempt(addr.ip()) {
+            let mut response = again(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "Too many sign-in attempts from your address. Try again in {retry_after} s."
+                ),
+            );
+            if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return Ok(response);
+        }
+    }
     let expected = cookie(&headers, SIGN_IN_COOKIE).unwrap_or("");
     let given = form_data.get(CSRF_FIELD).unwrap_or("");
     if expected.is_empty() || !tokens_match(expected, given) {

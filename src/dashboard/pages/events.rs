@@ -361,10 +361,15 @@ async fn render_show(
                 @if event.body.is_some() { button.copy.btn.small type="button" data-copy="event-body" aria-label="Copy body" { "Copy" } }
             }
             @match (&event.body, &event.body_base64) {
-                (Some(text), _) => { pre #event-body tabindex="0" { (pretty(text)) } }
+                (Some(text), _) => {
+                    @let (part, cut) = shown(text);
+                    @if cut { p.muted { "The body is " (text.len()) " bytes; the first " (part.len()) " are shown, as received. The API returns all of it." } }
+                    pre #event-body tabindex="0" { @if cut { (part) } @else { (pretty(text)) } }
+                }
                 (None, Some(b64)) => {
-                    p.muted { "The body is not UTF-8 text; shown in base64." }
-                    pre #event-body tabindex="0" { (b64) }
+                    @let (part, cut) = shown(b64);
+                    p.muted { "The body is not UTF-8 text; shown in base64." @if cut { " Only its beginning is shown; the API returns all of it." } }
+                    pre #event-body tabindex="0" { (part) }
                 }
                 _ => { p.muted { "Empty body." } }
             }
@@ -376,12 +381,42 @@ async fn render_show(
     ))
 }
 
-/// JSON bodies indented, keys in the order they arrived; anything else as
+/// Deepest JSON nesting the page indents; deeper bodies are shown as sent.
+/// Indentation grows with depth, so without a bound a 100 KB body of nested
+/// arrays becomes a page of gigabytes.
+const PRETTY_MAX_DEPTH: usize = 64;
+/// Largest indented text the page shows; past it the body is shown as sent.
+const PRETTY_MAX_BYTES: usize = 1024 * 1024;
+/// Largest part of a body the page shows at all (the API serves the rest).
+const BODY_SHOWN_BYTES: usize = 1024 * 1024;
+
+/// The body as the page shows it: the first [`BODY_SHOWN_BYTES`] (on a
+/// character boundary) and whether the rest was cut.
+fn shown(text: &str) -> (&str, bool) {
+    if text.len() <= BODY_SHOWN_BYTES {
+        return (text, false);
+    }
+    let mut end = BODY_SHOWN_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], true)
+}
+
+/// JSON bodies indented, keys in the order they arrived; anything else, and
+/// JSON too deep or too large to indent within the page's bounds, as
 /// received.
 fn pretty(text: &str) -> String {
-    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+    if text.len() > PRETTY_MAX_BYTES || serde_json::from_str::<serde::de::IgnoredAny>(text).is_err()
+    {
         return text.to_string();
     }
+    indent(text).unwrap_or_else(|| text.to_string())
+}
+
+/// Indents valid JSON; `None` once the nesting or the output passes the
+/// page's bounds.
+fn indent(text: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len() * 2);
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     let newline = |out: &mut String, depth: usize| {
@@ -390,6 +425,9 @@ fn pretty(text: &str) -> String {
     };
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
+        if out.len() > PRETTY_MAX_BYTES {
+            return None;
+        }
         if in_string {
             out.push(c);
             match (escaped, c) {
@@ -415,6 +453,9 @@ fn pretty(text: &str) -> String {
                     continue;
                 }
                 depth += 1;
+                if depth > PRETTY_MAX_DEPTH {
+                    return None;
+                }
                 newline(&mut out, depth);
             }
             '}' | ']' => {
@@ -433,7 +474,7 @@ fn pretty(text: &str) -> String {
             c => out.push(c),
         }
     }
-    out
+    Some(out)
 }
 
 fn replay_form(session: &Session, base: &str, dests: &[Destination]) -> Markup {
@@ -599,5 +640,38 @@ mod tests {
             "{\n  \"z\": [\n    1,\n    {}\n  ],\n  \"a\": \"x, \\\"y\\\": {\"\n}"
         );
         assert_eq!(pretty("a=1&b=2"), "a=1&b=2");
+    }
+
+    #[test]
+    fn deep_or_huge_json_is_shown_as_sent_not_indented() {
+        // The attack: 50,000 nested arrays would indent to gigabytes.
+        let deep = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+        assert_eq!(pretty(&deep), deep);
+        // Just past the depth bound: raw; at it: indented.
+        let over = format!(
+            "{}1{}",
+            "[".repeat(PRETTY_MAX_DEPTH + 1),
+            "]".repeat(PRETTY_MAX_DEPTH + 1)
+        );
+        assert_eq!(pretty(&over), over);
+        let at = format!(
+            "{}1{}",
+            "[".repeat(PRETTY_MAX_DEPTH),
+            "]".repeat(PRETTY_MAX_DEPTH)
+        );
+        assert!(pretty(&at).len() > at.len() * 10);
+        // Shallow but wide enough that indentation would pass the bound.
+        let wide = format!("[{}]", vec!["[[[[[[[[1]]]]]]]]"; 40_000].join(","));
+        assert!(wide.len() < PRETTY_MAX_BYTES);
+        assert!(pretty(&wide).len() <= PRETTY_MAX_BYTES + 1024);
+    }
+
+    #[test]
+    fn long_bodies_are_cut_on_a_character_boundary() {
+        let body = "é".repeat(BODY_SHOWN_BYTES);
+        let (part, cut) = shown(&body);
+        assert!(cut);
+        assert!(part.len() <= BODY_SHOWN_BYTES && part.len() > BODY_SHOWN_BYTES - 2);
+        assert_eq!(shown("short"), ("short", false));
     }
 }
