@@ -931,3 +931,70 @@ async fn every_page_and_form_works() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// SPEC §17: a stored body of 50,000 nested arrays used to be indented into
+/// a page of gigabytes (and abort the server on every view). The page stays
+/// bounded and shows the body as received.
+#[tokio::test]
+async fn a_deeply_nested_body_gives_a_bounded_page() {
+    let server = TestServer::start().await;
+    let source = server.create_none_source("nested").await;
+    let sid = source["id"].as_str().unwrap();
+    let body = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+    let event_id = server
+        .ingest_bytes(
+            source["slug"].as_str().unwrap(),
+            "application/json",
+            body.clone().into_bytes(),
+        )
+        .await;
+    let mut b = Browser::new(&server.base);
+    b.signed_in(&server.admin_key).await;
+    let page = b
+        .get(&format!("/dashboard/sources/{sid}/events/{event_id}"))
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::OK,
+        "{}",
+        &page.text[..200.min(page.text.len())]
+    );
+    assert!(
+        page.text.len() < body.len() + 64 * 1024,
+        "page of {} bytes for a {}-byte body",
+        page.text.len(),
+        body.len()
+    );
+    assert!(
+        page.text.contains(&"[".repeat(1000)),
+        "the body is shown as received"
+    );
+    // The server is still up for the next view.
+    let again = b
+        .get(&format!("/dashboard/sources/{sid}/events/{event_id}"))
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+}
+
+/// SPEC §17: sign-in is limited per client address; past
+/// `dashboard.sign_in_per_minute` the page answers 429 with `retry-after`,
+/// even with a valid key.
+#[tokio::test]
+async fn sign_in_is_rate_limited_per_client_address() {
+    let server = TestServer::start_with(|c| c.dashboard.sign_in_per_minute = 3).await;
+    let mut b = Browser::new(&server.base);
+    for _ in 0..3 {
+        let page = b.sign_in("krf_not_a_real_key_at_all_0000000000000").await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    }
+    let page = b.sign_in(&server.admin_key).await;
+    assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS, "{}", page.text);
+    let retry: u64 = page.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(page.text.contains("Too many sign-in attempts"));
+    assert!(page.set_cookie("krafter_session").is_none());
+}
