@@ -14,12 +14,12 @@
 # (`unshare -n`, needs root, as CI has); nothing can leave the machine.
 #
 # Environment: KRAFTER_BIN (default target/debug/krafter, built if missing),
-# FUZZ_EXAMPLES (cases per operation, default 30), FUZZ_SEED (fixed seed for
+# FUZZ_EXAMPLES (cases per operation, default 50), FUZZ_SEED (fixed seed for
 # a reproducible run), SCHEMATHESIS_VENV (reuse an existing venv).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 SCHEMATHESIS_VERSION="4.32.5"
-EXAMPLES="${FUZZ_EXAMPLES:-30}"
+EXAMPLES="${FUZZ_EXAMPLES:-50}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="${KRAFTER_BIN:-$TARGET/debug/krafter}"
 
@@ -74,7 +74,11 @@ for _ in $(seq 1 100); do
   if curl -fsS "$BASE/healthz" >/dev/null 2>&1; then break; fi
   sleep 0.1
 done
-curl -fsS "$BASE/healthz" >/dev/null
+if ! curl -fsS "$BASE/healthz" >/dev/null; then
+  echo "fuzz: the server did not start:" >&2
+  cat "$WORK/server.log" >&2
+  exit 1
+fi
 KEY="$(tr -d "\n" < "$WORK/data/admin.key")"
 
 cat > "$WORK/schemathesis.toml" <<EOF
@@ -106,6 +110,10 @@ if grep -q "panicked" "$WORK/server.log"; then
   echo "fuzz: the server panicked:" >&2
   grep -A5 "panicked" "$WORK/server.log" >&2
   status=1
+fi
+if [ "$status" -ne 0 ]; then
+  echo "fuzz: failed; the last lines of the server log:" >&2
+  tail -n 40 "$WORK/server.log" >&2
 fi
 exit "$status"
 '
