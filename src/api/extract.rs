@@ -233,6 +233,8 @@ pub struct Data<T> {
 #[derive(Serialize, ToSchema)]
 pub struct List<T> {
     pub data: Vec<T>,
+    /// `null` on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 

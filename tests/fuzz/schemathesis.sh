@@ -14,12 +14,12 @@
 # (`unshare -n`, needs root, as CI has); nothing can leave the machine.
 #
 # Environment: KRAFTER_BIN (default target/debug/krafter, built if missing),
-# FUZZ_EXAMPLES (cases per operation, default 50), FUZZ_SEED (fixed seed for
+# FUZZ_EXAMPLES (cases per operation, default 40), FUZZ_SEED (fixed seed for
 # a reproducible run), SCHEMATHESIS_VENV (reuse an existing venv).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 SCHEMATHESIS_VERSION="4.32.5"
-EXAMPLES="${FUZZ_EXAMPLES:-50}"
+EXAMPLES="${FUZZ_EXAMPLES:-40}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="${KRAFTER_BIN:-$TARGET/debug/krafter}"
 
