@@ -405,6 +405,13 @@ async fn the_document_states_the_servers_bounds() {
         assert_eq!(limit["schema"]["maximum"], 250, "{path}: {limit}");
     }
     let events = op("/api/v1/webhooks/sources/{id}/events", "get");
+    let source_id = param(&events, "id");
+    assert!(
+        source_id["schema"]["pattern"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("^src_")),
+        "{source_id}"
+    );
     assert_eq!(param(&events, "after")["schema"]["format"], "date-time");
 
     // Names 1..=200 characters, retention 1..=3650, closed bodies.
@@ -465,6 +472,9 @@ async fn the_document_states_the_servers_bounds() {
     let mut ids = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
+            if let Some(params) = op.get("parameters") {
+                assert!(params.is_array(), "{method} {path}: parameters {params}");
+            }
             let responses = op["responses"].as_object().unwrap();
             assert!(!responses.contains_key("4XX"), "{method} {path}");
             for (status, response) in responses {

@@ -95,6 +95,15 @@ fn refine_operation(path: &str, method: &str, op: &mut Value) {
         }
         _ => {}
     }
+    // (`get_mut`: indexing a missing key mutably would insert a `null`.)
+    if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+        for param in params.iter_mut().filter(|p| p["in"] == "path") {
+            let name = param["name"].as_str().unwrap_or_default();
+            if let Some(pattern) = path_pattern(path, name) {
+                param["schema"]["pattern"] = Value::String(pattern);
+            }
+        }
+    }
     let secured = op["security"]
         .as_array()
         .is_some_and(|s| s.iter().any(|req| req.get("bearer").is_some()));
@@ -143,6 +152,25 @@ fn refine_operation(path: &str, method: &str, op: &mut Value) {
     }
     sort_responses(responses);
 }
+
+/// The shape of a path parameter's id. Anything else is answered 404,
+/// like an id of the right shape that names nothing.
+fn path_pattern(path: &str, name: &str) -> Option<String> {
+    let prefix = match name {
+        "slug" => return Some("^wh_[0-9A-Za-z]{8}$".to_string()),
+        "source_id" => "src_",
+        "id" if path.contains("{source_id}") => "dst_",
+        "id" if path.starts_with("/api/v1/webhooks/sources/") => "src_",
+        "id" if path.starts_with("/api/v1/api-keys/") => "key_",
+        "event_id" => "evt_",
+        "delivery_id" => "dlv_",
+        _ => return None,
+    };
+    Some(format!("^{prefix}{ULID}$"))
+}
+
+/// A ULID as the ids' suffix spells it (either case, at most 2^128 - 1).
+const ULID: &str = "[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}";
 
 fn describe(status: &str) -> String {
     ERRORS
@@ -225,12 +253,12 @@ mod tests {
         let mut op = json!({
             "tags": ["sources"],
             "operationId": "update",
-            "parameters": [{"name": "id", "in": "path"}],
+            "parameters": [{"name": "id", "in": "path", "schema": {"type": "string"}}],
             "requestBody": {"content": {"application/json": {"schema": {}}}},
             "security": [{"bearer": []}],
             "responses": {"200": {"description": "ok"}, "4XX": {"description": ""}}
         });
-        refine_operation("/x/{id}", "patch", &mut op);
+        refine_operation("/api/v1/webhooks/sources/{id}", "patch", &mut op);
         let statuses: Vec<&str> = op["responses"]
             .as_object()
             .unwrap()
@@ -242,6 +270,10 @@ mod tests {
             ["200", "400", "401", "403", "404", "413", "415", "422", "503"]
         );
         assert_eq!(op["operationId"], "sources_update");
+        assert_eq!(
+            op["parameters"][0]["schema"]["pattern"],
+            format!("^src_{ULID}$")
+        );
         assert_eq!(
             op["responses"]["503"]["headers"]["Retry-After"]["required"],
             true
