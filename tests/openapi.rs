@@ -374,3 +374,168 @@ async fn every_listed_route_answers_on_the_server() {
         }
     }
 }
+
+/// The document is as strict as the server (issue #10): the bounds, formats
+/// and enums a client relies on are stated, error answers are listed per
+/// status with the envelope, and bodies the server accepts absent are
+/// optional. `tests/fuzz/schemathesis.sh` checks all of it against the
+/// running server; this pins the ones the issue named.
+#[tokio::test]
+async fn the_document_states_the_servers_bounds() {
+    let server = TestServer::start().await;
+    let doc = fetch_document(&server).await;
+    let schema = |name: &str| doc["components"]["schemas"][name].clone();
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let param = |op: &Value, name: &str| {
+        op["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("parameter {name} in {op}"))
+    };
+
+    // `limit` is 1..=250 on every list.
+    for path in [
+        "/api/v1/api-keys",
+        "/api/v1/webhooks/sources",
+        "/api/v1/webhooks/sources/{source_id}/destinations",
+        "/api/v1/webhooks/sources/{id}/events",
+    ] {
+        let limit = param(&op(path, "get"), "limit");
+        assert_eq!(limit["schema"]["minimum"], 1, "{path}: {limit}");
+        assert_eq!(limit["schema"]["maximum"], 250, "{path}: {limit}");
+    }
+    let events = op("/api/v1/webhooks/sources/{id}/events", "get");
+    let source_id = param(&events, "id");
+    assert!(
+        source_id["schema"]["pattern"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("^src_")),
+        "{source_id}"
+    );
+    assert_eq!(param(&events, "after")["schema"]["format"], "date-time");
+
+    // Names 1..=200 characters, retention 1..=3650, closed bodies.
+    for name in ["CreateSource", "UpdateSource", "CreateApiKey"] {
+        let s = schema(name);
+        assert_eq!(s["properties"]["name"]["minLength"], 1, "{name}: {s}");
+        assert_eq!(s["properties"]["name"]["maxLength"], 200, "{name}: {s}");
+        assert_eq!(s["additionalProperties"], false, "{name}: {s}");
+    }
+    for name in ["CreateSource", "UpdateSource"] {
+        let days = &schema(name)["properties"]["retention_days"];
+        assert_eq!(days["minimum"], 1, "{name}: {days}");
+        assert_eq!(days["maximum"], 3650, "{name}: {days}");
+    }
+    // Destination URLs: an http(s) URI of at most 2048 characters.
+    let url = &schema("CreateDestination")["properties"]["url"];
+    assert_eq!(url["format"], "uri", "{url}");
+    assert_eq!(url["maxLength"], 2048, "{url}");
+    // Enums: providers, scopes, delivery states.
+    let providers = serde_json::to_string(&schema("ProviderKind")).unwrap();
+    for p in [
+        "stripe",
+        "github",
+        "standard_webhooks",
+        "generic_hmac",
+        "none",
+    ] {
+        assert!(providers.contains(&format!("\"{p}\"")), "{providers}");
+    }
+    assert_eq!(
+        schema("ScopeName")["enum"],
+        json!(["webhooks:read", "webhooks:write", "admin"])
+    );
+    assert_eq!(
+        schema("DeliveryStatusName")["enum"],
+        json!(["pending", "succeeded", "failed", "cancelled"])
+    );
+    // Every provider but `none` needs a signing secret.
+    let create = serde_json::to_string(&schema("CreateSource")).unwrap();
+    assert!(create.contains("signing_secret"), "{create}");
+
+    // A replay's body is optional and, when sent, an object (never null).
+    let replay = op(
+        "/api/v1/webhooks/sources/{id}/events/{event_id}/replay",
+        "post",
+    );
+    assert_eq!(replay["requestBody"]["required"], false, "{replay}");
+    assert_eq!(
+        replay["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ReplayRequest"
+    );
+    // Ingest takes any body, or none.
+    let ingest = op("/in/{slug}", "post");
+    assert_eq!(ingest["requestBody"]["required"], false, "{ingest}");
+
+    // Errors are listed by status, never as a `4XX` range, each with the
+    // envelope; operation ids are unique.
+    let mut ids = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if let Some(params) = op.get("parameters") {
+                assert!(params.is_array(), "{method} {path}: parameters {params}");
+            }
+            let responses = op["responses"].as_object().unwrap();
+            assert!(!responses.contains_key("4XX"), "{method} {path}");
+            for (status, response) in responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorEnvelope",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+            let id = op["operationId"].as_str().unwrap().to_string();
+            assert!(ids.insert(id.clone()), "duplicate operationId {id}");
+        }
+    }
+    let create_source = op("/api/v1/webhooks/sources", "post");
+    for status in ["400", "401", "403", "413", "415", "422", "503"] {
+        assert!(
+            create_source["responses"].get(status).is_some(),
+            "POST sources lacks {status}: {}",
+            create_source["responses"]
+        );
+    }
+}
+
+/// The bounds the document states are the ones the server enforces.
+#[tokio::test]
+async fn the_documented_bounds_are_enforced() {
+    let server = TestServer::start().await;
+    for limit in ["0", "251"] {
+        let (status, body) = server
+            .get(&format!("/api/v1/webhooks/sources?limit={limit}"))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "limit={limit}: {body}");
+    }
+    let (status, _) = server.get("/api/v1/webhooks/sources?limit=250").await;
+    assert_eq!(status, StatusCode::OK);
+    for (body, field) in [
+        (json!({"name": "", "provider": "none"}), "name"),
+        (json!({"name": "x".repeat(201), "provider": "none"}), "name"),
+        (
+            json!({"name": "n", "provider": "none", "retention_days": 0}),
+            "retention_days",
+        ),
+        (
+            json!({"name": "n", "provider": "none", "retention_days": 3651}),
+            "retention_days",
+        ),
+        (json!({"name": "n", "provider": "stripe"}), "signing_secret"),
+    ] {
+        let (status, answer) = server.post("/api/v1/webhooks/sources", body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        assert_eq!(answer["error"]["details"][0]["field"], field, "{answer}");
+    }
+    // 200 characters (not bytes) is within bounds; 30.0 is the integer 30.
+    let (status, answer) = server
+        .post(
+            "/api/v1/webhooks/sources",
+            json!({"name": "é".repeat(200), "provider": "none", "retention_days": 3650.0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["data"]["retention_days"], 3650);
+}

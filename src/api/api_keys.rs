@@ -19,23 +19,30 @@ use crate::store::{api_keys, StoreError};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters, not only whitespace.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     /// One or more of `webhooks:read`, `webhooks:write`, `admin`.
+    #[schema(value_type = Vec<super::openapi::shapes::ScopeName>, min_items = 1)]
     pub scopes: Vec<String>,
 }
 
 /// An API key as listed (the key itself is never shown again).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyView {
+    #[schema(pattern = "^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub id: String,
     pub name: String,
+    #[schema(value_type = Vec<super::openapi::shapes::ScopeName>)]
     pub scopes: Vec<String>,
     /// First 8 characters of the key.
+    #[schema(min_length = 8, max_length = 8)]
     pub prefix: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// The key; present only in the response that creates it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, pattern = "^krf_[0-9A-Za-z]{32,}$")]
     pub key: Option<String>,
 }
 

@@ -31,14 +31,22 @@ const MAX_PATTERN_LEN: usize = 256;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDestination {
-    /// Absolute http(s) URL.
+    /// Absolute http(s) URL, at most 2048 characters.
+    #[schema(
+        format = "uri",
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://"
+    )]
     pub url: String,
     /// Event types to forward (`invoice.paid`, `invoice.*`, `*`); absent or
     /// empty means every event.
+    #[schema(value_type = Option<Vec<super::openapi::shapes::EventPattern>>, max_items = 100)]
     pub event_filter: Option<Vec<String>>,
     /// Default true.
     pub enabled: Option<bool>,
     /// Deliveries per second to this destination, 1 to 10000; absent means unlimited.
+    #[schema(minimum = 1, maximum = 10000)]
+    #[serde(default, deserialize_with = "super::extract::optional_u32")]
     pub rate_limit: Option<u32>,
 }
 
@@ -46,30 +54,47 @@ pub struct CreateDestination {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateDestination {
+    #[schema(
+        format = "uri",
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://"
+    )]
     pub url: Option<String>,
+    #[schema(value_type = Option<Vec<super::openapi::shapes::EventPattern>>, max_items = 100)]
     pub event_filter: Option<Vec<String>>,
     /// Re-enabling clears `disabled_reason`.
     pub enabled: Option<bool>,
     /// `0` removes the limit.
+    #[schema(minimum = 0, maximum = 10000)]
+    #[serde(default, deserialize_with = "super::extract::optional_u32")]
     pub rate_limit: Option<u32>,
 }
 
 /// A destination as the API shows it. `secret` only on create and rotate.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DestinationView {
+    #[schema(pattern = "^dst_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub id: String,
+    #[schema(pattern = "^src_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub source_id: String,
+    #[schema(format = "uri")]
     pub url: String,
     pub event_filter: Vec<String>,
     pub enabled: bool,
+    #[schema(required = true, minimum = 1, maximum = 10000)]
     pub rate_limit: Option<u32>,
     /// Why Krafter disabled it, when it did.
+    #[schema(required = true)]
     pub disabled_reason: Option<String>,
+    #[schema(required = true, format = DateTime)]
     pub disabled_at: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
     /// `whsec_` + base64; present only in create and rotate-secret responses.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, pattern = "^whsec_[A-Za-z0-9+/]{32,}={0,2}$")]
     pub secret: Option<String>,
 }
 
@@ -183,7 +208,7 @@ fn check_filter(v: &mut Validation, filter: &[String]) {
     );
     for (i, pattern) in filter.iter().enumerate() {
         let ok = !pattern.is_empty()
-            && pattern.len() <= MAX_PATTERN_LEN
+            && pattern.chars().count() <= MAX_PATTERN_LEN
             && !pattern.chars().any(char::is_control);
         v.check(
             ok,

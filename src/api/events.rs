@@ -34,12 +34,16 @@ pub struct EventListParams {
     #[serde(rename = "type")]
     pub event_type: Option<String>,
     /// Only events received after this RFC 3339 time.
+    #[param(format = DateTime)]
     pub after: Option<String>,
     /// Only events received before this RFC 3339 time.
+    #[param(format = DateTime)]
     pub before: Option<String>,
     /// 1 to 250; default 50.
+    #[param(minimum = 1, maximum = 250)]
     pub limit: Option<u32>,
-    /// The previous page's `next_cursor`.
+    /// The previous page's `next_cursor` (empty: the first page).
+    #[param(pattern = "^([0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25})?$")]
     pub cursor: Option<String>,
 }
 
@@ -55,11 +59,15 @@ pub struct DeliveryCounts {
 /// An event as listed.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EventView {
+    #[schema(pattern = "^evt_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub id: String,
+    #[schema(pattern = "^src_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub source_id: String,
     #[serde(rename = "type")]
     pub event_type: String,
+    #[schema(required = true)]
     pub provider_event_id: Option<String>,
+    #[schema(format = DateTime)]
     pub received_at: String,
     pub size_bytes: u64,
     pub deliveries: DeliveryCounts,
@@ -74,20 +82,29 @@ pub struct EventDetail {
     pub headers: BTreeMap<String, String>,
     /// The body, when it is valid UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     pub body: Option<String>,
     /// The body in base64, when it is not valid UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, content_encoding = "base64")]
     pub body_base64: Option<String>,
 }
 
 /// One HTTP try.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AttemptView {
+    /// 1-based.
+    #[schema(minimum = 1)]
     pub number: u32,
+    #[schema(format = DateTime)]
     pub started_at: String,
     pub duration_ms: u64,
+    /// The destination's HTTP status, when it answered.
+    #[schema(required = true, minimum = 100, maximum = 999)]
     pub status_code: Option<u16>,
+    #[schema(required = true)]
     pub error_kind: Option<String>,
+    #[schema(required = true)]
     pub error_message: Option<String>,
     /// First 1 KiB of the response body (lossy UTF-8).
     pub response_body: String,
@@ -96,12 +113,17 @@ pub struct AttemptView {
 /// A delivery with its attempts.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryView {
+    #[schema(pattern = "^dlv_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub id: String,
+    #[schema(pattern = "^dst_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub destination_id: String,
     /// `pending`, `succeeded`, `failed` or `cancelled`.
+    #[schema(value_type = super::openapi::shapes::DeliveryStatusName)]
     pub status: String,
     pub attempts: Vec<AttemptView>,
+    #[schema(required = true, format = DateTime)]
     pub next_attempt_at: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
@@ -111,6 +133,7 @@ pub struct DeliveryView {
 pub struct ReplayRequest {
     /// Exactly these destinations (filter not applied); each must belong to
     /// the source and be enabled.
+    #[schema(value_type = Option<Vec<super::openapi::shapes::DestinationId>>, min_items = 1)]
     pub destination_ids: Option<Vec<String>>,
 }
 
@@ -118,6 +141,7 @@ pub struct ReplayRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReplayAccepted {
     pub count: usize,
+    #[schema(value_type = Vec<super::openapi::shapes::DestinationId>)]
     pub destination_ids: Vec<String>,
 }
 
@@ -126,14 +150,18 @@ pub struct ReplayAccepted {
 #[serde(deny_unknown_fields)]
 pub struct BulkReplayRequest {
     /// RFC 3339; events received after this time.
+    #[schema(format = DateTime)]
     pub after: String,
     /// RFC 3339; events received before this time (default: now).
+    #[schema(format = DateTime)]
     pub before: Option<String>,
     /// Exact type or `*` pattern.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
     /// `failed`: only re-send where a delivery failed, to the destinations it failed for.
+    #[schema(value_type = Option<super::openapi::shapes::BulkReplayStatus>)]
     pub status: Option<String>,
+    #[schema(value_type = Option<Vec<super::openapi::shapes::DestinationId>>, min_items = 1)]
     pub destination_ids: Option<Vec<String>>,
 }
 
@@ -455,7 +483,9 @@ pub async fn replay(
 #[utoipa::path(post, path = "/api/v1/webhooks/sources/{id}/events/{event_id}/deliveries/{delivery_id}/retry", tag = "events",
     params(("id" = String, Path, description = "source id"), ("event_id" = String, Path, description = "event id"),
         ("delivery_id" = String, Path, description = "delivery id (`dlv_...`)")),
-    responses((status = 202, body = Data<DeliveryView>), (status = "4XX", body = ErrorEnvelope)),
+    responses((status = 202, body = Data<DeliveryView>),
+        (status = 409, description = "conflict: the delivery has not failed", body = ErrorEnvelope),
+        (status = "4XX", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn retry(
     State(state): State<AppState>,

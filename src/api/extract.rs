@@ -182,8 +182,10 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Items per page, 1 to 250; default 50.
+    #[param(minimum = 1, maximum = 250)]
     pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (empty: the first page).
+    #[param(pattern = "^([0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25})?$")]
     pub cursor: Option<String>,
 }
 
@@ -231,5 +233,63 @@ pub struct Data<T> {
 #[derive(Serialize, ToSchema)]
 pub struct List<T> {
     pub data: Vec<T>,
+    /// `null` on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
+}
+
+/// Reads an optional `u32` that a client may spell `30` or `30.0`: JSON
+/// Schema, and so the OpenAPI document, counts both as the integer 30.
+/// Fractions, negatives and values past `u32::MAX` stay errors (422).
+/// Use with `#[serde(default, deserialize_with = "...")]`.
+pub fn optional_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::{Error, Unexpected};
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    const EXPECTED: &str = "an integer from 0 to 4294967295";
+    if let Some(u) = n.as_u64() {
+        return u32::try_from(u)
+            .map(Some)
+            .map_err(|_| D::Error::invalid_value(Unexpected::Unsigned(u), &EXPECTED));
+    }
+    if let Some(i) = n.as_i64() {
+        return Err(D::Error::invalid_value(Unexpected::Signed(i), &EXPECTED));
+    }
+    let f = n.as_f64().unwrap_or(f64::NAN);
+    if f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&f) {
+        // Integral and in range: the cast is exact.
+        Ok(Some(f as u32))
+    } else {
+        Err(D::Error::invalid_value(Unexpected::Float(f), &EXPECTED))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default, deserialize_with = "optional_u32")]
+        n: Option<u32>,
+    }
+
+    fn n(json: &str) -> Result<Option<u32>, ApiError> {
+        parse_json::<Probe>(json.as_bytes()).map(|p| p.n)
+    }
+
+    #[test]
+    fn integers_may_be_written_with_a_zero_fraction() {
+        assert_eq!(n("{}").unwrap(), None);
+        assert_eq!(n(r#"{"n": null}"#).unwrap(), None);
+        assert_eq!(n(r#"{"n": 30}"#).unwrap(), Some(30));
+        assert_eq!(n(r#"{"n": 30.0}"#).unwrap(), Some(30));
+        assert_eq!(n(r#"{"n": 3e1}"#).unwrap(), Some(30));
+        for bad in ["30.5", "-1", "-1.0", "4294967296", "4294967296.0", "\"30\""] {
+            let e = n(&format!(r#"{{"n": {bad}}}"#)).unwrap_err();
+            assert_eq!(e.status, 422, "{bad}");
+            assert_eq!(e.details[0].field, "n", "{bad}");
+        }
+    }
 }

@@ -11,6 +11,7 @@ pub mod destinations;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod openapi;
 pub mod ops;
 pub mod sources;
 
@@ -112,17 +113,24 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::ingest::route::receive))
 }
 
-/// The OpenAPI document, without starting anything (for tests and tools).
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented_routes().into_openapi()
+/// The OpenAPI document as served, without starting anything (for tests
+/// and tools).
+pub fn openapi() -> serde_json::Value {
+    document(documented_routes().into_openapi())
+}
+
+/// utoipa's document made exact by [`openapi::refine`].
+fn document(generated: utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut doc = serde_json::to_value(&generated).unwrap_or_default();
+    openapi::refine(&mut doc);
+    doc
 }
 
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     let (routes, openapi) = documented_routes().split_for_parts();
-    let json = openapi
-        .to_pretty_json()
-        .unwrap_or_else(|_| "{}".to_string());
+    let json =
+        serde_json::to_string_pretty(&document(openapi)).unwrap_or_else(|_| "{}".to_string());
     let max_body = state.config.server.max_body_bytes;
     // The dashboard: pages for people, kept out of the OpenAPI document,
     // that call these same routes in-process for every operation.

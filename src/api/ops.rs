@@ -13,6 +13,8 @@ use super::{AppState, OpenApiJson};
 /// Body of the health endpoints.
 #[derive(Serialize, ToSchema)]
 pub struct Status {
+    /// `ok` from `/healthz`, `ready` from `/readyz`.
+    #[schema(value_type = String, pattern = "^(ok|ready)$")]
     pub status: &'static str,
 }
 

@@ -26,12 +26,17 @@ const DEFAULT_RETENTION_DAYS: u32 = 30;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSource {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters, not only whitespace.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     pub provider: ProviderKind,
-    /// Required for every provider except `none`; never returned.
+    /// Required for every provider except `none`; never returned. At most
+    /// 1024 characters.
+    #[schema(max_length = 1024)]
     pub signing_secret: Option<String>,
     /// 1 to 3650; default 30.
+    #[schema(minimum = 1, maximum = 3650)]
+    #[serde(default, deserialize_with = "super::extract::optional_u32")]
     pub retention_days: Option<u32>,
     /// Default true.
     pub enabled: Option<bool>,
@@ -43,10 +48,16 @@ pub struct CreateSource {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSource {
+    /// 1 to 200 characters, not only whitespace.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: Option<String>,
     pub enabled: Option<bool>,
-    /// The previous secret keeps verifying for 24 hours.
+    /// The previous secret keeps verifying for 24 hours. Checked as on
+    /// creation for the source's provider (non-empty unless `none`).
+    #[schema(max_length = 1024)]
     pub signing_secret: Option<String>,
+    #[schema(minimum = 1, maximum = 3650)]
+    #[serde(default, deserialize_with = "super::extract::optional_u32")]
     pub retention_days: Option<u32>,
     pub provider_config: Option<GenericHmacConfig>,
 }
@@ -54,19 +65,25 @@ pub struct UpdateSource {
 /// A source as the API shows it (never its secret).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SourceView {
+    #[schema(pattern = "^src_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub id: String,
     /// `wh_` + 8 random base62 characters.
+    #[schema(pattern = "^wh_[0-9A-Za-z]{8}$")]
     pub slug: String,
     /// Where the provider should POST: `<public_url>/in/<slug>`.
+    #[schema(format = "uri")]
     pub url: String,
     pub name: String,
     pub provider: ProviderKind,
     pub enabled: bool,
+    #[schema(minimum = 1, maximum = 3650)]
     pub retention_days: u32,
     pub destinations_count: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_config: Option<GenericHmacConfig>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -123,7 +140,7 @@ fn check_retention(v: &mut Validation, days: u32) {
 }
 
 fn check_secret(v: &mut Validation, provider: ProviderKind, secret: &str) {
-    if secret.len() > 1024 {
+    if secret.chars().count() > 1024 {
         v.fail("signing_secret", "must be at most 1024 characters");
     } else if let Err(message) = providers::validate_secret(provider, secret.as_bytes()) {
         v.fail(

@@ -39,6 +39,7 @@ pub struct Accepted {
     request_body(content = Vec<u8>, description = "the provider's payload, stored byte for byte", content_type = "*/*"),
     responses(
         (status = 200, description = "stored durably (or a duplicate, or a handshake answered)", body = Data<Accepted>),
+        (status = 400, description = "bad_request: the body could not be read", body = ErrorEnvelope),
         (status = 401, description = "invalid_signature", body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
         (status = 413, body = ErrorEnvelope),

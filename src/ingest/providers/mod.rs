@@ -103,24 +103,42 @@ impl ProviderKind {
 #[serde(deny_unknown_fields)]
 pub struct GenericHmacConfig {
     /// Header carrying the signature, e.g. `X-Signature`.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+    )]
     pub signature_header: String,
     /// `hex` or `base64`.
     #[serde(default)]
     pub encoding: SignatureEncoding,
     /// Text before the signature in the header, e.g. `sha256=`.
     #[serde(default)]
+    #[schema(max_length = 64, pattern = "^[!-~]*$")]
     pub prefix: Option<String>,
     /// JSON pointer (RFC 6901) to the event type in the body, e.g. `/type`.
     #[serde(default)]
+    #[schema(max_length = 256, pattern = "^/")]
     pub event_type_pointer: Option<String>,
     /// Header carrying the event type (used when no pointer is set).
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+    )]
     pub event_type_header: Option<String>,
     /// Header carrying the provider's event id, for de-duplication.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+    )]
     pub event_id_header: Option<String>,
     /// JSON pointer to the provider's event id (used when no header is set).
     #[serde(default)]
+    #[schema(max_length = 256, pattern = "^/")]
     pub event_id_pointer: Option<String>,
 }
 
@@ -342,7 +360,8 @@ impl GenericHmacConfig {
             Ok(())
         }
         fn pointer_ok(field: &str, pointer: &str) -> Result<(), String> {
-            if pointer.len() > MAX_EVENT_FIELD_BYTES || !pointer.starts_with('/') {
+            // Counted in characters, as the API documents its lengths.
+            if pointer.chars().count() > MAX_EVENT_FIELD_BYTES || !pointer.starts_with('/') {
                 return Err(format!(
                     "{field} must be a JSON pointer starting with `/`, e.g. `/type`"
                 ));
