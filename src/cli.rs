@@ -135,11 +135,14 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives once the listener answers
+    // must mean a graceful stop, not the default action (death by signal).
+    let stop = stop_signal()?;
     let server = crate::app::start(config).await?;
     // systemd `Type=notify`: ready means the listener is open and the
     // bootstrap key written. A no-op outside systemd.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    wait_for_signal().await?;
+    stop.await;
     tracing::info!("shutting down");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     server.shutdown().await;
@@ -147,15 +150,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Installs the SIGTERM and SIGINT handlers now; the returned future
+/// resolves at the first of either.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 async fn api_keys_command(config: Config, cmd: ApiKeysCommand) -> anyhow::Result<()> {

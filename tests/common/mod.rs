@@ -805,12 +805,29 @@ pub mod receiver {
     }
 }
 
-/// A loopback port that was free a moment ago (for spawning the binary).
+/// A loopback port for a spawned binary, free a moment ago.
+///
+/// Ports bound to `:0` (receivers, in-process servers, every outgoing
+/// connection) come from the kernel's ephemeral range (32768+), so a port
+/// taken that way and released could be handed to any of them before the
+/// child binds it. These come from below that range instead, each at most
+/// once per test process (a counter), starting at an offset derived from
+/// the process id so concurrent test processes rarely meet.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Spread so that processes with neighbouring ids start far apart.
+    let offset = (std::process::id().wrapping_mul(2_654_435_761) % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        let port = LOW + (offset + n) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN)
 }
 
 /// Waits (up to 30 s) until `<base>/healthz` answers 200.
