@@ -45,6 +45,7 @@ pub struct RunningServer {
     task: JoinHandle<()>,
     store: Store,
     engine: Engine,
+    replays: crate::replay::Replays,
     delivery_grace: Duration,
     retention: JoinHandle<()>,
 }
@@ -90,6 +91,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         public_url = format!("{scheme}://{addr}");
     }
     let retention_wake = Arc::new(tokio::sync::Notify::new());
+    // Bulk replays a previous run left unfinished go on in the background;
+    // readiness does not wait for them.
+    let replays = crate::replay::Replays::new(store.clone(), engine.clone());
+    replays.resume_all();
     let state = AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -97,6 +102,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         public_url: public_url.into(),
         engine: engine.clone(),
         retention: retention_wake.clone(),
+        replays: replays.clone(),
     };
     // In-flight attempts get their timeout to finish, within the 30 s that
     // SPEC §2 allows for the whole shutdown.
@@ -121,6 +127,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         task,
         store,
         engine,
+        replays,
         delivery_grace,
         retention,
     })
@@ -146,7 +153,12 @@ impl RunningServer {
         // Requests and delivery attempts drain side by side, so the whole
         // stop stays within SPEC §2's 30 s (HTTP grace 25 s, delivery ≤ 20 s).
         let http = async { (&mut self.task).await.ok() };
-        tokio::join!(http, self.engine.shutdown(self.delivery_grace));
+        // Replay jobs stop after their current chunk and resume next start.
+        tokio::join!(
+            http,
+            self.engine.shutdown(self.delivery_grace),
+            self.replays.stop()
+        );
         self.retention.abort();
         // Abort is asynchronous: wait until the task (and its Store clone)
         // is dropped, or the database stays open after shutdown returns.

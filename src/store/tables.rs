@@ -40,3 +40,7 @@ pub const ATTEMPTS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("
 /// database does not sign anyone in.
 pub const DASHBOARD_SESSIONS: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("dashboard_sessions");
+/// (source id, replay id) → [`super::records::ReplayRecord`]: bulk replay
+/// jobs, keyed by source first so a source's jobs are one range (newest
+/// last), and small enough to scan whole for the running ones at start-up.
+pub const REPLAYS: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new("replays");
