@@ -533,6 +533,21 @@ async fn jobs_skip_purged_events_resume_after_their_cursor_and_end_with_their_so
     assert_eq!(record.deliveries_queued, 3 + 6);
     assert_eq!(record.state, ReplayState::Completed);
 
+    // Finished jobs are kept up to a bound per source, newest first.
+    for _ in 0..replays::KEPT_PER_SOURCE {
+        let mut done = record.clone();
+        done.id = new_id();
+        store
+            .write(move |txn| replays::insert(txn, &done))
+            .await
+            .unwrap();
+    }
+    let kept = store
+        .read(|txn| replays::list(txn, source, None, 250))
+        .unwrap();
+    assert_eq!(kept.items.len(), replays::KEPT_PER_SOURCE);
+    assert!(kept.items.iter().all(|j| j.id != job.id), "the oldest went");
+
     // A running job whose source is deleted ends cancelled, queues nothing,
     // and is removed with the source's leftovers.
     let mut second = job.clone();
@@ -555,7 +570,12 @@ async fn jobs_skip_purged_events_resume_after_their_cursor_and_end_with_their_so
     assert_eq!(step.state, Some(ReplayState::Cancelled));
     assert_eq!(step.deliveries, 0);
     let orphans = store.read(replays::orphans).unwrap();
-    assert_eq!(orphans.len(), 2, "both jobs of the deleted source");
+    assert_eq!(
+        orphans.len(),
+        replays::KEPT_PER_SOURCE,
+        "every job of the deleted source"
+    );
+    assert!(orphans.iter().all(|(s, _)| *s == source));
     store
         .write(move |txn| replays::remove_orphans(txn, &orphans))
         .await

@@ -212,13 +212,35 @@ pub fn count(
     }
 }
 
-/// Stores a new job; its source must still exist.
+/// Finished jobs kept per source (the oldest go as new ones arrive), so a
+/// script replaying every few minutes does not grow the file forever.
+pub const KEPT_PER_SOURCE: usize = 100;
+
+/// Stores a new job; its source must still exist. Finished jobs beyond the
+/// newest [`KEPT_PER_SOURCE`] of the source are removed; running ones are
+/// always kept.
 pub fn insert(txn: &WriteTransaction, job: &ReplayRecord) -> Result<(), StoreError> {
     if txn.open_table(SOURCES)?.get(job.source_id)?.is_none() {
         return Err(StoreError::NotFound);
     }
-    txn.open_table(REPLAYS)?
-        .insert((job.source_id, job.id), job.encode().as_slice())?;
+    let mut jobs = txn.open_table(REPLAYS)?;
+    let mut old = Vec::new();
+    for (seen, entry) in jobs
+        .range((job.source_id, 0)..=(job.source_id, u128::MAX))?
+        .rev()
+        .enumerate()
+    {
+        let (key, value) = entry?;
+        if seen + 1 >= KEPT_PER_SOURCE
+            && ReplayRecord::decode(value.value())?.state != ReplayState::Running
+        {
+            old.push(key.value());
+        }
+    }
+    jobs.insert((job.source_id, job.id), job.encode().as_slice())?;
+    for key in &old {
+        jobs.remove(key)?;
+    }
     Ok(())
 }
 
