@@ -91,10 +91,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         public_url = format!("{scheme}://{addr}");
     }
     let retention_wake = Arc::new(tokio::sync::Notify::new());
-    // Bulk replays a previous run left unfinished go on in the background;
-    // readiness does not wait for them.
     let replays = crate::replay::Replays::new(store.clone(), engine.clone());
-    replays.resume_all();
     let state = AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -120,6 +117,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         let _ = stopped.await;
     }));
     tracing::info!(%addr, tls = tls_on, "listening");
+    // Bulk replays a previous run left unfinished go on in the background;
+    // readiness does not wait for them.
+    replays.resume_all();
     Ok(RunningServer {
         addr,
         admin_key_file,
