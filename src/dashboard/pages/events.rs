@@ -256,7 +256,7 @@ fn bulk_form(session: &Session, sid: &str, failure: Option<&ApiFailure>) -> Mark
     html! {
         details.card #bulk-replay open[failure.is_some()] {
             summary { "Replay many events…" }
-            p.hint { "Re-sends every event received in a time range (optionally of a type), each as a new delivery with the same event id." }
+            p.hint { "Re-sends every event received in a time range (optionally of a type), each as a new delivery with the same event id. A large replay goes on in the background, across restarts; its progress is listed on this page." }
             @if let Some(f) = failure { (views::failure(f)) }
             form method="post" action={ "/dashboard/sources/" (sid) "/replay" } {
                 (views::csrf(session))
