@@ -294,18 +294,29 @@ fn spawn(data: &Path, port: u16) -> Child {
         .expect("spawn krafter")
 }
 
+/// A running `krafter serve`; killed with SIGKILL when dropped, so a
+/// failing assertion leaves no process behind.
+struct Krafter(Child);
+
+impl Drop for Krafter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The real binary, on a fresh port, healthy.
-async fn boot(data: &Path) -> (Child, String) {
+async fn boot(data: &Path) -> (Krafter, String) {
     let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let child = spawn(data, port);
+    let child = Krafter(spawn(data, port));
     common::wait_healthy(&base).await;
     (child, base)
 }
 
-fn kill_9(child: &mut Child) {
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
+/// `kill -9`, and wait until the process is gone.
+fn kill_9(child: Krafter) {
+    drop(child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,7 +327,7 @@ async fn bulk_replay_survives_kill_9_with_every_promised_delivery_made() {
     let receiver = Receiver::ok().await;
     let client = reqwest::Client::new();
 
-    let (mut child, base) = boot(&data).await;
+    let (child, base) = boot(&data).await;
     let key = std::fs::read_to_string(data.join("admin.key")).unwrap();
     let key = key.trim().to_string();
     let api = |method: Method, base: &str, path: &str, body: Option<Value>| {
@@ -361,7 +372,7 @@ async fn bulk_replay_survives_kill_9_with_every_promised_delivery_made() {
         Some(json!({"after": ANY_TIME})),
     )
     .await;
-    kill_9(&mut child);
+    kill_9(child);
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     assert_eq!(accepted["data"]["deliveries"], EVENTS);
     let first = accepted["data"]["id"].as_str().unwrap().to_string();
@@ -372,7 +383,7 @@ async fn bulk_replay_survives_kill_9_with_every_promised_delivery_made() {
     );
 
     // Restarted, the job resumes from its cursor and completes.
-    let (mut child, base) = boot(&data).await;
+    let (child, base) = boot(&data).await;
     let path = format!("/{sid}/replays/{first}");
     let done = poll(Duration::from_secs(30), "replay 1 to complete", || async {
         let (_, body) = api(Method::GET, &base, &path, None).await;
@@ -403,7 +414,7 @@ async fn bulk_replay_survives_kill_9_with_every_promised_delivery_made() {
         },
     )
     .await;
-    kill_9(&mut child);
+    kill_9(child);
     let at_kill = chunks_are_atomic(&data, &sid, &second, &ids, 1).await;
     eprintln!(
         "killed mid-way: {:?}, {} of {EVENTS} events queued",
@@ -411,17 +422,17 @@ async fn bulk_replay_survives_kill_9_with_every_promised_delivery_made() {
     );
 
     // Kill point 3: while deliveries of the second replay are arriving.
-    let (mut child, _) = boot(&data).await;
+    let (child, _) = boot(&data).await;
     poll(
         Duration::from_secs(30),
         "some deliveries of replay 2",
         || async { (receiver.count() > EVENTS + 200).then_some(()) },
     )
     .await;
-    kill_9(&mut child);
+    kill_9(child);
     eprintln!("killed mid-delivery at {} requests", receiver.count());
 
-    let (mut child, base) = boot(&data).await;
+    let (child, base) = boot(&data).await;
     let done = poll(Duration::from_secs(30), "replay 2 to complete", || async {
         let (_, body) = api(Method::GET, &base, &path, None).await;
         (body["data"]["status"] == "completed").then(|| body["data"].clone())
@@ -431,12 +442,11 @@ async fn bulk_replay_survives_kill_9_with_every_promised_delivery_made() {
     assert_eq!(done["deliveries_queued"], EVENTS);
     // Every promised delivery arrives: each event at least once per replay.
     delivered_at_least(&receiver, &ids, 2, Duration::from_secs(40)).await;
-    kill_9(&mut child);
+    kill_9(child);
     // And no chunk was queued twice: exactly one delivery per event per
     // replay on disk.
     chunks_are_atomic(&data, &sid, &second, &ids, 1).await;
     eprintln!("done in {:?}", started.elapsed());
-    drop(base);
 }
 
 /// Store-level: a job whose source is deleted ends `cancelled` (and is
