@@ -45,6 +45,7 @@ pub struct RunningServer {
     task: JoinHandle<()>,
     store: Store,
     engine: Engine,
+    replays: crate::replay::Replays,
     delivery_grace: Duration,
     retention: JoinHandle<()>,
 }
@@ -92,6 +93,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         public_url = format!("{scheme}://{addr}");
     }
     let retention_wake = Arc::new(tokio::sync::Notify::new());
+    let replays = crate::replay::Replays::new(store.clone(), engine.clone());
     let state = AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -99,6 +101,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         public_url: public_url.into(),
         engine: engine.clone(),
         retention: retention_wake.clone(),
+        replays: replays.clone(),
     };
     // In-flight attempts get their timeout to finish, within the 30 s that
     // SPEC §2 allows for the whole shutdown.
@@ -116,6 +119,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         let _ = stopped.await;
     }));
     tracing::info!(%addr, tls = tls_on, "listening");
+    // Bulk replays a previous run left unfinished go on in the background;
+    // readiness does not wait for them.
+    replays.resume_all();
     Ok(RunningServer {
         addr,
         admin_key_file,
@@ -123,6 +129,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         task,
         store,
         engine,
+        replays,
         delivery_grace,
         retention,
     })
@@ -148,7 +155,12 @@ impl RunningServer {
         // Requests and delivery attempts drain side by side, so the whole
         // stop stays within SPEC §2's 30 s (HTTP grace 25 s, delivery ≤ 20 s).
         let http = async { (&mut self.task).await.ok() };
-        tokio::join!(http, self.engine.shutdown(self.delivery_grace));
+        // Replay jobs stop after their current chunk and resume next start.
+        tokio::join!(
+            http,
+            self.engine.shutdown(self.delivery_grace),
+            self.replays.stop()
+        );
         self.retention.abort();
         // Abort is asynchronous: wait until the task (and its Store clone)
         // is dropped, or the database stays open after shutdown returns.

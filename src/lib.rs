@@ -14,4 +14,5 @@ pub mod delivery;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod replay;
 pub mod store;

@@ -902,11 +902,13 @@ async fn every_page_and_form_works() {
         )
         .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
-    assert!(b
-        .get(page.location())
-        .await
-        .text
-        .contains("Bulk replay queued: 1 events, 1 deliveries"));
+    let events_page = b.get(page.location()).await.text;
+    assert!(events_page.contains("Bulk replay queued: 1 events, 1 deliveries"));
+    // The events page lists the replay job with its progress.
+    assert!(events_page.contains("Recent bulk replays"), "{events_page}");
+    assert!(events_page.contains("data-replay=\"rpl_"), "{events_page}");
+    assert!(events_page.contains("1 / 1 events"), "{events_page}");
+    assert!(events_page.contains("data-status=\"completed\""));
 
     // Disable (reason-free, by hand) and delete a destination; delete sources.
     b.post(

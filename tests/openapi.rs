@@ -126,6 +126,18 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, u16)> {
             Some(json!({"after": "2020-01-01T00:00:00Z"})),
             202,
         ),
+        (
+            Method::GET,
+            "/api/v1/webhooks/sources/{id}/replays",
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/api/v1/webhooks/sources/{id}/replays/{replay_id}",
+            None,
+            200,
+        ),
     ]
 }
 
@@ -250,6 +262,7 @@ struct Ids {
     destination: String,
     event: String,
     delivery: String,
+    replay: String,
 }
 
 async fn fresh_ids(server: &TestServer) -> Ids {
@@ -288,6 +301,14 @@ async fn fresh_ids(server: &TestServer) -> Ids {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let delivery = body["data"][0]["id"].as_str().unwrap().to_string();
+    let (status, body) = server
+        .post(
+            &format!("/api/v1/webhooks/sources/{source}/replay"),
+            json!({"after": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let replay = body["data"]["id"].as_str().unwrap().to_string();
     Ids {
         key,
         source,
@@ -295,6 +316,7 @@ async fn fresh_ids(server: &TestServer) -> Ids {
         destination,
         event,
         delivery,
+        replay,
     }
 }
 
@@ -311,7 +333,8 @@ fn concrete(template: &str, ids: &Ids) -> String {
     let path = path
         .replace("{slug}", &ids.slug)
         .replace("{event_id}", &ids.event)
-        .replace("{delivery_id}", &ids.delivery);
+        .replace("{delivery_id}", &ids.delivery)
+        .replace("{replay_id}", &ids.replay);
     assert!(!path.contains('{'), "unfilled template {template}");
     path
 }
@@ -350,6 +373,7 @@ async fn every_listed_route_answers_on_the_server() {
                 destination: "dst_01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
                 event: "evt_01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
                 delivery: "dlv_01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+                replay: "rpl_01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
             };
             let path = concrete(template, &unknown);
             let body = routes()

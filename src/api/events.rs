@@ -12,7 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Caller;
 use super::error::{ApiError, ErrorEnvelope, Validation};
 use super::extract::{
-    encode_cursor, ApiPath, ApiQuery, Data, List, OptionalJson, DEFAULT_LIMIT, MAX_LIMIT,
+    encode_cursor, ApiPath, ApiQuery, Data, List, ListParams, OptionalJson, DEFAULT_LIMIT,
+    MAX_LIMIT,
 };
 use super::sources::source_id;
 use super::AppState;
@@ -20,11 +21,12 @@ use crate::clock::{format_ms, now_ms, parse_rfc3339_ms};
 use crate::ingest::filter;
 use crate::store::deliveries;
 use crate::store::events::{self, EventQuery};
-use crate::store::ids::{format_id, parse_id, IdKind};
+use crate::store::ids::{format_id, new_id, parse_id, IdKind};
 use crate::store::records::{
-    AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, EventSummary, Scope,
+    AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, EventSummary, ReplayRecord,
+    ReplayState, Scope,
 };
-use crate::store::{destinations, StoreError};
+use crate::store::{destinations, replays, StoreError};
 
 /// Filters of `GET .../events`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -165,11 +167,50 @@ pub struct BulkReplayRequest {
     pub destination_ids: Option<Vec<String>>,
 }
 
-/// What a bulk replay will queue.
+/// What a bulk replay will queue, and the job doing it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BulkReplayAccepted {
-    pub events: usize,
-    pub deliveries: usize,
+    /// The replay job (`rpl_...`), to follow its progress.
+    pub id: String,
+    /// `running` or `completed` (small replays are queued before the 202).
+    pub status: String,
+    /// Events that will be re-sent (each to at least one destination).
+    pub events: u64,
+    /// Deliveries that will be queued.
+    pub deliveries: u64,
+}
+
+/// A bulk replay's request, as the job holds it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReplayRequestView {
+    pub after: String,
+    /// The requested `before`, else the time the replay was accepted.
+    pub before: String,
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// `failed` or null.
+    pub status: Option<String>,
+    pub destination_ids: Option<Vec<String>>,
+}
+
+/// A bulk replay job and its progress.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReplayView {
+    pub id: String,
+    pub source_id: String,
+    /// `running`, `completed` or `cancelled` (its source was deleted).
+    pub status: String,
+    /// Events the 202 promised to re-send.
+    pub events_total: u64,
+    /// Events re-sent so far.
+    pub events_done: u64,
+    /// Deliveries the 202 promised.
+    pub deliveries_total: u64,
+    /// Deliveries queued so far.
+    pub deliveries_queued: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub request: ReplayRequestView,
 }
 
 fn event_id(text: &str) -> Result<u128, ApiError> {
@@ -530,39 +571,17 @@ pub async fn retry(
     ))
 }
 
-/// Events of one bulk replay queued per write, so ingest commits keep
-/// interleaving with a large replay.
-const BULK_CHUNK: usize = 200;
 /// Bulk replays up to this many events are queued before the 202 (a few
-/// hundred milliseconds at most); larger ones continue in the background.
-const DURABLE_BULK_EVENTS: usize = 5_000;
-
-/// Queues a bulk replay's deliveries, [`BULK_CHUNK`] events per commit,
-/// waking each destination's lane as its deliveries land.
-async fn queue_bulk(
-    store: &crate::store::Store,
-    engine: &crate::delivery::engine::Engine,
-    source: u128,
-    plan: &[(u128, std::sync::Arc<Vec<u128>>)],
-) -> Result<(), StoreError> {
-    for chunk in plan.chunks(BULK_CHUNK) {
-        let chunk = chunk.to_vec();
-        let made = store
-            .write(move |txn| events::insert_many(txn, source, &chunk, now_ms()))
-            .await?;
-        let mut woken = std::collections::HashSet::new();
-        for d in made {
-            if woken.insert(d.destination_id) {
-                engine.wake(source, d.destination_id);
-            }
-        }
-    }
-    Ok(())
-}
+/// hundred milliseconds at most), so the 202 means the deliveries are
+/// durable, as for a single replay; larger ones answer once the job is
+/// stored and go on in the background. Either way the job is durable
+/// before the 202 and resumes after a restart.
+const DURABLE_BULK_EVENTS: u64 = 5_000;
 
 /// Re-sends every event in a time range (optionally of a type, optionally
-/// only where delivery failed, optionally to chosen destinations). Counts
-/// are computed now; deliveries are queued in the background in chunks.
+/// only where delivery failed, optionally to chosen destinations) as a
+/// durable replay job. Counts are computed now; the job is stored before
+/// the 202 and queues the deliveries in chunks, resuming after a restart.
 #[utoipa::path(post, path = "/api/v1/webhooks/sources/{id}/replay", tag = "events",
     params(("id" = String, Path, description = "source id")),
     request_body = BulkReplayRequest,
@@ -576,9 +595,10 @@ pub async fn bulk_replay(
 ) -> Result<(StatusCode, Json<Data<BulkReplayAccepted>>), ApiError> {
     caller.require(Scope::Write)?;
     let source = source_id(&source)?;
+    let accepted_at = now_ms();
     let mut v = Validation::default();
     let after = parse_time(&mut v, "after", Some(&body.after));
-    let before = parse_time(&mut v, "before", body.before.as_deref()).or(Some(now_ms()));
+    let before = parse_time(&mut v, "before", body.before.as_deref());
     let only_failed = match body.status.as_deref() {
         None => false,
         Some("failed") => true,
@@ -588,90 +608,49 @@ pub async fn bulk_replay(
         }
     };
     v.finish()?;
-    let (after, before) = (after.unwrap_or(0), before.unwrap_or(0));
     let all = state
         .store
-        .read(|txn| destinations::all_of_source(txn, source))
-        .and_then(|all| {
-            if all.is_empty() {
-                state
-                    .store
-                    .read(|txn| crate::store::sources::get(txn, source))
-                    .map(|_| all)
-            } else {
-                Ok(all)
-            }
+        .read(|txn| {
+            crate::store::sources::get(txn, source)?;
+            destinations::all_of_source(txn, source)
         })
         .map_err(not_found("source"))?;
     let chosen = match &body.destination_ids {
         Some(ids) => Some(chosen_destinations(&all, ids)?),
         None => None,
     };
-    let store = state.store.clone();
-    let pattern = body.event_type.clone().filter(|t| !t.is_empty());
-    // Scanning a large range reads many index entries: off the async threads.
-    let plan = tokio::task::spawn_blocking(move || {
-        store.read(|txn| {
-            let Some(matched) = events::matching(txn, source, after, before, pattern.as_deref())?
-            else {
-                return Ok(None);
-            };
-            // Without a status filter the targets depend only on the
-            // type: one shared list per type, not one per event.
-            let by_type: Vec<std::sync::Arc<Vec<u128>>> = matched
-                .types
-                .iter()
-                .map(|event_type| {
-                    std::sync::Arc::new(match &chosen {
-                        Some(chosen) => chosen.clone(),
-                        None => all
-                            .iter()
-                            .filter(|d| d.enabled && filter::matches(&d.event_filter, event_type))
-                            .map(|d| d.id)
-                            .collect(),
-                    })
-                })
-                .collect();
-            let mut plan = Vec::new();
-            for (event, type_index) in matched.events {
-                let targets = if only_failed {
-                    // A destination counts as failed for this event when a
-                    // delivery to it failed and none (a replay, a retry)
-                    // has succeeded or is still pending since.
-                    let list = events::deliveries_of(txn, event)?;
-                    let settled = |dest: u128| {
-                        list.iter().any(|d| {
-                            d.destination_id == dest
-                                && matches!(
-                                    d.status,
-                                    DeliveryStatus::Succeeded | DeliveryStatus::Pending
-                                )
-                        })
-                    };
-                    let mut failed: Vec<u128> = list
-                        .iter()
-                        .filter(|d| d.status == DeliveryStatus::Failed)
-                        .map(|d| d.destination_id)
-                        .filter(|id| !settled(*id))
-                        .filter(|id| chosen.as_ref().is_none_or(|c| c.contains(id)))
-                        .filter(|id| all.iter().any(|d| d.id == *id && d.enabled))
-                        .collect();
-                    failed.sort_unstable();
-                    failed.dedup();
-                    std::sync::Arc::new(failed)
-                } else {
-                    by_type[type_index as usize].clone()
-                };
-                if !targets.is_empty() {
-                    plan.push((event, targets));
-                }
-            }
-            Ok(Some(plan))
-        })
+    let candidates = match &chosen {
+        Some(chosen) => chosen.clone(),
+        None => all.iter().filter(|d| d.enabled).map(|d| d.id).collect(),
+    };
+    let mut job = ReplayRecord {
+        id: new_id(),
+        source_id: source,
+        after_ms: after.unwrap_or(0),
+        before_ms: before.unwrap_or(accepted_at),
+        // Events stored from now on are not part of this replay.
+        upper_id: new_id(),
+        type_pattern: body.event_type.clone().filter(|t| !t.is_empty()),
+        only_failed,
+        destination_ids: chosen,
+        candidates,
+        cursor: 0,
+        events_total: 0,
+        deliveries_total: 0,
+        events_done: 0,
+        deliveries_queued: 0,
+        state: ReplayState::Running,
+        created_at_ms: accepted_at,
+        updated_at_ms: accepted_at,
+    };
+    // Counting a large range reads many index entries: off the async threads.
+    let (store, counted) = (state.store.clone(), job.clone());
+    let totals = tokio::task::spawn_blocking(move || {
+        store.read(|txn| replays::count(txn, &counted, events::MAX_BULK_EVENTS as u64))
     })
     .await
     .map_err(|_| ApiError::internal())??;
-    let Some(plan) = plan else {
+    let Some(totals) = totals else {
         return Err(ApiError::invalid_field(
             "after",
             format!(
@@ -680,21 +659,109 @@ pub async fn bulk_replay(
             ),
         ));
     };
-    let accepted = BulkReplayAccepted {
-        events: plan.len(),
-        deliveries: plan.iter().map(|(_, t)| t.len()).sum(),
-    };
-    if plan.len() <= DURABLE_BULK_EVENTS {
-        // Small enough to queue before answering: the 202 then means the
-        // deliveries are durable, as for a single replay.
-        queue_bulk(&state.store, &state.engine, source, &plan).await?;
-    } else {
-        let (store, engine) = (state.store.clone(), state.engine.clone());
-        tokio::spawn(async move {
-            if let Err(e) = queue_bulk(&store, &engine, source, &plan).await {
-                tracing::error!(error = %e, "bulk replay stopped");
-            }
-        });
+    job.events_total = totals.events;
+    job.deliveries_total = totals.deliveries;
+    let stored = job.clone();
+    state
+        .store
+        .write(move |txn| replays::insert(txn, &stored))
+        .await
+        .map_err(not_found("source"))?;
+    let outcome = state.replays.start(source, job.id);
+    let mut status = ReplayState::Running;
+    if job.events_total <= DURABLE_BULK_EVENTS {
+        // Small enough to queue before answering. Should storage fail
+        // meanwhile, the job is stored and goes on: still a 202.
+        if let Ok(Ok(done)) = outcome.await {
+            status = done;
+        }
     }
-    Ok((StatusCode::ACCEPTED, Json(Data { data: accepted })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Data {
+            data: BulkReplayAccepted {
+                id: format_id(IdKind::Replay, job.id),
+                status: status.as_str().to_string(),
+                events: job.events_total,
+                deliveries: job.deliveries_total,
+            },
+        }),
+    ))
+}
+
+fn replay_id(text: &str) -> Result<u128, ApiError> {
+    parse_id(IdKind::Replay, text).ok_or_else(|| ApiError::not_found("no such replay"))
+}
+
+fn replay_view(job: &ReplayRecord) -> ReplayView {
+    ReplayView {
+        id: format_id(IdKind::Replay, job.id),
+        source_id: format_id(IdKind::Source, job.source_id),
+        status: job.state.as_str().to_string(),
+        events_total: job.events_total,
+        events_done: job.events_done,
+        deliveries_total: job.deliveries_total,
+        deliveries_queued: job.deliveries_queued,
+        created_at: format_ms(job.created_at_ms),
+        updated_at: format_ms(job.updated_at_ms),
+        request: ReplayRequestView {
+            after: format_ms(job.after_ms),
+            before: format_ms(job.before_ms),
+            event_type: job.type_pattern.clone(),
+            status: job.only_failed.then(|| "failed".to_string()),
+            destination_ids: job.destination_ids.as_ref().map(|ids| {
+                ids.iter()
+                    .map(|id| format_id(IdKind::Destination, *id))
+                    .collect()
+            }),
+        },
+    }
+}
+
+/// A source's bulk replay jobs, newest first, with their progress.
+#[utoipa::path(get, path = "/api/v1/webhooks/sources/{id}/replays", tag = "events",
+    params(("id" = String, Path, description = "source id"), ListParams),
+    responses((status = 200, body = List<ReplayView>), (status = "4XX", body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn list_replays(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<List<ReplayView>>, ApiError> {
+    caller.require(Scope::Read)?;
+    let source = source_id(&id)?;
+    let (limit, cursor) = (params.limit()?, params.cursor()?);
+    let page = state
+        .store
+        .read(|txn| {
+            crate::store::sources::get(txn, source)?;
+            replays::list(txn, source, cursor, limit)
+        })
+        .map_err(not_found("source"))?;
+    Ok(Json(List {
+        data: page.items.iter().map(replay_view).collect(),
+        next_cursor: encode_cursor(page.next),
+    }))
+}
+
+/// One bulk replay job with its progress.
+#[utoipa::path(get, path = "/api/v1/webhooks/sources/{id}/replays/{replay_id}", tag = "events",
+    params(("id" = String, Path, description = "source id"), ("replay_id" = String, Path, description = "replay id (`rpl_...`)")),
+    responses((status = 200, body = Data<ReplayView>), (status = "4XX", body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn get_replay(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((source, replay)): ApiPath<(String, String)>,
+) -> Result<Json<Data<ReplayView>>, ApiError> {
+    caller.require(Scope::Read)?;
+    let (source, replay) = (source_id(&source)?, replay_id(&replay)?);
+    let job = state
+        .store
+        .read(|txn| replays::get(txn, source, replay))
+        .map_err(not_found("replay"))?;
+    Ok(Json(Data {
+        data: replay_view(&job),
+    }))
 }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub engine: crate::delivery::engine::Engine,
     /// Wakes the retention task early (after a source is deleted).
     pub retention: Arc<tokio::sync::Notify>,
+    /// Runs bulk replay jobs in the background.
+    pub replays: crate::replay::Replays,
 }
 
 #[derive(OpenApi)]
@@ -105,6 +107,8 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(events::replay))
         .routes(routes!(events::retry))
         .routes(routes!(events::bulk_replay))
+        .routes(routes!(events::list_replays))
+        .routes(routes!(events::get_replay))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -6,7 +6,7 @@ pub use crate::api::api_keys::ApiKeyView as ApiKey;
 pub use crate::api::destinations::DestinationView as Destination;
 pub use crate::api::events::{
     AttemptView as Attempt, BulkReplayAccepted, DeliveryCounts as Counts, DeliveryView as Delivery,
-    EventDetail, EventView as Event, ReplayAccepted,
+    EventDetail, EventView as Event, ReplayAccepted, ReplayView as ReplayJob,
 };
 pub use crate::api::sources::SourceView as Source;
 pub use crate::ingest::providers::GenericHmacConfig as ProviderConfig;

@@ -126,6 +126,8 @@ pub fn status_pill(status: &str) -> Markup {
         "succeeded" => ("ok", "✓"),
         "failed" => ("bad", "✕"),
         "pending" => ("wait", "…"),
+        "running" => ("wait", "…"),
+        "completed" => ("ok", "✓"),
         "cancelled" => ("off", "–"),
         "enabled" => ("ok", "●"),
         "disabled" => ("off", "○"),

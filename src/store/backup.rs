@@ -52,7 +52,9 @@ fn copy_all(from: &ReadTransaction, to: &WriteTransaction) -> Result<u64, StoreE
         + copy(DELIVERIES, from, to)?
         + copy(EVENT_DELIVERIES, from, to)?
         + copy(DUE, from, to)?
-        + copy(ATTEMPTS, from, to)?)
+        + copy(ATTEMPTS, from, to)?
+        // A running job resumes after a restore, from the snapshot's cursor.
+        + copy(REPLAYS, from, to)?)
 }
 
 /// Tables deliberately not backed up (sessions of the dashboard: a

@@ -17,6 +17,8 @@ pub enum IdKind {
     Destination,
     Event,
     Delivery,
+    /// A bulk replay job.
+    Replay,
 }
 
 impl IdKind {
@@ -28,6 +30,7 @@ impl IdKind {
             IdKind::Destination => "dst_",
             IdKind::Event => "evt_",
             IdKind::Delivery => "dlv_",
+            IdKind::Replay => "rpl_",
         }
     }
 }

@@ -13,6 +13,7 @@ mod error;
 pub mod events;
 pub mod ids;
 pub mod records;
+pub mod replays;
 pub mod retention;
 pub mod sources;
 pub mod tables;
@@ -300,6 +301,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(tables::DASHBOARD_SESSIONS)?;
     txn.open_table(tables::KEY_SESSIONS)?;
     txn.open_table(tables::HEALTH)?;
+    txn.open_table(tables::REPLAYS)?;
     txn.commit()?;
     Ok(())
 }

@@ -253,3 +253,66 @@ pub struct AttemptRecord {
 }
 
 impl Record for AttemptRecord {}
+
+/// Where a bulk replay job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplayState {
+    /// Queuing deliveries chunk by chunk (resumed after a restart).
+    Running,
+    /// Every event up to the job's bound was processed.
+    Completed,
+    /// Its source was deleted before it finished.
+    Cancelled,
+}
+
+impl ReplayState {
+    /// The public name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayState::Running => "running",
+            ReplayState::Completed => "completed",
+            ReplayState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A bulk replay job (SPEC §10): the request, the bound fixed when it was
+/// accepted, and how far it got. Its cursor and counters advance in the
+/// same write transaction as the deliveries of each chunk, so a crash
+/// neither repeats nor skips a chunk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayRecord {
+    pub id: u128,
+    pub source_id: u128,
+    /// `received_at` bounds in Unix ms, both exclusive; `before_ms` is the
+    /// requested `before`, or the time the job was accepted.
+    pub after_ms: i64,
+    pub before_ms: i64,
+    /// Exclusive upper event id: events stored after the request was
+    /// accepted are not part of the job.
+    pub upper_id: u128,
+    /// Exact type or `*` pattern.
+    pub type_pattern: Option<String>,
+    /// `status: failed`: only where a delivery failed and is not fixed.
+    pub only_failed: bool,
+    /// `destination_ids` as requested (after validation), if any.
+    pub destination_ids: Option<Vec<u128>>,
+    /// The destinations the job may queue to, fixed at acceptance: the
+    /// named ones, else those enabled then. Each is re-checked (still
+    /// there, still enabled) when its chunk is queued.
+    pub candidates: Vec<u128>,
+    /// The last event id processed (0 before the first chunk).
+    pub cursor: u128,
+    /// What the 202 promised: events with at least one delivery, and
+    /// deliveries, counted when the job was accepted.
+    pub events_total: u64,
+    pub deliveries_total: u64,
+    /// Events that got at least one delivery so far, and deliveries queued.
+    pub events_done: u64,
+    pub deliveries_queued: u64,
+    pub state: ReplayState,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl Record for ReplayRecord {}

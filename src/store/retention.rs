@@ -93,6 +93,13 @@ pub async fn purge_orphans(store: &Store) -> Result<u64, StoreError> {
             removed += n as u64;
         }
     }
+    // Replay jobs of deleted sources (a handful of small records).
+    let jobs = store.read(super::replays::orphans)?;
+    if !jobs.is_empty() {
+        store
+            .write(move |txn| super::replays::remove_orphans(txn, &jobs))
+            .await?;
+    }
     Ok(removed)
 }
 

@@ -50,3 +50,8 @@ pub const KEY_SESSIONS: TableDefinition<(u128, i64, &[u8]), ()> =
 /// `"probe"` → when the writer last proved a reopened file writable
 /// (Unix ms). Nothing reads it; it exists so that proof is a real commit.
 pub const HEALTH: TableDefinition<&str, i64> = TableDefinition::new("health");
+
+/// (source id, replay id) → [`super::records::ReplayRecord`]: bulk replay
+/// jobs, keyed by source first so a source's jobs are one range (newest
+/// last), and small enough to scan whole for the running ones at start-up.
+pub const REPLAYS: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new("replays");

@@ -15,7 +15,7 @@ use super::{notice, QueryMap, SourceTab};
 use crate::dashboard::dispatch::{id_segment, ApiFailure};
 use crate::dashboard::error::DashboardError;
 use crate::dashboard::model::{
-    BulkReplayAccepted, Delivery, Destination, Event, EventDetail, ReplayAccepted,
+    BulkReplayAccepted, Delivery, Destination, Event, EventDetail, ReplayAccepted, ReplayJob,
 };
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
@@ -101,6 +101,13 @@ pub async fn list(
         ),
         Err(f) => return Err(f.into()),
     };
+    let jobs = d
+        .api
+        .list::<ReplayJob>(
+            &session.caller,
+            &format!("{}/replays?limit={RECENT_REPLAYS}", api_path(sid)),
+        )
+        .await?;
     let base = format!("/dashboard/sources/{sid}/events");
     let keep = |extra: Option<(&str, &str)>| {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
@@ -172,6 +179,7 @@ pub async fn list(
             }
         }
         @if session.can_write() { (bulk_form(&session, sid, None)) }
+        @if !jobs.items.is_empty() { (replay_jobs(&jobs.items)) }
     };
     Ok(views::ok(views::page(
         &format!("Events of {}", source.name),
@@ -203,11 +211,52 @@ fn counts(e: &Event) -> Markup {
     }
 }
 
+/// Bulk replay jobs shown on the events page.
+const RECENT_REPLAYS: usize = 5;
+
+/// The most recent bulk replays with their progress (refresh to update).
+fn replay_jobs(jobs: &[ReplayJob]) -> Markup {
+    html! {
+        section.card #replays {
+            h2 { "Recent bulk replays" }
+            div.table-wrap {
+                table {
+                    thead { tr {
+                        th scope="col" { "Started" } th scope="col" { "Range" } th scope="col" { "Status" }
+                        th scope="col" { "Progress" } th scope="col" { "Deliveries queued" } th scope="col" { "Replay" }
+                    } }
+                    tbody {
+                        @for j in jobs {
+                            tr data-replay=(j.id) {
+                                td { (views::time(&j.created_at)) }
+                                td.small {
+                                    (views::time(&j.request.after)) " → " (views::time(&j.request.before))
+                                    @if let Some(t) = &j.request.event_type { " · " code { (t) } }
+                                    @if j.request.status.is_some() { " · failed only" }
+                                }
+                                td { (views::status_pill(&j.status)) }
+                                td {
+                                    progress value=(j.events_done) max=(j.events_total.max(1))
+                                        aria-label={ "events re-sent of " (j.id) } {}
+                                    " " span.num { (j.events_done) " / " (j.events_total) " events" }
+                                }
+                                td.num { (j.deliveries_queued) " / " (j.deliveries_total) }
+                                td { span.muted.small { (j.id) } }
+                            }
+                        }
+                    }
+                }
+            }
+            p.hint { "A replay keeps going across restarts; refresh to see its progress." }
+        }
+    }
+}
+
 fn bulk_form(session: &Session, sid: &str, failure: Option<&ApiFailure>) -> Markup {
     html! {
         details.card #bulk-replay open[failure.is_some()] {
             summary { "Replay many events…" }
-            p.hint { "Re-sends every event received in a time range (optionally of a type), each as a new delivery with the same event id." }
+            p.hint { "Re-sends every event received in a time range (optionally of a type), each as a new delivery with the same event id. A large replay goes on in the background, across restarts; its progress is listed on this page." }
             @if let Some(f) = failure { (views::failure(f)) }
             form method="post" action={ "/dashboard/sources/" (sid) "/replay" } {
                 (views::csrf(session))
