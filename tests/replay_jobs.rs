@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -281,7 +281,7 @@ async fn chunks_are_atomic(
 }
 
 fn spawn(data: &Path, port: u16) -> Child {
-    Command::new(common::binary())
+    common::krafter()
         .arg("serve")
         .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("KRAFTER_STORAGE__PATH", data)

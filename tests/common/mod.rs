@@ -173,8 +173,9 @@ pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_cod
     );
 }
 
-/// Path of the built `krafter` binary.
-pub fn binary() -> PathBuf {
+/// Path of the built `krafter` binary. Private: tests spawn it through
+/// [`krafter`], which turns the network guard on.
+fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_krafter"))
 }
 
