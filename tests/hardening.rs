@@ -583,3 +583,63 @@ async fn a_full_disk_pauses_delivery_and_recovery_needs_no_restart() {
     receiver.wait_for(2, Duration::from_secs(10)).await;
     server.stop().await;
 }
+
+/// A request body that never yields a frame and never ends.
+struct Stalled;
+
+impl hyper::body::Body for Stalled {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// 4e. An HTTP/2 stream that sends its headers and then no data is cut off
+/// after `server.body_read_timeout` like an HTTP/1.1 body, while the same
+/// connection serves other streams.
+#[tokio::test]
+async fn an_http2_stream_without_data_is_cut_off() {
+    use http_body_util::{BodyExt, Empty};
+    let server = TestServer::start_with(|c| {
+        c.server.body_read_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let source = server.create_none_source("h2").await;
+    let slug = source["slug"].as_str().unwrap().to_string();
+    let stream = TcpStream::connect(addr_of(&server)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let base = format!("http://{}", addr_of(&server));
+    let request = http::Request::post(format!("{base}/in/{slug}"))
+        .header("content-type", "application/json")
+        .body(Stalled.boxed())
+        .unwrap();
+    let started = Instant::now();
+    let stalled = sender.send_request(request);
+    let healthz = http::Request::get(format!("{base}/healthz"))
+        .body(Empty::new().boxed())
+        .unwrap();
+    let ok = tokio::time::timeout(Duration::from_secs(5), sender.clone().send_request(healthz))
+        .await
+        .expect("another stream answers")
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let response = tokio::time::timeout(Duration::from_secs(5), stalled)
+        .await
+        .expect("the stalled stream is answered within the body deadline")
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&text).contains("bad_request"));
+}
