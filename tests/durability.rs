@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,14 +19,7 @@ use tokio::sync::Mutex;
 const SECRET: &str = "whsec_durability";
 
 fn spawn(data: &Path, port: u16) -> Child {
-    common::krafter()
-        .arg("serve")
-        .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("KRAFTER_STORAGE__PATH", data)
-        .env("KRAFTER_DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
-        .env("KRAFTER_LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    common::serve_command(data, port)
         .spawn()
         .expect("spawn krafter")
 }

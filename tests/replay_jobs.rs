@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -281,15 +281,8 @@ async fn chunks_are_atomic(
 }
 
 fn spawn(data: &Path, port: u16) -> Child {
-    common::krafter()
-        .arg("serve")
-        .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("KRAFTER_STORAGE__PATH", data)
-        .env("KRAFTER_DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
+    common::serve_command(data, port)
         .env("KRAFTER_DELIVERY__RETRY_SCHEDULE", r#"["1s"]"#)
-        .env("KRAFTER_LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("spawn krafter")
 }

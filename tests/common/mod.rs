@@ -806,6 +806,23 @@ pub mod receiver {
     }
 }
 
+/// `krafter serve` on `127.0.0.1:port` over the data directory `data`,
+/// delivering to loopback receivers, logging only warnings, output
+/// discarded: what the crash tests start and kill. Add `.env(..)` before
+/// spawning for more settings.
+pub fn serve_command(data: &std::path::Path, port: u16) -> std::process::Command {
+    let mut command = krafter();
+    command
+        .arg("serve")
+        .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("KRAFTER_STORAGE__PATH", data)
+        .env("KRAFTER_DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
+        .env("KRAFTER_LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    command
+}
+
 /// A loopback port for a spawned binary, free a moment ago.
 ///
 /// Ports bound to `:0` (receivers, in-process servers, every outgoing
