@@ -647,10 +647,7 @@ async fn https_destinations_use_the_extra_ca() {
     assert_eq!(d.attempts.len(), 1);
     let a = &d.attempts[0];
     assert_eq!(a.status_code, None);
-    assert!(
-        matches!(a.error_kind.as_deref(), Some("tls" | "connect")),
-        "{a:?}"
-    );
+    assert_eq!(a.error_kind.as_deref(), Some("tls"), "{a:?}");
     let message = a.error_message.as_deref().unwrap_or("").to_lowercase();
     assert!(message.contains("certificate"), "{message}");
 }
@@ -992,8 +989,10 @@ async fn failing_destinations_are_auto_disabled() {
     assert_timestamp(&view["disabled_at"]);
     let failures = receiver.requests();
     let span = failures.last().expect("attempts").at - failures[0].at;
+    // Not before `disable_after` (500 ms) of failures, and at the first
+    // failure after it: the schedule (60 × 50 ms) would go on for 3 s.
     assert!(
-        failures.len() >= 3 && span >= ms(400),
+        failures.len() >= 3 && span >= ms(400) && span < ms(1500),
         "disabled after {} attempts over {span:?}",
         failures.len()
     );

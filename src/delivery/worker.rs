@@ -193,23 +193,22 @@ async fn read_snippet(mut body: hyper::body::Incoming) -> Vec<u8> {
     snippet
 }
 
-/// Whether a TLS handshake or certificate check failed (rustls errors
-/// arrive wrapped in `io::Error`, whose `source()` skips the wrapped error).
+/// Whether a TLS handshake or certificate check failed.
 fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(e);
     while let Some(err) = current {
         if err.downcast_ref::<rustls::Error>().is_some() {
             return true;
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return true;
-            }
-        }
-        current = err.source();
+        // hyper-rustls nests io::Errors (Other around InvalidData around
+        // the rustls error), and io::Error's `source()` skips what it wraps.
+        current = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     false
 }
