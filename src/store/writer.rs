@@ -291,7 +291,7 @@ mod tests {
         dir: &tempfile::TempDir,
         queue: usize,
         timeout_ms: u64,
-    ) -> (Arc<Database>, Arc<Writer>) {
+    ) -> (Arc<Database>, Arc<Writer>, Arc<Metrics>) {
         let slot = Arc::new(DbSlot::open(dir.path().join("w.redb"), 1 << 20).unwrap());
         let db = slot.get().unwrap();
         let limits = WriterLimits {
@@ -301,37 +301,53 @@ mod tests {
             quick_repair: false,
             enqueue_timeout: Duration::from_millis(timeout_ms),
         };
+        let metrics = Arc::new(Metrics::new());
         let w = Writer::start(
             slot,
             limits,
             Arc::new(AtomicBool::new(true)),
-            Arc::new(Metrics::new()),
+            metrics.clone(),
         );
-        (db, Arc::new(w))
+        (db, Arc::new(w), metrics)
+    }
+
+    /// Waits (bounded) until `check` holds, polling every millisecond.
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_refuses_after_a_bounded_wait_instead_of_growing() {
         let dir = tempfile::tempdir().unwrap();
-        let (_db, w) = writer(&dir, 1, 200);
-        // Occupy the writer thread.
+        let (_db, w, _) = writer(&dir, 1, 200);
+        // Occupy the writer thread until released.
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let busy = {
             let w = w.clone();
             tokio::spawn(async move {
-                w.write(0, |_| {
-                    std::thread::sleep(Duration::from_millis(800));
+                w.write(0, move |_| {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.recv_timeout(Duration::from_secs(10));
                     Ok(())
                 })
                 .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .expect("the writer took the first write");
         // Fill the one queue slot.
         let queued = {
             let w = w.clone();
             tokio::spawn(async move { w.write(0, |_| Ok(1)).await })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        until("the queue slot to fill", || w.tx.capacity() == 0).await;
         let started = std::time::Instant::now();
         let refused = w.write(0, |_| Ok(2)).await;
         let waited = started.elapsed();
@@ -339,11 +355,11 @@ mod tests {
             matches!(refused, Err(StoreError::Unavailable(_))),
             "{refused:?}"
         );
-        assert!(
-            waited >= Duration::from_millis(180) && waited < Duration::from_millis(700),
-            "{waited:?}"
-        );
+        // Refused after the configured wait, not at once and not never.
+        assert!(waited >= Duration::from_millis(180), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
         // The accepted ones still complete.
+        release_tx.send(()).unwrap();
         assert!(busy.await.unwrap().is_ok());
         assert_eq!(queued.await.unwrap().unwrap(), 1);
         w.stop().await;
@@ -352,7 +368,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_commits_and_a_refused_op_does_not_spoil_the_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let (db, w) = writer(&dir, 1024, 5_000);
+        let (db, w, metrics) = writer(&dir, 1024, 5_000);
         let mut tasks = Vec::new();
         for i in 0..200u64 {
             let w = w.clone();
@@ -377,6 +393,17 @@ mod tests {
             }
         }
         assert_eq!(ok, 180);
+        // 200 writes arrived together: they shared commits (fsyncs).
+        let exposition = metrics.render();
+        let commits: f64 = exposition
+            .lines()
+            .find_map(|l| l.strip_prefix("krafter_storage_commit_duration_seconds_count "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no commit count in {exposition}"));
+        assert!(
+            (1.0..=100.0).contains(&commits),
+            "{commits} commits for 200 concurrent writes"
+        );
         w.stop().await;
         let txn = db.begin_read().unwrap();
         let table = txn.open_table(T).unwrap();
