@@ -879,7 +879,8 @@ async fn graceful_stop_is_not_held_up_by_a_rate_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_destination_cancels_its_pending_retries() {
     let receiver = Receiver::start(|_| Reply::status(500)).await;
-    let mut server = server_with(|c| c.delivery.retry_schedule = vec![ms(400), ms(400)]).await;
+    // A step long enough that a busy 2-core box deletes well before it.
+    let mut server = server_with(|c| c.delivery.retry_schedule = vec![ms(2000), ms(2000)]).await;
     let source = none_source(&server).await;
     let dest = destination(&server, &source, &receiver.url("/gone")).await;
     let event = ingest_type(&server, &source, "x").await;
@@ -887,11 +888,11 @@ async fn deleting_a_destination_cancels_its_pending_retries() {
     let (status, resp) = server.delete(&dest_path(&source, &dest)).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{resp}");
     assert!(
-        arrived.elapsed() < ms(300),
+        arrived.elapsed() < ms(1500),
         "deleted too late to test anything"
     );
-    // The retry was due 320–480 ms after the first attempt.
-    tokio::time::sleep_until((arrived + ms(1000)).into()).await;
+    // The retry was due 1.6–2.4 s after the first attempt.
+    tokio::time::sleep_until((arrived + ms(3000)).into()).await;
     assert_eq!(receiver.count(), 1, "retried after deletion");
 
     let mut map = stored(&mut server, &[&event]).await;

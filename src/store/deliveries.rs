@@ -133,6 +133,13 @@ pub fn record_attempt(txn: &WriteTransaction, o: &AttemptOutcome) -> Result<Reco
     if delivery.status != DeliveryStatus::Pending || !queued {
         recorded.stale = true;
         delivery.attempts = delivery.attempts.max(o.attempt.number);
+        // Cancelled (destination disabled or deleted) while this attempt
+        // was already on the wire, and the receiver took it: it was
+        // delivered, and the record says so rather than "cancelled".
+        if delivery.status == DeliveryStatus::Cancelled && o.next == Next::Succeeded {
+            delivery.status = DeliveryStatus::Succeeded;
+            delivery.next_attempt_ms = None;
+        }
         delivery.updated_at_ms = now;
         deliveries.insert(delivery.id, delivery.encode().as_slice())?;
         return Ok(recorded);
