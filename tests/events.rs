@@ -1778,3 +1778,67 @@ async fn the_store_reopens_right_after_shutdown() {
         }
     }
 }
+
+/// The server's own retention task (not a direct `sweep` call) removes an
+/// expired event on its schedule, and keeps a fresh one. The expired event
+/// is written with a two-day-old id while the server is stopped, since
+/// ingest stamps events with the current time.
+#[tokio::test]
+async fn the_server_removes_expired_events_on_its_own_schedule() {
+    let server = start(&[]).await;
+    let (src, slug) = source(
+        &server,
+        json!({"name": "aging", "provider": "none", "retention_days": 1}),
+    )
+    .await;
+    let fresh = ingest(&server, &slug, &json!({"type": "fresh"})).await;
+    let source_id = parse_id(IdKind::Source, &src).expect("source id");
+    let data = server.data_dir();
+    let mut server = server;
+    server.stop().await;
+    let store = Store::open(
+        &krafter::config::StorageConfig {
+            path: data.clone(),
+            ..krafter::config::StorageConfig::default()
+        },
+        Arc::new(Metrics::new()),
+    )
+    .expect("store opens");
+    let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+    let old_id = u128::from(ulid::Ulid::from_datetime(two_days_ago));
+    let old = EventRecord {
+        id: old_id,
+        source_id,
+        received_at_ms: two_days_ago
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as i64,
+        event_type: "old".into(),
+        provider_event_id: None,
+        headers: vec![],
+        body: b"{\"type\":\"old\"}".to_vec(),
+    };
+    store
+        .write(move |txn| events::ingest(txn, &old).map(|_| ()))
+        .await
+        .expect("old event written");
+    store.close().await;
+    drop(store);
+    let old_text = krafter::store::ids::format_id(IdKind::Event, old_id);
+
+    let server = server
+        .restart_with(|c| c.storage.retention_interval = Duration::from_millis(200))
+        .await;
+    common::poll(
+        Duration::from_secs(15),
+        "the expired event removed",
+        || async {
+            let (status, _) = server
+                .get(&format!("/api/v1/webhooks/sources/{src}/events/{old_text}"))
+                .await;
+            (status == StatusCode::NOT_FOUND).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(listed_ids(&server, &src, &[]).await, vec![fresh]);
+}
