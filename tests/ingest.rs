@@ -2272,9 +2272,51 @@ async fn previous_secret_keeps_verifying_after_rotation() {
     let (status, resp) = send("whsec_never", "evt_r5").await;
     assert_invalid_signature(status, &resp, "unrelated secret");
 
+    // A second rotation within the 24 h retires the oldest secret at once.
+    let (status, resp) = server
+        .patch(
+            &format!("{SOURCES}/{src}"),
+            json!({"signing_secret": "whsec_newer"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    let (status, resp) = send("whsec_newer", "evt_r6").await;
+    assert_accepted(status, &resp, false);
+    let (status, resp) = send("whsec_new", "evt_r7").await;
+    assert_accepted(status, &resp, false);
+    let (status, resp) = send("whsec_old", "evt_r8").await;
+    assert_invalid_signature(status, &resp, "the oldest secret after a second rotation");
+
+    // 24 h on (the overlap's end written into the stored source), the
+    // previous secret stops verifying.
     let store = open_store(&mut server).await;
-    assert_eq!(stored_count(&store, &src), 3);
+    assert_eq!(stored_count(&store, &src), 5);
+    let source_id = parse_id(IdKind::Source, &src).expect("source id");
+    store
+        .write(move |txn| {
+            krafter::store::sources::update(txn, source_id, |s| {
+                let previous = s.previous_secret.as_mut().expect("a previous secret");
+                previous.until_ms = krafter::clock::now_ms() - 1;
+                Ok(())
+            })
+            .map(|_| ())
+        })
+        .await
+        .expect("aged");
     store.close().await;
+    drop(store);
+    let server = server.restart().await;
+    let send = |secret: &'static str, id: &'static str| {
+        let body = stripe_body(id, "invoice.paid");
+        let headers = stripe_headers(secret, now(), &body);
+        let server = &server;
+        let slug = slug.clone();
+        async move { ingest(server, &slug, &headers, body).await }
+    };
+    let (status, resp) = send("whsec_new", "evt_r9").await;
+    assert_invalid_signature(status, &resp, "the previous secret after its 24 h");
+    let (status, resp) = send("whsec_newer", "evt_r10").await;
+    assert_accepted(status, &resp, false);
 }
 
 // ---------------------------------------------------------------------------
