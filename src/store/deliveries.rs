@@ -281,3 +281,169 @@ pub fn retry(
         .insert((d.destination_id, now_ms.max(0) as u64, d.id), d.event_id)?;
     Ok(d)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::StorageConfig;
+    use crate::ingest::providers::ProviderKind;
+    use crate::metrics::Metrics;
+    use crate::store::ids::new_id;
+    use crate::store::records::{EventRecord, SourceRecord};
+    use crate::store::{destinations, events, sources, Store};
+
+    const DISABLE_AFTER_MS: i64 = 1_000;
+
+    async fn store_with_three_deliveries() -> (tempfile::TempDir, Store, u128, u128, Vec<u128>) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig {
+            path: dir.path().join("data"),
+            ..StorageConfig::default()
+        };
+        let store = Store::open(&config, Arc::new(Metrics::new())).unwrap();
+        let (source_id, destination_id) = (new_id(), new_id());
+        let source = SourceRecord {
+            id: source_id,
+            slug: "wh_disable00".into(),
+            name: "s".into(),
+            provider: ProviderKind::None,
+            provider_config: None,
+            signing_secret: None,
+            previous_secret: None,
+            enabled: true,
+            retention_days: 30,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let destination = DestinationRecord {
+            id: destination_id,
+            source_id,
+            url: "https://d.example.invalid/".into(),
+            event_filter: vec![],
+            enabled: true,
+            secret: vec![],
+            previous_secret: None,
+            rate_limit: None,
+            disabled_reason: None,
+            disabled_at_ms: None,
+            failing_since_ms: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let event_ids: Vec<u128> = (0..3).map(|_| new_id()).collect();
+        let to_store = event_ids.clone();
+        store
+            .write(move |txn| {
+                sources::insert(txn, &source)?;
+                destinations::insert(txn, &destination, 100)?;
+                for id in to_store {
+                    events::ingest(
+                        txn,
+                        &EventRecord {
+                            id,
+                            source_id,
+                            received_at_ms: 0,
+                            event_type: "t".into(),
+                            provider_event_id: None,
+                            headers: vec![],
+                            body: vec![],
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        (dir, store, source_id, destination_id, event_ids)
+    }
+
+    /// Records one attempt of the delivery of `event_id`, started at `at`.
+    async fn attempt(
+        store: &Store,
+        (source_id, destination_id): (u128, u128),
+        event_id: u128,
+        at: i64,
+        succeeded: bool,
+    ) -> Recorded {
+        let (items, _) = store
+            .read(|txn| due_for(txn, destination_id, u64::MAX, &HashSet::new(), 10))
+            .unwrap();
+        let item = *items
+            .iter()
+            .find(|i| i.event_id == event_id)
+            .expect("the delivery is queued");
+        let number = store
+            .read(|txn| get(txn, item.delivery_id))
+            .unwrap()
+            .attempts
+            + 1;
+        let outcome = AttemptOutcome {
+            destination_id,
+            source_id,
+            item,
+            attempt: AttemptRecord {
+                number,
+                started_at_ms: at,
+                duration_ms: 0,
+                status_code: Some(if succeeded { 200 } else { 500 }),
+                error_kind: (!succeeded).then(|| "http_status".to_string()),
+                error_message: None,
+                response_snippet: vec![],
+            },
+            next: if succeeded {
+                Next::Succeeded
+            } else {
+                Next::RetryAt(at + 50)
+            },
+            disable_after_ms: DISABLE_AFTER_MS,
+        };
+        store
+            .write(move |txn| record_attempt(txn, &outcome))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn auto_disable_counts_from_the_first_failure_after_the_last_success() {
+        let (_dir, store, source_id, destination_id, events) = store_with_three_deliveries().await;
+        let ids = (source_id, destination_id);
+        let enabled = |store: &Store| {
+            store
+                .read(|txn| destinations::get(txn, source_id, destination_id))
+                .unwrap()
+                .enabled
+        };
+        // A failure at 10.0 s, a success at 10.5 s (the run ends), and a new
+        // run from 10.9 s.
+        assert!(
+            !attempt(&store, ids, events[0], 10_000, false)
+                .await
+                .disabled_destination
+        );
+        assert!(
+            !attempt(&store, ids, events[1], 10_500, true)
+                .await
+                .disabled_destination
+        );
+        assert!(
+            !attempt(&store, ids, events[0], 10_900, false)
+                .await
+                .disabled_destination
+        );
+        // 1.5 s after the first failure but 0.6 s into the new run: kept.
+        let kept = attempt(&store, ids, events[2], 11_500, false).await;
+        assert!(!kept.disabled_destination);
+        assert!(enabled(&store));
+        // 1.1 s into the new run: disabled, and what was queued is cancelled.
+        let disabled = attempt(&store, ids, events[0], 12_000, false).await;
+        assert!(disabled.disabled_destination);
+        assert!(!enabled(&store));
+        let (queued, _) = store
+            .read(|txn| due_for(txn, destination_id, u64::MAX, &HashSet::new(), 10))
+            .unwrap();
+        assert!(queued.is_empty(), "{queued:?}");
+        store.close().await;
+    }
+}
