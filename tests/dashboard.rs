@@ -998,3 +998,72 @@ async fn sign_in_is_rate_limited_per_client_address() {
     assert!(page.text.contains("Too many sign-in attempts"));
     assert!(page.set_cookie("krafter_session").is_none());
 }
+
+/// Issue #11: a person who opens the server's address lands on the
+/// dashboard, not on a JSON 404.
+#[tokio::test]
+async fn the_root_redirects_to_the_dashboard() {
+    let server = TestServer::start().await;
+    let mut b = Browser::new(&server.base);
+    let page = b.get("/").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
+    assert_eq!(page.location(), "/dashboard");
+    // Followed, it ends at the sign-in page.
+    let page = b.get(page.location()).await;
+    let page = b.get(page.location()).await;
+    page.assert_sign_in_redirect();
+}
+
+/// Issue #11: the start-up log says where the dashboard is, built from
+/// `server.public_url`, next to the "listening" line.
+#[test]
+fn the_start_up_log_prints_the_dashboard_url() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let public = "http://relay.example.invalid:8443";
+    let mut child = common::krafter()
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KRAFTER_DELIVERY__LOOPBACK_ONLY", "true")
+        .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("KRAFTER_SERVER__PUBLIC_URL", public)
+        .env("KRAFTER_STORAGE__PATH", dir.path().join("data"))
+        .env("KRAFTER_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn krafter");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let mut listening = false;
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                listening |= line.contains("listening");
+                if line.contains(&format!("{public}/dashboard")) {
+                    break true;
+                }
+                seen.push(line);
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "no dashboard URL in the log:\n{}", seen.join("\n"));
+    assert!(listening, "the URL comes after the listening line");
+}

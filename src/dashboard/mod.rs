@@ -72,6 +72,7 @@ pub fn router(state: AppState, api: Router) -> Router<AppState> {
     };
     use pages::{auth, destinations, events, keys, sources};
     Router::new()
+        .route("/", get(root))
         .route("/dashboard", get(home))
         .route("/dashboard/", get(home))
         .route("/dashboard/assets/{name}", get(asset))
@@ -138,6 +139,12 @@ pub fn router(state: AppState, api: Router) -> Router<AppState> {
 
 async fn not_found() -> error::DashboardError {
     error::DashboardError::NotFound
+}
+
+/// `/` is where a person types the server's address: send them to the
+/// dashboard (303, not cached, so `/` can become something else later).
+async fn root() -> Response {
+    views::see_other("/dashboard")
 }
 
 async fn home() -> Response {
