@@ -113,12 +113,12 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, u16)> {
             None,
             202,
         ),
-        // The delivery is pending, not failed: the route answers 409.
+        // The delivery is pending: it is made due now (issue #11).
         (
             Method::POST,
             "/api/v1/webhooks/sources/{id}/events/{event_id}/deliveries/{delivery_id}/retry",
             None,
-            409,
+            202,
         ),
         (
             Method::POST,
