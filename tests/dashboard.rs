@@ -1067,3 +1067,146 @@ fn the_start_up_log_prints_the_dashboard_url() {
     assert!(found, "no dashboard URL in the log:\n{}", seen.join("\n"));
     assert!(listening, "the URL comes after the listening line");
 }
+
+/// The part of an event page about one destination.
+fn group_of<'a>(page: &'a str, destination: &str) -> &'a str {
+    let start = page
+        .find(&format!("data-destination=\"{destination}\""))
+        .unwrap_or_else(|| panic!("no group for {destination}:\n{page}"));
+    let rest = &page[start..];
+    let end = rest.find("</article>").expect("group ends");
+    &rest[..end]
+}
+
+/// The delivery ids of a group's attempt rows, in page order.
+fn attempt_rows(group: &str) -> Vec<String> {
+    group
+        .split("<tr data-delivery-attempt=\"")
+        .skip(1)
+        .map(|row| row.split('"').next().unwrap().to_string())
+        .collect()
+}
+
+/// Issue #11: an event replayed several times to a destination shows one
+/// table per destination holding every attempt of every delivery, newest
+/// first with its delivery id; a pending delivery waiting for its next
+/// retry has "Retry now", which sends it at once.
+#[tokio::test]
+async fn an_event_page_groups_attempts_per_destination_and_retries_pending_now() {
+    use common::receiver::{Receiver, Reply};
+    let server = TestServer::start_with(|c| {
+        c.delivery.allow_private_networks = true;
+        c.delivery.retry_schedule = vec![Duration::from_secs(3600)];
+    })
+    .await;
+    // /a always accepts; /b refuses its first request only.
+    let receiver = Receiver::start(|r| {
+        if r.path == "/b" && r.path_index == 0 {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let source = server.create_none_source("grouped").await;
+    let sid = source["id"].as_str().unwrap().to_string();
+    let slug = source["slug"].as_str().unwrap().to_string();
+    let a = server
+        .create_destination(&sid, json!({"url": receiver.url("/a")}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = server
+        .create_destination(&sid, json!({"url": receiver.url("/b")}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let evt = server
+        .ingest_json(&slug, &json!({"type": "order.paid"}))
+        .await;
+    let api = format!("/api/v1/webhooks/sources/{sid}/events/{evt}");
+    // Three replays to /a, one after the other.
+    for n in 1..=3 {
+        receiver
+            .wait_for_path("/a", n, Duration::from_secs(10))
+            .await;
+        let (status, body) = server
+            .post(&format!("{api}/replay"), json!({"destination_ids": [a]}))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    receiver
+        .wait_for_path("/a", 4, Duration::from_secs(10))
+        .await;
+    let list = common::poll(Duration::from_secs(10), "deliveries settle", || async {
+        let (_, body) = server.get(&format!("{api}/deliveries")).await;
+        let list = body["data"].as_array().cloned().unwrap_or_default();
+        let settled = list.iter().all(|d| {
+            d["status"] == "succeeded"
+                || (d["status"] == "pending" && d["attempts"].as_array().unwrap().len() == 1)
+        });
+        (list.len() == 5 && settled).then_some(list)
+    })
+    .await;
+    let mut to_a: Vec<String> = list
+        .iter()
+        .filter(|d| d["destination_id"] == a.as_str())
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    to_a.sort();
+    to_a.reverse(); // ids are time-sortable: newest first
+    let pending = list
+        .iter()
+        .find(|d| d["destination_id"] == b.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut browser = Browser::new(&server.base);
+    let csrf = browser.signed_in(&server.admin_key).await;
+    let event_page = format!("/dashboard/sources/{sid}/events/{evt}");
+    let page = browser.get(&event_page).await;
+    assert_eq!(page.status, StatusCode::OK);
+    // One table per destination, not one per delivery.
+    assert_eq!(page.text.matches("<table class=\"attempts\"").count(), 2);
+    let group_a = group_of(&page.text, &a);
+    assert_eq!(attempt_rows(group_a), to_a, "every attempt, newest first");
+    assert_eq!(group_a.matches("<table").count(), 1);
+    assert!(
+        !group_a.contains("Retry now"),
+        "succeeded: nothing to retry"
+    );
+    let group_b = group_of(&page.text, &b);
+    assert_eq!(attempt_rows(group_b), vec![pending.clone()]);
+    assert!(group_b.contains("next attempt"), "{group_b}");
+    let retry = format!("{event_page}/deliveries/{pending}/retry");
+    assert!(
+        group_b.contains(&format!("action=\"{retry}\"")),
+        "a pending delivery can be retried now:\n{group_b}"
+    );
+
+    // Retry now: sent within seconds instead of in an hour.
+    let answer = browser.post(&retry, &[("csrf", &csrf)]).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.text);
+    let hits = receiver
+        .wait_for_path("/b", 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(hits[1].header("krafter-attempt"), Some("2"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let page = browser.get(answer.location()).await;
+        if group_of(&page.text, &b).contains("data-status=\"succeeded\"") {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "retry not shown:\n{}", page.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(page.text.contains("immediate attempt"));
+    assert_eq!(
+        attempt_rows(group_of(&page.text, &b)),
+        vec![pending.clone(), pending.clone()]
+    );
+}

@@ -351,16 +351,13 @@ fn stripe_signature(secret: &str, body: &[u8]) -> String {
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// How many delivery cards on an event page have `status`.
+/// How many deliveries on an event page have `status` (each delivery is
+/// one element with `data-delivery` and `data-status`).
 fn deliveries_with(page: &str, status: &str) -> usize {
     let want = format!("data-status=\"{status}\"");
-    page.split("<article")
-        .skip(1)
-        .filter(|card| {
-            card.split('>')
-                .next()
-                .is_some_and(|tag| tag.contains(&want))
-        })
+    page.split('<')
+        .filter_map(|tag| tag.split('>').next())
+        .filter(|tag| tag.contains("data-delivery=") && tag.contains(&want))
         .count()
 }
 
