@@ -126,6 +126,13 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, u16)> {
             Some(json!({"after": "2020-01-01T00:00:00Z"})),
             202,
         ),
+        (Method::GET, "/api/v1/webhooks/events", None, 200),
+        (
+            Method::POST,
+            "/api/v1/webhooks/sources/{id}/test-event",
+            None,
+            201,
+        ),
     ]
 }
 
@@ -399,6 +406,7 @@ async fn the_document_states_the_servers_bounds() {
         "/api/v1/webhooks/sources",
         "/api/v1/webhooks/sources/{source_id}/destinations",
         "/api/v1/webhooks/sources/{id}/events",
+        "/api/v1/webhooks/events",
     ] {
         let limit = param(&op(path, "get"), "limit");
         assert_eq!(limit["schema"]["minimum"], 1, "{path}: {limit}");
@@ -413,6 +421,20 @@ async fn the_document_states_the_servers_bounds() {
         "{source_id}"
     );
     assert_eq!(param(&events, "after")["schema"]["format"], "date-time");
+    // Search across sources: an event id's shape, a bounded provider id.
+    let all = op("/api/v1/webhooks/events", "get");
+    assert!(
+        param(&all, "id")["schema"]["pattern"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("^evt_")),
+        "{all}"
+    );
+    let pid = param(&all, "provider_event_id");
+    assert_eq!(pid["schema"]["minLength"], 1, "{pid}");
+    assert_eq!(pid["schema"]["maxLength"], 1024, "{pid}");
+    let test_event = op("/api/v1/webhooks/sources/{id}/test-event", "post");
+    assert!(test_event["responses"]["201"].is_object(), "{test_event}");
+    assert!(test_event["responses"]["409"].is_object(), "{test_event}");
 
     // Names 1..=200 characters, retention 1..=3650, closed bodies.
     for name in ["CreateSource", "UpdateSource", "CreateApiKey"] {

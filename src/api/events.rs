@@ -196,7 +196,7 @@ fn counts(list: &[DeliveryRecord]) -> DeliveryCounts {
     c
 }
 
-fn event_view(
+pub(crate) fn event_view(
     source: u128,
     id: u128,
     s: &EventSummary,
