@@ -1210,3 +1210,152 @@ async fn an_event_page_groups_attempts_per_destination_and_retries_pending_now()
         vec![pending.clone(), pending.clone()]
     );
 }
+
+/// Issue #11: one page with every source's events, newest first, and a
+/// search box that finds an event by Krafter's id or the provider's id.
+#[tokio::test]
+async fn all_events_page_lists_every_source_and_finds_by_either_id() {
+    let server = TestServer::start().await;
+    let secret = "whsec_dashboard_search";
+    let (status, stripe) = server
+        .post(
+            "/api/v1/webhooks/sources",
+            json!({"name": "Stripe live", "provider": "stripe", "signing_secret": secret}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{stripe}");
+    let stripe_id = stripe["data"]["id"].as_str().unwrap().to_string();
+    let plain = server.create_none_source("Plain one").await;
+    let plain_id = plain["id"].as_str().unwrap().to_string();
+    let plain_slug = plain["slug"].as_str().unwrap().to_string();
+
+    let first = server
+        .ingest_json(&plain_slug, &json!({"type": "plain.first"}))
+        .await;
+    let body = json!({"id": "evt_1NxDashSearch", "type": "invoice.paid"}).to_string();
+    let resp = reqwest::Client::new()
+        .post(stripe["data"]["url"].as_str().unwrap())
+        .header("content-type", "application/json")
+        .header("stripe-signature", common::stripe_signature(secret, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let paid = resp.json::<serde_json::Value>().await.unwrap()["data"]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let last = server
+        .ingest_json(&plain_slug, &json!({"type": "plain.last"}))
+        .await;
+
+    let mut b = Browser::new(&server.base);
+    b.get("/dashboard/events").await.assert_sign_in_redirect();
+    b.signed_in(&server.admin_key).await;
+    let page = b.get("/dashboard/events").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(page
+        .text
+        .contains("href=\"/dashboard/events\" aria-current=\"page\""));
+    // Newest first, across both sources, with names and provider ids.
+    let at = |id: &str| page.text.find(&format!("data-event=\"{id}\"")).unwrap();
+    assert!(
+        at(&last) < at(&paid) && at(&paid) < at(&first),
+        "newest first"
+    );
+    assert!(page.text.contains("Stripe live") && page.text.contains("Plain one"));
+    assert!(page.text.contains("evt_1NxDashSearch"));
+    assert!(page.text.contains(&format!(
+        "href=\"/dashboard/sources/{stripe_id}/events/{paid}\""
+    )));
+    assert!(page.text.contains(&format!(
+        "href=\"/dashboard/sources/{plain_id}/events/{first}\""
+    )));
+
+    // By the provider's id.
+    let page = b.get("/dashboard/events?q=evt_1NxDashSearch").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text.contains(&format!("data-event=\"{paid}\"")));
+    assert_eq!(page.text.matches("data-event=").count(), 1, "{}", page.text);
+    // By Krafter's id (spaces around a pasted id are ignored).
+    let page = b.get(&format!("/dashboard/events?q=+{first}+")).await;
+    assert!(page.text.contains(&format!("data-event=\"{first}\"")));
+    assert_eq!(page.text.matches("data-event=").count(), 1);
+    // Nothing found, and a search the API refuses, both say so.
+    let page = b.get("/dashboard/events?q=evt_1NxNope").await;
+    assert!(page.text.contains("No event found"));
+    let long = "x".repeat(1100);
+    let page = b.get(&format!("/dashboard/events?q={long}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text.contains("1 to 1024 characters"), "{}", page.text);
+}
+
+/// Issue #11: "Send a test event" on a signed (Stripe) source: the event is
+/// stored, shown, and delivered to the destination even though its filter
+/// would not match; a read-only key sees no button and cannot send one.
+#[tokio::test]
+async fn a_source_page_sends_a_test_event() {
+    use common::receiver::Receiver;
+    let server = TestServer::start_with(|c| c.delivery.allow_private_networks = true).await;
+    let receiver = Receiver::ok().await;
+    let (status, source) = server
+        .post(
+            "/api/v1/webhooks/sources",
+            json!({"name": "Stripe live", "provider": "stripe", "signing_secret": "whsec_x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let sid = source["data"]["id"].as_str().unwrap().to_string();
+    server
+        .create_destination(
+            &sid,
+            json!({"url": receiver.url("/hook"), "event_filter": ["invoice.*"]}),
+        )
+        .await;
+
+    let mut b = Browser::new(&server.base);
+    let csrf = b.signed_in(&server.admin_key).await;
+    let src = format!("/dashboard/sources/{sid}");
+    let page = b.get(&src).await;
+    let action = format!("action=\"{src}/test-event\"");
+    assert!(page.text.contains(&action), "{}", page.text);
+    assert!(page.text.contains("Send a test event"));
+    // The events tab's empty state offers it too.
+    assert!(b.get(&format!("{src}/events")).await.text.contains(&action));
+
+    let answer = b
+        .post(&format!("{src}/test-event"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.text);
+    assert!(
+        answer.location().starts_with(&format!("{src}/events/evt_")),
+        "{}",
+        answer.location()
+    );
+    let evt = answer.location()[src.len() + 8..]
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = b.get(answer.location()).await;
+    assert!(page.text.contains("Test event stored"));
+    assert!(page.text.contains("krafter.test"));
+    let hits = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(hits[0].header("webhook-id"), Some(evt.as_str()));
+    assert_eq!(hits[0].header("krafter-event-type"), Some("krafter.test"));
+
+    // Read-only: no button; a forged post is refused and stores nothing.
+    let (_, read_key) = server.create_key(&["webhooks:read"]).await;
+    let mut r = Browser::new(&server.base);
+    let read_csrf = r.signed_in(&read_key).await;
+    assert!(!r.get(&src).await.text.contains(&action));
+    let page = r
+        .post(&format!("{src}/test-event"), &[("csrf", &read_csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.text);
+    let (_, list) = server
+        .get(&format!("/api/v1/webhooks/sources/{sid}/events"))
+        .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+}

@@ -70,7 +70,7 @@ pub fn router(state: AppState, api: Router) -> Router<AppState> {
         app: state,
         api: ApiClient::new(api),
     };
-    use pages::{auth, destinations, events, keys, sources};
+    use pages::{auth, destinations, events, keys, overview, sources};
     Router::new()
         .route("/", get(root))
         .route("/dashboard", get(home))
@@ -120,6 +120,11 @@ pub fn router(state: AppState, api: Router) -> Router<AppState> {
         .route(
             "/dashboard/sources/{sid}/destinations/{did}/delete",
             get(destinations::delete_page).post(destinations::delete),
+        )
+        .route("/dashboard/events", get(overview::list))
+        .route(
+            "/dashboard/sources/{sid}/test-event",
+            post(overview::send_test_event),
         )
         .route("/dashboard/sources/{sid}/events", get(events::list))
         .route("/dashboard/sources/{sid}/replay", post(events::bulk_replay))

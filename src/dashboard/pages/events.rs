@@ -142,6 +142,9 @@ pub async fn list(
                     p { "Events appear here as soon as " (super::provider_label(source.provider.as_str())) " sends one to this source's ingest URL:" }
                     (views::copyable("ingest-url", &source.url, "ingest URL"))
                     p.muted { "Try it with curl, or send a test event from the provider's dashboard." }
+                    @if session.can_write() && source.enabled {
+                        p { (super::overview::test_event_form(&session, &source.id)) }
+                    }
                 }))
             } @else {
                 (views::empty("No events match", html! { p { a href=(base) { "Clear the filters" } " to see every event." } }))
@@ -188,7 +191,7 @@ struct ListOf<T> {
 }
 
 /// An event's delivery counts as pills that say what they count.
-fn counts(e: &Event) -> Markup {
+pub fn counts(e: &Event) -> Markup {
     let c = &e.deliveries;
     let total = c.pending + c.succeeded + c.failed + c.cancelled;
     html! {
