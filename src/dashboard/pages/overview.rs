@@ -175,7 +175,7 @@ pub async fn list(
             span.muted { "Every source, newest first." }
         }
         @if let Some(n) = notice(&query) { (n) }
-        form.filters method="get" action=(BASE) role="search" aria-label="Find an event" {
+        form.filters #event-search method="get" action=(BASE) role="search" aria-label="Find an event" {
             div {
                 label for="q" { "Event id or provider's event id" }
                 input #q type="search" name="q" value=(q) maxlength="1024"
