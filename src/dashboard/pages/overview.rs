@@ -214,7 +214,7 @@ pub async fn list(
                             tr data-event=(e.id) {
                                 td { a href={ "/dashboard/sources/" (e.source_id) "/events" } { (names.get(&e.source_id).map(String::as_str).unwrap_or(&e.source_id)) } }
                                 td { a href=(href) { code { (e.event_type) } } }
-                                td { @if let Some(p) = &e.provider_event_id { code.small.wrap { (p) } } @else { span.muted { "—" } } }
+                                td { @if let Some(p) = &e.provider_event_id { code.small.wrap title=(shown_id(p, 1024)) { (shown_id(p, SHOWN_ID_CHARS)) } } @else { span.muted { "—" } } }
                                 td { (views::time(&e.received_at)) }
                                 td.counts { (super::events::counts(e)) }
                                 td { a.muted.small href=(href) { (e.id) } }
@@ -235,6 +235,19 @@ pub async fn list(
         Nav::Events,
         body,
     )))
+}
+
+/// Characters of a provider's event id shown in a row. Providers take it
+/// from the body (Stripe's `id`), so a hostile sender can make it as long
+/// as a body: a page of 50 must stay small whatever was stored.
+const SHOWN_ID_CHARS: usize = 64;
+
+/// `id`'s first `max` characters, with "…" when cut.
+fn shown_id(id: &str, max: usize) -> String {
+    match id.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &id[..cut]),
+        None => id.to_string(),
+    }
 }
 
 /// The "Send a test event" form of a source (write keys only).
@@ -272,6 +285,16 @@ pub async fn send_test_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_provider_ids_are_cut_on_a_character_boundary() {
+        assert_eq!(shown_id("evt_1Nx", 64), "evt_1Nx");
+        assert_eq!(
+            shown_id(&"é".repeat(70), 64),
+            format!("{}…", "é".repeat(64))
+        );
+        assert_eq!(shown_id(&"x".repeat(64), 64), "x".repeat(64));
+    }
 
     #[test]
     fn krafter_ids_are_searched_both_ways_others_as_provider_ids() {
