@@ -112,6 +112,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         state.config.storage.retention_interval,
         retention_wake,
     ));
+    let dashboard_url = format!("{}/dashboard", state.public_url);
     let router = api::router(state);
     let tls_on = acceptor.is_some();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -122,6 +123,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     // Bulk replays a previous run left unfinished go on in the background;
     // readiness does not wait for them.
     replays.resume_all();
+    // The first thing a new user looks for: where to click. The URL is in
+    // the message itself so text and JSON logs both show it plainly.
+    tracing::info!("dashboard at {dashboard_url} (sign in with an API key)");
     Ok(RunningServer {
         addr,
         admin_key_file,

@@ -1000,3 +1000,364 @@ async fn sign_in_is_rate_limited_per_client_address() {
     assert!(page.text.contains("Too many sign-in attempts"));
     assert!(page.set_cookie("krafter_session").is_none());
 }
+
+/// Issue #11: a person who opens the server's address lands on the
+/// dashboard, not on a JSON 404.
+#[tokio::test]
+async fn the_root_redirects_to_the_dashboard() {
+    let server = TestServer::start().await;
+    let mut b = Browser::new(&server.base);
+    let page = b.get("/").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
+    assert_eq!(page.location(), "/dashboard");
+    // Followed, it ends at the sign-in page.
+    let page = b.get(page.location()).await;
+    let page = b.get(page.location()).await;
+    page.assert_sign_in_redirect();
+}
+
+/// Issue #11: the start-up log says where the dashboard is, built from
+/// `server.public_url`, next to the "listening" line.
+#[test]
+fn the_start_up_log_prints_the_dashboard_url() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let public = "http://relay.example.invalid:8443";
+    let mut child = common::krafter()
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KRAFTER_DELIVERY__LOOPBACK_ONLY", "true")
+        .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("KRAFTER_SERVER__PUBLIC_URL", public)
+        .env("KRAFTER_STORAGE__PATH", dir.path().join("data"))
+        .env("KRAFTER_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn krafter");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let mut listening = false;
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                listening |= line.contains("listening");
+                if line.contains(&format!("{public}/dashboard")) {
+                    break true;
+                }
+                seen.push(line);
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "no dashboard URL in the log:\n{}", seen.join("\n"));
+    assert!(listening, "the URL comes after the listening line");
+}
+
+/// The part of an event page about one destination.
+fn group_of<'a>(page: &'a str, destination: &str) -> &'a str {
+    let start = page
+        .find(&format!("data-destination=\"{destination}\""))
+        .unwrap_or_else(|| panic!("no group for {destination}:\n{page}"));
+    let rest = &page[start..];
+    let end = rest.find("</article>").expect("group ends");
+    &rest[..end]
+}
+
+/// The delivery ids of a group's attempt rows, in page order.
+fn attempt_rows(group: &str) -> Vec<String> {
+    group
+        .split("<tr data-delivery-attempt=\"")
+        .skip(1)
+        .map(|row| row.split('"').next().unwrap().to_string())
+        .collect()
+}
+
+/// Issue #11: an event replayed several times to a destination shows one
+/// table per destination holding every attempt of every delivery, newest
+/// first with its delivery id; a pending delivery waiting for its next
+/// retry has "Retry now", which sends it at once.
+#[tokio::test]
+async fn an_event_page_groups_attempts_per_destination_and_retries_pending_now() {
+    use common::receiver::{Receiver, Reply};
+    let server = TestServer::start_with(|c| {
+        c.delivery.allow_private_networks = true;
+        c.delivery.retry_schedule = vec![Duration::from_secs(3600)];
+    })
+    .await;
+    // /a always accepts; /b refuses its first request only.
+    let receiver = Receiver::start(|r| {
+        if r.path == "/b" && r.path_index == 0 {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let source = server.create_none_source("grouped").await;
+    let sid = source["id"].as_str().unwrap().to_string();
+    let slug = source["slug"].as_str().unwrap().to_string();
+    let a = server
+        .create_destination(&sid, json!({"url": receiver.url("/a")}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = server
+        .create_destination(&sid, json!({"url": receiver.url("/b")}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let evt = server
+        .ingest_json(&slug, &json!({"type": "order.paid"}))
+        .await;
+    let api = format!("/api/v1/webhooks/sources/{sid}/events/{evt}");
+    // Three replays to /a, one after the other.
+    for n in 1..=3 {
+        receiver
+            .wait_for_path("/a", n, Duration::from_secs(10))
+            .await;
+        let (status, body) = server
+            .post(&format!("{api}/replay"), json!({"destination_ids": [a]}))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    receiver
+        .wait_for_path("/a", 4, Duration::from_secs(10))
+        .await;
+    let list = common::poll(Duration::from_secs(10), "deliveries settle", || async {
+        let (_, body) = server.get(&format!("{api}/deliveries")).await;
+        let list = body["data"].as_array().cloned().unwrap_or_default();
+        let settled = list.iter().all(|d| {
+            d["status"] == "succeeded"
+                || (d["status"] == "pending" && d["attempts"].as_array().unwrap().len() == 1)
+        });
+        (list.len() == 5 && settled).then_some(list)
+    })
+    .await;
+    let mut to_a: Vec<String> = list
+        .iter()
+        .filter(|d| d["destination_id"] == a.as_str())
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    to_a.sort();
+    to_a.reverse(); // ids are time-sortable: newest first
+    let pending = list
+        .iter()
+        .find(|d| d["destination_id"] == b.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut browser = Browser::new(&server.base);
+    let csrf = browser.signed_in(&server.admin_key).await;
+    let event_page = format!("/dashboard/sources/{sid}/events/{evt}");
+    let page = browser.get(&event_page).await;
+    assert_eq!(page.status, StatusCode::OK);
+    // One table per destination, not one per delivery.
+    assert_eq!(page.text.matches("<table class=\"attempts\"").count(), 2);
+    let group_a = group_of(&page.text, &a);
+    assert_eq!(attempt_rows(group_a), to_a, "every attempt, newest first");
+    assert_eq!(group_a.matches("<table").count(), 1);
+    assert!(
+        !group_a.contains("Retry now"),
+        "succeeded: nothing to retry"
+    );
+    let group_b = group_of(&page.text, &b);
+    assert_eq!(attempt_rows(group_b), vec![pending.clone()]);
+    assert!(group_b.contains("next attempt"), "{group_b}");
+    let retry = format!("{event_page}/deliveries/{pending}/retry");
+    assert!(
+        group_b.contains(&format!("action=\"{retry}\"")),
+        "a pending delivery can be retried now:\n{group_b}"
+    );
+
+    // Retry now: sent within seconds instead of in an hour.
+    let answer = browser.post(&retry, &[("csrf", &csrf)]).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.text);
+    let hits = receiver
+        .wait_for_path("/b", 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(hits[1].header("krafter-attempt"), Some("2"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let page = browser.get(answer.location()).await;
+        if group_of(&page.text, &b).contains("data-status=\"succeeded\"") {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "retry not shown:\n{}", page.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(page.text.contains("immediate attempt"));
+    assert_eq!(
+        attempt_rows(group_of(&page.text, &b)),
+        vec![pending.clone(), pending.clone()]
+    );
+}
+
+/// Issue #11: one page with every source's events, newest first, and a
+/// search box that finds an event by Krafter's id or the provider's id.
+#[tokio::test]
+async fn all_events_page_lists_every_source_and_finds_by_either_id() {
+    let server = TestServer::start().await;
+    let secret = "whsec_dashboard_search";
+    let (status, stripe) = server
+        .post(
+            "/api/v1/webhooks/sources",
+            json!({"name": "Stripe live", "provider": "stripe", "signing_secret": secret}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{stripe}");
+    let stripe_id = stripe["data"]["id"].as_str().unwrap().to_string();
+    let plain = server.create_none_source("Plain one").await;
+    let plain_id = plain["id"].as_str().unwrap().to_string();
+    let plain_slug = plain["slug"].as_str().unwrap().to_string();
+
+    let first = server
+        .ingest_json(&plain_slug, &json!({"type": "plain.first"}))
+        .await;
+    let body = json!({"id": "evt_1NxDashSearch", "type": "invoice.paid"}).to_string();
+    let resp = reqwest::Client::new()
+        .post(stripe["data"]["url"].as_str().unwrap())
+        .header("content-type", "application/json")
+        .header("stripe-signature", common::stripe_signature(secret, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let paid = resp.json::<serde_json::Value>().await.unwrap()["data"]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let last = server
+        .ingest_json(&plain_slug, &json!({"type": "plain.last"}))
+        .await;
+
+    let mut b = Browser::new(&server.base);
+    b.get("/dashboard/events").await.assert_sign_in_redirect();
+    b.signed_in(&server.admin_key).await;
+    let page = b.get("/dashboard/events").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(page
+        .text
+        .contains("href=\"/dashboard/events\" aria-current=\"page\""));
+    // Newest first, across both sources, with names and provider ids.
+    let at = |id: &str| page.text.find(&format!("data-event=\"{id}\"")).unwrap();
+    assert!(
+        at(&last) < at(&paid) && at(&paid) < at(&first),
+        "newest first"
+    );
+    assert!(page.text.contains("Stripe live") && page.text.contains("Plain one"));
+    assert!(page.text.contains("evt_1NxDashSearch"));
+    assert!(page.text.contains(&format!(
+        "href=\"/dashboard/sources/{stripe_id}/events/{paid}\""
+    )));
+    assert!(page.text.contains(&format!(
+        "href=\"/dashboard/sources/{plain_id}/events/{first}\""
+    )));
+
+    // By the provider's id.
+    let page = b.get("/dashboard/events?q=evt_1NxDashSearch").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text.contains(&format!("data-event=\"{paid}\"")));
+    assert_eq!(page.text.matches("data-event=").count(), 1, "{}", page.text);
+    // By Krafter's id (spaces around a pasted id are ignored).
+    let page = b.get(&format!("/dashboard/events?q=+{first}+")).await;
+    assert!(page.text.contains(&format!("data-event=\"{first}\"")));
+    assert_eq!(page.text.matches("data-event=").count(), 1);
+    // Nothing found, and a search the API refuses, both say so.
+    let page = b.get("/dashboard/events?q=evt_1NxNope").await;
+    assert!(page.text.contains("No event found"));
+    let long = "x".repeat(1100);
+    let page = b.get(&format!("/dashboard/events?q={long}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text.contains("1 to 1024 characters"), "{}", page.text);
+}
+
+/// Issue #11: "Send a test event" on a signed (Stripe) source: the event is
+/// stored, shown, and delivered to the destination even though its filter
+/// would not match; a read-only key sees no button and cannot send one.
+#[tokio::test]
+async fn a_source_page_sends_a_test_event() {
+    use common::receiver::Receiver;
+    let server = TestServer::start_with(|c| c.delivery.allow_private_networks = true).await;
+    let receiver = Receiver::ok().await;
+    let (status, source) = server
+        .post(
+            "/api/v1/webhooks/sources",
+            json!({"name": "Stripe live", "provider": "stripe", "signing_secret": "whsec_x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let sid = source["data"]["id"].as_str().unwrap().to_string();
+    server
+        .create_destination(
+            &sid,
+            json!({"url": receiver.url("/hook"), "event_filter": ["invoice.*"]}),
+        )
+        .await;
+
+    let mut b = Browser::new(&server.base);
+    let csrf = b.signed_in(&server.admin_key).await;
+    let src = format!("/dashboard/sources/{sid}");
+    let page = b.get(&src).await;
+    let action = format!("action=\"{src}/test-event\"");
+    assert!(page.text.contains(&action), "{}", page.text);
+    assert!(page.text.contains("Send a test event"));
+    // The events tab's empty state offers it too.
+    assert!(b.get(&format!("{src}/events")).await.text.contains(&action));
+
+    let answer = b
+        .post(&format!("{src}/test-event"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.text);
+    assert!(
+        answer.location().starts_with(&format!("{src}/events/evt_")),
+        "{}",
+        answer.location()
+    );
+    let evt = answer.location()[src.len() + 8..]
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = b.get(answer.location()).await;
+    assert!(page.text.contains("Test event stored"));
+    assert!(page.text.contains("krafter.test"));
+    let hits = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(hits[0].header("webhook-id"), Some(evt.as_str()));
+    assert_eq!(hits[0].header("krafter-event-type"), Some("krafter.test"));
+
+    // Read-only: no button; a forged post is refused and stores nothing.
+    let (_, read_key) = server.create_key(&["webhooks:read"]).await;
+    let mut r = Browser::new(&server.base);
+    let read_csrf = r.signed_in(&read_key).await;
+    assert!(!r.get(&src).await.text.contains(&action));
+    let page = r
+        .post(&format!("{src}/test-event"), &[("csrf", &read_csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.text);
+    let (_, list) = server
+        .get(&format!("/api/v1/webhooks/sources/{sid}/events"))
+        .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+}

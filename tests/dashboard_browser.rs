@@ -357,16 +357,13 @@ fn stripe_signature(secret: &str, body: &[u8]) -> String {
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// How many delivery cards on an event page have `status`.
+/// How many deliveries on an event page have `status` (each delivery is
+/// one element with `data-delivery` and `data-status`).
 fn deliveries_with(page: &str, status: &str) -> usize {
     let want = format!("data-status=\"{status}\"");
-    page.split("<article")
-        .skip(1)
-        .filter(|card| {
-            card.split('>')
-                .next()
-                .is_some_and(|tag| tag.contains(&want))
-        })
+    page.split('<')
+        .filter_map(|tag| tag.split('>').next())
+        .filter(|tag| tag.contains("data-delivery=") && tag.contains(&want))
         .count()
 }
 
@@ -568,6 +565,37 @@ async fn flow(
     client.refresh().await?;
     shot(client, "07-event-narrow").await?;
     client.set_window_size(1280, 900).await?;
+
+    // All events: the search box finds the event by Stripe's own id.
+    click_nav(client, Locator::LinkText("All events")).await?;
+    ensure!(text_of(client, "h1").await? == "All events");
+    fill(client, "#q", "evt_1BrowserTest").await?;
+    click_nav(client, Locator::XPath("//button[normalize-space()='Find']")).await?;
+    let rows = client
+        .find_all(Locator::Css("#all-events tbody tr"))
+        .await?;
+    ensure!(rows.len() == 1, "the search found {} rows", rows.len());
+    shot(client, "07b-all-events-search").await?;
+
+    // Send a test event from the source page: Krafter signs its delivery
+    // to both destinations (no Stripe secret needed on the client side).
+    click_nav(client, Locator::LinkText("Sources")).await?;
+    click_nav(client, Locator::LinkText("Stripe production")).await?;
+    click_nav(
+        client,
+        Locator::XPath("//button[normalize-space()='Send a test event']"),
+    )
+    .await?;
+    let notice = text_of(client, ".notice").await?;
+    ensure!(
+        notice.contains("Test event stored"),
+        "test event notice: {notice}"
+    );
+    reload_until(client, "the test event to be delivered", |page| {
+        page.contains("krafter.test") && deliveries_with(page, "succeeded") == 2
+    })
+    .await?;
+    ensure!(receiver.to("/a").len() == 2, "test event at /a");
 
     // Sign out; the old session no longer opens pages.
     click_nav(

@@ -113,12 +113,12 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, u16)> {
             None,
             202,
         ),
-        // The delivery is pending, not failed: the route answers 409.
+        // The delivery is pending: it is made due now (issue #11).
         (
             Method::POST,
             "/api/v1/webhooks/sources/{id}/events/{event_id}/deliveries/{delivery_id}/retry",
             None,
-            409,
+            202,
         ),
         (
             Method::POST,
@@ -137,6 +137,13 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, u16)> {
             "/api/v1/webhooks/sources/{id}/replays/{replay_id}",
             None,
             200,
+        ),
+        (Method::GET, "/api/v1/webhooks/events", None, 200),
+        (
+            Method::POST,
+            "/api/v1/webhooks/sources/{id}/test-event",
+            None,
+            201,
         ),
     ]
 }
@@ -423,6 +430,7 @@ async fn the_document_states_the_servers_bounds() {
         "/api/v1/webhooks/sources",
         "/api/v1/webhooks/sources/{source_id}/destinations",
         "/api/v1/webhooks/sources/{id}/events",
+        "/api/v1/webhooks/events",
     ] {
         let limit = param(&op(path, "get"), "limit");
         assert_eq!(limit["schema"]["minimum"], 1, "{path}: {limit}");
@@ -437,6 +445,20 @@ async fn the_document_states_the_servers_bounds() {
         "{source_id}"
     );
     assert_eq!(param(&events, "after")["schema"]["format"], "date-time");
+    // Search across sources: an event id's shape, a bounded provider id.
+    let all = op("/api/v1/webhooks/events", "get");
+    assert!(
+        param(&all, "id")["schema"]["pattern"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("^evt_")),
+        "{all}"
+    );
+    let pid = param(&all, "provider_event_id");
+    assert_eq!(pid["schema"]["minLength"], 1, "{pid}");
+    assert_eq!(pid["schema"]["maxLength"], 1024, "{pid}");
+    let test_event = op("/api/v1/webhooks/sources/{id}/test-event", "post");
+    assert!(test_event["responses"]["201"].is_object(), "{test_event}");
+    assert!(test_event["responses"]["409"].is_object(), "{test_event}");
 
     // Names 1..=200 characters, retention 1..=3650, closed bodies.
     for name in ["CreateSource", "UpdateSource", "CreateApiKey"] {

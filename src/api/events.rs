@@ -237,7 +237,7 @@ fn counts(list: &[DeliveryRecord]) -> DeliveryCounts {
     c
 }
 
-fn event_view(
+pub(crate) fn event_view(
     source: u128,
     id: u128,
     s: &EventSummary,
@@ -520,12 +520,14 @@ pub async fn replay(
     ))
 }
 
-/// Puts a failed delivery back in the queue for an immediate attempt.
+/// Attempts a delivery now: a failed one goes back to `pending`, a pending
+/// one waiting for its next retry is made due at once (one already due is
+/// left alone). Succeeded and cancelled deliveries answer 409.
 #[utoipa::path(post, path = "/api/v1/webhooks/sources/{id}/events/{event_id}/deliveries/{delivery_id}/retry", tag = "events",
     params(("id" = String, Path, description = "source id"), ("event_id" = String, Path, description = "event id"),
         ("delivery_id" = String, Path, description = "delivery id (`dlv_...`)")),
     responses((status = 202, body = Data<DeliveryView>),
-        (status = 409, description = "conflict: the delivery has not failed", body = ErrorEnvelope),
+        (status = 409, description = "conflict: the delivery succeeded or was cancelled", body = ErrorEnvelope),
         (status = "4XX", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn retry(

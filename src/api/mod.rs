@@ -13,6 +13,7 @@ pub mod events;
 pub mod extract;
 pub mod openapi;
 pub mod ops;
+pub mod overview;
 pub mod sources;
 
 use std::sync::Arc;
@@ -109,6 +110,8 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(events::bulk_replay))
         .routes(routes!(events::list_replays))
         .routes(routes!(events::get_replay))
+        .routes(routes!(overview::list_all))
+        .routes(routes!(overview::test_event))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

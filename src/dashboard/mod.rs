@@ -70,8 +70,9 @@ pub fn router(state: AppState, api: Router) -> Router<AppState> {
         app: state,
         api: ApiClient::new(api),
     };
-    use pages::{auth, destinations, events, keys, sources};
+    use pages::{auth, destinations, events, keys, overview, sources};
     Router::new()
+        .route("/", get(root))
         .route("/dashboard", get(home))
         .route("/dashboard/", get(home))
         .route("/dashboard/assets/{name}", get(asset))
@@ -120,6 +121,11 @@ pub fn router(state: AppState, api: Router) -> Router<AppState> {
             "/dashboard/sources/{sid}/destinations/{did}/delete",
             get(destinations::delete_page).post(destinations::delete),
         )
+        .route("/dashboard/events", get(overview::list))
+        .route(
+            "/dashboard/sources/{sid}/test-event",
+            post(overview::send_test_event),
+        )
         .route("/dashboard/sources/{sid}/events", get(events::list))
         .route("/dashboard/sources/{sid}/replay", post(events::bulk_replay))
         .route("/dashboard/sources/{sid}/events/{eid}", get(events::show))
@@ -138,6 +144,12 @@ pub fn router(state: AppState, api: Router) -> Router<AppState> {
 
 async fn not_found() -> error::DashboardError {
     error::DashboardError::NotFound
+}
+
+/// `/` is where a person types the server's address: send them to the
+/// dashboard (303, not cached, so `/` can become something else later).
+async fn root() -> Response {
+    views::see_other("/dashboard")
 }
 
 async fn home() -> Response {

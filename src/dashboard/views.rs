@@ -18,6 +18,7 @@ const ASSET_VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nav {
     Sources,
+    Events,
     ApiKeys,
     None,
 }
@@ -77,6 +78,7 @@ pub fn page(title: &str, session: Option<&Session>, nav: Nav, body: Markup) -> M
                         nav aria-label="Main" {
                             ul {
                                 li { a href="/dashboard/sources" aria-current=[current(nav, Nav::Sources)] { "Sources" } }
+                                li { a href="/dashboard/events" aria-current=[current(nav, Nav::Events)] { "All events" } }
                                 @if session.is_admin() {
                                     li { a href="/dashboard/api-keys" aria-current=[current(nav, Nav::ApiKeys)] { "API keys" } }
                                 }

@@ -256,7 +256,12 @@ pub fn attempts_of(
     Ok(out)
 }
 
-/// Puts a `failed` delivery back in its destination's queue, due now.
+/// Makes a delivery due now: a `failed` one goes back to `pending`; a
+/// `pending` one waiting for a later retry moves to the front of its
+/// destination's queue. A pending one already due (or being attempted
+/// right now) is left as it is: moving its queue entry under an attempt in
+/// flight would have that attempt's outcome recorded as stale and the
+/// event sent twice. `succeeded` and `cancelled` are a conflict.
 pub fn retry(
     txn: &WriteTransaction,
     delivery_id: u128,
@@ -267,18 +272,25 @@ pub fn retry(
         Some(bytes) => DeliveryRecord::decode(bytes.value())?,
         None => return Err(StoreError::NotFound),
     };
-    if d.status != DeliveryStatus::Failed {
-        return Err(StoreError::Conflict(format!(
-            "only a failed delivery can be retried; this one is {}",
-            d.status.as_str()
-        )));
+    let mut due = txn.open_table(DUE)?;
+    match (d.status, d.next_attempt_ms) {
+        (DeliveryStatus::Failed, _) => {}
+        (DeliveryStatus::Pending, Some(at)) if at > now_ms => {
+            due.remove((d.destination_id, at.max(0) as u64, d.id))?;
+        }
+        (DeliveryStatus::Pending, _) => return Ok(d),
+        (status, _) => {
+            return Err(StoreError::Conflict(format!(
+                "only a failed or pending delivery can be retried; this one is {}",
+                status.as_str()
+            )))
+        }
     }
     d.status = DeliveryStatus::Pending;
     d.next_attempt_ms = Some(now_ms);
     d.updated_at_ms = now_ms;
     deliveries.insert(d.id, d.encode().as_slice())?;
-    txn.open_table(DUE)?
-        .insert((d.destination_id, now_ms.max(0) as u64, d.id), d.event_id)?;
+    due.insert((d.destination_id, now_ms.max(0) as u64, d.id), d.event_id)?;
     Ok(d)
 }
 

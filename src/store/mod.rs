@@ -12,11 +12,13 @@ pub mod destinations;
 mod error;
 pub mod events;
 pub mod ids;
+pub mod overview;
 pub mod records;
 pub mod replays;
 pub mod retention;
 pub mod sources;
 pub mod tables;
+pub mod test_events;
 mod writer;
 
 use std::path::{Path, PathBuf};

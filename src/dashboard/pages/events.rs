@@ -15,7 +15,8 @@ use super::{notice, QueryMap, SourceTab};
 use crate::dashboard::dispatch::{id_segment, ApiFailure};
 use crate::dashboard::error::DashboardError;
 use crate::dashboard::model::{
-    BulkReplayAccepted, Delivery, Destination, Event, EventDetail, ReplayAccepted, ReplayJob,
+    Attempt, BulkReplayAccepted, Delivery, Destination, Event, EventDetail, ReplayAccepted,
+    ReplayJob,
 };
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
@@ -149,6 +150,9 @@ pub async fn list(
                     p { "Events appear here as soon as " (super::provider_label(source.provider.as_str())) " sends one to this source's ingest URL:" }
                     (views::copyable("ingest-url", &source.url, "ingest URL"))
                     p.muted { "Try it with curl, or send a test event from the provider's dashboard." }
+                    @if session.can_write() && source.enabled {
+                        p { (super::overview::test_event_form(&session, &source.id)) }
+                    }
                 }))
             } @else {
                 (views::empty("No events match", html! { p { a href=(base) { "Clear the filters" } " to see every event." } }))
@@ -196,7 +200,7 @@ struct ListOf<T> {
 }
 
 /// An event's delivery counts as pills that say what they count.
-fn counts(e: &Event) -> Markup {
+pub fn counts(e: &Event) -> Markup {
     let c = &e.deliveries;
     let total = c.pending + c.succeeded + c.failed + c.cancelled;
     html! {
@@ -391,8 +395,8 @@ async fn render_show(
                     @if session.can_write() { p { "Replay it to a destination above, or " a href={ "/dashboard/sources/" (sid) } { "add a destination" } "." } }
                 }))
             }
-            @for dl in deliveries.iter().rev() {
-                (delivery(session, &base, dl, by_id.get(dl.destination_id.as_str()).copied()))
+            @for group in by_destination(&deliveries) {
+                (destination_group(session, &base, &group, by_id.get(group.destination_id).copied()))
             }
         }
         @if session.can_write() { (replay_form(session, &base, &dests)) }
@@ -556,36 +560,116 @@ fn replay_form(session: &Session, base: &str, dests: &[Destination]) -> Markup {
     }
 }
 
-fn delivery(session: &Session, base: &str, dl: &Delivery, dest: Option<&Destination>) -> Markup {
+/// The deliveries of one event to one destination: the first delivery,
+/// then every replay and retry of it.
+struct DestinationGroup<'a> {
+    destination_id: &'a str,
+    /// Newest first.
+    deliveries: Vec<&'a Delivery>,
+}
+
+/// Groups an event's deliveries (as the API lists them, oldest first) by
+/// destination: the destination delivered to most recently first, each
+/// group's deliveries newest first. An event replayed nine times to one
+/// destination is one group, not nine cards.
+fn by_destination(deliveries: &[Delivery]) -> Vec<DestinationGroup<'_>> {
+    let mut groups: Vec<DestinationGroup<'_>> = Vec::new();
+    for dl in deliveries.iter().rev() {
+        match groups
+            .iter_mut()
+            .find(|g| g.destination_id == dl.destination_id)
+        {
+            Some(g) => g.deliveries.push(dl),
+            None => groups.push(DestinationGroup {
+                destination_id: &dl.destination_id,
+                deliveries: vec![dl],
+            }),
+        }
+    }
+    groups
+}
+
+/// Every attempt of a group's deliveries, newest first: (delivery, attempt).
+fn attempts_newest_first<'a>(group: &DestinationGroup<'a>) -> Vec<(&'a Delivery, &'a Attempt)> {
+    let mut rows: Vec<(&Delivery, &Attempt)> = group
+        .deliveries
+        .iter()
+        .flat_map(|dl| dl.attempts.iter().map(move |a| (*dl, a)))
+        .collect();
+    // RFC 3339 UTC times of one format sort as text; ties (same
+    // millisecond) by delivery id, then attempt number.
+    rows.sort_by(|(da, a), (db, b)| {
+        (b.started_at.as_str(), db.id.as_str(), b.number).cmp(&(
+            a.started_at.as_str(),
+            da.id.as_str(),
+            a.number,
+        ))
+    });
+    rows
+}
+
+/// Whether "Retry now" applies: a failed delivery goes back to pending, a
+/// pending one is attempted now instead of at its next retry.
+fn retriable(dl: &Delivery) -> bool {
+    dl.status == "failed" || dl.status == "pending"
+}
+
+/// One destination's deliveries of this event: a line per delivery (state,
+/// next attempt, "Retry now") and one table with all their attempts.
+fn destination_group(
+    session: &Session,
+    base: &str,
+    group: &DestinationGroup<'_>,
+    dest: Option<&Destination>,
+) -> Markup {
+    let rows = attempts_newest_first(group);
+    let n = group.deliveries.len();
     html! {
-        article.card.delivery data-delivery=(dl.id) data-status=(dl.status) {
+        article.card.delivery data-destination=(group.destination_id) {
             div.title-row {
-                (views::status_pill(&dl.status))
                 @match dest {
                     Some(dest) => { code.url { (dest.url) } }
-                    None => { span.muted { (dl.destination_id) " (deleted)" } }
+                    None => { span.muted { (group.destination_id) " (deleted)" } }
                 }
-                span.muted.small { (dl.id) " · created " (views::time(&dl.created_at)) }
+                span.muted.small { (n) @if n == 1 { " delivery" } @else { " deliveries (replays and the first)" } }
             }
-            @if dl.status == "pending" {
-                p.small.muted {
-                    @if let Some(next) = &dl.next_attempt_at { "Next attempt " (views::time(next)) "." } @else { "Attempt in progress." }
+            ul.delivery-list {
+                @for dl in &group.deliveries {
+                    li.delivery-row data-delivery=(dl.id) data-status=(dl.status) {
+                        (views::status_pill(&dl.status))
+                        " "
+                        code.small { (dl.id) }
+                        span.muted.small {
+                            " · created " (views::time(&dl.created_at))
+                            " · " (dl.attempts.len()) @if dl.attempts.len() == 1 { " attempt" } @else { " attempts" }
+                            @if dl.status == "pending" {
+                                @if let Some(next) = &dl.next_attempt_at { " · next attempt " (views::time(next)) } @else { " · attempt in progress" }
+                            }
+                        }
+                        @if retriable(dl) && session.can_write() {
+                            form.inline method="post" action={ (base) "/deliveries/" (dl.id) "/retry" } {
+                                (views::csrf(session))
+                                button.btn.small type="submit" aria-label={ "Retry delivery " (dl.id) " now" } { "Retry now" }
+                            }
+                        }
+                    }
                 }
             }
-            @if dl.attempts.is_empty() {
+            @if rows.is_empty() {
                 p.muted.small { "No attempt yet." }
             } @else {
                 div.table-wrap {
                     table.attempts {
                         thead { tr {
-                            th scope="col" { "#" } th scope="col" { "Started" } th scope="col" { "Duration" }
-                            th scope="col" { "Result" } th scope="col" { "Response" }
+                            th scope="col" { "Started" } th scope="col" { "Delivery" } th scope="col" { "#" }
+                            th scope="col" { "Duration" } th scope="col" { "Result" } th scope="col" { "Response" }
                         } }
                         tbody {
-                            @for a in &dl.attempts {
-                                tr {
-                                    td.num { (a.number) }
+                            @for (dl, a) in &rows {
+                                tr data-delivery-attempt=(dl.id) {
                                     td { (views::time(&a.started_at)) }
+                                    td { code.small title=(dl.status) { (dl.id) } }
+                                    td.num { (a.number) }
                                     td.num { (a.duration_ms) " ms" }
                                     td {
                                         @if let Some(code) = a.status_code {
@@ -601,12 +685,6 @@ fn delivery(session: &Session, base: &str, dl: &Delivery, dest: Option<&Destinat
                             }
                         }
                     }
-                }
-            }
-            @if dl.status == "failed" && session.can_write() {
-                form method="post" action={ (base) "/deliveries/" (dl.id) "/retry" } {
-                    (views::csrf(session))
-                    button.btn.small type="submit" { "Retry now" }
                 }
             }
         }
@@ -645,7 +723,8 @@ pub async fn replay(
     }
 }
 
-/// Retries a failed delivery now.
+/// Attempts a delivery now: a failed one again, a pending one without
+/// waiting for its next retry.
 pub async fn retry(
     State(d): State<Dashboard>,
     Path((sid, eid, did)): Path<(String, String, String)>,

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod destinations;
 pub mod events;
 pub mod keys;
+pub mod overview;
 pub mod sources;
 
 use std::collections::HashMap;
@@ -51,6 +52,9 @@ pub fn notice(query: &QueryMap) -> Option<Markup> {
         "destination-deleted" => "Destination deleted; its pending deliveries were cancelled.",
         "key-revoked" => "API key revoked: it stopped working at once.",
         "retried" => "Delivery queued for an immediate attempt.",
+        "test-event" => {
+            "Test event stored: Krafter is delivering it, signed, to every enabled destination of this source (filters not applied)."
+        }
         "signed-out" => "You are signed out.",
         _ => return None,
     };

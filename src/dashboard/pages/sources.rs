@@ -371,6 +371,12 @@ pub async fn render_show(
             (views::copyable("ingest-url", &source.url, "ingest URL"))
             p.hint { (hint) }
             @if !source.enabled { p.warn { "This source is disabled: its URL answers 404 until it is enabled again." } }
+            @if session.can_write() && source.enabled {
+                div.test-event {
+                    (super::overview::test_event_form(session, &source.id))
+                    span.hint { "Stores a " code { "krafter.test" } " event and delivers it, signed, to every enabled destination (filters not applied) — no provider secret needed." }
+                }
+            }
         }
         section {
             div.title-row {

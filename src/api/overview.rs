@@ -1,0 +1,221 @@
+//! Events across every source, found by id or by the provider's event id,
+//! and test events (issue #11): what a person needs in the first hour
+//! ("did my webhook arrive?", "does my endpoint get it?") without knowing
+//! which source to look in.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
+
+use super::auth::Caller;
+use super::error::{ApiError, ErrorEnvelope};
+use super::events::{event_view, EventView};
+use super::extract::{encode_cursor, ApiPath, ApiQuery, Data, List, ListParams};
+use super::sources::source_id;
+use super::AppState;
+use crate::clock::format_ms;
+use crate::store::ids::{format_id, id_timestamp_ms, new_id, parse_id, IdKind};
+use crate::store::overview::{self, Found};
+use crate::store::records::{EventRecord, Scope};
+use crate::store::{events, sources, test_events, StoreError};
+
+/// Longest provider event id a search takes (Stripe's are 28 characters,
+/// GitHub's delivery GUIDs 36).
+pub const MAX_PROVIDER_EVENT_ID: usize = 1024;
+
+/// The event type of a test event.
+pub const TEST_EVENT_TYPE: &str = "krafter.test";
+
+/// Filters of `GET /api/v1/webhooks/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AllEventsParams {
+    /// Only the event with this Krafter id.
+    #[param(pattern = "^evt_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
+    pub id: Option<String>,
+    /// Only events whose provider event id is exactly this (Stripe's
+    /// `evt_1...`, GitHub's `X-GitHub-Delivery` GUID, ...). Not with `id`.
+    #[param(min_length = 1, max_length = 1024)]
+    pub provider_event_id: Option<String>,
+    /// 1 to 250; default 50.
+    #[param(minimum = 1, maximum = 250)]
+    pub limit: Option<u32>,
+    /// The previous page's `next_cursor` (empty: the first page).
+    #[param(pattern = "^([0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25})?$")]
+    pub cursor: Option<String>,
+}
+
+/// What a search asks for.
+enum Search {
+    All,
+    Id(u128),
+    ProviderEventId(String),
+}
+
+fn search(params: &AllEventsParams) -> Result<Search, ApiError> {
+    match (&params.id, &params.provider_event_id) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "give id or provider_event_id, not both",
+        )),
+        (Some(id), None) => parse_id(IdKind::Event, id)
+            .map(Search::Id)
+            .ok_or_else(|| ApiError::bad_request("id must be a Krafter event id (evt_...)")),
+        (None, Some(p)) if p.is_empty() || p.chars().count() > MAX_PROVIDER_EVENT_ID => {
+            Err(ApiError::bad_request(format!(
+                "provider_event_id must be 1 to {MAX_PROVIDER_EVENT_ID} characters"
+            )))
+        }
+        (None, Some(p)) => Ok(Search::ProviderEventId(p.clone())),
+        (None, None) => Ok(Search::All),
+    }
+}
+
+/// Events of every source, newest first; or the events found by id or by
+/// the provider's event id. Every lookup uses an index: a page costs one
+/// index lookup per source plus one per event listed.
+#[utoipa::path(get, path = "/api/v1/webhooks/events", tag = "events",
+    params(AllEventsParams),
+    responses((status = 200, body = List<EventView>), (status = "4XX", body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn list_all(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<AllEventsParams>,
+) -> Result<Json<List<EventView>>, ApiError> {
+    caller.require(Scope::Read)?;
+    let paging = ListParams {
+        limit: params.limit,
+        cursor: params.cursor.clone(),
+    };
+    let (limit, cursor) = (paging.limit()?, paging.cursor()?);
+    let wanted = search(&params)?;
+    let (found, next, lists) = state.store.read(|txn| {
+        let (found, next) = match wanted {
+            Search::All => {
+                let page = overview::newest(txn, cursor, limit)?;
+                (page.items, page.next)
+            }
+            Search::Id(id) => page_of(overview::by_id(txn, id)?, cursor, limit),
+            Search::ProviderEventId(p) => {
+                page_of(overview::by_provider_event_id(txn, &p)?, cursor, limit)
+            }
+        };
+        let lists = found
+            .iter()
+            .map(|f| events::deliveries_of(txn, f.event_id))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((found, next, lists))
+    })?;
+    Ok(Json(List {
+        data: found
+            .iter()
+            .zip(lists)
+            .map(|(f, d)| event_view(f.source_id, f.event_id, &f.summary, &d))
+            .collect(),
+        next_cursor: encode_cursor(next),
+    }))
+}
+
+/// A page of search results (newest first) below the cursor.
+fn page_of(
+    mut found: Vec<Found>,
+    cursor: Option<u128>,
+    limit: usize,
+) -> (Vec<Found>, Option<u128>) {
+    found.sort_by_key(|f| std::cmp::Reverse(f.event_id));
+    found.retain(|f| cursor.is_none_or(|c| f.event_id < c));
+    let more = found.len() > limit;
+    found.truncate(limit);
+    let next = more.then(|| found.last().map(|f| f.event_id)).flatten();
+    (found, next)
+}
+
+/// Stores a test event of type `krafter.test` in a source, as if it had
+/// arrived at its ingest URL, and delivers it to every enabled destination
+/// of the source (filters not applied), signed like any delivery. Krafter
+/// makes it itself, so there is no provider signature to verify: it works
+/// for every provider without the provider's secret leaving the server.
+#[utoipa::path(post, path = "/api/v1/webhooks/sources/{id}/test-event", tag = "events",
+    params(("id" = String, Path, description = "source id")),
+    responses((status = 201, body = Data<EventView>),
+        (status = 409, description = "conflict: the source is disabled", body = ErrorEnvelope),
+        (status = "4XX", body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn test_event(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<Data<EventView>>), ApiError> {
+    caller.require(Scope::Write)?;
+    let source = source_id(&id)?;
+    let record = state
+        .store
+        .read(|txn| sources::get(txn, source))
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("no such source"),
+            other => other.into(),
+        })?;
+    if !record.enabled {
+        return Err(ApiError::conflict(
+            "the source is disabled; enable it to send a test event",
+        ));
+    }
+    let event_id = new_id();
+    let received_at_ms = id_timestamp_ms(event_id) as i64;
+    let body = json!({
+        "type": TEST_EVENT_TYPE,
+        "id": format_id(IdKind::Event, event_id),
+        "created_at": format_ms(received_at_ms),
+        "data": {
+            "message": "A test event made by Krafter (not sent by the provider, so no provider signature was verified). Krafter signs its delivery like any other.",
+            "source_id": format_id(IdKind::Source, source),
+            "source_name": record.name,
+            "provider": record.provider.as_str(),
+        }
+    })
+    .to_string()
+    .into_bytes();
+    let event = EventRecord {
+        id: event_id,
+        source_id: source,
+        received_at_ms,
+        event_type: TEST_EVENT_TYPE.to_string(),
+        provider_event_id: None,
+        headers: vec![
+            ("content-type".to_string(), b"application/json".to_vec()),
+            (
+                "user-agent".to_string(),
+                format!("Krafter/{} (test event)", env!("CARGO_PKG_VERSION")).into_bytes(),
+            ),
+        ],
+        body,
+    };
+    let summary = crate::store::records::EventSummary {
+        event_type: event.event_type.clone(),
+        provider_event_id: None,
+        received_at_ms,
+        size_bytes: event.body.len() as u64,
+    };
+    let size = event.body.len();
+    let deliveries = state
+        .store
+        .write_sized(size, move |txn| test_events::store(txn, &event))
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("no such source"),
+            other => other.into(),
+        })?;
+    state.metrics.events_stored.inc();
+    for d in &deliveries {
+        state.engine.wake(d.source_id, d.destination_id);
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(Data {
+            data: event_view(source, event_id, &summary, &deliveries),
+        }),
+    ))
+}
