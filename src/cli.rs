@@ -225,6 +225,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(listen) = args.listen {
                 config.server.listen = listen;
             }
+            // A data directory named on purpose (flag, or a file named by
+            // --config/$KRAFTER_CONFIG, as the packaged unit does) is no
+            // surprise; only implicit choices are logged as warnings.
+            let chosen = args.data_dir.is_some()
+                || matches!(located, ConfigFile::Flag(_) | ConfigFile::Env(_));
             if let Some(dir) = args.data_dir {
                 config.storage.path = dir;
             }
@@ -234,7 +239,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir = %shown_path(&config.storage.path),
                 "configuration"
             );
-            warn_about_location(&located, &config, |line| tracing::warn!("{line}"));
+            warn_about_location(&located, &config, |line| {
+                if chosen {
+                    tracing::info!("{line}");
+                } else {
+                    tracing::warn!("{line}");
+                }
+            });
             runtime()?.block_on(serve(config))
         }
         Command::ApiKeys(cmd) => runtime()?.block_on(api_keys_command(config, cmd)),
