@@ -63,6 +63,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             addr: config.server.listen,
             source,
         })?;
+    // Unreadable TLS files, too, fail before the data directory is touched.
+    let acceptor = match (&config.server.tls.cert_path, &config.server.tls.key_path) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&config.storage, metrics.clone())?;
     let admin_key_file = api::auth::ensure_bootstrap_key(&store).await?;
@@ -70,10 +75,6 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         tracing::info!(path = %path.display(), "created the bootstrap admin API key; read it from this file");
     }
     let engine = Engine::start(store.clone(), config.delivery.clone(), metrics.clone())?;
-    let acceptor = match (&config.server.tls.cert_path, &config.server.tls.key_path) {
-        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
-        _ => None,
-    };
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.server.listen,
         source,

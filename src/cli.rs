@@ -132,8 +132,9 @@ pub struct BackupArgs {
     /// Where to write the backup; must not exist.
     #[arg(long)]
     pub to: PathBuf,
-    /// The server's base URL (default: derived from `server.listen`).
-    #[arg(long)]
+    /// The server's base URL (default: `$KRAFTER_URL`, else derived from
+    /// `server.listen`).
+    #[arg(long, env = "KRAFTER_URL")]
     pub url: Option<String>,
     /// File holding an admin API key (default: `<storage.path>/admin.key`);
     /// `$KRAFTER_API_KEY` takes precedence.
@@ -558,4 +559,40 @@ async fn backup(config: Config, args: BackupArgs) -> anyhow::Result<()> {
         args.to.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warnings(located: ConfigFile, config: &Config) -> Vec<String> {
+        let mut lines = Vec::new();
+        warn_about_location(&located, config, |l| lines.push(l));
+        lines
+    }
+
+    #[test]
+    fn implicit_system_file_and_other_data_dir_are_warned_about() {
+        let mut config = Config::default();
+        assert!(warnings(ConfigFile::None, &config).is_empty());
+        // `./krafter-data` and `krafter-data` are the same default.
+        config.storage.path = PathBuf::from("krafter-data");
+        assert!(warnings(ConfigFile::Local("krafter.toml".into()), &config).is_empty());
+
+        config.storage.path = PathBuf::from("/var/lib/krafter");
+        let lines = warnings(
+            ConfigFile::System(PathBuf::from(crate::config::SYSTEM_CONFIG)),
+            &config,
+        );
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("/etc/krafter/krafter.toml because no --config"));
+        assert!(lines[1].contains("/var/lib/krafter, not the default ./krafter-data"));
+    }
+
+    #[test]
+    fn version_carries_build_info() {
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+        assert!(VERSION.contains("(commit "));
+        assert!(!env!("KRAFTER_BUILD_COMMIT").is_empty());
+    }
 }
