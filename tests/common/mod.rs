@@ -173,9 +173,11 @@ pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_cod
     );
 }
 
-/// Path of the built `krafter` binary. Private: tests spawn it through
-/// [`krafter`], which turns the network guard on.
-fn binary() -> PathBuf {
+/// Path of the built `krafter` binary, for tests that run it through a
+/// shell. Spawn a server through [`krafter`] instead, which turns the
+/// network guard on; a shell that starts one must set
+/// `KRAFTER_DELIVERY__LOOPBACK_ONLY=true` itself.
+pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_krafter"))
 }
 
