@@ -54,6 +54,18 @@ pub fn ingest(txn: &WriteTransaction, event: &EventRecord) -> Result<IngestOutco
     if let Some(pid) = &event.provider_event_id {
         dedup.insert((event.source_id, pid.as_str()), event.id)?;
     }
+    let deliveries = store_with_deliveries(txn, event, &targets)?;
+    Ok(IngestOutcome::Stored { deliveries })
+}
+
+/// Writes an event, its list summary and one pending delivery (due at once)
+/// per destination in `targets`. The caller has checked that the source
+/// exists and chosen the targets.
+pub fn store_with_deliveries(
+    txn: &WriteTransaction,
+    event: &EventRecord,
+    targets: &[u128],
+) -> Result<Vec<DeliveryRecord>, StoreError> {
     txn.open_table(EVENTS)?
         .insert(event.id, event.encode().as_slice())?;
     let summary = EventSummary {
@@ -64,14 +76,13 @@ pub fn ingest(txn: &WriteTransaction, event: &EventRecord) -> Result<IngestOutco
     };
     txn.open_table(SOURCE_EVENTS)?
         .insert((event.source_id, event.id), summary.encode().as_slice())?;
-    let deliveries = insert_deliveries(
+    insert_deliveries(
         txn,
         event.id,
         event.source_id,
-        &targets,
+        targets,
         event.received_at_ms,
-    )?;
-    Ok(IngestOutcome::Stored { deliveries })
+    )
 }
 
 /// Creates one pending delivery per destination, due at `due_ms`.

@@ -3,9 +3,9 @@
 
 use redb::{ReadableTable, WriteTransaction};
 
-use super::events::insert_deliveries;
-use super::records::{DeliveryRecord, DestinationRecord, EventRecord, EventSummary, Record};
-use super::tables::{DESTINATIONS, EVENTS, SOURCES, SOURCE_EVENTS};
+use super::events::store_with_deliveries;
+use super::records::{DeliveryRecord, DestinationRecord, EventRecord, Record};
+use super::tables::{DESTINATIONS, SOURCES};
 use super::StoreError;
 
 /// Stores `event` with one pending delivery per enabled destination of its
@@ -30,21 +30,5 @@ pub fn store(
             }
         }
     }
-    txn.open_table(EVENTS)?
-        .insert(event.id, event.encode().as_slice())?;
-    let summary = EventSummary {
-        event_type: event.event_type.clone(),
-        provider_event_id: event.provider_event_id.clone(),
-        received_at_ms: event.received_at_ms,
-        size_bytes: event.body.len() as u64,
-    };
-    txn.open_table(SOURCE_EVENTS)?
-        .insert((event.source_id, event.id), summary.encode().as_slice())?;
-    insert_deliveries(
-        txn,
-        event.id,
-        event.source_id,
-        &targets,
-        event.received_at_ms,
-    )
+    store_with_deliveries(txn, event, &targets)
 }
