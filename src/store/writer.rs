@@ -219,6 +219,10 @@ fn run(
     }
 }
 
+/// How long storage stays refused after a failed commit before the first
+/// reopen: long enough that `/readyz` reliably shows the failure and a
+/// full disk does not turn into a tight fail-reopen-fail loop.
+const FIRST_REOPEN_DELAY: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts to reopen the database.
 const MAX_REOPEN_DELAY: Duration = Duration::from_secs(5);
 
@@ -227,18 +231,8 @@ const MAX_REOPEN_DELAY: Duration = Duration::from_secs(5);
 /// the meantime are refused at once, so callers answer 503 promptly
 /// instead of waiting out the queue timeout.
 fn recover(db: &DbSlot, rx: &mut mpsc::Receiver<Job>, healthy: &AtomicBool, stopping: &mut bool) {
-    let mut delay = Duration::from_millis(100);
+    let mut delay = FIRST_REOPEN_DELAY;
     loop {
-        match db.reopen() {
-            Ok(()) => {
-                healthy.store(true, Ordering::SeqCst);
-                tracing::warn!("storage reopened after a failed write; writes resume");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, retry_in = ?delay, "storage cannot be reopened yet")
-            }
-        }
         let until = Instant::now() + delay;
         while Instant::now() < until {
             match rx.try_recv() {
@@ -250,6 +244,14 @@ fn recover(db: &DbSlot, rx: &mut mpsc::Receiver<Job>, healthy: &AtomicBool, stop
                 Err(TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(10)),
                 Err(TryRecvError::Disconnected) => return,
             }
+        }
+        match db.reopen() {
+            Ok(()) => {
+                healthy.store(true, Ordering::SeqCst);
+                tracing::warn!("storage reopened after a failed write; writes resume");
+                return;
+            }
+            Err(e) => tracing::error!(error = %e, "storage cannot be reopened yet"),
         }
         delay = (delay * 2).min(MAX_REOPEN_DELAY);
     }
