@@ -50,10 +50,25 @@ pub struct RunningServer {
     retention: JoinHandle<()>,
 }
 
-/// Opens storage, makes the bootstrap key if none exists, binds the
-/// listener and starts serving. When this returns, `/healthz` answers and
+/// Binds the listener, opens storage, makes the bootstrap key if none
+/// exists and starts serving. When this returns, `/healthz` answers and
 /// `admin.key` (if made) is on disk.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    // Bind first: a port in use must fail before anything touches the data
+    // directory (no bootstrap key for a server that never ran). Nothing
+    // accepts until `serve` below, so connections wait in the backlog and
+    // `/healthz` still answers only once `admin.key` is on disk (SPEC §2).
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.server.listen,
+            source,
+        })?;
+    // Unreadable TLS files, too, fail before the data directory is touched.
+    let acceptor = match (&config.server.tls.cert_path, &config.server.tls.key_path) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&config.storage, metrics.clone())?;
     let admin_key_file = api::auth::ensure_bootstrap_key(&store).await?;
@@ -61,16 +76,6 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         tracing::info!(path = %path.display(), "created the bootstrap admin API key; read it from this file");
     }
     let engine = Engine::start(store.clone(), config.delivery.clone(), metrics.clone())?;
-    let acceptor = match (&config.server.tls.cert_path, &config.server.tls.key_path) {
-        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
-        _ => None,
-    };
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.server.listen,
-            source,
-        })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.server.listen,
         source,

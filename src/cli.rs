@@ -1,6 +1,15 @@
-//! The command line: `serve`, `check-config`, `api-keys ...`.
+//! The command line: `serve`, `check-config`, `api-keys ...`, the API
+//! client commands (`sources`, `destinations`, `events`, `replay`,
+//! `send-test-event`), the `receive` test receiver, completions and man page.
 
-use std::path::PathBuf;
+pub mod output;
+pub mod receive;
+pub mod remote;
+pub mod test_event;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -10,14 +19,28 @@ use tracing_subscriber::EnvFilter;
 use crate::api::api_keys::validate_key_request;
 use crate::api::auth::generate_key;
 use crate::clock::format_ms;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, ConfigFile, LogFormat};
 use crate::metrics::Metrics;
 use crate::store::ids::{format_id, parse_id, IdKind};
 use crate::store::{api_keys, Store, StoreError};
+use output::outln;
+
+/// `krafter --version`: the version, the git commit it was built from
+/// ("unknown" outside a git checkout), the build date and cargo profile.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KRAFTER_BUILD_COMMIT"),
+    ", built ",
+    env!("KRAFTER_BUILD_DATE"),
+    ", ",
+    env!("KRAFTER_BUILD_PROFILE"),
+    ")"
+);
 
 /// Krafter: a self-hosted webhook relay.
 #[derive(Debug, Parser)]
-#[command(name = "krafter", version, about)]
+#[command(name = "krafter", version = VERSION, about)]
 pub struct Cli {
     /// Config file (default: $KRAFTER_CONFIG, ./krafter.toml, /etc/krafter/krafter.toml).
     #[arg(long, global = true)]
@@ -30,8 +53,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server until SIGTERM or SIGINT.
-    Serve,
-    /// Validate the configuration and print it (secrets masked).
+    Serve(ServeArgs),
+    /// Validate the configuration; print which file and data directory are
+    /// in effect, then the configuration (secrets masked).
     CheckConfig,
     /// Manage API keys while the server is stopped.
     #[command(subcommand)]
@@ -44,6 +68,62 @@ pub enum Command {
         #[arg(long)]
         from: PathBuf,
     },
+    /// Sources on the running server (API).
+    Sources {
+        #[command(subcommand)]
+        command: remote::SourcesCommand,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+    },
+    /// Destinations of a source on the running server (API).
+    Destinations {
+        #[command(subcommand)]
+        command: remote::DestinationsCommand,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+    },
+    /// Events of a source on the running server (API).
+    Events {
+        #[command(subcommand)]
+        command: remote::EventsCommand,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+    },
+    /// Replay an event to its destinations (API).
+    Replay {
+        #[command(flatten)]
+        args: remote::ReplayArgs,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+    },
+    /// Send a sample event, signed as the source's provider would, to the
+    /// source's ingest URL; prints the event id.
+    SendTestEvent {
+        #[command(flatten)]
+        args: test_event::SendTestEventArgs,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+    },
+    /// A local receiver that prints each delivery (and checks its signature).
+    Receive(receive::ReceiveArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+/// Arguments of `serve`. Precedence: flag > environment > file > default.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides `server.listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (overrides `storage.path`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Arguments of `backup`.
@@ -52,8 +132,9 @@ pub struct BackupArgs {
     /// Where to write the backup; must not exist.
     #[arg(long)]
     pub to: PathBuf,
-    /// The server's base URL (default: derived from `server.listen`).
-    #[arg(long)]
+    /// The server's base URL (default: `$KRAFTER_URL`, else derived from
+    /// `server.listen`).
+    #[arg(long, env = "KRAFTER_URL")]
     pub url: Option<String>,
     /// File holding an admin API key (default: `<storage.path>/admin.key`);
     /// `$KRAFTER_API_KEY` takes precedence.
@@ -87,19 +168,85 @@ pub struct CreateKeyArgs {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut command(), "krafter", &mut buf);
+            output::out(&String::from_utf8_lossy(&buf));
+            return Ok(());
+        }
+        Command::Man => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(command())
+                .render(&mut buf)
+                .context("rendering the man page")?;
+            output::out(&String::from_utf8_lossy(&buf));
+            return Ok(());
+        }
+        Command::Receive(args) => return runtime()?.block_on(receive::run(args)),
+        Command::Sources { command, remote } => {
+            return remote_command(cli.config.as_deref(), &remote, |api| async move {
+                remote::sources(&api, command).await
+            })
+        }
+        Command::Destinations { command, remote } => {
+            return remote_command(cli.config.as_deref(), &remote, |api| async move {
+                remote::destinations(&api, command).await
+            })
+        }
+        Command::Events { command, remote } => {
+            return remote_command(cli.config.as_deref(), &remote, |api| async move {
+                remote::events(&api, command).await
+            })
+        }
+        Command::Replay { args, remote } => {
+            return remote_command(cli.config.as_deref(), &remote, |api| async move {
+                remote::replay(&api, args).await
+            })
+        }
+        Command::SendTestEvent { args, remote } => {
+            return remote_command(cli.config.as_deref(), &remote, |api| async move {
+                test_event::run(&api, args).await
+            })
+        }
+        _ => {}
+    }
+    let located = Config::locate(cli.config.as_deref())?;
+    let mut config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::CheckConfig => {
-            let file = Config::find_file(cli.config.as_deref())?;
-            match file {
-                Some(path) => println!("# configuration is valid (file: {})", path.display()),
-                None => println!("# configuration is valid (no file; defaults and environment)"),
-            }
-            print!("{}", config.to_masked_toml());
+            outln!("# configuration is valid");
+            outln!("# config file: {}", located.describe());
+            outln!("# data directory: {}", shown_path(&config.storage.path));
+            warn_about_location(&located, &config, |line| eprintln!("warning: {line}"));
+            output::out(&config.to_masked_toml());
             Ok(())
         }
-        Command::Serve => {
+        Command::Serve(args) => {
+            if let Some(listen) = args.listen {
+                config.server.listen = listen;
+            }
+            // A data directory named on purpose (flag, or a file named by
+            // --config/$KRAFTER_CONFIG, as the packaged unit does) is no
+            // surprise; only implicit choices are logged as warnings.
+            let chosen = args.data_dir.is_some()
+                || matches!(located, ConfigFile::Flag(_) | ConfigFile::Env(_));
+            if let Some(dir) = args.data_dir {
+                config.storage.path = dir;
+            }
             init_logging(&config);
+            tracing::info!(
+                config = %located.describe(),
+                data_dir = %shown_path(&config.storage.path),
+                "configuration"
+            );
+            warn_about_location(&located, &config, |line| {
+                if chosen {
+                    tracing::info!("{line}");
+                } else {
+                    tracing::warn!("{line}");
+                }
+            });
             runtime()?.block_on(serve(config))
         }
         Command::ApiKeys(cmd) => runtime()?.block_on(api_keys_command(config, cmd)),
@@ -113,7 +260,86 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        // Handled above, before any configuration is read.
+        Command::Completions { .. }
+        | Command::Man
+        | Command::Receive(_)
+        | Command::Sources { .. }
+        | Command::Destinations { .. }
+        | Command::Events { .. }
+        | Command::Replay { .. }
+        | Command::SendTestEvent { .. } => Ok(()),
     }
+}
+
+/// The clap command, for completions and the man page.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// A path as given plus, when relative, where it resolves to.
+fn shown_path(path: &Path) -> String {
+    if path.is_absolute() {
+        return path.display().to_string();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => {
+            let clean: PathBuf = path
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect();
+            format!("{} ({})", path.display(), cwd.join(clean).display())
+        }
+        Err(_) => path.display().to_string(),
+    }
+}
+
+/// Says loudly when the data directory is not the default `./krafter-data`,
+/// or a system-wide file was picked up without being asked for (a checkout
+/// on a machine with the package installed would otherwise silently use
+/// `/etc/krafter/krafter.toml` and `/var/lib/krafter`).
+fn warn_about_location(located: &ConfigFile, config: &Config, mut warn: impl FnMut(String)) {
+    if let ConfigFile::System(path) = located {
+        warn(format!(
+            "using {} because no --config, ${} or ./{} was given; pass --config to choose another file",
+            path.display(),
+            crate::config::CONFIG_ENV,
+            crate::config::LOCAL_CONFIG
+        ));
+    }
+    let default = crate::config::StorageConfig::default().path;
+    let normal = |p: &Path| {
+        p.components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect::<PathBuf>()
+    };
+    if normal(&config.storage.path) != normal(&default) {
+        warn(format!(
+            "the data directory is {}, not the default {}",
+            shown_path(&config.storage.path),
+            default.display()
+        ));
+    }
+}
+
+/// Runs an API client command: the configuration is read only for where
+/// `admin.key` lives and the network settings, and a configuration that
+/// does not load is no reason to fail (defaults are used).
+fn remote_command<F, Fut>(
+    config_path: Option<&Path>,
+    remote: &remote::RemoteArgs,
+    f: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(remote::Api) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let config = Config::load(config_path).unwrap_or_default();
+    let rt = runtime()?;
+    rt.block_on(async {
+        let api = remote::Api::new(remote, &config.storage.path, &config.delivery)?;
+        f(api).await
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -125,8 +351,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: never ANSI escapes in files or journald.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -135,14 +364,14 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    // Handlers first: a SIGTERM that arrives once the listener answers
-    // must mean a graceful stop, not the default action (death by signal).
-    let stop = stop_signal()?;
+    // Handlers first: a SIGTERM that arrives as soon as `/healthz` answers
+    // must stop the server gracefully, not kill it with the default action.
+    let signals = Signals::install()?;
     let server = crate::app::start(config).await?;
     // systemd `Type=notify`: ready means the listener is open and the
     // bootstrap key written. A no-op outside systemd.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    stop.await;
+    signals.wait().await;
     tracing::info!("shutting down");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     server.shutdown().await;
@@ -150,18 +379,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs the SIGTERM and SIGINT handlers now; the returned future
-/// resolves at the first of either.
-fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(async move {
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) {
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    })
+    }
 }
 
 async fn api_keys_command(config: Config, cmd: ApiKeysCommand) -> anyhow::Result<()> {
@@ -193,19 +431,22 @@ async fn run_key_command(store: &Store, cmd: ApiKeysCommand) -> anyhow::Result<(
                 format_id(IdKind::ApiKey, new.record.id),
                 new.record.name
             );
-            println!("{}", new.key);
+            outln!("{}", new.key);
         }
         ApiKeysCommand::List => {
             let mut cursor = None;
-            println!(
+            outln!(
                 "{:<30}  {:<8}  {:<24}  {:<30}  NAME",
-                "ID", "PREFIX", "CREATED", "SCOPES"
+                "ID",
+                "PREFIX",
+                "CREATED",
+                "SCOPES"
             );
             loop {
                 let page = store.read(|txn| api_keys::list(txn, cursor, 250))?;
                 for k in &page.items {
                     let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
-                    println!(
+                    outln!(
                         "{:<30}  {:<8}  {:<24}  {:<30}  {}",
                         format_id(IdKind::ApiKey, k.id),
                         k.prefix,
@@ -318,4 +559,40 @@ async fn backup(config: Config, args: BackupArgs) -> anyhow::Result<()> {
         args.to.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warnings(located: ConfigFile, config: &Config) -> Vec<String> {
+        let mut lines = Vec::new();
+        warn_about_location(&located, config, |l| lines.push(l));
+        lines
+    }
+
+    #[test]
+    fn implicit_system_file_and_other_data_dir_are_warned_about() {
+        let mut config = Config::default();
+        assert!(warnings(ConfigFile::None, &config).is_empty());
+        // `./krafter-data` and `krafter-data` are the same default.
+        config.storage.path = PathBuf::from("krafter-data");
+        assert!(warnings(ConfigFile::Local("krafter.toml".into()), &config).is_empty());
+
+        config.storage.path = PathBuf::from("/var/lib/krafter");
+        let lines = warnings(
+            ConfigFile::System(PathBuf::from(crate::config::SYSTEM_CONFIG)),
+            &config,
+        );
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("/etc/krafter/krafter.toml because no --config"));
+        assert!(lines[1].contains("/var/lib/krafter, not the default ./krafter-data"));
+    }
+
+    #[test]
+    fn version_carries_build_info() {
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+        assert!(VERSION.contains("(commit "));
+        assert!(!env!("KRAFTER_BUILD_COMMIT").is_empty());
+    }
 }

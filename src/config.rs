@@ -18,6 +18,48 @@ pub const LOCAL_CONFIG: &str = "krafter.toml";
 /// Config file used by the packaged service.
 pub const SYSTEM_CONFIG: &str = "/etc/krafter/krafter.toml";
 
+/// Where the configuration file came from (SPEC §2's search order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigFile {
+    /// Named by `--config`.
+    Flag(PathBuf),
+    /// Named by `$KRAFTER_CONFIG`.
+    Env(PathBuf),
+    /// `./krafter.toml`, found in the working directory.
+    Local(PathBuf),
+    /// `/etc/krafter/krafter.toml`, found because nothing else was named.
+    System(PathBuf),
+    /// No file: built-in defaults and the environment.
+    None,
+}
+
+impl ConfigFile {
+    /// The file's path, when there is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ConfigFile::Flag(p)
+            | ConfigFile::Env(p)
+            | ConfigFile::Local(p)
+            | ConfigFile::System(p) => Some(p),
+            ConfigFile::None => None,
+        }
+    }
+
+    /// How it was found, for humans.
+    pub fn describe(&self) -> String {
+        match self {
+            ConfigFile::Flag(p) => format!("{} (from --config)", p.display()),
+            ConfigFile::Env(p) => format!("{} (from ${CONFIG_ENV})", p.display()),
+            ConfigFile::Local(p) => format!("{} (found in the working directory)", p.display()),
+            ConfigFile::System(p) => format!(
+                "{} (found implicitly: no --config, no ${CONFIG_ENV}, no ./{LOCAL_CONFIG})",
+                p.display()
+            ),
+            ConfigFile::None => "none: built-in defaults".to_string(),
+        }
+    }
+}
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -243,30 +285,51 @@ impl Config {
 
     /// The file that [`Config::load`] reads, if any.
     pub fn find_file(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
-        let named = explicit
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
-        if let Some(path) = named {
-            return if path.is_file() {
-                Ok(Some(path))
-            } else {
-                Err(ConfigError::MissingFile(path))
-            };
-        }
-        Ok([LOCAL_CONFIG, SYSTEM_CONFIG]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file()))
+        Ok(Self::locate(explicit)?.path().map(Path::to_path_buf))
     }
 
-    /// Defaults, then the file (if any), then `KRAFTER_*` variables with
-    /// `__` separating nesting levels.
+    /// Which file [`Config::load`] reads and why, so `check-config` and
+    /// `serve` can say so (an implicitly found `/etc/krafter/krafter.toml`
+    /// surprises anyone running a checkout on a machine with the package).
+    pub fn locate(explicit: Option<&Path>) -> Result<ConfigFile, ConfigError> {
+        let named = match explicit {
+            Some(path) => Some((path.to_path_buf(), true)),
+            None => std::env::var_os(CONFIG_ENV).map(|p| (PathBuf::from(p), false)),
+        };
+        if let Some((path, flag)) = named {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path));
+            }
+            return Ok(if flag {
+                ConfigFile::Flag(path)
+            } else {
+                ConfigFile::Env(path)
+            });
+        }
+        if Path::new(LOCAL_CONFIG).is_file() {
+            return Ok(ConfigFile::Local(PathBuf::from(LOCAL_CONFIG)));
+        }
+        if Path::new(SYSTEM_CONFIG).is_file() {
+            return Ok(ConfigFile::System(PathBuf::from(SYSTEM_CONFIG)));
+        }
+        Ok(ConfigFile::None)
+    }
+
+    /// Defaults, then the file (if any), then the `KRAFTER_<SECTION>__<KEY>`
+    /// variables. Only names with the double underscore are config keys:
+    /// `KRAFTER_API_KEY`, `KRAFTER_URL` and any other single-underscore
+    /// `KRAFTER_*` name belong to the CLI (SPEC §18) and are never read here,
+    /// so they cannot break `serve`.
     pub fn figment(file: Option<&Path>) -> Figment {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment.merge(Env::prefixed("KRAFTER_").split("__").ignore(&["config"]))
+        figment.merge(
+            Env::prefixed("KRAFTER_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        )
     }
 
     /// Extracts and validates a configuration from any figment, so tests can
@@ -503,6 +566,24 @@ mod tests {
                 c.delivery.retry_schedule,
                 vec![Duration::from_secs(1), Duration::from_secs(5)]
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn cli_variables_are_not_config_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KRAFTER_API_KEY", "krf_abc");
+            jail.set_env("KRAFTER_URL", "http://127.0.0.1:1");
+            jail.set_env("KRAFTER_SOMETHING_ELSE", "x");
+            jail.set_env("KRAFTER_LOG__LEVEL", "debug");
+            let c = Config::from_figment(Config::figment(None)).map_err(|e| e.to_string())?;
+            assert_eq!(c.log.level, "debug");
+            // A typo'd double-underscore key is still refused by name.
+            jail.set_env("KRAFTER_SERVER__LISTEN_ADDR", "127.0.0.1:1");
+            let err = Config::from_figment(Config::figment(None)).unwrap_err();
+            assert!(err.to_string().contains("listen_addr"), "{err}");
             Ok(())
         });
     }

@@ -7,7 +7,7 @@ fn main() -> std::process::ExitCode {
     match krafter::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", krafter::cli::output::error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -179,6 +179,14 @@ fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_krafter"))
 }
 
+/// The directory of the built binary, for shell scripts that run `krafter`
+/// by name as a user types it (the README's blocks, a pipe). Such a script
+/// must carry `KRAFTER_DELIVERY__LOOPBACK_ONLY=true` as [`krafter`] does.
+pub fn binary_dir() -> PathBuf {
+    let bin = binary();
+    bin.parent().map(PathBuf::from).unwrap_or(bin)
+}
+
 /// A command running the built binary with the test network guard on
 /// (`delivery.loopback_only`): whatever a test configures, the server it
 /// starts can reach nothing but loopback and looks up no name in DNS.
