@@ -47,7 +47,9 @@ info=$(dpkg-deb -I "$DEB")
 grep -q "Package: krafter" <<<"$info" || fail "deb control"
 files=$(dpkg-deb -c "$DEB")
 for f in ./usr/bin/krafter ./etc/krafter/krafter.toml ./usr/lib/systemd/system/krafter.service \
-         ./usr/share/doc/krafter/krafter.toml.example; do
+         ./usr/share/doc/krafter/krafter.toml.example \
+         ./usr/share/bash-completion/completions/krafter ./usr/share/zsh/vendor-completions/_krafter \
+         ./usr/share/fish/vendor_completions.d/krafter.fish ./usr/share/man/man1/krafter.1.gz; do
     grep -q " $f\$" <<<"$files" || fail "deb lacks $f"
 done
 ctrl=$(mktemp -d)
@@ -62,6 +64,10 @@ echo "== .rpm: $RPM"
 list=$(rpm -qlp "$RPM" 2>/dev/null)
 grep -qx /usr/bin/krafter <<<"$list" || fail "rpm lacks /usr/bin/krafter"
 grep -qx /usr/lib/systemd/system/krafter.service <<<"$list" || fail "rpm lacks the unit"
+for f in /usr/share/bash-completion/completions/krafter /usr/share/zsh/site-functions/_krafter \
+         /usr/share/fish/vendor_completions.d/krafter.fish /usr/share/man/man1/krafter.1.gz; do
+    grep -qx "$f" <<<"$list" || fail "rpm lacks $f"
+done
 configs=$(rpm -qp --configfiles "$RPM" 2>/dev/null)
 grep -qx /etc/krafter/krafter.toml <<<"$configs" || fail "rpm config file"
 scripts=$(rpm -qp --scripts "$RPM" 2>/dev/null)
@@ -81,6 +87,28 @@ cleanups+=("rm -rf '$root'")
 dpkg-deb -x "$DEB" "$root"
 ldd_out=$(ldd "$root/usr/bin/krafter" 2>&1 || true)
 grep -Eq "not a dynamic executable|statically linked" <<<"$ldd_out" || fail "binary is dynamic: $ldd_out"
+
+echo "== shell completions and man page"
+# What a user relies on: bash completes the subcommands, the zsh and fish
+# files are completion scripts for krafter, the man page is gzipped roff
+# naming the commands.
+words=$(bash -c '
+    source "$1/usr/share/bash-completion/completions/krafter"
+    COMP_WORDS=(krafter se); COMP_CWORD=1; COMP_LINE="krafter se"; COMP_POINT=${#COMP_LINE}
+    "$(complete -p krafter | sed -E "s/.* -F ([^ ]+) .*/\1/")" krafter se krafter
+    echo "${COMPREPLY[*]}"' _ "$root") || fail "the bash completion does not load: $words"
+for w in serve send-test-event; do
+    grep -qw -- "$w" <<<"$words" || fail "bash completion of 'krafter se' lacks $w: $words"
+done
+head -n 1 "$root/usr/share/zsh/vendor-completions/_krafter" | grep -qx "#compdef krafter" \
+    || fail "the zsh completion does not start with #compdef krafter"
+grep -q "^complete -c krafter " "$root/usr/share/fish/vendor_completions.d/krafter.fish" \
+    || fail "the fish completion has no 'complete -c krafter' line"
+man=$(gzip -dc "$root/usr/share/man/man1/krafter.1.gz") || fail "the man page is not gzip"
+grep -q '^\.TH krafter 1' <<<"$man" || fail "the man page has no .TH krafter 1 header"
+for w in serve backup completions; do
+    grep -q -- "$w" <<<"$man" || fail "the man page does not mention $w"
+done
 
 echo "== systemd unit"
 unit="$root/krafter.service"
@@ -153,6 +181,7 @@ quiet_dpkg() { # what output
         -e '^Preparing to unpack .*krafter_.*\.deb \.\.\.$' \
         -e '^Unpacking krafter \(' -e '^Setting up krafter \(' \
         -e '^Removing krafter \(' -e '^Purging configuration files for krafter \(' \
+        -e '^Processing triggers for [a-z0-9.+-]* \(' \
         -e '^Created symlink /etc/systemd/system/multi-user\.target\.wants/krafter\.service ' \
         -e '^krafter: /var/lib/krafter was kept \(now owned by root\); remove it yourself' \
         <<<"$2" || true)
