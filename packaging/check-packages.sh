@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Builds the packages and checks what an operator relies on: file lists,
-# conffile marking, maintainer scripts, the unit (systemd-analyze verify),
-# a static binary, that the installed binary runs with the installed
-# config, and (as root on Debian, as CI runs) a real `dpkg -i` and
-# `dpkg --purge` of the .deb on this machine: no warnings, the krafter
-# user, `krafter serve` in the foreground as that user (no systemd), and
-# what purge keeps. Run by .ci/run after packaging/install-tools.sh.
+# Builds the packages and checks what an operator relies on: that
+# build-packages.sh installs nothing itself, file lists, conffile marking,
+# maintainer scripts, shell completions and the man page, the unit
+# (systemd-analyze verify), a static binary, that the packaged binary runs
+# with the packaged config, and (as root on Debian, as CI runs) a real
+# `dpkg -i` and `dpkg --purge` of the .deb on this machine: nothing printed
+# but dpkg's progress, the krafter user, `krafter serve` in the foreground
+# as that user (no systemd), what purge keeps, and a reinstall over it.
+# Run by .ci/run after packaging/install-tools.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=x86_64-unknown-linux-gnu
