@@ -58,7 +58,7 @@ fn readme_quickstart_runs_end_to_end() {
          set +e\n( set -e\n{verify}\n)\nQS_VERIFY_STATUS=$?\nset -e\n\
          echo \"QS_VERIFY_STATUS=$QS_VERIFY_STATUS\"\n{stop}\n"
     );
-    let bin_dir = common::binary().parent().unwrap().to_path_buf();
+    let bin_dir = common::binary_dir();
     let path = format!(
         "{}:{}",
         bin_dir.display(),

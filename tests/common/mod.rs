@@ -173,12 +173,19 @@ pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_cod
     );
 }
 
-/// Path of the built `krafter` binary, for tests that run it through a
-/// shell. Spawn a server through [`krafter`] instead, which turns the
-/// network guard on; a shell that starts one must set
-/// `KRAFTER_DELIVERY__LOOPBACK_ONLY=true` itself.
-pub fn binary() -> PathBuf {
+/// Path of the built `krafter` binary. Private: tests spawn it through
+/// [`krafter`] (which turns the network guard on) or, from a shell, find it
+/// through [`binary_dir`].
+fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_krafter"))
+}
+
+/// The directory of the built binary, for shell scripts that run `krafter`
+/// by name as a user types it (the README's blocks, a pipe). Such a script
+/// must carry `KRAFTER_DELIVERY__LOOPBACK_ONLY=true` as [`krafter`] does.
+pub fn binary_dir() -> PathBuf {
+    let bin = binary();
+    bin.parent().map(PathBuf::from).unwrap_or(bin)
 }
 
 /// A command running the built binary with the test network guard on
