@@ -335,6 +335,22 @@ async fn events_across_sources_newest_first_and_found_by_either_id() {
         .await;
     assert_eq!(ids_of(&found), vec![sent[2].0.clone()]);
     assert_eq!(found["data"][0]["deliveries"]["pending"], 0);
+    // Both: the event must match both.
+    let (_, found) = server
+        .get(&format!(
+            "/api/v1/webhooks/events?id={}&provider_event_id=evt_1NxFirst",
+            sent[0].0
+        ))
+        .await;
+    assert_eq!(ids_of(&found), vec![sent[0].0.clone()]);
+    let (status, found) = server
+        .get(&format!(
+            "/api/v1/webhooks/events?id={}&provider_event_id=evt_1NxShared",
+            sent[0].0
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(found["data"], json!([]));
     // Nothing found is an empty list, not an error.
     for q in [
         "provider_event_id=evt_1NxNever",
@@ -352,7 +368,6 @@ async fn events_across_sources_newest_first_and_found_by_either_id() {
         "id=src_01ARZ3NDEKTSV4RRFFQ69G5FAV".to_string(),
         "provider_event_id=".to_string(),
         format!("provider_event_id={long}"),
-        format!("id={}&provider_event_id=evt_1NxFirst", sent[0].0),
         "limit=0".to_string(),
         "limit=251".to_string(),
         "cursor=nope".to_string(),

@@ -37,7 +37,8 @@ pub struct AllEventsParams {
     #[param(pattern = "^evt_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub id: Option<String>,
     /// Only events whose provider event id is exactly this (Stripe's
-    /// `evt_1...`, GitHub's `X-GitHub-Delivery` GUID, ...). Not with `id`.
+    /// `evt_1...`, GitHub's `X-GitHub-Delivery` GUID, ...). With `id` too,
+    /// the event must match both.
     #[param(min_length = 1, max_length = 1024)]
     pub provider_event_id: Option<String>,
     /// 1 to 250; default 50.
@@ -51,23 +52,23 @@ pub struct AllEventsParams {
 /// What a search asks for.
 enum Search {
     All,
-    Id(u128),
+    /// By Krafter id, and by provider event id too when given.
+    Id(u128, Option<String>),
     ProviderEventId(String),
 }
 
 fn search(params: &AllEventsParams) -> Result<Search, ApiError> {
-    match (&params.id, &params.provider_event_id) {
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
-            "give id or provider_event_id, not both",
-        )),
-        (Some(id), None) => parse_id(IdKind::Event, id)
-            .map(Search::Id)
-            .ok_or_else(|| ApiError::bad_request("id must be a Krafter event id (evt_...)")),
-        (None, Some(p)) if p.is_empty() || p.chars().count() > MAX_PROVIDER_EVENT_ID => {
-            Err(ApiError::bad_request(format!(
+    if let Some(p) = &params.provider_event_id {
+        if p.is_empty() || p.chars().count() > MAX_PROVIDER_EVENT_ID {
+            return Err(ApiError::bad_request(format!(
                 "provider_event_id must be 1 to {MAX_PROVIDER_EVENT_ID} characters"
-            )))
+            )));
         }
+    }
+    match (&params.id, &params.provider_event_id) {
+        (Some(id), provider) => parse_id(IdKind::Event, id)
+            .map(|id| Search::Id(id, provider.clone()))
+            .ok_or_else(|| ApiError::bad_request("id must be a Krafter event id (evt_...)")),
         (None, Some(p)) => Ok(Search::ProviderEventId(p.clone())),
         (None, None) => Ok(Search::All),
     }
@@ -98,7 +99,13 @@ pub async fn list_all(
                 let page = overview::newest(txn, cursor, limit)?;
                 (page.items, page.next)
             }
-            Search::Id(id) => page_of(overview::by_id(txn, id)?, cursor, limit),
+            Search::Id(id, provider) => {
+                let mut found = overview::by_id(txn, id)?;
+                if let Some(p) = provider {
+                    found.retain(|f| f.summary.provider_event_id.as_deref() == Some(p.as_str()));
+                }
+                page_of(found, cursor, limit)
+            }
             Search::ProviderEventId(p) => {
                 page_of(overview::by_provider_event_id(txn, &p)?, cursor, limit)
             }
