@@ -957,6 +957,50 @@ async fn graceful_stop_with_work_in_flight_loses_nothing() {
     drop(server);
 }
 
+/// 13b. Re-enabling an auto-disabled destination starts its failure run
+/// afresh: the stored run start is cleared (or later than the re-enable),
+/// so the next failure does not disable it again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_enabling_resets_the_failure_run() {
+    let receiver = Receiver::start(|_| Reply::status(500)).await;
+    let mut server = server_with(|c| {
+        c.delivery.disable_after = ms(300);
+        c.delivery.retry_schedule = vec![ms(50); 40];
+    })
+    .await;
+    let source = none_source(&server).await;
+    let dest = destination(&server, &source, &receiver.url("/bad")).await;
+    let path = dest_path(&source, &dest);
+    ingest_type(&server, &source, "x").await;
+    poll(Duration::from_secs(8), "auto-disable", || async {
+        let (_, body) = server.get(&path).await;
+        (body["data"]["enabled"] == false).then_some(())
+    })
+    .await;
+    let re_enabled_at = krafter::clock::now_ms();
+    let (status, resp) = server.patch(&path, json!({"enabled": true})).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+
+    server.stop().await;
+    let store = Store::open(&server.config.storage, Arc::new(Metrics::new())).expect("store");
+    let (source_id, dest_id) = (
+        parse_id(IdKind::Source, &source.id).expect("source id"),
+        parse_id(IdKind::Destination, &dest.id).expect("destination id"),
+    );
+    let record = store
+        .read(|txn| krafter::store::destinations::get(txn, source_id, dest_id))
+        .expect("destination");
+    store.close().await;
+    assert!(record.enabled && record.disabled_reason.is_none());
+    assert!(
+        record
+            .failing_since_ms
+            .is_none_or(|since| since >= re_enabled_at),
+        "the old run survived the re-enable: {:?} < {re_enabled_at}",
+        record.failing_since_ms
+    );
+}
+
 /// 11d. Deleting a destination cancels its pending retries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_destination_cancels_its_pending_retries() {
