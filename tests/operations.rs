@@ -316,20 +316,62 @@ async fn backup_of_a_running_server_restores_into_a_working_server() {
     let resp: Value = ingest(&b.base, &slug, body).await.1;
     let event = resp["data"]["event_id"].as_str().unwrap().to_string();
 
+    // Ingest goes on while the backup is taken: (event id, acked before
+    // the backup began).
+    let stop_ingest = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let backup_began = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = {
+        let (base, slug) = (b.base.clone(), slug.clone());
+        let (stop_ingest, backup_began) = (stop_ingest.clone(), backup_began.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut n = 0;
+            while !stop_ingest.load(std::sync::atomic::Ordering::SeqCst) && n < 2_000 {
+                let before = !backup_began.load(std::sync::atomic::Ordering::SeqCst);
+                let body = format!(r#"{{"id":"evt_bg_{n}","type":"invoice.paid"}}"#);
+                let (status, resp, _) = ingest(&base, &slug, &body).await;
+                if status == 200 {
+                    let id = resp["data"]["event_id"].as_str().unwrap().to_string();
+                    acked.push((id, before));
+                }
+                n += 1;
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
     // Backup through the running server, with the real CLI.
     let file = dir.path().join("krafter.backup");
     let port = b.base.rsplit(':').next().unwrap().to_string();
-    let out = common::krafter()
-        .args(["backup", "--to"])
-        .arg(&file)
-        .env("KRAFTER_STORAGE__PATH", &data)
-        .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .output()
-        .unwrap();
+    backup_began.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = tokio::task::spawn_blocking({
+        let (file, data) = (file.clone(), data.clone());
+        move || {
+            common::krafter()
+                .args(["backup", "--to"])
+                .arg(&file)
+                .env("KRAFTER_STORAGE__PATH", &data)
+                .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    stop_ingest.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = background.await.unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let acked_before: Vec<&String> = acked.iter().filter(|(_, b)| *b).map(|(id, _)| id).collect();
+    assert!(
+        acked_before.len() >= 5 && acked.len() > acked_before.len(),
+        "ingest ran before ({}) and during ({}) the backup",
+        acked_before.len(),
+        acked.len() - acked_before.len()
     );
     assert!(std::fs::metadata(&file).unwrap().len() > 0);
     // Without an admin key it is refused.
@@ -387,6 +429,55 @@ async fn backup_of_a_running_server_restores_into_a_working_server() {
         .await
         .unwrap();
     assert_eq!(got["data"]["body"], body, "{got}");
+    // Every event acknowledged before the backup began is in it, and every
+    // event the backup holds is whole (one consistent snapshot).
+    let mut listed = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = client
+            .get(format!(
+                "{}/api/v1/webhooks/sources/{src}/events?limit=250&cursor={cursor}",
+                b.base
+            ))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for e in page["data"].as_array().unwrap() {
+            listed.push(e["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    for id in &acked_before {
+        assert!(
+            listed.contains(id),
+            "{id} was acknowledged before the backup but is missing"
+        );
+    }
+    for id in &listed {
+        let event: Value = client
+            .get(format!(
+                "{}/api/v1/webhooks/sources/{src}/events/{id}",
+                b.base
+            ))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            event["data"]["body"].is_string(),
+            "{id} is not whole: {event}"
+        );
+    }
     // The sealed signing secret opens: a new signed event verifies, and
     // dedup state came along.
     let again: Value = ingest(&b.base, &slug, body).await.1;
