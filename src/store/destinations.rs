@@ -55,30 +55,7 @@ pub fn list(
     before: Option<u128>,
     limit: usize,
 ) -> Result<Page<DestinationRecord>, StoreError> {
-    let table = txn.open_table(DESTINATIONS)?;
-    let upper = before.unwrap_or(u128::MAX);
-    let mut items = Vec::new();
-    let mut more = false;
-    let mut last = None;
-    // `before` is exclusive; with no cursor the range must include u128::MAX
-    // (never a real ULID, but keep the bound honest).
-    let range = match before {
-        Some(_) => table.range((source_id, 0)..(source_id, upper))?,
-        None => table.range((source_id, 0)..=(source_id, upper))?,
-    };
-    for entry in range.rev() {
-        let (key, value) = entry?;
-        if items.len() == limit {
-            more = true;
-            break;
-        }
-        items.push(DestinationRecord::decode(value.value())?);
-        last = Some(key.value().1);
-    }
-    Ok(Page {
-        items,
-        next: if more { last } else { None },
-    })
+    super::page_in_source(&txn.open_table(DESTINATIONS)?, source_id, before, limit)
 }
 
 /// Every destination of a source (for counting and, later, fan-out).

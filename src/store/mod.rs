@@ -343,3 +343,35 @@ pub(crate) fn page_by_id<T: records::Record>(
         next: if more { last_key } else { None },
     })
 }
+
+/// Newest-first page of one source's rows in a table keyed (source id,
+/// ULID), starting below `before` (exclusive).
+pub(crate) fn page_in_source<T: records::Record>(
+    table: &impl ReadableTable<(u128, u128), &'static [u8]>,
+    source_id: u128,
+    before: Option<u128>,
+    limit: usize,
+) -> Result<Page<T>, StoreError> {
+    // With no cursor the range includes u128::MAX (never a real ULID, but
+    // keep the bound honest).
+    let range = match before {
+        Some(cursor) => table.range((source_id, 0)..(source_id, cursor))?,
+        None => table.range((source_id, 0)..=(source_id, u128::MAX))?,
+    };
+    let mut items = Vec::with_capacity(limit.min(256));
+    let mut last = None;
+    let mut more = false;
+    for entry in range.rev() {
+        let (key, value) = entry?;
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        items.push(T::decode(value.value())?);
+        last = Some(key.value().1);
+    }
+    Ok(Page {
+        items,
+        next: if more { last } else { None },
+    })
+}

@@ -259,24 +259,7 @@ pub fn list(
     before: Option<u128>,
     limit: usize,
 ) -> Result<Page<ReplayRecord>, StoreError> {
-    let table = txn.open_table(REPLAYS)?;
-    let upper = before.unwrap_or(u128::MAX);
-    let mut items = Vec::new();
-    let mut more = false;
-    for entry in table.range((source_id, 0)..(source_id, upper))?.rev() {
-        let (_, value) = entry?;
-        if items.len() == limit {
-            more = true;
-            break;
-        }
-        items.push(ReplayRecord::decode(value.value())?);
-    }
-    let next = if more {
-        items.last().map(|j: &ReplayRecord| j.id)
-    } else {
-        None
-    };
-    Ok(Page { items, next })
+    super::page_in_source(&txn.open_table(REPLAYS)?, source_id, before, limit)
 }
 
 /// Every job still running, as (source id, job id): what start-up resumes.
