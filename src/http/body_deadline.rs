@@ -24,21 +24,23 @@ pub struct BodyTimedOut(pub Duration);
 /// A body that fails once `limit` has passed since it was wrapped.
 pub struct DeadlineBody {
     inner: Body,
-    sleep: Pin<Box<Sleep>>,
+    deadline: tokio::time::Instant,
+    /// Made the first time the body is not ready, so a body that arrives
+    /// with its headers costs no timer.
+    sleep: Option<Pin<Box<Sleep>>>,
     limit: Duration,
 }
 
 impl DeadlineBody {
-    /// Wraps `inner`; the clock starts now. (The timer is registered only
-    /// if the body is ever not ready, so bodies that arrive with their
-    /// headers cost nothing.)
+    /// Wraps `inner`; the clock starts now.
     pub fn wrap(inner: Body, limit: Duration) -> Body {
         if inner.is_end_stream() {
             return inner;
         }
         Body::new(DeadlineBody {
             inner,
-            sleep: Box::pin(tokio::time::sleep(limit)),
+            deadline: tokio::time::Instant::now() + limit,
+            sleep: None,
             limit,
         })
     }
@@ -55,7 +57,11 @@ impl HttpBody for DeadlineBody {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(frame);
         }
-        if self.sleep.as_mut().poll(cx).is_ready() {
+        let deadline = self.deadline;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_ready() {
             let limit = self.limit;
             return Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut(limit)))));
         }
