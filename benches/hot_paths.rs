@@ -3,9 +3,10 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
-use krafter::ingest::filter;
 use krafter::ingest::providers::{self, Inbound, ProviderKind};
-use krafter::store::records::{EventRecord, Record};
+use krafter::model::filter;
+use krafter::model::records::EventRecord;
+use krafter::store::records::Record;
 
 fn stripe_verify(c: &mut Criterion) {
     // The Stripe vector from PROVIDERS.md, verified at its own timestamp.

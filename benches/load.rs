@@ -409,7 +409,7 @@ fn time_now_rfc3339(offset_s: i64) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    krafter::clock::format_ms(now + offset_s * 1000)
+    krafter::model::time::format_ms(now + offset_s * 1000)
 }
 
 fn free_port() -> u16 {

@@ -188,7 +188,7 @@ async fn retention_loop(store: Store, interval: Duration, wake: Arc<tokio::sync:
             _ = tick.tick() => {}
             _ = wake.notified() => {}
         }
-        match crate::store::retention::sweep(&store, crate::clock::now_ms()).await {
+        match crate::store::retention::sweep(&store, crate::model::time::now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(events = n, "retention removed expired events"),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),

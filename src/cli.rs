@@ -18,10 +18,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::api::api_keys::validate_key_request;
 use crate::api::auth::generate_key;
-use crate::clock::format_ms;
 use crate::config::{Config, ConfigFile, LogFormat};
 use crate::metrics::Metrics;
-use crate::store::ids::{format_id, parse_id, IdKind};
+use crate::model::ids::{format_id, parse_id, IdKind};
+use crate::model::time::format_ms;
 use crate::store::{api_keys, Store, StoreError};
 use output::outln;
 

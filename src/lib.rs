@@ -7,12 +7,12 @@
 pub mod api;
 pub mod app;
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod delivery;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod model;
 pub mod replay;
 pub mod store;

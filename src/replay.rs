@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::delivery::engine::Engine;
-use crate::store::records::ReplayState;
+use crate::model::records::ReplayState;
 use crate::store::replays::{self, CHUNK_EVENTS, CHUNK_SCAN};
 use crate::store::{Store, StoreError};
 
@@ -120,7 +120,7 @@ async fn run(inner: &Inner, source: u128, job: u128, report: oneshot::Sender<Fir
                     txn,
                     source,
                     job,
-                    crate::clock::now_ms(),
+                    crate::model::time::now_ms(),
                     CHUNK_EVENTS,
                     CHUNK_SCAN,
                 )

@@ -20,10 +20,10 @@ use common::{assert_timestamp, parse_metric, poll, TestServer};
 use hmac::{Hmac, Mac};
 use krafter::config::{Config, StorageConfig};
 use krafter::metrics::Metrics;
+use krafter::model::ids::{format_id, parse_id, IdKind};
+use krafter::model::records::{AttemptRecord, DeliveryRecord, DeliveryStatus};
 use krafter::store::deliveries::attempts_of;
 use krafter::store::events::deliveries_of;
-use krafter::store::ids::{format_id, parse_id, IdKind};
-use krafter::store::records::{AttemptRecord, DeliveryRecord, DeliveryStatus};
 use krafter::store::Store;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -977,7 +977,7 @@ async fn re_enabling_resets_the_failure_run() {
         (body["data"]["enabled"] == false).then_some(())
     })
     .await;
-    let re_enabled_at = krafter::clock::now_ms();
+    let re_enabled_at = krafter::model::time::now_ms();
     let (status, resp) = server.patch(&path, json!({"enabled": true})).await;
     assert_eq!(status, StatusCode::OK, "{resp}");
 

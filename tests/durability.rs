@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use krafter::config::StorageConfig;
 use krafter::metrics::Metrics;
-use krafter::store::ids::{parse_id, IdKind};
+use krafter::model::ids::{parse_id, IdKind};
 use krafter::store::{events, Store};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;

@@ -27,9 +27,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use krafter::metrics::Metrics;
+use krafter::model::ids::{new_id, parse_id, IdKind};
+use krafter::model::records::EventRecord;
 use krafter::store::events;
-use krafter::store::ids::{new_id, parse_id, IdKind};
-use krafter::store::records::EventRecord;
 use krafter::store::retention::sweep;
 use krafter::store::tables::{ATTEMPTS, DEDUP, DELIVERIES, DUE, EVENTS, EVENT_DELIVERIES};
 use krafter::store::Store;
@@ -1827,7 +1827,7 @@ async fn the_server_removes_expired_events_on_its_own_schedule() {
         .expect("old event written");
     store.close().await;
     drop(store);
-    let old_text = krafter::store::ids::format_id(IdKind::Event, old_id);
+    let old_text = krafter::model::ids::format_id(IdKind::Event, old_id);
 
     let server = server
         .restart_with(|c| c.storage.retention_interval = Duration::from_millis(200))

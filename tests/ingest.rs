@@ -19,9 +19,9 @@ use base64::Engine as _;
 use common::{assert_error, TestServer};
 use hmac::{Hmac, Mac};
 use krafter::metrics::Metrics;
+use krafter::model::ids::{parse_id, IdKind};
+use krafter::model::records::{DeliveryRecord, DeliveryStatus, EventRecord};
 use krafter::store::events;
-use krafter::store::ids::{parse_id, IdKind};
-use krafter::store::records::{DeliveryRecord, DeliveryStatus, EventRecord};
 use krafter::store::Store;
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::StatusCode;
@@ -2296,7 +2296,7 @@ async fn previous_secret_keeps_verifying_after_rotation() {
         .write(move |txn| {
             krafter::store::sources::update(txn, source_id, |s| {
                 let previous = s.previous_secret.as_mut().expect("a previous secret");
-                previous.until_ms = krafter::clock::now_ms() - 1;
+                previous.until_ms = krafter::model::time::now_ms() - 1;
                 Ok(())
             })
             .map(|_| ())

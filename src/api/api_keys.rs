@@ -10,9 +10,9 @@ use super::auth::{generate_key, Caller};
 use super::error::{ApiError, ErrorEnvelope, Validation};
 use super::extract::{encode_cursor, ApiJson, ApiPath, ApiQuery, Data, List, ListParams};
 use super::AppState;
-use crate::clock::format_ms;
-use crate::store::ids::{format_id, parse_id, IdKind};
-use crate::store::records::{ApiKeyRecord, Scope};
+use crate::model::ids::{format_id, parse_id, IdKind};
+use crate::model::records::{ApiKeyRecord, Scope};
+use crate::model::time::format_ms;
 use crate::store::{api_keys, StoreError};
 
 /// Body of `POST /api/v1/api-keys`.

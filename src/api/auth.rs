@@ -10,10 +10,10 @@ use rand::distributions::{Alphanumeric, DistString};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::clock;
+use crate::model::ids::new_id;
+use crate::model::records::{ApiKeyRecord, Scope};
+use crate::model::time;
 use crate::store::crypto::{hash_key, write_private_file};
-use crate::store::ids::new_id;
-use crate::store::records::{ApiKeyRecord, Scope};
 use crate::store::{api_keys, Store, StoreError};
 
 /// Every key starts with this, so leaked keys are recognisable (and
@@ -42,7 +42,7 @@ pub fn generate_key(name: &str, scopes: Vec<Scope>) -> NewKey {
         scopes,
         prefix: key.chars().take(8).collect(),
         hash: hash_key(&key),
-        created_at_ms: clock::now_ms(),
+        created_at_ms: time::now_ms(),
     };
     NewKey { record, key }
 }

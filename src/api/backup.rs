@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use super::auth::Caller;
 use super::error::{ApiError, ErrorEnvelope};
 use super::AppState;
-use crate::store::ids::new_id;
-use crate::store::records::Scope;
+use crate::model::ids::new_id;
+use crate::model::records::Scope;
 
 /// Streams a backup: a redb file holding every table from one snapshot
 /// plus the key that opens stored secrets. Protect it like the data

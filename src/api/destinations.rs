@@ -15,10 +15,10 @@ use super::error::{ApiError, ErrorEnvelope, Validation};
 use super::extract::{encode_cursor, ApiJson, ApiPath, ApiQuery, Data, List, ListParams};
 use super::sources::{source_id, SECRET_OVERLAP_MS};
 use super::AppState;
-use crate::clock::{format_ms, now_ms};
 use crate::delivery::ssrf;
-use crate::store::ids::{format_id, new_id, parse_id, IdKind};
-use crate::store::records::{DestinationRecord, RetiredSecret, Scope};
+use crate::model::ids::{format_id, new_id, parse_id, IdKind};
+use crate::model::records::{DestinationRecord, RetiredSecret, Scope};
+use crate::model::time::{format_ms, now_ms};
 use crate::store::{deliveries, destinations, sources, StoreError};
 
 /// How long creation waits for DNS before accepting an unresolved host.

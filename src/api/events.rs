@@ -17,15 +17,15 @@ use super::extract::{
 };
 use super::sources::source_id;
 use super::AppState;
-use crate::clock::{format_ms, now_ms, parse_rfc3339_ms};
-use crate::ingest::filter;
-use crate::store::deliveries;
-use crate::store::events::{self, EventQuery};
-use crate::store::ids::{format_id, new_id, parse_id, IdKind};
-use crate::store::records::{
+use crate::model::filter;
+use crate::model::ids::{format_id, new_id, parse_id, IdKind};
+use crate::model::records::{
     AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, EventSummary, ReplayRecord,
     ReplayState, Scope,
 };
+use crate::model::time::{format_ms, now_ms, parse_rfc3339_ms};
+use crate::store::deliveries;
+use crate::store::events::{self, EventQuery};
 use crate::store::{destinations, replays, StoreError};
 
 /// Filters of `GET .../events`.

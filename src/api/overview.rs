@@ -16,10 +16,10 @@ use super::events::{event_view, EventView};
 use super::extract::{encode_cursor, ApiPath, ApiQuery, Data, List, ListParams};
 use super::sources::source_id;
 use super::AppState;
-use crate::clock::format_ms;
-use crate::store::ids::{format_id, id_timestamp_ms, new_id, parse_id, IdKind};
+use crate::model::ids::{format_id, id_timestamp_ms, new_id, parse_id, IdKind};
+use crate::model::records::{EventRecord, Scope};
+use crate::model::time::format_ms;
 use crate::store::overview::{self, Found};
-use crate::store::records::{EventRecord, Scope};
 use crate::store::{events, sources, test_events, StoreError};
 
 /// Longest provider event id a search takes (Stripe's are 28 characters,
@@ -200,7 +200,7 @@ pub async fn test_event(
         ],
         body,
     };
-    let summary = crate::store::records::EventSummary {
+    let summary = crate::model::records::EventSummary {
         event_type: event.event_type.clone(),
         provider_event_id: None,
         received_at_ms,

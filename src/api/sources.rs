@@ -11,10 +11,10 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorEnvelope, Validation};
 use super::extract::{encode_cursor, ApiJson, ApiPath, ApiQuery, Data, List, ListParams};
 use super::AppState;
-use crate::clock::{format_ms, now_ms};
 use crate::ingest::providers::{self, GenericHmacConfig, ProviderKind};
-use crate::store::ids::{format_id, new_id, parse_id, IdKind};
-use crate::store::records::{RetiredSecret, Scope, SourceRecord};
+use crate::model::ids::{format_id, new_id, parse_id, IdKind};
+use crate::model::records::{RetiredSecret, Scope, SourceRecord};
+use crate::model::time::{format_ms, now_ms};
 use crate::store::{destinations, sources, StoreError};
 
 /// How long a replaced secret keeps verifying, so a provider's secret roll

@@ -172,7 +172,7 @@ async fn handle(
     let mut text = format!(
         "--- {} {path}  at {}\n",
         parts.method,
-        crate::clock::format_ms(crate::clock::now_ms())
+        crate::model::time::format_ms(crate::model::time::now_ms())
     );
     for (name, value) in &parts.headers {
         let name = name.as_str();
@@ -195,7 +195,12 @@ async fn handle(
     text.push('\n');
     let mut status = http::StatusCode::OK;
     if let Some(secret) = &receiver.secret {
-        match verify(secret, &parts.headers, &body, crate::clock::now_ms() / 1000) {
+        match verify(
+            secret,
+            &parts.headers,
+            &body,
+            crate::model::time::now_ms() / 1000,
+        ) {
             Ok(()) => text.push_str("signature: verified (Standard Webhooks)\n"),
             Err(why) => {
                 text.push_str(&format!("signature: NOT verified: {why}; answering 401\n"));

@@ -225,7 +225,7 @@ pub async fn run(api: &Api, args: SendTestEventArgs) -> anyhow::Result<()> {
         bail!("the server's answer has no ingest URL for {}", args.source);
     };
     let provider = source["provider"].as_str().unwrap_or("").to_string();
-    let now = crate::clock::now_ms() / 1000;
+    let now = crate::model::time::now_ms() / 1000;
     let signed = build(&source, &args.event_type, args.secret.as_deref(), now)?;
     let mut request = http::Request::builder().method(Method::POST).uri(&url);
     for (name, value) in &signed.headers {

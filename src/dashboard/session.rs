@@ -27,9 +27,10 @@ use super::error::DashboardError;
 use super::form::Form;
 use super::Dashboard;
 use crate::api::auth::Caller;
-use crate::clock::now_ms;
+use crate::model::records::{ApiKeyRecord, Scope};
+use crate::model::time::now_ms;
 use crate::store::api_keys::key_sessions_of;
-use crate::store::records::{ApiKeyRecord, Record, Scope};
+use crate::store::records::Record;
 use crate::store::tables::{API_KEYS, DASHBOARD_SESSIONS, KEY_SESSIONS};
 use crate::store::{Store, StoreError};
 

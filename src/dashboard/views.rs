@@ -8,7 +8,7 @@ use maud::{html, Markup, DOCTYPE};
 
 use super::dispatch::ApiFailure;
 use super::session::{Session, CSRF_FIELD};
-use crate::clock::{now_ms, parse_rfc3339_ms};
+use crate::model::time::{now_ms, parse_rfc3339_ms};
 
 /// Asset URLs carry the version so a browser never runs an old script
 /// against a new page.

@@ -24,12 +24,12 @@ use super::client::{self, ClientError, DeliveryClient};
 use super::retry;
 use super::signer;
 use super::worker::{self, AttemptRequest};
-use crate::clock::now_ms;
 use crate::config::DeliveryConfig;
 use crate::metrics::Metrics;
+use crate::model::ids::{format_id, IdKind};
+use crate::model::records::{AttemptRecord, DeliveryStatus, DestinationRecord, RetiredSecret};
+use crate::model::time::now_ms;
 use crate::store::deliveries::{self, AttemptOutcome, DueItem, Next};
-use crate::store::ids::{format_id, IdKind};
-use crate::store::records::{AttemptRecord, DeliveryStatus, DestinationRecord, RetiredSecret};
 use crate::store::{destinations, events, Store, StoreError};
 
 /// How long a lane sleeps at most before looking at its queue again, in

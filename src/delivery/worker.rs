@@ -11,8 +11,8 @@ use http_body_util::{BodyExt, Full};
 use super::client::{guard_literal, is_ssrf_refusal, DeliveryClient, Reach};
 use super::retry::parse_retry_after;
 use super::signer;
-use crate::store::ids::{format_id, IdKind};
-use crate::store::records::EventRecord;
+use crate::model::ids::{format_id, IdKind};
+use crate::model::records::EventRecord;
 
 /// Largest part of a response body kept with the attempt.
 pub const SNIPPET_BYTES: usize = 1024;

@@ -17,12 +17,12 @@ use utoipa::ToSchema;
 use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{ApiPath, Data};
 use crate::api::AppState;
-use crate::clock::now_ms;
 use crate::ingest::providers::{self, Inbound, ProviderKind};
 use crate::metrics::IngestResult;
+use crate::model::ids::{format_id, id_timestamp_ms, new_id, IdKind};
+use crate::model::records::{EventRecord, SourceRecord};
+use crate::model::time::now_ms;
 use crate::store::events::{self, IngestOutcome};
-use crate::store::ids::{format_id, id_timestamp_ms, new_id, IdKind};
-use crate::store::records::{EventRecord, SourceRecord};
 use crate::store::{sources, StoreError};
 
 /// Answer to an accepted (or duplicate) event.

@@ -184,7 +184,7 @@ pub fn record_attempt(txn: &WriteTransaction, o: &AttemptOutcome) -> Result<Reco
                 d.disabled_reason = Some(format!(
                     "every delivery attempt failed for {} (since {}); re-enable it once the endpoint works",
                     humantime::format_duration(std::time::Duration::from_millis((now - since).max(0) as u64 / 1000 * 1000)),
-                    crate::clock::format_ms(since)
+                    crate::model::time::format_ms(since)
                 ));
                 recorded.disabled_destination = true;
                 true
@@ -302,7 +302,7 @@ mod tests {
     use crate::config::StorageConfig;
     use crate::ingest::providers::ProviderKind;
     use crate::metrics::Metrics;
-    use crate::store::ids::new_id;
+    use crate::model::ids::new_id;
     use crate::store::records::{EventRecord, SourceRecord};
     use crate::store::{destinations, events, sources, Store};
 

@@ -2,7 +2,6 @@
 
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
-use super::ids::new_id;
 use super::records::{
     DeliveryRecord, DeliveryStatus, DestinationRecord, EventRecord, EventSummary, Record,
 };
@@ -11,7 +10,8 @@ use super::tables::{
     SOURCE_EVENTS,
 };
 use super::StoreError;
-use crate::ingest::filter;
+use crate::model::filter;
+use crate::model::ids::new_id;
 
 /// What storing an inbound event did.
 #[derive(Debug)]

@@ -11,7 +11,6 @@ pub mod deliveries;
 pub mod destinations;
 mod error;
 pub mod events;
-pub mod ids;
 pub mod overview;
 pub mod records;
 pub mod replays;
@@ -247,7 +246,7 @@ impl DbSlot {
         create_tables(&db)?;
         let txn = db.begin_write()?;
         txn.open_table(tables::HEALTH)?
-            .insert("probe", crate::clock::now_ms())?;
+            .insert("probe", crate::model::time::now_ms())?;
         txn.commit()?;
         match self.current.write() {
             Ok(mut guard) => *guard = Some(Arc::new(db)),

@@ -22,7 +22,7 @@ use super::records::{
 };
 use super::tables::{DELIVERIES, DESTINATIONS, EVENT_DELIVERIES, REPLAYS, SOURCES, SOURCE_EVENTS};
 use super::{Page, StoreError};
-use crate::ingest::filter;
+use crate::model::filter;
 
 /// Events (that get deliveries) queued per write: small enough that ingest
 /// commits keep interleaving with a large replay.

@@ -130,7 +130,7 @@ mod tests {
     use crate::config::StorageConfig;
     use crate::ingest::providers::ProviderKind;
     use crate::metrics::Metrics;
-    use crate::store::ids::new_id;
+    use crate::model::ids::new_id;
     use crate::store::records::EventRecord;
     use crate::store::sources;
 
@@ -155,7 +155,7 @@ mod tests {
         EventRecord {
             id,
             source_id,
-            received_at_ms: crate::store::ids::id_timestamp_ms(id) as i64,
+            received_at_ms: crate::model::ids::id_timestamp_ms(id) as i64,
             event_type: "t".into(),
             provider_event_id: Some(format!("p{n}")),
             headers: vec![],

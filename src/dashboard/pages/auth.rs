@@ -126,7 +126,7 @@ pub async fn sign_in(
         ));
     };
     let id = session::create(&d.app.store, &record).await?;
-    tracing::info!(key_id = %crate::store::ids::format_id(crate::store::ids::IdKind::ApiKey, record.id), "dashboard sign-in");
+    tracing::info!(key_id = %crate::model::ids::format_id(crate::model::ids::IdKind::ApiKey, record.id), "dashboard sign-in");
     let mut response = views::see_other(next.as_deref().unwrap_or("/dashboard/sources"));
     let cookies = [
         session::session_cookie(&id, secure),

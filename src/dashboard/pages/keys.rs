@@ -15,7 +15,7 @@ use crate::dashboard::model::ApiKey;
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
-use crate::store::ids::{format_id, IdKind};
+use crate::model::ids::{format_id, IdKind};
 
 const PAGE: usize = 50;
 

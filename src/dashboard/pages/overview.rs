@@ -26,7 +26,7 @@ const BASE: &str = "/dashboard/events";
 /// provider's id); anything else as a provider's event id.
 fn searches(q: &str) -> Vec<(&'static str, String)> {
     let krafter_id = q.starts_with("evt_")
-        && crate::store::ids::parse_id(crate::store::ids::IdKind::Event, q).is_some();
+        && crate::model::ids::parse_id(crate::model::ids::IdKind::Event, q).is_some();
     let mut out = Vec::new();
     if krafter_id {
         out.push(("id", q.to_string()));

@@ -15,9 +15,6 @@
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
 mod common;
 mod generic_hmac;
 mod github;
@@ -31,137 +28,8 @@ mod standard_webhooks;
 mod stripe;
 mod twilio;
 
+pub use crate::model::provider::{GenericHmacConfig, ProviderKind, SignatureEncoding};
 pub use common::{MAX_EVENT_FIELD_BYTES, MAX_SIGNATURE_HEADER_BYTES};
-
-/// Which provider signs a source's webhooks. The snake_case names are part
-/// of the public API (SPEC §8) and are stored in the database.
-///
-/// Stored with postcard by variant index: new variants go at the end, and
-/// existing ones are never reordered or removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    /// `Stripe-Signature` (`t=..,v1=..`), secret used as-is.
-    Stripe,
-    /// `X-Hub-Signature-256: sha256=<hex>`.
-    Github,
-    /// `X-Shopify-Hmac-Sha256: <base64>`.
-    Shopify,
-    /// `X-Slack-Signature: v0=<hex>` with `X-Slack-Request-Timestamp`.
-    Slack,
-    /// Standard Webhooks `webhook-*` headers, `whsec_<base64>` secret.
-    StandardWebhooks,
-    /// Svix: Standard Webhooks under `svix-*` headers (falls back to
-    /// `webhook-*`).
-    Svix,
-    /// HMAC-SHA256 of the body as a [`GenericHmacConfig`] describes.
-    GenericHmac,
-    /// No verification (testing only).
-    None,
-    /// `Paddle-Signature: ts=..;h1=..` (Paddle Billing), 5 s window.
-    Paddle,
-    /// `Linear-Signature: <hex>` with the body's `webhookTimestamp`.
-    Linear,
-    /// `x-square-hmacsha256-signature: <base64>` over the public URL and
-    /// the body.
-    Square,
-    /// `X-Twilio-Signature: <base64>` HMAC-SHA1 over the public URL and the
-    /// form parameters (or `bodySHA256` for JSON bodies).
-    Twilio,
-}
-
-impl ProviderKind {
-    /// `none` is the only provider that accepts unsigned requests, so it is
-    /// the only one whose source may have no signing secret.
-    pub fn requires_secret(self) -> bool {
-        !matches!(self, ProviderKind::None)
-    }
-
-    /// The public (serde) name, e.g. `standard_webhooks`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Stripe => "stripe",
-            ProviderKind::Github => "github",
-            ProviderKind::Shopify => "shopify",
-            ProviderKind::Slack => "slack",
-            ProviderKind::StandardWebhooks => "standard_webhooks",
-            ProviderKind::Svix => "svix",
-            ProviderKind::GenericHmac => "generic_hmac",
-            ProviderKind::None => "none",
-            ProviderKind::Paddle => "paddle",
-            ProviderKind::Linear => "linear",
-            ProviderKind::Square => "square",
-            ProviderKind::Twilio => "twilio",
-        }
-    }
-}
-
-/// How a `generic_hmac` source's requests are signed and described.
-///
-/// Stored with postcard, so no `skip_serializing_if`/`flatten`/`untagged`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GenericHmacConfig {
-    /// Header carrying the signature, e.g. `X-Signature`.
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
-    )]
-    pub signature_header: String,
-    /// `hex` or `base64`.
-    #[serde(default)]
-    pub encoding: SignatureEncoding,
-    /// Text before the signature in the header, e.g. `sha256=`.
-    #[serde(default)]
-    #[schema(max_length = 64, pattern = "^[!-~]*$")]
-    pub prefix: Option<String>,
-    /// JSON pointer (RFC 6901) to the event type in the body, e.g. `/type`.
-    #[serde(default)]
-    #[schema(max_length = 256, pattern = "^/")]
-    pub event_type_pointer: Option<String>,
-    /// Header carrying the event type (used when no pointer is set).
-    #[serde(default)]
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
-    )]
-    pub event_type_header: Option<String>,
-    /// Header carrying the provider's event id, for de-duplication.
-    #[serde(default)]
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
-    )]
-    pub event_id_header: Option<String>,
-    /// JSON pointer to the provider's event id (used when no header is set).
-    #[serde(default)]
-    #[schema(max_length = 256, pattern = "^/")]
-    pub event_id_pointer: Option<String>,
-}
-
-/// Text encoding of a generic HMAC signature.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SignatureEncoding {
-    /// Hexadecimal, either case.
-    #[default]
-    Hex,
-    /// Base64, standard or URL-safe, padding optional.
-    Base64,
-}
-
-impl SignatureEncoding {
-    /// The public (serde) name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SignatureEncoding::Hex => "hex",
-            SignatureEncoding::Base64 => "base64",
-        }
-    }
-}
 
 /// What the ingest route hands a provider: the request as received. The
 /// clock is passed in (not read) so verification stays pure and testable.

@@ -1,0 +1,232 @@
+//! Which provider signs a source's webhooks, and how a `generic_hmac`
+//! source is configured: plain data shared by the API, storage and ingest
+//! (verification itself lives in `crate::ingest::providers`).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Which provider signs a source's webhooks. The snake_case names are part
+/// of the public API (SPEC §8) and are stored in the database.
+///
+/// Stored by an explicit, stable code ([`ProviderKind::code`]), never by
+/// the position of a variant, so variants may be reordered freely; a new
+/// provider takes the next unused code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// `Stripe-Signature` (`t=..,v1=..`), secret used as-is.
+    Stripe,
+    /// `X-Hub-Signature-256: sha256=<hex>`.
+    Github,
+    /// `X-Shopify-Hmac-Sha256: <base64>`.
+    Shopify,
+    /// `X-Slack-Signature: v0=<hex>` with `X-Slack-Request-Timestamp`.
+    Slack,
+    /// Standard Webhooks `webhook-*` headers, `whsec_<base64>` secret.
+    StandardWebhooks,
+    /// Svix: Standard Webhooks under `svix-*` headers (falls back to
+    /// `webhook-*`).
+    Svix,
+    /// HMAC-SHA256 of the body as a [`GenericHmacConfig`] describes.
+    GenericHmac,
+    /// No verification (testing only).
+    None,
+    /// `Paddle-Signature: ts=..;h1=..` (Paddle Billing), 5 s window.
+    Paddle,
+    /// `Linear-Signature: <hex>` with the body's `webhookTimestamp`.
+    Linear,
+    /// `x-square-hmacsha256-signature: <base64>` over the public URL and
+    /// the body.
+    Square,
+    /// `X-Twilio-Signature: <base64>` HMAC-SHA1 over the public URL and the
+    /// form parameters (or `bodySHA256` for JSON bodies).
+    Twilio,
+}
+
+impl ProviderKind {
+    /// Every provider, for listings and round-trip tests.
+    pub const ALL: [ProviderKind; 12] = [
+        ProviderKind::Stripe,
+        ProviderKind::Github,
+        ProviderKind::Shopify,
+        ProviderKind::Slack,
+        ProviderKind::StandardWebhooks,
+        ProviderKind::Svix,
+        ProviderKind::GenericHmac,
+        ProviderKind::None,
+        ProviderKind::Paddle,
+        ProviderKind::Linear,
+        ProviderKind::Square,
+        ProviderKind::Twilio,
+    ];
+
+    /// The stored code. These equal the variant positions of releases that
+    /// stored postcard's variant index (a one-byte varint below 128), so
+    /// existing data reads unchanged. Never reuse or change a code.
+    pub fn code(self) -> u8 {
+        match self {
+            ProviderKind::Stripe => 0,
+            ProviderKind::Github => 1,
+            ProviderKind::Shopify => 2,
+            ProviderKind::Slack => 3,
+            ProviderKind::StandardWebhooks => 4,
+            ProviderKind::Svix => 5,
+            ProviderKind::GenericHmac => 6,
+            ProviderKind::None => 7,
+            ProviderKind::Paddle => 8,
+            ProviderKind::Linear => 9,
+            ProviderKind::Square => 10,
+            ProviderKind::Twilio => 11,
+        }
+    }
+
+    /// The provider a stored code names, if this release knows it.
+    pub fn from_code(code: u8) -> Option<ProviderKind> {
+        ProviderKind::ALL.into_iter().find(|p| p.code() == code)
+    }
+
+    /// `none` is the only provider that accepts unsigned requests, so it is
+    /// the only one whose source may have no signing secret.
+    pub fn requires_secret(self) -> bool {
+        !matches!(self, ProviderKind::None)
+    }
+
+    /// The public (serde) name, e.g. `standard_webhooks`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Stripe => "stripe",
+            ProviderKind::Github => "github",
+            ProviderKind::Shopify => "shopify",
+            ProviderKind::Slack => "slack",
+            ProviderKind::StandardWebhooks => "standard_webhooks",
+            ProviderKind::Svix => "svix",
+            ProviderKind::GenericHmac => "generic_hmac",
+            ProviderKind::None => "none",
+            ProviderKind::Paddle => "paddle",
+            ProviderKind::Linear => "linear",
+            ProviderKind::Square => "square",
+            ProviderKind::Twilio => "twilio",
+        }
+    }
+}
+
+/// How a `generic_hmac` source's requests are signed and described.
+///
+/// Stored with postcard, so no `skip_serializing_if`/`flatten`/`untagged`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenericHmacConfig {
+    /// Header carrying the signature, e.g. `X-Signature`.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+    )]
+    pub signature_header: String,
+    /// `hex` or `base64`.
+    #[serde(default)]
+    pub encoding: SignatureEncoding,
+    /// Text before the signature in the header, e.g. `sha256=`.
+    #[serde(default)]
+    #[schema(max_length = 64, pattern = "^[!-~]*$")]
+    pub prefix: Option<String>,
+    /// JSON pointer (RFC 6901) to the event type in the body, e.g. `/type`.
+    #[serde(default)]
+    #[schema(max_length = 256, pattern = "^/")]
+    pub event_type_pointer: Option<String>,
+    /// Header carrying the event type (used when no pointer is set).
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+    )]
+    pub event_type_header: Option<String>,
+    /// Header carrying the provider's event id, for de-duplication.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+    )]
+    pub event_id_header: Option<String>,
+    /// JSON pointer to the provider's event id (used when no header is set).
+    #[serde(default)]
+    #[schema(max_length = 256, pattern = "^/")]
+    pub event_id_pointer: Option<String>,
+}
+
+/// Text encoding of a generic HMAC signature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureEncoding {
+    /// Hexadecimal, either case.
+    #[default]
+    Hex,
+    /// Base64, standard or URL-safe, padding optional.
+    Base64,
+}
+
+impl SignatureEncoding {
+    /// The public (serde) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureEncoding::Hex => "hex",
+            SignatureEncoding::Base64 => "base64",
+        }
+    }
+}
+
+/// Serde adapter that stores a [`ProviderKind`] as its stable code (use with
+/// `#[serde(with = "stored_code")]` on stored records; the API keeps the
+/// snake_case names).
+pub mod stored_code {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::ProviderKind;
+
+    /// Writes the code.
+    pub fn serialize<S: Serializer>(kind: &ProviderKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(kind.code())
+    }
+
+    /// Reads a code; an unknown one is an error (data from a newer release).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ProviderKind, D::Error> {
+        let code = u8::deserialize(d)?;
+        ProviderKind::from_code(code)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown provider code {code}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What older releases wrote: postcard's variant index.
+    #[derive(Serialize)]
+    struct ByIndex(ProviderKind);
+
+    #[derive(Serialize, Deserialize)]
+    struct ByCode(#[serde(with = "stored_code")] ProviderKind);
+
+    #[test]
+    fn stored_codes_read_what_older_releases_wrote() {
+        for kind in ProviderKind::ALL {
+            let old = postcard::to_stdvec(&ByIndex(kind)).unwrap();
+            let new = postcard::to_stdvec(&ByCode(kind)).unwrap();
+            assert_eq!(old, new, "{kind:?}");
+            let back: ByCode = postcard::from_bytes(&old).unwrap();
+            assert_eq!(back.0, kind);
+        }
+        let unknown: Result<ByCode, _> = postcard::from_bytes(&[200]);
+        assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn codes_are_unique() {
+        let mut codes: Vec<u8> = ProviderKind::ALL.iter().map(|k| k.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), ProviderKind::ALL.len());
+    }
+}

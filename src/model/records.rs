@@ -1,0 +1,251 @@
+//! The records every layer shares: API keys, sources, destinations,
+//! events, deliveries, attempts and replay jobs, as plain data.
+//!
+//! Storage backends encode them as they see fit (redb: a version byte plus
+//! postcard, see `crate::store`); nothing here knows about an engine.
+
+use serde::{Deserialize, Serialize};
+
+use super::provider::{GenericHmacConfig, ProviderKind};
+
+/// What an API key may do. `Write` includes `Read`; `Admin` includes all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Scope {
+    /// The public name (SPEC §3).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "webhooks:read",
+            Scope::Write => "webhooks:write",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// Parses a public name.
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "webhooks:read" => Some(Scope::Read),
+            "webhooks:write" => Some(Scope::Write),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+
+    /// Whether holding `self` grants `needed`.
+    pub fn grants(self, needed: Scope) -> bool {
+        self >= needed
+    }
+}
+
+/// An API key; the key itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub id: u128,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    /// First 8 characters of the key, to recognise it in lists.
+    pub prefix: String,
+    pub hash: [u8; 32],
+    pub created_at_ms: i64,
+}
+
+/// A secret that was replaced, still accepted until `until_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetiredSecret {
+    pub sealed: Vec<u8>,
+    pub until_ms: i64,
+}
+
+/// A source: one third-party origin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub id: u128,
+    pub slug: String,
+    pub name: String,
+    #[serde(with = "super::provider::stored_code")]
+    pub provider: ProviderKind,
+    pub provider_config: Option<GenericHmacConfig>,
+    /// Sealed with the data directory's key; `None` only for provider `none`.
+    pub signing_secret: Option<Vec<u8>>,
+    pub previous_secret: Option<RetiredSecret>,
+    pub enabled: bool,
+    pub retention_days: u32,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A destination: one URL of the user's receiving one source's events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DestinationRecord {
+    pub id: u128,
+    pub source_id: u128,
+    pub url: String,
+    pub event_filter: Vec<String>,
+    pub enabled: bool,
+    /// Sealed `whsec_...` string.
+    pub secret: Vec<u8>,
+    pub previous_secret: Option<RetiredSecret>,
+    /// Deliveries per second, when limited.
+    pub rate_limit: Option<u32>,
+    pub disabled_reason: Option<String>,
+    pub disabled_at_ms: Option<i64>,
+    /// Start of the current run of failed attempts (none since a success);
+    /// drives auto-disable. Written only when the run starts or ends.
+    pub failing_since_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One accepted inbound request, exactly as received.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: u128,
+    pub source_id: u128,
+    pub received_at_ms: i64,
+    pub event_type: String,
+    pub provider_event_id: Option<String>,
+    /// Lower-case names, hop-by-hop headers removed, values as raw bytes.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// What listing an event needs, kept apart from the body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventSummary {
+    pub event_type: String,
+    pub provider_event_id: Option<String>,
+    pub received_at_ms: i64,
+    pub size_bytes: u64,
+}
+
+/// Where a delivery stands (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    /// The public name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One (event, destination) pair to deliver.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub id: u128,
+    pub event_id: u128,
+    pub source_id: u128,
+    pub destination_id: u128,
+    pub status: DeliveryStatus,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due, while pending.
+    pub next_attempt_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One HTTP try of a delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// 1-based.
+    pub number: u32,
+    pub started_at_ms: i64,
+    pub duration_ms: u64,
+    /// The HTTP status, when a response arrived.
+    pub status_code: Option<u16>,
+    /// `timeout`, `connect`, `tls`, `ssrf_refused`, `http_status`, ...
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    /// First 1 KiB of the response body.
+    pub response_snippet: Vec<u8>,
+}
+
+/// Where a bulk replay job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplayState {
+    /// Queuing deliveries chunk by chunk (resumed after a restart).
+    Running,
+    /// Every event up to the job's bound was processed.
+    Completed,
+    /// Its source was deleted before it finished.
+    Cancelled,
+}
+
+impl ReplayState {
+    /// The public name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayState::Running => "running",
+            ReplayState::Completed => "completed",
+            ReplayState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A bulk replay job (SPEC §10): the request, the bound fixed when it was
+/// accepted, and how far it got. Its cursor and counters advance in the
+/// same write transaction as the deliveries of each chunk, so a crash
+/// neither repeats nor skips a chunk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayRecord {
+    pub id: u128,
+    pub source_id: u128,
+    /// `received_at` bounds in Unix ms, both exclusive; `before_ms` is the
+    /// requested `before`, or the time the job was accepted.
+    pub after_ms: i64,
+    pub before_ms: i64,
+    /// Exclusive upper event id: events stored after the request was
+    /// accepted are not part of the job.
+    pub upper_id: u128,
+    /// Exact type or `*` pattern.
+    pub type_pattern: Option<String>,
+    /// `status: failed`: only where a delivery failed and is not fixed.
+    pub only_failed: bool,
+    /// `destination_ids` as requested (after validation), if any.
+    pub destination_ids: Option<Vec<u128>>,
+    /// The destinations the job may queue to, fixed at acceptance: the
+    /// named ones, else those enabled then. Each is re-checked (still
+    /// there, still enabled) when its chunk is queued.
+    pub candidates: Vec<u128>,
+    /// The last event id processed (0 before the first chunk).
+    pub cursor: u128,
+    /// What the 202 promised: events with at least one delivery, and
+    /// deliveries, counted when the job was accepted.
+    pub events_total: u64,
+    pub deliveries_total: u64,
+    /// Events that got at least one delivery so far, and deliveries queued.
+    pub events_done: u64,
+    pub deliveries_queued: u64,
+    pub state: ReplayState,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_include_lower_ones() {
+        assert!(Scope::Admin.grants(Scope::Read));
+        assert!(Scope::Write.grants(Scope::Read));
+        assert!(!Scope::Write.grants(Scope::Admin));
+        assert!(!Scope::Read.grants(Scope::Write));
+    }
+}
