@@ -75,7 +75,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     if let Some(path) = &admin_key_file {
         tracing::info!(path = %path.display(), "created the bootstrap admin API key; read it from this file");
     }
-    let engine = Engine::start(store.clone(), config.delivery.clone(), metrics.clone())?;
+    let engine = Engine::start(store.clone(), config.delivery.clone(), metrics.clone()).await?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.server.listen,
         source,
@@ -188,7 +188,7 @@ async fn retention_loop(store: Store, interval: Duration, wake: Arc<tokio::sync:
             _ = tick.tick() => {}
             _ = wake.notified() => {}
         }
-        match crate::store::retention::sweep(&store, crate::model::time::now_ms()).await {
+        match store.sweep_retention(crate::model::time::now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(events = n, "retention removed expired events"),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),

@@ -22,7 +22,7 @@ use crate::config::{Config, ConfigFile, LogFormat};
 use crate::metrics::Metrics;
 use crate::model::ids::{format_id, parse_id, IdKind};
 use crate::model::time::format_ms;
-use crate::store::{api_keys, Store, StoreError};
+use crate::store::{Store, StoreError};
 use output::outln;
 
 /// `krafter --version`: the version, the git commit it was built from
@@ -252,7 +252,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ApiKeys(cmd) => runtime()?.block_on(api_keys_command(config, cmd)),
         Command::Backup(args) => runtime()?.block_on(backup(config, args)),
         Command::Restore { from } => {
-            let rows = crate::store::backup::restore(&from, &config.storage.path)?;
+            let rows = Store::restore(&from, &config.storage.path)?;
             eprintln!(
                 "restored {rows} rows from {} into {}; start the server with this configuration",
                 from.display(),
@@ -422,10 +422,7 @@ async fn run_key_command(store: &Store, cmd: ApiKeysCommand) -> anyhow::Result<(
             let scopes = validate_key_request(&args.name, &args.scopes)
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             let new = generate_key(args.name.trim(), scopes);
-            let record = new.record.clone();
-            store
-                .write(move |txn| api_keys::insert(txn, &record))
-                .await?;
+            store.create_api_key(new.record.clone()).await?;
             eprintln!(
                 "created {} ({}); the key is shown only this once:",
                 format_id(IdKind::ApiKey, new.record.id),
@@ -443,7 +440,7 @@ async fn run_key_command(store: &Store, cmd: ApiKeysCommand) -> anyhow::Result<(
                 "SCOPES"
             );
             loop {
-                let page = store.read(|txn| api_keys::list(txn, cursor, 250))?;
+                let page = store.list_api_keys(cursor, 250).await?;
                 for k in &page.items {
                     let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
                     outln!(
@@ -465,7 +462,7 @@ async fn run_key_command(store: &Store, cmd: ApiKeysCommand) -> anyhow::Result<(
             let Some(raw) = parse_id(IdKind::ApiKey, &id) else {
                 bail!("`{id}` is not an API key id (they look like key_01J...)");
             };
-            match store.write(move |txn| api_keys::delete(txn, raw)).await {
+            match store.revoke_api_key(raw).await {
                 Ok(()) => eprintln!("revoked {id}"),
                 Err(StoreError::NotFound) => bail!("no API key {id}"),
                 Err(e) => return Err(e.into()),

@@ -16,8 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::delivery::engine::Engine;
 use crate::model::records::ReplayState;
-use crate::store::replays::{self, CHUNK_EVENTS, CHUNK_SCAN};
 use crate::store::{Store, StoreError};
+use crate::store::{CHUNK_EVENTS, CHUNK_SCAN};
 
 /// First and longest wait before a job retries after a storage error.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -61,10 +61,8 @@ impl Replays {
     pub fn resume_all(&self) {
         let this = self.clone();
         self.inner.tracker.spawn(async move {
-            let store = this.inner.store.clone();
-            let found = tokio::task::spawn_blocking(move || store.read(replays::running)).await;
-            match found {
-                Ok(Ok(jobs)) => {
+            match this.inner.store.running_replays().await {
+                Ok(jobs) => {
                     if !jobs.is_empty() {
                         tracing::info!(jobs = jobs.len(), "resuming bulk replays");
                     }
@@ -72,8 +70,7 @@ impl Replays {
                         drop(this.start(source, job));
                     }
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot list bulk replays to resume"),
-                Err(e) => tracing::error!(error = %e, "listing bulk replays to resume failed"),
+                Err(e) => tracing::error!(error = %e, "cannot list bulk replays to resume"),
             }
         });
     }
@@ -115,16 +112,13 @@ async fn run(inner: &Inner, source: u128, job: u128, report: oneshot::Sender<Fir
     while !inner.stop.is_cancelled() {
         let step = inner
             .store
-            .write(move |txn| {
-                replays::advance(
-                    txn,
-                    source,
-                    job,
-                    crate::model::time::now_ms(),
-                    CHUNK_EVENTS,
-                    CHUNK_SCAN,
-                )
-            })
+            .advance_replay(
+                source,
+                job,
+                crate::model::time::now_ms(),
+                CHUNK_EVENTS,
+                CHUNK_SCAN,
+            )
             .await;
         match step {
             Ok(advanced) => {

@@ -13,7 +13,7 @@ use super::AppState;
 use crate::model::ids::{format_id, parse_id, IdKind};
 use crate::model::records::{ApiKeyRecord, Scope};
 use crate::model::time::format_ms;
-use crate::store::{api_keys, StoreError};
+use crate::store::StoreError;
 
 /// Body of `POST /api/v1/api-keys`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -102,11 +102,7 @@ pub async fn create(
     caller.require(Scope::Admin)?;
     let scopes = validate_key_request(&body.name, &body.scopes)?;
     let new = generate_key(body.name.trim(), scopes);
-    let record = new.record.clone();
-    state
-        .store
-        .write(move |txn| api_keys::insert(txn, &record))
-        .await?;
+    state.store.create_api_key(new.record.clone()).await?;
     let view = ApiKeyView::from_record(&new.record, Some(new.key));
     Ok((StatusCode::CREATED, Json(Data { data: view })))
 }
@@ -123,7 +119,7 @@ pub async fn list(
 ) -> Result<Json<List<ApiKeyView>>, ApiError> {
     caller.require(Scope::Admin)?;
     let (limit, cursor) = (params.limit()?, params.cursor()?);
-    let page = state.store.read(|txn| api_keys::list(txn, cursor, limit))?;
+    let page = state.store.list_api_keys(cursor, limit).await?;
     Ok(Json(List {
         data: page
             .items
@@ -146,11 +142,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Admin)?;
     let id = parse_id(IdKind::ApiKey, &id).ok_or_else(|| ApiError::not_found("no such API key"))?;
-    match state
-        .store
-        .write(move |txn| api_keys::delete(txn, id))
-        .await
-    {
+    match state.store.revoke_api_key(id).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(StoreError::NotFound) => Err(ApiError::not_found("no such API key")),
         Err(e) => Err(e.into()),

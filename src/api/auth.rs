@@ -14,7 +14,7 @@ use crate::model::ids::new_id;
 use crate::model::records::{ApiKeyRecord, Scope};
 use crate::model::time;
 use crate::store::crypto::{hash_key, write_private_file};
-use crate::store::{api_keys, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Every key starts with this, so leaked keys are recognisable (and
 /// greppable by secret scanners).
@@ -53,7 +53,7 @@ pub fn generate_key(name: &str, scopes: Vec<Scope>) -> NewKey {
 /// The file is written before the key is committed: a crash in between
 /// leaves no key in the database, so the next start simply makes another.
 pub async fn ensure_bootstrap_key(store: &Store) -> Result<Option<PathBuf>, StoreError> {
-    if store.read(api_keys::count)? > 0 {
+    if store.count_api_keys().await? > 0 {
         return Ok(None);
     }
     let new = generate_key("bootstrap admin", vec![Scope::Admin]);
@@ -69,10 +69,7 @@ pub async fn ensure_bootstrap_key(store: &Store) -> Result<Option<PathBuf>, Stor
         }
     }
     write_private_file(&path, format!("{}\n", new.key).as_bytes())?;
-    let record = new.record;
-    store
-        .write(move |txn| api_keys::insert(txn, &record))
-        .await?;
+    store.create_api_key(new.record).await?;
     Ok(Some(path))
 }
 
@@ -117,7 +114,7 @@ impl FromRequestParts<AppState> for Caller {
             return Err(ApiError::unauthorized("unknown or revoked API key"));
         }
         let hash = hash_key(key);
-        match state.store.read(|txn| api_keys::find_by_hash(txn, &hash))? {
+        match state.store.api_key_by_hash(hash).await? {
             Some(record) => Ok(Caller {
                 key_id: record.id,
                 scopes: record.scopes,

@@ -17,9 +17,9 @@ use super::sources::{source_id, SECRET_OVERLAP_MS};
 use super::AppState;
 use crate::delivery::ssrf;
 use crate::model::ids::{format_id, new_id, parse_id, IdKind};
-use crate::model::records::{DestinationRecord, RetiredSecret, Scope};
+use crate::model::records::{DestinationRecord, Scope};
 use crate::model::time::{format_ms, now_ms};
-use crate::store::{deliveries, destinations, sources, StoreError};
+use crate::store::{DestinationChange, NewSecret, StoreError};
 
 /// How long creation waits for DNS before accepting an unresolved host.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -243,10 +243,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Data<DestinationView>>), ApiError> {
     caller.require(Scope::Write)?;
     let source_id = source_id(&source)?;
-    state
-        .store
-        .read(|txn| sources::get(txn, source_id))
-        .map_err(not_found)?;
+    state.store.source(source_id).await.map_err(not_found)?;
     let filter = body.event_filter.unwrap_or_default();
     let mut v = Validation::default();
     let url = check_url(&state, &mut v, &body.url).await;
@@ -276,7 +273,7 @@ pub async fn create(
     let limit = state.config.limits.destinations_per_source;
     state
         .store
-        .write(move |txn| destinations::insert(txn, &stored, limit))
+        .create_destination(stored, limit)
         .await
         .map_err(|e| match e {
             StoreError::LimitReached(limit) => ApiError::invalid_field(
@@ -310,10 +307,8 @@ pub async fn list(
     let (limit, cursor) = (params.limit()?, params.cursor()?);
     let page = state
         .store
-        .read(|txn| {
-            sources::get(txn, source_id)?;
-            destinations::list(txn, source_id, cursor, limit)
-        })
+        .list_destinations(source_id, cursor, limit)
+        .await
         .map_err(not_found)?;
     Ok(Json(List {
         data: page.items.iter().map(|d| view(d, None)).collect(),
@@ -335,7 +330,8 @@ pub async fn get(
     let (source_id, id) = (source_id(&source)?, destination_id(&id)?);
     let d = state
         .store
-        .read(|txn| destinations::get(txn, source_id, id))
+        .destination(source_id, id)
+        .await
         .map_err(not_found)?;
     Ok(Json(Data {
         data: view(&d, None),
@@ -358,7 +354,8 @@ pub async fn update(
     let (source_id, id) = (source_id(&source)?, destination_id(&id)?);
     state
         .store
-        .read(|txn| destinations::get(txn, source_id, id))
+        .destination(source_id, id)
+        .await
         .map_err(not_found)?;
     let mut v = Validation::default();
     let mut url = None;
@@ -371,37 +368,20 @@ pub async fn update(
     check_rate_limit(&mut v, body.rate_limit, true);
     v.finish()?;
 
+    let change = DestinationChange {
+        url,
+        event_filter: body.event_filter,
+        rate_limit: body.rate_limit.map(|limit| (limit > 0).then_some(limit)),
+        enabled: body.enabled,
+        new_secret: None,
+        now_ms: now_ms(),
+    };
     let updated = state
         .store
-        .write(move |txn| {
-            let updated = destinations::update(txn, source_id, id, |d| {
-                if let Some(url) = url {
-                    d.url = url;
-                }
-                if let Some(filter) = body.event_filter {
-                    d.event_filter = filter;
-                }
-                if let Some(limit) = body.rate_limit {
-                    d.rate_limit = (limit > 0).then_some(limit);
-                }
-                if let Some(enabled) = body.enabled {
-                    if enabled && !d.enabled {
-                        d.disabled_reason = None;
-                        d.disabled_at_ms = None;
-                        d.failing_since_ms = None;
-                    }
-                    d.enabled = enabled;
-                }
-                d.updated_at_ms = now_ms();
-                Ok(())
-            })?;
-            if !updated.enabled {
-                deliveries::cancel_pending(txn, id, updated.updated_at_ms)?;
-            }
-            Ok(updated)
-        })
+        .update_destination(source_id, id, change)
         .await
-        .map_err(not_found)?;
+        .map_err(not_found)?
+        .destination;
     if updated.enabled {
         state.engine.wake(source_id, id);
     }
@@ -424,10 +404,7 @@ pub async fn delete(
     let (source_id, id) = (source_id(&source)?, destination_id(&id)?);
     state
         .store
-        .write(move |txn| {
-            destinations::delete(txn, source_id, id)?;
-            deliveries::cancel_pending(txn, id, now_ms())
-        })
+        .delete_destination(source_id, id)
         .await
         .map_err(not_found)?;
     // The lane notices its destination is gone and stops.
@@ -450,22 +427,21 @@ pub async fn rotate_secret(
     let (source_id, id) = (source_id(&source)?, destination_id(&id)?);
     let secret = new_secret();
     let sealed = state.store.seal(secret.as_bytes());
+    let now = now_ms();
+    let change = DestinationChange {
+        new_secret: Some(NewSecret {
+            sealed,
+            previous_until_ms: now + SECRET_OVERLAP_MS,
+        }),
+        now_ms: now,
+        ..DestinationChange::default()
+    };
     let updated = state
         .store
-        .write(move |txn| {
-            destinations::update(txn, source_id, id, |d| {
-                let now = now_ms();
-                let old = std::mem::replace(&mut d.secret, sealed);
-                d.previous_secret = Some(RetiredSecret {
-                    sealed: old,
-                    until_ms: now + SECRET_OVERLAP_MS,
-                });
-                d.updated_at_ms = now;
-                Ok(())
-            })
-        })
+        .update_destination(source_id, id, change)
         .await
-        .map_err(not_found)?;
+        .map_err(not_found)?
+        .destination;
     Ok(Json(Data {
         data: view(&updated, Some(secret)),
     }))

@@ -24,9 +24,7 @@ use crate::model::records::{
     ReplayState, Scope,
 };
 use crate::model::time::{format_ms, now_ms, parse_rfc3339_ms};
-use crate::store::deliveries;
-use crate::store::events::{self, EventQuery};
-use crate::store::{destinations, replays, StoreError};
+use crate::store::{EventQuery, StoreError, MAX_BULK_EVENTS};
 
 /// Filters of `GET .../events`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -309,25 +307,16 @@ pub async fn list(
         before_ms,
         type_pattern: params.event_type.filter(|t| !t.is_empty()),
     };
-    let (page, delivery_lists) = state
+    let page = state
         .store
-        .read(|txn| {
-            crate::store::sources::get(txn, source)?;
-            let page = events::list(txn, source, &query, limit)?;
-            let lists = page
-                .items
-                .iter()
-                .map(|(id, _)| events::deliveries_of(txn, *id))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((page, lists))
-        })
+        .list_events(source, query, limit)
+        .await
         .map_err(not_found("source"))?;
     Ok(Json(List {
         data: page
             .items
             .iter()
-            .zip(delivery_lists)
-            .map(|((id, s), d)| event_view(source, *id, s, &d))
+            .map(|e| event_view(source, e.id, &e.summary, &e.deliveries))
             .collect(),
         next_cursor: encode_cursor(page.next),
     }))
@@ -347,14 +336,8 @@ pub async fn get(
     let (source, event) = (source_id(&source)?, event_id(&event)?);
     let (summary, record, list) = state
         .store
-        .read(|txn| {
-            let summary = events::summary(txn, source, event)?;
-            Ok((
-                summary,
-                events::get(txn, event)?,
-                events::deliveries_of(txn, event)?,
-            ))
-        })
+        .event_detail(source, event)
+        .await
         .map_err(not_found("event"))?;
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &record.headers {
@@ -410,23 +393,19 @@ pub async fn deliveries(
     let (source, event) = (source_id(&source)?, event_id(&event)?);
     let views = state
         .store
-        .read(|txn| {
-            events::summary(txn, source, event)?;
-            let mut views = Vec::new();
-            for d in events::deliveries_of(txn, event)? {
-                let attempts = deliveries::attempts_of(txn, d.id)?;
-                views.push(DeliveryView {
-                    id: format_id(IdKind::Delivery, d.id),
-                    destination_id: format_id(IdKind::Destination, d.destination_id),
-                    status: d.status.as_str().to_string(),
-                    attempts: attempts.into_iter().map(attempt_view).collect(),
-                    next_attempt_at: d.next_attempt_ms.map(format_ms),
-                    created_at: format_ms(d.created_at_ms),
-                });
-            }
-            Ok(views)
+        .deliveries_with_attempts(source, event)
+        .await
+        .map_err(not_found("event"))?
+        .into_iter()
+        .map(|(d, attempts)| DeliveryView {
+            id: format_id(IdKind::Delivery, d.id),
+            destination_id: format_id(IdKind::Destination, d.destination_id),
+            status: d.status.as_str().to_string(),
+            attempts: attempts.into_iter().map(attempt_view).collect(),
+            next_attempt_at: d.next_attempt_ms.map(format_ms),
+            created_at: format_ms(d.created_at_ms),
         })
-        .map_err(not_found("event"))?;
+        .collect();
     Ok(Json(List {
         data: views,
         next_cursor: None,
@@ -474,15 +453,15 @@ pub async fn replay(
 ) -> Result<(StatusCode, Json<Data<ReplayAccepted>>), ApiError> {
     caller.require(Scope::Write)?;
     let (source, event) = (source_id(&source)?, event_id(&event)?);
-    let (record, all) = state
+    let (_, record, _) = state
         .store
-        .read(|txn| {
-            events::summary(txn, source, event)?;
-            Ok((
-                events::get(txn, event)?,
-                destinations::all_of_source(txn, source)?,
-            ))
-        })
+        .event_detail(source, event)
+        .await
+        .map_err(not_found("event"))?;
+    let all = state
+        .store
+        .destinations_of_source(source)
+        .await
         .map_err(not_found("event"))?;
     let targets = match body.and_then(|b| b.destination_ids) {
         Some(ids) => chosen_destinations(&all, &ids)?,
@@ -492,15 +471,9 @@ pub async fn replay(
             .map(|d| d.id)
             .collect(),
     };
-    let queued = targets.clone();
     let created = state
         .store
-        .write(move |txn| {
-            // Re-checked in the write: a destination disabled or deleted
-            // since the check above gets no delivery.
-            let live = events::enabled_destinations(txn, source, &queued)?;
-            events::insert_deliveries(txn, record.id, source, &live, now_ms())
-        })
+        .replay_event(source, event, targets.clone(), now_ms())
         .await
         .map_err(not_found("event"))?;
     for d in &created {
@@ -539,25 +512,12 @@ pub async fn retry(
     let (source, event) = (source_id(&source)?, event_id(&event)?);
     let delivery = parse_id(IdKind::Delivery, &delivery)
         .ok_or_else(|| ApiError::not_found("no such delivery"))?;
-    let d = state
+    let (updated, attempts) = state
         .store
-        .read(|txn| {
-            events::summary(txn, source, event)?;
-            deliveries::get(txn, delivery)
-        })
-        .map_err(not_found("delivery"))?;
-    if d.event_id != event {
-        return Err(ApiError::not_found("no such delivery"));
-    }
-    let updated = state
-        .store
-        .write(move |txn| deliveries::retry(txn, delivery, now_ms()))
+        .retry_delivery(source, event, delivery, now_ms())
         .await
         .map_err(not_found("delivery"))?;
     state.engine.wake(source, updated.destination_id);
-    let attempts = state
-        .store
-        .read(|txn| deliveries::attempts_of(txn, delivery))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Data {
@@ -612,10 +572,8 @@ pub async fn bulk_replay(
     v.finish()?;
     let all = state
         .store
-        .read(|txn| {
-            crate::store::sources::get(txn, source)?;
-            destinations::all_of_source(txn, source)
-        })
+        .destinations_of_source(source)
+        .await
         .map_err(not_found("source"))?;
     let chosen = match &body.destination_ids {
         Some(ids) => Some(chosen_destinations(&all, ids)?),
@@ -645,28 +603,24 @@ pub async fn bulk_replay(
         created_at_ms: accepted_at,
         updated_at_ms: accepted_at,
     };
-    // Counting a large range reads many index entries: off the async threads.
-    let (store, counted) = (state.store.clone(), job.clone());
-    let totals = tokio::task::spawn_blocking(move || {
-        store.read(|txn| replays::count(txn, &counted, events::MAX_BULK_EVENTS as u64))
-    })
-    .await
-    .map_err(|_| ApiError::internal())??;
+    let totals = state
+        .store
+        .count_replay(job.clone(), MAX_BULK_EVENTS as u64)
+        .await?;
     let Some(totals) = totals else {
         return Err(ApiError::invalid_field(
             "after",
             format!(
                 "more than {} events match; replay a narrower range",
-                events::MAX_BULK_EVENTS
+                MAX_BULK_EVENTS
             ),
         ));
     };
     job.events_total = totals.events;
     job.deliveries_total = totals.deliveries;
-    let stored = job.clone();
     state
         .store
-        .write(move |txn| replays::insert(txn, &stored))
+        .create_replay(job.clone())
         .await
         .map_err(not_found("source"))?;
     let outcome = state.replays.start(source, job.id);
@@ -736,10 +690,8 @@ pub async fn list_replays(
     let (limit, cursor) = (params.limit()?, params.cursor()?);
     let page = state
         .store
-        .read(|txn| {
-            crate::store::sources::get(txn, source)?;
-            replays::list(txn, source, cursor, limit)
-        })
+        .list_replays(source, cursor, limit)
+        .await
         .map_err(not_found("source"))?;
     Ok(Json(List {
         data: page.items.iter().map(replay_view).collect(),
@@ -761,7 +713,8 @@ pub async fn get_replay(
     let (source, replay) = (source_id(&source)?, replay_id(&replay)?);
     let job = state
         .store
-        .read(|txn| replays::get(txn, source, replay))
+        .replay(source, replay)
+        .await
         .map_err(not_found("replay"))?;
     Ok(Json(Data {
         data: replay_view(&job),

@@ -40,9 +40,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let size = i64::try_from(state.store.file_size()).unwrap_or(i64::MAX);
+    let size = i64::try_from(state.store.size_bytes()).unwrap_or(i64::MAX);
     state.metrics.storage_file_size.set(size);
-    match state.engine.queue_stats() {
+    match state.engine.queue_stats().await {
         Ok((pending, oldest_ms)) => {
             state
                 .metrics

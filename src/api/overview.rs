@@ -19,8 +19,7 @@ use super::AppState;
 use crate::model::ids::{format_id, id_timestamp_ms, new_id, parse_id, IdKind};
 use crate::model::records::{EventRecord, Scope};
 use crate::model::time::format_ms;
-use crate::store::overview::{self, Found};
-use crate::store::{events, sources, test_events, StoreError};
+use crate::store::{EventSearch, StoreError};
 
 /// Longest provider event id a search takes (Stripe's are 28 characters,
 /// GitHub's delivery GUIDs 36).
@@ -49,15 +48,7 @@ pub struct AllEventsParams {
     pub cursor: Option<String>,
 }
 
-/// What a search asks for.
-enum Search {
-    All,
-    /// By Krafter id, and by provider event id too when given.
-    Id(u128, Option<String>),
-    ProviderEventId(String),
-}
-
-fn search(params: &AllEventsParams) -> Result<Search, ApiError> {
+fn search(params: &AllEventsParams) -> Result<EventSearch, ApiError> {
     if let Some(p) = &params.provider_event_id {
         if p.is_empty() || p.chars().count() > MAX_PROVIDER_EVENT_ID {
             return Err(ApiError::bad_request(format!(
@@ -67,10 +58,13 @@ fn search(params: &AllEventsParams) -> Result<Search, ApiError> {
     }
     match (&params.id, &params.provider_event_id) {
         (Some(id), provider) => parse_id(IdKind::Event, id)
-            .map(|id| Search::Id(id, provider.clone()))
+            .map(|id| EventSearch::Id {
+                id,
+                provider_event_id: provider.clone(),
+            })
             .ok_or_else(|| ApiError::bad_request("id must be a Krafter event id (evt_...)")),
-        (None, Some(p)) => Ok(Search::ProviderEventId(p.clone())),
-        (None, None) => Ok(Search::All),
+        (None, Some(p)) => Ok(EventSearch::ProviderEventId(p.clone())),
+        (None, None) => Ok(EventSearch::All),
     }
 }
 
@@ -93,51 +87,15 @@ pub async fn list_all(
     };
     let (limit, cursor) = (paging.limit()?, paging.cursor()?);
     let wanted = search(&params)?;
-    let (found, next, lists) = state.store.read(|txn| {
-        let (found, next) = match wanted {
-            Search::All => {
-                let page = overview::newest(txn, cursor, limit)?;
-                (page.items, page.next)
-            }
-            Search::Id(id, provider) => {
-                let mut found = overview::by_id(txn, id)?;
-                if let Some(p) = provider {
-                    found.retain(|f| f.summary.provider_event_id.as_deref() == Some(p.as_str()));
-                }
-                page_of(found, cursor, limit)
-            }
-            Search::ProviderEventId(p) => {
-                page_of(overview::by_provider_event_id(txn, &p)?, cursor, limit)
-            }
-        };
-        let lists = found
-            .iter()
-            .map(|f| events::deliveries_of(txn, f.event_id))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((found, next, lists))
-    })?;
+    let page = state.store.search_events(wanted, cursor, limit).await?;
     Ok(Json(List {
-        data: found
+        data: page
+            .items
             .iter()
-            .zip(lists)
-            .map(|(f, d)| event_view(f.source_id, f.event_id, &f.summary, &d))
+            .map(|f| event_view(f.source_id, f.event_id, &f.summary, &f.deliveries))
             .collect(),
-        next_cursor: encode_cursor(next),
+        next_cursor: encode_cursor(page.next),
     }))
-}
-
-/// A page of search results (newest first) below the cursor.
-fn page_of(
-    mut found: Vec<Found>,
-    cursor: Option<u128>,
-    limit: usize,
-) -> (Vec<Found>, Option<u128>) {
-    found.sort_by_key(|f| std::cmp::Reverse(f.event_id));
-    found.retain(|f| cursor.is_none_or(|c| f.event_id < c));
-    let more = found.len() > limit;
-    found.truncate(limit);
-    let next = more.then(|| found.last().map(|f| f.event_id)).flatten();
-    (found, next)
 }
 
 /// Stores a test event of type `krafter.test` in a source, as if it had
@@ -158,13 +116,10 @@ pub async fn test_event(
 ) -> Result<(StatusCode, Json<Data<EventView>>), ApiError> {
     caller.require(Scope::Write)?;
     let source = source_id(&id)?;
-    let record = state
-        .store
-        .read(|txn| sources::get(txn, source))
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("no such source"),
-            other => other.into(),
-        })?;
+    let record = state.store.source(source).await.map_err(|e| match e {
+        StoreError::NotFound => ApiError::not_found("no such source"),
+        other => other.into(),
+    })?;
     if !record.enabled {
         return Err(ApiError::conflict(
             "the source is disabled; enable it to send a test event",
@@ -206,10 +161,9 @@ pub async fn test_event(
         received_at_ms,
         size_bytes: event.body.len() as u64,
     };
-    let size = event.body.len();
     let deliveries = state
         .store
-        .write_sized(size, move |txn| test_events::store(txn, &event))
+        .store_test_event(event)
         .await
         .map_err(|e| match e {
             StoreError::NotFound => ApiError::not_found("no such source"),

@@ -13,9 +13,9 @@ use super::extract::{encode_cursor, ApiJson, ApiPath, ApiQuery, Data, List, List
 use super::AppState;
 use crate::ingest::providers::{self, GenericHmacConfig, ProviderKind};
 use crate::model::ids::{format_id, new_id, parse_id, IdKind};
-use crate::model::records::{RetiredSecret, Scope, SourceRecord};
+use crate::model::records::{Scope, SourceRecord};
 use crate::model::time::{format_ms, now_ms};
-use crate::store::{destinations, sources, StoreError};
+use crate::store::{NewSecret, SourceChange, StoreError};
 
 /// How long a replaced secret keeps verifying, so a provider's secret roll
 /// loses nothing (SPEC §5).
@@ -206,19 +206,18 @@ pub async fn create(
         created_at_ms: now,
         updated_at_ms: now,
     };
-    let created = state
-        .store
-        .write(move |txn| {
-            // 62^8 slugs make a clash rare; pick again rather than fail.
-            for _ in 0..8 {
-                match sources::insert(txn, &source) {
-                    Err(StoreError::Conflict(_)) => source.slug = new_slug(),
-                    other => return other.map(|()| source),
-                }
+    // 62^8 slugs make a clash rare; pick again rather than fail.
+    let mut tries = 0;
+    let created = loop {
+        match state.store.create_source(source.clone()).await {
+            Ok(()) => break source,
+            Err(StoreError::Conflict(_)) if tries < 8 => {
+                tries += 1;
+                source.slug = new_slug();
             }
-            Err(StoreError::Conflict("could not pick a free slug".into()))
-        })
-        .await?;
+            Err(e) => return Err(e.into()),
+        }
+    };
     Ok((
         StatusCode::CREATED,
         Json(Data {
@@ -239,21 +238,12 @@ pub async fn list(
 ) -> Result<Json<List<SourceView>>, ApiError> {
     caller.require(Scope::Read)?;
     let (limit, cursor) = (params.limit()?, params.cursor()?);
-    let (page, counts) = state.store.read(|txn| {
-        let page = sources::list(txn, cursor, limit)?;
-        let counts = page
-            .items
-            .iter()
-            .map(|s| destinations::count_of_source(txn, s.id))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((page, counts))
-    })?;
+    let page = state.store.list_sources(cursor, limit).await?;
     Ok(Json(List {
         data: page
             .items
             .iter()
-            .zip(counts)
-            .map(|(s, n)| view(&state, s, n))
+            .map(|(s, n)| view(&state, s, *n))
             .collect(),
         next_cursor: encode_cursor(page.next),
     }))
@@ -273,12 +263,8 @@ pub async fn get(
     let id = source_id(&id)?;
     let (source, count) = state
         .store
-        .read(|txn| {
-            Ok((
-                sources::get(txn, id)?,
-                destinations::count_of_source(txn, id)?,
-            ))
-        })
+        .source_with_destination_count(id)
+        .await
         .map_err(not_found)?;
     Ok(Json(Data {
         data: view(&state, &source, count),
@@ -301,10 +287,7 @@ pub async fn update(
     caller.require(Scope::Write)?;
     let id = source_id(&id)?;
     // The provider decides how secrets and settings are checked.
-    let current = state
-        .store
-        .read(|txn| sources::get(txn, id))
-        .map_err(not_found)?;
+    let current = state.store.source(id).await.map_err(not_found)?;
     let mut v = Validation::default();
     if let Some(name) = &body.name {
         check_name(&mut v, name);
@@ -320,44 +303,23 @@ pub async fn update(
     }
     v.finish()?;
 
-    let sealed = body
-        .signing_secret
-        .as_ref()
-        .map(|s| state.store.seal(s.as_bytes()));
-    let updated = state
+    let now = now_ms();
+    let change = SourceChange {
+        name: body.name.map(|n| n.trim().to_string()),
+        enabled: body.enabled,
+        retention_days: body.retention_days,
+        provider_config: body.provider_config,
+        new_secret: body.signing_secret.map(|s| NewSecret {
+            sealed: state.store.seal(s.as_bytes()),
+            previous_until_ms: now + SECRET_OVERLAP_MS,
+        }),
+        now_ms: now,
+    };
+    let (updated, count) = state
         .store
-        .write(move |txn| {
-            let source = sources::update(txn, id, |s| {
-                let now = now_ms();
-                if let Some(name) = body.name {
-                    s.name = name.trim().to_string();
-                }
-                if let Some(enabled) = body.enabled {
-                    s.enabled = enabled;
-                }
-                if let Some(days) = body.retention_days {
-                    s.retention_days = days;
-                }
-                if let Some(config) = body.provider_config {
-                    s.provider_config = Some(config);
-                }
-                if let Some(sealed) = sealed {
-                    s.previous_secret = s.signing_secret.take().map(|old| RetiredSecret {
-                        sealed: old,
-                        until_ms: now + SECRET_OVERLAP_MS,
-                    });
-                    s.signing_secret = Some(sealed);
-                }
-                s.updated_at_ms = now;
-                Ok(())
-            })?;
-            Ok(source)
-        })
+        .update_source(id, change)
         .await
         .map_err(not_found)?;
-    let count = state
-        .store
-        .read(|txn| destinations::count_of_source(txn, id))?;
     Ok(Json(Data {
         data: view(&state, &updated, count),
     }))
@@ -375,11 +337,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Write)?;
     let id = source_id(&id)?;
-    state
-        .store
-        .write(move |txn| sources::delete(txn, id))
-        .await
-        .map_err(not_found)?;
+    state.store.delete_source(id).await.map_err(not_found)?;
     // The retention task purges its events now, in small chunks.
     state.retention.notify_one();
     Ok(StatusCode::NO_CONTENT)

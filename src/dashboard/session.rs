@@ -18,8 +18,6 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
 use base64::Engine;
 use rand::RngCore;
-use redb::ReadableTable;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -27,11 +25,8 @@ use super::error::DashboardError;
 use super::form::Form;
 use super::Dashboard;
 use crate::api::auth::Caller;
-use crate::model::records::{ApiKeyRecord, Scope};
+use crate::model::records::{ApiKeyRecord, Scope, SessionRecord};
 use crate::model::time::now_ms;
-use crate::store::api_keys::key_sessions_of;
-use crate::store::records::Record;
-use crate::store::tables::{API_KEYS, DASHBOARD_SESSIONS, KEY_SESSIONS};
 use crate::store::{Store, StoreError};
 
 /// Name of the session cookie.
@@ -48,19 +43,6 @@ const SIGN_IN_TTL_SECS: i64 = 3600;
 pub const MAX_SESSIONS_PER_KEY: usize = 50;
 /// Name of the hidden form field carrying the CSRF token.
 pub const CSRF_FIELD: &str = "csrf";
-
-/// What is stored per session, under the SHA-256 of its id.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SessionRecord {
-    /// The API key the user signed in with.
-    pub key_id: u128,
-    /// Per-session token every state-changing form must echo back.
-    pub csrf: String,
-    pub created_at_ms: i64,
-    pub expires_at_ms: i64,
-}
-
-impl Record for SessionRecord {}
 
 /// A valid session with the key behind it, as handlers see it.
 #[derive(Debug, Clone)]
@@ -121,39 +103,8 @@ pub async fn create(store: &Store, key: &ApiKeyRecord) -> Result<String, StoreEr
         created_at_ms: now,
         expires_at_ms: now + SESSION_TTL_MS,
     };
-    let id_hash = hash(&id);
-    let key_id = key.id;
     store
-        .write(move |txn| {
-            let mut index = txn.open_table(KEY_SESSIONS)?;
-            let mut sessions = txn.open_table(DASHBOARD_SESSIONS)?;
-            let mut live = Vec::new();
-            let mut ended = Vec::new();
-            for entry in index.range(key_sessions_of(key_id))? {
-                let (k, _) = entry?;
-                let (_, created, hash) = k.value();
-                let alive = sessions
-                    .get(hash)?
-                    .and_then(|v| SessionRecord::decode(v.value()).ok())
-                    .is_some_and(|r| r.expires_at_ms > now);
-                let place = (created, hash.to_vec());
-                if alive {
-                    live.push(place);
-                } else {
-                    ended.push(place);
-                }
-            }
-            // Oldest first (the index order): make room for this one.
-            let excess = (live.len() + 1).saturating_sub(MAX_SESSIONS_PER_KEY);
-            ended.extend(live.into_iter().take(excess));
-            for (created, hash) in ended {
-                index.remove((key_id, created, hash.as_slice()))?;
-                sessions.remove(hash.as_slice())?;
-            }
-            sessions.insert(id_hash.as_slice(), record.encode().as_slice())?;
-            index.insert((key_id, now, id_hash.as_slice()), ())?;
-            Ok(())
-        })
+        .create_session(hash(&id), record, MAX_SESSIONS_PER_KEY)
         .await?;
     Ok(id)
 }
@@ -165,15 +116,7 @@ pub async fn end(store: &Store, session: &Session) -> Result<(), StoreError> {
         session.caller.key_id,
         session.created_at_ms,
     );
-    store
-        .write(move |txn| {
-            txn.open_table(DASHBOARD_SESSIONS)?
-                .remove(id_hash.as_slice())?;
-            txn.open_table(KEY_SESSIONS)?
-                .remove((key_id, created, id_hash.as_slice()))?;
-            Ok(())
-        })
-        .await
+    store.end_session(id_hash, key_id, created).await
 }
 
 /// What a cookie value turned out to be.
@@ -183,40 +126,22 @@ enum Lookup {
     Invalid,
 }
 
-fn lookup(store: &Store, id: &str) -> Result<Lookup, StoreError> {
+async fn lookup(store: &Store, id: &str) -> Result<Lookup, StoreError> {
     let id_hash = hash(id);
-    store.read(|txn| {
-        let Some(bytes) = txn
-            .open_table(DASHBOARD_SESSIONS)?
-            .get(id_hash.as_slice())?
-            .map(|v| v.value().to_vec())
-        else {
-            return Ok(Lookup::Invalid);
-        };
-        let record = SessionRecord::decode(&bytes)?;
-        if record.expires_at_ms <= now_ms() {
-            return Ok(Lookup::Invalid);
-        }
-        let Some(key) = txn
-            .open_table(API_KEYS)?
-            .get(record.key_id)?
-            .map(|v| v.value().to_vec())
-        else {
-            return Ok(Lookup::Invalid);
-        };
-        let key = ApiKeyRecord::decode(&key)?;
-        Ok(Lookup::Valid(Session {
-            id_hash,
-            created_at_ms: record.created_at_ms,
-            csrf: record.csrf,
-            key_name: key.name,
-            key_prefix: key.prefix,
-            caller: Caller {
-                key_id: key.id,
-                scopes: key.scopes,
-            },
-        }))
-    })
+    let Some((record, key)) = store.live_session(id_hash, now_ms()).await? else {
+        return Ok(Lookup::Invalid);
+    };
+    Ok(Lookup::Valid(Session {
+        id_hash,
+        created_at_ms: record.created_at_ms,
+        csrf: record.csrf,
+        key_name: key.name,
+        key_prefix: key.prefix,
+        caller: Caller {
+            key_id: key.id,
+            scopes: key.scopes,
+        },
+    }))
 }
 
 /// The value of cookie `name`, if the request carries it.
@@ -278,7 +203,7 @@ impl FromRequestParts<Dashboard> for Session {
         if id.is_empty() || id.len() > 128 {
             return Err(DashboardError::SignIn { next });
         }
-        match lookup(&state.app.store, id)? {
+        match lookup(&state.app.store, id).await? {
             Lookup::Valid(session) => Ok(session),
             Lookup::Invalid => Err(DashboardError::SignIn { next }),
         }
@@ -357,54 +282,30 @@ mod tests {
         let store = Store::open(&config, std::sync::Arc::new(crate::metrics::Metrics::new()))
             .expect("store opens");
         let key = crate::api::auth::generate_key("t", vec![Scope::Read]).record;
-        let stored = key.clone();
-        store
-            .write(move |txn| crate::store::api_keys::insert(txn, &stored))
-            .await
-            .expect("key stored");
+        store.create_api_key(key.clone()).await.expect("key stored");
         (store, key)
     }
 
-    fn sessions(store: &Store) -> u64 {
-        use redb::ReadableTableMetadata;
-        store
-            .read(|txn| Ok(txn.open_table(DASHBOARD_SESSIONS)?.len()?))
-            .expect("count")
+    async fn valid(store: &Store, id: &str) -> bool {
+        matches!(lookup(store, id).await, Ok(Lookup::Valid(_)))
     }
 
     #[tokio::test]
-    async fn expired_sessions_end_and_are_swept() {
+    async fn a_session_is_valid_until_it_expires() {
         let dir = tempfile::tempdir().expect("dir");
         let (store, key) = store_with_key(dir.path()).await;
         let id = create(&store, &key).await.expect("session");
-        assert!(matches!(lookup(&store, &id), Ok(Lookup::Valid(s)) if s.caller.key_id == key.id));
-        assert!(matches!(
-            lookup(&store, "someone-else"),
-            Ok(Lookup::Invalid)
-        ));
-
-        // Age the session past its expiry.
-        let id_hash = hash(&id);
-        store
-            .write(move |txn| {
-                let mut table = txn.open_table(DASHBOARD_SESSIONS)?;
-                let bytes = table
-                    .get(id_hash.as_slice())?
-                    .map(|v| v.value().to_vec())
-                    .ok_or(StoreError::NotFound)?;
-                let mut record = SessionRecord::decode(&bytes)?;
-                record.expires_at_ms = now_ms() - 1;
-                table.insert(id_hash.as_slice(), record.encode().as_slice())?;
-                Ok(())
-            })
+        assert!(
+            matches!(lookup(&store, &id).await, Ok(Lookup::Valid(s)) if s.caller.key_id == key.id)
+        );
+        assert!(!valid(&store, "someone-else").await);
+        // Past its expiry the store no longer answers it.
+        let expired_at = now_ms() + SESSION_TTL_MS + 1;
+        let live = store
+            .live_session(hash(&id), expired_at)
             .await
-            .expect("aged");
-        assert!(matches!(lookup(&store, &id), Ok(Lookup::Invalid)));
-        assert_eq!(sessions(&store), 1);
-        // The next sign-in sweeps it away.
-        let fresh = create(&store, &key).await.expect("session");
-        assert_eq!(sessions(&store), 1);
-        assert!(matches!(lookup(&store, &fresh), Ok(Lookup::Valid(_))));
+            .expect("read");
+        assert!(live.is_none());
         store.close().await;
     }
 
@@ -418,18 +319,9 @@ mod tests {
             // Distinct creation times keep "oldest" well defined.
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        assert_eq!(sessions(&store), MAX_SESSIONS_PER_KEY as u64);
         for (i, id) in ids.iter().enumerate() {
-            let valid = matches!(lookup(&store, id), Ok(Lookup::Valid(_)));
-            assert_eq!(valid, i >= 5, "session {i}");
+            assert_eq!(valid(&store, id).await, i >= 5, "session {i}");
         }
-        // Revoking the key removes every one of its sessions.
-        let key_id = key.id;
-        store
-            .write(move |txn| crate::store::api_keys::delete(txn, key_id))
-            .await
-            .expect("revoked");
-        assert_eq!(sessions(&store), 0);
         store.close().await;
     }
 
@@ -438,13 +330,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let (store, key) = store_with_key(dir.path()).await;
         let id = create(&store, &key).await.expect("session");
-        assert!(matches!(lookup(&store, &id), Ok(Lookup::Valid(_))));
-        let key_id = key.id;
-        store
-            .write(move |txn| crate::store::api_keys::delete(txn, key_id))
-            .await
-            .expect("revoked");
-        assert!(matches!(lookup(&store, &id), Ok(Lookup::Invalid)));
+        assert!(valid(&store, &id).await);
+        store.revoke_api_key(key.id).await.expect("revoked");
+        assert!(!valid(&store, &id).await);
         store.close().await;
     }
 

@@ -29,8 +29,7 @@ use crate::metrics::Metrics;
 use crate::model::ids::{format_id, IdKind};
 use crate::model::records::{AttemptRecord, DeliveryStatus, DestinationRecord, RetiredSecret};
 use crate::model::time::now_ms;
-use crate::store::deliveries::{self, AttemptOutcome, DueItem, Next};
-use crate::store::{destinations, events, Store, StoreError};
+use crate::store::{AttemptOutcome, DueItem, Next, Store, StoreError};
 
 /// How long a lane sleeps at most before looking at its queue again, in
 /// case a wake-up was missed (e.g. a retry scheduled by another process
@@ -75,7 +74,7 @@ struct Lane {
 
 impl Engine {
     /// Builds the HTTP client and starts a lane for every destination.
-    pub fn start(
+    pub async fn start(
         store: Store,
         config: DeliveryConfig,
         metrics: Arc<Metrics>,
@@ -93,7 +92,7 @@ impl Engine {
                 tracker: TaskTracker::new(),
             }),
         };
-        for (source_id, destination_id) in engine.inner.store.read(destinations::all_ids)? {
+        for (source_id, destination_id) in engine.inner.store.all_destination_ids().await? {
             engine.wake(source_id, destination_id);
         }
         Ok(engine)
@@ -150,13 +149,10 @@ impl Engine {
     }
 
     /// Deliveries waiting, and the age in ms of the oldest one, for metrics.
-    pub fn queue_stats(&self) -> Result<(u64, Option<i64>), StoreError> {
+    pub async fn queue_stats(&self) -> Result<(u64, Option<i64>), StoreError> {
         let destinations: Vec<u128> = lock(&self.inner.lanes).keys().copied().collect();
-        self.inner.store.read(|txn| {
-            let pending = deliveries::pending_count(txn)?;
-            let oldest = deliveries::oldest_due(txn, &destinations)?;
-            Ok((pending, oldest.map(|due| (now_ms() - due as i64).max(0))))
-        })
+        let (pending, oldest) = self.inner.store.queue_depth(destinations).await?;
+        Ok((pending, oldest.map(|due| (now_ms() - due as i64).max(0))))
     }
 }
 
@@ -187,7 +183,8 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
         }
         let destination = match inner
             .store
-            .read(|txn| destinations::get(txn, lane.source_id, lane.destination_id))
+            .destination(lane.source_id, lane.destination_id)
+            .await
         {
             Ok(d) => d,
             Err(StoreError::NotFound) => break,
@@ -210,7 +207,8 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
             let now = now_ms().max(0) as u64;
             match inner
                 .store
-                .read(|txn| deliveries::due_for(txn, lane.destination_id, now, &in_flight, free))
+                .due_for(lane.destination_id, now, &in_flight, free)
+                .await
             {
                 Ok((items, next_due)) => {
                     if let Some(due) = next_due {
@@ -272,11 +270,10 @@ async fn deliver(
     item: DueItem,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let loaded = inner.store.read(|txn| {
-        let event = events::get(txn, item.event_id)?;
-        let delivery = deliveries::get(txn, item.delivery_id)?;
-        Ok((event, delivery))
-    });
+    let loaded = inner
+        .store
+        .attempt_inputs(item.event_id, item.delivery_id)
+        .await;
     let (event, delivery) = match loaded {
         Ok(pair) => pair,
         // Deleted since it was queued (source deleted, retention).
@@ -370,12 +367,7 @@ async fn deliver(
     let mut stop = inner.stop.subscribe();
     let mut delay = Duration::from_millis(200);
     loop {
-        let attempt = outcome.clone();
-        match inner
-            .store
-            .write(move |txn| deliveries::record_attempt(txn, &attempt))
-            .await
-        {
+        match inner.store.record_attempt(outcome.as_ref().clone()).await {
             Ok(recorded) => {
                 if recorded.disabled_destination {
                     inner.metrics.destinations_disabled.inc();

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 
-use crate::store::deliveries::Next;
+use crate::store::Next;
 
 /// The next step after attempt `attempt` (1-based) failed at `now_ms`.
 pub fn after_failure(

@@ -22,8 +22,7 @@ use crate::metrics::IngestResult;
 use crate::model::ids::{format_id, id_timestamp_ms, new_id, IdKind};
 use crate::model::records::{EventRecord, SourceRecord};
 use crate::model::time::now_ms;
-use crate::store::events::{self, IngestOutcome};
-use crate::store::{sources, StoreError};
+use crate::store::{IngestOutcome, StoreError};
 
 /// Answer to an accepted (or duplicate) event.
 #[derive(Debug, Serialize, ToSchema)]
@@ -51,7 +50,7 @@ pub async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let source = match lookup(&state, &slug) {
+    let source = match lookup(&state, &slug).await {
         Ok(source) => source,
         Err(e) => {
             state
@@ -75,12 +74,12 @@ pub async fn receive(
     response
 }
 
-fn lookup(state: &AppState, slug: &str) -> Result<SourceRecord, ApiError> {
+async fn lookup(state: &AppState, slug: &str) -> Result<SourceRecord, ApiError> {
     let not_found = || ApiError::not_found("no such ingest URL");
     if slug.len() > 64 {
         return Err(not_found());
     }
-    match state.store.read(|txn| sources::get_by_slug(txn, slug)) {
+    match state.store.source_by_slug(slug).await {
         Ok(source) if source.enabled => Ok(source),
         Ok(_) | Err(StoreError::NotFound) => Err(not_found()),
         Err(e) => Err(e.into()),
@@ -182,12 +181,8 @@ async fn handle(
         headers: stored_headers(&headers),
         body: body.to_vec(),
     };
-    let size = event.body.len();
     let event_id = event.id;
-    let outcome = state
-        .store
-        .write_sized(size, move |txn| events::ingest(txn, &event))
-        .await;
+    let outcome = state.store.ingest(event).await;
     match outcome {
         Ok(IngestOutcome::Stored { deliveries }) => {
             state.metrics.events_stored.inc();

@@ -237,6 +237,18 @@ pub struct ReplayRecord {
     pub updated_at_ms: i64,
 }
 
+/// A dashboard session, stored under the SHA-256 of its id (the id itself
+/// is only in the user's cookie).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The API key the user signed in with.
+    pub key_id: u128,
+    /// Per-session token every state-changing form must echo back.
+    pub csrf: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

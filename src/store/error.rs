@@ -22,9 +22,10 @@ pub enum StoreError {
     /// The writer is stopped or its queue stayed full; the caller may retry.
     #[error("storage is unavailable: {0}")]
     Unavailable(&'static str),
-    /// redb reported an error.
+    /// The storage engine itself failed (I/O inside the engine, a broken
+    /// transaction); the message is the engine's.
     #[error("storage error: {0}")]
-    Redb(#[from] redb::Error),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -36,22 +37,6 @@ pub enum StoreError {
         source: std::io::Error,
     },
 }
-
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::Redb(e.into())
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 impl StoreError {
     /// Wraps an I/O error with what Krafter was doing.

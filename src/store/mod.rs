@@ -1,376 +1,275 @@
-//! Storage: one redb file, written only by the group-commit writer.
+//! Storage: the one seam between the product and the engine that keeps its
+//! data.
 //!
-//! Reads go straight to redb (MVCC, never blocked by the writer) and must
-//! not hold a transaction across network I/O: the helpers here copy records
-//! out and drop the transaction before returning.
+//! Everything above this module (ingest, delivery, operations, the API, the
+//! dashboard, the CLI) talks to [`Store`] in intents — "ingest this event
+//! with its fan-out", "record this attempt", "take what is due for this
+//! destination" — never in transactions, tables or rows. Which engine
+//! answers is decided once, when the store is opened; today that is the
+//! embedded redb file (`store/redb`), and a second backend is one more
+//! variant of [`Backend`] plus its folder, with no change outside `store`.
+//!
+//! Every backend keeps the same contract, proven by one conformance suite
+//! (`tests/e2e/store_conformance.rs`): a method that answers `Ok` after a
+//! change has made it durable; a fan-out sees each destination fully in or
+//! fully out; cursors stay stable while new rows arrive.
+//!
+//! Why an enum and not a trait object: the hot paths (ingest, due queue,
+//! attempt recording) call the store many thousand times a second, and a
+//! `match` on one variant costs nothing, while `async` methods on a `dyn`
+//! trait would box every future.
 
-pub mod api_keys;
-pub mod backup;
 pub mod crypto;
-pub mod deliveries;
-pub mod destinations;
 mod error;
-pub mod events;
-pub mod overview;
-pub mod records;
-pub mod replays;
-pub mod retention;
-pub mod sources;
-pub mod tables;
-pub mod test_events;
-mod writer;
+mod redb;
+pub mod types;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 
 pub use error::StoreError;
-pub use writer::WriterLimits;
+pub use types::*;
 
 use crate::config::StorageConfig;
 use crate::metrics::Metrics;
-use crypto::SecretBox;
-use writer::Writer;
+use crate::model::records::{
+    ApiKeyRecord, AttemptRecord, DeliveryRecord, DestinationRecord, EventRecord, EventSummary,
+    ReplayRecord, SessionRecord, SourceRecord,
+};
 
-/// Name of the database file inside `storage.path`.
-pub const DB_FILE: &str = "krafter.redb";
-
-/// The open store; clones share one database and one writer.
+/// The open store; clones share one backend.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    backend: Backend,
 }
 
-struct Inner {
-    db: Arc<DbSlot>,
-    writer: Writer,
-    secrets: SecretBox,
-    dir: PathBuf,
-    healthy: Arc<AtomicBool>,
+/// The engines Krafter can keep its data in.
+#[derive(Clone)]
+enum Backend {
+    /// One redb file in `storage.path` (the embedded default).
+    Redb(Arc<redb::RedbStore>),
 }
 
 impl Store {
-    /// Opens (creating on first start) the data directory and database and
-    /// starts the writer. Fails with [`StoreError::InUse`] when another
-    /// process holds the file.
+    /// Opens (creating on first start) the configured storage. Fails with
+    /// [`StoreError::InUse`] when another process holds it.
     pub fn open(config: &StorageConfig, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
-        let dir = config.path.clone();
-        create_private_dir(&dir)?;
-        let file = dir.join(DB_FILE);
-        create_private_file(&file)?;
-        let db = Arc::new(DbSlot::open(file, config.cache_size_bytes)?);
-        let secrets = SecretBox::load_or_create(&dir)?;
-        let healthy = Arc::new(AtomicBool::new(true));
-        let limits = WriterLimits {
-            max_batch_ops: config.max_batch_ops,
-            max_batch_bytes: 8 * 1024 * 1024,
-            queue_capacity: config.queue_capacity,
-            quick_repair: config.quick_repair,
-            enqueue_timeout: Duration::from_secs(5),
-        };
-        let writer = Writer::start(db.clone(), limits, healthy.clone(), metrics);
         Ok(Store {
-            inner: Arc::new(Inner {
-                db,
-                writer,
-                secrets,
-                dir,
-                healthy,
-            }),
+            backend: Backend::Redb(Arc::new(redb::RedbStore::open(config, metrics)?)),
         })
     }
 
-    /// Runs `f` in the next group commit; see [`writer::Writer::write`] for
-    /// the contract `f` must keep. Answers after the commit is durable.
-    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.inner.writer.write(0, f).await
-    }
-
-    /// Like [`Store::write`], telling the writer roughly how many bytes the
-    /// operation adds so large bodies close a batch sooner.
-    pub async fn write_sized<T, F>(&self, size_hint: usize, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.inner.writer.write(size_hint, f).await
-    }
-
-    /// Runs `f` over a fresh read snapshot; the snapshot is dropped when `f`
-    /// returns, so `f` must copy out what it needs.
-    pub fn read<T>(
-        &self,
-        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let db = self.inner.db.get()?;
-        let txn = db
-            .begin_read()
-            .map_err(|e| self.while_unhealthy(e.into()))?;
-        f(&txn).map_err(|e| self.while_unhealthy(e))
-    }
-
-    /// After a failed commit redb fails reads too until the file is
-    /// reopened; callers get `Unavailable` (503), not an internal error.
-    fn while_unhealthy(&self, e: StoreError) -> StoreError {
-        match e {
-            StoreError::Redb(_) if !self.is_healthy() => StoreError::Unavailable(RECOVERING),
-            other => other,
-        }
+    /// Restores a backup made by [`Store::backup_to`] into `data_dir`
+    /// (which must hold no data yet); returns the rows restored.
+    pub fn restore(backup: &Path, data_dir: &Path) -> Result<u64, StoreError> {
+        redb::restore(backup, data_dir)
     }
 
     /// Writes a consistent backup (one snapshot, plus the secrets key) to
     /// `dest`, a path that must not exist. Blocking: call off the async
     /// threads.
     pub fn backup_to(&self, dest: &Path) -> Result<u64, StoreError> {
-        let db = self.inner.db.get()?;
-        let snapshot = db.begin_read()?;
-        backup::write_backup(&snapshot, self.inner.secrets.key_bytes(), dest)
+        match &self.backend {
+            Backend::Redb(b) => b.backup_to(dest),
+        }
     }
 
-    /// Seals a secret for storage.
+    /// Seals a secret for storage (destination and source secrets).
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
-        self.inner.secrets.seal(plaintext)
+        match &self.backend {
+            Backend::Redb(b) => b.seal(plaintext),
+        }
     }
 
     /// Opens a sealed secret.
     pub fn open_secret(&self, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
-        self.inner.secrets.open(sealed)
+        match &self.backend {
+            Backend::Redb(b) => b.open_secret(sealed),
+        }
     }
 
-    /// The data directory.
+    /// The data directory (the bootstrap key file and backups go there).
     pub fn dir(&self) -> &Path {
-        &self.inner.dir
+        match &self.backend {
+            Backend::Redb(b) => b.dir(),
+        }
     }
 
-    /// Size of the database file, for metrics.
-    pub fn file_size(&self) -> u64 {
-        std::fs::metadata(self.inner.dir.join(DB_FILE))
-            .map(|m| m.len())
-            .unwrap_or(0)
+    /// Bytes the store occupies on disk, for metrics.
+    pub fn size_bytes(&self) -> u64 {
+        match &self.backend {
+            Backend::Redb(b) => b.file_size(),
+        }
     }
 
-    /// False from a failed commit until the writer has reopened the file
-    /// and written to it again; `/readyz` reports it.
+    /// False while the store cannot commit (a failed write being
+    /// recovered); `/readyz` reports it and delivery pauses.
     pub fn is_healthy(&self) -> bool {
-        self.inner.healthy.load(Ordering::SeqCst)
+        match &self.backend {
+            Backend::Redb(b) => b.is_healthy(),
+        }
     }
 
-    /// Commits queued writes and stops the writer.
+    /// Commits what is queued and stops background work.
     pub async fn close(&self) {
-        self.inner.writer.stop().await;
-    }
-}
-
-/// Creates the data directory 0700. One that exists keeps its mode (the
-/// operator chose it), with a warning when others may read it.
-pub(crate) fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Ok(meta) = std::fs::metadata(dir) {
-        if meta.is_dir() {
-            if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(
-                    path = %dir.display(),
-                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                    "the data directory is open to other users; it holds secrets (chmod 700 it)"
-                );
-            }
-            return Ok(());
+        match &self.backend {
+            Backend::Redb(b) => b.close().await,
         }
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))
 }
 
-/// Why storage answers `Unavailable` between a failed commit and the
-/// writer's successful reopen.
-const RECOVERING: &str = "a write failed (disk full or an I/O error); Krafter is reopening the database and retries by itself";
-
-/// The open database. A failed commit latches redb into refusing every
-/// later operation, so the writer swaps in a fresh handle (see
-/// [`DbSlot::reopen`]); everyone else takes the current one per operation.
-pub(crate) struct DbSlot {
-    current: std::sync::RwLock<Option<Arc<Database>>>,
-    file: PathBuf,
-    cache_size: usize,
-}
-
-impl DbSlot {
-    fn open(file: PathBuf, cache_size: usize) -> Result<DbSlot, StoreError> {
-        let db = open_database(&file, cache_size)?;
-        create_tables(&db)?;
-        Ok(DbSlot {
-            current: std::sync::RwLock::new(Some(Arc::new(db))),
-            file,
-            cache_size,
-        })
-    }
-
-    /// The current database; `Unavailable` while it is being reopened.
-    pub(crate) fn get(&self) -> Result<Arc<Database>, StoreError> {
-        let current = match self.current.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        current.ok_or(StoreError::Unavailable(RECOVERING))
-    }
-
-    /// Closes the broken handle and opens the file again (redb repairs it
-    /// as after a crash), then proves it writable with one small commit.
-    /// Blocking; called only by the writer thread.
-    pub(crate) fn reopen(&self) -> Result<(), StoreError> {
-        let old = match self.current.write() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(old) = old {
-            // redb holds a lock on the file: the old handle must be gone
-            // before the file can be opened again. Readers drop theirs
-            // within one operation.
-            let waited = std::time::Instant::now();
-            while Arc::strong_count(&old) > 1 && waited.elapsed() < Duration::from_secs(30) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            drop(old);
+/// Forwards each listed method to the backend. One line per method keeps
+/// the contract readable in one place; the documentation of each intent is
+/// here, its implementation in the backend's folder.
+macro_rules! intents {
+    ($(
+        $(#[$doc:meta])*
+        fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;
+    )*) => {
+        impl Store {
+            $(
+                $(#[$doc])*
+                pub async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
+                    match &self.backend {
+                        Backend::Redb(b) => b.$name($($arg),*).await,
+                    }
+                }
+            )*
         }
-        let db = open_database(&self.file, self.cache_size)?;
-        create_tables(&db)?;
-        let txn = db.begin_write()?;
-        txn.open_table(tables::HEALTH)?
-            .insert("probe", crate::model::time::now_ms())?;
-        txn.commit()?;
-        match self.current.write() {
-            Ok(mut guard) => *guard = Some(Arc::new(db)),
-            Err(poisoned) => *poisoned.into_inner() = Some(Arc::new(db)),
-        }
-        Ok(())
-    }
-}
-
-fn open_database(file: &Path, cache_size: usize) -> Result<Database, StoreError> {
-    Database::builder()
-        .set_cache_size(cache_size)
-        .create(file)
-        .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                StoreError::InUse(file.display().to_string())
-            }
-            other => StoreError::Redb(other.into()),
-        })
-}
-
-/// Creates `file` 0600 (whatever the umask) when it does not exist yet, so
-/// redb opens a file only its owner can read instead of making a 0644 one.
-pub(crate) fn create_private_file(file: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StoreError::io(format!("creating {}", file.display()), e)),
-    }
-}
-
-/// Creates every table up front so readers never meet a missing table.
-fn create_tables(db: &Database) -> Result<(), StoreError> {
-    let txn = db.begin_write()?;
-    txn.open_table(tables::API_KEYS)?;
-    txn.open_table(tables::API_KEY_HASHES)?;
-    txn.open_table(tables::SOURCES)?;
-    txn.open_table(tables::SOURCE_SLUGS)?;
-    txn.open_table(tables::DESTINATIONS)?;
-    txn.open_table(tables::EVENTS)?;
-    txn.open_table(tables::SOURCE_EVENTS)?;
-    txn.open_table(tables::DEDUP)?;
-    txn.open_table(tables::DELIVERIES)?;
-    txn.open_table(tables::EVENT_DELIVERIES)?;
-    txn.open_table(tables::DUE)?;
-    txn.open_table(tables::ATTEMPTS)?;
-    txn.open_table(tables::DASHBOARD_SESSIONS)?;
-    txn.open_table(tables::KEY_SESSIONS)?;
-    txn.open_table(tables::HEALTH)?;
-    txn.open_table(tables::REPLAYS)?;
-    txn.commit()?;
-    Ok(())
-}
-
-/// One page of a newest-first list.
-#[derive(Debug)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    /// Where the next page starts (exclusive), when there is one.
-    pub next: Option<u128>,
-}
-
-/// Newest-first page over a table keyed by ULID, starting below `before`.
-pub(crate) fn page_by_id<T: records::Record>(
-    table: &impl ReadableTable<u128, &'static [u8]>,
-    before: Option<u128>,
-    limit: usize,
-) -> Result<Page<T>, StoreError> {
-    let range = match before {
-        Some(cursor) => table.range(..cursor)?,
-        None => table.range::<u128>(..)?,
     };
-    let mut items = Vec::with_capacity(limit.min(256));
-    let mut last_key = None;
-    let mut more = false;
-    for entry in range.rev() {
-        let (key, value) = entry?;
-        if items.len() == limit {
-            more = true;
-            break;
-        }
-        items.push(T::decode(value.value())?);
-        last_key = Some(key.value());
-    }
-    Ok(Page {
-        items,
-        next: if more { last_key } else { None },
-    })
 }
 
-/// Newest-first page of one source's rows in a table keyed (source id,
-/// ULID), starting below `before` (exclusive).
-pub(crate) fn page_in_source<T: records::Record>(
-    table: &impl ReadableTable<(u128, u128), &'static [u8]>,
-    source_id: u128,
-    before: Option<u128>,
-    limit: usize,
-) -> Result<Page<T>, StoreError> {
-    // With no cursor the range includes u128::MAX (never a real ULID, but
-    // keep the bound honest).
-    let range = match before {
-        Some(cursor) => table.range((source_id, 0)..(source_id, cursor))?,
-        None => table.range((source_id, 0)..=(source_id, u128::MAX))?,
-    };
-    let mut items = Vec::with_capacity(limit.min(256));
-    let mut last = None;
-    let mut more = false;
-    for entry in range.rev() {
-        let (key, value) = entry?;
-        if items.len() == limit {
-            more = true;
-            break;
-        }
-        items.push(T::decode(value.value())?);
-        last = Some(key.value().1);
-    }
-    Ok(Page {
-        items,
-        next: if more { last } else { None },
-    })
+intents! {
+    // ---- API keys ----
+
+    /// Stores a new key (only its hash); `Conflict` if an identical key exists.
+    fn create_api_key(&self, key: ApiKeyRecord) -> ();
+    /// The key whose SHA-256 is `hash` (compared in constant time), if any.
+    fn api_key_by_hash(&self, hash: [u8; 32]) -> Option<ApiKeyRecord>;
+    /// Keys, newest first, below the cursor `before`.
+    fn list_api_keys(&self, before: Option<u128>, limit: usize) -> Page<ApiKeyRecord>;
+    /// How many keys exist (the bootstrap key is made when there are none).
+    fn count_api_keys(&self) -> u64;
+    /// Revokes a key and ends its dashboard sessions in the same commit.
+    fn revoke_api_key(&self, id: u128) -> ();
+
+    // ---- Dashboard sessions ----
+
+    /// Starts a session stored under `id_hash`; in the same commit the
+    /// key's expired sessions go and, past `max_per_key`, its oldest.
+    fn create_session(&self, id_hash: [u8; 32], session: SessionRecord, max_per_key: usize) -> ();
+    /// A session that has not expired at `now_ms`, with its key (`None`
+    /// when unknown, expired, or the key was revoked).
+    fn live_session(&self, id_hash: [u8; 32], now_ms: i64) -> Option<(SessionRecord, ApiKeyRecord)>;
+    /// Ends a session; ending one already gone is fine.
+    fn end_session(&self, id_hash: [u8; 32], key_id: u128, created_at_ms: i64) -> ();
+
+    // ---- Sources ----
+
+    /// Stores a new source; `Conflict` when its slug is taken.
+    fn create_source(&self, source: SourceRecord) -> ();
+    /// One source.
+    fn source(&self, id: u128) -> SourceRecord;
+    /// The source an ingest slug names.
+    fn source_by_slug(&self, slug: &str) -> SourceRecord;
+    /// One source with how many destinations it has.
+    fn source_with_destination_count(&self, id: u128) -> (SourceRecord, u64);
+    /// Sources newest first, each with its number of destinations.
+    fn list_sources(&self, before: Option<u128>, limit: usize) -> Page<(SourceRecord, u64)>;
+    /// Applies `change` to a source; answers it with its destination count.
+    fn update_source(&self, id: u128, change: SourceChange) -> (SourceRecord, u64);
+    /// Removes a source, its slug and destinations at once; its events and
+    /// deliveries are purged afterwards by [`Store::purge_orphans`].
+    fn delete_source(&self, id: u128) -> ();
+
+    // ---- Destinations ----
+
+    /// Stores a new destination of an existing source; `LimitReached`
+    /// when the source already has `max_per_source`.
+    fn create_destination(&self, destination: DestinationRecord, max_per_source: usize) -> ();
+    /// One destination of a source.
+    fn destination(&self, source_id: u128, id: u128) -> DestinationRecord;
+    /// A source's destinations, newest first (`NotFound` without the source).
+    fn list_destinations(&self, source_id: u128, before: Option<u128>, limit: usize) -> Page<DestinationRecord>;
+    /// Every destination of a source, oldest first (`NotFound` without the source).
+    fn destinations_of_source(&self, source_id: u128) -> Vec<DestinationRecord>;
+    /// Applies `change`; a destination that ends up disabled has its
+    /// pending deliveries cancelled in the same commit.
+    fn update_destination(&self, source_id: u128, id: u128, change: DestinationChange) -> DestinationUpdated;
+    /// Removes a destination and cancels its pending deliveries; answers
+    /// how many were cancelled.
+    fn delete_destination(&self, source_id: u128, id: u128) -> u64;
+    /// Every destination as (source id, destination id): the lanes to run.
+    fn all_destination_ids(&self) -> Vec<(u128, u128)>;
+
+    // ---- Events ----
+
+    /// Stores an inbound event with one pending delivery per enabled
+    /// destination whose filter matches, or finds it a duplicate of the
+    /// same provider event id. Destinations are read in the same commit,
+    /// so one changed concurrently is fully in or fully out of the fan-out.
+    fn ingest(&self, event: EventRecord) -> IngestOutcome;
+    /// Stores a test event with a delivery to every enabled destination of
+    /// its source (filters not applied, no dedup).
+    fn store_test_event(&self, event: EventRecord) -> Vec<DeliveryRecord>;
+    /// A page of a source's events, newest first, each with its
+    /// deliveries (`NotFound` without the source).
+    fn list_events(&self, source_id: u128, query: EventQuery, limit: usize) -> Page<ListedEvent>;
+    /// Events across every source (the overview), newest first, or those
+    /// with an id / provider event id, each with its deliveries.
+    fn search_events(&self, search: EventSearch, before: Option<u128>, limit: usize) -> Page<FoundEvent>;
+    /// One event of a source with its body and deliveries.
+    fn event_detail(&self, source_id: u128, event_id: u128) -> (EventSummary, EventRecord, Vec<DeliveryRecord>);
+    /// One event with its body (any source): what a delivery sends.
+    fn event(&self, event_id: u128) -> EventRecord;
+    /// An event's deliveries, each with its attempts in order.
+    fn deliveries_with_attempts(&self, source_id: u128, event_id: u128) -> Vec<(DeliveryRecord, Vec<AttemptRecord>)>;
+    /// How many events a source holds.
+    fn event_count(&self, source_id: u128) -> u64;
+    /// Queues a new delivery of a stored event to each of `destinations`
+    /// that still exists and is enabled in the commit (checked there).
+    fn replay_event(&self, source_id: u128, event_id: u128, destinations: Vec<u128>, now_ms: i64) -> Vec<DeliveryRecord>;
+    /// Makes a failed or waiting delivery of this event due now (see
+    /// SPEC §10); `Conflict` for one that succeeded or was cancelled.
+    fn retry_delivery(&self, source_id: u128, event_id: u128, delivery_id: u128, now_ms: i64) -> (DeliveryRecord, Vec<AttemptRecord>);
+
+    // ---- Bulk replay jobs ----
+
+    /// Counts what `job` would queue now; `None` when more than `max_matched`
+    /// events fall in its range and type.
+    fn count_replay(&self, job: ReplayRecord, max_matched: u64) -> Option<Totals>;
+    /// Stores a new job of an existing source, dropping the oldest finished
+    /// ones beyond the source's keep count.
+    fn create_replay(&self, job: ReplayRecord) -> ();
+    /// One job of a source.
+    fn replay(&self, source_id: u128, id: u128) -> ReplayRecord;
+    /// A source's jobs, newest first (`NotFound` without the source).
+    fn list_replays(&self, source_id: u128, before: Option<u128>, limit: usize) -> Page<ReplayRecord>;
+    /// Every running job as (source id, job id): what start-up resumes.
+    fn running_replays(&self) -> Vec<(u128, u128)>;
+    /// Queues the next chunk of a job and moves its cursor in one commit.
+    fn advance_replay(&self, source_id: u128, id: u128, now_ms: i64, max_items: usize, max_scan: usize) -> Advanced;
+
+    // ---- The delivery queue ----
+
+    /// Up to `limit` deliveries of `destination` due at `now_ms`, earliest
+    /// first, skipping `in_flight`; plus when the next one falls due.
+    fn due_for(&self, destination: u128, now_ms: u64, in_flight: &HashSet<u128>, limit: usize) -> (Vec<DueItem>, Option<u64>);
+    /// What an attempt needs: the event and the delivery.
+    fn attempt_inputs(&self, event_id: u128, delivery_id: u128) -> (EventRecord, DeliveryRecord);
+    /// Records an attempt: the attempt, the delivery's new state and queue
+    /// place, and the destination's failure run (auto-disable).
+    fn record_attempt(&self, outcome: AttemptOutcome) -> Recorded;
+    /// Deliveries waiting, and the earliest due time among `destinations`.
+    fn queue_depth(&self, destinations: Vec<u128>) -> (u64, Option<u64>);
+
+    // ---- Retention ----
+
+    /// Removes every event older than its source's retention as of
+    /// `now_ms`, and the events of deleted sources, in short commits;
+    /// answers how many went.
+    fn sweep_retention(&self, now_ms: i64) -> u64;
+    /// Purges, in short commits, what deleted sources left behind.
+    fn purge_orphans(&self) -> u64;
 }

@@ -19,7 +19,6 @@ use crate::dashboard::session::{
 };
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
-use crate::store::api_keys;
 use crate::store::crypto::hash_key;
 
 /// The sign-in page (public). It sets a one-off cookie whose value the form
@@ -115,7 +114,7 @@ pub async fn sign_in(
     let key = form_data.get("key").unwrap_or("").trim();
     let record = if key.starts_with(KEY_PREFIX) && key.len() <= 256 {
         let hash = hash_key(key);
-        d.app.store.read(|txn| api_keys::find_by_hash(txn, &hash))?
+        d.app.store.api_key_by_hash(hash).await?
     } else {
         None
     };

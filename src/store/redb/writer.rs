@@ -59,7 +59,7 @@ where
         };
         let result = f(txn);
         let applied = match &result {
-            Err(StoreError::Redb(_)) | Err(StoreError::Io { .. }) => Applied::Broken,
+            Err(StoreError::Backend(_)) | Err(StoreError::Io { .. }) => Applied::Broken,
             _ => Applied::Clean,
         };
         self.result = Some(result);
@@ -70,7 +70,7 @@ where
         let answer = match (committed, self.result) {
             (true, Some(result)) => result,
             (true, None) => Err(StoreError::Unavailable("operation was not applied")),
-            (false, Some(Err(e))) if !matches!(e, StoreError::Redb(_)) => Err(e),
+            (false, Some(Err(e))) if !matches!(e, StoreError::Backend(_)) => Err(e),
             (false, _) => Err(StoreError::Unavailable("the write could not be committed")),
         };
         // The caller may have gone away (client disconnected); that is fine.

@@ -12,15 +12,7 @@ use super::tables::{
 use super::StoreError;
 use crate::model::filter;
 use crate::model::ids::new_id;
-
-/// What storing an inbound event did.
-#[derive(Debug)]
-pub enum IngestOutcome {
-    /// Stored, with one pending delivery per matching enabled destination.
-    Stored { deliveries: Vec<DeliveryRecord> },
-    /// The same provider event id was already stored for this source.
-    Duplicate { original: u128 },
-}
+use crate::store::{EventQuery, IngestOutcome, MAX_SCAN_PER_PAGE};
 
 /// Stores an event and its deliveries in the current transaction, or finds
 /// it is a duplicate. The destinations are read inside the same write
@@ -196,22 +188,6 @@ pub fn purge(txn: &WriteTransaction, event_id: u128) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Which of a source's events to list.
-#[derive(Debug, Clone, Default)]
-pub struct EventQuery {
-    /// Only ids below this (the cursor), exclusive.
-    pub before_id: Option<u128>,
-    /// `received_at` bounds in Unix ms: `after` exclusive, `before` exclusive.
-    pub after_ms: Option<i64>,
-    pub before_ms: Option<i64>,
-    /// Exact type or `*` pattern.
-    pub type_pattern: Option<String>,
-}
-
-/// Most index entries one page may examine: a rare type over a huge
-/// source returns a short page with a cursor instead of scanning it all.
-pub const MAX_SCAN_PER_PAGE: usize = 20_000;
-
 /// A page of a source's events, newest first, from the summary index (no
 /// bodies are read). `next` is set when more may follow.
 pub fn list(
@@ -263,6 +239,19 @@ fn ulid_floor(ms: i64) -> u128 {
     u128::from(ms.max(0) as u64) << 80
 }
 
+/// One event's summary, read inside a write (an event checked and changed
+/// in the same commit).
+pub fn summary_in_write(
+    txn: &WriteTransaction,
+    source_id: u128,
+    event_id: u128,
+) -> Result<EventSummary, StoreError> {
+    match txn.open_table(SOURCE_EVENTS)?.get((source_id, event_id))? {
+        Some(bytes) => EventSummary::decode(bytes.value()),
+        None => Err(StoreError::NotFound),
+    }
+}
+
 /// One event's summary (for the detail view and replay).
 pub fn summary(
     txn: &ReadTransaction,
@@ -274,9 +263,6 @@ pub fn summary(
         None => Err(StoreError::NotFound),
     }
 }
-
-/// Most events one bulk replay may cover; narrower ranges beyond that.
-pub const MAX_BULK_EVENTS: usize = 1_000_000;
 
 /// Those of `ids` that still exist and are enabled, read in the write
 /// transaction that is about to queue deliveries to them.

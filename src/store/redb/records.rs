@@ -49,6 +49,7 @@ impl Record for EventSummary {}
 impl Record for DeliveryRecord {}
 impl Record for AttemptRecord {}
 impl Record for ReplayRecord {}
+impl Record for SessionRecord {}
 
 #[cfg(test)]
 mod tests {

@@ -7,15 +7,7 @@ use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransacti
 use super::records::{AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, Record};
 use super::tables::{ATTEMPTS, DELIVERIES, DESTINATIONS, DUE};
 use super::StoreError;
-
-/// A delivery waiting in a destination's queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DueItem {
-    pub delivery_id: u128,
-    pub event_id: u128,
-    /// The due time it is queued under (its key in the queue).
-    pub due_ms: u64,
-}
+use crate::store::{AttemptOutcome, DueItem, Next, Recorded};
 
 /// Up to `limit` deliveries of `destination` due at or before `now_ms`,
 /// earliest first, skipping those already in flight; plus when the next
@@ -68,35 +60,6 @@ pub fn oldest_due(txn: &ReadTransaction, destinations: &[u128]) -> Result<Option
         }
     }
     Ok(oldest)
-}
-
-/// What to do with a delivery after an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
-    Succeeded,
-    RetryAt(i64),
-    Failed,
-}
-
-/// An attempt's result, to be recorded in one write.
-#[derive(Debug, Clone)]
-pub struct AttemptOutcome {
-    pub destination_id: u128,
-    pub source_id: u128,
-    pub item: DueItem,
-    pub attempt: AttemptRecord,
-    pub next: Next,
-    /// Auto-disable threshold (`delivery.disable_after`), in ms.
-    pub disable_after_ms: i64,
-}
-
-/// What recording an attempt changed beyond the delivery itself.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Recorded {
-    /// The destination was disabled by this attempt (all failed for too long).
-    pub disabled_destination: bool,
-    /// The delivery was no longer pending (cancelled or deleted meanwhile).
-    pub stale: bool,
 }
 
 /// Records an attempt: the attempt row, the delivery's new state and queue
@@ -243,6 +206,14 @@ pub fn get(txn: &ReadTransaction, id: u128) -> Result<DeliveryRecord, StoreError
     }
 }
 
+/// One delivery, read inside a write.
+pub fn get_in_write(txn: &WriteTransaction, id: u128) -> Result<DeliveryRecord, StoreError> {
+    match txn.open_table(DELIVERIES)?.get(id)? {
+        Some(bytes) => DeliveryRecord::decode(bytes.value()),
+        None => Err(StoreError::NotFound),
+    }
+}
+
 /// A delivery's attempts, in order.
 pub fn attempts_of(
     txn: &ReadTransaction,
@@ -303,8 +274,8 @@ mod tests {
     use crate::ingest::providers::ProviderKind;
     use crate::metrics::Metrics;
     use crate::model::ids::new_id;
-    use crate::store::records::{EventRecord, SourceRecord};
-    use crate::store::{destinations, events, sources, Store};
+    use crate::store::redb::records::{EventRecord, SourceRecord};
+    use crate::store::redb::{destinations, events, sources, RedbStore as Store};
 
     const DISABLE_AFTER_MS: i64 = 1_000;
 

@@ -23,13 +23,7 @@ use super::records::{
 use super::tables::{DELIVERIES, DESTINATIONS, EVENT_DELIVERIES, REPLAYS, SOURCES, SOURCE_EVENTS};
 use super::{Page, StoreError};
 use crate::model::filter;
-
-/// Events (that get deliveries) queued per write: small enough that ingest
-/// commits keep interleaving with a large replay.
-pub const CHUNK_EVENTS: usize = 200;
-/// Index entries one chunk may examine, so a rare type over a huge range
-/// does not turn one chunk into a long scan inside the writer.
-pub const CHUNK_SCAN: usize = 5_000;
+use crate::store::{Advanced, Totals, KEPT_PER_SOURCE};
 
 /// The events of one chunk and where each goes.
 #[derive(Debug, Default)]
@@ -166,16 +160,6 @@ where
     Ok(plan)
 }
 
-/// What a whole job would queue now.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
-    /// Events that get at least one delivery.
-    pub events: u64,
-    pub deliveries: u64,
-    /// Events in the range and type (with or without deliveries).
-    pub matched: u64,
-}
-
 /// Counts what `job` will queue, over one read snapshot (for the 202).
 /// `None` when more than `max_matched` events are in its range and type.
 pub fn count(
@@ -211,10 +195,6 @@ pub fn count(
         }
     }
 }
-
-/// Finished jobs kept per source (the oldest go as new ones arrive), so a
-/// script replaying every few minutes does not grow the file forever.
-pub const KEPT_PER_SOURCE: usize = 100;
 
 /// Stores a new job; its source must still exist. Finished jobs beyond the
 /// newest [`KEPT_PER_SOURCE`] of the source are removed; running ones are
@@ -272,17 +252,6 @@ pub fn running(txn: &ReadTransaction) -> Result<Vec<(u128, u128)>, StoreError> {
         }
     }
     Ok(out)
-}
-
-/// What one [`advance`] did.
-#[derive(Debug, Default)]
-pub struct Advanced {
-    /// The job's state after this step (`Running`: call again).
-    pub state: Option<ReplayState>,
-    /// Destinations that got deliveries (each once), to wake their lanes.
-    pub destinations: Vec<u128>,
-    pub events: u64,
-    pub deliveries: u64,
 }
 
 /// Queues the next chunk of a job and advances its cursor and counters, in

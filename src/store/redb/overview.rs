@@ -17,7 +17,7 @@ use super::{Page, StoreError};
 
 /// One event as the overview lists it.
 #[derive(Debug, Clone)]
-pub struct Found {
+pub(super) struct Found {
     pub source_id: u128,
     pub event_id: u128,
     pub summary: EventSummary,
@@ -127,4 +127,14 @@ pub fn by_provider_event_id(
     }
     out.sort_by_key(|f| std::cmp::Reverse(f.event_id));
     Ok(out)
+}
+
+/// A page of search results (newest first) below the cursor.
+pub fn page_of(mut found: Vec<Found>, cursor: Option<u128>, limit: usize) -> Page<Found> {
+    found.sort_by_key(|f| std::cmp::Reverse(f.event_id));
+    found.retain(|f| cursor.is_none_or(|c| f.event_id < c));
+    let more = found.len() > limit;
+    found.truncate(limit);
+    let next = more.then(|| found.last().map(|f| f.event_id)).flatten();
+    Page { items: found, next }
 }

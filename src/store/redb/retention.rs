@@ -9,7 +9,7 @@ use redb::ReadableTable;
 
 use super::records::{EventSummary, Record, SourceRecord};
 use super::tables::{SOURCES, SOURCE_EVENTS};
-use super::{events, Store, StoreError};
+use super::{events, RedbStore, StoreError};
 
 /// Events removed per write.
 const CHUNK: usize = 500;
@@ -18,7 +18,7 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 /// Removes every expired event as of `now_ms`, and the events of deleted
 /// sources; returns how many went. Taking the clock as a parameter lets
 /// tests move it.
-pub async fn sweep(store: &Store, now_ms: i64) -> Result<u64, StoreError> {
+pub async fn sweep(store: &RedbStore, now_ms: i64) -> Result<u64, StoreError> {
     let orphans = purge_orphans(store).await?;
     let sources: Vec<SourceRecord> = store.read(|txn| {
         let mut out = Vec::new();
@@ -55,7 +55,7 @@ pub async fn sweep(store: &Store, now_ms: i64) -> Result<u64, StoreError> {
 
 /// Purges, in chunks, the events of sources that no longer exist (a
 /// deleted source's events, or what a crash interrupted). Returns how many.
-pub async fn purge_orphans(store: &Store) -> Result<u64, StoreError> {
+pub async fn purge_orphans(store: &RedbStore) -> Result<u64, StoreError> {
     let orphaned: Vec<u128> = store.read(|txn| {
         let sources = txn.open_table(SOURCES)?;
         let index = txn.open_table(SOURCE_EVENTS)?;
@@ -131,8 +131,8 @@ mod tests {
     use crate::ingest::providers::ProviderKind;
     use crate::metrics::Metrics;
     use crate::model::ids::new_id;
-    use crate::store::records::EventRecord;
-    use crate::store::sources;
+    use crate::store::redb::records::EventRecord;
+    use crate::store::redb::{sources, RedbStore as Store};
 
     fn source(slug: &str) -> SourceRecord {
         SourceRecord {

@@ -59,7 +59,8 @@ fn copy_all(from: &ReadTransaction, to: &WriteTransaction) -> Result<u64, StoreE
 
 /// Tables deliberately not backed up (sessions of the dashboard: a
 /// restored server signs everyone out; the writer's health probe).
-pub const NOT_BACKED_UP: &[&str] = &["dashboard_sessions", "dashboard_key_sessions", "health"];
+#[cfg(test)]
+const NOT_BACKED_UP: &[&str] = &["dashboard_sessions", "dashboard_key_sessions", "health"];
 
 /// Writes a consistent snapshot of `snapshot` (one read transaction) and
 /// the secrets key into a new database file at `dest`. Returns rows copied.
@@ -72,7 +73,7 @@ pub fn write_backup(
     let db = Database::builder()
         .set_cache_size(16 * 1024 * 1024)
         .create(dest)
-        .map_err(|e| StoreError::Redb(e.into()))?;
+        .map_err(|e| StoreError::from(redb::Error::from(e)))?;
     let txn = db.begin_write()?;
     let rows = copy_all(snapshot, &txn)?;
     txn.open_table(BACKUP_META)?
@@ -109,11 +110,11 @@ pub fn restore(backup: &Path, data_dir: &Path) -> Result<u64, StoreError> {
     super::create_private_file(&target)?;
     let db = Database::builder()
         .create(&target)
-        .map_err(|e| StoreError::Redb(e.into()))?;
+        .map_err(|e| StoreError::from(redb::Error::from(e)))?;
     let txn = db.begin_write()?;
     let rows = copy_all(&from, &txn)?;
     txn.commit()?;
-    super::crypto::write_private_file(&key_path, &key)?;
+    crate::store::crypto::write_private_file(&key_path, &key)?;
     Ok(rows)
 }
 
@@ -126,7 +127,7 @@ mod tests {
     use super::*;
     use crate::config::StorageConfig;
     use crate::metrics::Metrics;
-    use crate::store::Store;
+    use crate::store::redb::RedbStore as Store;
 
     /// A table added to the store must be backed up or listed as not.
     #[tokio::test]

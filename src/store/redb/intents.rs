@@ -1,0 +1,523 @@
+//! The storage API (`crate::store::Store`'s intents) on redb: each intent is
+//! one read snapshot or one writer operation, composed from the table-level
+//! functions of the sibling modules.
+//!
+//! A write closure must check everything that can fail for logical reasons
+//! before writing (see `writer::Writer::write`), so an `Err` never leaves
+//! half an operation in a batch that others commit.
+
+use std::collections::HashSet;
+
+use super::records::{
+    ApiKeyRecord, AttemptRecord, DeliveryRecord, DestinationRecord, EventRecord, EventSummary,
+    ReplayRecord, SessionRecord, SourceRecord,
+};
+use super::{
+    api_keys, deliveries, destinations, events, overview, replays, retention, sessions, sources,
+    test_events, RedbStore,
+};
+use crate::store::{
+    Advanced, AttemptOutcome, DestinationChange, DestinationUpdated, DueItem, EventQuery,
+    EventSearch, FoundEvent, IngestOutcome, ListedEvent, Page, Recorded, SourceChange, StoreError,
+    Totals,
+};
+
+impl RedbStore {
+    // ---- API keys ----
+
+    pub(in crate::store) async fn create_api_key(
+        &self,
+        key: ApiKeyRecord,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| api_keys::insert(txn, &key)).await
+    }
+
+    pub(in crate::store) async fn api_key_by_hash(
+        &self,
+        hash: [u8; 32],
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.read(|txn| api_keys::find_by_hash(txn, &hash))
+    }
+
+    pub(in crate::store) async fn list_api_keys(
+        &self,
+        before: Option<u128>,
+        limit: usize,
+    ) -> Result<Page<ApiKeyRecord>, StoreError> {
+        self.read(|txn| api_keys::list(txn, before, limit))
+    }
+
+    pub(in crate::store) async fn count_api_keys(&self) -> Result<u64, StoreError> {
+        self.read(api_keys::count)
+    }
+
+    pub(in crate::store) async fn revoke_api_key(&self, id: u128) -> Result<(), StoreError> {
+        self.write(move |txn| api_keys::delete(txn, id)).await
+    }
+
+    // ---- Dashboard sessions ----
+
+    pub(in crate::store) async fn create_session(
+        &self,
+        id_hash: [u8; 32],
+        session: SessionRecord,
+        max_per_key: usize,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| sessions::create(txn, &id_hash, &session, max_per_key))
+            .await
+    }
+
+    pub(in crate::store) async fn live_session(
+        &self,
+        id_hash: [u8; 32],
+        now_ms: i64,
+    ) -> Result<Option<(SessionRecord, ApiKeyRecord)>, StoreError> {
+        self.read(|txn| sessions::live(txn, &id_hash, now_ms))
+    }
+
+    pub(in crate::store) async fn end_session(
+        &self,
+        id_hash: [u8; 32],
+        key_id: u128,
+        created_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| sessions::end(txn, &id_hash, key_id, created_at_ms))
+            .await
+    }
+
+    // ---- Sources ----
+
+    pub(in crate::store) async fn create_source(
+        &self,
+        source: SourceRecord,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| sources::insert(txn, &source)).await
+    }
+
+    pub(in crate::store) async fn source(&self, id: u128) -> Result<SourceRecord, StoreError> {
+        self.read(|txn| sources::get(txn, id))
+    }
+
+    pub(in crate::store) async fn source_by_slug(
+        &self,
+        slug: &str,
+    ) -> Result<SourceRecord, StoreError> {
+        self.read(|txn| sources::get_by_slug(txn, slug))
+    }
+
+    pub(in crate::store) async fn source_with_destination_count(
+        &self,
+        id: u128,
+    ) -> Result<(SourceRecord, u64), StoreError> {
+        self.read(|txn| {
+            Ok((
+                sources::get(txn, id)?,
+                destinations::count_of_source(txn, id)?,
+            ))
+        })
+    }
+
+    pub(in crate::store) async fn list_sources(
+        &self,
+        before: Option<u128>,
+        limit: usize,
+    ) -> Result<Page<(SourceRecord, u64)>, StoreError> {
+        self.read(|txn| {
+            let page = sources::list(txn, before, limit)?;
+            let mut items = Vec::with_capacity(page.items.len());
+            for source in page.items {
+                let count = destinations::count_of_source(txn, source.id)?;
+                items.push((source, count));
+            }
+            Ok(Page {
+                items,
+                next: page.next,
+            })
+        })
+    }
+
+    pub(in crate::store) async fn update_source(
+        &self,
+        id: u128,
+        change: SourceChange,
+    ) -> Result<(SourceRecord, u64), StoreError> {
+        let source = self
+            .write(move |txn| {
+                sources::update(txn, id, |s| {
+                    change.apply(s);
+                    Ok(())
+                })
+            })
+            .await?;
+        let count = self.read(|txn| destinations::count_of_source(txn, id))?;
+        Ok((source, count))
+    }
+
+    pub(in crate::store) async fn delete_source(&self, id: u128) -> Result<(), StoreError> {
+        self.write(move |txn| sources::delete(txn, id)).await
+    }
+
+    // ---- Destinations ----
+
+    pub(in crate::store) async fn create_destination(
+        &self,
+        destination: DestinationRecord,
+        max_per_source: usize,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| destinations::insert(txn, &destination, max_per_source))
+            .await
+    }
+
+    pub(in crate::store) async fn destination(
+        &self,
+        source_id: u128,
+        id: u128,
+    ) -> Result<DestinationRecord, StoreError> {
+        self.read(|txn| destinations::get(txn, source_id, id))
+    }
+
+    pub(in crate::store) async fn list_destinations(
+        &self,
+        source_id: u128,
+        before: Option<u128>,
+        limit: usize,
+    ) -> Result<Page<DestinationRecord>, StoreError> {
+        self.read(|txn| {
+            sources::get(txn, source_id)?;
+            destinations::list(txn, source_id, before, limit)
+        })
+    }
+
+    pub(in crate::store) async fn destinations_of_source(
+        &self,
+        source_id: u128,
+    ) -> Result<Vec<DestinationRecord>, StoreError> {
+        self.read(|txn| {
+            sources::get(txn, source_id)?;
+            destinations::all_of_source(txn, source_id)
+        })
+    }
+
+    pub(in crate::store) async fn update_destination(
+        &self,
+        source_id: u128,
+        id: u128,
+        change: DestinationChange,
+    ) -> Result<DestinationUpdated, StoreError> {
+        self.write(move |txn| {
+            let destination = destinations::update(txn, source_id, id, |d| {
+                change.apply(d);
+                Ok(())
+            })?;
+            let cancelled = if destination.enabled {
+                0
+            } else {
+                deliveries::cancel_pending(txn, id, destination.updated_at_ms)?
+            };
+            Ok(DestinationUpdated {
+                destination,
+                cancelled,
+            })
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn delete_destination(
+        &self,
+        source_id: u128,
+        id: u128,
+    ) -> Result<u64, StoreError> {
+        let now = crate::model::time::now_ms();
+        self.write(move |txn| {
+            destinations::delete(txn, source_id, id)?;
+            deliveries::cancel_pending(txn, id, now)
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn all_destination_ids(
+        &self,
+    ) -> Result<Vec<(u128, u128)>, StoreError> {
+        self.read(destinations::all_ids)
+    }
+
+    // ---- Events ----
+
+    pub(in crate::store) async fn ingest(
+        &self,
+        event: EventRecord,
+    ) -> Result<IngestOutcome, StoreError> {
+        let size = event.body.len();
+        self.write_sized(size, move |txn| events::ingest(txn, &event))
+            .await
+    }
+
+    pub(in crate::store) async fn store_test_event(
+        &self,
+        event: EventRecord,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let size = event.body.len();
+        self.write_sized(size, move |txn| test_events::store(txn, &event))
+            .await
+    }
+
+    pub(in crate::store) async fn list_events(
+        &self,
+        source_id: u128,
+        query: EventQuery,
+        limit: usize,
+    ) -> Result<Page<ListedEvent>, StoreError> {
+        self.read(|txn| {
+            sources::get(txn, source_id)?;
+            let page = events::list(txn, source_id, &query, limit)?;
+            let mut items = Vec::with_capacity(page.items.len());
+            for (id, summary) in page.items {
+                items.push(ListedEvent {
+                    id,
+                    summary,
+                    deliveries: events::deliveries_of(txn, id)?,
+                });
+            }
+            Ok(Page {
+                items,
+                next: page.next,
+            })
+        })
+    }
+
+    pub(in crate::store) async fn search_events(
+        &self,
+        search: EventSearch,
+        before: Option<u128>,
+        limit: usize,
+    ) -> Result<Page<FoundEvent>, StoreError> {
+        self.read(|txn| {
+            let page = match search {
+                EventSearch::All => overview::newest(txn, before, limit)?,
+                EventSearch::Id {
+                    id,
+                    provider_event_id,
+                } => {
+                    let mut found = overview::by_id(txn, id)?;
+                    if let Some(p) = provider_event_id {
+                        found
+                            .retain(|f| f.summary.provider_event_id.as_deref() == Some(p.as_str()));
+                    }
+                    overview::page_of(found, before, limit)
+                }
+                EventSearch::ProviderEventId(p) => {
+                    overview::page_of(overview::by_provider_event_id(txn, &p)?, before, limit)
+                }
+            };
+            let mut items = Vec::with_capacity(page.items.len());
+            for f in page.items {
+                items.push(FoundEvent {
+                    source_id: f.source_id,
+                    event_id: f.event_id,
+                    deliveries: events::deliveries_of(txn, f.event_id)?,
+                    summary: f.summary,
+                });
+            }
+            Ok(Page {
+                items,
+                next: page.next,
+            })
+        })
+    }
+
+    pub(in crate::store) async fn event_detail(
+        &self,
+        source_id: u128,
+        event_id: u128,
+    ) -> Result<(EventSummary, EventRecord, Vec<DeliveryRecord>), StoreError> {
+        self.read(|txn| {
+            let summary = events::summary(txn, source_id, event_id)?;
+            Ok((
+                summary,
+                events::get(txn, event_id)?,
+                events::deliveries_of(txn, event_id)?,
+            ))
+        })
+    }
+
+    pub(in crate::store) async fn event(&self, event_id: u128) -> Result<EventRecord, StoreError> {
+        self.read(|txn| events::get(txn, event_id))
+    }
+
+    pub(in crate::store) async fn deliveries_with_attempts(
+        &self,
+        source_id: u128,
+        event_id: u128,
+    ) -> Result<Vec<(DeliveryRecord, Vec<AttemptRecord>)>, StoreError> {
+        self.read(|txn| {
+            events::summary(txn, source_id, event_id)?;
+            let mut out = Vec::new();
+            for d in events::deliveries_of(txn, event_id)? {
+                let attempts = deliveries::attempts_of(txn, d.id)?;
+                out.push((d, attempts));
+            }
+            Ok(out)
+        })
+    }
+
+    pub(in crate::store) async fn event_count(&self, source_id: u128) -> Result<u64, StoreError> {
+        self.read(|txn| events::count_of_source(txn, source_id))
+    }
+
+    pub(in crate::store) async fn replay_event(
+        &self,
+        source_id: u128,
+        event_id: u128,
+        destinations: Vec<u128>,
+        now_ms: i64,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.write(move |txn| {
+            events::summary_in_write(txn, source_id, event_id)?;
+            // Re-checked in the write: a destination disabled or deleted
+            // since the caller chose it gets no delivery.
+            let live = events::enabled_destinations(txn, source_id, &destinations)?;
+            events::insert_deliveries(txn, event_id, source_id, &live, now_ms)
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn retry_delivery(
+        &self,
+        source_id: u128,
+        event_id: u128,
+        delivery_id: u128,
+        now_ms: i64,
+    ) -> Result<(DeliveryRecord, Vec<AttemptRecord>), StoreError> {
+        let updated = self
+            .write(move |txn| {
+                events::summary_in_write(txn, source_id, event_id)?;
+                if deliveries::get_in_write(txn, delivery_id)?.event_id != event_id {
+                    return Err(StoreError::NotFound);
+                }
+                deliveries::retry(txn, delivery_id, now_ms)
+            })
+            .await?;
+        let attempts = self.read(|txn| deliveries::attempts_of(txn, delivery_id))?;
+        Ok((updated, attempts))
+    }
+
+    // ---- Bulk replay jobs ----
+
+    pub(in crate::store) async fn count_replay(
+        &self,
+        job: ReplayRecord,
+        max_matched: u64,
+    ) -> Result<Option<Totals>, StoreError> {
+        // Counting a large range reads many index entries: off the async
+        // threads.
+        let db = self.db.clone();
+        let healthy = self.healthy.clone();
+        tokio::task::spawn_blocking(move || {
+            super::read_with(&db, &healthy, |txn| replays::count(txn, &job, max_matched))
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable("the replay count was interrupted"))?
+    }
+
+    pub(in crate::store) async fn create_replay(
+        &self,
+        job: ReplayRecord,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| replays::insert(txn, &job)).await
+    }
+
+    pub(in crate::store) async fn replay(
+        &self,
+        source_id: u128,
+        id: u128,
+    ) -> Result<ReplayRecord, StoreError> {
+        self.read(|txn| replays::get(txn, source_id, id))
+    }
+
+    pub(in crate::store) async fn list_replays(
+        &self,
+        source_id: u128,
+        before: Option<u128>,
+        limit: usize,
+    ) -> Result<Page<ReplayRecord>, StoreError> {
+        self.read(|txn| {
+            sources::get(txn, source_id)?;
+            replays::list(txn, source_id, before, limit)
+        })
+    }
+
+    pub(in crate::store) async fn running_replays(&self) -> Result<Vec<(u128, u128)>, StoreError> {
+        let db = self.db.clone();
+        let healthy = self.healthy.clone();
+        tokio::task::spawn_blocking(move || super::read_with(&db, &healthy, replays::running))
+            .await
+            .map_err(|_| StoreError::Unavailable("the replay scan was interrupted"))?
+    }
+
+    pub(in crate::store) async fn advance_replay(
+        &self,
+        source_id: u128,
+        id: u128,
+        now_ms: i64,
+        max_items: usize,
+        max_scan: usize,
+    ) -> Result<Advanced, StoreError> {
+        self.write(move |txn| replays::advance(txn, source_id, id, now_ms, max_items, max_scan))
+            .await
+    }
+
+    // ---- The delivery queue ----
+
+    pub(in crate::store) async fn due_for(
+        &self,
+        destination: u128,
+        now_ms: u64,
+        in_flight: &HashSet<u128>,
+        limit: usize,
+    ) -> Result<(Vec<DueItem>, Option<u64>), StoreError> {
+        self.read(|txn| deliveries::due_for(txn, destination, now_ms, in_flight, limit))
+    }
+
+    pub(in crate::store) async fn attempt_inputs(
+        &self,
+        event_id: u128,
+        delivery_id: u128,
+    ) -> Result<(EventRecord, DeliveryRecord), StoreError> {
+        self.read(|txn| {
+            Ok((
+                events::get(txn, event_id)?,
+                deliveries::get(txn, delivery_id)?,
+            ))
+        })
+    }
+
+    pub(in crate::store) async fn record_attempt(
+        &self,
+        outcome: AttemptOutcome,
+    ) -> Result<Recorded, StoreError> {
+        self.write(move |txn| deliveries::record_attempt(txn, &outcome))
+            .await
+    }
+
+    pub(in crate::store) async fn queue_depth(
+        &self,
+        destinations: Vec<u128>,
+    ) -> Result<(u64, Option<u64>), StoreError> {
+        self.read(|txn| {
+            Ok((
+                deliveries::pending_count(txn)?,
+                deliveries::oldest_due(txn, &destinations)?,
+            ))
+        })
+    }
+
+    // ---- Retention ----
+
+    pub(in crate::store) async fn sweep_retention(&self, now_ms: i64) -> Result<u64, StoreError> {
+        retention::sweep(self, now_ms).await
+    }
+
+    pub(in crate::store) async fn purge_orphans(&self) -> Result<u64, StoreError> {
+        retention::purge_orphans(self).await
+    }
+}

@@ -1,0 +1,247 @@
+//! The types of the storage API: what callers hand the store and what it
+//! answers, the same for every backend.
+
+use crate::model::provider::GenericHmacConfig;
+use crate::model::records::{
+    AttemptRecord, DeliveryRecord, DestinationRecord, EventSummary, ReplayState, RetiredSecret,
+    SourceRecord,
+};
+
+/// A delivery waiting in a destination's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueItem {
+    pub delivery_id: u128,
+    pub event_id: u128,
+    /// The due time it is queued under (its key in the queue).
+    pub due_ms: u64,
+}
+
+/// What to do with a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Succeeded,
+    RetryAt(i64),
+    Failed,
+}
+
+/// An attempt's result, to be recorded in one write.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub destination_id: u128,
+    pub source_id: u128,
+    pub item: DueItem,
+    pub attempt: AttemptRecord,
+    pub next: Next,
+    /// Auto-disable threshold (`delivery.disable_after`), in ms.
+    pub disable_after_ms: i64,
+}
+
+/// What recording an attempt changed beyond the delivery itself.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// The destination was disabled by this attempt (all failed for too long).
+    pub disabled_destination: bool,
+    /// The delivery was no longer pending (cancelled or deleted meanwhile).
+    pub stale: bool,
+}
+
+/// What storing an inbound event did.
+#[derive(Debug)]
+pub enum IngestOutcome {
+    /// Stored, with one pending delivery per matching enabled destination.
+    Stored { deliveries: Vec<DeliveryRecord> },
+    /// The same provider event id was already stored for this source.
+    Duplicate { original: u128 },
+}
+
+/// Which of a source's events to list.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Only ids below this (the cursor), exclusive.
+    pub before_id: Option<u128>,
+    /// `received_at` bounds in Unix ms: `after` exclusive, `before` exclusive.
+    pub after_ms: Option<i64>,
+    pub before_ms: Option<i64>,
+    /// Exact type or `*` pattern.
+    pub type_pattern: Option<String>,
+}
+
+/// Most index entries one page may examine: a rare type over a huge
+/// source returns a short page with a cursor instead of scanning it all.
+pub const MAX_SCAN_PER_PAGE: usize = 20_000;
+
+/// Most events one bulk replay may cover; narrower ranges beyond that.
+pub const MAX_BULK_EVENTS: usize = 1_000_000;
+
+/// Events (that get deliveries) queued per write: small enough that ingest
+/// commits keep interleaving with a large replay.
+pub const CHUNK_EVENTS: usize = 200;
+
+/// Index entries one chunk may examine, so a rare type over a huge range
+/// does not turn one chunk into a long scan inside the writer.
+pub const CHUNK_SCAN: usize = 5_000;
+
+/// What a whole job would queue now.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// Events that get at least one delivery.
+    pub events: u64,
+    pub deliveries: u64,
+    /// Events in the range and type (with or without deliveries).
+    pub matched: u64,
+}
+
+/// Finished jobs kept per source (the oldest go as new ones arrive), so a
+/// script replaying every few minutes does not grow the file forever.
+pub const KEPT_PER_SOURCE: usize = 100;
+
+/// What one [`advance`] did.
+#[derive(Debug, Default)]
+pub struct Advanced {
+    /// The job's state after this step (`Running`: call again).
+    pub state: Option<ReplayState>,
+    /// Destinations that got deliveries (each once), to wake their lanes.
+    pub destinations: Vec<u128>,
+    pub events: u64,
+    pub deliveries: u64,
+}
+
+/// One page of a newest-first list.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Where the next page starts (exclusive), when there is one.
+    pub next: Option<u128>,
+}
+
+/// One event in a source's list, with its deliveries.
+#[derive(Debug, Clone)]
+pub struct ListedEvent {
+    pub id: u128,
+    pub summary: EventSummary,
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
+/// Which events the cross-source overview lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSearch {
+    /// Every event, newest first.
+    All,
+    /// The event with this id, when its provider event id (if given) matches.
+    Id {
+        id: u128,
+        provider_event_id: Option<String>,
+    },
+    /// The events (at most one per source) with this provider event id.
+    ProviderEventId(String),
+}
+
+/// One event found across sources, with its deliveries.
+#[derive(Debug, Clone)]
+pub struct FoundEvent {
+    pub source_id: u128,
+    pub event_id: u128,
+    pub summary: EventSummary,
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
+/// A secret being replaced: the new one (sealed), and until when the
+/// current one stays accepted.
+#[derive(Debug, Clone)]
+pub struct NewSecret {
+    pub sealed: Vec<u8>,
+    pub previous_until_ms: i64,
+}
+
+/// A change to a source; `None` fields stay as they are. Applied by
+/// [`SourceChange::apply`] inside the backend's commit, so every backend
+/// changes a source the same way.
+#[derive(Debug, Clone, Default)]
+pub struct SourceChange {
+    pub name: Option<String>,
+    pub enabled: Option<bool>,
+    pub retention_days: Option<u32>,
+    pub provider_config: Option<GenericHmacConfig>,
+    pub new_secret: Option<NewSecret>,
+    pub now_ms: i64,
+}
+
+impl SourceChange {
+    /// Changes `source` as asked; a new secret retires the current one.
+    pub fn apply(self, source: &mut SourceRecord) {
+        if let Some(name) = self.name {
+            source.name = name;
+        }
+        if let Some(enabled) = self.enabled {
+            source.enabled = enabled;
+        }
+        if let Some(days) = self.retention_days {
+            source.retention_days = days;
+        }
+        if let Some(config) = self.provider_config {
+            source.provider_config = Some(config);
+        }
+        if let Some(secret) = self.new_secret {
+            source.previous_secret = source.signing_secret.take().map(|old| RetiredSecret {
+                sealed: old,
+                until_ms: secret.previous_until_ms,
+            });
+            source.signing_secret = Some(secret.sealed);
+        }
+        source.updated_at_ms = self.now_ms;
+    }
+}
+
+/// A change to a destination; `None` fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct DestinationChange {
+    pub url: Option<String>,
+    pub event_filter: Option<Vec<String>>,
+    /// `Some(None)` removes the limit.
+    pub rate_limit: Option<Option<u32>>,
+    pub enabled: Option<bool>,
+    /// Rotation: the new signing secret; the current one keeps signing
+    /// alongside it until `previous_until_ms`.
+    pub new_secret: Option<NewSecret>,
+    pub now_ms: i64,
+}
+
+impl DestinationChange {
+    /// Changes `destination` as asked. Re-enabling clears why it was
+    /// disabled and starts its failure run afresh.
+    pub fn apply(self, d: &mut DestinationRecord) {
+        if let Some(url) = self.url {
+            d.url = url;
+        }
+        if let Some(filter) = self.event_filter {
+            d.event_filter = filter;
+        }
+        if let Some(limit) = self.rate_limit {
+            d.rate_limit = limit;
+        }
+        if let Some(enabled) = self.enabled {
+            if enabled && !d.enabled {
+                d.disabled_reason = None;
+                d.disabled_at_ms = None;
+                d.failing_since_ms = None;
+            }
+            d.enabled = enabled;
+        }
+        if let Some(secret) = self.new_secret {
+            let old = std::mem::replace(&mut d.secret, secret.sealed);
+            d.previous_secret = Some(RetiredSecret {
+                sealed: old,
+                until_ms: secret.previous_until_ms,
+            });
+        }
+        d.updated_at_ms = self.now_ms;
+    }
+}
+
+/// A changed destination, and how many pending deliveries the change
+/// cancelled (it was disabled).
+#[derive(Debug, Clone)]
+pub struct DestinationUpdated {
+    pub destination: DestinationRecord,
+    pub cancelled: u64,
+}
