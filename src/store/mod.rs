@@ -272,4 +272,7 @@ intents! {
     fn sweep_retention(&self, now_ms: i64) -> u64;
     /// Purges, in short commits, what deleted sources left behind.
     fn purge_orphans(&self) -> u64;
+    /// Removes these events with their deliveries, attempts and dedup
+    /// entries in one commit (a retention chunk); unknown ids are skipped.
+    fn purge_events(&self, event_ids: Vec<u128>) -> ();
 }

@@ -520,4 +520,17 @@ impl RedbStore {
     pub(in crate::store) async fn purge_orphans(&self) -> Result<u64, StoreError> {
         retention::purge_orphans(self).await
     }
+
+    pub(in crate::store) async fn purge_events(
+        &self,
+        event_ids: Vec<u128>,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            for id in &event_ids {
+                events::purge(txn, *id)?;
+            }
+            Ok(())
+        })
+        .await
+    }
 }
