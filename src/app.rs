@@ -99,9 +99,18 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     let retention_wake = Arc::new(tokio::sync::Notify::new());
     let replays = crate::replay::Replays::new(store.clone(), engine.clone());
+    let config = Arc::new(config);
+    let ops = crate::ops::Ops::new(
+        store.clone(),
+        config.clone(),
+        engine.clone(),
+        replays.clone(),
+        retention_wake.clone(),
+    );
     let state = AppState {
+        ops,
         store: store.clone(),
-        config: Arc::new(config),
+        config,
         metrics,
         public_url: public_url.into(),
         engine: engine.clone(),

@@ -14,5 +14,6 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod replay;
 pub mod store;

@@ -13,6 +13,7 @@ use super::AppState;
 use crate::model::ids::new_id;
 use crate::model::records::{ApiKeyRecord, Scope};
 use crate::model::time;
+use crate::ops::Via;
 use crate::store::crypto::{hash_key, write_private_file};
 use crate::store::{Store, StoreError};
 
@@ -73,29 +74,10 @@ pub async fn ensure_bootstrap_key(store: &Store) -> Result<Option<PathBuf>, Stor
     Ok(Some(path))
 }
 
-/// The authenticated caller of an API request. In-process callers that
-/// authenticated by other means (the dashboard's session) insert one as a
-/// request extension and dispatch into the same router, so every operation
-/// has exactly one implementation.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub key_id: u128,
-    pub scopes: Vec<Scope>,
-}
-
-impl Caller {
-    /// 403 unless one of the key's scopes grants `needed`.
-    pub fn require(&self, needed: Scope) -> Result<(), ApiError> {
-        if self.scopes.iter().any(|s| s.grants(needed)) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
-                "this API key lacks the `{}` scope",
-                needed.as_str()
-            )))
-        }
-    }
-}
+/// The authenticated caller of an API request (a bearer key), or of an
+/// in-process caller that authenticated by other means and inserted one as
+/// a request extension.
+pub use crate::ops::Caller;
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -118,6 +100,7 @@ impl FromRequestParts<AppState> for Caller {
             Some(record) => Ok(Caller {
                 key_id: record.id,
                 scopes: record.scopes,
+                via: Via::Api,
             }),
             None => Err(ApiError::unauthorized("unknown or revoked API key")),
         }

@@ -1,31 +1,20 @@
 //! `/api/v1/webhooks/sources/{source_id}/destinations` (SPEC §6).
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use base64::Engine;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::error::{ApiError, ErrorEnvelope, Validation};
+use super::error::{ApiError, ErrorEnvelope};
 use super::extract::{encode_cursor, ApiJson, ApiPath, ApiQuery, Data, List, ListParams};
-use super::sources::{source_id, SECRET_OVERLAP_MS};
+use super::sources::source_id;
 use super::AppState;
-use crate::delivery::ssrf;
-use crate::model::ids::{format_id, new_id, parse_id, IdKind};
-use crate::model::records::{DestinationRecord, Scope};
-use crate::model::time::{format_ms, now_ms};
-use crate::store::{DestinationChange, NewSecret, StoreError};
-
-/// How long creation waits for DNS before accepting an unresolved host.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
-const MAX_URL_LEN: usize = 2048;
-const MAX_PATTERNS: usize = 100;
-const MAX_PATTERN_LEN: usize = 256;
+use crate::model::ids::{format_id, parse_id, IdKind};
+use crate::model::records::DestinationRecord;
+use crate::model::time::format_ms;
+use crate::ops::destinations::{DestinationEdit, NewDestination};
 
 /// Body of `POST .../destinations`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -114,119 +103,8 @@ fn view(d: &DestinationRecord, secret: Option<String>) -> DestinationView {
     }
 }
 
-/// A new destination secret: `whsec_` + base64 of 32 random bytes.
-pub fn new_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
-}
-
 fn destination_id(text: &str) -> Result<u128, ApiError> {
     parse_id(IdKind::Destination, text).ok_or_else(|| ApiError::not_found("no such destination"))
-}
-
-fn not_found(e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound => ApiError::not_found("no such source or destination"),
-        other => other.into(),
-    }
-}
-
-/// Checks a destination URL's shape, then (unless private networks are
-/// allowed) where its host resolves. Returns the URL as it will be stored
-/// and sent: normalised (percent-encoding, IDNA, default port dropped), so
-/// the SSRF check, the API and the delivery client all see the same target.
-async fn check_url(state: &AppState, v: &mut Validation, text: &str) -> Option<String> {
-    if text.len() > MAX_URL_LEN {
-        v.fail("url", format!("must be at most {MAX_URL_LEN} characters"));
-        return None;
-    }
-    let url = match url::Url::parse(text) {
-        Ok(url) => url,
-        Err(e) => {
-            v.fail("url", format!("is not an absolute URL: {e}"));
-            return None;
-        }
-    };
-    // The URL standard reads `\` as `/` and drops tabs and newlines, so
-    // `http://a.invalid\@127.0.0.1/` means one host to a browser and another
-    // to a reader; refuse such text rather than guess.
-    if text
-        .chars()
-        .any(|c| c == '\\' || c.is_whitespace() || c.is_control())
-    {
-        v.fail(
-            "url",
-            "must not contain backslashes, spaces or control characters (percent-encode them)",
-        );
-        return None;
-    }
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        v.fail("url", "must be an http or https URL with a host");
-        return None;
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        v.fail(
-            "url",
-            "must not contain credentials (user:password@): they would be shown to every reader and never sent",
-        );
-        return None;
-    }
-    if url.fragment().is_some() {
-        v.fail(
-            "url",
-            "must not contain a fragment (#...): it is never sent",
-        );
-        return None;
-    }
-    let normalised = url.as_str().to_string();
-    if normalised.len() > MAX_URL_LEN || http::Uri::try_from(normalised.as_str()).is_err() {
-        v.fail("url", "cannot be sent as an HTTP request target");
-        return None;
-    }
-    if !state.config.delivery.allow_private_networks {
-        if let Err(e) =
-            ssrf::check_url_host(&url, RESOLVE_TIMEOUT, !state.config.delivery.loopback_only).await
-        {
-            v.fail(
-                "url",
-                format!("{e}; private networks are refused unless delivery.allow_private_networks is true"),
-            );
-        }
-    }
-    Some(normalised)
-}
-
-fn check_filter(v: &mut Validation, filter: &[String]) {
-    v.check(
-        filter.len() <= MAX_PATTERNS,
-        "event_filter",
-        format!("at most {MAX_PATTERNS} patterns"),
-    );
-    for (i, pattern) in filter.iter().enumerate() {
-        let ok = !pattern.is_empty()
-            && pattern.chars().count() <= MAX_PATTERN_LEN
-            && !pattern.chars().any(char::is_control);
-        v.check(
-            ok,
-            &format!("event_filter[{i}]"),
-            format!("must be 1 to {MAX_PATTERN_LEN} printable characters"),
-        );
-    }
-}
-
-fn check_rate_limit(v: &mut Validation, limit: Option<u32>, zero_allowed: bool) {
-    if let Some(n) = limit {
-        let ok = n <= 10_000 && (n > 0 || zero_allowed);
-        v.check(
-            ok,
-            "rate_limit",
-            "must be between 1 and 10000 deliveries per second",
-        );
-    }
 }
 
 /// Creates a destination; its signing secret is in this response only.
@@ -241,52 +119,20 @@ pub async fn create(
     ApiPath(source): ApiPath<String>,
     ApiJson(body): ApiJson<CreateDestination>,
 ) -> Result<(StatusCode, Json<Data<DestinationView>>), ApiError> {
-    caller.require(Scope::Write)?;
-    let source_id = source_id(&source)?;
-    state.store.source(source_id).await.map_err(not_found)?;
-    let filter = body.event_filter.unwrap_or_default();
-    let mut v = Validation::default();
-    let url = check_url(&state, &mut v, &body.url).await;
-    check_filter(&mut v, &filter);
-    check_rate_limit(&mut v, body.rate_limit, false);
-    v.finish()?;
-    let url = url.ok_or_else(|| ApiError::invalid_field("url", "is not valid"))?;
-
-    let secret = new_secret();
-    let now = now_ms();
-    let record = DestinationRecord {
-        id: new_id(),
-        source_id,
-        url,
-        event_filter: filter,
-        enabled: body.enabled.unwrap_or(true),
-        secret: state.store.seal(secret.as_bytes()),
-        previous_secret: None,
+    let new = NewDestination {
+        url: body.url,
+        event_filter: body.event_filter,
+        enabled: body.enabled,
         rate_limit: body.rate_limit,
-        disabled_reason: None,
-        disabled_at_ms: None,
-        failing_since_ms: None,
-        created_at_ms: now,
-        updated_at_ms: now,
     };
-    let stored = record.clone();
-    let limit = state.config.limits.destinations_per_source;
-    state
-        .store
-        .create_destination(stored, limit)
-        .await
-        .map_err(|e| match e {
-            StoreError::LimitReached(limit) => ApiError::invalid_field(
-                "source_id",
-                format!("this source already has {limit} destinations, the most limits.destinations_per_source allows"),
-            ),
-            other => not_found(other),
-        })?;
-    state.engine.wake(source_id, record.id);
+    let created = state
+        .ops
+        .create_destination(&caller, source_id(&source)?, new)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(Data {
-            data: view(&record, Some(secret)),
+            data: view(&created.destination, Some(created.secret)),
         }),
     ))
 }
@@ -302,14 +148,12 @@ pub async fn list(
     ApiPath(source): ApiPath<String>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<List<DestinationView>>, ApiError> {
-    caller.require(Scope::Read)?;
     let source_id = source_id(&source)?;
     let (limit, cursor) = (params.limit()?, params.cursor()?);
     let page = state
-        .store
-        .list_destinations(source_id, cursor, limit)
-        .await
-        .map_err(not_found)?;
+        .ops
+        .list_destinations(&caller, source_id, cursor, limit)
+        .await?;
     Ok(Json(List {
         data: page.items.iter().map(|d| view(d, None)).collect(),
         next_cursor: encode_cursor(page.next),
@@ -326,13 +170,8 @@ pub async fn get(
     caller: Caller,
     ApiPath((source, id)): ApiPath<(String, String)>,
 ) -> Result<Json<Data<DestinationView>>, ApiError> {
-    caller.require(Scope::Read)?;
     let (source_id, id) = (source_id(&source)?, destination_id(&id)?);
-    let d = state
-        .store
-        .destination(source_id, id)
-        .await
-        .map_err(not_found)?;
+    let d = state.ops.get_destination(&caller, source_id, id).await?;
     Ok(Json(Data {
         data: view(&d, None),
     }))
@@ -350,41 +189,17 @@ pub async fn update(
     ApiPath((source, id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<UpdateDestination>,
 ) -> Result<Json<Data<DestinationView>>, ApiError> {
-    caller.require(Scope::Write)?;
     let (source_id, id) = (source_id(&source)?, destination_id(&id)?);
-    state
-        .store
-        .destination(source_id, id)
-        .await
-        .map_err(not_found)?;
-    let mut v = Validation::default();
-    let mut url = None;
-    if let Some(text) = &body.url {
-        url = check_url(&state, &mut v, text).await;
-    }
-    if let Some(filter) = &body.event_filter {
-        check_filter(&mut v, filter);
-    }
-    check_rate_limit(&mut v, body.rate_limit, true);
-    v.finish()?;
-
-    let change = DestinationChange {
-        url,
+    let edit = DestinationEdit {
+        url: body.url,
         event_filter: body.event_filter,
-        rate_limit: body.rate_limit.map(|limit| (limit > 0).then_some(limit)),
         enabled: body.enabled,
-        new_secret: None,
-        now_ms: now_ms(),
+        rate_limit: body.rate_limit,
     };
     let updated = state
-        .store
-        .update_destination(source_id, id, change)
-        .await
-        .map_err(not_found)?
-        .destination;
-    if updated.enabled {
-        state.engine.wake(source_id, id);
-    }
+        .ops
+        .update_destination(&caller, source_id, id, edit)
+        .await?;
     Ok(Json(Data {
         data: view(&updated, None),
     }))
@@ -400,15 +215,8 @@ pub async fn delete(
     caller: Caller,
     ApiPath((source, id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Scope::Write)?;
     let (source_id, id) = (source_id(&source)?, destination_id(&id)?);
-    state
-        .store
-        .delete_destination(source_id, id)
-        .await
-        .map_err(not_found)?;
-    // The lane notices its destination is gone and stops.
-    state.engine.wake(source_id, id);
+    state.ops.delete_destination(&caller, source_id, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -423,26 +231,12 @@ pub async fn rotate_secret(
     caller: Caller,
     ApiPath((source, id)): ApiPath<(String, String)>,
 ) -> Result<Json<Data<DestinationView>>, ApiError> {
-    caller.require(Scope::Write)?;
     let (source_id, id) = (source_id(&source)?, destination_id(&id)?);
-    let secret = new_secret();
-    let sealed = state.store.seal(secret.as_bytes());
-    let now = now_ms();
-    let change = DestinationChange {
-        new_secret: Some(NewSecret {
-            sealed,
-            previous_until_ms: now + SECRET_OVERLAP_MS,
-        }),
-        now_ms: now,
-        ..DestinationChange::default()
-    };
-    let updated = state
-        .store
-        .update_destination(source_id, id, change)
-        .await
-        .map_err(not_found)?
-        .destination;
+    let rotated = state
+        .ops
+        .rotate_destination_secret(&caller, source_id, id)
+        .await?;
     Ok(Json(Data {
-        data: view(&updated, Some(secret)),
+        data: view(&rotated.destination, Some(rotated.secret)),
     }))
 }

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::ops::OpError;
 use crate::store::StoreError;
 
 /// One field's problem in a 422.
@@ -147,6 +148,28 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %other, "storage error while serving a request");
                 ApiError::internal()
             }
+        }
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::NotFound(message) => ApiError::not_found(message),
+            OpError::Conflict(message) => ApiError::conflict(message),
+            OpError::Invalid(fields) => ApiError::validation(
+                fields
+                    .into_iter()
+                    .map(|f| FieldError {
+                        field: f.field,
+                        message: f.message,
+                    })
+                    .collect(),
+            ),
+            OpError::BadRequest(message) => ApiError::bad_request(message),
+            OpError::Forbidden(message) => ApiError::forbidden(message),
+            OpError::Unavailable(message) => ApiError::unavailable(message),
+            OpError::Internal => ApiError::internal(),
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct AppState {
     pub retention: Arc<tokio::sync::Notify>,
     /// Runs bulk replay jobs in the background.
     pub replays: crate::replay::Replays,
+    /// The business operations every handler delegates to.
+    pub ops: crate::ops::Ops,
 }
 
 #[derive(OpenApi)]

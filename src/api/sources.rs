@@ -3,24 +3,18 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use rand::distributions::{Alphanumeric, DistString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::error::{ApiError, ErrorEnvelope, Validation};
+use super::error::{ApiError, ErrorEnvelope};
 use super::extract::{encode_cursor, ApiJson, ApiPath, ApiQuery, Data, List, ListParams};
 use super::AppState;
-use crate::ingest::providers::{self, GenericHmacConfig, ProviderKind};
-use crate::model::ids::{format_id, new_id, parse_id, IdKind};
-use crate::model::records::{Scope, SourceRecord};
-use crate::model::time::{format_ms, now_ms};
-use crate::store::{NewSecret, SourceChange, StoreError};
-
-/// How long a replaced secret keeps verifying, so a provider's secret roll
-/// loses nothing (SPEC §5).
-pub const SECRET_OVERLAP_MS: i64 = 24 * 3600 * 1000;
-const DEFAULT_RETENTION_DAYS: u32 = 30;
+use crate::model::ids::{format_id, parse_id, IdKind};
+use crate::model::provider::{GenericHmacConfig, ProviderKind};
+use crate::model::records::SourceRecord;
+use crate::model::time::format_ms;
+use crate::ops::sources::{NewSource, SourceEdit};
 
 /// Body of `POST /api/v1/webhooks/sources`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -108,67 +102,6 @@ pub fn source_id(text: &str) -> Result<u128, ApiError> {
     parse_id(IdKind::Source, text).ok_or_else(|| ApiError::not_found("no such source"))
 }
 
-fn not_found(e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound => ApiError::not_found("no such source"),
-        other => other.into(),
-    }
-}
-
-fn new_slug() -> String {
-    format!(
-        "wh_{}",
-        Alphanumeric.sample_string(&mut rand::rngs::OsRng, 8)
-    )
-}
-
-fn check_name(v: &mut Validation, name: &str) {
-    let len = name.chars().count();
-    v.check(
-        (1..=200).contains(&len) && !name.trim().is_empty(),
-        "name",
-        "must be 1 to 200 characters",
-    );
-}
-
-fn check_retention(v: &mut Validation, days: u32) {
-    v.check(
-        (1..=3650).contains(&days),
-        "retention_days",
-        "must be between 1 and 3650",
-    );
-}
-
-fn check_secret(v: &mut Validation, provider: ProviderKind, secret: &str) {
-    if secret.chars().count() > 1024 {
-        v.fail("signing_secret", "must be at most 1024 characters");
-    } else if let Err(message) = providers::validate_secret(provider, secret.as_bytes()) {
-        v.fail(
-            "signing_secret",
-            message.trim_start_matches("signing_secret "),
-        );
-    }
-}
-
-fn check_provider_config(
-    v: &mut Validation,
-    provider: ProviderKind,
-    config: Option<&GenericHmacConfig>,
-) {
-    match (provider, config) {
-        (ProviderKind::GenericHmac, None) => {
-            v.fail("provider_config", "is required for provider generic_hmac")
-        }
-        (ProviderKind::GenericHmac, Some(c)) => {
-            if let Err(message) = c.validate() {
-                v.fail("provider_config", message);
-            }
-        }
-        (_, Some(_)) => v.fail("provider_config", "is only used by provider generic_hmac"),
-        (_, None) => {}
-    }
-}
-
 /// Creates a source and its ingest URL.
 #[utoipa::path(post, path = "/api/v1/webhooks/sources", tag = "sources",
     request_body = CreateSource,
@@ -179,45 +112,15 @@ pub async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateSource>,
 ) -> Result<(StatusCode, Json<Data<SourceView>>), ApiError> {
-    caller.require(Scope::Write)?;
-    let mut v = Validation::default();
-    check_name(&mut v, &body.name);
-    let retention_days = body.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS);
-    check_retention(&mut v, retention_days);
-    match (&body.signing_secret, body.provider.requires_secret()) {
-        (Some(secret), _) => check_secret(&mut v, body.provider, secret),
-        (None, true) => v.fail("signing_secret", "is required for this provider"),
-        (None, false) => {}
-    }
-    check_provider_config(&mut v, body.provider, body.provider_config.as_ref());
-    v.finish()?;
-
-    let now = now_ms();
-    let mut source = SourceRecord {
-        id: new_id(),
-        slug: new_slug(),
-        name: body.name.trim().to_string(),
+    let new = NewSource {
+        name: body.name,
         provider: body.provider,
+        signing_secret: body.signing_secret,
+        retention_days: body.retention_days,
+        enabled: body.enabled,
         provider_config: body.provider_config,
-        signing_secret: body.signing_secret.map(|s| state.store.seal(s.as_bytes())),
-        previous_secret: None,
-        enabled: body.enabled.unwrap_or(true),
-        retention_days,
-        created_at_ms: now,
-        updated_at_ms: now,
     };
-    // 62^8 slugs make a clash rare; pick again rather than fail.
-    let mut tries = 0;
-    let created = loop {
-        match state.store.create_source(source.clone()).await {
-            Ok(()) => break source,
-            Err(StoreError::Conflict(_)) if tries < 8 => {
-                tries += 1;
-                source.slug = new_slug();
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let created = state.ops.create_source(&caller, new).await?;
     Ok((
         StatusCode::CREATED,
         Json(Data {
@@ -236,14 +139,13 @@ pub async fn list(
     caller: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<List<SourceView>>, ApiError> {
-    caller.require(Scope::Read)?;
     let (limit, cursor) = (params.limit()?, params.cursor()?);
-    let page = state.store.list_sources(cursor, limit).await?;
+    let page = state.ops.list_sources(&caller, cursor, limit).await?;
     Ok(Json(List {
         data: page
             .items
             .iter()
-            .map(|(s, n)| view(&state, s, *n))
+            .map(|s| view(&state, &s.source, s.destinations))
             .collect(),
         next_cursor: encode_cursor(page.next),
     }))
@@ -259,15 +161,9 @@ pub async fn get(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Data<SourceView>>, ApiError> {
-    caller.require(Scope::Read)?;
-    let id = source_id(&id)?;
-    let (source, count) = state
-        .store
-        .source_with_destination_count(id)
-        .await
-        .map_err(not_found)?;
+    let found = state.ops.get_source(&caller, source_id(&id)?).await?;
     Ok(Json(Data {
-        data: view(&state, &source, count),
+        data: view(&state, &found.source, found.destinations),
     }))
 }
 
@@ -284,44 +180,19 @@ pub async fn update(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateSource>,
 ) -> Result<Json<Data<SourceView>>, ApiError> {
-    caller.require(Scope::Write)?;
-    let id = source_id(&id)?;
-    // The provider decides how secrets and settings are checked.
-    let current = state.store.source(id).await.map_err(not_found)?;
-    let mut v = Validation::default();
-    if let Some(name) = &body.name {
-        check_name(&mut v, name);
-    }
-    if let Some(days) = body.retention_days {
-        check_retention(&mut v, days);
-    }
-    if let Some(secret) = &body.signing_secret {
-        check_secret(&mut v, current.provider, secret);
-    }
-    if body.provider_config.is_some() {
-        check_provider_config(&mut v, current.provider, body.provider_config.as_ref());
-    }
-    v.finish()?;
-
-    let now = now_ms();
-    let change = SourceChange {
-        name: body.name.map(|n| n.trim().to_string()),
+    let edit = SourceEdit {
+        name: body.name,
         enabled: body.enabled,
+        signing_secret: body.signing_secret,
         retention_days: body.retention_days,
         provider_config: body.provider_config,
-        new_secret: body.signing_secret.map(|s| NewSecret {
-            sealed: state.store.seal(s.as_bytes()),
-            previous_until_ms: now + SECRET_OVERLAP_MS,
-        }),
-        now_ms: now,
     };
-    let (updated, count) = state
-        .store
-        .update_source(id, change)
-        .await
-        .map_err(not_found)?;
+    let updated = state
+        .ops
+        .update_source(&caller, source_id(&id)?, edit)
+        .await?;
     Ok(Json(Data {
-        data: view(&state, &updated, count),
+        data: view(&state, &updated.source, updated.destinations),
     }))
 }
 
@@ -335,10 +206,6 @@ pub async fn delete(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Scope::Write)?;
-    let id = source_id(&id)?;
-    state.store.delete_source(id).await.map_err(not_found)?;
-    // The retention task purges its events now, in small chunks.
-    state.retention.notify_one();
+    state.ops.delete_source(&caller, source_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }

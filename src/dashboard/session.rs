@@ -140,6 +140,7 @@ async fn lookup(store: &Store, id: &str) -> Result<Lookup, StoreError> {
         caller: Caller {
             key_id: key.id,
             scopes: key.scopes,
+            via: crate::ops::Via::Dashboard,
         },
     }))
 }
