@@ -71,7 +71,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     };
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&config.storage, metrics.clone())?;
-    let admin_key_file = api::auth::ensure_bootstrap_key(&store).await?;
+    let admin_key_file = crate::ops::api_keys::ensure_bootstrap_key(&store).await?;
     if let Some(path) = &admin_key_file {
         tracing::info!(path = %path.display(), "created the bootstrap admin API key; read it from this file");
     }

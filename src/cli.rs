@@ -16,12 +16,11 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::api::api_keys::validate_key_request;
-use crate::api::auth::generate_key;
 use crate::config::{Config, ConfigFile, LogFormat};
 use crate::metrics::Metrics;
 use crate::model::ids::{format_id, parse_id, IdKind};
 use crate::model::time::format_ms;
+use crate::ops::{api_keys, Caller, OpError};
 use crate::store::{Store, StoreError};
 use output::outln;
 
@@ -419,10 +418,9 @@ async fn api_keys_command(config: Config, cmd: ApiKeysCommand) -> anyhow::Result
 async fn run_key_command(store: &Store, cmd: ApiKeysCommand) -> anyhow::Result<()> {
     match cmd {
         ApiKeysCommand::Create(args) => {
-            let scopes = validate_key_request(&args.name, &args.scopes)
-                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-            let new = generate_key(args.name.trim(), scopes);
-            store.create_api_key(new.record.clone()).await?;
+            let new = api_keys::create(store, &Caller::local_admin(), &args.name, &args.scopes)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln!(
                 "created {} ({}); the key is shown only this once:",
                 format_id(IdKind::ApiKey, new.record.id),
@@ -440,7 +438,9 @@ async fn run_key_command(store: &Store, cmd: ApiKeysCommand) -> anyhow::Result<(
                 "SCOPES"
             );
             loop {
-                let page = store.list_api_keys(cursor, 250).await?;
+                let page = api_keys::list(store, &Caller::local_admin(), cursor, 250)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 for k in &page.items {
                     let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
                     outln!(
@@ -462,10 +462,10 @@ async fn run_key_command(store: &Store, cmd: ApiKeysCommand) -> anyhow::Result<(
             let Some(raw) = parse_id(IdKind::ApiKey, &id) else {
                 bail!("`{id}` is not an API key id (they look like key_01J...)");
             };
-            match store.revoke_api_key(raw).await {
+            match api_keys::revoke(store, &Caller::local_admin(), raw).await {
                 Ok(()) => eprintln!("revoked {id}"),
-                Err(StoreError::NotFound) => bail!("no API key {id}"),
-                Err(e) => return Err(e.into()),
+                Err(OpError::NotFound(_)) => bail!("no API key {id}"),
+                Err(e) => bail!("{e}"),
             }
         }
     }
@@ -482,10 +482,12 @@ async fn backup(config: Config, args: BackupArgs) -> anyhow::Result<()> {
     let key = match std::env::var("KRAFTER_API_KEY") {
         Ok(key) => key,
         Err(_) => {
-            let path = args
-                .api_key_file
-                .clone()
-                .unwrap_or_else(|| config.storage.path.join(crate::api::auth::ADMIN_KEY_FILE));
+            let path = args.api_key_file.clone().unwrap_or_else(|| {
+                config
+                    .storage
+                    .path
+                    .join(crate::ops::api_keys::ADMIN_KEY_FILE)
+            });
             std::fs::read_to_string(&path).with_context(|| {
                 format!(
                     "reading the API key from {} (or set KRAFTER_API_KEY)",

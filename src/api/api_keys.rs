@@ -6,14 +6,13 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::{generate_key, Caller};
-use super::error::{ApiError, ErrorEnvelope, Validation};
+use super::auth::Caller;
+use super::error::{ApiError, ErrorEnvelope};
 use super::extract::{encode_cursor, ApiJson, ApiPath, ApiQuery, Data, List, ListParams};
 use super::AppState;
 use crate::model::ids::{format_id, parse_id, IdKind};
-use crate::model::records::{ApiKeyRecord, Scope};
+use crate::model::records::ApiKeyRecord;
 use crate::model::time::format_ms;
-use crate::store::StoreError;
 
 /// Body of `POST /api/v1/api-keys`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -63,32 +62,6 @@ impl ApiKeyView {
     }
 }
 
-/// Checks a key's name and scopes, as the API and the CLI both need.
-pub fn validate_key_request(name: &str, scopes: &[String]) -> Result<Vec<Scope>, ApiError> {
-    let mut v = Validation::default();
-    let name_len = name.chars().count();
-    v.check(
-        (1..=200).contains(&name_len) && !name.trim().is_empty(),
-        "name",
-        "must be 1 to 200 characters",
-    );
-    let mut parsed = Vec::new();
-    for (i, s) in scopes.iter().enumerate() {
-        match Scope::parse(s) {
-            Some(scope) if !parsed.contains(&scope) => parsed.push(scope),
-            Some(_) => {}
-            None => v.fail(
-                &format!("scopes[{i}]"),
-                format!("unknown scope `{s}`; use webhooks:read, webhooks:write or admin"),
-            ),
-        }
-    }
-    v.check(!scopes.is_empty(), "scopes", "give at least one scope");
-    v.finish()?;
-    parsed.sort();
-    Ok(parsed)
-}
-
 /// Creates an API key; the key is in this response and nowhere else, ever.
 #[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys",
     request_body = CreateApiKey,
@@ -99,10 +72,10 @@ pub async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateApiKey>,
 ) -> Result<(StatusCode, Json<Data<ApiKeyView>>), ApiError> {
-    caller.require(Scope::Admin)?;
-    let scopes = validate_key_request(&body.name, &body.scopes)?;
-    let new = generate_key(body.name.trim(), scopes);
-    state.store.create_api_key(new.record.clone()).await?;
+    let new = state
+        .ops
+        .create_api_key(&caller, &body.name, &body.scopes)
+        .await?;
     let view = ApiKeyView::from_record(&new.record, Some(new.key));
     Ok((StatusCode::CREATED, Json(Data { data: view })))
 }
@@ -117,9 +90,8 @@ pub async fn list(
     caller: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<List<ApiKeyView>>, ApiError> {
-    caller.require(Scope::Admin)?;
     let (limit, cursor) = (params.limit()?, params.cursor()?);
-    let page = state.store.list_api_keys(cursor, limit).await?;
+    let page = state.ops.list_api_keys(&caller, cursor, limit).await?;
     Ok(Json(List {
         data: page
             .items
@@ -140,11 +112,7 @@ pub async fn delete(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Scope::Admin)?;
     let id = parse_id(IdKind::ApiKey, &id).ok_or_else(|| ApiError::not_found("no such API key"))?;
-    match state.store.revoke_api_key(id).await {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
-        Err(StoreError::NotFound) => Err(ApiError::not_found("no such API key")),
-        Err(e) => Err(e.into()),
-    }
+    state.ops.revoke_api_key(&caller, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

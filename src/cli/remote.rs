@@ -75,7 +75,7 @@ impl Api {
         let key = match &remote.api_key {
             Some(key) if !key.trim().is_empty() => key.trim().to_string(),
             _ => {
-                let path: PathBuf = data_dir.join(crate::api::auth::ADMIN_KEY_FILE);
+                let path: PathBuf = data_dir.join(crate::ops::api_keys::ADMIN_KEY_FILE);
                 let key = std::fs::read_to_string(&path).map_err(|e| {
                     anyhow::anyhow!(
                         "no API key: pass --api-key or set KRAFTER_API_KEY \

@@ -6,6 +6,7 @@ use maud::html;
 
 use super::dispatch::ApiFailure;
 use super::views;
+use crate::ops::OpError;
 use crate::store::StoreError;
 
 /// Why a dashboard request did not get the page it asked for.
@@ -27,6 +28,9 @@ pub enum DashboardError {
     /// The API refused the operation; its message is shown as is.
     #[error("{}", .0.message)]
     Api(ApiFailure),
+    /// An operation refused or failed; its message is shown as is.
+    #[error(transparent)]
+    Op(#[from] OpError),
     /// Storage failed while checking the session.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -73,6 +77,20 @@ impl IntoResponse for DashboardError {
                     _ => "That did not work",
                 };
                 (failure.status, title, failure.message)
+            }
+            DashboardError::Op(e) => {
+                let (status, title) = match &e {
+                    OpError::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
+                    OpError::Forbidden(_) => (StatusCode::FORBIDDEN, "Not allowed"),
+                    OpError::Conflict(_) => (StatusCode::CONFLICT, "That did not work"),
+                    OpError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "That did not work"),
+                    OpError::BadRequest(_) => (StatusCode::BAD_REQUEST, "That did not work"),
+                    OpError::Unavailable(_) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "Something went wrong")
+                    }
+                    OpError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong"),
+                };
+                (status, title, e.to_string())
             }
             DashboardError::Store(e) => {
                 tracing::error!(error = %e, "storage error in the dashboard");

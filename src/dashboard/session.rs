@@ -25,7 +25,7 @@ use super::error::DashboardError;
 use super::form::Form;
 use super::Dashboard;
 use crate::api::auth::Caller;
-use crate::model::records::{ApiKeyRecord, Scope, SessionRecord};
+use crate::model::records::{Scope, SessionRecord};
 use crate::model::time::now_ms;
 use crate::store::{Store, StoreError};
 
@@ -94,11 +94,11 @@ pub fn tokens_match(expected: &str, given: &str) -> bool {
 /// the id). In the same commit the key's expired sessions are swept and,
 /// past [`MAX_SESSIONS_PER_KEY`], its oldest ones end: the work is bounded
 /// by one key's sessions, never a scan of everyone's.
-pub async fn create(store: &Store, key: &ApiKeyRecord) -> Result<String, StoreError> {
+pub async fn create(store: &Store, key_id: u128) -> Result<String, StoreError> {
     let id = random_token();
     let now = now_ms();
     let record = SessionRecord {
-        key_id: key.id,
+        key_id,
         csrf: random_token(),
         created_at_ms: now,
         expires_at_ms: now + SESSION_TTL_MS,
@@ -282,7 +282,7 @@ mod tests {
         };
         let store = Store::open(&config, std::sync::Arc::new(crate::metrics::Metrics::new()))
             .expect("store opens");
-        let key = crate::api::auth::generate_key("t", vec![Scope::Read]).record;
+        let key = crate::ops::api_keys::generate_key("t", vec![Scope::Read]).record;
         store.create_api_key(key.clone()).await.expect("key stored");
         (store, key)
     }

@@ -21,7 +21,7 @@ pub enum OpError {
     #[error("{0}")]
     Conflict(String),
     /// Some fields are invalid; every problem is listed.
-    #[error("invalid fields")]
+    #[error("{}", describe(.0))]
     Invalid(Vec<FieldError>),
     /// The request itself is malformed (a bad filter or time).
     #[error("{0}")]
@@ -35,6 +35,15 @@ pub enum OpError {
     /// Something broke inside Krafter (logged where it happened).
     #[error("internal error")]
     Internal,
+}
+
+/// `field: message; field: message`, for doors that show one line.
+fn describe(fields: &[FieldError]) -> String {
+    fields
+        .iter()
+        .map(|f| format!("{}: {}", f.field, f.message))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl OpError {

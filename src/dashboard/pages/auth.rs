@@ -10,7 +10,6 @@ use axum::Extension;
 use maud::{html, Markup};
 
 use super::{notice, QueryMap};
-use crate::api::auth::KEY_PREFIX;
 use crate::dashboard::error::DashboardError;
 use crate::dashboard::form::Form;
 use crate::dashboard::session::{
@@ -19,7 +18,7 @@ use crate::dashboard::session::{
 };
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
-use crate::store::crypto::hash_key;
+use crate::ops::{api_keys, Via};
 
 /// The sign-in page (public). It sets a one-off cookie whose value the form
 /// echoes, so a sign-in can only be posted from this page in this browser
@@ -112,20 +111,14 @@ pub async fn sign_in(
         ));
     }
     let key = form_data.get("key").unwrap_or("").trim();
-    let record = if key.starts_with(KEY_PREFIX) && key.len() <= 256 {
-        let hash = hash_key(key);
-        d.app.store.api_key_by_hash(hash).await?
-    } else {
-        None
-    };
-    let Some(record) = record else {
+    let Some(caller) = api_keys::authenticate(&d.app.store, key, Via::Dashboard).await? else {
         return Ok(again(
             StatusCode::UNAUTHORIZED,
             "That API key is not valid: it is unknown or was revoked.",
         ));
     };
-    let id = session::create(&d.app.store, &record).await?;
-    tracing::info!(key_id = %crate::model::ids::format_id(crate::model::ids::IdKind::ApiKey, record.id), "dashboard sign-in");
+    let id = session::create(&d.app.store, caller.key_id).await?;
+    tracing::info!(key_id = %crate::model::ids::format_id(crate::model::ids::IdKind::ApiKey, caller.key_id), "dashboard sign-in");
     let mut response = views::see_other(next.as_deref().unwrap_or("/dashboard/sources"));
     let cookies = [
         session::session_cookie(&id, secure),
