@@ -17,14 +17,13 @@ use super::extract::{
 };
 use super::sources::source_id;
 use super::AppState;
-use crate::model::filter;
-use crate::model::ids::{format_id, new_id, parse_id, IdKind};
+use crate::model::ids::{format_id, parse_id, IdKind};
 use crate::model::records::{
-    AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, EventSummary, ReplayRecord,
-    ReplayState, Scope,
+    AttemptRecord, DeliveryRecord, DeliveryStatus, EventSummary, ReplayRecord,
 };
-use crate::model::time::{format_ms, now_ms, parse_rfc3339_ms};
-use crate::store::{EventQuery, StoreError, MAX_BULK_EVENTS};
+use crate::model::time::{format_ms, parse_rfc3339_ms};
+use crate::ops::events::{self, BulkReplay};
+use crate::store::EventQuery;
 
 /// Filters of `GET .../events`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -215,13 +214,6 @@ fn event_id(text: &str) -> Result<u128, ApiError> {
     parse_id(IdKind::Event, text).ok_or_else(|| ApiError::not_found("no such event"))
 }
 
-fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
-    move |e| match e {
-        StoreError::NotFound => ApiError::not_found(format!("no such {what}")),
-        other => other.into(),
-    }
-}
-
 fn counts(list: &[DeliveryRecord]) -> DeliveryCounts {
     let mut c = DeliveryCounts::default();
     for d in list {
@@ -274,7 +266,6 @@ pub async fn list(
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<EventListParams>,
 ) -> Result<Json<List<EventView>>, ApiError> {
-    caller.require(Scope::Read)?;
     let source = source_id(&id)?;
     let limit = match params.limit {
         None => DEFAULT_LIMIT,
@@ -307,11 +298,7 @@ pub async fn list(
         before_ms,
         type_pattern: params.event_type.filter(|t| !t.is_empty()),
     };
-    let page = state
-        .store
-        .list_events(source, query, limit)
-        .await
-        .map_err(not_found("source"))?;
+    let page = state.ops.list_events(&caller, source, query, limit).await?;
     Ok(Json(List {
         data: page
             .items
@@ -332,13 +319,12 @@ pub async fn get(
     caller: Caller,
     ApiPath((source, event)): ApiPath<(String, String)>,
 ) -> Result<Json<Data<EventDetail>>, ApiError> {
-    caller.require(Scope::Read)?;
     let (source, event) = (source_id(&source)?, event_id(&event)?);
-    let (summary, record, list) = state
-        .store
-        .event_detail(source, event)
-        .await
-        .map_err(not_found("event"))?;
+    let events::EventDetail {
+        summary,
+        event: record,
+        deliveries: list,
+    } = state.ops.get_event(&caller, source, event).await?;
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &record.headers {
         let value = String::from_utf8_lossy(value).into_owned();
@@ -389,13 +375,11 @@ pub async fn deliveries(
     caller: Caller,
     ApiPath((source, event)): ApiPath<(String, String)>,
 ) -> Result<Json<List<DeliveryView>>, ApiError> {
-    caller.require(Scope::Read)?;
     let (source, event) = (source_id(&source)?, event_id(&event)?);
     let views = state
-        .store
-        .deliveries_with_attempts(source, event)
-        .await
-        .map_err(not_found("event"))?
+        .ops
+        .event_deliveries(&caller, source, event)
+        .await?
         .into_iter()
         .map(|(d, attempts)| DeliveryView {
             id: format_id(IdKind::Delivery, d.id),
@@ -412,32 +396,6 @@ pub async fn deliveries(
     }))
 }
 
-/// Resolves and checks `destination_ids` against the source: each must be
-/// one of its destinations and enabled; else 422 naming the bad ones.
-fn chosen_destinations(all: &[DestinationRecord], ids: &[String]) -> Result<Vec<u128>, ApiError> {
-    let mut v = Validation::default();
-    v.check(
-        !ids.is_empty(),
-        "destination_ids",
-        "name at least one destination",
-    );
-    let mut chosen = Vec::new();
-    for (i, text) in ids.iter().enumerate() {
-        let field = format!("destination_ids[{i}]");
-        match parse_id(IdKind::Destination, text).and_then(|id| all.iter().find(|d| d.id == id)) {
-            None => v.fail(
-                &field,
-                format!("{text} is not a destination of this source"),
-            ),
-            Some(d) if !d.enabled => v.fail(&field, format!("{text} is disabled")),
-            Some(d) if !chosen.contains(&d.id) => chosen.push(d.id),
-            Some(_) => {}
-        }
-    }
-    v.finish()?;
-    Ok(chosen)
-}
-
 /// Re-sends one event: to every enabled destination whose filter matches,
 /// or to exactly the destinations named. Durable before the 202.
 #[utoipa::path(post, path = "/api/v1/webhooks/sources/{id}/events/{event_id}/replay", tag = "events",
@@ -451,34 +409,12 @@ pub async fn replay(
     ApiPath((source, event)): ApiPath<(String, String)>,
     OptionalJson(body): OptionalJson<ReplayRequest>,
 ) -> Result<(StatusCode, Json<Data<ReplayAccepted>>), ApiError> {
-    caller.require(Scope::Write)?;
     let (source, event) = (source_id(&source)?, event_id(&event)?);
-    let (_, record, _) = state
-        .store
-        .event_detail(source, event)
-        .await
-        .map_err(not_found("event"))?;
-    let all = state
-        .store
-        .destinations_of_source(source)
-        .await
-        .map_err(not_found("event"))?;
-    let targets = match body.and_then(|b| b.destination_ids) {
-        Some(ids) => chosen_destinations(&all, &ids)?,
-        None => all
-            .iter()
-            .filter(|d| d.enabled && filter::matches(&d.event_filter, &record.event_type))
-            .map(|d| d.id)
-            .collect(),
-    };
-    let created = state
-        .store
-        .replay_event(source, event, targets.clone(), now_ms())
-        .await
-        .map_err(not_found("event"))?;
-    for d in &created {
-        state.engine.wake(source, d.destination_id);
-    }
+    let chosen = body.and_then(|b| b.destination_ids);
+    let targets = state
+        .ops
+        .replay_event(&caller, source, event, chosen)
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Data {
@@ -508,16 +444,13 @@ pub async fn retry(
     caller: Caller,
     ApiPath((source, event, delivery)): ApiPath<(String, String, String)>,
 ) -> Result<(StatusCode, Json<Data<DeliveryView>>), ApiError> {
-    caller.require(Scope::Write)?;
     let (source, event) = (source_id(&source)?, event_id(&event)?);
     let delivery = parse_id(IdKind::Delivery, &delivery)
         .ok_or_else(|| ApiError::not_found("no such delivery"))?;
     let (updated, attempts) = state
-        .store
-        .retry_delivery(source, event, delivery, now_ms())
-        .await
-        .map_err(not_found("delivery"))?;
-    state.engine.wake(source, updated.destination_id);
+        .ops
+        .retry_delivery(&caller, source, event, delivery)
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Data {
@@ -532,13 +465,6 @@ pub async fn retry(
         }),
     ))
 }
-
-/// Bulk replays up to this many events are queued before the 202 (a few
-/// hundred milliseconds at most), so the 202 means the deliveries are
-/// durable, as for a single replay; larger ones answer once the job is
-/// stored and go on in the background. Either way the job is durable
-/// before the 202 and resumes after a restart.
-const DURABLE_BULK_EVENTS: u64 = 5_000;
 
 /// Re-sends every event in a time range (optionally of a type, optionally
 /// only where delivery failed, optionally to chosen destinations) as a
@@ -555,9 +481,7 @@ pub async fn bulk_replay(
     ApiPath(source): ApiPath<String>,
     super::extract::ApiJson(body): super::extract::ApiJson<BulkReplayRequest>,
 ) -> Result<(StatusCode, Json<Data<BulkReplayAccepted>>), ApiError> {
-    caller.require(Scope::Write)?;
     let source = source_id(&source)?;
-    let accepted_at = now_ms();
     let mut v = Validation::default();
     let after = parse_time(&mut v, "after", Some(&body.after));
     let before = parse_time(&mut v, "before", body.before.as_deref());
@@ -570,76 +494,22 @@ pub async fn bulk_replay(
         }
     };
     v.finish()?;
-    let all = state
-        .store
-        .destinations_of_source(source)
-        .await
-        .map_err(not_found("source"))?;
-    let chosen = match &body.destination_ids {
-        Some(ids) => Some(chosen_destinations(&all, ids)?),
-        None => None,
-    };
-    let candidates = match &chosen {
-        Some(chosen) => chosen.clone(),
-        None => all.iter().filter(|d| d.enabled).map(|d| d.id).collect(),
-    };
-    let mut job = ReplayRecord {
-        id: new_id(),
-        source_id: source,
+    let request = BulkReplay {
         after_ms: after.unwrap_or(0),
-        before_ms: before.unwrap_or(accepted_at),
-        // Events stored from now on are not part of this replay.
-        upper_id: new_id(),
-        type_pattern: body.event_type.clone().filter(|t| !t.is_empty()),
+        before_ms: before,
+        event_type: body.event_type.clone(),
         only_failed,
-        destination_ids: chosen,
-        candidates,
-        cursor: 0,
-        events_total: 0,
-        deliveries_total: 0,
-        events_done: 0,
-        deliveries_queued: 0,
-        state: ReplayState::Running,
-        created_at_ms: accepted_at,
-        updated_at_ms: accepted_at,
+        destination_ids: body.destination_ids.clone(),
     };
-    let totals = state
-        .store
-        .count_replay(job.clone(), MAX_BULK_EVENTS as u64)
-        .await?;
-    let Some(totals) = totals else {
-        return Err(ApiError::invalid_field(
-            "after",
-            format!(
-                "more than {} events match; replay a narrower range",
-                MAX_BULK_EVENTS
-            ),
-        ));
-    };
-    job.events_total = totals.events;
-    job.deliveries_total = totals.deliveries;
-    state
-        .store
-        .create_replay(job.clone())
-        .await
-        .map_err(not_found("source"))?;
-    let outcome = state.replays.start(source, job.id);
-    let mut status = ReplayState::Running;
-    if job.events_total <= DURABLE_BULK_EVENTS {
-        // Small enough to queue before answering. Should storage fail
-        // meanwhile, the job is stored and goes on: still a 202.
-        if let Ok(Ok(done)) = outcome.await {
-            status = done;
-        }
-    }
+    let started = state.ops.bulk_replay(&caller, source, request).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Data {
             data: BulkReplayAccepted {
-                id: format_id(IdKind::Replay, job.id),
-                status: status.as_str().to_string(),
-                events: job.events_total,
-                deliveries: job.deliveries_total,
+                id: format_id(IdKind::Replay, started.job.id),
+                status: started.state.as_str().to_string(),
+                events: started.job.events_total,
+                deliveries: started.job.deliveries_total,
             },
         }),
     ))
@@ -685,14 +555,12 @@ pub async fn list_replays(
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<List<ReplayView>>, ApiError> {
-    caller.require(Scope::Read)?;
     let source = source_id(&id)?;
     let (limit, cursor) = (params.limit()?, params.cursor()?);
     let page = state
-        .store
-        .list_replays(source, cursor, limit)
-        .await
-        .map_err(not_found("source"))?;
+        .ops
+        .list_replays(&caller, source, cursor, limit)
+        .await?;
     Ok(Json(List {
         data: page.items.iter().map(replay_view).collect(),
         next_cursor: encode_cursor(page.next),
@@ -709,13 +577,8 @@ pub async fn get_replay(
     caller: Caller,
     ApiPath((source, replay)): ApiPath<(String, String)>,
 ) -> Result<Json<Data<ReplayView>>, ApiError> {
-    caller.require(Scope::Read)?;
     let (source, replay) = (source_id(&source)?, replay_id(&replay)?);
-    let job = state
-        .store
-        .replay(source, replay)
-        .await
-        .map_err(not_found("replay"))?;
+    let job = state.ops.get_replay(&caller, source, replay).await?;
     Ok(Json(Data {
         data: replay_view(&job),
     }))

@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
 use utoipa::IntoParams;
 
 use super::auth::Caller;
@@ -16,17 +15,12 @@ use super::events::{event_view, EventView};
 use super::extract::{encode_cursor, ApiPath, ApiQuery, Data, List, ListParams};
 use super::sources::source_id;
 use super::AppState;
-use crate::model::ids::{format_id, id_timestamp_ms, new_id, parse_id, IdKind};
-use crate::model::records::{EventRecord, Scope};
-use crate::model::time::format_ms;
-use crate::store::{EventSearch, StoreError};
+use crate::model::ids::{parse_id, IdKind};
+use crate::store::EventSearch;
 
 /// Longest provider event id a search takes (Stripe's are 28 characters,
 /// GitHub's delivery GUIDs 36).
 pub const MAX_PROVIDER_EVENT_ID: usize = 1024;
-
-/// The event type of a test event.
-pub const TEST_EVENT_TYPE: &str = "krafter.test";
 
 /// Filters of `GET /api/v1/webhooks/events`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -80,14 +74,16 @@ pub async fn list_all(
     caller: Caller,
     ApiQuery(params): ApiQuery<AllEventsParams>,
 ) -> Result<Json<List<EventView>>, ApiError> {
-    caller.require(Scope::Read)?;
     let paging = ListParams {
         limit: params.limit,
         cursor: params.cursor.clone(),
     };
     let (limit, cursor) = (paging.limit()?, paging.cursor()?);
     let wanted = search(&params)?;
-    let page = state.store.search_events(wanted, cursor, limit).await?;
+    let page = state
+        .ops
+        .search_events(&caller, wanted, cursor, limit)
+        .await?;
     Ok(Json(List {
         data: page
             .items
@@ -114,69 +110,13 @@ pub async fn test_event(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Data<EventView>>), ApiError> {
-    caller.require(Scope::Write)?;
     let source = source_id(&id)?;
-    let record = state.store.source(source).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("no such source"),
-        other => other.into(),
-    })?;
-    if !record.enabled {
-        return Err(ApiError::conflict(
-            "the source is disabled; enable it to send a test event",
-        ));
-    }
-    let event_id = new_id();
-    let received_at_ms = id_timestamp_ms(event_id) as i64;
-    let body = json!({
-        "type": TEST_EVENT_TYPE,
-        "id": format_id(IdKind::Event, event_id),
-        "created_at": format_ms(received_at_ms),
-        "data": {
-            "message": "A test event made by Krafter (not sent by the provider, so no provider signature was verified). Krafter signs its delivery like any other.",
-            "source_id": format_id(IdKind::Source, source),
-            "source_name": record.name,
-            "provider": record.provider.as_str(),
-        }
-    })
-    .to_string()
-    .into_bytes();
-    let event = EventRecord {
-        id: event_id,
-        source_id: source,
-        received_at_ms,
-        event_type: TEST_EVENT_TYPE.to_string(),
-        provider_event_id: None,
-        headers: vec![
-            ("content-type".to_string(), b"application/json".to_vec()),
-            (
-                "user-agent".to_string(),
-                format!("Krafter/{} (test event)", env!("CARGO_PKG_VERSION")).into_bytes(),
-            ),
-        ],
-        body,
-    };
-    let summary = crate::model::records::EventSummary {
-        event_type: event.event_type.clone(),
-        provider_event_id: None,
-        received_at_ms,
-        size_bytes: event.body.len() as u64,
-    };
-    let deliveries = state
-        .store
-        .store_test_event(event)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("no such source"),
-            other => other.into(),
-        })?;
+    let sent = state.ops.send_test_event(&caller, source).await?;
     state.metrics.events_stored.inc();
-    for d in &deliveries {
-        state.engine.wake(d.source_id, d.destination_id);
-    }
     Ok((
         StatusCode::CREATED,
         Json(Data {
-            data: event_view(source, event_id, &summary, &deliveries),
+            data: event_view(source, sent.event_id, &sent.summary, &sent.deliveries),
         }),
     ))
 }
