@@ -14,7 +14,9 @@
 //! expected value is exact.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{
     AttemptOutcome, DestinationChange, DueItem, EventQuery, EventSearch, IngestOutcome, NewSecret,
@@ -71,6 +73,9 @@ macro_rules! conformance_suite {
                 sweep_retention_removes_only_expired_events,
                 purge_events_removes_events_with_their_deliveries_and_dedup;
             multi_thread:
+                one_provider_event_id_ingested_concurrently_is_stored_once,
+                a_destination_disabled_during_concurrent_ingest_is_fully_in_or_out,
+                paging_while_new_events_arrive_has_no_duplicates_or_gaps
         );
     };
     (@tests $backend:ident, $open:expr;
@@ -2443,4 +2448,239 @@ async fn purge_events_removes_events_with_their_deliveries_and_dedup(store: &Sto
     );
     store.purge_events(vec![]).await.unwrap();
     assert_eq!(store.event_count(s.id).await.unwrap(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// Concurrency
+// ---------------------------------------------------------------------------
+
+async fn one_provider_event_id_ingested_concurrently_is_stored_once(store: &Store) {
+    const TASKS: usize = 16;
+    let s = source("wh_race00001");
+    store.create_source(s.clone()).await.unwrap();
+    let d = destination(s.id, &[]);
+    store.create_destination(d.clone(), 10).await.unwrap();
+    for round in 0..3u64 {
+        let pid = format!("evt_race_{round}");
+        let start = Arc::new(tokio::sync::Barrier::new(TASKS));
+        let mut tasks = Vec::new();
+        for _ in 0..TASKS {
+            let (store, start) = (store.clone(), start.clone());
+            let event = event_now(s.id, "t", Some(&pid));
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                let id = event.id;
+                (id, store.ingest(event).await.unwrap())
+            }));
+        }
+        let (mut stored, mut originals) = (Vec::new(), Vec::new());
+        for task in tasks {
+            match task.await.unwrap() {
+                (id, IngestOutcome::Stored { deliveries }) => {
+                    assert_eq!(destinations_of(&deliveries), [d.id]);
+                    stored.push(id);
+                }
+                (_, IngestOutcome::Duplicate { original }) => originals.push(original),
+            }
+        }
+        assert_eq!(stored.len(), 1, "exactly one stored: {stored:?}");
+        assert_eq!(originals, vec![stored[0]; TASKS - 1]);
+        assert_eq!(store.event_count(s.id).await.unwrap(), round + 1);
+        let found = store
+            .search_events(EventSearch::ProviderEventId(pid.clone()), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            found.items.iter().map(|f| f.event_id).collect::<Vec<_>>(),
+            [stored[0]]
+        );
+    }
+    assert_eq!(
+        queued(store, d.id).await.len(),
+        3,
+        "one delivery per stored event"
+    );
+}
+
+async fn a_destination_disabled_during_concurrent_ingest_is_fully_in_or_out(store: &Store) {
+    const TASKS: usize = 4;
+    const PER_TASK: usize = 40;
+    const BEFORE_DISABLE: usize = 20;
+    let s = source("wh_race00002");
+    store.create_source(s.clone()).await.unwrap();
+    let (keep, off) = (destination(s.id, &[]), destination(s.id, &[]));
+    store.create_destination(keep.clone(), 10).await.unwrap();
+    store.create_destination(off.clone(), 10).await.unwrap();
+
+    let stored = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let (store, stored, source_id) = (store.clone(), stored.clone(), s.id);
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for _ in 0..PER_TASK {
+                let event = event_now(source_id, "t", None);
+                let id = event.id;
+                let deliveries = ingest_stored(&store, event).await;
+                stored.fetch_add(1, Ordering::SeqCst);
+                out.push((id, destinations_of(&deliveries)));
+            }
+            out
+        }));
+    }
+    let waited = std::time::Instant::now();
+    while stored.load(Ordering::SeqCst) < BEFORE_DISABLE {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "ingest is stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let cancelled = store
+        .update_destination(s.id, off.id, disable(T0))
+        .await
+        .unwrap()
+        .cancelled;
+    // Stored after the disable returned: never fanned out to it.
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        let event = event_now(s.id, "t", None);
+        let id = event.id;
+        let deliveries = ingest_stored(store, event).await;
+        assert_eq!(destinations_of(&deliveries), [keep.id]);
+        outcomes.push((id, destinations_of(&deliveries)));
+    }
+    for task in tasks {
+        outcomes.extend(task.await.unwrap());
+    }
+    assert_eq!(outcomes.len(), TASKS * PER_TASK + 5);
+
+    let mut to_off = 0;
+    for (event, answered) in &outcomes {
+        let (_, _, deliveries) = store.event_detail(s.id, *event).await.unwrap();
+        let kept: Vec<_> = deliveries
+            .iter()
+            .filter(|d| d.destination_id == keep.id)
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].status, DeliveryStatus::Pending);
+        let of_off: Vec<_> = deliveries
+            .iter()
+            .filter(|d| d.destination_id == off.id)
+            .collect();
+        match of_off.as_slice() {
+            [] => assert_eq!(answered, &[keep.id]),
+            [one] => {
+                assert_eq!(one.status, DeliveryStatus::Cancelled, "never pending");
+                assert_eq!(answered, &sorted(vec![keep.id, off.id]));
+                to_off += 1;
+            }
+            more => panic!("{} deliveries of one event to one destination", more.len()),
+        }
+    }
+    // Every delivery to it was made before the disable committed and
+    // cancelled by it; the events acknowledged before it began all had one.
+    assert_eq!(cancelled, to_off);
+    assert!(cancelled >= BEFORE_DISABLE as u64, "{cancelled}");
+    assert!(queued(store, off.id).await.is_empty());
+    assert_eq!(queued(store, keep.id).await.len(), outcomes.len());
+}
+
+async fn paging_while_new_events_arrive_has_no_duplicates_or_gaps(store: &Store) {
+    const INITIAL: usize = 60;
+    let (s, other) = (source("wh_race00003"), source("wh_race00004"));
+    store.create_source(s.clone()).await.unwrap();
+    store.create_source(other.clone()).await.unwrap();
+    let mut initial = Vec::new();
+    let mut batch = Vec::new();
+    for n in 0..INITIAL {
+        let event = event_now(if n % 3 == 0 { other.id } else { s.id }, "t", None);
+        initial.push((event.source_id, event.id));
+        let store = store.clone();
+        batch.push(tokio::spawn(
+            async move { ingest_stored(&store, event).await },
+        ));
+    }
+    for task in batch {
+        task.await.unwrap();
+    }
+    let newest_initial = initial.iter().map(|(_, id)| *id).max().unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, stop, ids) = (store.clone(), stop.clone(), [s.id, other.id]);
+        tokio::spawn(async move {
+            let mut added = 0;
+            while !stop.load(Ordering::SeqCst) && added < 500 {
+                ingest_stored(&store, event_now(ids[added % 2], "t", None)).await;
+                added += 1;
+            }
+            added
+        })
+    };
+
+    // One source's list.
+    let mut listed = Vec::new();
+    let mut query = EventQuery::default();
+    for _ in 0..100 {
+        let page = store.list_events(s.id, query.clone(), 7).await.unwrap();
+        listed.extend(page.items.iter().map(|i| i.id));
+        match page.next {
+            Some(next) => query.before_id = Some(next),
+            None => break,
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Every source's.
+    let mut searched = Vec::new();
+    let mut before = None;
+    for _ in 0..100 {
+        let page = store
+            .search_events(EventSearch::All, before, 7)
+            .await
+            .unwrap();
+        searched.extend(page.items.iter().map(|f| (f.source_id, f.event_id)));
+        match page.next {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let added = writer.await.unwrap();
+    assert!(added > 0, "events arrived while paging");
+
+    let check = |paged: Vec<u128>, existed: Vec<u128>| {
+        assert!(
+            paged.windows(2).all(|w| w[0] > w[1]),
+            "newest first, no duplicates"
+        );
+        let paged_set: HashSet<u128> = paged.iter().copied().collect();
+        let missing: Vec<_> = existed
+            .iter()
+            .filter(|id| !paged_set.contains(id))
+            .collect();
+        assert!(missing.is_empty(), "gaps: {missing:?}");
+        let existed: HashSet<u128> = existed.into_iter().collect();
+        assert!(
+            paged
+                .iter()
+                .all(|id| existed.contains(id) || *id > newest_initial),
+            "only events that existed, or arrived since"
+        );
+    };
+    let of_s: Vec<u128> = initial
+        .iter()
+        .filter(|(source, _)| *source == s.id)
+        .map(|(_, id)| *id)
+        .collect();
+    assert_eq!(of_s.len(), 40);
+    check(listed, of_s);
+    assert!(searched
+        .iter()
+        .all(|(source, _)| [s.id, other.id].contains(source)));
+    check(
+        searched.iter().map(|(_, id)| *id).collect(),
+        initial.iter().map(|(_, id)| *id).collect(),
+    );
 }
