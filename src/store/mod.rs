@@ -10,7 +10,7 @@
 //! variant of [`Backend`] plus its folder, with no change outside `store`.
 //!
 //! Every backend keeps the same contract, proven by one conformance suite
-//! (`tests/e2e/store_conformance.rs`): a method that answers `Ok` after a
+//! (`src/store/conformance.rs`): a method that answers `Ok` after a
 //! change has made it durable; a fan-out sees each destination fully in or
 //! fully out; cursors stay stable while new rows arrive.
 //!
@@ -23,6 +23,9 @@ pub mod crypto;
 mod error;
 mod redb;
 pub mod types;
+
+#[cfg(test)]
+mod conformance;
 
 use std::collections::HashSet;
 use std::path::Path;
