@@ -274,7 +274,7 @@ mod tests {
         assert!(session_cookie("id", true).ends_with("; Secure"));
     }
 
-    async fn store_with_key(dir: &std::path::Path) -> (Store, ApiKeyRecord) {
+    async fn store_with_key(dir: &std::path::Path) -> (Store, crate::model::records::ApiKeyRecord) {
         let config = crate::config::StorageConfig {
             path: dir.to_path_buf(),
             cache_size_bytes: 4 * 1024 * 1024,
@@ -295,7 +295,7 @@ mod tests {
     async fn a_session_is_valid_until_it_expires() {
         let dir = tempfile::tempdir().expect("dir");
         let (store, key) = store_with_key(dir.path()).await;
-        let id = create(&store, &key).await.expect("session");
+        let id = create(&store, key.id).await.expect("session");
         assert!(
             matches!(lookup(&store, &id).await, Ok(Lookup::Valid(s)) if s.caller.key_id == key.id)
         );
@@ -316,7 +316,7 @@ mod tests {
         let (store, key) = store_with_key(dir.path()).await;
         let mut ids = Vec::new();
         for _ in 0..MAX_SESSIONS_PER_KEY + 5 {
-            ids.push(create(&store, &key).await.expect("session"));
+            ids.push(create(&store, key.id).await.expect("session"));
             // Distinct creation times keep "oldest" well defined.
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
@@ -330,7 +330,7 @@ mod tests {
     async fn a_revoked_key_ends_its_sessions() {
         let dir = tempfile::tempdir().expect("dir");
         let (store, key) = store_with_key(dir.path()).await;
-        let id = create(&store, &key).await.expect("session");
+        let id = create(&store, key.id).await.expect("session");
         assert!(valid(&store, &id).await);
         store.revoke_api_key(key.id).await.expect("revoked");
         assert!(!valid(&store, &id).await);

@@ -1575,6 +1575,20 @@ async fn retry_delivery_makes_failed_or_waiting_deliveries_due_now(store: &Store
         StoreError::NotFound
     );
 
+    // A failed delivery stays failed when its destination is disabled.
+    let e3 = event_at(s.id, T0 + 3_000, "t", None);
+    let d3 = ingest_stored(store, e3.clone()).await[0].id;
+    let item = queued_item(store, d.id, d3).await;
+    store
+        .record_attempt(outcome(
+            &d,
+            item,
+            attempt(1, T0 + 3_100, false),
+            Next::Failed,
+        ))
+        .await
+        .unwrap();
+
     // Cancelled: a conflict.
     store
         .update_destination(s.id, d.id, disable(T0 + 7_000))
@@ -1583,6 +1597,21 @@ async fn retry_delivery_makes_failed_or_waiting_deliveries_due_now(store: &Store
     assert_err!(
         store.retry_delivery(s.id, e2.id, d2, T0 + 8_000).await,
         StoreError::Conflict(_)
+    );
+    // Failed, but its destination is disabled, then deleted: a conflict
+    // (no lane would ever send it), and nothing is queued.
+    assert_err!(
+        store.retry_delivery(s.id, e3.id, d3, T0 + 8_000).await,
+        StoreError::Conflict(_)
+    );
+    store.delete_destination(s.id, d.id).await.unwrap();
+    assert_err!(
+        store.retry_delivery(s.id, e3.id, d3, T0 + 8_000).await,
+        StoreError::Conflict(_)
+    );
+    assert_eq!(
+        delivery_of(store, e3.id, d3).await.status,
+        DeliveryStatus::Failed
     );
     assert!(queued(store, d.id).await.is_empty());
 }

@@ -234,7 +234,8 @@ intents! {
     /// that still exists and is enabled in the commit (checked there).
     fn replay_event(&self, source_id: u128, event_id: u128, destinations: Vec<u128>, now_ms: i64) -> Vec<DeliveryRecord>;
     /// Makes a failed or waiting delivery of this event due now (see
-    /// SPEC §10); `Conflict` for one that succeeded or was cancelled.
+    /// SPEC §10); `Conflict` for one that succeeded or was cancelled, or
+    /// whose destination is disabled or deleted.
     fn retry_delivery(&self, source_id: u128, event_id: u128, delivery_id: u128, now_ms: i64) -> (DeliveryRecord, Vec<AttemptRecord>);
 
     // ---- Bulk replay jobs ----

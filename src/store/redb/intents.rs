@@ -391,8 +391,17 @@ impl RedbStore {
         let updated = self
             .write(move |txn| {
                 events::summary_in_write(txn, source_id, event_id)?;
-                if deliveries::get_in_write(txn, delivery_id)?.event_id != event_id {
+                let delivery = deliveries::get_in_write(txn, delivery_id)?;
+                if delivery.event_id != event_id {
                     return Err(StoreError::NotFound);
+                }
+                // A delivery queued to a destination that is gone or
+                // disabled would wait forever (no lane sends it).
+                let live = [delivery.destination_id];
+                if events::enabled_destinations(txn, source_id, &live)?.is_empty() {
+                    return Err(StoreError::Conflict(
+                        "its destination is disabled or was deleted; enable the destination (or replay the event to another) first".into(),
+                    ));
                 }
                 deliveries::retry(txn, delivery_id, now_ms)
             })
