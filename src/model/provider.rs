@@ -86,12 +86,6 @@ impl ProviderKind {
     pub fn from_code(code: u8) -> Option<ProviderKind> {
         ProviderKind::ALL.into_iter().find(|p| p.code() == code)
     }
-
-    /// `none` is the only provider that accepts unsigned requests, so it is
-    /// the only one whose source may have no signing secret.
-    pub fn requires_secret(self) -> bool {
-        !matches!(self, ProviderKind::None)
-    }
 }
 
 /// How a `generic_hmac` source's requests are signed and described.
