@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{ApiPath, Data};
 use crate::api::AppState;
-use crate::ingest::providers::{self, Inbound, ProviderKind};
+use crate::ingest::providers::{self, Inbound, Provider};
 use crate::metrics::IngestResult;
 use crate::model::ids::{format_id, id_timestamp_ms, new_id, IdKind};
 use crate::model::records::{EventRecord, SourceRecord};
@@ -60,13 +60,14 @@ pub async fn receive(
         }
     };
     let source_label = format_id(IdKind::Source, source.id);
+    let provider = providers::get(source.provider);
     // Only the providers that sign the URL need it built.
-    let url = if matches!(source.provider, ProviderKind::Square | ProviderKind::Twilio) {
+    let url = if provider.signs_url() {
         public_ingest_url(&state.public_url, &source.slug, query.as_deref())
     } else {
         String::new()
     };
-    let (result, response) = match handle(&state, &source, &url, headers, body).await {
+    let (result, response) = match handle(&state, &source, provider, &url, headers, body).await {
         Ok((result, response)) => (result, response),
         Err((result, error)) => (result, error.into_response()),
     };
@@ -101,6 +102,7 @@ fn public_ingest_url(public_url: &str, slug: &str, query: Option<&str>) -> Strin
 async fn handle(
     state: &AppState,
     source: &SourceRecord,
+    provider: &dyn Provider,
     url: &str,
     headers: HeaderMap,
     body: Body,
@@ -137,33 +139,26 @@ async fn handle(
         now_unix: now.div_euclid(1000),
         url,
     };
-    if let Some(reply) = providers::pre_verification_handshake(source.provider, &inbound) {
+    let config = source.provider_config.as_ref();
+    if let Some(reply) = provider.pre_verification_handshake(&inbound) {
         return Ok((IngestResult::Handshake, handshake(reply)));
     }
     let secrets =
         open_secrets(state, source, now).map_err(|e| (IngestResult::Error, ApiError::from(e)))?;
     let secret_refs: Vec<&[u8]> = secrets.iter().map(Vec::as_slice).collect();
-    if let Err(e) = providers::verify(
-        source.provider,
-        source.provider_config.as_ref(),
-        &inbound,
-        &secret_refs,
-    ) {
+    if let Err(e) = provider.verify(config, &inbound, &secret_refs) {
         return Err((
             IngestResult::InvalidSignature,
             ApiError::invalid_signature(format!("signature verification failed: {e}")),
         ));
     }
-    if source.provider == ProviderKind::None {
+    if !provider.verifies() {
         tracing::warn!(source = %format_id(IdKind::Source, source.id), "accepting an unverified webhook (provider `none`)");
     }
     let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-    if let Some(reply) =
-        providers::post_verification_handshake(source.provider, &inbound, json.as_ref())
-    {
+    if let Some(reply) = provider.post_verification_handshake(&inbound, json.as_ref()) {
         return Ok((IngestResult::Handshake, handshake(reply)));
     }
-    let config = source.provider_config.as_ref();
     // `received_at` is the id's own millisecond, so time filters on the
     // (source, id) index are exact key bounds.
     let id = new_id();
@@ -171,13 +166,8 @@ async fn handle(
         id,
         source_id: source.id,
         received_at_ms: id_timestamp_ms(id) as i64,
-        event_type: providers::event_type(source.provider, config, &inbound, json.as_ref()),
-        provider_event_id: providers::provider_event_id(
-            source.provider,
-            config,
-            &inbound,
-            json.as_ref(),
-        ),
+        event_type: provider.event_type(config, &inbound, json.as_ref()),
+        provider_event_id: provider.event_id(config, &inbound, json.as_ref()),
         headers: stored_headers(&headers),
         body: body.to_vec(),
     };

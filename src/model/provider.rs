@@ -5,108 +5,86 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Which provider signs a source's webhooks. The snake_case names are part
-/// of the public API (SPEC §8) and are stored in the database.
-///
-/// Stored by an explicit, stable code ([`ProviderKind::code`]), never by
-/// the position of a variant, so variants may be reordered freely; a new
-/// provider takes the next unused code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
+/// Defines [`ProviderKind`] and its names and codes from one table, so a
+/// new provider is one line here: its doc, variant, stored code and public
+/// name. The serde name is the same literal as [`ProviderKind::as_str`], so
+/// the two cannot drift. (`$name` is a `tt`, not a `literal`: a `literal`
+/// fragment reaches derive macros wrapped in an invisible group, which
+/// utoipa's `ToSchema` does not see through, so the OpenAPI document would
+/// show the variant names instead.)
+macro_rules! provider_kinds {
+    ($($(#[doc = $doc:literal])+ $variant:ident = $code:literal, $name:tt;)+) => {
+        /// Which provider signs a source's webhooks. The snake_case names
+        /// are part of the public API (SPEC §8) and are stored in the
+        /// database.
+        ///
+        /// Stored by an explicit, stable code ([`ProviderKind::code`]), never
+        /// by the position of a variant, so variants may be reordered freely;
+        /// a new provider takes the next unused code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+        pub enum ProviderKind {
+            $($(#[doc = $doc])+ #[serde(rename = $name)] $variant,)+
+        }
+
+        impl ProviderKind {
+            /// Every provider, for listings and round-trip tests.
+            pub const ALL: [ProviderKind; [$(ProviderKind::$variant,)+].len()] =
+                [$(ProviderKind::$variant,)+];
+
+            /// The stored code. These equal the variant positions of
+            /// releases that stored postcard's variant index (a one-byte
+            /// varint below 128), so existing data reads unchanged. Never
+            /// reuse or change a code.
+            pub fn code(self) -> u8 {
+                match self {
+                    $(ProviderKind::$variant => $code,)+
+                }
+            }
+
+            /// The public (serde) name, e.g. `standard_webhooks`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ProviderKind::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+provider_kinds! {
     /// `Stripe-Signature` (`t=..,v1=..`), secret used as-is.
-    Stripe,
+    Stripe = 0, "stripe";
     /// `X-Hub-Signature-256: sha256=<hex>`.
-    Github,
+    Github = 1, "github";
     /// `X-Shopify-Hmac-Sha256: <base64>`.
-    Shopify,
+    Shopify = 2, "shopify";
     /// `X-Slack-Signature: v0=<hex>` with `X-Slack-Request-Timestamp`.
-    Slack,
+    Slack = 3, "slack";
     /// Standard Webhooks `webhook-*` headers, `whsec_<base64>` secret.
-    StandardWebhooks,
+    StandardWebhooks = 4, "standard_webhooks";
     /// Svix: Standard Webhooks under `svix-*` headers (falls back to
     /// `webhook-*`).
-    Svix,
+    Svix = 5, "svix";
     /// HMAC-SHA256 of the body as a [`GenericHmacConfig`] describes.
-    GenericHmac,
+    GenericHmac = 6, "generic_hmac";
     /// No verification (testing only).
-    None,
+    None = 7, "none";
     /// `Paddle-Signature: ts=..;h1=..` (Paddle Billing), 5 s window.
-    Paddle,
+    Paddle = 8, "paddle";
     /// `Linear-Signature: <hex>` with the body's `webhookTimestamp`.
-    Linear,
+    Linear = 9, "linear";
     /// `x-square-hmacsha256-signature: <base64>` over the public URL and
     /// the body.
-    Square,
+    Square = 10, "square";
     /// `X-Twilio-Signature: <base64>` HMAC-SHA1 over the public URL and the
     /// form parameters (or `bodySHA256` for JSON bodies).
-    Twilio,
+    Twilio = 11, "twilio";
 }
 
 impl ProviderKind {
-    /// Every provider, for listings and round-trip tests.
-    pub const ALL: [ProviderKind; 12] = [
-        ProviderKind::Stripe,
-        ProviderKind::Github,
-        ProviderKind::Shopify,
-        ProviderKind::Slack,
-        ProviderKind::StandardWebhooks,
-        ProviderKind::Svix,
-        ProviderKind::GenericHmac,
-        ProviderKind::None,
-        ProviderKind::Paddle,
-        ProviderKind::Linear,
-        ProviderKind::Square,
-        ProviderKind::Twilio,
-    ];
-
-    /// The stored code. These equal the variant positions of releases that
-    /// stored postcard's variant index (a one-byte varint below 128), so
-    /// existing data reads unchanged. Never reuse or change a code.
-    pub fn code(self) -> u8 {
-        match self {
-            ProviderKind::Stripe => 0,
-            ProviderKind::Github => 1,
-            ProviderKind::Shopify => 2,
-            ProviderKind::Slack => 3,
-            ProviderKind::StandardWebhooks => 4,
-            ProviderKind::Svix => 5,
-            ProviderKind::GenericHmac => 6,
-            ProviderKind::None => 7,
-            ProviderKind::Paddle => 8,
-            ProviderKind::Linear => 9,
-            ProviderKind::Square => 10,
-            ProviderKind::Twilio => 11,
-        }
-    }
-
     /// The provider a stored code names, if this release knows it.
     pub fn from_code(code: u8) -> Option<ProviderKind> {
         ProviderKind::ALL.into_iter().find(|p| p.code() == code)
-    }
-
-    /// `none` is the only provider that accepts unsigned requests, so it is
-    /// the only one whose source may have no signing secret.
-    pub fn requires_secret(self) -> bool {
-        !matches!(self, ProviderKind::None)
-    }
-
-    /// The public (serde) name, e.g. `standard_webhooks`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Stripe => "stripe",
-            ProviderKind::Github => "github",
-            ProviderKind::Shopify => "shopify",
-            ProviderKind::Slack => "slack",
-            ProviderKind::StandardWebhooks => "standard_webhooks",
-            ProviderKind::Svix => "svix",
-            ProviderKind::GenericHmac => "generic_hmac",
-            ProviderKind::None => "none",
-            ProviderKind::Paddle => "paddle",
-            ProviderKind::Linear => "linear",
-            ProviderKind::Square => "square",
-            ProviderKind::Twilio => "twilio",
-        }
     }
 }
 
@@ -220,6 +198,30 @@ mod tests {
         }
         let unknown: Result<ByCode, _> = postcard::from_bytes(&[200]);
         assert!(unknown.is_err());
+    }
+
+    /// The API, the OpenAPI document and `as_str` all use the same names.
+    #[test]
+    fn public_names_agree_everywhere() {
+        let names: Vec<&str> = ProviderKind::ALL.iter().map(|k| k.as_str()).collect();
+        let json: Vec<String> = ProviderKind::ALL
+            .iter()
+            .map(|k| {
+                serde_json::to_value(k)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(json, names);
+        let schema =
+            serde_json::to_value(<ProviderKind as utoipa::PartialSchema>::schema()).unwrap();
+        assert_eq!(schema["enum"], serde_json::json!(names));
+        for name in names {
+            let back: ProviderKind = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(back.as_str(), name);
+        }
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl Ops {
         check_name(&mut v, &new.name);
         let retention_days = new.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS);
         check_retention(&mut v, retention_days);
-        match (&new.signing_secret, new.provider.requires_secret()) {
+        match (&new.signing_secret, providers::get(new.provider).verifies()) {
             (Some(secret), _) => check_secret(&mut v, new.provider, secret),
             (None, true) => v.fail("signing_secret", "is required for this provider"),
             (None, false) => {}
@@ -218,7 +218,7 @@ fn check_retention(v: &mut Validation, days: u32) {
 fn check_secret(v: &mut Validation, provider: ProviderKind, secret: &str) {
     if secret.chars().count() > 1024 {
         v.fail("signing_secret", "must be at most 1024 characters");
-    } else if let Err(message) = providers::validate_secret(provider, secret.as_bytes()) {
+    } else if let Err(message) = providers::get(provider).validate_secret(secret.as_bytes()) {
         v.fail(
             "signing_secret",
             message.trim_start_matches("signing_secret "),
@@ -231,16 +231,7 @@ fn check_provider_config(
     provider: ProviderKind,
     config: Option<&GenericHmacConfig>,
 ) {
-    match (provider, config) {
-        (ProviderKind::GenericHmac, None) => {
-            v.fail("provider_config", "is required for provider generic_hmac")
-        }
-        (ProviderKind::GenericHmac, Some(c)) => {
-            if let Err(message) = c.validate() {
-                v.fail("provider_config", message);
-            }
-        }
-        (_, Some(_)) => v.fail("provider_config", "is only used by provider generic_hmac"),
-        (_, None) => {}
+    if let Err(message) = providers::get(provider).validate_config(config) {
+        v.fail("provider_config", message);
     }
 }

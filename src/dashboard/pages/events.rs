@@ -147,7 +147,7 @@ pub async fn list(
         @if page.data.is_empty() && refused.is_none() {
             @if active.is_empty() && !query.contains_key("cursor") {
                 (views::empty("No events yet", html! {
-                    p { "Events appear here as soon as " (super::provider_label(source.provider.as_str())) " sends one to this source's ingest URL:" }
+                    p { "Events appear here as soon as " (super::provider_label(source.provider)) " sends one to this source's ingest URL:" }
                     (views::copyable("ingest-url", &source.url, "ingest URL"))
                     p.muted { "Try it with curl, or send a test event from the provider's dashboard." }
                     @if session.can_write() && source.enabled {

@@ -16,6 +16,7 @@ use super::form::Form;
 use super::model::Source;
 use super::session::Session;
 use super::views;
+use crate::ingest::providers::{self, ProviderKind};
 
 /// Query parameters of a page, as given.
 pub type QueryMap = HashMap<String, String>;
@@ -91,7 +92,7 @@ pub fn source_header(source: &Source, tab: SourceTab, session: &Session) -> Mark
         div.title-row {
             h1 { (source.name) }
             (views::status_pill(if source.enabled { "enabled" } else { "disabled" }))
-            span.tag { (provider_label(source.provider.as_str())) }
+            span.tag { (provider_label(source.provider)) }
         }
         nav.tabs aria-label="Source sections" {
             @for (t, label, href) in &tabs {
@@ -103,29 +104,9 @@ pub fn source_header(source: &Source, tab: SourceTab, session: &Session) -> Mark
     }
 }
 
-/// Providers a source can have, with what people call them.
-pub const PROVIDERS: [(&str, &str); 12] = [
-    ("stripe", "Stripe"),
-    ("github", "GitHub"),
-    ("shopify", "Shopify"),
-    ("slack", "Slack"),
-    ("paddle", "Paddle"),
-    ("linear", "Linear"),
-    ("square", "Square"),
-    ("twilio", "Twilio"),
-    ("standard_webhooks", "Standard Webhooks"),
-    ("svix", "Svix"),
-    ("generic_hmac", "Generic HMAC"),
-    ("none", "None (no verification; testing only)"),
-];
-
 /// The human name of a provider.
-pub fn provider_label(provider: &str) -> &str {
-    PROVIDERS
-        .iter()
-        .find(|(p, _)| *p == provider)
-        .map(|(_, label)| *label)
-        .unwrap_or(provider)
+pub fn provider_label(kind: ProviderKind) -> &'static str {
+    providers::get(kind).label()
 }
 
 /// `?limit=..&cursor=..` for a list page.

@@ -7,9 +7,7 @@ use axum::response::Response;
 use maud::{html, Markup};
 use serde_json::{json, Map, Value};
 
-use super::{
-    destinations, list_query, notice, provider_label, value, QueryMap, SourceTab, PROVIDERS,
-};
+use super::{destinations, list_query, notice, provider_label, value, QueryMap, SourceTab};
 use crate::dashboard::dispatch::{id_segment, ApiFailure};
 use crate::dashboard::error::DashboardError;
 use crate::dashboard::form::Form;
@@ -17,7 +15,7 @@ use crate::dashboard::model::{Destination, Source};
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
-use crate::ingest::providers::ProviderKind;
+use crate::ingest::providers::{self, ProviderKind};
 
 const PAGE: usize = 50;
 
@@ -70,7 +68,7 @@ pub async fn list(
                         @for (i, s) in page.items.iter().enumerate() {
                             tr {
                                 td { a href={ "/dashboard/sources/" (s.id) } { strong { (s.name) } } }
-                                td { (provider_label(s.provider.as_str())) }
+                                td { (provider_label(s.provider)) }
                                 td { (views::copyable(&format!("url-{i}"), &s.url, "ingest URL")) }
                                 td.num { a href={ "/dashboard/sources/" (s.id) } { (s.destinations_count) } }
                                 td { (views::status_pill(if s.enabled { "enabled" } else { "disabled" })) }
@@ -117,8 +115,8 @@ fn new_form(
                 (views::field_error(failure, "name"))
                 label for="provider" { "Provider" }
                 select #provider name="provider" {
-                    @for (p, label) in PROVIDERS {
-                        option value=(p) selected[value(form, "provider", "stripe") == p] { (label) }
+                    @for (kind, provider) in providers::all() {
+                        option value=(kind.as_str()) selected[value(form, "provider", "stripe") == kind.as_str()] { (provider.label()) }
                     }
                 }
                 p.hint { "Krafter verifies each request exactly as the provider's own SDK does." }
@@ -345,18 +343,7 @@ pub async fn render_show(
         ShowExtra::Refused(..) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::OK,
     };
-    let hint = match source.provider.as_str() {
-        "stripe" => "In Stripe: Developers → Webhooks → Add endpoint, and paste this URL.",
-        "github" => "In GitHub: Settings → Webhooks → Add webhook, content type application/json, and paste this URL.",
-        "shopify" => "In Shopify: Settings → Notifications → Webhooks (or your app's webhook subscriptions), and paste this URL.",
-        "slack" => "In Slack: your app's Event Subscriptions → Request URL; Krafter answers the url_verification challenge.",
-        "paddle" => "In Paddle: Developer tools → Notifications → New destination, paste this URL, and use its secret key here. Paddle signatures expire after 5 seconds, so keep this host's clock synchronised (NTP).",
-        "linear" => "In Linear: Settings → API → Webhooks → New webhook, paste this URL, and use its signing secret here.",
-        "square" => "In Square: Developer Dashboard → Webhooks → Add subscription, paste exactly this URL (Square signs it), and use its signature key here. server.public_url must be the address Square calls.",
-        "twilio" => "In Twilio: paste exactly this URL as the webhook or status callback (Twilio signs it, query string included), and use your auth token as the secret. server.public_url must be the address Twilio calls.",
-        "none" => "This source verifies nothing: anyone with the URL can send events. Use it for testing only.",
-        _ => "Paste this URL where your provider asks for a webhook endpoint.",
-    };
+    let hint = providers::get(source.provider).setup_hint();
     let body = html! {
         (super::source_header(&source, SourceTab::Destinations, session))
         @if let Some(n) = notice(query) { (n) }
@@ -443,7 +430,7 @@ fn settings(
                 input #retention_days type="number" name="retention_days" min="1" max="3650"
                     value=(value(form, "retention_days", &source.retention_days.to_string()));
                 (views::field_error(failure, "retention_days"))
-                @if source.provider != ProviderKind::None {
+                @if providers::get(source.provider).verifies() {
                     label for="signing_secret" { "New signing secret" }
                     input #signing_secret type="password" name="signing_secret" autocomplete="off" spellcheck="false"
                         placeholder="Leave empty to keep the current one";

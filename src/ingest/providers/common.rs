@@ -75,6 +75,40 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// Whether `expected` equals any of the `candidates` a header carried
+/// (several during a secret roll), each compared in constant time.
+pub(crate) fn ct_eq_any(expected: &[u8], candidates: &[&str]) -> bool {
+    candidates
+        .iter()
+        .any(|given| ct_eq(expected, given.as_bytes()))
+}
+
+/// `Ok` when a signature matched, else [`VerifyError::NoMatchingSignature`].
+pub(crate) fn matched_or_refused(matched: bool) -> Result<(), VerifyError> {
+    if matched {
+        Ok(())
+    } else {
+        Err(VerifyError::NoMatchingSignature)
+    }
+}
+
+/// Whether a signed timestamp is more than `tolerance_secs` away from now,
+/// in either direction. Computed in `i128`, so extreme timestamps cannot
+/// overflow.
+pub(crate) fn outside_window(now_unix: i64, timestamp: i64, tolerance_secs: i64) -> bool {
+    (i128::from(now_unix) - i128::from(timestamp)).abs() > i128::from(tolerance_secs)
+}
+
+/// The default secret check of a verifying provider: an empty secret could
+/// only ever be refused (see [`usable_secrets`]).
+pub(crate) fn non_empty_secret(secret: &[u8]) -> Result<(), &'static str> {
+    if secret.is_empty() {
+        Err("signing_secret must not be empty")
+    } else {
+        Ok(())
+    }
+}
+
 /// The secrets worth trying: empty ones are skipped, because an HMAC under
 /// an empty key is forgeable by anyone. Errs when nothing is left, so a
 /// misconfigured source fails closed with a clear reason.
@@ -162,6 +196,21 @@ pub(crate) fn cap_event_type(text: &str) -> Option<String> {
 pub(crate) fn event_type_or_unknown(text: Option<&str>) -> String {
     text.and_then(cap_event_type)
         .unwrap_or_else(|| UNKNOWN_EVENT_TYPE.to_owned())
+}
+
+/// The event type from a top-level body field, or `"unknown"`.
+pub(crate) fn body_event_type(json: Option<&Value>, key: &str) -> String {
+    event_type_or_unknown(body_field(json, key).as_deref())
+}
+
+/// The provider event id from a top-level body field.
+pub(crate) fn body_event_id(json: Option<&Value>, key: &str) -> Option<String> {
+    body_field(json, key).and_then(|id| cap_event_id(&id))
+}
+
+/// The provider event id from a header.
+pub(crate) fn header_event_id(headers: &HeaderMap, name: &str) -> Option<String> {
+    header_text(headers, name).and_then(cap_event_id)
 }
 
 /// The provider event id to de-duplicate on: trimmed, blank → `None`, and

@@ -5,15 +5,105 @@
 //! timestamp, so no tolerance window; the decoded bytes are compared in
 //! constant time.
 
+use std::borrow::Cow;
+
 use http::HeaderMap;
 use serde_json::Value;
 
 use super::common::{
     cap_event_id, ct_eq, event_type_or_unknown, header_text, hmac_sha256, json_text,
-    required_header, usable_secrets, BASE64_LENIENT, BASE64_URL_LENIENT,
+    matched_or_refused, required_header, usable_secrets, BASE64_LENIENT, BASE64_URL_LENIENT,
+    MAX_EVENT_FIELD_BYTES,
 };
-use super::{GenericHmacConfig, Inbound, SignatureEncoding, VerifyError};
+use super::{GenericHmacConfig, Inbound, Provider, SignatureEncoding, VerifyError};
 use base64::Engine as _;
+
+/// The generic scheme, configured per source by a [`GenericHmacConfig`].
+pub(crate) struct GenericHmac;
+
+impl Provider for GenericHmac {
+    fn label(&self) -> &'static str {
+        "Generic HMAC"
+    }
+
+    /// The one provider that needs a configuration, so a source without
+    /// one could never verify.
+    fn validate_config(&self, config: Option<&GenericHmacConfig>) -> Result<(), Cow<'static, str>> {
+        match config {
+            None => Err("is required for provider generic_hmac".into()),
+            Some(config) => config.validate().map_err(Cow::Owned),
+        }
+    }
+
+    fn verify(
+        &self,
+        config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        secrets: &[&[u8]],
+    ) -> Result<(), VerifyError> {
+        verify(config, inbound, secrets)
+    }
+
+    fn event_type(
+        &self,
+        config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> String {
+        event_type(config, inbound.headers, json)
+    }
+
+    fn event_id(
+        &self,
+        config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> Option<String> {
+        event_id(config, inbound.headers, json)
+    }
+}
+
+impl GenericHmacConfig {
+    /// Checks the configuration when a source is created or updated, so a
+    /// config that can never verify or extract anything is refused with 422
+    /// up front. The message is safe to return.
+    pub fn validate(&self) -> Result<(), String> {
+        fn header_ok(field: &str, name: &str) -> Result<(), String> {
+            if name.len() > MAX_EVENT_FIELD_BYTES || http::HeaderName::try_from(name).is_err() {
+                return Err(format!("{field} must be a valid HTTP header name"));
+            }
+            Ok(())
+        }
+        fn pointer_ok(field: &str, pointer: &str) -> Result<(), String> {
+            // Counted in characters, as the API documents its lengths.
+            if pointer.chars().count() > MAX_EVENT_FIELD_BYTES || !pointer.starts_with('/') {
+                return Err(format!(
+                    "{field} must be a JSON pointer starting with `/`, e.g. `/type`"
+                ));
+            }
+            Ok(())
+        }
+        header_ok("signature_header", &self.signature_header)?;
+        if let Some(prefix) = &self.prefix {
+            if prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err("prefix must be at most 64 visible ASCII characters".to_owned());
+            }
+        }
+        if let Some(name) = &self.event_type_header {
+            header_ok("event_type_header", name)?;
+        }
+        if let Some(name) = &self.event_id_header {
+            header_ok("event_id_header", name)?;
+        }
+        if let Some(pointer) = &self.event_type_pointer {
+            pointer_ok("event_type_pointer", pointer)?;
+        }
+        if let Some(pointer) = &self.event_id_pointer {
+            pointer_ok("event_id_pointer", pointer)?;
+        }
+        Ok(())
+    }
+}
 
 /// `text` without `prefix`, compared ASCII case-insensitively; `None` when
 /// `text` does not start with it.
@@ -39,7 +129,7 @@ fn decode_signature(encoded: &str, encoding: SignatureEncoding) -> Option<Vec<u8
 
 /// Verifies a request against any of `secrets` as `config` describes. A
 /// `generic_hmac` source without a config fails closed.
-pub(crate) fn verify(
+fn verify(
     config: Option<&GenericHmacConfig>,
     inbound: &Inbound<'_>,
     secrets: &[&[u8]],
@@ -61,11 +151,7 @@ pub(crate) fn verify(
     let matched = secrets
         .filter_map(|secret| hmac_sha256(secret, &[inbound.body]))
         .any(|mac| ct_eq(&mac, &given));
-    if matched {
-        Ok(())
-    } else {
-        Err(VerifyError::NoMatchingSignature)
-    }
+    matched_or_refused(matched)
 }
 
 /// A JSON pointer's target, as text.
@@ -75,7 +161,7 @@ fn pointer_text(json: Option<&Value>, pointer: Option<&str>) -> Option<String> {
 
 /// The event type: the configured JSON pointer, else the configured header,
 /// else `unknown`.
-pub(crate) fn event_type(
+fn event_type(
     config: Option<&GenericHmacConfig>,
     headers: &HeaderMap,
     json: Option<&Value>,
@@ -95,7 +181,7 @@ pub(crate) fn event_type(
 
 /// The provider event id: the configured header, else the configured JSON
 /// pointer, else none (no de-duplication).
-pub(crate) fn event_id(
+fn event_id(
     config: Option<&GenericHmacConfig>,
     headers: &HeaderMap,
     json: Option<&Value>,

@@ -6,19 +6,60 @@
 //! no timestamp, so no tolerance window.
 
 use http::HeaderMap;
+use serde_json::Value;
 
 use super::common::{
-    cap_event_id, ct_eq, event_type_or_unknown, header_text, hmac_sha256, required_header,
-    usable_secrets,
+    ct_eq, event_type_or_unknown, header_event_id, header_text, hmac_sha256, matched_or_refused,
+    required_header, usable_secrets,
 };
-use super::{Inbound, VerifyError};
+use super::{GenericHmacConfig, Inbound, Provider, VerifyError};
 
 /// The header GitHub signs with (SHA-256; the SHA-1 `X-Hub-Signature` is
 /// legacy and not accepted).
 const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 
+/// GitHub's scheme, as the module documentation describes.
+pub(crate) struct Github;
+
+impl Provider for Github {
+    fn label(&self) -> &'static str {
+        "GitHub"
+    }
+
+    fn setup_hint(&self) -> &'static str {
+        "In GitHub: Settings → Webhooks → Add webhook, content type application/json, and paste this URL."
+    }
+
+    fn verify(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        secrets: &[&[u8]],
+    ) -> Result<(), VerifyError> {
+        verify(inbound, secrets)
+    }
+
+    fn event_type(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        _json: Option<&Value>,
+    ) -> String {
+        event_type(inbound.headers)
+    }
+
+    fn event_id(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        _json: Option<&Value>,
+    ) -> Option<String> {
+        event_id(inbound.headers)
+    }
+}
+
 /// Verifies a GitHub request against any of `secrets`.
-pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
+fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
     let secrets = usable_secrets(secrets)?;
     let given = required_header(inbound.headers, SIGNATURE_HEADER)?;
     let matched = secrets
@@ -27,22 +68,18 @@ pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), Ver
             let expected = format!("sha256={}", hex::encode(mac));
             ct_eq(expected.as_bytes(), given.as_bytes())
         });
-    if matched {
-        Ok(())
-    } else {
-        Err(VerifyError::NoMatchingSignature)
-    }
+    matched_or_refused(matched)
 }
 
 /// Header `X-GitHub-Event` (e.g. `push`, `ping`).
-pub(crate) fn event_type(headers: &HeaderMap) -> String {
+fn event_type(headers: &HeaderMap) -> String {
     event_type_or_unknown(header_text(headers, "x-github-event"))
 }
 
 /// Header `X-GitHub-Delivery`: kept by manual redeliveries, so dedup
 /// catches them.
-pub(crate) fn event_id(headers: &HeaderMap) -> Option<String> {
-    header_text(headers, "x-github-delivery").and_then(cap_event_id)
+fn event_id(headers: &HeaderMap) -> Option<String> {
+    header_event_id(headers, "x-github-delivery")
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::common::{
-    body_field, cap_event_id, ct_eq, event_type_or_unknown, header_text, hmac_sha256,
+    body_field, ct_eq, event_type_or_unknown, header_event_id, hmac_sha256, matched_or_refused,
     required_header, usable_secrets,
 };
-use super::{Inbound, VerifyError};
+use super::{GenericHmacConfig, Inbound, Provider, VerifyError};
 
 /// The header Linear signs with.
 const SIGNATURE_HEADER: &str = "linear-signature";
@@ -58,16 +58,54 @@ fn body_timestamp_ms(body: &[u8]) -> Option<i128> {
     number.as_f64().filter(|f| f.is_finite()).map(|f| f as i128)
 }
 
+/// Linear's scheme, as the module documentation describes.
+pub(crate) struct Linear;
+
+impl Provider for Linear {
+    fn label(&self) -> &'static str {
+        "Linear"
+    }
+
+    fn setup_hint(&self) -> &'static str {
+        "In Linear: Settings → API → Webhooks → New webhook, paste this URL, and use its signing secret here."
+    }
+
+    fn verify(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        secrets: &[&[u8]],
+    ) -> Result<(), VerifyError> {
+        verify(inbound, secrets)
+    }
+
+    fn event_type(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        _inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> String {
+        event_type(json)
+    }
+
+    fn event_id(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        _json: Option<&Value>,
+    ) -> Option<String> {
+        event_id(inbound.headers)
+    }
+}
+
 /// Verifies a Linear request against any of `secrets`.
-pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
+fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
     let secrets = usable_secrets(secrets)?;
     let given = required_header(inbound.headers, SIGNATURE_HEADER)?;
     let matched = secrets
         .filter_map(|secret| hmac_sha256(secret, &[inbound.body]))
         .any(|mac| ct_eq(hex::encode(mac).as_bytes(), given.as_bytes()));
-    if !matched {
-        return Err(VerifyError::NoMatchingSignature);
-    }
+    matched_or_refused(matched)?;
     let sent_ms = body_timestamp_ms(inbound.body)
         .ok_or(VerifyError::MalformedBodyField(TIMESTAMP_FIELD.into()))?;
     let now_ms = i128::from(inbound.now_unix) * 1000;
@@ -80,7 +118,7 @@ pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), Ver
 /// Body `type` and `action` joined with a dot, e.g. `Issue.create`, so a
 /// destination can filter on `Issue.*` or on one action; `type` alone when
 /// there is no action, `unknown` when there is no type.
-pub(crate) fn event_type(json: Option<&Value>) -> String {
+fn event_type(json: Option<&Value>) -> String {
     let Some(kind) = body_field(json, "type").filter(|t| !t.trim().is_empty()) else {
         return event_type_or_unknown(None);
     };
@@ -91,8 +129,8 @@ pub(crate) fn event_type(json: Option<&Value>) -> String {
 }
 
 /// Header `Linear-Delivery`: one delivery, kept by Linear's retries.
-pub(crate) fn event_id(headers: &HeaderMap) -> Option<String> {
-    header_text(headers, "linear-delivery").and_then(cap_event_id)
+fn event_id(headers: &HeaderMap) -> Option<String> {
+    header_event_id(headers, "linear-delivery")
 }
 
 #[cfg(test)]

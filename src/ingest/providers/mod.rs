@@ -1,4 +1,5 @@
-//! Inbound signature verification, one module per provider.
+//! Inbound signature verification: one [`Provider`] per module, found by
+//! [`get`] from a source's [`ProviderKind`].
 //!
 //! Every provider verifies exactly as its official SDK does (see
 //! `shared/PROVIDERS.md`): over the raw body bytes, in constant time,
@@ -7,11 +8,17 @@
 //! inline and tests need no server.
 //!
 //! The ingest route's order (SPEC §7):
-//! 1. [`pre_verification_handshake`] → answer 200 and stop (nothing stored);
-//! 2. [`verify`] → on `Err`, 401 `invalid_signature` (the error's message is
-//!    safe to show: it never contains a secret or a signature);
-//! 3. [`post_verification_handshake`] → answer 200 and stop;
-//! 4. [`event_type`] and [`provider_event_id`], then dedup and store.
+//! 1. [`Provider::pre_verification_handshake`] → answer 200 and stop
+//!    (nothing stored);
+//! 2. [`Provider::verify`] → on `Err`, 401 `invalid_signature` (the error's
+//!    message is safe to show: it never contains a secret or a signature);
+//! 3. [`Provider::post_verification_handshake`] → answer 200 and stop;
+//! 4. [`Provider::event_type`] and [`Provider::event_id`], then dedup and
+//!    store.
+//!
+//! Adding a provider: its `ProviderKind` line in `model/provider.rs`, a
+//! module here implementing [`Provider`], and its line in the registry at
+//! the end of this file.
 
 use std::borrow::Cow;
 
@@ -45,7 +52,8 @@ pub struct Inbound<'a> {
     /// The public URL the provider called: `<server.public_url>/in/<slug>`,
     /// plus `?<query>` when the request had one. Rebuilt from configuration,
     /// never from `Host` or `X-Forwarded-*` (which any caller controls);
-    /// Square and Twilio sign it.
+    /// only built for providers whose [`Provider::signs_url`] is true
+    /// (Square and Twilio), empty otherwise.
     pub url: &'a str,
 }
 
@@ -93,169 +101,152 @@ pub struct HandshakeReply {
     pub body: Vec<u8>,
 }
 
-/// Verifies `inbound` for a source of provider `kind`.
+/// One provider's signing scheme and everything else that differs between
+/// providers, so the ingest route, the API and the dashboard ask the
+/// provider instead of matching on its kind.
 ///
-/// `secrets` are the secrets the source currently accepts: the current one
-/// first, then the previous one during a 24 h rotation overlap; any may
-/// match. Each is the raw bytes of the secret as the user entered it (e.g.
-/// `b"whsec_..."`); providers that need decoding decode it themselves.
-/// `config` is only read for `generic_hmac`. `none` always succeeds.
-pub fn verify(
-    kind: ProviderKind,
-    config: Option<&GenericHmacConfig>,
-    inbound: &Inbound<'_>,
-    secrets: &[&[u8]],
-) -> Result<(), VerifyError> {
-    match kind {
-        ProviderKind::Stripe => stripe::verify(inbound, secrets),
-        ProviderKind::Github => github::verify(inbound, secrets),
-        ProviderKind::Shopify => shopify::verify(inbound, secrets),
-        ProviderKind::Slack => slack::verify(inbound, secrets),
-        ProviderKind::StandardWebhooks => standard_webhooks::verify(false, inbound, secrets),
-        ProviderKind::Svix => standard_webhooks::verify(true, inbound, secrets),
-        ProviderKind::GenericHmac => generic_hmac::verify(config, inbound, secrets),
-        ProviderKind::None => Ok(()),
-        ProviderKind::Paddle => paddle::verify(inbound, secrets),
-        ProviderKind::Linear => linear::verify(inbound, secrets),
-        ProviderKind::Square => square::verify(inbound, secrets),
-        ProviderKind::Twilio => twilio::verify(inbound, secrets),
-    }
-}
+/// Implementations are stateless `'static` values (see [`get`]); every
+/// method is pure and I/O-free. `config` is the source's
+/// `provider_config`, which only `generic_hmac` reads.
+pub trait Provider: Sync {
+    /// What people call the provider, shown by the dashboard.
+    fn label(&self) -> &'static str;
 
-/// Requests answered before verification and never stored: Slack's
-/// `ssl_check=1` probe, which carries no usable signature.
-pub fn pre_verification_handshake(
-    kind: ProviderKind,
-    inbound: &Inbound<'_>,
-) -> Option<HandshakeReply> {
-    match kind {
-        ProviderKind::Slack => slack::pre_verification_handshake(inbound),
-        _ => None,
+    /// Where the dashboard tells the user to paste the ingest URL.
+    fn setup_hint(&self) -> &'static str {
+        "Paste this URL where your provider asks for a webhook endpoint."
     }
-}
 
-/// Requests answered after successful verification and never stored:
-/// Slack `url_verification` → 200 `{"challenge": ...}`. `json` is the body
-/// parsed once by the caller (`None` when it is not JSON).
-pub fn post_verification_handshake(
-    kind: ProviderKind,
-    _inbound: &Inbound<'_>,
-    json: Option<&serde_json::Value>,
-) -> Option<HandshakeReply> {
-    match kind {
-        ProviderKind::Slack => slack::post_verification_handshake(json),
-        _ => None,
+    /// Whether requests are verified at all. Only `none` says no: its
+    /// sources need no signing secret, and every request it accepts is
+    /// logged as a warning.
+    fn verifies(&self) -> bool {
+        true
     }
-}
 
-/// The event type per SPEC §8 (destinations filter on it), or `"unknown"`
-/// (`"twilio.request"` for a Twilio request that names no event).
-/// Longer than [`MAX_EVENT_FIELD_BYTES`] → truncated at a character
-/// boundary.
-pub fn event_type(
-    kind: ProviderKind,
-    config: Option<&GenericHmacConfig>,
-    inbound: &Inbound<'_>,
-    json: Option<&serde_json::Value>,
-) -> String {
-    match kind {
-        ProviderKind::Stripe => stripe::event_type(json),
-        ProviderKind::Github => github::event_type(inbound.headers),
-        ProviderKind::Shopify => shopify::event_type(inbound.headers),
-        ProviderKind::Slack => slack::event_type(json),
-        ProviderKind::StandardWebhooks | ProviderKind::Svix => standard_webhooks::event_type(json),
-        ProviderKind::GenericHmac => generic_hmac::event_type(config, inbound.headers, json),
-        ProviderKind::None => none::event_type(json),
-        ProviderKind::Paddle => paddle::event_type(json),
-        ProviderKind::Linear => linear::event_type(json),
-        ProviderKind::Square => square::event_type(json),
-        ProviderKind::Twilio => twilio::event_type(inbound, json),
+    /// Whether the public URL is part of what is signed (Square, Twilio).
+    /// Only then does the ingest route build [`Inbound::url`], which costs an
+    /// allocation per request.
+    fn signs_url(&self) -> bool {
+        false
     }
-}
 
-/// The provider's own event id, used to de-duplicate retries and
-/// redeliveries, if the provider has one. Blank ids and ids longer than
-/// [`MAX_EVENT_FIELD_BYTES`] give `None` (never truncated: two ids sharing
-/// a prefix must not be mistaken for duplicates).
-pub fn provider_event_id(
-    kind: ProviderKind,
-    config: Option<&GenericHmacConfig>,
-    inbound: &Inbound<'_>,
-    json: Option<&serde_json::Value>,
-) -> Option<String> {
-    match kind {
-        ProviderKind::Stripe => stripe::event_id(json),
-        ProviderKind::Github => github::event_id(inbound.headers),
-        ProviderKind::Shopify => shopify::event_id(inbound.headers),
-        ProviderKind::Slack => slack::event_id(json),
-        ProviderKind::StandardWebhooks => standard_webhooks::event_id(false, inbound.headers),
-        ProviderKind::Svix => standard_webhooks::event_id(true, inbound.headers),
-        ProviderKind::GenericHmac => generic_hmac::event_id(config, inbound.headers, json),
-        ProviderKind::Paddle => paddle::event_id(json),
-        ProviderKind::Linear => linear::event_id(inbound.headers),
-        ProviderKind::Square => square::event_id(json),
-        // A message's or call's SID is shared by all its status callbacks:
-        // de-duplicating on it would drop distinct events.
-        ProviderKind::None | ProviderKind::Twilio => None,
-    }
-}
-
-/// Checks a signing secret when a source is created or its secret changed,
-/// so a secret that could never verify is refused with 422 up front rather
-/// than failing every ingest with 401. The message is safe to return.
-pub fn validate_secret(kind: ProviderKind, secret: &[u8]) -> Result<(), &'static str> {
-    match kind {
-        ProviderKind::None => Ok(()),
-        _ if secret.is_empty() => Err("signing_secret must not be empty"),
-        ProviderKind::StandardWebhooks | ProviderKind::Svix => {
-            standard_webhooks::decode_secret(secret)
-                .map(|_| ())
-                .ok_or("signing_secret must be `whsec_` followed by base64")
-        }
-        _ => Ok(()),
-    }
-}
-
-impl GenericHmacConfig {
-    /// Checks the configuration when a source is created or updated, so a
-    /// config that can never verify or extract anything is refused with 422
-    /// up front. The message is safe to return.
-    pub fn validate(&self) -> Result<(), String> {
-        fn header_ok(field: &str, name: &str) -> Result<(), String> {
-            if name.len() > MAX_EVENT_FIELD_BYTES || http::HeaderName::try_from(name).is_err() {
-                return Err(format!("{field} must be a valid HTTP header name"));
-            }
+    /// Checks a signing secret when a source is created or its secret
+    /// changed, so a secret that could never verify is refused with 422 up
+    /// front rather than failing every ingest with 401. The message is safe
+    /// to return. By default a verifying provider takes any non-empty
+    /// secret.
+    fn validate_secret(&self, secret: &[u8]) -> Result<(), &'static str> {
+        if self.verifies() {
+            common::non_empty_secret(secret)
+        } else {
             Ok(())
         }
-        fn pointer_ok(field: &str, pointer: &str) -> Result<(), String> {
-            // Counted in characters, as the API documents its lengths.
-            if pointer.chars().count() > MAX_EVENT_FIELD_BYTES || !pointer.starts_with('/') {
-                return Err(format!(
-                    "{field} must be a JSON pointer starting with `/`, e.g. `/type`"
-                ));
-            }
-            Ok(())
-        }
-        header_ok("signature_header", &self.signature_header)?;
-        if let Some(prefix) = &self.prefix {
-            if prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err("prefix must be at most 64 visible ASCII characters".to_owned());
-            }
-        }
-        if let Some(name) = &self.event_type_header {
-            header_ok("event_type_header", name)?;
-        }
-        if let Some(name) = &self.event_id_header {
-            header_ok("event_id_header", name)?;
-        }
-        if let Some(pointer) = &self.event_type_pointer {
-            pointer_ok("event_type_pointer", pointer)?;
-        }
-        if let Some(pointer) = &self.event_id_pointer {
-            pointer_ok("event_id_pointer", pointer)?;
-        }
-        Ok(())
     }
+
+    /// Checks a source's `provider_config` when it is created or updated;
+    /// the message describes the `provider_config` field and is safe to
+    /// return. By default a provider takes no configuration.
+    fn validate_config(&self, config: Option<&GenericHmacConfig>) -> Result<(), Cow<'static, str>> {
+        match config {
+            Some(_) => Err("is only used by provider generic_hmac".into()),
+            None => Ok(()),
+        }
+    }
+
+    /// A request answered before verification and never stored (Slack's
+    /// `ssl_check=1` probe, which carries no usable signature). None by
+    /// default.
+    fn pre_verification_handshake(&self, _inbound: &Inbound<'_>) -> Option<HandshakeReply> {
+        None
+    }
+
+    /// Verifies `inbound`.
+    ///
+    /// `secrets` are the secrets the source currently accepts: the current
+    /// one first, then the previous one during a 24 h rotation overlap; any
+    /// may match. Each is the raw bytes of the secret as the user entered
+    /// it (e.g. `b"whsec_..."`); providers that need decoding decode it
+    /// themselves. Comparisons are constant time.
+    fn verify(
+        &self,
+        config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        secrets: &[&[u8]],
+    ) -> Result<(), VerifyError>;
+
+    /// A verified request answered and never stored (Slack
+    /// `url_verification` → 200 `{"challenge": ...}`). `json` is the body
+    /// parsed once by the caller (`None` when it is not JSON). None by
+    /// default.
+    fn post_verification_handshake(
+        &self,
+        _inbound: &Inbound<'_>,
+        _json: Option<&serde_json::Value>,
+    ) -> Option<HandshakeReply> {
+        None
+    }
+
+    /// The event type per SPEC §8 (destinations filter on it), or
+    /// `"unknown"` (`"twilio.request"` for a Twilio request that names no
+    /// event). Longer than [`MAX_EVENT_FIELD_BYTES`] → truncated at a
+    /// character boundary.
+    fn event_type(
+        &self,
+        config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        json: Option<&serde_json::Value>,
+    ) -> String;
+
+    /// The provider's own event id, used to de-duplicate retries and
+    /// redeliveries, if the provider has one (none by default). Blank ids
+    /// and ids longer than [`MAX_EVENT_FIELD_BYTES`] give `None` (never
+    /// truncated: two ids sharing a prefix must not be mistaken for
+    /// duplicates).
+    fn event_id(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        _inbound: &Inbound<'_>,
+        _json: Option<&serde_json::Value>,
+    ) -> Option<String> {
+        None
+    }
+}
+
+/// Defines [`get`] and [`all`] from one list of `Kind => provider value`
+/// lines. `get` is an exhaustive `match`, so a [`ProviderKind`] without a
+/// provider does not compile, and the lookup is a table jump.
+macro_rules! registry {
+    ($($kind:ident => $provider:expr,)+) => {
+        /// The provider that verifies a source of kind `kind`.
+        pub fn get(kind: ProviderKind) -> &'static dyn Provider {
+            match kind {
+                $(ProviderKind::$kind => &$provider,)+
+            }
+        }
+
+        /// Every provider with its kind, in the order the dashboard offers
+        /// them.
+        pub fn all() -> &'static [(ProviderKind, &'static dyn Provider)] {
+            &[$((ProviderKind::$kind, &$provider),)+]
+        }
+    };
+}
+
+// One line per provider, in the order the dashboard lists them.
+registry! {
+    Stripe => stripe::Stripe,
+    Github => github::Github,
+    Shopify => shopify::Shopify,
+    Slack => slack::Slack,
+    Paddle => paddle::Paddle,
+    Linear => linear::Linear,
+    Square => square::Square,
+    Twilio => twilio::Twilio,
+    StandardWebhooks => standard_webhooks::StandardWebhooks,
+    Svix => standard_webhooks::Svix,
+    GenericHmac => generic_hmac::GenericHmac,
+    None => none::NoVerification,
 }
 
 #[cfg(test)]
@@ -277,6 +268,122 @@ mod tests {
         ProviderKind::Square,
         ProviderKind::Twilio,
     ];
+
+    // The dispatch tests below were written against one free function per
+    // question; these shims ask the registry the same questions, so the
+    // assertions stay exactly as they were.
+
+    fn verify(
+        kind: ProviderKind,
+        config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        secrets: &[&[u8]],
+    ) -> Result<(), VerifyError> {
+        get(kind).verify(config, inbound, secrets)
+    }
+
+    fn pre_verification_handshake(
+        kind: ProviderKind,
+        inbound: &Inbound<'_>,
+    ) -> Option<HandshakeReply> {
+        get(kind).pre_verification_handshake(inbound)
+    }
+
+    fn post_verification_handshake(
+        kind: ProviderKind,
+        inbound: &Inbound<'_>,
+        json: Option<&serde_json::Value>,
+    ) -> Option<HandshakeReply> {
+        get(kind).post_verification_handshake(inbound, json)
+    }
+
+    fn event_type(
+        kind: ProviderKind,
+        config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        json: Option<&serde_json::Value>,
+    ) -> String {
+        get(kind).event_type(config, inbound, json)
+    }
+
+    fn provider_event_id(
+        kind: ProviderKind,
+        config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        json: Option<&serde_json::Value>,
+    ) -> Option<String> {
+        get(kind).event_id(config, inbound, json)
+    }
+
+    fn validate_secret(kind: ProviderKind, secret: &[u8]) -> Result<(), &'static str> {
+        get(kind).validate_secret(secret)
+    }
+
+    #[test]
+    fn registry_holds_every_kind_once() {
+        for kind in ProviderKind::ALL {
+            let listed = all().iter().filter(|(k, _)| *k == kind).count();
+            assert_eq!(listed, 1, "{kind:?}");
+            assert!(!get(kind).label().is_empty(), "{kind:?}");
+        }
+        assert_eq!(all().len(), ProviderKind::ALL.len());
+        // `get` and `all` hand out the same provider for a kind.
+        for (kind, provider) in all() {
+            assert_eq!(get(*kind).label(), provider.label());
+            assert_eq!(get(*kind).setup_hint(), provider.setup_hint());
+        }
+    }
+
+    /// The properties the route and the API used to decide by matching on
+    /// the kind.
+    #[test]
+    fn per_provider_properties() {
+        for kind in ProviderKind::ALL {
+            let provider = get(kind);
+            assert_eq!(provider.verifies(), kind != ProviderKind::None, "{kind:?}");
+            assert_eq!(
+                provider.signs_url(),
+                matches!(kind, ProviderKind::Square | ProviderKind::Twilio),
+                "{kind:?}"
+            );
+            let config = generic_config();
+            match kind {
+                ProviderKind::GenericHmac => {
+                    assert_eq!(
+                        provider.validate_config(None),
+                        Err("is required for provider generic_hmac".into())
+                    );
+                    assert_eq!(provider.validate_config(Some(&config)), Ok(()));
+                    let mut bad = generic_config();
+                    bad.signature_header = "bad header".to_owned();
+                    assert_eq!(
+                        provider.validate_config(Some(&bad)),
+                        Err("signature_header must be a valid HTTP header name".into())
+                    );
+                }
+                _ => {
+                    assert_eq!(provider.validate_config(None), Ok(()));
+                    assert_eq!(
+                        provider.validate_config(Some(&config)),
+                        Err("is only used by provider generic_hmac".into()),
+                        "{kind:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            validate_secret(ProviderKind::Stripe, b""),
+            Err("signing_secret must not be empty")
+        );
+        assert_eq!(
+            validate_secret(ProviderKind::Svix, b""),
+            Err("signing_secret must not be empty")
+        );
+        assert_eq!(
+            validate_secret(ProviderKind::Svix, b"whsec_"),
+            Err("signing_secret must be `whsec_` followed by base64")
+        );
+    }
 
     fn generic_config() -> GenericHmacConfig {
         GenericHmacConfig {
@@ -647,7 +754,7 @@ mod tests {
             ProviderKind::Square,
             ProviderKind::Twilio,
         ] {
-            assert!(kind.requires_secret(), "{kind:?}");
+            assert!(get(kind).verifies(), "{kind:?}");
             assert!(validate_secret(kind, b"").is_err(), "{kind:?}");
             assert!(validate_secret(kind, b"any-secret").is_ok(), "{kind:?}");
         }

@@ -18,10 +18,10 @@
 use serde_json::Value;
 
 use super::common::{
-    body_field, cap_event_id, ct_eq, event_type_or_unknown, hmac_sha256, required_header,
+    body_event_id, body_event_type, ct_eq_any, hmac_sha256, matched_or_refused, required_header,
     usable_secrets,
 };
-use super::{Inbound, VerifyError};
+use super::{GenericHmacConfig, Inbound, Provider, VerifyError};
 
 /// The header Paddle signs with.
 const SIGNATURE_HEADER: &str = "paddle-signature";
@@ -29,8 +29,48 @@ const SIGNATURE_HEADER: &str = "paddle-signature";
 /// The SDKs' default `maximum_variance`, in seconds, for old timestamps.
 const TOLERANCE_SECS: i128 = 5;
 
+/// Paddle's scheme, as the module documentation describes.
+pub(crate) struct Paddle;
+
+impl Provider for Paddle {
+    fn label(&self) -> &'static str {
+        "Paddle"
+    }
+
+    fn setup_hint(&self) -> &'static str {
+        "In Paddle: Developer tools → Notifications → New destination, paste this URL, and use its secret key here. Paddle signatures expire after 5 seconds, so keep this host's clock synchronised (NTP)."
+    }
+
+    fn verify(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        secrets: &[&[u8]],
+    ) -> Result<(), VerifyError> {
+        verify(inbound, secrets)
+    }
+
+    fn event_type(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        _inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> String {
+        event_type(json)
+    }
+
+    fn event_id(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        _inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> Option<String> {
+        event_id(json)
+    }
+}
+
 /// Verifies a Paddle request against any of `secrets`.
-pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
+fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
     let secrets = usable_secrets(secrets)?;
     let header = required_header(inbound.headers, SIGNATURE_HEADER)?;
 
@@ -64,27 +104,19 @@ pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), Ver
     let matched = secrets
         .filter_map(|secret| hmac_sha256(secret, &[timestamp.as_bytes(), b":", inbound.body]))
         .map(hex::encode)
-        .any(|expected| {
-            signatures
-                .iter()
-                .any(|given| ct_eq(expected.as_bytes(), given.as_bytes()))
-        });
-    if matched {
-        Ok(())
-    } else {
-        Err(VerifyError::NoMatchingSignature)
-    }
+        .any(|expected| ct_eq_any(expected.as_bytes(), &signatures));
+    matched_or_refused(matched)
 }
 
 /// Body `event_type`, e.g. `transaction.paid`.
-pub(crate) fn event_type(json: Option<&Value>) -> String {
-    event_type_or_unknown(body_field(json, "event_type").as_deref())
+fn event_type(json: Option<&Value>) -> String {
+    body_event_type(json, "event_type")
 }
 
 /// Body `event_id` (`evt_...`): the same on Paddle's retries and replays of
 /// a notification, so dedup catches them.
-pub(crate) fn event_id(json: Option<&Value>) -> Option<String> {
-    body_field(json, "event_id").and_then(|id| cap_event_id(&id))
+fn event_id(json: Option<&Value>) -> Option<String> {
+    body_event_id(json, "event_id")
 }
 
 #[cfg(test)]

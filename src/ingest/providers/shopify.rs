@@ -12,12 +12,13 @@
 //! (a missing Topic gives event type `unknown`).
 
 use http::HeaderMap;
+use serde_json::Value;
 
 use super::common::{
     cap_event_id, ct_eq, event_type_or_unknown, has_header, header_text, hmac_sha256,
-    required_header, usable_secrets, BASE64_LENIENT,
+    matched_or_refused, required_header, usable_secrets, BASE64_LENIENT,
 };
-use super::{Inbound, VerifyError};
+use super::{GenericHmacConfig, Inbound, Provider, VerifyError};
 use base64::Engine as _;
 
 /// The classic header name.
@@ -25,8 +26,48 @@ const SIGNATURE_HEADER: &str = "x-shopify-hmac-sha256";
 /// The header name used by Shopify's newer Events deliveries.
 const SIGNATURE_HEADER_EVENTS: &str = "shopify-hmac-sha256";
 
+/// Shopify's scheme, as the module documentation describes.
+pub(crate) struct Shopify;
+
+impl Provider for Shopify {
+    fn label(&self) -> &'static str {
+        "Shopify"
+    }
+
+    fn setup_hint(&self) -> &'static str {
+        "In Shopify: Settings → Notifications → Webhooks (or your app's webhook subscriptions), and paste this URL."
+    }
+
+    fn verify(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        secrets: &[&[u8]],
+    ) -> Result<(), VerifyError> {
+        verify(inbound, secrets)
+    }
+
+    fn event_type(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        _json: Option<&Value>,
+    ) -> String {
+        event_type(inbound.headers)
+    }
+
+    fn event_id(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        _json: Option<&Value>,
+    ) -> Option<String> {
+        event_id(inbound.headers)
+    }
+}
+
 /// Verifies a Shopify request against any of `secrets`.
-pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
+fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
     let secrets = usable_secrets(secrets)?;
     let name = if !has_header(inbound.headers, SIGNATURE_HEADER)
         && has_header(inbound.headers, SIGNATURE_HEADER_EVENTS)
@@ -42,11 +83,7 @@ pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), Ver
     let matched = secrets
         .filter_map(|secret| hmac_sha256(secret, &[inbound.body]))
         .any(|mac| ct_eq(BASE64_LENIENT.encode(mac).as_bytes(), given.as_bytes()));
-    if matched {
-        Ok(())
-    } else {
-        Err(VerifyError::NoMatchingSignature)
-    }
+    matched_or_refused(matched)
 }
 
 /// The first present, non-blank header among `names`.
@@ -55,13 +92,13 @@ fn first_header<'h>(headers: &'h HeaderMap, names: &[&str]) -> Option<&'h str> {
 }
 
 /// Header `X-Shopify-Topic` (e.g. `orders/create`).
-pub(crate) fn event_type(headers: &HeaderMap) -> String {
+fn event_type(headers: &HeaderMap) -> String {
     event_type_or_unknown(first_header(headers, &["x-shopify-topic", "shopify-topic"]))
 }
 
 /// Header `X-Shopify-Event-Id` (same for every subscription an event
 /// reaches), else `X-Shopify-Webhook-Id` (one delivery, kept by retries).
-pub(crate) fn event_id(headers: &HeaderMap) -> Option<String> {
+fn event_id(headers: &HeaderMap) -> Option<String> {
     first_header(
         headers,
         &[

@@ -14,30 +14,82 @@
 use serde_json::Value;
 
 use super::common::{
-    body_field, cap_event_id, ct_eq, event_type_or_unknown, hmac_sha256, json_text,
-    required_header, usable_secrets,
+    body_event_id, body_field, ct_eq, event_type_or_unknown, hmac_sha256, json_text,
+    matched_or_refused, outside_window, required_header, usable_secrets,
 };
-use super::{HandshakeReply, Inbound, VerifyError};
+use super::{GenericHmacConfig, HandshakeReply, Inbound, Provider, VerifyError};
 
 /// The header carrying `v0=<hex>`.
 const SIGNATURE_HEADER: &str = "x-slack-signature";
 /// The header carrying the signed Unix timestamp.
 const TIMESTAMP_HEADER: &str = "x-slack-request-timestamp";
 /// slack_sdk's window, both directions, in seconds.
-const TOLERANCE_SECS: i128 = 300;
+const TOLERANCE_SECS: i64 = 300;
 /// Bodies longer than this are never an `ssl_check` probe (Slack's is a few
 /// dozen bytes); skipping them bounds the pre-verification scan.
 const MAX_SSL_CHECK_BODY: usize = 4096;
 
+/// Slack's scheme and handshakes, as the module documentation describes.
+pub(crate) struct Slack;
+
+impl Provider for Slack {
+    fn label(&self) -> &'static str {
+        "Slack"
+    }
+
+    fn setup_hint(&self) -> &'static str {
+        "In Slack: your app's Event Subscriptions → Request URL; Krafter answers the url_verification challenge."
+    }
+
+    fn pre_verification_handshake(&self, inbound: &Inbound<'_>) -> Option<HandshakeReply> {
+        pre_verification_handshake(inbound)
+    }
+
+    fn verify(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        secrets: &[&[u8]],
+    ) -> Result<(), VerifyError> {
+        verify(inbound, secrets)
+    }
+
+    fn post_verification_handshake(
+        &self,
+        _inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> Option<HandshakeReply> {
+        post_verification_handshake(json)
+    }
+
+    fn event_type(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        _inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> String {
+        event_type(json)
+    }
+
+    fn event_id(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        _inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> Option<String> {
+        event_id(json)
+    }
+}
+
 /// Verifies a Slack request against any of `secrets`.
-pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
+fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
     let secrets = usable_secrets(secrets)?;
     let timestamp = required_header(inbound.headers, TIMESTAMP_HEADER)?;
     let given = required_header(inbound.headers, SIGNATURE_HEADER)?;
     let ts: i64 = timestamp
         .parse()
         .map_err(|_| VerifyError::MalformedHeader(TIMESTAMP_HEADER.into()))?;
-    if (i128::from(inbound.now_unix) - i128::from(ts)).abs() > TOLERANCE_SECS {
+    if outside_window(inbound.now_unix, ts, TOLERANCE_SECS) {
         return Err(VerifyError::TimestampOutsideTolerance);
     }
     let matched = secrets
@@ -48,16 +100,12 @@ pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), Ver
             let expected = format!("v0={}", hex::encode(mac));
             ct_eq(expected.as_bytes(), given.as_bytes())
         });
-    if matched {
-        Ok(())
-    } else {
-        Err(VerifyError::NoMatchingSignature)
-    }
+    matched_or_refused(matched)
 }
 
 /// `ssl_check=1` in a form-encoded body: Slack's certificate probe for
 /// slash commands, answered with an empty 200 and never stored.
-pub(crate) fn pre_verification_handshake(inbound: &Inbound<'_>) -> Option<HandshakeReply> {
+fn pre_verification_handshake(inbound: &Inbound<'_>) -> Option<HandshakeReply> {
     if inbound.body.len() > MAX_SSL_CHECK_BODY {
         return None;
     }
@@ -73,7 +121,7 @@ pub(crate) fn pre_verification_handshake(inbound: &Inbound<'_>) -> Option<Handsh
 
 /// A verified `url_verification` request: echo its `challenge`, as the
 /// Events API requires to enable a request URL.
-pub(crate) fn post_verification_handshake(json: Option<&Value>) -> Option<HandshakeReply> {
+fn post_verification_handshake(json: Option<&Value>) -> Option<HandshakeReply> {
     let json = json?;
     if json.get("type").and_then(Value::as_str) != Some("url_verification") {
         return None;
@@ -88,7 +136,7 @@ pub(crate) fn post_verification_handshake(json: Option<&Value>) -> Option<Handsh
 
 /// `event.type` for an `event_callback` (e.g. `app_mention`), else the
 /// top-level `type`; form bodies (slash commands) give `unknown`.
-pub(crate) fn event_type(json: Option<&Value>) -> String {
+fn event_type(json: Option<&Value>) -> String {
     let outer = body_field(json, "type");
     if outer.as_deref() == Some("event_callback") {
         let inner = json
@@ -104,8 +152,8 @@ pub(crate) fn event_type(json: Option<&Value>) -> String {
 
 /// Body `event_id`: Slack's retries (`X-Slack-Retry-Num`) keep it, so
 /// dedup catches them.
-pub(crate) fn event_id(json: Option<&Value>) -> Option<String> {
-    body_field(json, "event_id").and_then(|id| cap_event_id(&id))
+fn event_id(json: Option<&Value>) -> Option<String> {
+    body_event_id(json, "event_id")
 }
 
 #[cfg(test)]

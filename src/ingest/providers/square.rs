@@ -16,37 +16,77 @@
 use serde_json::Value;
 
 use super::common::{
-    body_field, cap_event_id, ct_eq, event_type_or_unknown, hmac_sha256, required_header,
+    body_event_id, body_event_type, ct_eq, hmac_sha256, matched_or_refused, required_header,
     usable_secrets, BASE64_LENIENT,
 };
-use super::{Inbound, VerifyError};
+use super::{GenericHmacConfig, Inbound, Provider, VerifyError};
 use base64::Engine as _;
 
 /// The header Square signs with (HMAC-SHA256).
 const SIGNATURE_HEADER: &str = "x-square-hmacsha256-signature";
 
+/// Square's scheme, as the module documentation describes.
+pub(crate) struct Square;
+
+impl Provider for Square {
+    fn label(&self) -> &'static str {
+        "Square"
+    }
+
+    fn setup_hint(&self) -> &'static str {
+        "In Square: Developer Dashboard → Webhooks → Add subscription, paste exactly this URL (Square signs it), and use its signature key here. server.public_url must be the address Square calls."
+    }
+
+    fn signs_url(&self) -> bool {
+        true
+    }
+
+    fn verify(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        secrets: &[&[u8]],
+    ) -> Result<(), VerifyError> {
+        verify(inbound, secrets)
+    }
+
+    fn event_type(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        _inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> String {
+        event_type(json)
+    }
+
+    fn event_id(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        _inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> Option<String> {
+        event_id(json)
+    }
+}
+
 /// Verifies a Square request against any of `secrets`.
-pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
+fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
     let secrets = usable_secrets(secrets)?;
     let given = required_header(inbound.headers, SIGNATURE_HEADER)?;
     let matched = secrets
         .filter_map(|secret| hmac_sha256(secret, &[inbound.url.as_bytes(), inbound.body]))
         .any(|mac| ct_eq(BASE64_LENIENT.encode(mac).as_bytes(), given.as_bytes()));
-    if matched {
-        Ok(())
-    } else {
-        Err(VerifyError::NoMatchingSignature)
-    }
+    matched_or_refused(matched)
 }
 
 /// Body `type`, e.g. `payment.updated`.
-pub(crate) fn event_type(json: Option<&Value>) -> String {
-    event_type_or_unknown(body_field(json, "type").as_deref())
+fn event_type(json: Option<&Value>) -> String {
+    body_event_type(json, "type")
 }
 
 /// Body `event_id`: Square keeps it across retries of a notification.
-pub(crate) fn event_id(json: Option<&Value>) -> Option<String> {
-    body_field(json, "event_id").and_then(|id| cap_event_id(&id))
+fn event_id(json: Option<&Value>) -> Option<String> {
+    body_event_id(json, "event_id")
 }
 
 #[cfg(test)]

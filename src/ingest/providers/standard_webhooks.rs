@@ -17,13 +17,13 @@ use http::HeaderMap;
 use serde_json::Value;
 
 use super::common::{
-    body_field, cap_event_id, ct_eq, event_type_or_unknown, has_header, header_text, hmac_sha256,
-    required_header, BASE64_LENIENT,
+    body_event_type, cap_event_id, ct_eq_any, has_header, header_text, hmac_sha256,
+    matched_or_refused, non_empty_secret, outside_window, required_header, BASE64_LENIENT,
 };
-use super::{Inbound, VerifyError};
+use super::{GenericHmacConfig, Inbound, Provider, VerifyError};
 
 /// The libraries' window, both directions, in seconds.
-const TOLERANCE_SECS: i128 = 300;
+const TOLERANCE_SECS: i64 = 300;
 /// The prefix of a Standard Webhooks secret.
 const SECRET_PREFIX: &[u8] = b"whsec_";
 
@@ -63,10 +63,99 @@ fn header_set(svix: bool, headers: &HeaderMap) -> HeaderSet {
     }
 }
 
+/// Standard Webhooks under its own `webhook-*` header names.
+pub(crate) struct StandardWebhooks;
+
+/// Svix: the same scheme under `svix-*` header names, falling back to
+/// `webhook-*`.
+pub(crate) struct Svix;
+
+impl Provider for StandardWebhooks {
+    fn label(&self) -> &'static str {
+        "Standard Webhooks"
+    }
+
+    fn validate_secret(&self, secret: &[u8]) -> Result<(), &'static str> {
+        validate_secret(secret)
+    }
+
+    fn verify(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        secrets: &[&[u8]],
+    ) -> Result<(), VerifyError> {
+        verify(false, inbound, secrets)
+    }
+
+    fn event_type(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        _inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> String {
+        event_type(json)
+    }
+
+    fn event_id(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        _json: Option<&Value>,
+    ) -> Option<String> {
+        event_id(false, inbound.headers)
+    }
+}
+
+impl Provider for Svix {
+    fn label(&self) -> &'static str {
+        "Svix"
+    }
+
+    fn validate_secret(&self, secret: &[u8]) -> Result<(), &'static str> {
+        validate_secret(secret)
+    }
+
+    fn verify(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        secrets: &[&[u8]],
+    ) -> Result<(), VerifyError> {
+        verify(true, inbound, secrets)
+    }
+
+    fn event_type(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        _inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> String {
+        event_type(json)
+    }
+
+    fn event_id(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        _json: Option<&Value>,
+    ) -> Option<String> {
+        event_id(true, inbound.headers)
+    }
+}
+
+/// A secret must decode to a key, or it could never verify.
+fn validate_secret(secret: &[u8]) -> Result<(), &'static str> {
+    non_empty_secret(secret)?;
+    decode_secret(secret)
+        .map(|_| ())
+        .ok_or("signing_secret must be `whsec_` followed by base64")
+}
+
 /// The HMAC key of a secret as the user entered it: base64 after an
 /// optional `whsec_` prefix. `None` when that is not valid base64 or is
 /// empty (such a secret can match nothing).
-pub(crate) fn decode_secret(secret: &[u8]) -> Option<Vec<u8>> {
+fn decode_secret(secret: &[u8]) -> Option<Vec<u8>> {
     let encoded = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
     BASE64_LENIENT
         .decode(encoded)
@@ -76,11 +165,7 @@ pub(crate) fn decode_secret(secret: &[u8]) -> Option<Vec<u8>> {
 
 /// Verifies a Standard Webhooks (or, with `svix`, a Svix) request against
 /// any of `secrets`.
-pub(crate) fn verify(
-    svix: bool,
-    inbound: &Inbound<'_>,
-    secrets: &[&[u8]],
-) -> Result<(), VerifyError> {
+fn verify(svix: bool, inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
     let keys: Vec<Vec<u8>> = secrets
         .iter()
         .filter_map(|secret| decode_secret(secret))
@@ -96,7 +181,7 @@ pub(crate) fn verify(
     let ts: i64 = timestamp
         .parse()
         .map_err(|_| VerifyError::MalformedHeader(set.timestamp.into()))?;
-    if (i128::from(inbound.now_unix) - i128::from(ts)).abs() > TOLERANCE_SECS {
+    if outside_window(inbound.now_unix, ts, TOLERANCE_SECS) {
         return Err(VerifyError::TimestampOutsideTolerance);
     }
 
@@ -115,26 +200,18 @@ pub(crate) fn verify(
         .iter()
         .filter_map(|key| hmac_sha256(key, &[prefix.as_bytes(), inbound.body]))
         .map(|mac| BASE64_LENIENT.encode(mac))
-        .any(|expected| {
-            candidates
-                .iter()
-                .any(|given| ct_eq(expected.as_bytes(), given.as_bytes()))
-        });
-    if matched {
-        Ok(())
-    } else {
-        Err(VerifyError::NoMatchingSignature)
-    }
+        .any(|expected| ct_eq_any(expected.as_bytes(), &candidates));
+    matched_or_refused(matched)
 }
 
 /// Body `type` (the Standard Webhooks payload convention).
-pub(crate) fn event_type(json: Option<&Value>) -> String {
-    event_type_or_unknown(body_field(json, "type").as_deref())
+fn event_type(json: Option<&Value>) -> String {
+    body_event_type(json, "type")
 }
 
 /// The message id header of the verified set (`webhook-id`; for Svix
 /// `svix-id`, else `webhook-id`): the sender keeps it across retries.
-pub(crate) fn event_id(svix: bool, headers: &HeaderMap) -> Option<String> {
+fn event_id(svix: bool, headers: &HeaderMap) -> Option<String> {
     let set = header_set(svix, headers);
     header_text(headers, set.id)
         // svix-id present but the svix set incomplete: still the best id.

@@ -11,10 +11,10 @@
 use serde_json::Value;
 
 use super::common::{
-    body_field, cap_event_id, ct_eq, event_type_or_unknown, hmac_sha256, required_header,
+    body_event_id, body_event_type, ct_eq_any, hmac_sha256, matched_or_refused, required_header,
     usable_secrets,
 };
-use super::{Inbound, VerifyError};
+use super::{GenericHmacConfig, Inbound, Provider, VerifyError};
 
 /// The header Stripe signs with.
 const SIGNATURE_HEADER: &str = "stripe-signature";
@@ -22,8 +22,48 @@ const SIGNATURE_HEADER: &str = "stripe-signature";
 /// Stripe SDKs' default tolerance, in seconds, for old timestamps.
 const TOLERANCE_SECS: i64 = 300;
 
+/// Stripe's scheme, as the module documentation describes.
+pub(crate) struct Stripe;
+
+impl Provider for Stripe {
+    fn label(&self) -> &'static str {
+        "Stripe"
+    }
+
+    fn setup_hint(&self) -> &'static str {
+        "In Stripe: Developers → Webhooks → Add endpoint, and paste this URL."
+    }
+
+    fn verify(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        secrets: &[&[u8]],
+    ) -> Result<(), VerifyError> {
+        verify(inbound, secrets)
+    }
+
+    fn event_type(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        _inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> String {
+        event_type(json)
+    }
+
+    fn event_id(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        _inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> Option<String> {
+        event_id(json)
+    }
+}
+
 /// Verifies a Stripe request against any of `secrets`.
-pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
+fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
     let secrets = usable_secrets(secrets)?;
     let header = required_header(inbound.headers, SIGNATURE_HEADER)?;
 
@@ -52,14 +92,8 @@ pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), Ver
     let matched = secrets
         .filter_map(|secret| hmac_sha256(secret, &[signed_prefix.as_bytes(), inbound.body]))
         .map(hex::encode)
-        .any(|expected| {
-            signatures
-                .iter()
-                .any(|given| ct_eq(expected.as_bytes(), given.as_bytes()))
-        });
-    if !matched {
-        return Err(VerifyError::NoMatchingSignature);
-    }
+        .any(|expected| ct_eq_any(expected.as_bytes(), &signatures));
+    matched_or_refused(matched)?;
     if timestamp < inbound.now_unix.saturating_sub(TOLERANCE_SECS) {
         return Err(VerifyError::TimestampOutsideTolerance);
     }
@@ -67,13 +101,13 @@ pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), Ver
 }
 
 /// Body `type`, e.g. `payment_intent.succeeded`.
-pub(crate) fn event_type(json: Option<&Value>) -> String {
-    event_type_or_unknown(body_field(json, "type").as_deref())
+fn event_type(json: Option<&Value>) -> String {
+    body_event_type(json, "type")
 }
 
 /// Body `id` (`evt_...`), stable across Stripe's retries.
-pub(crate) fn event_id(json: Option<&Value>) -> Option<String> {
-    body_field(json, "id").and_then(|id| cap_event_id(&id))
+fn event_id(json: Option<&Value>) -> Option<String> {
+    body_event_id(json, "id")
 }
 
 #[cfg(test)]

@@ -38,10 +38,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::common::{
-    body_field, ct_eq, event_type_or_unknown, hmac_sha1, required_header, usable_secrets,
-    BASE64_LENIENT,
+    body_field, ct_eq, event_type_or_unknown, hmac_sha1, matched_or_refused, required_header,
+    usable_secrets, BASE64_LENIENT,
 };
-use super::{Inbound, VerifyError};
+use super::{GenericHmacConfig, Inbound, Provider, VerifyError};
 use base64::Engine as _;
 
 /// The header Twilio signs with.
@@ -117,8 +117,45 @@ fn sorted_params(body: &[u8]) -> Vec<(String, String)> {
     pairs
 }
 
+/// Twilio's scheme, as the module documentation describes.
+pub(crate) struct Twilio;
+
+impl Provider for Twilio {
+    fn label(&self) -> &'static str {
+        "Twilio"
+    }
+
+    fn setup_hint(&self) -> &'static str {
+        "In Twilio: paste exactly this URL as the webhook or status callback (Twilio signs it, query string included), and use your auth token as the secret. server.public_url must be the address Twilio calls."
+    }
+
+    fn signs_url(&self) -> bool {
+        true
+    }
+
+    fn verify(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        secrets: &[&[u8]],
+    ) -> Result<(), VerifyError> {
+        verify(inbound, secrets)
+    }
+
+    fn event_type(
+        &self,
+        _config: Option<&GenericHmacConfig>,
+        inbound: &Inbound<'_>,
+        json: Option<&Value>,
+    ) -> String {
+        event_type(inbound, json)
+    }
+
+    // No provider event id: see the module documentation.
+}
+
 /// Verifies a Twilio request against any of `secrets` (auth tokens).
-pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
+fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), VerifyError> {
     let secrets = usable_secrets(secrets)?;
     let given = required_header(inbound.headers, SIGNATURE_HEADER)?;
 
@@ -145,17 +182,13 @@ pub(crate) fn verify(inbound: &Inbound<'_>, secrets: &[&[u8]]) -> Result<(), Ver
                 .is_some_and(|mac| ct_eq(BASE64_LENIENT.encode(mac).as_bytes(), given.as_bytes()))
         })
     });
-    if matched {
-        Ok(())
-    } else {
-        Err(VerifyError::NoMatchingSignature)
-    }
+    matched_or_refused(matched)
 }
 
 /// See the module documentation: JSON `type`, else form `EventType`,
 /// `MessageStatus`/`SmsStatus` (`message.<status>`), `CallStatus`
 /// (`call.<status>`), else `twilio.request`.
-pub(crate) fn event_type(inbound: &Inbound<'_>, json: Option<&Value>) -> String {
+fn event_type(inbound: &Inbound<'_>, json: Option<&Value>) -> String {
     if let Some(json) = json {
         return match body_field(Some(json), "type") {
             Some(kind) if !kind.trim().is_empty() => event_type_or_unknown(Some(&kind)),

@@ -271,9 +271,9 @@ mod tests {
 
     use super::*;
     use crate::config::StorageConfig;
-    use crate::ingest::providers::ProviderKind;
     use crate::metrics::Metrics;
     use crate::model::ids::new_id;
+    use crate::model::provider::ProviderKind;
     use crate::store::redb::records::{EventRecord, SourceRecord};
     use crate::store::redb::{destinations, events, sources, RedbStore as Store};
 

@@ -128,9 +128,9 @@ mod tests {
 
     use super::*;
     use crate::config::StorageConfig;
-    use crate::ingest::providers::ProviderKind;
     use crate::metrics::Metrics;
     use crate::model::ids::new_id;
+    use crate::model::provider::ProviderKind;
     use crate::store::redb::records::EventRecord;
     use crate::store::redb::{sources, RedbStore as Store};
 
