@@ -5,7 +5,7 @@
 //! when the official `standardwebhooks` Python library can be installed from
 //! PyPI, by the README's own verification snippet.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::Path;

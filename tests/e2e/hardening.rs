@@ -3,12 +3,12 @@
 //! raw sockets, a real (tiny) tmpfs and real receivers. Each test is the
 //! attack itself; each failed before the fix it guards.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::receiver::{Receiver, Reply};
-use common::{poll, TestServer};
+use crate::common::receiver::{Receiver, Reply};
+use crate::common::{poll, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

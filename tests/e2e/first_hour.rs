@@ -3,12 +3,12 @@
 //! by the provider's event id, and test events. Real server, real redb,
 //! real receivers on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::receiver::{sequence, Receiver, Reply};
-use common::{assert_error, TestServer};
+use crate::common::receiver::{sequence, Receiver, Reply};
+use crate::common::{assert_error, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

@@ -2,7 +2,7 @@
 //! CSRF, scopes, sign-out and revocation, security headers, and every page
 //! and form against a real server.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use common::TestServer;
+use crate::common::TestServer;
 
 /// A minimal browser: remembers cookies, never follows redirects, so each
 /// answer can be checked as sent.

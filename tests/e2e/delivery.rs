@@ -4,7 +4,7 @@
 //! independent HMAC (never Krafter's signer); attempt records are read from
 //! the store after the server stops.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::receiver::{sequence, Received, Receiver, Reply};
+use crate::common::{assert_timestamp, parse_metric, poll, TestServer};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use common::receiver::{sequence, Received, Receiver, Reply};
-use common::{assert_timestamp, parse_metric, poll, TestServer};
 use hmac::{Hmac, Mac};
 use krafter::config::{Config, StorageConfig};
 use krafter::metrics::Metrics;

@@ -1,7 +1,7 @@
 //! The durability promise, tested with real process kills: every event that
 //! got a 2xx from ingest is on disk after `kill -9`, with its deliveries.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! progress, completing, resumed after a restart or a `kill -9` with every
 //! promised delivery made, and each chunk queued exactly once.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,8 +10,8 @@ use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::receiver::Receiver;
-use common::{assert_error, poll, TestServer};
+use crate::common::receiver::Receiver;
+use crate::common::{assert_error, poll, TestServer};
 use krafter::config::StorageConfig;
 use krafter::metrics::Metrics;
 use krafter::model::ids::{new_id, parse_id, IdKind};

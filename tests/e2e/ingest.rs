@@ -7,16 +7,14 @@
 //! first checked against the official vectors. What was stored is read by
 //! stopping the server and opening the store directly.
 
-mod common;
-
 use std::collections::HashSet;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::{assert_error, TestServer};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use common::{assert_error, TestServer};
 use hmac::{Hmac, Mac};
 use krafter::metrics::Metrics;
 use krafter::model::ids::{parse_id, IdKind};

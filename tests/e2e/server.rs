@@ -1,7 +1,7 @@
 //! The server as an operator meets it: the real binary, its config, its
 //! bootstrap key, TLS, signals and the offline CLI.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{krafter, TestServer};
+use crate::common::{krafter, TestServer};
 use figment::providers::Format;
 use krafter::config::Config;
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! Operating Krafter: JSON logs that never carry secrets, metrics that move,
 //! and backup/restore of a running server — with the real binary.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::Path;

@@ -9,7 +9,7 @@
 //!
 //! Screenshots of each main page go to `target/dashboard-screenshots/`.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use common::TestServer;
+use crate::common::TestServer;
 
 /// A chromedriver this test started, in its own process group so that the
 /// browser it launches goes with it.

@@ -7,7 +7,7 @@
 //! crates, never with Krafter's own code. What retention removed is read by
 //! stopping the server and opening the store directly.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::{assert_error, assert_invalid_field, assert_timestamp, TestServer};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use bytes::Bytes;
-use common::{assert_error, assert_invalid_field, assert_timestamp, TestServer};
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

@@ -2,16 +2,16 @@
 //! configuration, its errors, its output through pipes, and the API client
 //! commands against a real server on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{free_port, krafter, TestServer};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use common::{free_port, krafter, TestServer};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;

@@ -2,11 +2,9 @@
 //! secrets never shown, validation, updates, deletion with its
 //! destinations, pagination and persistence across a restart.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{assert_error, assert_invalid_field, assert_timestamp, TestServer};
+use crate::common::{assert_error, assert_invalid_field, assert_timestamp, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

@@ -2,9 +2,7 @@
 //! is a 4xx in the SPEC's error envelope, never a 500; plus the operations
 //! endpoints (SPEC §11).
 
-mod common;
-
-use common::{assert_error, assert_invalid_field, RawResponse, TestServer};
+use crate::common::{assert_error, assert_invalid_field, RawResponse, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
