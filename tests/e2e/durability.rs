@@ -9,10 +9,8 @@ use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use krafter::config::StorageConfig;
-use krafter::metrics::Metrics;
 use krafter::model::ids::{parse_id, IdKind};
-use krafter::store::{events, Store};
+use krafter::store::events;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
@@ -120,14 +118,7 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
             task.await.unwrap();
         }
 
-        let store = Store::open(
-            &StorageConfig {
-                path: data.clone(),
-                ..StorageConfig::default()
-            },
-            Arc::new(Metrics::new()),
-        )
-        .expect("the database opens after a crash");
+        let store = common::open_store_at(&data);
         let acked = acked.lock().await;
         assert!(
             acked.len() - acked_before > 100,

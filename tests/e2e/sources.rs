@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use crate::common::{assert_error, assert_invalid_field, assert_timestamp, TestServer};
+use crate::common::{self, assert_error, assert_invalid_field, assert_timestamp, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -90,15 +90,15 @@ async fn add_destination(server: &TestServer, source_id: &str) -> String {
 
 /// POSTs a small event to a source's ingest URL (as given by the API).
 async fn ingest(server: &TestServer, url: &str) -> StatusCode {
-    server
-        .client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(r#"{"type": "test.event"}"#)
-        .send()
-        .await
-        .expect("ingest reaches the server")
-        .status()
+    let content_type = [("content-type", "application/json".to_string())];
+    common::post_to(
+        &server.client,
+        url,
+        &content_type,
+        r#"{"type": "test.event"}"#,
+    )
+    .await
+    .0
 }
 
 async fn list_ids(server: &TestServer) -> Vec<String> {
