@@ -550,7 +550,7 @@ async fn raw_http(server: &TestServer, request: &[u8]) -> (u16, String) {
 #[tokio::test]
 async fn unknown_routes_are_404_not_found() {
     let server = TestServer::start().await;
-    // (`/` redirects to the dashboard: tests/dashboard.rs.)
+    // (`/` redirects to the dashboard: the `dashboard` module.)
     for path in [
         "/nope",
         "/api",
