@@ -1,6 +1,10 @@
 //! Load tool: drives the real release server over loopback.
 //!
-//! `cargo bench --bench load -- [--scenario ingest|fanout|backlog] [--connections 64] [--seconds 10] [--body-bytes 1024] [--events N]`
+//! `cargo bench --bench load -- [--scenario ingest|fanout|backlog|events] [--connections 64] [--seconds 10] [--body-bytes 1024] [--events 250000]`
+//! (the scenario may also be given alone: `cargo bench --bench load -- fanout`;
+//! `--help` lists everything). An unknown flag or scenario, or a value out of
+//! range, is refused with a message and exit status 2: a typo never runs
+//! some other load.
 //!
 //! - `ingest` (default): ingest throughput and latency, vs bare hyper.
 //! - `fanout`: the same load with 4 destinations on a fast local sink:
@@ -28,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clap::{Parser, ValueEnum};
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
@@ -42,46 +47,82 @@ const SECRET: &str = "whsec_load_tool_secret";
 /// Hard cap on requests per run, whatever the duration.
 const MAX_REQUESTS: u64 = 20_000_000;
 
+/// What one run does, as the scenarios read it.
 struct Options {
-    scenario: String,
+    scenario: Scenario,
     connections: usize,
     seconds: u64,
     body_bytes: usize,
     events: u64,
 }
 
-fn options() -> Options {
-    let mut o = Options {
-        scenario: "ingest".to_string(),
-        connections: 64,
-        seconds: 10,
-        body_bytes: 1024,
-        events: 250_000,
-    };
-    let args: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < args.len() {
-        if args[i] == "--scenario" {
-            if let Some(name) = args.get(i + 1) {
-                o.scenario = name.clone();
-            }
-            i += 2;
-            continue;
-        }
-        let value = args.get(i + 1).and_then(|v| v.parse::<u64>().ok());
-        match (args[i].as_str(), value) {
-            ("--events", Some(v)) => o.events = v.clamp(1, 5_000_000),
-            ("--connections", Some(v)) => o.connections = v.clamp(1, 1024) as usize,
-            ("--seconds", Some(v)) => o.seconds = v.clamp(1, 600),
-            ("--body-bytes", Some(v)) => o.body_bytes = v.clamp(64, 1 << 20) as usize,
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
+/// The scenarios (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Ingest throughput and latency (queued only, then delivering), vs bare hyper.
+    Ingest,
+    /// The same load with 4 destinations on a fast local sink.
+    Fanout,
+    /// `--events` × 4 deliveries queued to a sink that never answers; RSS.
+    Backlog,
+    /// `--events` in one source; list pages and a bulk replay of them all.
+    Events,
+}
+
+impl Scenario {
+    /// The name as typed on the command line (clap's, from the variant).
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
     }
-    o
+}
+
+/// The command line. Parsed strictly so that a mistyped flag or scenario
+/// stops the run with clap's message instead of silently measuring
+/// something else.
+#[derive(Debug, Parser)]
+#[command(
+    name = "load",
+    about = "Krafter's load tool: drives the release server over loopback",
+    override_usage = "cargo bench --bench load -- [SCENARIO | --scenario SCENARIO] [OPTIONS]"
+)]
+struct Args {
+    /// The scenario to run (the same as `--scenario`).
+    #[arg(value_enum, value_name = "SCENARIO", conflicts_with = "scenario")]
+    scenario_positional: Option<Scenario>,
+    /// The scenario to run.
+    #[arg(long, value_enum, default_value = "ingest")]
+    scenario: Scenario,
+    /// Keep-alive HTTP/1.1 connections driving the load.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    connections: u64,
+    /// How long each timed load runs, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    seconds: u64,
+    /// Size of each event body, in bytes.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(64..=1 << 20))]
+    body_bytes: u64,
+    /// Events to store (`backlog` and `events` scenarios).
+    #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..=5_000_000))]
+    events: u64,
+    /// Passed by `cargo bench` to every bench target; accepted and ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Parses the command line; on an error (or `--help`) clap prints the
+/// message and exits (status 2 for an error).
+fn options() -> Options {
+    let args = Args::parse();
+    let usize_of = |v: u64| usize::try_from(v).expect("validated range fits usize");
+    Options {
+        scenario: args.scenario_positional.unwrap_or(args.scenario),
+        connections: usize_of(args.connections),
+        seconds: args.seconds,
+        body_bytes: usize_of(args.body_bytes),
+        events: args.events,
+    }
 }
 
 fn main() {
@@ -96,7 +137,7 @@ fn main() {
 async fn run(o: Options) {
     println!(
         "load: scenario {}, {} connections, {} s, {}-byte bodies, machine: {} cores",
-        o.scenario,
+        o.scenario.name(),
         o.connections,
         o.seconds,
         o.body_bytes,
@@ -104,11 +145,11 @@ async fn run(o: Options) {
             .map(|n| n.get())
             .unwrap_or(0)
     );
-    match o.scenario.as_str() {
-        "fanout" => fanout(&o).await,
-        "backlog" => backlog(&o).await,
-        "events" => events_listing(&o).await,
-        _ => ingest(&o).await,
+    match o.scenario {
+        Scenario::Ingest => ingest(&o).await,
+        Scenario::Fanout => fanout(&o).await,
+        Scenario::Backlog => backlog(&o).await,
+        Scenario::Events => events_listing(&o).await,
     }
 }
 

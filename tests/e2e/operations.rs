@@ -1,7 +1,9 @@
 //! Operating Krafter: JSON logs that never carry secrets, metrics that move,
 //! and backup/restore of a running server — with the real binary.
 
-mod common;
+use crate::common;
+use crate::common::metric_value;
+use crate::common::receiver::Receiver;
 
 use std::io::Read;
 use std::path::Path;
@@ -53,55 +55,6 @@ fn stop(mut b: Binary) -> String {
     logs
 }
 
-/// A receiver on loopback that answers 200 and counts requests.
-async fn receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut got = Vec::new();
-                // Read headers + body (small, Content-Length framed).
-                loop {
-                    let Ok(n) = stream.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&got).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if got.len() >= end + 4 + len {
-                            break;
-                        }
-                    }
-                }
-                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = stream
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
-            });
-        }
-    });
-    (format!("http://{addr}/hook"), count)
-}
-
 /// POSTs JSON with a bearer key and returns the JSON answer.
 async fn post_json(url: String, key: &str, body: &Value) -> Value {
     reqwest::Client::new()
@@ -120,33 +73,13 @@ async fn post_json(url: String, key: &str, body: &Value) -> Value {
 /// the signature header it sent.
 async fn ingest(base: &str, slug: &str, body: &str) -> (u16, Value, String) {
     let signature = common::stripe_signature(STRIPE_SECRET, body);
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/in/{slug}"))
-        .header("stripe-signature", &signature)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null), signature)
-}
-
-async fn metrics_text(base: &str) -> String {
-    reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
-}
-
-fn metric(text: &str, line_prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric line starting with {line_prefix}"))
+    let headers = [
+        ("stripe-signature", signature.clone()),
+        ("content-type", "application/json".to_string()),
+    ];
+    let url = format!("{base}/in/{slug}");
+    let (status, resp) = common::post_to(&reqwest::Client::new(), &url, &headers, body).await;
+    (status.as_u16(), resp, signature)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +115,8 @@ async fn json_logs_carry_no_secrets_and_metrics_move() {
     .await;
     let src = source["data"]["id"].as_str().unwrap().to_string();
     let slug = source["data"]["slug"].as_str().unwrap().to_string();
-    let (url, delivered) = receiver().await;
+    let receiver = Receiver::ok().await;
+    let url = receiver.url("/hook");
     let dest: Value = post_json(
         format!("{api}/webhooks/sources/{src}/destinations"),
         &write_key,
@@ -210,19 +144,19 @@ async fn json_logs_carry_no_secrets_and_metrics_move() {
         .status();
     assert_eq!(forged, 401);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while delivered.load(std::sync::atomic::Ordering::SeqCst) < 3 && Instant::now() < deadline {
+    while receiver.count() < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(delivered.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(receiver.count(), 3);
 
     // Metrics moved as expected.
-    let text = metrics_text(&b.base).await;
+    let text = common::scrape_metrics(&client, &b.base).await;
     let ingest = format!("krafter_ingest_requests_total{{source=\"{src}\",result=\"accepted\"}}");
-    assert_eq!(metric(&text, &ingest), 3.0, "{text}");
+    assert_eq!(metric_value(&text, &ingest), 3.0, "{text}");
     let invalid =
         format!("krafter_ingest_requests_total{{source=\"{src}\",result=\"invalid_signature\"}}");
-    assert_eq!(metric(&text, &invalid), 1.0);
-    assert_eq!(metric(&text, "krafter_events_stored_total"), 3.0);
+    assert_eq!(metric_value(&text, &invalid), 1.0);
+    assert_eq!(metric_value(&text, "krafter_events_stored_total"), 3.0);
     // The attempt is counted when the receiver answers and leaves the
     // queue a commit later.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -232,19 +166,19 @@ async fn json_logs_carry_no_secrets_and_metrics_move() {
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        text = metrics_text(&b.base).await;
+        text = common::scrape_metrics(&client, &b.base).await;
     }
     assert_eq!(
-        metric(
+        metric_value(
             &text,
             "krafter_delivery_attempts_total{result=\"succeeded\"}"
         ),
         3.0
     );
-    assert_eq!(metric(&text, "krafter_deliveries_pending "), 0.0);
-    assert!(metric(&text, "krafter_storage_commit_duration_seconds_count") >= 5.0);
-    assert!(metric(&text, "krafter_storage_file_size_bytes") > 0.0);
-    assert!(metric(&text, "krafter_delivery_attempt_duration_seconds_count") >= 3.0);
+    assert_eq!(metric_value(&text, "krafter_deliveries_pending"), 0.0);
+    assert!(metric_value(&text, "krafter_storage_commit_duration_seconds_count") >= 5.0);
+    assert!(metric_value(&text, "krafter_storage_file_size_bytes") > 0.0);
+    assert!(metric_value(&text, "krafter_delivery_attempt_duration_seconds_count") >= 3.0);
     for name in [
         "krafter_http_requests_total",
         "krafter_oldest_pending_age_seconds",

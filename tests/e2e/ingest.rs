@@ -7,23 +7,21 @@
 //! first checked against the official vectors. What was stored is read by
 //! stopping the server and opening the store directly.
 
-mod common;
-
 use std::collections::HashSet;
 use std::io;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use crate::common::{
+    assert_error, hmac_sha256, metric_sample, standard_webhooks_signature, stripe_signature_at,
+    unix_secs, TestServer,
+};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use common::{assert_error, TestServer};
 use hmac::{Hmac, Mac};
-use krafter::metrics::Metrics;
 use krafter::model::ids::{parse_id, IdKind};
 use krafter::model::records::{DeliveryRecord, DeliveryStatus, EventRecord};
 use krafter::store::events;
 use krafter::store::Store;
-use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha1::Sha1;
@@ -59,60 +57,39 @@ const HOP_BY_HOP: [&str; 9] = [
 // Independent signers (PROVIDERS.md), checked against the official vectors.
 // ---------------------------------------------------------------------------
 
-fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    for part in parts {
-        m.update(part);
-    }
-    m.finalize().into_bytes().to_vec()
-}
-
-/// `Stripe-Signature`: hex HMAC of `"{t}." + body`, secret used as-is.
-fn stripe_header(secret: &str, t: i64, body: &[u8]) -> String {
-    let sig = mac(secret.as_bytes(), &[format!("{t}.").as_bytes(), body]);
-    format!("t={t},v1={}", hex::encode(sig))
-}
-
 /// `X-Hub-Signature-256`: `sha256=` + hex HMAC of the body.
 fn github_header(secret: &str, body: &[u8]) -> String {
-    format!("sha256={}", hex::encode(mac(secret.as_bytes(), &[body])))
+    format!(
+        "sha256={}",
+        hex::encode(hmac_sha256(secret.as_bytes(), &[body]))
+    )
 }
 
 /// `X-Shopify-Hmac-Sha256`: base64 HMAC of the body.
 fn shopify_header(secret: &str, body: &[u8]) -> String {
-    B64.encode(mac(secret.as_bytes(), &[body]))
+    B64.encode(hmac_sha256(secret.as_bytes(), &[body]))
 }
 
 /// `X-Slack-Signature`: `v0=` + hex HMAC of `"v0:{ts}:" + body`.
 fn slack_header(secret: &str, ts: i64, body: &[u8]) -> String {
-    let sig = mac(secret.as_bytes(), &[format!("v0:{ts}:").as_bytes(), body]);
+    let sig = hmac_sha256(secret.as_bytes(), &[format!("v0:{ts}:").as_bytes(), body]);
     format!("v0={}", hex::encode(sig))
-}
-
-/// Standard Webhooks: `v1,` + base64 HMAC of `"{id}.{ts}." + body` under the
-/// base64-decoded secret after `whsec_`.
-fn sw_signature(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
-    let key = B64
-        .decode(secret.strip_prefix("whsec_").expect("whsec_ secret"))
-        .expect("base64 secret");
-    let sig = mac(&key, &[format!("{id}.{ts}.").as_bytes(), body]);
-    format!("v1,{}", B64.encode(sig))
 }
 
 /// `Paddle-Signature`: `ts=<ts>;h1=` + hex HMAC of `"{ts}:" + body`.
 fn paddle_header(secret: &str, ts: i64, body: &[u8]) -> String {
-    let sig = mac(secret.as_bytes(), &[format!("{ts}:").as_bytes(), body]);
+    let sig = hmac_sha256(secret.as_bytes(), &[format!("{ts}:").as_bytes(), body]);
     format!("ts={ts};h1={}", hex::encode(sig))
 }
 
 /// `x-square-hmacsha256-signature`: base64 HMAC of notification URL + body.
 fn square_header(key: &str, url: &str, body: &[u8]) -> String {
-    B64.encode(mac(key.as_bytes(), &[url.as_bytes(), body]))
+    B64.encode(hmac_sha256(key.as_bytes(), &[url.as_bytes(), body]))
 }
 
 /// `Linear-Signature`: hex HMAC of the body.
 fn linear_header(secret: &str, body: &[u8]) -> String {
-    hex::encode(mac(secret.as_bytes(), &[body]))
+    hex::encode(hmac_sha256(secret.as_bytes(), &[body]))
 }
 
 /// `X-Twilio-Signature`: base64 HMAC-SHA1 of the URL followed by each
@@ -138,18 +115,11 @@ fn form(params: &[(&str, &str)]) -> Vec<u8> {
         .into_bytes()
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
 type Headers = Vec<(&'static str, String)>;
 
 fn stripe_headers(secret: &str, t: i64, body: &[u8]) -> Headers {
     vec![
-        ("Stripe-Signature", stripe_header(secret, t, body)),
+        ("Stripe-Signature", stripe_signature_at(secret, t, body)),
         ("Content-Type", "application/json".into()),
     ]
 }
@@ -174,14 +144,14 @@ fn sw_headers(prefix: &'static str, id: &str, ts: i64, body: &[u8]) -> Headers {
     vec![
         (h_id, id.to_string()),
         (h_ts, ts.to_string()),
-        (h_sig, sw_signature(SW_SECRET, id, ts, body)),
+        (h_sig, standard_webhooks_signature(SW_SECRET, id, ts, body)),
     ]
 }
 
 #[test]
 fn test_signers_reproduce_the_documented_vectors() {
     assert_eq!(
-        stripe_header(
+        stripe_signature_at(
             "whsec_test_secret",
             1614265330,
             br#"{"id":"evt_test_webhook","object":"event","type":"payment_intent.succeeded"}"#
@@ -209,7 +179,7 @@ fn test_signers_reproduce_the_documented_vectors() {
         "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
     );
     assert_eq!(
-        sw_signature(
+        standard_webhooks_signature(
             SW_SECRET,
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
             1614265330,
@@ -306,28 +276,6 @@ async fn create_destination(server: &TestServer, source_id: &str, filter: Option
     resp["data"]["id"].as_str().expect("id").to_string()
 }
 
-/// POSTs `body` with `headers` to the source's ingest URL.
-async fn ingest(
-    server: &TestServer,
-    slug: &str,
-    headers: &[(&str, String)],
-    body: impl Into<Vec<u8>>,
-) -> (StatusCode, Value) {
-    let mut req = server
-        .client
-        .post(format!("{}/in/{slug}", server.base))
-        .body(body.into());
-    for (name, value) in headers {
-        let name = HeaderName::from_bytes(name.as_bytes()).expect("header name");
-        let value = HeaderValue::from_bytes(value.as_bytes()).expect("header value");
-        req = req.header(name, value);
-    }
-    let resp = req.send().await.expect("request reaches the server");
-    let status = resp.status();
-    let text = resp.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 /// Asserts SPEC §7's answer `{"data": {"event_id": "evt_...", "duplicate": d}}`
 /// and returns the event id.
 fn assert_accepted(status: StatusCode, body: &Value, duplicate: bool) -> String {
@@ -358,16 +306,9 @@ async fn assert_all_rejected(
     cases: Vec<(&str, Headers, Vec<u8>)>,
 ) {
     for (case, headers, body) in cases {
-        let (status, resp) = ingest(server, slug, &headers, body).await;
+        let (status, resp) = server.post_in(slug, &headers, body).await;
         assert_invalid_signature(status, &resp, case);
     }
-}
-
-/// Stops the server and opens its store directly.
-async fn open_store(server: &mut TestServer) -> Store {
-    server.stop().await;
-    Store::open(&server.config.storage, Arc::new(Metrics::new()))
-        .expect("the store opens once the server has stopped")
 }
 
 fn stored_event(store: &Store, event_id: &str) -> EventRecord {
@@ -437,28 +378,6 @@ fn assert_event(
 
 fn custom() -> (&'static str, String) {
     ("X-Custom", "1".to_string())
-}
-
-/// One sample of a metric line (`name{labels}` exactly as exported).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-async fn scrape(server: &TestServer) -> String {
-    let resp = server
-        .client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .expect("metrics answer");
-    assert_eq!(resp.status(), StatusCode::OK);
-    resp.text().await.expect("metrics text")
 }
 
 /// Writes a hand-made HTTP/1.1 request (head, then each part as written) and
@@ -537,27 +456,27 @@ async fn stripe_event_is_verified_and_stored_exactly() {
     let mut server = TestServer::start().await;
     let (src, slug) = create_source(&server, "stripe", Some(STRIPE_SECRET), None).await;
     let body = stripe_body("evt_1Stripe", "payment_intent.succeeded");
-    let mut headers = stripe_headers(STRIPE_SECRET, now(), &body);
+    let mut headers = stripe_headers(STRIPE_SECRET, unix_secs(), &body);
     headers.push(custom());
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     let evt = assert_accepted(status, &resp, false);
 
     // Several v1 entries (key rotation at Stripe): any may match.
     let body2 = stripe_body("evt_2Stripe", "invoice.paid");
-    let t = now();
-    let good = stripe_header(STRIPE_SECRET, t, &body2);
+    let t = unix_secs();
+    let good = stripe_signature_at(STRIPE_SECRET, t, &body2);
     let good_sig = good.split_once(",v1=").expect("v1").1;
     let multi = format!("t={t},v1={},v0={good_sig},v1={good_sig}", "0".repeat(64));
-    let (status, resp) = ingest(
-        &server,
-        &slug,
-        &[("Stripe-Signature", multi), custom()],
-        body2.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &slug,
+            &[("Stripe-Signature", multi), custom()],
+            body2.clone(),
+        )
+        .await;
     let evt2 = assert_accepted(status, &resp, false);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     let event = stored_event(&store, &evt);
     assert_event(
         &event,
@@ -597,7 +516,7 @@ async fn github_documented_vectors_verify_end_to_end() {
         ),
         custom(),
     ];
-    let (status, resp) = ingest(&server, &slug1, &headers1, body1.clone()).await;
+    let (status, resp) = server.post_in(&slug1, &headers1, body1.clone()).await;
     let evt1 = assert_accepted(status, &resp, false);
 
     let body2 = b"{\n  \"foo\": \"bar\"\n}\n".to_vec();
@@ -611,14 +530,14 @@ async fn github_documented_vectors_verify_end_to_end() {
         ("Content-Type", "application/json".to_string()),
         custom(),
     ];
-    let (status, resp) = ingest(&server, &slug2, &headers2, body2.clone()).await;
+    let (status, resp) = server.post_in(&slug2, &headers2, body2.clone()).await;
     let evt2 = assert_accepted(status, &resp, false);
 
     // The first vector's signature does not open the second source.
-    let (status, resp) = ingest(&server, &slug2, &headers1, body1.clone()).await;
+    let (status, resp) = server.post_in(&slug2, &headers1, body1.clone()).await;
     assert_invalid_signature(status, &resp, "vector 1 on source 2");
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_event(
         &stored_event(&store, &evt1),
         &src1,
@@ -656,17 +575,17 @@ async fn shopify_documented_vector_verifies_end_to_end() {
     ];
     let mut headers = base.clone();
     headers.push(("X-Shopify-Webhook-Id", "wh-123".to_string()));
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     let evt1 = assert_accepted(status, &resp, false);
 
     // With an Event-Id too, that is the dedup id (PROVIDERS.md).
     let mut headers = base.clone();
     headers.push(("X-Shopify-Webhook-Id", "wh-124".to_string()));
     headers.push(("X-Shopify-Event-Id", "ev-9".to_string()));
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     let evt2 = assert_accepted(status, &resp, false);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_event(
         &stored_event(&store, &evt1),
         &src,
@@ -690,18 +609,18 @@ async fn slack_event_callback_is_verified_and_stored() {
     let mut server = TestServer::start().await;
     let (src, slug) = create_source(&server, "slack", Some(SLACK_SECRET), None).await;
     let body = br#"{"token":"x","type":"event_callback","event_id":"Ev08MFMKH6","event":{"type":"app_mention","text":"hi"}}"#.to_vec();
-    let mut headers = slack_headers(SLACK_SECRET, now(), &body);
+    let mut headers = slack_headers(SLACK_SECRET, unix_secs(), &body);
     headers.push(custom());
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     let evt = assert_accepted(status, &resp, false);
 
     // A Slack retry: same event_id, X-Slack-Retry-Num → duplicate.
-    let mut headers = slack_headers(SLACK_SECRET, now(), &body);
+    let mut headers = slack_headers(SLACK_SECRET, unix_secs(), &body);
     headers.push(("X-Slack-Retry-Num", "1".to_string()));
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     assert_eq!(assert_accepted(status, &resp, true), evt);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_event(
         &stored_event(&store, &evt),
         &src,
@@ -718,15 +637,15 @@ async fn standard_webhooks_event_is_verified_and_stored() {
     let mut server = TestServer::start().await;
     let (src, slug) = create_source(&server, "standard_webhooks", Some(SW_SECRET), None).await;
     let body = br#"{"type":"user.created","data":{"id":"u_1"}}"#.to_vec();
-    let mut headers = sw_headers("webhook", "msg_2abc", now(), &body);
+    let mut headers = sw_headers("webhook", "msg_2abc", unix_secs(), &body);
     headers.push(custom());
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     let evt = assert_accepted(status, &resp, false);
 
     // Several space-separated signatures (rotation): any v1 may match.
     let body2 = br#"{"type":"user.deleted"}"#.to_vec();
-    let ts = now();
-    let good = sw_signature(SW_SECRET, "msg_3def", ts, &body2);
+    let ts = unix_secs();
+    let good = standard_webhooks_signature(SW_SECRET, "msg_3def", ts, &body2);
     let sig = format!(
         "v1,{} v2,{} {good}",
         B64.encode([7u8; 32]),
@@ -738,10 +657,10 @@ async fn standard_webhooks_event_is_verified_and_stored() {
         ("webhook-signature", sig),
         custom(),
     ];
-    let (status, resp) = ingest(&server, &slug, &headers2, body2.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers2, body2.clone()).await;
     let evt2 = assert_accepted(status, &resp, false);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_event(
         &stored_event(&store, &evt),
         &src,
@@ -764,19 +683,19 @@ async fn svix_event_is_verified_with_svix_headers() {
     let mut server = TestServer::start().await;
     let (src, slug) = create_source(&server, "svix", Some(SW_SECRET), None).await;
     let body = br#"{"type":"invoice.created","data":{}}"#.to_vec();
-    let mut headers = sw_headers("svix", "msg_svix1", now(), &body);
+    let mut headers = sw_headers("svix", "msg_svix1", unix_secs(), &body);
     headers.push(custom());
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     let evt = assert_accepted(status, &resp, false);
 
     // The svix library falls back to the webhook-* names.
     let body2 = br#"{"type":"invoice.paid"}"#.to_vec();
-    let mut headers2 = sw_headers("webhook", "msg_svix2", now(), &body2);
+    let mut headers2 = sw_headers("webhook", "msg_svix2", unix_secs(), &body2);
     headers2.push(custom());
-    let (status, resp) = ingest(&server, &slug, &headers2, body2.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers2, body2.clone()).await;
     let evt2 = assert_accepted(status, &resp, false);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_event(
         &stored_event(&store, &evt),
         &src,
@@ -808,76 +727,80 @@ async fn paddle_event_is_verified_deduplicated_and_stored() {
     let headers = vec![
         (
             "Paddle-Signature",
-            paddle_header(PADDLE_SECRET, now(), &body),
+            paddle_header(PADDLE_SECRET, unix_secs(), &body),
         ),
         ("Content-Type", "application/json".to_string()),
         custom(),
     ];
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     let evt = assert_accepted(status, &resp, false);
 
     // Paddle's retry of the same event (new ts, same event_id) → duplicate.
     let headers = vec![
         (
             "Paddle-Signature",
-            paddle_header(PADDLE_SECRET, now(), &body),
+            paddle_header(PADDLE_SECRET, unix_secs(), &body),
         ),
         custom(),
     ];
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     assert_eq!(assert_accepted(status, &resp, true), evt);
 
     // Several h1 entries (secret rotation at Paddle): any may match.
     let body2 = paddle_body("evt_02paddle", "subscription.created");
-    let ts = now();
+    let ts = unix_secs();
     let good = paddle_header(PADDLE_SECRET, ts, &body2);
     let good_sig = good.split_once(";h1=").expect("h1").1;
     let other = paddle_header("pdl_ntfset_other", ts, &body2);
     let other_sig = other.split_once(";h1=").expect("h1").1;
     let multi = format!("ts={ts};h1={other_sig};h1={good_sig}");
-    let (status, resp) = ingest(
-        &server,
-        &slug,
-        &[("Paddle-Signature", multi), custom()],
-        body2.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &slug,
+            &[("Paddle-Signature", multi), custom()],
+            body2.clone(),
+        )
+        .await;
     let evt2 = assert_accepted(status, &resp, false);
 
     // Refused: stale (past the SDK's 5 s), tampered, wrong secret, malformed.
     let mut tampered = body.clone();
     tampered[3] ^= 1;
     let p = |value: String| vec![("Paddle-Signature", value)];
-    let fresh = paddle_header(PADDLE_SECRET, now(), &body);
+    let fresh = paddle_header(PADDLE_SECRET, unix_secs(), &body);
     let fresh_sig = fresh.split_once(";h1=").expect("h1").1.to_string();
     let cases = vec![
         (
             "stale by 60 s",
-            p(paddle_header(PADDLE_SECRET, now() - 60, &body)),
+            p(paddle_header(PADDLE_SECRET, unix_secs() - 60, &body)),
             body.clone(),
         ),
         (
             "ts moved forward",
-            p(format!("ts={};h1={fresh_sig}", now() + 30)),
+            p(format!("ts={};h1={fresh_sig}", unix_secs() + 30)),
             body.clone(),
         ),
         ("tampered body", p(fresh.clone()), tampered),
         (
             "wrong secret",
-            p(paddle_header("pdl_ntfset_other", now(), &body)),
+            p(paddle_header("pdl_ntfset_other", unix_secs(), &body)),
             body.clone(),
         ),
         (
             "uppercase hex",
-            p(format!("ts={};h1={}", now(), fresh_sig.to_uppercase())),
+            p(format!(
+                "ts={};h1={}",
+                unix_secs(),
+                fresh_sig.to_uppercase()
+            )),
             body.clone(),
         ),
         (
             "stripe-style header",
-            p(format!("t={},v1={fresh_sig}", now())),
+            p(format!("t={},v1={fresh_sig}", unix_secs())),
             body.clone(),
         ),
-        ("no h1", p(format!("ts={}", now())), body.clone()),
+        ("no h1", p(format!("ts={}", unix_secs())), body.clone()),
         ("no ts", p(format!("h1={fresh_sig}")), body.clone()),
         ("missing header", Vec::new(), body.clone()),
         ("empty header", p(String::new()), body.clone()),
@@ -885,7 +808,7 @@ async fn paddle_event_is_verified_deduplicated_and_stored() {
     ];
     assert_all_rejected(&server, &slug, cases).await;
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_event(
         &stored_event(&store, &evt),
         &src,
@@ -924,11 +847,11 @@ async fn square_signs_the_public_url_and_is_verified_end_to_end() {
         ("Content-Type", "application/json".to_string()),
         custom(),
     ];
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     let evt = assert_accepted(status, &resp, false);
 
     // Square's retry: same event_id → duplicate.
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     assert_eq!(assert_accepted(status, &resp, true), evt);
 
     // A query string is part of the signed URL.
@@ -941,13 +864,13 @@ async fn square_signs_the_public_url_and_is_verified_end_to_end() {
         ),
         custom(),
     ];
-    let (status, resp) = ingest(
-        &server,
-        &format!("{slug}?tenant=a%20b&x=1"),
-        &headers2,
-        body2.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &format!("{slug}?tenant=a%20b&x=1"),
+            &headers2,
+            body2.clone(),
+        )
+        .await;
     let evt2 = assert_accepted(status, &resp, false);
 
     // Refused: a URL other than the configured one, even when the request's
@@ -984,7 +907,7 @@ async fn square_signs_the_public_url_and_is_verified_end_to_end() {
         ),
         (
             "hex instead of base64",
-            sq(hex::encode(mac(
+            sq(hex::encode(hmac_sha256(
                 SQUARE_KEY.as_bytes(),
                 &[url.as_bytes(), &body],
             ))),
@@ -995,16 +918,16 @@ async fn square_signs_the_public_url_and_is_verified_end_to_end() {
         ("garbage header", sq("!!!=é".to_string()), body.clone()),
     ];
     assert_all_rejected(&server, &slug, cases).await;
-    let (status, resp) = ingest(
-        &server,
-        &format!("{slug}?tenant=a%20b&x=1"),
-        &sq(square_header(SQUARE_KEY, &url, &body2)),
-        body2.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &format!("{slug}?tenant=a%20b&x=1"),
+            &sq(square_header(SQUARE_KEY, &url, &body2)),
+            body2.clone(),
+        )
+        .await;
     assert_invalid_signature(status, &resp, "signed without the query");
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_event(
         &stored_event(&store, &evt),
         &src,
@@ -1031,7 +954,7 @@ async fn linear_event_is_verified_with_its_body_timestamp() {
         format!(r#"{{"action":"create","type":"Issue","data":{{"id":"i1"}},"webhookTimestamp":{ts_ms}}}"#)
             .into_bytes()
     };
-    let body = linear_body(now() * 1000);
+    let body = linear_body(unix_secs() * 1000);
     let headers = vec![
         ("Linear-Signature", linear_header(LINEAR_SECRET, &body)),
         (
@@ -1041,15 +964,15 @@ async fn linear_event_is_verified_with_its_body_timestamp() {
         ("Linear-Event", "Issue".to_string()),
         custom(),
     ];
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     let evt = assert_accepted(status, &resp, false);
     // A redelivery keeps Linear-Delivery → duplicate.
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     assert_eq!(assert_accepted(status, &resp, true), evt);
 
     let l = |value: String| vec![("Linear-Signature", value)];
-    let stale = linear_body((now() - 120) * 1000);
-    let future = linear_body((now() + 120) * 1000);
+    let stale = linear_body((unix_secs() - 120) * 1000);
+    let future = linear_body((unix_secs() + 120) * 1000);
     let untimed = br#"{"action":"create","type":"Issue"}"#.to_vec();
     let cases = vec![
         (
@@ -1081,7 +1004,7 @@ async fn linear_event_is_verified_with_its_body_timestamp() {
     ];
     assert_all_rejected(&server, &slug, cases).await;
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_event(
         &stored_event(&store, &evt),
         &src,
@@ -1119,10 +1042,10 @@ async fn twilio_form_and_json_requests_are_verified_against_the_public_url() {
         custom(),
     ];
     let target = format!("{slug}?account=main");
-    let (status, resp) = ingest(&server, &target, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&target, &headers, body.clone()).await;
     let evt1 = assert_accepted(status, &resp, false);
     // No dedup id: an identical callback is stored again, never dropped.
-    let (status, resp) = ingest(&server, &target, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&target, &headers, body.clone()).await;
     let evt1b = assert_accepted(status, &resp, false);
     assert_ne!(evt1, evt1b);
 
@@ -1139,7 +1062,7 @@ async fn twilio_form_and_json_requests_are_verified_against_the_public_url() {
         custom(),
     ];
     let target2 = format!("{slug}?bodySHA256={hash}");
-    let (status, resp) = ingest(&server, &target2, &headers2, json_body.clone()).await;
+    let (status, resp) = server.post_in(&target2, &headers2, json_body.clone()).await;
     let evt2 = assert_accepted(status, &resp, false);
 
     let tw = |value: String| vec![("X-Twilio-Signature", value)];
@@ -1177,7 +1100,7 @@ async fn twilio_form_and_json_requests_are_verified_against_the_public_url() {
     )];
     assert_all_rejected(&server, &target2, cases).await;
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_event(
         &stored_event(&store, &evt1),
         &src,
@@ -1218,13 +1141,16 @@ async fn generic_hmac_follows_its_provider_config() {
     )
     .await;
     let body = br#"{"event":{"kind":"order.created"},"id":"ignored"}"#.to_vec();
-    let sig = format!("sha256={}", hex::encode(mac(secret.as_bytes(), &[&body])));
+    let sig = format!(
+        "sha256={}",
+        hex::encode(hmac_sha256(secret.as_bytes(), &[&body]))
+    );
     let headers = vec![
         ("X-Signature", sig),
         ("X-Request-Id", "req-42".to_string()),
         custom(),
     ];
-    let (status, resp) = ingest(&server, &slug, &headers, body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
     let evt = assert_accepted(status, &resp, false);
 
     // Base64 variant, without prefix, id from a pointer, type from a header.
@@ -1244,15 +1170,15 @@ async fn generic_hmac_follows_its_provider_config() {
     let headers = vec![
         (
             "X-Sig-B64",
-            B64.encode(mac(secret.as_bytes(), &[&body_b64])),
+            B64.encode(hmac_sha256(secret.as_bytes(), &[&body_b64])),
         ),
         ("X-Kind", "order.paid".to_string()),
         custom(),
     ];
-    let (status, resp) = ingest(&server, &slug_b64, &headers, body_b64.clone()).await;
+    let (status, resp) = server.post_in(&slug_b64, &headers, body_b64.clone()).await;
     let evt_b64 = assert_accepted(status, &resp, false);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_event(
         &stored_event(&store, &evt),
         &src,
@@ -1275,16 +1201,18 @@ async fn none_provider_accepts_unsigned_requests() {
     let mut server = TestServer::start().await;
     let (src, slug) = create_source(&server, "none", None, None).await;
     let body = br#"{"type":"thing.happened","id":"not-a-dedup-id"}"#.to_vec();
-    let (status, resp) = ingest(&server, &slug, &[custom()], body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &[custom()], body.clone()).await;
     let evt1 = assert_accepted(status, &resp, false);
     // No provider event id: the same body again is a second event.
-    let (status, resp) = ingest(&server, &slug, &[custom()], body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &[custom()], body.clone()).await;
     let evt2 = assert_accepted(status, &resp, false);
     assert_ne!(evt1, evt2);
-    let (status, resp) = ingest(&server, &slug, &[custom()], b"not json".to_vec()).await;
+    let (status, resp) = server
+        .post_in(&slug, &[custom()], b"not json".to_vec())
+        .await;
     let evt3 = assert_accepted(status, &resp, false);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_event(
         &stored_event(&store, &evt1),
         &src,
@@ -1315,16 +1243,16 @@ async fn non_utf8_bodies_are_stored_byte_identical() {
     let mut server = TestServer::start().await;
     let bytes = vec![0xff, 0xfe, 0x00, 0x80, b'{', 0xc3];
     let (none_src, none_slug) = create_source(&server, "none", None, None).await;
-    let (status, resp) = ingest(
-        &server,
-        &none_slug,
-        &[
-            ("Content-Type", "application/octet-stream".to_string()),
-            custom(),
-        ],
-        bytes.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &none_slug,
+            &[
+                ("Content-Type", "application/octet-stream".to_string()),
+                custom(),
+            ],
+            bytes.clone(),
+        )
+        .await;
     let evt_none = assert_accepted(status, &resp, false);
 
     let secret = "gh-binary-secret";
@@ -1335,10 +1263,10 @@ async fn non_utf8_bodies_are_stored_byte_identical() {
         ("X-GitHub-Delivery", "bin-1".to_string()),
         custom(),
     ];
-    let (status, resp) = ingest(&server, &gh_slug, &headers, bytes.clone()).await;
+    let (status, resp) = server.post_in(&gh_slug, &headers, bytes.clone()).await;
     let evt_gh = assert_accepted(status, &resp, false);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_event(
         &stored_event(&store, &evt_none),
         &none_src,
@@ -1384,7 +1312,7 @@ async fn hop_by_hop_headers_are_not_stored_and_chunked_bodies_are() {
     let (status, resp) = raw_request(&server, &head, &wire).await;
     let evt = assert_accepted(StatusCode::from_u16(status).expect("status"), &resp, false);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     let event = stored_event(&store, &evt);
     assert_event(&event, &src, &parts.concat(), "chunked.ok", None);
     let names: HashSet<&str> = event.headers.iter().map(|(n, _)| n.as_str()).collect();
@@ -1417,8 +1345,8 @@ async fn stripe_bad_signatures_are_refused_and_nothing_is_stored() {
     let mut server = TestServer::start().await;
     let (src, slug) = create_source(&server, "stripe", Some(STRIPE_SECRET), None).await;
     let body = stripe_body("evt_bad", "invoice.paid");
-    let t = now();
-    let good = stripe_header(STRIPE_SECRET, t, &body);
+    let t = unix_secs();
+    let good = stripe_signature_at(STRIPE_SECRET, t, &body);
     let good_sig = good.split_once(",v1=").expect("v1").1.to_string();
     let with = |value: String| vec![("Stripe-Signature", value)];
     let mut tampered = body.clone();
@@ -1431,13 +1359,13 @@ async fn stripe_bad_signatures_are_refused_and_nothing_is_stored() {
         ),
         (
             "wrong secret",
-            with(stripe_header("whsec_other", t, &body)),
+            with(stripe_signature_at("whsec_other", t, &body)),
             body.clone(),
         ),
         ("tampered body", with(good.clone()), tampered),
         (
             "stale timestamp",
-            with(stripe_header(STRIPE_SECRET, now() - 301, &body)),
+            with(stripe_signature_at(STRIPE_SECRET, unix_secs() - 301, &body)),
             body.clone(),
         ),
         (
@@ -1483,16 +1411,16 @@ async fn stripe_bad_signatures_are_refused_and_nothing_is_stored() {
     assert_all_rejected(&server, &slug, cases).await;
 
     // A future timestamp is accepted, as the Stripe SDK does.
-    let (status, resp) = ingest(
-        &server,
-        &slug,
-        &stripe_headers(STRIPE_SECRET, now() + 3600, &body),
-        body.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &slug,
+            &stripe_headers(STRIPE_SECRET, unix_secs() + 3600, &body),
+            body.clone(),
+        )
+        .await;
     let evt = assert_accepted(status, &resp, false);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_eq!(
         stored_count(&store, &src),
         1,
@@ -1580,7 +1508,7 @@ async fn github_and_shopify_bad_signatures_are_refused() {
         ("tampered body", sh(good.clone()), tampered.clone()),
         (
             "hex instead of base64",
-            sh(hex::encode(mac(b"sh-secret", &[&body]))),
+            sh(hex::encode(hmac_sha256(b"sh-secret", &[&body]))),
             body.clone(),
         ),
         (
@@ -1605,18 +1533,18 @@ async fn github_and_shopify_bad_signatures_are_refused() {
     assert_all_rejected(&server, &sh_slug, cases).await;
 
     // Positive controls: the same sources accept a correct signature.
-    let (status, resp) = ingest(
-        &server,
-        &gh_slug,
-        &gh(github_header("gh-secret", &body)),
-        body.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &gh_slug,
+            &gh(github_header("gh-secret", &body)),
+            body.clone(),
+        )
+        .await;
     assert_accepted(status, &resp, false);
-    let (status, resp) = ingest(&server, &sh_slug, &sh(good), body.clone()).await;
+    let (status, resp) = server.post_in(&sh_slug, &sh(good), body.clone()).await;
     assert_accepted(status, &resp, false);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_eq!(stored_count(&store, &gh_src), 1);
     assert_eq!(stored_count(&store, &sh_src), 1);
     store.close().await;
@@ -1627,7 +1555,7 @@ async fn slack_bad_signatures_and_timestamps_are_refused() {
     let mut server = TestServer::start().await;
     let (src, slug) = create_source(&server, "slack", Some(SLACK_SECRET), None).await;
     let body = br#"{"type":"event_callback","event_id":"Ev1","event":{"type":"message"}}"#.to_vec();
-    let ts = now();
+    let ts = unix_secs();
     let good = slack_header(SLACK_SECRET, ts, &body);
     let with = |ts: String, sig: String| {
         vec![
@@ -1637,8 +1565,8 @@ async fn slack_bad_signatures_and_timestamps_are_refused() {
     };
     let mut tampered = body.clone();
     tampered.push(b'\n');
-    let stale = now() - 400;
-    let future = now() + 400;
+    let stale = unix_secs() - 400;
+    let future = unix_secs() + 400;
     let cases = vec![
         (
             "bad signature",
@@ -1711,9 +1639,11 @@ async fn slack_bad_signatures_and_timestamps_are_refused() {
     ];
     assert_all_rejected(&server, &slug, cases).await;
 
-    let (status, resp) = ingest(&server, &slug, &with(ts.to_string(), good), body.clone()).await;
+    let (status, resp) = server
+        .post_in(&slug, &with(ts.to_string(), good), body.clone())
+        .await;
     assert_accepted(status, &resp, false);
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_eq!(stored_count(&store, &src), 1);
     store.close().await;
 }
@@ -1741,10 +1671,10 @@ async fn standard_webhooks_and_svix_bad_signatures_are_refused() {
                 (names[2], sig),
             ]
         };
-        let ts = now();
-        let good = sw_signature(SW_SECRET, "msg_1", ts, &body);
-        let stale = now() - 400;
-        let future = now() + 400;
+        let ts = unix_secs();
+        let good = standard_webhooks_signature(SW_SECRET, "msg_1", ts, &body);
+        let stale = unix_secs() - 400;
+        let future = unix_secs() + 400;
         let without = |i: usize| {
             let mut h = with("msg_1", ts, good.clone());
             h.remove(i);
@@ -1758,7 +1688,11 @@ async fn standard_webhooks_and_svix_bad_signatures_are_refused() {
             ),
             (
                 "wrong secret",
-                with("msg_1", ts, sw_signature(&other_secret, "msg_1", ts, &body)),
+                with(
+                    "msg_1",
+                    ts,
+                    standard_webhooks_signature(&other_secret, "msg_1", ts, &body),
+                ),
                 body.clone(),
             ),
             (
@@ -1772,7 +1706,7 @@ async fn standard_webhooks_and_svix_bad_signatures_are_refused() {
                 with(
                     "msg_1",
                     stale,
-                    sw_signature(SW_SECRET, "msg_1", stale, &body),
+                    standard_webhooks_signature(SW_SECRET, "msg_1", stale, &body),
                 ),
                 body.clone(),
             ),
@@ -1781,7 +1715,7 @@ async fn standard_webhooks_and_svix_bad_signatures_are_refused() {
                 with(
                     "msg_1",
                     future,
-                    sw_signature(SW_SECRET, "msg_1", future, &body),
+                    standard_webhooks_signature(SW_SECRET, "msg_1", future, &body),
                 ),
                 body.clone(),
             ),
@@ -1815,11 +1749,13 @@ async fn standard_webhooks_and_svix_bad_signatures_are_refused() {
             ),
         ];
         assert_all_rejected(&server, slug, cases).await;
-        let (status, resp) = ingest(&server, slug, &with("msg_1", ts, good), body.clone()).await;
+        let (status, resp) = server
+            .post_in(slug, &with("msg_1", ts, good), body.clone())
+            .await;
         assert_accepted(status, &resp, false);
     }
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_eq!(stored_count(&store, &sw_src), 1);
     assert_eq!(stored_count(&store, &svix_src), 1);
     store.close().await;
@@ -1837,7 +1773,7 @@ async fn generic_hmac_bad_signatures_are_refused() {
     )
     .await;
     let body = br#"{"event":{"kind":"k"}}"#.to_vec();
-    let hexsig = hex::encode(mac(secret.as_bytes(), &[&body]));
+    let hexsig = hex::encode(hmac_sha256(secret.as_bytes(), &[&body]));
     let with = |v: String| vec![("X-Signature", v), ("X-Request-Id", "r-1".to_string())];
     let mut tampered = body.clone();
     tampered.pop();
@@ -1849,7 +1785,10 @@ async fn generic_hmac_bad_signatures_are_refused() {
         ),
         (
             "wrong secret",
-            with(format!("sha256={}", hex::encode(mac(b"x", &[&body])))),
+            with(format!(
+                "sha256={}",
+                hex::encode(hmac_sha256(b"x", &[&body]))
+            )),
             body.clone(),
         ),
         ("tampered body", with(format!("sha256={hexsig}")), tampered),
@@ -1874,15 +1813,11 @@ async fn generic_hmac_bad_signatures_are_refused() {
         ("1000 commas", with(",".repeat(1000)), body.clone()),
     ];
     assert_all_rejected(&server, &slug, cases).await;
-    let (status, resp) = ingest(
-        &server,
-        &slug,
-        &with(format!("sha256={hexsig}")),
-        body.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(&slug, &with(format!("sha256={hexsig}")), body.clone())
+        .await;
     assert_accepted(status, &resp, false);
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_eq!(stored_count(&store, &src), 1);
     store.close().await;
 }
@@ -1897,47 +1832,47 @@ async fn duplicate_stripe_event_answers_the_original_id_and_stores_once() {
     let (src, slug) = create_source(&server, "stripe", Some(STRIPE_SECRET), None).await;
     let dst = create_destination(&server, &src, None).await;
     let body = stripe_body("evt_dup", "invoice.paid");
-    let (status, resp) = ingest(
-        &server,
-        &slug,
-        &stripe_headers(STRIPE_SECRET, now(), &body),
-        body.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &slug,
+            &stripe_headers(STRIPE_SECRET, unix_secs(), &body),
+            body.clone(),
+        )
+        .await;
     let first = assert_accepted(status, &resp, false);
     // Stripe's retry: same id, a new signature timestamp, same body.
-    let (status, resp) = ingest(
-        &server,
-        &slug,
-        &stripe_headers(STRIPE_SECRET, now() + 1, &body),
-        body.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &slug,
+            &stripe_headers(STRIPE_SECRET, unix_secs() + 1, &body),
+            body.clone(),
+        )
+        .await;
     let second = assert_accepted(status, &resp, true);
     assert_eq!(first, second, "a duplicate answers the original event id");
     // Same id with a different payload is still the same provider event.
     let other = stripe_body("evt_dup", "invoice.updated");
-    let (status, resp) = ingest(
-        &server,
-        &slug,
-        &stripe_headers(STRIPE_SECRET, now(), &other),
-        other.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &slug,
+            &stripe_headers(STRIPE_SECRET, unix_secs(), &other),
+            other.clone(),
+        )
+        .await;
     assert_eq!(assert_accepted(status, &resp, true), first);
     // A different id is a different event.
     let body2 = stripe_body("evt_dup_2", "invoice.paid");
-    let (status, resp) = ingest(
-        &server,
-        &slug,
-        &stripe_headers(STRIPE_SECRET, now(), &body2),
-        body2.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &slug,
+            &stripe_headers(STRIPE_SECRET, unix_secs(), &body2),
+            body2.clone(),
+        )
+        .await;
     let third = assert_accepted(status, &resp, false);
     assert_ne!(third, first);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_eq!(stored_count(&store, &src), 2);
     assert_eq!(
         stored_event(&store, &first).body,
@@ -1970,7 +1905,7 @@ async fn concurrent_copies_of_one_event_store_it_once() {
                 .post(url)
                 .header(
                     "Stripe-Signature",
-                    stripe_header(STRIPE_SECRET, now(), &body),
+                    stripe_signature_at(STRIPE_SECRET, unix_secs(), &body),
                 )
                 .body(body)
                 .send()
@@ -1996,7 +1931,7 @@ async fn concurrent_copies_of_one_event_store_it_once() {
         1,
         "every copy answers the same event id: {ids:?}"
     );
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_eq!(stored_count(&store, &src), 1);
     store.close().await;
 }
@@ -2022,11 +1957,11 @@ async fn fan_out_creates_one_pending_delivery_per_matching_enabled_destination()
 
     let send = |id: &'static str, event_type: &'static str| {
         let body = stripe_body(id, event_type);
-        let headers = stripe_headers(STRIPE_SECRET, now(), &body);
+        let headers = stripe_headers(STRIPE_SECRET, unix_secs(), &body);
         let server = &server;
         let slug = slug.clone();
         async move {
-            let (status, resp) = ingest(server, &slug, &headers, body).await;
+            let (status, resp) = server.post_in(&slug, &headers, body).await;
             assert_accepted(status, &resp, false)
         }
     };
@@ -2034,7 +1969,7 @@ async fn fan_out_creates_one_pending_delivery_per_matching_enabled_destination()
     let charge = send("evt_chg", "charge.succeeded").await;
     let refund = send("evt_ref", "charge.refunded").await;
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     let check = |event_id: &str, expected: &[&str]| {
         let deliveries = stored_deliveries(&store, event_id);
         let got: HashSet<u128> = deliveries.iter().map(|d| d.destination_id).collect();
@@ -2077,7 +2012,7 @@ async fn unknown_and_disabled_sources_are_404() {
         "wh_%00abc",
         "wh_a%2Fb",
     ] {
-        let (status, resp) = ingest(&server, slug, &[], b"{}".to_vec()).await;
+        let (status, resp) = server.post_in(slug, &[], b"{}".to_vec()).await;
         assert_error(status, &resp, 404, "not_found");
     }
     let (src, slug) = create_source(&server, "stripe", Some(STRIPE_SECRET), None).await;
@@ -2086,29 +2021,29 @@ async fn unknown_and_disabled_sources_are_404() {
         .await;
     assert_eq!(status, StatusCode::OK, "{resp}");
     let body = stripe_body("evt_off", "invoice.paid");
-    let (status, resp) = ingest(
-        &server,
-        &slug,
-        &stripe_headers(STRIPE_SECRET, now(), &body),
-        body.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &slug,
+            &stripe_headers(STRIPE_SECRET, unix_secs(), &body),
+            body.clone(),
+        )
+        .await;
     assert_error(status, &resp, 404, "not_found");
 
     let (status, resp) = server
         .patch(&format!("{SOURCES}/{src}"), json!({"enabled": true}))
         .await;
     assert_eq!(status, StatusCode::OK, "{resp}");
-    let (status, resp) = ingest(
-        &server,
-        &slug,
-        &stripe_headers(STRIPE_SECRET, now(), &body),
-        body.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &slug,
+            &stripe_headers(STRIPE_SECRET, unix_secs(), &body),
+            body.clone(),
+        )
+        .await;
     let evt = assert_accepted(status, &resp, false);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_eq!(stored_count(&store, &src), 1, "the 404 stored nothing");
     assert_eq!(
         stored_event(&store, &evt).provider_event_id.as_deref(),
@@ -2123,10 +2058,10 @@ async fn bodies_over_the_limit_are_413_and_not_stored() {
     let (src, slug) = create_source(&server, "none", None, None).await;
 
     // Exactly the limit is fine.
-    let (status, resp) = ingest(&server, &slug, &[], vec![b'a'; 1024]).await;
+    let (status, resp) = server.post_in(&slug, &[], vec![b'a'; 1024]).await;
     assert_accepted(status, &resp, false);
     // One byte over, with a Content-Length.
-    let (status, resp) = ingest(&server, &slug, &[], vec![b'a'; 1025]).await;
+    let (status, resp) = server.post_in(&slug, &[], vec![b'a'; 1025]).await;
     assert_error(status, &resp, 413, "payload_too_large");
 
     // A huge declared length is refused without waiting for the body.
@@ -2173,7 +2108,7 @@ async fn bodies_over_the_limit_are_413_and_not_stored() {
     let (status, resp) = raw_request(&server, &head, &parts).await;
     let chunked = assert_accepted(StatusCode::from_u16(status).expect("status"), &resp, false);
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_eq!(
         stored_count(&store, &src),
         2,
@@ -2201,7 +2136,7 @@ async fn slack_handshakes_are_answered_and_not_stored() {
 
     // url_verification, signed: 200 {"challenge": ...}.
     let body = br#"{"token":"t","challenge":"abc","type":"url_verification"}"#.to_vec();
-    let ts = now();
+    let ts = unix_secs();
     let resp = server
         .client
         .post(format!("{}/in/{slug}", server.base))
@@ -2224,18 +2159,18 @@ async fn slack_handshakes_are_answered_and_not_stored() {
     assert_eq!(answer, json!({"challenge": "abc"}));
 
     // Unsigned or badly signed url_verification: 401.
-    let (status, resp) = ingest(&server, &slug, &[], body.clone()).await;
+    let (status, resp) = server.post_in(&slug, &[], body.clone()).await;
     assert_invalid_signature(status, &resp, "unsigned url_verification");
-    let (status, resp) = ingest(
-        &server,
-        &slug,
-        &slack_headers("wrong", now(), &body),
-        body.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &slug,
+            &slack_headers("wrong", unix_secs(), &body),
+            body.clone(),
+        )
+        .await;
     assert_invalid_signature(status, &resp, "wrongly signed url_verification");
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_eq!(stored_count(&store, &src), 0, "handshakes are not stored");
     store.close().await;
 }
@@ -2246,10 +2181,10 @@ async fn previous_secret_keeps_verifying_after_rotation() {
     let (src, slug) = create_source(&server, "stripe", Some("whsec_old"), None).await;
     let send = |secret: &'static str, id: &'static str| {
         let body = stripe_body(id, "invoice.paid");
-        let headers = stripe_headers(secret, now(), &body);
+        let headers = stripe_headers(secret, unix_secs(), &body);
         let server = &server;
         let slug = slug.clone();
-        async move { ingest(server, &slug, &headers, body).await }
+        async move { server.post_in(&slug, &headers, body).await }
     };
     let (status, resp) = send("whsec_old", "evt_r1").await;
     assert_accepted(status, &resp, false);
@@ -2289,7 +2224,7 @@ async fn previous_secret_keeps_verifying_after_rotation() {
 
     // 24 h on (the overlap's end written into the stored source), the
     // previous secret stops verifying.
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_eq!(stored_count(&store, &src), 5);
     let source_id = parse_id(IdKind::Source, &src).expect("source id");
     store
@@ -2308,10 +2243,10 @@ async fn previous_secret_keeps_verifying_after_rotation() {
     let server = server.restart().await;
     let send = |secret: &'static str, id: &'static str| {
         let body = stripe_body(id, "invoice.paid");
-        let headers = stripe_headers(secret, now(), &body);
+        let headers = stripe_headers(secret, unix_secs(), &body);
         let server = &server;
         let slug = slug.clone();
-        async move { ingest(server, &slug, &headers, body).await }
+        async move { server.post_in(&slug, &headers, body).await }
     };
     let (status, resp) = send("whsec_new", "evt_r9").await;
     assert_invalid_signature(status, &resp, "the previous secret after its 24 h");
@@ -2330,61 +2265,61 @@ async fn ingest_metrics_count_by_source_and_result() {
     let (other, other_slug) = create_source(&server, "none", None, None).await;
     for i in 0..3 {
         let body = stripe_body(&format!("evt_m{i}"), "invoice.paid");
-        let (status, resp) = ingest(
-            &server,
-            &slug,
-            &stripe_headers(STRIPE_SECRET, now(), &body),
-            body,
-        )
-        .await;
+        let (status, resp) = server
+            .post_in(
+                &slug,
+                &stripe_headers(STRIPE_SECRET, unix_secs(), &body),
+                body,
+            )
+            .await;
         assert_accepted(status, &resp, false);
     }
     let body = stripe_body("evt_m0", "invoice.paid");
-    let (status, resp) = ingest(
-        &server,
-        &slug,
-        &stripe_headers(STRIPE_SECRET, now(), &body),
-        body.clone(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &slug,
+            &stripe_headers(STRIPE_SECRET, unix_secs(), &body),
+            body.clone(),
+        )
+        .await;
     assert_accepted(status, &resp, true);
-    let (status, _) = ingest(
-        &server,
-        &slug,
-        &stripe_headers("whsec_x", now(), &body),
-        body.clone(),
-    )
-    .await;
+    let (status, _) = server
+        .post_in(
+            &slug,
+            &stripe_headers("whsec_x", unix_secs(), &body),
+            body.clone(),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, resp) = ingest(&server, &other_slug, &[], b"{}".to_vec()).await;
+    let (status, resp) = server.post_in(&other_slug, &[], b"{}".to_vec()).await;
     assert_accepted(status, &resp, false);
 
-    let text = scrape(&server).await;
+    let text = server.metrics_text().await;
     let series = |s: &str, result: &str| {
         format!("krafter_ingest_requests_total{{source=\"{s}\",result=\"{result}\"}}")
     };
     assert_eq!(
-        metric(&text, &series(&src, "accepted")),
+        metric_sample(&text, &series(&src, "accepted")),
         Some(3.0),
         "{text}"
     );
     assert_eq!(
-        metric(&text, &series(&src, "duplicate")),
+        metric_sample(&text, &series(&src, "duplicate")),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        metric(&text, &series(&src, "invalid_signature")),
+        metric_sample(&text, &series(&src, "invalid_signature")),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        metric(&text, &series(&other, "accepted")),
+        metric_sample(&text, &series(&other, "accepted")),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        metric(&text, "krafter_events_stored_total"),
+        metric_sample(&text, "krafter_events_stored_total"),
         Some(4.0),
         "{text}"
     );
@@ -2398,7 +2333,7 @@ async fn ingest_metrics_count_by_source_and_result() {
 async fn concurrent_ingest_is_stored_and_group_committed() {
     let mut server = TestServer::start().await;
     let (src, slug) = create_source(&server, "stripe", Some(STRIPE_SECRET), None).await;
-    let before = scrape(&server).await;
+    let before = server.metrics_text().await;
     let url = format!("{}/in/{slug}", server.base);
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -2411,7 +2346,7 @@ async fn concurrent_ingest_is_stored_and_group_committed() {
                 .post(url)
                 .header(
                     "Stripe-Signature",
-                    stripe_header(STRIPE_SECRET, now(), &body),
+                    stripe_signature_at(STRIPE_SECRET, unix_secs(), &body),
                 )
                 .body(body)
                 .send()
@@ -2430,9 +2365,10 @@ async fn concurrent_ingest_is_stored_and_group_committed() {
         let (id, status, resp) = task.await.expect("task");
         accepted.push((id, assert_accepted(status, &resp, false)));
     }
-    let after = scrape(&server).await;
-    let delta =
-        |name: &str| metric(&after, name).expect(name) - metric(&before, name).unwrap_or(0.0);
+    let after = server.metrics_text().await;
+    let delta = |name: &str| {
+        metric_sample(&after, name).expect(name) - metric_sample(&before, name).unwrap_or(0.0)
+    };
     let ops = delta("krafter_storage_commit_batch_size_sum");
     let commits = delta("krafter_storage_commit_batch_size_count");
     assert!(ops >= 200.0, "every ingest went through the writer: {ops}");
@@ -2442,7 +2378,7 @@ async fn concurrent_ingest_is_stored_and_group_committed() {
         "group commit should fold concurrent ingests: {ops} ops in {commits} commits"
     );
 
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     assert_eq!(stored_count(&store, &src), 200);
     let distinct: HashSet<&str> = accepted.iter().map(|(_, evt)| evt.as_str()).collect();
     assert_eq!(distinct.len(), 200);

@@ -5,18 +5,14 @@
 //! when the official `standardwebhooks` Python library can be installed from
 //! PyPI, by the README's own verification snippet.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 
 /// The first ```sh block after `marker` in the README.
 fn block(readme: &str, marker: &str) -> String {
@@ -140,12 +136,7 @@ fn readme_quickstart_runs_end_to_end() {
     let id = headers["webhook-id"].as_str().unwrap();
     let ts = headers["webhook-timestamp"].as_str().unwrap();
     let body = request["body"].as_str().unwrap();
-    let key = STANDARD
-        .decode(secret.strip_prefix("whsec_").unwrap())
-        .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{ts}.{body}").as_bytes());
-    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    let expected = common::standard_webhooks_signature(&secret, id, ts, body.as_bytes());
     let signatures = headers["webhook-signature"].as_str().unwrap();
     assert!(
         signatures.split(' ').any(|s| s == expected),

@@ -3,12 +3,12 @@
 //! raw sockets, a real (tiny) tmpfs and real receivers. Each test is the
 //! attack itself; each failed before the fix it guards.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::receiver::{Receiver, Reply};
-use common::{poll, TestServer};
+use crate::common::receiver::{Receiver, Reply};
+use crate::common::{poll, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -368,7 +368,11 @@ async fn destinations_per_source_are_capped_even_under_races() {
 #[tokio::test]
 async fn data_files_are_private_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt;
-    // The usual default; the files must not inherit its 0644.
+    // The usual default; the files must not inherit its 0644. The mask is
+    // the whole test process's (every module runs in it): 022 is what a
+    // shell normally starts with, so setting it again whenever this runs
+    // changes nothing another test relies on (no other test sets or reads it,
+    // and what Krafter creates must not depend on it anyway).
     // SAFETY: umask only sets the process's file-creation mask.
     unsafe { libc::umask(0o022) };
     let server = TestServer::start().await;

@@ -1,12 +1,12 @@
 //! API keys over real HTTP (SPEC §3, §4): creation, shown-once keys,
 //! pagination, revocation, scopes and authentication failures.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 
+use crate::common::{assert_error, assert_invalid_field, assert_timestamp, TestServer};
 use base64::Engine;
-use common::{assert_error, assert_invalid_field, assert_timestamp, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

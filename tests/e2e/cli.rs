@@ -2,19 +2,17 @@
 //! configuration, its errors, its output through pipes, and the API client
 //! commands against a real server on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{free_port, hmac_sha256, krafter, TestServer};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use common::{free_port, krafter, TestServer};
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -33,36 +31,6 @@ fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("run krafter")
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn healthz(port: u16) -> bool {
-    use std::io::Write;
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(
-        s,
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .is_err()
-    {
-        return false;
-    }
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.1 200")
 }
 
 fn stop(mut child: Child) -> String {
@@ -114,7 +82,7 @@ fn cli_variables_never_break_check_config_serve_or_backup() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("healthz", || healthz(port));
+    common::wait_healthy_blocking(&format!("http://127.0.0.1:{port}"));
     let key = std::fs::read_to_string(dir.path().join("krafter-data/admin.key")).unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let out = run_in(
@@ -203,7 +171,7 @@ fn serve_flags_override_environment_and_file() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("healthz", || healthz(port));
+    common::wait_healthy_blocking(&format!("http://127.0.0.1:{port}"));
     assert!(dir.path().join("from-flag/admin.key").is_file());
     assert!(!dir.path().join("from-env").exists());
     assert!(!dir.path().join("from-file").exists());
@@ -340,14 +308,6 @@ fn api_cli(server: &TestServer, args: &[&str]) -> (bool, String, String) {
         .output()
         .unwrap();
     (out.status.success(), text(&out.stdout), text(&out.stderr))
-}
-
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    for p in parts {
-        mac.update(p);
-    }
-    mac.finalize().into_bytes().to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

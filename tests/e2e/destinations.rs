@@ -3,12 +3,10 @@
 //! SSRF guard. Only IP literals and RFC 6761 names are used: no test here
 //! needs DNS or a network beyond loopback.
 
-mod common;
-
 use std::collections::HashSet;
 
+use crate::common::{assert_error, assert_invalid_field, assert_timestamp, TestServer};
 use base64::Engine;
-use common::{assert_error, assert_invalid_field, assert_timestamp, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

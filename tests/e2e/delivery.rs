@@ -4,20 +4,20 @@
 //! independent HMAC (never Krafter's signer); attempt records are read from
 //! the store after the server stops.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use common::receiver::{sequence, Received, Receiver, Reply};
-use common::{assert_timestamp, parse_metric, poll, TestServer};
-use hmac::{Hmac, Mac};
+use crate::common::receiver::{sequence, Received, Receiver, Reply};
+use crate::common::{
+    assert_timestamp, parse_metric, poll, standard_webhooks_signature, unix_secs, KillOnDrop,
+    TestServer,
+};
 use krafter::config::{Config, StorageConfig};
 use krafter::metrics::Metrics;
 use krafter::model::ids::{format_id, parse_id, IdKind};
@@ -27,7 +27,6 @@ use krafter::store::events::deliveries_of;
 use krafter::store::Store;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SOURCES: &str = "/api/v1/webhooks/sources";
@@ -118,21 +117,6 @@ async fn ingest_many(server: &TestServer, source: &Source, n: usize) -> Vec<Stri
     ids
 }
 
-/// Standard Webhooks, computed here from the secret text alone:
-/// `v1,` + base64(HMAC-SHA256(base64-decode(secret after `whsec_`),
-/// "{id}.{timestamp}.{body}")).
-fn sign(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
-    let encoded = secret.strip_prefix("whsec_").expect("whsec_ prefix");
-    let key = STANDARD.decode(encoded).expect("secret is base64");
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
-}
-
 /// The space-separated signatures of `webhook-signature`.
 fn signatures(r: &Received) -> Vec<String> {
     r.must("webhook-signature")
@@ -143,19 +127,12 @@ fn signatures(r: &Received) -> Vec<String> {
 
 /// The signature `secret` would give this request.
 fn expected_signature(r: &Received, secret: &str) -> String {
-    sign(
+    standard_webhooks_signature(
         secret,
         r.must("webhook-id"),
         r.must("webhook-timestamp"),
         &r.body,
     )
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs() as i64
 }
 
 /// What the store holds for one delivery.
@@ -203,9 +180,7 @@ fn read_deliveries(store: &Store, event_ids: &[&str]) -> HashMap<String, Vec<Sto
 /// Stops the server (in-flight attempts finish and are recorded) and reads
 /// the deliveries, with their attempts, of `event_ids` from its store.
 async fn stored(server: &mut TestServer, event_ids: &[&str]) -> HashMap<String, Vec<Stored>> {
-    server.stop().await;
-    let store = Store::open(&server.config.storage, Arc::new(Metrics::new()))
-        .expect("the store opens once the server has stopped");
+    let store = server.open_store().await;
     let out = read_deliveries(&store, event_ids);
     store.close().await;
     out
@@ -295,7 +270,7 @@ async fn deliveries_are_signed_and_carry_the_event_unchanged() {
     assert_eq!(r.must("content-type"), "application/json");
     assert_eq!(r.must("webhook-id"), event_id);
     let ts: i64 = r.must("webhook-timestamp").parse().expect("unix seconds");
-    assert!((ts - unix_now()).abs() <= 5, "webhook-timestamp {ts}");
+    assert!((ts - unix_secs()).abs() <= 5, "webhook-timestamp {ts}");
     assert_eq!(
         signatures(&r),
         vec![expected_signature(&r, &dest.secret)],
@@ -1156,23 +1131,13 @@ async fn failing_destinations_are_auto_disabled() {
     );
 }
 
-/// The real binary; killed (SIGKILL) when dropped.
-struct Krafter(Child);
-
-impl Drop for Krafter {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_krafter(dir: &Path, data: &Path, port: u16) -> Krafter {
+fn spawn_krafter(dir: &Path, data: &Path, port: u16) -> KillOnDrop {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("krafter.log"))
         .expect("log file");
-    Krafter(
+    KillOnDrop(
         common::krafter()
             .arg("serve")
             .current_dir(dir)

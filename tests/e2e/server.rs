@@ -1,7 +1,7 @@
 //! The server as an operator meets it: the real binary, its config, its
 //! bootstrap key, TLS, signals and the offline CLI.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{krafter, TestServer};
+use crate::common::{krafter, TestServer};
 use figment::providers::Format;
 use krafter::config::Config;
 use serde_json::json;
@@ -32,43 +32,8 @@ fn spawn_binary(dir: &Path, extra_env: &[(&str, &str)]) -> (Child, String) {
     }
     let child = cmd.spawn().expect("spawn krafter");
     let base = format!("http://127.0.0.1:{port}");
-    wait_healthy(&base);
+    common::wait_healthy_blocking(&base);
     (child, base)
-}
-
-fn wait_healthy(base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(resp) = raw_http::get_status(&format!("{base}/healthz")) {
-            if resp == 200 {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("server at {base} did not become healthy");
-}
-
-/// A tiny blocking GET over std TCP (reqwest's blocking client would need
-/// another feature); returns the status code.
-mod raw_http {
-    pub fn get_status(url: &str) -> std::io::Result<u16> {
-        use std::io::{Read, Write};
-        let rest = url.trim_start_matches("http://");
-        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let mut s = std::net::TcpStream::connect(host)?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-        write!(
-            s,
-            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)?;
-        buf.split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other("no status"))
-    }
 }
 
 fn sigterm(child: &Child) {
@@ -105,7 +70,7 @@ fn binary_bootstraps_an_admin_key_never_logs_it_and_exits_0_on_sigterm() {
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     assert_eq!(
-        raw_http::get_status(&format!("{base}/readyz")).unwrap(),
+        common::blocking_get_status(&format!("{base}/readyz")).unwrap(),
         200
     );
 
@@ -405,22 +370,9 @@ fn collect_optional(out: &mut Vec<String>) {
 
 #[tokio::test]
 async fn https_only_when_tls_is_configured() {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
-    let tls_dir = tempfile::tempdir().unwrap();
-    let cert_path = tls_dir.path().join("cert.pem");
-    let key_path = tls_dir.path().join("key.pem");
-    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
-    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
-
-    let server = TestServer::start_with(|c| {
-        c.server.tls.cert_path = Some(cert_path.clone());
-        c.server.tls.key_path = Some(key_path.clone());
-    })
-    .await;
+    let (server, cert_pem) = TestServer::start_tls(&["localhost", "127.0.0.1"]).await;
     let addr = server.server.as_ref().unwrap().addr();
-    let ca = reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap();
+    let ca = reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap();
     let client = reqwest::Client::builder()
         .add_root_certificate(ca)
         .build()

@@ -1,7 +1,7 @@
 //! The durability promise, tested with real process kills: every event that
 //! got a 2xx from ingest is on disk after `kill -9`, with its deliveries.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,10 +9,8 @@ use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use krafter::config::StorageConfig;
-use krafter::metrics::Metrics;
 use krafter::model::ids::{parse_id, IdKind};
-use krafter::store::{events, Store};
+use krafter::store::events;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
@@ -120,14 +118,7 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
             task.await.unwrap();
         }
 
-        let store = Store::open(
-            &StorageConfig {
-                path: data.clone(),
-                ..StorageConfig::default()
-            },
-            Arc::new(Metrics::new()),
-        )
-        .expect("the database opens after a crash");
+        let store = common::open_store_at(&data);
         let acked = acked.lock().await;
         assert!(
             acked.len() - acked_before > 100,

@@ -7,25 +7,20 @@
 //! crates, never with Krafter's own code. What retention removed is read by
 //! stopping the server and opening the store directly.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::receiver::{self, Received, Reply};
+use crate::common::{
+    assert_error, assert_invalid_field, assert_timestamp, poll, standard_webhooks_signature,
+    stripe_signature, unix_ms, TestServer,
+};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use bytes::Bytes;
-use common::{assert_error, assert_invalid_field, assert_timestamp, TestServer};
-use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use krafter::metrics::Metrics;
 use krafter::model::ids::{new_id, parse_id, IdKind};
 use krafter::model::records::EventRecord;
@@ -36,9 +31,6 @@ use krafter::store::Store;
 use redb::{ReadableTable, ReadableTableMetadata};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sha2::Sha256;
-use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
 
 const SOURCES: &str = "/api/v1/webhooks/sources";
 const STRIPE_SECRET: &str = "whsec_events_test_secret";
@@ -50,13 +42,6 @@ const WAIT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------
 // Clock, polling and small HTTP helpers.
 // ---------------------------------------------------------------------------
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
 
 /// RFC 3339 UTC with milliseconds, formatted here independently of Krafter.
 fn rfc3339_ms(ms: i64) -> String {
@@ -78,28 +63,9 @@ fn parse_rfc3339(text: &str) -> i64 {
 /// falls strictly between the events received before and after it.
 async fn instant_between() -> String {
     tokio::time::sleep(Duration::from_millis(4)).await;
-    let t = rfc3339_ms(now_ms());
+    let t = rfc3339_ms(unix_ms());
     tokio::time::sleep(Duration::from_millis(4)).await;
     t
-}
-
-/// Polls `check` every 20 ms until it returns `Some`; panics after `within`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn schedule(ms: &[u64]) -> Vec<Duration> {
@@ -147,34 +113,6 @@ async fn destination(server: &TestServer, src: &str, url: &str, filter: Value) -
         resp["data"]["id"].as_str().expect("id").to_string(),
         resp["data"]["secret"].as_str().expect("secret").to_string(),
     )
-}
-
-/// POSTs raw bytes to `/in/{slug}` with extra headers; returns status and JSON.
-async fn post_in(
-    server: &TestServer,
-    slug: &str,
-    headers: &[(&str, String)],
-    body: Vec<u8>,
-) -> (StatusCode, Value) {
-    let mut req = server
-        .client
-        .post(format!("{}/in/{slug}", server.base))
-        .body(body);
-    for (name, value) in headers {
-        req = req.header(*name, value);
-    }
-    let resp = req.send().await.expect("ingest request");
-    let status = resp.status();
-    let text = resp.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-/// Ingests a JSON body (provider `none`); asserts a new event, returns its id.
-async fn ingest(server: &TestServer, slug: &str, body: &Value) -> String {
-    let bytes = serde_json::to_vec(body).expect("json");
-    let ct = ("content-type", "application/json".to_string());
-    let (status, resp) = post_in(server, slug, &[ct], bytes).await;
-    new_event_id(status, &resp)
 }
 
 fn new_event_id(status: StatusCode, resp: &Value) -> String {
@@ -239,7 +177,7 @@ async fn deliveries(server: &TestServer, src: &str, evt: &str) -> Vec<Value> {
 /// Waits until every delivery of `evt` is final (not pending) and there
 /// are `n` of them; returns them.
 async fn settled(server: &TestServer, src: &str, evt: &str, n: usize) -> Vec<Value> {
-    eventually(
+    poll(
         WAIT,
         &format!("{n} settled deliveries of {evt}"),
         || async {
@@ -270,13 +208,6 @@ async fn post_key(
     server.call(Method::POST, path, key, Some(body)).await
 }
 
-/// Stops the server and opens its store directly.
-async fn open_store(server: &mut TestServer) -> Store {
-    server.stop().await;
-    Store::open(&server.config.storage, Arc::new(Metrics::new()))
-        .expect("the store opens once the server has stopped")
-}
-
 fn uid(kind: IdKind, text: &str) -> u128 {
     parse_id(kind, text).unwrap_or_else(|| panic!("not a {kind:?} id: {text}"))
 }
@@ -284,21 +215,6 @@ fn uid(kind: IdKind, text: &str) -> u128 {
 // ---------------------------------------------------------------------------
 // Signatures, computed independently.
 // ---------------------------------------------------------------------------
-
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
-    for p in parts {
-        m.update(p);
-    }
-    m.finalize().into_bytes().to_vec()
-}
-
-/// `Stripe-Signature: t=..,v1=<hex HMAC of "{t}.{body}">`.
-fn stripe_signature(secret: &str, body: &[u8]) -> String {
-    let t = now_ms() / 1000;
-    let sig = hmac_sha256(secret.as_bytes(), &[format!("{t}.").as_bytes(), body]);
-    format!("t={t},v1={}", hex::encode(sig))
-}
 
 async fn ingest_stripe(
     server: &TestServer,
@@ -312,23 +228,14 @@ async fn ingest_stripe(
         ("content-type", "application/json".to_string()),
         ("stripe-signature", stripe_signature(STRIPE_SECRET, &body)),
     ];
-    post_in(server, slug, &headers, body).await
+    server.post_in(slug, &headers, body).await
 }
 
 /// Checks a Standard Webhooks signature over what a receiver got.
 fn assert_signed(hit: &Hit, secret: &str) {
-    let key = B64
-        .decode(secret.strip_prefix("whsec_").expect("whsec_ secret"))
-        .expect("base64 secret");
     let id = hit.webhook_id.as_deref().expect("webhook-id");
     let ts = hit.header("webhook-timestamp").expect("webhook-timestamp");
-    let want = format!(
-        "v1,{}",
-        B64.encode(hmac_sha256(
-            &key,
-            &[format!("{id}.{ts}.").as_bytes(), &hit.body]
-        ))
-    );
+    let want = standard_webhooks_signature(secret, id, ts, &hit.body);
     let got = hit.header("webhook-signature").expect("webhook-signature");
     assert!(
         got.split(' ').any(|s| s == want),
@@ -337,7 +244,7 @@ fn assert_signed(hit: &Hit, secret: &str) {
 }
 
 // ---------------------------------------------------------------------------
-// A recording receiver on 127.0.0.1:0.
+// The shared recording receiver on 127.0.0.1:0, seen as `Hit`s.
 // ---------------------------------------------------------------------------
 
 /// One request a receiver got.
@@ -350,6 +257,27 @@ struct Hit {
 }
 
 impl Hit {
+    /// The request as this file looks at it: the path without the query,
+    /// headers by name as text (the last value of a repeated one).
+    fn of(r: &Received) -> Hit {
+        let headers: HashMap<String, String> = r
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        Hit {
+            path: r.path.split('?').next().unwrap_or_default().to_string(),
+            webhook_id: headers.get("webhook-id").cloned(),
+            headers,
+            body: r.body.clone(),
+        }
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }
@@ -359,56 +287,18 @@ impl Hit {
     }
 }
 
-type Answer = Arc<dyn Fn(&Hit) -> u16 + Send + Sync>;
-
-struct ReceiverState {
-    hits: Mutex<Vec<Hit>>,
-    answer: Mutex<Answer>,
+/// The answer with `status`, whose body (`answered <status>`) the attempt
+/// records show.
+fn answered(status: u16) -> Reply {
+    Reply::status(status).body(format!("answered {status}"))
 }
 
 /// Records every request and answers with the status its `answer` picks.
-struct Receiver {
-    addr: SocketAddr,
-    state: Arc<ReceiverState>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+struct Receiver(receiver::Receiver);
 
 impl Receiver {
     async fn start(answer: impl Fn(&Hit) -> u16 + Send + Sync + 'static) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let state = Arc::new(ReceiverState {
-            hits: Mutex::new(Vec::new()),
-            answer: Mutex::new(Arc::new(answer)),
-        });
-        let accept_state = state.clone();
-        let task = tokio::spawn(async move {
-            // Owned here: aborting this task closes every connection.
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                while connections.try_join_next().is_some() {}
-                let state = accept_state.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |req: hyper::Request<Incoming>| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(req, state).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
-            }
-        });
-        Receiver { addr, state, task }
+        Receiver(receiver::Receiver::start(move |r: &Received| answered(answer(&Hit::of(r)))).await)
     }
 
     async fn ok() -> Receiver {
@@ -416,15 +306,16 @@ impl Receiver {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        self.0.url(path)
     }
 
     fn answer_with(&self, answer: impl Fn(&Hit) -> u16 + Send + Sync + 'static) {
-        *self.state.answer.lock().expect("lock") = Arc::new(answer);
+        self.0
+            .set_script(move |r: &Received| answered(answer(&Hit::of(r))));
     }
 
     fn hits(&self) -> Vec<Hit> {
-        self.state.hits.lock().expect("lock").clone()
+        self.0.requests().iter().map(Hit::of).collect()
     }
 
     /// Requests to `path` carrying `webhook-id: evt`.
@@ -440,7 +331,7 @@ impl Receiver {
     }
 
     async fn wait_count(&self, path: &str, evt: &str, n: usize) -> Vec<Hit> {
-        eventually(
+        poll(
             WAIT,
             &format!("{n} requests for {evt} at {path}"),
             || async {
@@ -450,41 +341,6 @@ impl Receiver {
         )
         .await
     }
-}
-
-async fn handle(
-    req: hyper::Request<Incoming>,
-    state: Arc<ReceiverState>,
-) -> hyper::Response<Full<Bytes>> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes().to_vec())
-        .unwrap_or_default();
-    let headers: HashMap<String, String> = parts
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let hit = Hit {
-        path: parts.uri.path().to_string(),
-        webhook_id: headers.get("webhook-id").cloned(),
-        headers,
-        body,
-    };
-    let answer = state.answer.lock().expect("lock").clone();
-    let status = answer(&hit);
-    state.hits.lock().expect("lock").push(hit);
-    hyper::Response::builder()
-        .status(status)
-        .body(Full::new(Bytes::from(format!("answered {status}"))))
-        .expect("response")
 }
 
 // ---------------------------------------------------------------------------
@@ -500,19 +356,19 @@ async fn list_is_newest_first_with_filters_counts_and_auth() {
 
     let t0 = instant_between().await;
     let b1 = json!({"type": "invoice.paid", "n": 1});
-    let e1 = ingest(&server, &slug, &b1).await;
+    let e1 = server.ingest_json(&slug, &b1).await;
     let t1 = instant_between().await;
     let b2 = json!({"type": "invoice.created", "n": 2, "pad": "xxxxxxxxxx"});
-    let e2 = ingest(&server, &slug, &b2).await;
+    let e2 = server.ingest_json(&slug, &b2).await;
     let t2 = instant_between().await;
     let b3 = json!({"type": "charge.succeeded"});
-    let e3 = ingest(&server, &slug, &b3).await;
+    let e3 = server.ingest_json(&slug, &b3).await;
     let t3 = instant_between().await;
 
     // Both invoice events reach the receiver; the list's counts follow.
     receiver.wait_count("/in", &e1, 1).await;
     receiver.wait_count("/in", &e2, 1).await;
-    let all = eventually(WAIT, "succeeded counts in the list", || async {
+    let all = poll(WAIT, "succeeded counts in the list", || async {
         let all = list_events(&server, &src, &[]).await;
         let done = all["data"].as_array().is_some_and(|d| {
             d.iter()
@@ -700,7 +556,11 @@ async fn paginate(
         sizes.push(page_ids.len());
         seen.extend(page_ids);
         for kind in between {
-            added.push(ingest(server, slug, &json!({"type": kind, "late": true})).await);
+            added.push(
+                server
+                    .ingest_json(slug, &json!({"type": kind, "late": true}))
+                    .await,
+            );
         }
         match page["next_cursor"].as_str() {
             Some(c) => {
@@ -722,7 +582,9 @@ async fn pages_have_no_duplicates_or_gaps_under_concurrent_ingest() {
     for i in 0..60 {
         let kind = if i % 2 == 0 { "a.x" } else { "b.x" };
         originals.push((
-            ingest(&server, &slug, &json!({"type": kind, "i": i})).await,
+            server
+                .ingest_json(&slug, &json!({"type": kind, "i": i}))
+                .await,
             kind,
         ));
     }
@@ -748,7 +610,9 @@ async fn pages_have_no_duplicates_or_gaps_under_concurrent_ingest() {
             let mut i = 0;
             while !stop.load(Ordering::SeqCst) && i < 100 {
                 let kind = if i % 2 == 0 { "a.x" } else { "b.x" };
-                ingest(&server, &slug, &json!({"type": kind, "bg": i})).await;
+                server
+                    .ingest_json(&slug, &json!({"type": kind, "bg": i}))
+                    .await;
                 made.fetch_add(1, Ordering::SeqCst);
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(3)).await;
@@ -840,16 +704,16 @@ async fn detail_has_lower_case_headers_and_the_exact_body() {
 
     // Odd spacing, an escape and a non-ASCII character: kept byte for byte.
     let text = "{\n  \"type\" :  \"caf\u{e9}.paid\",\t\"x\": [1, 2.50, \"\\u00e9\"] }";
-    let (status, resp) = post_in(
-        &server,
-        &slug,
-        &[
-            ("Content-Type", "application/json; charset=utf-8".into()),
-            ("X-Custom-Thing", "Hello There".into()),
-        ],
-        text.as_bytes().to_vec(),
-    )
-    .await;
+    let (status, resp) = server
+        .post_in(
+            &slug,
+            &[
+                ("Content-Type", "application/json; charset=utf-8".into()),
+                ("X-Custom-Thing", "Hello There".into()),
+            ],
+            text.as_bytes().to_vec(),
+        )
+        .await;
     let evt = new_event_id(status, &resp);
     let (status, detail) = event_detail(&server, &src, &evt).await;
     assert_eq!(status, StatusCode::OK, "{detail}");
@@ -878,7 +742,7 @@ async fn detail_has_lower_case_headers_and_the_exact_body() {
     // Not UTF-8: base64 of exactly those bytes, and no `body`.
     let raw = vec![0x7b, 0xff, 0xfe, 0x00, 0x80, 0xc3, 0x28, 0x7d];
     let ct = ("content-type", "application/octet-stream".to_string());
-    let (status, resp) = post_in(&server, &slug, &[ct], raw.clone()).await;
+    let (status, resp) = server.post_in(&slug, &[ct], raw.clone()).await;
     let binary = new_event_id(status, &resp);
     let (status, detail) = event_detail(&server, &src, &binary).await;
     assert_eq!(status, StatusCode::OK, "{detail}");
@@ -908,7 +772,7 @@ async fn detail_has_lower_case_headers_and_the_exact_body() {
     }
 
     // An event of another source, unknown and malformed ids: 404.
-    let foreign = ingest(&server, &other_slug, &json!({"type": "x"})).await;
+    let foreign = server.ingest_json(&other_slug, &json!({"type": "x"})).await;
     let (status, body) = event_detail(&server, &src, &foreign).await;
     assert_error(status, &body, 404, "not_found");
     let (status, _) = event_detail(&server, &other_src, &foreign).await;
@@ -947,7 +811,7 @@ async fn deliveries_show_every_attempt_of_success_and_failure() {
     let (ok_dst, ok_secret) = destination(&server, &src, &receiver.url("/ok"), Value::Null).await;
     let (bad_dst, _) = destination(&server, &src, &receiver.url("/fail"), Value::Null).await;
     let body = json!({"type": "order.created", "amount": 5});
-    let evt = ingest(&server, &slug, &body).await;
+    let evt = server.ingest_json(&slug, &body).await;
 
     let hits = receiver.wait_count("/ok", &evt, 1).await;
     assert_eq!(hits[0].json(), body);
@@ -1044,7 +908,9 @@ async fn replay_sends_the_same_event_id_to_matching_or_chosen_destinations() {
     let (other_src, other_slug) = none_source(&server, "other").await;
     let (foreign_dst, _) = destination(&server, &other_src, &receiver.url("/o"), Value::Null).await;
 
-    let evt = ingest(&server, &slug, &json!({"type": "order.created", "n": 1})).await;
+    let evt = server
+        .ingest_json(&slug, &json!({"type": "order.created", "n": 1}))
+        .await;
     let first = receiver.wait_count("/m", &evt, 1).await;
     settled(&server, &src, &evt, 1).await;
     let replay = format!("{SOURCES}/{src}/events/{evt}/replay");
@@ -1132,7 +998,9 @@ async fn replay_sends_the_same_event_id_to_matching_or_chosen_destinations() {
     );
 
     // Unknown event, an event of another source: 404.
-    let foreign_evt = ingest(&server, &other_slug, &json!({"type": "order.created"})).await;
+    let foreign_evt = server
+        .ingest_json(&other_slug, &json!({"type": "order.created"}))
+        .await;
     for bad in [format!("evt_{NO_SUCH_ULID}"), foreign_evt, "evt_bad".into()] {
         let (status, body) = server
             .post(&format!("{SOURCES}/{src}/events/{bad}/replay"), json!({}))
@@ -1168,8 +1036,8 @@ async fn retry_puts_a_failed_delivery_back_and_refuses_others() {
     let receiver = Receiver::start(|_| 500).await;
     let (src, slug) = none_source(&server, "retry").await;
     let (dst, _) = destination(&server, &src, &receiver.url("/r"), Value::Null).await;
-    let evt = ingest(&server, &slug, &json!({"type": "t.one"})).await;
-    let other_evt = ingest(&server, &slug, &json!({"type": "t.two"})).await;
+    let evt = server.ingest_json(&slug, &json!({"type": "t.one"})).await;
+    let other_evt = server.ingest_json(&slug, &json!({"type": "t.two"})).await;
 
     let list = settled(&server, &src, &evt, 1).await;
     assert_eq!(list[0]["status"], "failed", "{list:?}");
@@ -1271,11 +1139,19 @@ async fn bulk_replay_resends_failed_or_matching_events() {
     let (foreign_dst, _) = destination(&server, &other_src, &receiver.url("/o"), Value::Null).await;
 
     let t0 = instant_between().await;
-    let e1 = ingest(&server, &slug, &json!({"type": "x.one", "fail": true})).await;
-    let e2 = ingest(&server, &slug, &json!({"type": "x.two", "fail": false})).await;
+    let e1 = server
+        .ingest_json(&slug, &json!({"type": "x.one", "fail": true}))
+        .await;
+    let e2 = server
+        .ingest_json(&slug, &json!({"type": "x.two", "fail": false}))
+        .await;
     let t_mid = instant_between().await;
-    let e3 = ingest(&server, &slug, &json!({"type": "y.one", "fail": true})).await;
-    let e4 = ingest(&server, &slug, &json!({"type": "x.three", "fail": true})).await;
+    let e3 = server
+        .ingest_json(&slug, &json!({"type": "y.one", "fail": true}))
+        .await;
+    let e4 = server
+        .ingest_json(&slug, &json!({"type": "x.three", "fail": true}))
+        .await;
     settled(&server, &src, &e1, 2).await;
     settled(&server, &src, &e2, 2).await;
     settled(&server, &src, &e3, 1).await;
@@ -1500,7 +1376,9 @@ async fn retention_removes_expired_events_with_everything_they_own() {
     }
     for slug in [&shortened_slug, &lengthened_slug] {
         for i in 0..2 {
-            ingest(&server, slug, &json!({"type": "n", "i": i})).await;
+            server
+                .ingest_json(slug, &json!({"type": "n", "i": i}))
+                .await;
         }
     }
     // PATCHed retention applies to events already stored.
@@ -1522,7 +1400,7 @@ async fn retention_removes_expired_events_with_everything_they_own() {
     // Each short event: one success, one failed attempt with a retry queued.
     let mut short_deliveries = Vec::new();
     for evt in &short_events {
-        let list = eventually(WAIT, "attempts on both destinations", || async {
+        let list = poll(WAIT, "attempts on both destinations", || async {
             let list = deliveries(&server, &short, evt).await;
             let done = list.len() == 2
                 && list
@@ -1546,8 +1424,8 @@ async fn retention_removes_expired_events_with_everything_they_own() {
         long_deliveries.push(uid(IdKind::Delivery, list[0]["id"].as_str().expect("id")));
     }
 
-    let store = open_store(&mut server).await;
-    let now = now_ms();
+    let store = server.open_store().await;
+    let now = unix_ms();
     let short_id = uid(IdKind::Source, &short);
     let long_id = uid(IdKind::Source, &long);
     let count = |source: &str| {
@@ -1652,8 +1530,8 @@ async fn retention_removes_expired_events_with_everything_they_own() {
     assert_error(status, &body, 404, "not_found");
 
     // A month on, the rest expires too.
-    let store = open_store(&mut server).await;
-    let removed = sweep(&store, now_ms() + 31 * DAY_MS).await.expect("sweep");
+    let store = server.open_store().await;
+    let removed = sweep(&store, unix_ms() + 31 * DAY_MS).await.expect("sweep");
     assert_eq!(removed, 2 + 2 + 1);
     assert_eq!(table_keys(&store, EVENTS, |k| k).len(), 0);
     assert_eq!(table_keys(&store, DEDUP, |k| k.0).len(), 0);
@@ -1675,7 +1553,7 @@ fn churn_event(source_id: u128, round: usize, i: usize) -> EventRecord {
     EventRecord {
         id: new_id(),
         source_id,
-        received_at_ms: now_ms(),
+        received_at_ms: unix_ms(),
         event_type: format!("churn.{round}"),
         provider_event_id: Some(format!("p-{round}-{i}")),
         headers: vec![("content-type".into(), b"application/json".to_vec())],
@@ -1694,7 +1572,7 @@ async fn file_size_stays_bounded_when_retention_churns() {
     // Every event gets a (never attempted) delivery too: nothing listens on
     // the discard port, and the server is stopped before any event arrives.
     destination(&server, &src, "http://127.0.0.1:9/sink", Value::Null).await;
-    let store = open_store(&mut server).await;
+    let store = server.open_store().await;
     let source_id = uid(IdKind::Source, &src);
     let size = || {
         std::fs::metadata(store.dir().join(krafter::store::DB_FILE))
@@ -1733,7 +1611,7 @@ async fn file_size_stays_bounded_when_retention_churns() {
                 "2000 x 1 KiB stored: {initial} → {peak}"
             );
         }
-        let removed = sweep(&store, now_ms() + 2 * DAY_MS).await.expect("sweep");
+        let removed = sweep(&store, unix_ms() + 2 * DAY_MS).await.expect("sweep");
         assert_eq!(removed, 2000, "round {round}");
         assert_eq!(stored(), 0, "round {round}");
         let left = store
@@ -1772,7 +1650,7 @@ async fn the_store_reopens_right_after_shutdown() {
         let (src, slug) = none_source(&server, "reopen").await;
         destination(&server, &src, "http://127.0.0.1:9/sink", Value::Null).await;
         if i % 2 == 0 {
-            ingest(&server, &slug, &json!({"type": "x"})).await;
+            server.ingest_json(&slug, &json!({"type": "x"})).await;
         }
         server.stop().await;
         match Store::open(&server.config.storage, Arc::new(Metrics::new())) {
@@ -1794,7 +1672,7 @@ async fn the_server_removes_expired_events_on_its_own_schedule() {
         json!({"name": "aging", "provider": "none", "retention_days": 1}),
     )
     .await;
-    let fresh = ingest(&server, &slug, &json!({"type": "fresh"})).await;
+    let fresh = server.ingest_json(&slug, &json!({"type": "fresh"})).await;
     let source_id = parse_id(IdKind::Source, &src).expect("source id");
     let data = server.data_dir();
     let mut server = server;

@@ -2,9 +2,7 @@
 //! is a 4xx in the SPEC's error envelope, never a 500; plus the operations
 //! endpoints (SPEC §11).
 
-mod common;
-
-use common::{assert_error, assert_invalid_field, RawResponse, TestServer};
+use crate::common::{assert_error, assert_invalid_field, RawResponse, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -552,7 +550,7 @@ async fn raw_http(server: &TestServer, request: &[u8]) -> (u16, String) {
 #[tokio::test]
 async fn unknown_routes_are_404_not_found() {
     let server = TestServer::start().await;
-    // (`/` redirects to the dashboard: tests/dashboard.rs.)
+    // (`/` redirects to the dashboard: the `dashboard` module.)
     for path in [
         "/nope",
         "/api",

@@ -2,11 +2,9 @@
 //! secrets never shown, validation, updates, deletion with its
 //! destinations, pagination and persistence across a restart.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{assert_error, assert_invalid_field, assert_timestamp, TestServer};
+use crate::common::{self, assert_error, assert_invalid_field, assert_timestamp, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -92,15 +90,15 @@ async fn add_destination(server: &TestServer, source_id: &str) -> String {
 
 /// POSTs a small event to a source's ingest URL (as given by the API).
 async fn ingest(server: &TestServer, url: &str) -> StatusCode {
-    server
-        .client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(r#"{"type": "test.event"}"#)
-        .send()
-        .await
-        .expect("ingest reaches the server")
-        .status()
+    let content_type = [("content-type", "application/json".to_string())];
+    common::post_to(
+        &server.client,
+        url,
+        &content_type,
+        r#"{"type": "test.event"}"#,
+    )
+    .await
+    .0
 }
 
 async fn list_ids(server: &TestServer) -> Vec<String> {

@@ -2,21 +2,18 @@
 //! progress, completing, resumed after a restart or a `kill -9` with every
 //! promised delivery made, and each chunk queued exactly once.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Child;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::receiver::Receiver;
-use common::{assert_error, poll, TestServer};
-use krafter::config::StorageConfig;
-use krafter::metrics::Metrics;
+use crate::common::receiver::Receiver;
+use crate::common::{assert_error, open_store_at, poll, KillOnDrop, TestServer};
 use krafter::model::ids::{new_id, parse_id, IdKind};
 use krafter::model::records::{ReplayRecord, ReplayState};
-use krafter::store::{events, replays, sources, Store};
+use krafter::store::{events, replays, sources};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -220,17 +217,6 @@ async fn a_large_replay_is_a_job_with_progress_that_completes() {
     assert_error(status, &body, 400, "bad_request");
 }
 
-fn open_store(data: &Path) -> Store {
-    Store::open(
-        &StorageConfig {
-            path: data.to_path_buf(),
-            ..StorageConfig::default()
-        },
-        Arc::new(Metrics::new()),
-    )
-    .expect("the database opens")
-}
-
 /// Checks, on the stopped server's data, that a job's cursor and counters
 /// match exactly the deliveries it made: every event at or before the
 /// cursor has `before + 1` deliveries, every later one `before`. Returns
@@ -242,7 +228,7 @@ async fn chunks_are_atomic(
     ids: &[String],
     before: usize,
 ) -> ReplayRecord {
-    let store = open_store(data);
+    let store = open_store_at(data);
     let (source, job) = (
         parse_id(IdKind::Source, sid).unwrap(),
         parse_id(IdKind::Replay, job).unwrap(),
@@ -287,28 +273,17 @@ fn spawn(data: &Path, port: u16) -> Child {
         .expect("spawn krafter")
 }
 
-/// A running `krafter serve`; killed with SIGKILL when dropped, so a
-/// failing assertion leaves no process behind.
-struct Krafter(Child);
-
-impl Drop for Krafter {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The real binary, on a fresh port, healthy.
-async fn boot(data: &Path) -> (Krafter, String) {
+async fn boot(data: &Path) -> (KillOnDrop, String) {
     let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let child = Krafter(spawn(data, port));
+    let child = KillOnDrop(spawn(data, port));
     common::wait_healthy(&base).await;
     (child, base)
 }
 
 /// `kill -9`, and wait until the process is gone.
-fn kill_9(child: Krafter) {
+fn kill_9(child: KillOnDrop) {
     drop(child);
 }
 
@@ -467,7 +442,7 @@ async fn jobs_skip_purged_events_resume_after_their_cursor_and_end_with_their_so
         .await;
     server.stop().await;
 
-    let store = open_store(&server.data_dir());
+    let store = open_store_at(&server.data_dir());
     let source = parse_id(IdKind::Source, &sid).unwrap();
     let raw: Vec<u128> = ids
         .iter()

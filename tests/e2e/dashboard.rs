@@ -2,7 +2,7 @@
 //! CSRF, scopes, sign-out and revocation, security headers, and every page
 //! and form against a real server.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use common::TestServer;
+use crate::common::TestServer;
 
 /// A minimal browser: remembers cookies, never follows redirects, so each
 /// answer can be checked as sent.
@@ -313,19 +313,9 @@ async fn sign_in_makes_a_hardened_session_stored_only_as_a_hash() {
 
 #[tokio::test]
 async fn session_cookie_is_secure_over_tls() {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let tls_dir = tempfile::tempdir().unwrap();
-    let cert_path = tls_dir.path().join("cert.pem");
-    let key_path = tls_dir.path().join("key.pem");
-    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
-    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
-    let server = TestServer::start_with(|c| {
-        c.server.tls.cert_path = Some(cert_path.clone());
-        c.server.tls.key_path = Some(key_path.clone());
-    })
-    .await;
+    let (server, cert_pem) = TestServer::start_tls(&["localhost"]).await;
     let port = server.server.as_ref().unwrap().addr().port();
-    let ca = reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap();
+    let ca = reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap();
     let mut b = Browser::with(
         &format!("https://localhost:{port}"),
         reqwest::Client::builder().add_root_certificate(ca),

@@ -9,20 +9,18 @@
 //!
 //! Screenshots of each main page go to `target/dashboard-screenshots/`.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use fantoccini::{Client, ClientBuilder, Locator};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
-use common::TestServer;
+use crate::common::receiver::Receiver;
+use crate::common::TestServer;
 
 /// A chromedriver this test started, in its own process group so that the
 /// browser it launches goes with it.
@@ -172,53 +170,13 @@ async fn open_browser(driver: &Driver) -> Client {
         .expect("chromedriver opens a Chromium session")
 }
 
-/// A destination on 127.0.0.1 that answers 200 and remembers each request
-/// (path and `webhook-id`).
-#[derive(Clone, Default)]
-struct Receiver {
-    seen: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl Receiver {
-    async fn start() -> (Receiver, SocketAddr) {
-        use axum::extract::State;
-        use axum::http::{HeaderMap, Uri};
-        let receiver = Receiver::default();
-        let app = axum::Router::new()
-            .fallback(
-                |State(r): State<Receiver>, uri: Uri, headers: HeaderMap| async move {
-                    let id = headers
-                        .get("webhook-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    r.seen
-                        .lock()
-                        .expect("lock")
-                        .push((uri.path().to_string(), id));
-                    "ok"
-                },
-            )
-            .with_state(receiver.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (receiver, addr)
-    }
-
-    fn to(&self, path: &str) -> Vec<String> {
-        self.seen
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, id)| id.clone())
-            .collect()
-    }
+/// The `webhook-id` of each request the receiver got at `path`, in order.
+fn ids_to(receiver: &Receiver, path: &str) -> Vec<String> {
+    receiver
+        .requests_to(path)
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap_or("").to_string())
+        .collect()
 }
 
 fn shots_dir() -> PathBuf {
@@ -346,17 +304,6 @@ async fn reload_until(client: &Client, what: &str, ready: impl Fn(&str) -> bool)
     }
 }
 
-fn stripe_signature(secret: &str, body: &[u8]) -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body);
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 /// How many deliveries on an event page have `status` (each delivery is
 /// one element with `data-delivery` and `data-status`).
 fn deliveries_with(page: &str, status: &str) -> usize {
@@ -372,7 +319,8 @@ const STRIPE_SECRET: &str = "whsec_browser_test_secret";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_in_a_real_browser() {
     let server = TestServer::start_with(|c| c.delivery.allow_private_networks = true).await;
-    let (receiver, receiver_addr) = Receiver::start().await;
+    let receiver = Receiver::ok().await;
+    let receiver_addr = receiver.addr();
     let Some((chromedriver, chromium)) = browser_programs() else {
         return;
     };
@@ -511,7 +459,10 @@ async fn flow(
     let resp = http
         .post(&ingest_url)
         .header("content-type", "application/json")
-        .header("Stripe-Signature", stripe_signature(STRIPE_SECRET, body))
+        .header(
+            "Stripe-Signature",
+            common::stripe_signature(STRIPE_SECRET, body),
+        )
         .body(body.to_vec())
         .send()
         .await?;
@@ -553,7 +504,7 @@ async fn flow(
     .await?;
     shot(client, "06-event-replayed").await?;
     // The receiver saw one delivery at /a and two (same webhook-id) at /b.
-    let (to_a, to_b) = (receiver.to("/a"), receiver.to("/b"));
+    let (to_a, to_b) = (ids_to(receiver, "/a"), ids_to(receiver, "/b"));
     ensure!(to_a.len() == 1, "deliveries to /a: {to_a:?}");
     ensure!(
         to_b.len() == 2 && to_b[0] == to_b[1],
@@ -595,7 +546,7 @@ async fn flow(
         page.contains("krafter.test") && deliveries_with(page, "succeeded") == 2
     })
     .await?;
-    ensure!(receiver.to("/a").len() == 2, "test event at /a");
+    ensure!(ids_to(receiver, "/a").len() == 2, "test event at /a");
 
     // Sign out; the old session no longer opens pages.
     click_nav(

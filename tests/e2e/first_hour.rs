@@ -3,12 +3,12 @@
 //! by the provider's event id, and test events. Real server, real redb,
 //! real receivers on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::receiver::{sequence, Receiver, Reply};
-use common::{assert_error, TestServer};
+use crate::common::receiver::{sequence, Receiver, Reply};
+use crate::common::{assert_error, standard_webhooks_verifies, unix_ms, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -47,13 +47,6 @@ fn chrono_ms(text: &str) -> i64 {
     ((days * 86_400) + t[0] * 3600 + t[1] * 60 + t[2]) * 1000 + frac_ms
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// A pending delivery waiting for its next retry is attempted at once when
 /// retried (issue #11), with the same delivery id and the next attempt
 /// number; succeeded and cancelled deliveries still answer 409.
@@ -89,7 +82,7 @@ async fn retry_makes_a_pending_delivery_due_now() {
     .await;
     assert_eq!(d["status"], "pending", "{d}");
     assert!(
-        ms(&d["next_attempt_at"]) > now_ms() + 2_000_000,
+        ms(&d["next_attempt_at"]) > unix_ms() + 2_000_000,
         "next attempt is far away: {d}"
     );
     let dlv = d["id"].as_str().unwrap().to_string();
@@ -102,7 +95,7 @@ async fn retry_makes_a_pending_delivery_due_now() {
         .await;
     assert_error(resp.status, &resp.json(), 403, "forbidden");
 
-    let before = now_ms();
+    let before = unix_ms();
     let resp = server
         .call_raw(Method::POST, &retry, Some(&server.admin_key), None)
         .await;
@@ -112,7 +105,7 @@ async fn retry_makes_a_pending_delivery_due_now() {
     assert_eq!(body["data"]["status"], "pending");
     let due = ms(&body["data"]["next_attempt_at"]);
     assert!(
-        due >= before - 1000 && due <= now_ms() + 1000,
+        due >= before - 1000 && due <= unix_ms() + 1000,
         "due now: {body}"
     );
 
@@ -185,41 +178,36 @@ async fn source_of(server: &TestServer, body: Value) -> (String, String) {
 
 async fn ingest_stripe(server: &TestServer, slug: &str, id: &str) -> String {
     let body = json!({"id": id, "type": "invoice.paid", "data": {}}).to_string();
-    let resp = reqwest::Client::new()
-        .post(format!("{}/in/{slug}", server.base))
-        .header("content-type", "application/json")
-        .header(
+    let headers = [
+        ("content-type", "application/json".to_string()),
+        (
             "stripe-signature",
             common::stripe_signature(STRIPE_SECRET, &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.unwrap();
+        ),
+    ];
+    let (status, v) = server.post_in(slug, &headers, body).await;
+    assert_eq!(status, 200);
     assert_eq!(v["data"]["duplicate"], false, "{v}");
     v["data"]["event_id"].as_str().unwrap().to_string()
 }
 
 async fn ingest_github(server: &TestServer, slug: &str, guid: &str) -> String {
-    use hmac::Mac;
     let body = r#"{"zen":"Keep it logically awesome."}"#;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(GITHUB_SECRET.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let resp = reqwest::Client::new()
-        .post(format!("{}/in/{slug}", server.base))
-        .header("content-type", "application/json")
-        .header("x-github-event", "ping")
-        .header("x-github-delivery", guid)
-        .header("x-hub-signature-256", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.unwrap();
+    let sig = format!(
+        "sha256={}",
+        hex::encode(common::hmac_sha256(
+            GITHUB_SECRET.as_bytes(),
+            &[body.as_bytes()]
+        ))
+    );
+    let headers = [
+        ("content-type", "application/json".to_string()),
+        ("x-github-event", "ping".to_string()),
+        ("x-github-delivery", guid.to_string()),
+        ("x-hub-signature-256", sig),
+    ];
+    let (status, v) = server.post_in(slug, &headers, body).await;
+    assert_eq!(status, 200);
     v["data"]["event_id"].as_str().unwrap().to_string()
 }
 
@@ -392,23 +380,6 @@ async fn events_across_sources_newest_first_and_found_by_either_id() {
     assert_error(resp.status, &resp.json(), 401, "unauthorized");
 }
 
-/// Standard Webhooks verification, written here from the specification
-/// (not with Krafter's signer): any `v1,` signature may match.
-fn verify_standard_webhooks(secret: &str, id: &str, ts: &str, body: &[u8], header: &str) -> bool {
-    use base64::Engine;
-    use hmac::Mac;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .unwrap();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(body);
-    let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    header
-        .split(' ')
-        .any(|s| s.strip_prefix("v1,") == Some(want.as_str()))
-}
-
 /// Issue #11: "Send a test event" works for a signed provider without its
 /// secret: Krafter stores a `krafter.test` event and delivers it, signed,
 /// to every enabled destination whatever its filter; never to a disabled
@@ -473,7 +444,7 @@ async fn a_test_event_reaches_every_enabled_destination_signed() {
         };
         assert_eq!(hit.must("webhook-id"), evt);
         assert_eq!(hit.must("krafter-event-type"), "krafter.test");
-        assert!(verify_standard_webhooks(
+        assert!(standard_webhooks_verifies(
             secret,
             hit.must("webhook-id"),
             hit.must("webhook-timestamp"),

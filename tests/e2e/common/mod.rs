@@ -1,14 +1,26 @@
 //! Shared helpers for end-to-end tests: a real Krafter server on
-//! 127.0.0.1:0 with a real redb file in a temp dir, and a real HTTP client.
-#![allow(dead_code)]
+//! 127.0.0.1:0 with a real redb file in a temp dir, and a real HTTP client;
+//! the spawned binary; a recording receiver; the one metrics parser and
+//! ingest sender; and independent signers ([`sign`]). Each is defined here
+//! once and used by every capability module.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use krafter::app::{self, RunningServer};
-use krafter::config::Config;
+use krafter::config::{Config, StorageConfig};
+use krafter::metrics::Metrics;
+use krafter::store::Store;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
+
+pub mod sign;
+
+pub use sign::{
+    hmac_sha256, standard_webhooks_signature, standard_webhooks_verifies, stripe_signature,
+    stripe_signature_at, unix_ms, unix_secs,
+};
 
 /// A running in-process server and what a test needs to talk to it.
 pub struct TestServer {
@@ -43,6 +55,24 @@ impl TestServer {
         let mut config = test_config(&dir);
         tweak(&mut config);
         Self::start_in(dir, config).await
+    }
+
+    /// Starts serving HTTPS only, with a fresh self-signed certificate for
+    /// `names` (its files in the server's temp dir); returns the server and
+    /// the certificate's PEM, which a client must trust. `base` stays
+    /// `http://…`: a test builds its `https://localhost:<port>` itself.
+    pub async fn start_tls(names: &[&str]) -> (TestServer, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let certified = rcgen::generate_simple_self_signed(names).expect("a certificate");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&cert_path, certified.cert.pem()).expect("write cert.pem");
+        std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write key.pem");
+        let mut config = test_config(&dir);
+        config.server.tls.cert_path = Some(cert_path);
+        config.server.tls.key_path = Some(key_path);
+        (Self::start_in(dir, config).await, certified.cert.pem())
     }
 
     async fn start_in(dir: TempDir, config: Config) -> TestServer {
@@ -365,10 +395,32 @@ impl TestServer {
         assert_eq!(resp.status, StatusCode::OK, "ingest: {}", resp.text);
         let json = resp.json();
         assert_eq!(json["data"]["duplicate"], false, "{json}");
-        json["data"]["event_id"]
+        let id = json["data"]["event_id"]
             .as_str()
-            .unwrap_or_else(|| panic!("no event_id: {json}"))
-            .to_string()
+            .unwrap_or_else(|| panic!("no event_id: {json}"));
+        assert!(id.starts_with("evt_"), "{id}");
+        id.to_string()
+    }
+
+    /// POSTs `body` with `headers` (sent as given, any bytes a header may
+    /// carry) to `/in/{slug}`; returns the status and JSON body, whatever
+    /// they are.
+    pub async fn post_in(
+        &self,
+        slug: &str,
+        headers: &[(&str, String)],
+        body: impl Into<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let url = format!("{}/in/{slug}", self.base);
+        post_to(&self.client, &url, headers, body).await
+    }
+
+    /// Stops the server and opens its store directly, to check what is on
+    /// disk.
+    pub async fn open_store(&mut self) -> Store {
+        self.stop().await;
+        Store::open(&self.config.storage, Arc::new(Metrics::new()))
+            .expect("the store opens once the server has stopped")
     }
 
     /// Ingests `{"type": event_type, ...extra}` as JSON; returns the event id.
@@ -383,9 +435,7 @@ impl TestServer {
 
     /// `GET /metrics` as text.
     pub async fn metrics_text(&self) -> String {
-        let resp = self.raw(Method::GET, "/metrics", None, None, None).await;
-        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
-        resp.text
+        scrape_metrics(&self.client, &self.base).await
     }
 
     /// The value of one Prometheus series, written exactly as exposed
@@ -395,8 +445,10 @@ impl TestServer {
     }
 }
 
-/// The value of `series` in a Prometheus text exposition (0 when absent).
-pub fn parse_metric(text: &str, series: &str) -> f64 {
+/// The value of `series` in a Prometheus text exposition, written exactly
+/// as exposed (`name` or `name{labels}`), or `None` when no sample has it.
+/// The one metrics parser of the suite.
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| {
@@ -405,7 +457,29 @@ pub fn parse_metric(text: &str, series: &str) -> f64 {
                 .and_then(|value| value.split_whitespace().next())
                 .and_then(|value| value.parse::<f64>().ok())
         })
-        .unwrap_or(0.0)
+}
+
+/// The value of `series` in a Prometheus text exposition (0 when absent,
+/// as a counter nothing has touched yet reads).
+pub fn parse_metric(text: &str, series: &str) -> f64 {
+    metric_sample(text, series).unwrap_or(0.0)
+}
+
+/// The value of `series`, which must be exposed (panics naming it if not).
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    metric_sample(text, series).unwrap_or_else(|| panic!("no metric sample {series} in:\n{text}"))
+}
+
+/// `GET <base>/metrics` as text, from any server (in-process or a spawned
+/// binary); asserts a 200.
+pub async fn scrape_metrics(client: &reqwest::Client, base: &str) -> String {
+    let resp = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics answer");
+    assert_eq!(resp.status(), StatusCode::OK, "GET /metrics");
+    resp.text().await.expect("metrics text")
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics with
@@ -509,11 +583,6 @@ pub mod receiver {
 
         pub fn ok() -> Reply {
             Reply::status(200)
-        }
-
-        /// Never answers (within any test's lifetime).
-        pub fn hang() -> Reply {
-            Reply::ok().delay(Duration::from_secs(3600))
         }
 
         pub fn header(mut self, name: &str, value: &str) -> Reply {
@@ -873,16 +942,83 @@ pub async fn wait_healthy(base: &str) {
     .await
 }
 
-/// A `Stripe-Signature` header for `body` at the current time, computed
-/// here with plain HMAC (Stripe's documented scheme), never by Krafter.
-pub fn stripe_signature(secret: &str, body: &str) -> String {
-    use hmac::Mac;
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    let mut mac =
-        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(format!("{t}.{body}").as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+/// POSTs `body` with `headers` to `url` (an ingest URL of any server, as
+/// the API gave it or built from a base); returns the status and the JSON
+/// body (`Value::Null` when it is not JSON). The suite's one ingest sender:
+/// header names and values go out byte for byte (obs-text included).
+pub async fn post_to(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, String)],
+    body: impl Into<Vec<u8>>,
+) -> (StatusCode, Value) {
+    use reqwest::header::{HeaderName, HeaderValue};
+    let mut req = client.post(url).body(body.into());
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).expect("header name");
+        let value = HeaderValue::from_bytes(value.as_bytes()).expect("header value");
+        req = req.header(name, value);
+    }
+    let resp = req.send().await.expect("request reaches the server");
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Opens the store in the data directory `data` of a server that is not
+/// running (stopped or killed), with default settings otherwise.
+pub fn open_store_at(data: &Path) -> Store {
+    Store::open(
+        &StorageConfig {
+            path: data.to_path_buf(),
+            ..StorageConfig::default()
+        },
+        Arc::new(Metrics::new()),
+    )
+    .expect("the database opens")
+}
+
+/// A spawned `krafter` killed with SIGKILL (and reaped) when dropped, so a
+/// failing assertion leaves no process behind, and a test can `kill -9` it
+/// by dropping it.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A blocking `GET` over plain TCP (for `#[test]` functions without a
+/// runtime; reqwest's blocking client would need another feature); returns
+/// the status code.
+pub fn blocking_get_status(url: &str) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    buf.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status"))
+}
+
+/// Waits (blocking, up to 20 s) until `<base>/healthz` answers 200.
+pub fn wait_healthy_blocking(base: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Ok(200) = blocking_get_status(&format!("{base}/healthz")) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("server at {base} did not become healthy");
 }

@@ -3,11 +3,9 @@
 //! document and must answer on the real server, and the document may hold
 //! nothing else. A new route without an entry here fails this test.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::TestServer;
+use crate::common::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

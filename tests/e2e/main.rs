@@ -1,0 +1,30 @@
+//! Krafter's end-to-end tests as one test binary: each capability is a
+//! module here, all sharing the helpers in [`common`]. One binary links the
+//! server once instead of once per file; run one capability with
+//! `cargo test --test e2e <module>::` (for example `dashboard_browser`).
+//!
+//! Everything runs in one process, so no test may change process-wide
+//! state another could see (environment variables, the current directory,
+//! a global subscriber or crypto provider): servers are configured through
+//! their `Config` and spawned binaries through their own environment.
+
+mod common;
+
+mod api_errors;
+mod api_keys;
+mod cli;
+mod dashboard;
+mod dashboard_browser;
+mod delivery;
+mod destinations;
+mod durability;
+mod events;
+mod first_hour;
+mod hardening;
+mod ingest;
+mod openapi;
+mod operations;
+mod quickstart;
+mod replay_jobs;
+mod server;
+mod sources;
