@@ -1,12 +1,17 @@
 //! Criterion benchmarks of the per-event hot paths: signature verification,
-//! filter matching and record encoding.
+//! filter matching, and what the store reads per delivery attempt.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
 use krafter::ingest::providers::{self, Inbound, ProviderKind};
 use krafter::model::filter;
-use krafter::model::records::EventRecord;
-use krafter::store::records::Record;
+use std::sync::Arc;
+
+use krafter::config::StorageConfig;
+use krafter::metrics::Metrics;
+use krafter::model::ids::{id_timestamp_ms, new_id};
+use krafter::model::records::{DestinationRecord, EventRecord, SourceRecord};
+use krafter::store::{IngestOutcome, Store};
 
 fn stripe_verify(c: &mut Criterion) {
     // The Stripe vector from PROVIDERS.md, verified at its own timestamp.
@@ -94,23 +99,73 @@ fn filter_matching(c: &mut Criterion) {
     });
 }
 
-fn record_encoding(c: &mut Criterion) {
+/// What each delivery attempt reads before it sends: the event (headers
+/// and a 1 KiB body) and its delivery, through the storage API (a snapshot,
+/// two lookups, two record decodes).
+fn attempt_inputs(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = StorageConfig {
+        path: dir.path().join("data"),
+        ..StorageConfig::default()
+    };
+    let store = Store::open(&config, Arc::new(Metrics::new())).expect("store");
+    let source = SourceRecord {
+        id: new_id(),
+        slug: "wh_bench000".into(),
+        name: "bench".into(),
+        provider: ProviderKind::None,
+        provider_config: None,
+        signing_secret: None,
+        previous_secret: None,
+        enabled: true,
+        retention_days: 30,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    };
+    let destination = DestinationRecord {
+        id: new_id(),
+        source_id: source.id,
+        url: "http://127.0.0.1:9/sink".into(),
+        event_filter: vec![],
+        enabled: true,
+        secret: store.seal(b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        previous_secret: None,
+        rate_limit: None,
+        disabled_reason: None,
+        disabled_at_ms: None,
+        failing_since_ms: None,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    };
+    let id = new_id();
     let event = EventRecord {
-        id: 1,
-        source_id: 2,
-        received_at_ms: 3,
+        id,
+        source_id: source.id,
+        received_at_ms: id_timestamp_ms(id) as i64,
         event_type: "invoice.paid".into(),
         provider_event_id: Some("evt_123".into()),
         headers: vec![("content-type".into(), b"application/json".to_vec()); 8],
         body: vec![b'x'; 1024],
     };
-    c.bench_function("event encode (1 KiB body)", |b| {
-        b.iter(|| black_box(&event).encode())
+    let delivery = runtime.block_on(async {
+        store.create_source(source).await.expect("source");
+        store
+            .create_destination(destination, 10)
+            .await
+            .expect("destination");
+        match store.ingest(event).await.expect("ingest") {
+            IngestOutcome::Stored { deliveries } => deliveries[0].id,
+            IngestOutcome::Duplicate { .. } => unreachable!("a fresh store"),
+        }
     });
-    let bytes = event.encode();
-    c.bench_function("event decode (1 KiB body)", |b| {
-        b.iter(|| EventRecord::decode(black_box(&bytes)))
+    c.bench_function("store: attempt inputs (1 KiB event + delivery)", |b| {
+        b.iter(|| runtime.block_on(store.attempt_inputs(black_box(id), black_box(delivery))))
     });
+    runtime.block_on(store.close());
 }
 
 criterion_group!(
@@ -118,6 +173,6 @@ criterion_group!(
     stripe_verify,
     provider_dispatch,
     filter_matching,
-    record_encoding
+    attempt_inputs
 );
 criterion_main!(benches);

@@ -168,6 +168,7 @@ impl Ops {
                 sealed: self.store().seal(s.as_bytes()),
                 previous_until_ms: now + SECRET_OVERLAP_MS,
             }),
+            previous_secret_until_ms: None,
             now_ms: now,
         };
         let (source, destinations) = self

@@ -644,6 +644,7 @@ async fn updating_a_source_applies_the_change_and_keeps_the_previous_secret(stor
             sealed: store.seal(b"whsec_new"),
             previous_until_ms: T0 + DAY,
         }),
+        previous_secret_until_ms: None,
         now_ms: T0 + 5,
     };
     let (updated, count) = store.update_source(s.id, change).await.unwrap();
@@ -677,6 +678,28 @@ async fn updating_a_source_applies_the_change_and_keeps_the_previous_secret(stor
     assert_eq!((same.name.as_str(), same.retention_days), ("renamed", 90));
     assert_eq!(same.updated_at_ms, T0 + 9);
     assert_eq!(same.previous_secret.unwrap().until_ms, T0 + DAY);
+
+    // Ending the overlap early moves only the retired secret's end.
+    let (ended, _) = store
+        .update_source(
+            s.id,
+            SourceChange {
+                previous_secret_until_ms: Some(T0 + 10),
+                now_ms: T0 + 10,
+                ..SourceChange::default()
+            },
+        )
+        .await
+        .unwrap();
+    let previous = ended.previous_secret.unwrap();
+    assert_eq!(previous.until_ms, T0 + 10);
+    assert_eq!(store.open_secret(&previous.sealed).unwrap(), b"whsec_old");
+    assert_eq!(
+        store
+            .open_secret(ended.signing_secret.as_deref().unwrap())
+            .unwrap(),
+        b"whsec_new"
+    );
 
     assert_err!(
         store.update_source(new_id(), SourceChange::default()).await,

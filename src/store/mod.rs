@@ -267,6 +267,9 @@ intents! {
     fn record_attempt(&self, outcome: AttemptOutcome) -> Recorded;
     /// Deliveries waiting, and the earliest due time among `destinations`.
     fn queue_depth(&self, destinations: Vec<u128>) -> (u64, Option<u64>);
+    /// How many rows of each kind the store holds: what retention and
+    /// deletion must leave behind is checkable from outside the engine.
+    fn stats(&self) -> StoreStats;
 
     // ---- Retention ----
 

@@ -114,6 +114,20 @@ pub struct Page<T> {
     pub next: Option<u128>,
 }
 
+/// Rows the store holds, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub sources: u64,
+    pub destinations: u64,
+    pub events: u64,
+    pub deliveries: u64,
+    /// Deliveries in the queue (pending).
+    pub queued: u64,
+    pub attempts: u64,
+    /// Provider event ids remembered for de-duplication.
+    pub dedup_keys: u64,
+}
+
 /// One event in a source's list, with its deliveries.
 #[derive(Debug, Clone)]
 pub struct ListedEvent {
@@ -163,6 +177,9 @@ pub struct SourceChange {
     pub retention_days: Option<u32>,
     pub provider_config: Option<GenericHmacConfig>,
     pub new_secret: Option<NewSecret>,
+    /// Moves the end of the retired secret's overlap (to end it early,
+    /// e.g. after that secret leaked); no effect without a retired secret.
+    pub previous_secret_until_ms: Option<i64>,
     pub now_ms: i64,
 }
 
@@ -187,6 +204,12 @@ impl SourceChange {
                 until_ms: secret.previous_until_ms,
             });
             source.signing_secret = Some(secret.sealed);
+        }
+        if let (Some(until), Some(previous)) = (
+            self.previous_secret_until_ms,
+            source.previous_secret.as_mut(),
+        ) {
+            previous.until_ms = until;
         }
         source.updated_at_ms = self.now_ms;
     }

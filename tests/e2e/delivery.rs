@@ -22,8 +22,6 @@ use krafter::config::{Config, StorageConfig};
 use krafter::metrics::Metrics;
 use krafter::model::ids::{format_id, parse_id, IdKind};
 use krafter::model::records::{AttemptRecord, DeliveryRecord, DeliveryStatus};
-use krafter::store::deliveries::attempts_of;
-use krafter::store::events::deliveries_of;
 use krafter::store::Store;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -156,32 +154,33 @@ impl Stored {
     }
 }
 
-fn read_deliveries(store: &Store, event_ids: &[&str]) -> HashMap<String, Vec<Stored>> {
-    store
-        .read(|txn| {
-            let mut out = HashMap::new();
-            for id in event_ids {
-                let raw = parse_id(IdKind::Event, id).expect("event id");
-                let mut list = Vec::new();
-                for delivery in deliveries_of(txn, raw)? {
-                    list.push(Stored {
-                        destination_id: format_id(IdKind::Destination, delivery.destination_id),
-                        attempts: attempts_of(txn, delivery.id)?,
-                        delivery,
-                    });
-                }
-                out.insert(id.to_string(), list);
-            }
-            Ok(out)
-        })
-        .expect("read deliveries")
+async fn read_deliveries(store: &Store, event_ids: &[&str]) -> HashMap<String, Vec<Stored>> {
+    let mut out = HashMap::new();
+    for id in event_ids {
+        let raw = parse_id(IdKind::Event, id).expect("event id");
+        let event = store.event(raw).await.expect("stored event");
+        let mut list = Vec::new();
+        for (delivery, attempts) in store
+            .deliveries_with_attempts(event.source_id, raw)
+            .await
+            .expect("read deliveries")
+        {
+            list.push(Stored {
+                destination_id: format_id(IdKind::Destination, delivery.destination_id),
+                attempts,
+                delivery,
+            });
+        }
+        out.insert(id.to_string(), list);
+    }
+    out
 }
 
 /// Stops the server (in-flight attempts finish and are recorded) and reads
 /// the deliveries, with their attempts, of `event_ids` from its store.
 async fn stored(server: &mut TestServer, event_ids: &[&str]) -> HashMap<String, Vec<Stored>> {
     let store = server.open_store().await;
-    let out = read_deliveries(&store, event_ids);
+    let out = read_deliveries(&store, event_ids).await;
     store.close().await;
     out
 }
@@ -963,7 +962,8 @@ async fn re_enabling_resets_the_failure_run() {
         parse_id(IdKind::Destination, &dest.id).expect("destination id"),
     );
     let record = store
-        .read(|txn| krafter::store::destinations::get(txn, source_id, dest_id))
+        .destination(source_id, dest_id)
+        .await
         .expect("destination");
     store.close().await;
     assert!(record.enabled && record.disabled_reason.is_none());
@@ -1323,7 +1323,7 @@ async fn no_delivery_is_lost_across_kill_9() {
     )
     .expect("the store opens after the kill");
     let ids: Vec<&str> = acked.iter().map(String::as_str).collect();
-    let map = read_deliveries(&store, &ids);
+    let map = read_deliveries(&store, &ids).await;
     store.close().await;
     for id in &ids {
         let list = &map[*id];

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use krafter::model::ids::{parse_id, IdKind};
-use krafter::store::events;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
@@ -126,22 +125,19 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
             acked.len() - acked_before
         );
         eprintln!("round {round}: {} events acknowledged so far", acked.len());
-        let missing = store
-            .read(|txn| {
-                let mut missing = Vec::new();
-                for (id, body) in acked.iter() {
-                    let raw = parse_id(IdKind::Event, id).unwrap();
-                    match events::get(txn, raw) {
-                        Ok(event) => {
-                            assert_eq!(event.body, body.as_bytes(), "body of {id}");
-                            assert_eq!(events::deliveries_of(txn, raw)?.len(), destinations);
-                        }
-                        Err(_) => missing.push(id.clone()),
-                    }
+        let mut missing = Vec::new();
+        for (id, body) in acked.iter() {
+            let raw = parse_id(IdKind::Event, id).unwrap();
+            match store.event(raw).await {
+                Ok(event) => {
+                    assert_eq!(event.body, body.as_bytes(), "body of {id}");
+                    let (_, _, deliveries) =
+                        store.event_detail(event.source_id, raw).await.unwrap();
+                    assert_eq!(deliveries.len(), destinations);
                 }
-                Ok(missing)
-            })
-            .unwrap();
+                Err(_) => missing.push(id.clone()),
+            }
+        }
         store.close().await;
         assert!(
             missing.is_empty(),

@@ -23,12 +23,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use krafter::metrics::Metrics;
 use krafter::model::ids::{new_id, parse_id, IdKind};
-use krafter::model::records::EventRecord;
-use krafter::store::events;
-use krafter::store::retention::sweep;
-use krafter::store::tables::{ATTEMPTS, DEDUP, DELIVERIES, DUE, EVENTS, EVENT_DELIVERIES};
+use krafter::model::records::{DeliveryStatus, EventRecord};
 use krafter::store::Store;
-use redb::{ReadableTable, ReadableTableMetadata};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -1313,21 +1309,24 @@ async fn bulk_replay_resends_failed_or_matching_events() {
 // Retention.
 // ---------------------------------------------------------------------------
 
-fn table_keys<K: redb::Key + 'static, V: redb::Value + 'static, T>(
-    store: &Store,
-    def: redb::TableDefinition<K, V>,
-    key: impl Fn(K::SelfType<'_>) -> T,
-) -> Vec<T> {
-    store
-        .read(|txn| {
-            let table = txn.open_table(def)?;
-            let mut out = Vec::new();
-            for entry in table.iter()? {
-                out.push(key(entry?.0.value()));
+/// What `events` (source id, event id) own, counted through the store's
+/// API: (deliveries, of which pending, attempts).
+async fn owned(store: &Store, events: &[(u128, u128)]) -> (u64, u64, u64) {
+    let (mut deliveries, mut pending, mut attempts) = (0, 0, 0);
+    for (source, event) in events {
+        for (d, tried) in store
+            .deliveries_with_attempts(*source, *event)
+            .await
+            .expect("deliveries")
+        {
+            deliveries += 1;
+            if d.status == DeliveryStatus::Pending {
+                pending += 1;
             }
-            Ok(out)
-        })
-        .expect("read table")
+            attempts += tried.len() as u64;
+        }
+    }
+    (deliveries, pending, attempts)
 }
 
 #[tokio::test]
@@ -1374,11 +1373,16 @@ async fn retention_removes_expired_events_with_everything_they_own() {
         .await;
         long_events.push(new_event_id(status, &body));
     }
-    for slug in [&shortened_slug, &lengthened_slug] {
+    let mut unsigned_events = Vec::new();
+    for (source, slug) in [
+        (&shortened, &shortened_slug),
+        (&lengthened, &lengthened_slug),
+    ] {
         for i in 0..2 {
-            server
+            let id = server
                 .ingest_json(slug, &json!({"type": "n", "i": i}))
                 .await;
+            unsigned_events.push((source.clone(), id));
         }
     }
     // PATCHed retention applies to events already stored.
@@ -1426,86 +1430,94 @@ async fn retention_removes_expired_events_with_everything_they_own() {
 
     let store = server.open_store().await;
     let now = unix_ms();
-    let short_id = uid(IdKind::Source, &short);
-    let long_id = uid(IdKind::Source, &long);
     let count = |source: &str| {
         let id = uid(IdKind::Source, source);
-        store
-            .read(|txn| events::count_of_source(txn, id))
-            .expect("count")
+        let store = &store;
+        async move { store.event_count(id).await.expect("count") }
     };
-    let short_set: HashSet<u128> = short_deliveries.iter().copied().collect();
-    // Before: the tables hold what the sweep must remove.
-    let due_before = table_keys(&store, DUE, |k| k.2);
-    assert!(
-        due_before.iter().any(|d| short_set.contains(d)),
-        "a queued retry exists"
+    let ids = |source: &str, events: &[String]| -> Vec<(u128, u128)> {
+        events
+            .iter()
+            .map(|e| (uid(IdKind::Source, source), uid(IdKind::Event, e)))
+            .collect()
+    };
+    let short_ids = ids(&short, &short_events);
+    let long_ids = ids(&long, &long_events);
+    let unsigned_ids: Vec<(u128, u128)> = unsigned_events
+        .iter()
+        .map(|(s, e)| (uid(IdKind::Source, s), uid(IdKind::Event, e)))
+        .collect();
+    let all: Vec<(u128, u128)> =
+        [short_ids.clone(), long_ids.clone(), unsigned_ids.clone()].concat();
+    // Before: the store holds exactly what the events own, including a
+    // queued retry and the provider ids remembered for de-duplication.
+    let before = store.stats().await.expect("stats");
+    let (deliveries_before, queued_before, attempts_before) = owned(&store, &all).await;
+    assert_eq!(before.events, 9);
+    assert_eq!(
+        (before.deliveries, before.queued, before.attempts),
+        (deliveries_before, queued_before, attempts_before)
     );
-    let attempts_before = table_keys(&store, ATTEMPTS, |k| k.0);
-    assert!(attempts_before.iter().any(|d| short_set.contains(d)));
-    let dedup_before = table_keys(&store, DEDUP, |k| k.0);
-    assert_eq!(dedup_before.iter().filter(|s| **s == short_id).count(), 3);
+    assert!(queued_before >= 3, "a queued retry per short event");
+    assert_eq!(before.dedup_keys, 3 + 2);
 
     // Not yet expired a little before a day has passed.
     assert_eq!(
-        sweep(&store, now + DAY_MS - 3_600_000)
+        store
+            .sweep_retention(now + DAY_MS - 3_600_000)
             .await
             .expect("sweep"),
         0
     );
-    assert_eq!(count(&short), 3);
+    assert_eq!(count(&short).await, 3);
 
     // Two days later: the 1-day sources lose everything.
-    let removed = sweep(&store, now + 2 * DAY_MS).await.expect("sweep");
+    let removed = store
+        .sweep_retention(now + 2 * DAY_MS)
+        .await
+        .expect("sweep");
     assert_eq!(removed, 3 + 2, "short (3) and shortened (2)");
-    assert_eq!(count(&short), 0);
-    assert_eq!(count(&shortened), 0);
-    assert_eq!(count(&long), 2, "30-day source keeps its events");
-    assert_eq!(count(&lengthened), 2, "PATCHed to 30 days keeps its events");
-
-    let event_keys = table_keys(&store, EVENTS, |k| k);
-    for evt in &short_events {
+    assert_eq!(count(&short).await, 0);
+    assert_eq!(count(&shortened).await, 0);
+    assert_eq!(count(&long).await, 2, "30-day source keeps its events");
+    assert_eq!(
+        count(&lengthened).await,
+        2,
+        "PATCHed to 30 days keeps its events"
+    );
+    for (source, event) in &short_ids {
         assert!(
-            !event_keys.contains(&uid(IdKind::Event, evt)),
-            "{evt} body still stored"
+            store.event_detail(*source, *event).await.is_err(),
+            "{event} still stored"
         );
     }
-    for evt in &long_events {
-        assert!(event_keys.contains(&uid(IdKind::Event, evt)));
+    // What is left is exactly what the kept events own: no delivery,
+    // queue entry, attempt or dedup key of an expired event survives.
+    let kept: Vec<(u128, u128)> = [long_ids.clone(), unsigned_ids[2..].to_vec()].concat();
+    let after = store.stats().await.expect("stats");
+    let (deliveries_kept, queued_kept, attempts_kept) = owned(&store, &kept).await;
+    assert_eq!(after.events, 4);
+    assert_eq!(
+        (after.deliveries, after.queued, after.attempts),
+        (deliveries_kept, queued_kept, attempts_kept)
+    );
+    assert_eq!(deliveries_kept, 2, "the long source's deliveries are kept");
+    assert!(attempts_kept >= 2, "with their attempts");
+    assert_eq!(after.dedup_keys, 2, "only the long source's provider ids");
+    let long_set: HashSet<u128> = long_deliveries.iter().copied().collect();
+    for (source, event) in &long_ids {
+        let (_, _, list) = store.event_detail(*source, *event).await.expect("kept");
+        assert!(list.iter().all(|d| long_set.contains(&d.id)));
     }
-    assert_eq!(event_keys.len(), 4);
-    let delivery_keys = table_keys(&store, DELIVERIES, |k| k);
-    assert!(
-        delivery_keys.iter().all(|d| !short_set.contains(d)),
-        "deliveries left"
-    );
-    assert!(long_deliveries.iter().all(|d| delivery_keys.contains(d)));
-    let by_event = table_keys(&store, EVENT_DELIVERIES, |k| k.1);
-    assert!(
-        by_event.iter().all(|d| !short_set.contains(d)),
-        "event→delivery index left"
-    );
-    assert!(
-        table_keys(&store, DUE, |k| k.2)
-            .iter()
-            .all(|d| !short_set.contains(d)),
-        "queue entries left"
-    );
-    let attempts_after = table_keys(&store, ATTEMPTS, |k| k.0);
-    assert!(
-        attempts_after.iter().all(|d| !short_set.contains(d)),
-        "attempts left"
-    );
-    assert!(
-        long_deliveries.iter().all(|d| attempts_after.contains(d)),
-        "kept attempts"
-    );
-    let dedup_after = table_keys(&store, DEDUP, |k| k.0);
-    assert!(!dedup_after.contains(&short_id), "dedup entries left");
-    assert_eq!(dedup_after.iter().filter(|s| **s == long_id).count(), 2);
 
     // Same clock again: nothing more.
-    assert_eq!(sweep(&store, now + 2 * DAY_MS).await.expect("sweep"), 0);
+    assert_eq!(
+        store
+            .sweep_retention(now + 2 * DAY_MS)
+            .await
+            .expect("sweep"),
+        0
+    );
     store.close().await;
     drop(store);
 
@@ -1531,15 +1543,21 @@ async fn retention_removes_expired_events_with_everything_they_own() {
 
     // A month on, the rest expires too.
     let store = server.open_store().await;
-    let removed = sweep(&store, unix_ms() + 31 * DAY_MS).await.expect("sweep");
+    let removed = store
+        .sweep_retention(unix_ms() + 31 * DAY_MS)
+        .await
+        .expect("sweep");
     assert_eq!(removed, 2 + 2 + 1);
-    assert_eq!(table_keys(&store, EVENTS, |k| k).len(), 0);
-    assert_eq!(table_keys(&store, DEDUP, |k| k.0).len(), 0);
+    let left = store.stats().await.expect("stats");
     assert_eq!(
-        store
-            .read(|txn| Ok(txn.open_table(ATTEMPTS)?.len()?))
-            .expect("len"),
-        0
+        (
+            left.events,
+            left.deliveries,
+            left.queued,
+            left.attempts,
+            left.dedup_keys
+        ),
+        (0, 0, 0, 0, 0)
     );
     store.close().await;
 }
@@ -1574,17 +1592,9 @@ async fn file_size_stays_bounded_when_retention_churns() {
     destination(&server, &src, "http://127.0.0.1:9/sink", Value::Null).await;
     let store = server.open_store().await;
     let source_id = uid(IdKind::Source, &src);
-    let size = || {
-        std::fs::metadata(store.dir().join(krafter::store::DB_FILE))
-            .expect("db file")
-            .len()
-    };
+    let size = || store.size_bytes();
     let initial = size();
-    let stored = || {
-        store
-            .read(|txn| events::count_of_source(txn, source_id))
-            .expect("count")
-    };
+    let stored = || store.event_count(source_id);
 
     // Each round: 2000 events of ~1 KiB in commits of 50 (steady ingest),
     // then a sweep with the clock two days on.
@@ -1593,17 +1603,17 @@ async fn file_size_stays_bounded_when_retention_churns() {
     let mut after_sweep = Vec::new();
     for round in 0..ROUNDS {
         for first in (0..2000).step_by(PER_COMMIT) {
-            store
-                .write(move |txn| {
-                    for i in first..first + PER_COMMIT {
-                        events::ingest(txn, &churn_event(source_id, round, i))?;
-                    }
-                    Ok(())
-                })
-                .await
-                .expect("write");
+            // Concurrent ingests share group commits, as under real load.
+            let mut batch = tokio::task::JoinSet::new();
+            for i in first..first + PER_COMMIT {
+                let store = store.clone();
+                batch.spawn(async move { store.ingest(churn_event(source_id, round, i)).await });
+            }
+            while let Some(outcome) = batch.join_next().await {
+                outcome.expect("task").expect("ingest");
+            }
         }
-        assert_eq!(stored(), 2000, "round {round}");
+        assert_eq!(stored().await.expect("count"), 2000, "round {round}");
         if round == 0 {
             let peak = size();
             assert!(
@@ -1611,21 +1621,15 @@ async fn file_size_stays_bounded_when_retention_churns() {
                 "2000 x 1 KiB stored: {initial} → {peak}"
             );
         }
-        let removed = sweep(&store, unix_ms() + 2 * DAY_MS).await.expect("sweep");
+        let removed = store
+            .sweep_retention(unix_ms() + 2 * DAY_MS)
+            .await
+            .expect("sweep");
         assert_eq!(removed, 2000, "round {round}");
-        assert_eq!(stored(), 0, "round {round}");
-        let left = store
-            .read(|txn| {
-                Ok((
-                    txn.open_table(EVENTS)?.len()?,
-                    txn.open_table(DELIVERIES)?.len()?,
-                    txn.open_table(DUE)?.len()?,
-                    txn.open_table(DEDUP)?.len()?,
-                ))
-            })
-            .expect("lens");
+        assert_eq!(stored().await.expect("count"), 0, "round {round}");
+        let left = store.stats().await.expect("stats");
         assert_eq!(
-            left,
+            (left.events, left.deliveries, left.queued, left.dedup_keys),
             (0, 0, 0, 0),
             "round {round}: events, deliveries, queue, dedup left"
         );
@@ -1699,10 +1703,7 @@ async fn the_server_removes_expired_events_on_its_own_schedule() {
         headers: vec![],
         body: b"{\"type\":\"old\"}".to_vec(),
     };
-    store
-        .write(move |txn| events::ingest(txn, &old).map(|_| ()))
-        .await
-        .expect("old event written");
+    store.ingest(old).await.expect("old event written");
     store.close().await;
     drop(store);
     let old_text = krafter::model::ids::format_id(IdKind::Event, old_id);

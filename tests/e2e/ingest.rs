@@ -20,8 +20,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use krafter::model::ids::{parse_id, IdKind};
 use krafter::model::records::{DeliveryRecord, DeliveryStatus, EventRecord};
-use krafter::store::events;
-use krafter::store::Store;
+use krafter::store::{SourceChange, Store};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha1::Sha1;
@@ -311,25 +310,26 @@ async fn assert_all_rejected(
     }
 }
 
-fn stored_event(store: &Store, event_id: &str) -> EventRecord {
+async fn stored_event(store: &Store, event_id: &str) -> EventRecord {
     let id = parse_id(IdKind::Event, event_id).expect("event id");
     store
-        .read(|txn| events::get(txn, id))
+        .event(id)
+        .await
         .unwrap_or_else(|e| panic!("event {event_id} not stored: {e:?}"))
 }
 
-fn stored_count(store: &Store, source_id: &str) -> u64 {
+async fn stored_count(store: &Store, source_id: &str) -> u64 {
     let id = parse_id(IdKind::Source, source_id).expect("source id");
-    store
-        .read(|txn| events::count_of_source(txn, id))
-        .expect("count")
+    store.event_count(id).await.expect("count")
 }
 
-fn stored_deliveries(store: &Store, event_id: &str) -> Vec<DeliveryRecord> {
-    let id = parse_id(IdKind::Event, event_id).expect("event id");
+async fn stored_deliveries(store: &Store, event_id: &str) -> Vec<DeliveryRecord> {
+    let event = stored_event(store, event_id).await;
     store
-        .read(|txn| events::deliveries_of(txn, id))
+        .event_detail(event.source_id, event.id)
+        .await
         .expect("deliveries")
+        .2
 }
 
 fn header<'e>(event: &'e EventRecord, name: &str) -> Option<&'e [u8]> {
@@ -477,7 +477,7 @@ async fn stripe_event_is_verified_and_stored_exactly() {
     let evt2 = assert_accepted(status, &resp, false);
 
     let store = server.open_store().await;
-    let event = stored_event(&store, &evt);
+    let event = stored_event(&store, &evt).await;
     assert_event(
         &event,
         &src,
@@ -490,9 +490,9 @@ async fn stripe_event_is_verified_and_stored_exactly() {
         Some(b"application/json".as_slice())
     );
     assert!(header(&event, "stripe-signature").is_some());
-    let event2 = stored_event(&store, &evt2);
+    let event2 = stored_event(&store, &evt2).await;
     assert_event(&event2, &src, &body2, "invoice.paid", Some("evt_2Stripe"));
-    assert_eq!(stored_count(&store, &src), 2);
+    assert_eq!(stored_count(&store, &src).await, 2);
     store.close().await;
 }
 
@@ -539,21 +539,21 @@ async fn github_documented_vectors_verify_end_to_end() {
 
     let store = server.open_store().await;
     assert_event(
-        &stored_event(&store, &evt1),
+        &stored_event(&store, &evt1).await,
         &src1,
         &body1,
         "push",
         Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"),
     );
     assert_event(
-        &stored_event(&store, &evt2),
+        &stored_event(&store, &evt2).await,
         &src2,
         &body2,
         "ping",
         Some("d-2"),
     );
-    assert_eq!(stored_count(&store, &src1), 1);
-    assert_eq!(stored_count(&store, &src2), 1);
+    assert_eq!(stored_count(&store, &src1).await, 1);
+    assert_eq!(stored_count(&store, &src2).await, 1);
     store.close().await;
 }
 
@@ -587,20 +587,20 @@ async fn shopify_documented_vector_verifies_end_to_end() {
 
     let store = server.open_store().await;
     assert_event(
-        &stored_event(&store, &evt1),
+        &stored_event(&store, &evt1).await,
         &src,
         &body,
         "orders/create",
         Some("wh-123"),
     );
     assert_event(
-        &stored_event(&store, &evt2),
+        &stored_event(&store, &evt2).await,
         &src,
         &body,
         "orders/create",
         Some("ev-9"),
     );
-    assert_eq!(stored_count(&store, &src), 2);
+    assert_eq!(stored_count(&store, &src).await, 2);
     store.close().await;
 }
 
@@ -622,13 +622,13 @@ async fn slack_event_callback_is_verified_and_stored() {
 
     let store = server.open_store().await;
     assert_event(
-        &stored_event(&store, &evt),
+        &stored_event(&store, &evt).await,
         &src,
         &body,
         "app_mention",
         Some("Ev08MFMKH6"),
     );
-    assert_eq!(stored_count(&store, &src), 1);
+    assert_eq!(stored_count(&store, &src).await, 1);
     store.close().await;
 }
 
@@ -662,14 +662,14 @@ async fn standard_webhooks_event_is_verified_and_stored() {
 
     let store = server.open_store().await;
     assert_event(
-        &stored_event(&store, &evt),
+        &stored_event(&store, &evt).await,
         &src,
         &body,
         "user.created",
         Some("msg_2abc"),
     );
     assert_event(
-        &stored_event(&store, &evt2),
+        &stored_event(&store, &evt2).await,
         &src,
         &body2,
         "user.deleted",
@@ -697,15 +697,15 @@ async fn svix_event_is_verified_with_svix_headers() {
 
     let store = server.open_store().await;
     assert_event(
-        &stored_event(&store, &evt),
+        &stored_event(&store, &evt).await,
         &src,
         &body,
         "invoice.created",
         Some("msg_svix1"),
     );
-    assert!(header(&stored_event(&store, &evt), "svix-signature").is_some());
+    assert!(header(&stored_event(&store, &evt).await, "svix-signature").is_some());
     assert_event(
-        &stored_event(&store, &evt2),
+        &stored_event(&store, &evt2).await,
         &src,
         &body2,
         "invoice.paid",
@@ -810,21 +810,21 @@ async fn paddle_event_is_verified_deduplicated_and_stored() {
 
     let store = server.open_store().await;
     assert_event(
-        &stored_event(&store, &evt),
+        &stored_event(&store, &evt).await,
         &src,
         &body,
         "transaction.paid",
         Some("evt_01paddle"),
     );
-    assert!(header(&stored_event(&store, &evt), "paddle-signature").is_some());
+    assert!(header(&stored_event(&store, &evt).await, "paddle-signature").is_some());
     assert_event(
-        &stored_event(&store, &evt2),
+        &stored_event(&store, &evt2).await,
         &src,
         &body2,
         "subscription.created",
         Some("evt_02paddle"),
     );
-    assert_eq!(stored_count(&store, &src), 2);
+    assert_eq!(stored_count(&store, &src).await, 2);
     store.close().await;
 }
 
@@ -929,20 +929,20 @@ async fn square_signs_the_public_url_and_is_verified_end_to_end() {
 
     let store = server.open_store().await;
     assert_event(
-        &stored_event(&store, &evt),
+        &stored_event(&store, &evt).await,
         &src,
         &body,
         "payment.updated",
         Some("6a8f5f28-54a1-4eb0-a98a-3111513fd4fc"),
     );
     assert_event(
-        &stored_event(&store, &evt2),
+        &stored_event(&store, &evt2).await,
         &src,
         &body2,
         "refund.created",
         Some("ev-2"),
     );
-    assert_eq!(stored_count(&store, &src), 2);
+    assert_eq!(stored_count(&store, &src).await, 2);
     store.close().await;
 }
 
@@ -1006,13 +1006,13 @@ async fn linear_event_is_verified_with_its_body_timestamp() {
 
     let store = server.open_store().await;
     assert_event(
-        &stored_event(&store, &evt),
+        &stored_event(&store, &evt).await,
         &src,
         &body,
         "Issue.create",
         Some("b7e1c3d2-0000-4000-8000-000000000001"),
     );
-    assert_eq!(stored_count(&store, &src), 1);
+    assert_eq!(stored_count(&store, &src).await, 1);
     store.close().await;
 }
 
@@ -1102,20 +1102,20 @@ async fn twilio_form_and_json_requests_are_verified_against_the_public_url() {
 
     let store = server.open_store().await;
     assert_event(
-        &stored_event(&store, &evt1),
+        &stored_event(&store, &evt1).await,
         &src,
         &body,
         "message.delivered",
         None,
     );
     assert_event(
-        &stored_event(&store, &evt2),
+        &stored_event(&store, &evt2).await,
         &src,
         &json_body,
         "com.twilio.messaging.message.delivered",
         None,
     );
-    assert_eq!(stored_count(&store, &src), 3);
+    assert_eq!(stored_count(&store, &src).await, 3);
     store.close().await;
 }
 
@@ -1180,14 +1180,14 @@ async fn generic_hmac_follows_its_provider_config() {
 
     let store = server.open_store().await;
     assert_event(
-        &stored_event(&store, &evt),
+        &stored_event(&store, &evt).await,
         &src,
         &body,
         "order.created",
         Some("req-42"),
     );
     assert_event(
-        &stored_event(&store, &evt_b64),
+        &stored_event(&store, &evt_b64).await,
         &src_b64,
         &body_b64,
         "order.paid",
@@ -1214,27 +1214,27 @@ async fn none_provider_accepts_unsigned_requests() {
 
     let store = server.open_store().await;
     assert_event(
-        &stored_event(&store, &evt1),
+        &stored_event(&store, &evt1).await,
         &src,
         &body,
         "thing.happened",
         None,
     );
     assert_event(
-        &stored_event(&store, &evt2),
+        &stored_event(&store, &evt2).await,
         &src,
         &body,
         "thing.happened",
         None,
     );
     assert_event(
-        &stored_event(&store, &evt3),
+        &stored_event(&store, &evt3).await,
         &src,
         b"not json",
         "unknown",
         None,
     );
-    assert_eq!(stored_count(&store, &src), 3);
+    assert_eq!(stored_count(&store, &src).await, 3);
     store.close().await;
 }
 
@@ -1268,14 +1268,14 @@ async fn non_utf8_bodies_are_stored_byte_identical() {
 
     let store = server.open_store().await;
     assert_event(
-        &stored_event(&store, &evt_none),
+        &stored_event(&store, &evt_none).await,
         &none_src,
         &bytes,
         "unknown",
         None,
     );
     assert_event(
-        &stored_event(&store, &evt_gh),
+        &stored_event(&store, &evt_gh).await,
         &gh_src,
         &bytes,
         "push",
@@ -1313,7 +1313,7 @@ async fn hop_by_hop_headers_are_not_stored_and_chunked_bodies_are() {
     let evt = assert_accepted(StatusCode::from_u16(status).expect("status"), &resp, false);
 
     let store = server.open_store().await;
-    let event = stored_event(&store, &evt);
+    let event = stored_event(&store, &evt).await;
     assert_event(&event, &src, &parts.concat(), "chunked.ok", None);
     let names: HashSet<&str> = event.headers.iter().map(|(n, _)| n.as_str()).collect();
     for gone in [
@@ -1422,11 +1422,11 @@ async fn stripe_bad_signatures_are_refused_and_nothing_is_stored() {
 
     let store = server.open_store().await;
     assert_eq!(
-        stored_count(&store, &src),
+        stored_count(&store, &src).await,
         1,
         "only the valid request is stored"
     );
-    assert_eq!(stored_event(&store, &evt).body, body);
+    assert_eq!(stored_event(&store, &evt).await.body, body);
     store.close().await;
 }
 
@@ -1545,8 +1545,8 @@ async fn github_and_shopify_bad_signatures_are_refused() {
     assert_accepted(status, &resp, false);
 
     let store = server.open_store().await;
-    assert_eq!(stored_count(&store, &gh_src), 1);
-    assert_eq!(stored_count(&store, &sh_src), 1);
+    assert_eq!(stored_count(&store, &gh_src).await, 1);
+    assert_eq!(stored_count(&store, &sh_src).await, 1);
     store.close().await;
 }
 
@@ -1644,7 +1644,7 @@ async fn slack_bad_signatures_and_timestamps_are_refused() {
         .await;
     assert_accepted(status, &resp, false);
     let store = server.open_store().await;
-    assert_eq!(stored_count(&store, &src), 1);
+    assert_eq!(stored_count(&store, &src).await, 1);
     store.close().await;
 }
 
@@ -1756,8 +1756,8 @@ async fn standard_webhooks_and_svix_bad_signatures_are_refused() {
     }
 
     let store = server.open_store().await;
-    assert_eq!(stored_count(&store, &sw_src), 1);
-    assert_eq!(stored_count(&store, &svix_src), 1);
+    assert_eq!(stored_count(&store, &sw_src).await, 1);
+    assert_eq!(stored_count(&store, &svix_src).await, 1);
     store.close().await;
 }
 
@@ -1818,7 +1818,7 @@ async fn generic_hmac_bad_signatures_are_refused() {
         .await;
     assert_accepted(status, &resp, false);
     let store = server.open_store().await;
-    assert_eq!(stored_count(&store, &src), 1);
+    assert_eq!(stored_count(&store, &src).await, 1);
     store.close().await;
 }
 
@@ -1873,19 +1873,19 @@ async fn duplicate_stripe_event_answers_the_original_id_and_stores_once() {
     assert_ne!(third, first);
 
     let store = server.open_store().await;
-    assert_eq!(stored_count(&store, &src), 2);
+    assert_eq!(stored_count(&store, &src).await, 2);
     assert_eq!(
-        stored_event(&store, &first).body,
+        stored_event(&store, &first).await.body,
         body,
         "the original is kept"
     );
-    let deliveries = stored_deliveries(&store, &first);
+    let deliveries = stored_deliveries(&store, &first).await;
     assert_eq!(deliveries.len(), 1, "duplicates create no deliveries");
     assert_eq!(
         Some(deliveries[0].destination_id),
         parse_id(IdKind::Destination, &dst)
     );
-    assert_eq!(stored_deliveries(&store, &third).len(), 1);
+    assert_eq!(stored_deliveries(&store, &third).await.len(), 1);
     store.close().await;
 }
 
@@ -1932,7 +1932,7 @@ async fn concurrent_copies_of_one_event_store_it_once() {
         "every copy answers the same event id: {ids:?}"
     );
     let store = server.open_store().await;
-    assert_eq!(stored_count(&store, &src), 1);
+    assert_eq!(stored_count(&store, &src).await, 1);
     store.close().await;
 }
 
@@ -1970,8 +1970,13 @@ async fn fan_out_creates_one_pending_delivery_per_matching_enabled_destination()
     let refund = send("evt_ref", "charge.refunded").await;
 
     let store = server.open_store().await;
-    let check = |event_id: &str, expected: &[&str]| {
-        let deliveries = stored_deliveries(&store, event_id);
+    let cases: [(&str, Vec<&str>); 3] = [
+        (&invoice, vec![&invoices, &everything]),
+        (&charge, vec![&charges, &everything]),
+        (&refund, vec![&everything]),
+    ];
+    for (event_id, expected) in cases {
+        let deliveries = stored_deliveries(&store, event_id).await;
         let got: HashSet<u128> = deliveries.iter().map(|d| d.destination_id).collect();
         let want: HashSet<u128> = expected
             .iter()
@@ -1990,10 +1995,7 @@ async fn fan_out_creates_one_pending_delivery_per_matching_enabled_destination()
         }
         let unique: HashSet<u128> = deliveries.iter().map(|d| d.id).collect();
         assert_eq!(unique.len(), deliveries.len(), "delivery ids are unique");
-    };
-    check(&invoice, &[&invoices, &everything]);
-    check(&charge, &[&charges, &everything]);
-    check(&refund, &[&everything]);
+    }
     store.close().await;
 }
 
@@ -2044,9 +2046,16 @@ async fn unknown_and_disabled_sources_are_404() {
     let evt = assert_accepted(status, &resp, false);
 
     let store = server.open_store().await;
-    assert_eq!(stored_count(&store, &src), 1, "the 404 stored nothing");
     assert_eq!(
-        stored_event(&store, &evt).provider_event_id.as_deref(),
+        stored_count(&store, &src).await,
+        1,
+        "the 404 stored nothing"
+    );
+    assert_eq!(
+        stored_event(&store, &evt)
+            .await
+            .provider_event_id
+            .as_deref(),
         Some("evt_off")
     );
     store.close().await;
@@ -2110,11 +2119,11 @@ async fn bodies_over_the_limit_are_413_and_not_stored() {
 
     let store = server.open_store().await;
     assert_eq!(
-        stored_count(&store, &src),
+        stored_count(&store, &src).await,
         2,
         "only the two bodies within the limit"
     );
-    assert_eq!(stored_event(&store, &chunked).body, vec![b'd'; 1024]);
+    assert_eq!(stored_event(&store, &chunked).await.body, vec![b'd'; 1024]);
     store.close().await;
 }
 
@@ -2171,7 +2180,11 @@ async fn slack_handshakes_are_answered_and_not_stored() {
     assert_invalid_signature(status, &resp, "wrongly signed url_verification");
 
     let store = server.open_store().await;
-    assert_eq!(stored_count(&store, &src), 0, "handshakes are not stored");
+    assert_eq!(
+        stored_count(&store, &src).await,
+        0,
+        "handshakes are not stored"
+    );
     store.close().await;
 }
 
@@ -2225,19 +2238,15 @@ async fn previous_secret_keeps_verifying_after_rotation() {
     // 24 h on (the overlap's end written into the stored source), the
     // previous secret stops verifying.
     let store = server.open_store().await;
-    assert_eq!(stored_count(&store, &src), 5);
+    assert_eq!(stored_count(&store, &src).await, 5);
     let source_id = parse_id(IdKind::Source, &src).expect("source id");
-    store
-        .write(move |txn| {
-            krafter::store::sources::update(txn, source_id, |s| {
-                let previous = s.previous_secret.as_mut().expect("a previous secret");
-                previous.until_ms = krafter::model::time::now_ms() - 1;
-                Ok(())
-            })
-            .map(|_| ())
-        })
-        .await
-        .expect("aged");
+    let aged = SourceChange {
+        previous_secret_until_ms: Some(krafter::model::time::now_ms() - 1),
+        now_ms: krafter::model::time::now_ms(),
+        ..SourceChange::default()
+    };
+    let (source, _) = store.update_source(source_id, aged).await.expect("aged");
+    assert!(source.previous_secret.is_some(), "a previous secret");
     store.close().await;
     drop(store);
     let server = server.restart().await;
@@ -2379,12 +2388,12 @@ async fn concurrent_ingest_is_stored_and_group_committed() {
     );
 
     let store = server.open_store().await;
-    assert_eq!(stored_count(&store, &src), 200);
+    assert_eq!(stored_count(&store, &src).await, 200);
     let distinct: HashSet<&str> = accepted.iter().map(|(_, evt)| evt.as_str()).collect();
     assert_eq!(distinct.len(), 200);
     for (id, evt) in &accepted {
         assert_eq!(
-            stored_event(&store, evt).provider_event_id.as_deref(),
+            stored_event(&store, evt).await.provider_event_id.as_deref(),
             Some(id.as_str())
         );
     }

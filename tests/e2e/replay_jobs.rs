@@ -13,7 +13,7 @@ use crate::common::receiver::Receiver;
 use crate::common::{assert_error, open_store_at, poll, KillOnDrop, TestServer};
 use krafter::model::ids::{new_id, parse_id, IdKind};
 use krafter::model::records::{ReplayRecord, ReplayState};
-use krafter::store::{events, replays, sources};
+use krafter::store::{Store, KEPT_PER_SOURCE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -233,17 +233,12 @@ async fn chunks_are_atomic(
         parse_id(IdKind::Source, sid).unwrap(),
         parse_id(IdKind::Replay, job).unwrap(),
     );
-    let (record, counts) = store
-        .read(|txn| {
-            let record = replays::get(txn, source, job)?;
-            let mut counts = Vec::new();
-            for id in ids {
-                let raw = parse_id(IdKind::Event, id).unwrap();
-                counts.push((raw, events::deliveries_of(txn, raw)?.len()));
-            }
-            Ok((record, counts))
-        })
-        .unwrap();
+    let record = store.replay(source, job).await.unwrap();
+    let mut counts = Vec::new();
+    for id in ids {
+        let raw = parse_id(IdKind::Event, id).unwrap();
+        counts.push((raw, delivery_count(&store, raw).await));
+    }
     store.close().await;
     let mut done = 0;
     for (raw, n) in counts {
@@ -468,23 +463,14 @@ async fn jobs_skip_purged_events_resume_after_their_cursor_and_end_with_their_so
         created_at_ms: 0,
         updated_at_ms: 0,
     };
-    let stored = job.clone();
-    store
-        .write(move |txn| replays::insert(txn, &stored))
-        .await
-        .unwrap();
+    store.create_replay(job.clone()).await.unwrap();
     // The 6th event is purged (retention) before the job reaches it.
-    let purged = raw[5];
-    store
-        .write(move |txn| events::purge(txn, purged))
-        .await
-        .unwrap();
+    store.purge_events(vec![raw[5]]).await.unwrap();
     // Two events per chunk.
     let mut steps = 0;
     loop {
-        let id = job.id;
         let step = store
-            .write(move |txn| replays::advance(txn, source, id, 1, 2, 100))
+            .advance_replay(source, job.id, 1, 2, 100)
             .await
             .unwrap();
         steps += 1;
@@ -496,34 +482,24 @@ async fn jobs_skip_purged_events_resume_after_their_cursor_and_end_with_their_so
         assert!(step.events <= 2);
     }
     assert!(steps >= 3, "{steps} chunks");
-    let (record, counts) = store
-        .read(|txn| {
-            let record = replays::get(txn, source, job.id)?;
-            let counts = raw
-                .iter()
-                .map(|id| events::deliveries_of(txn, *id).map(|d| d.len()))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((record, counts))
-        })
-        .unwrap();
+    let record = store.replay(source, job.id).await.unwrap();
+    let mut counts = Vec::new();
+    for id in &raw {
+        counts.push(delivery_count(&store, *id).await);
+    }
     assert_eq!(counts, vec![0, 0, 0, 1, 1, 0, 1, 1, 1, 1]);
     assert_eq!(record.events_done, 3 + 6);
     assert_eq!(record.deliveries_queued, 3 + 6);
     assert_eq!(record.state, ReplayState::Completed);
 
     // Finished jobs are kept up to a bound per source, newest first.
-    for _ in 0..replays::KEPT_PER_SOURCE {
+    for _ in 0..KEPT_PER_SOURCE {
         let mut done = record.clone();
         done.id = new_id();
-        store
-            .write(move |txn| replays::insert(txn, &done))
-            .await
-            .unwrap();
+        store.create_replay(done).await.unwrap();
     }
-    let kept = store
-        .read(|txn| replays::list(txn, source, None, 250))
-        .unwrap();
-    assert_eq!(kept.items.len(), replays::KEPT_PER_SOURCE);
+    let kept = store.list_replays(source, None, 250).await.unwrap();
+    assert_eq!(kept.items.len(), KEPT_PER_SOURCE);
     assert!(kept.items.iter().all(|j| j.id != job.id), "the oldest went");
 
     // A running job whose source is deleted ends cancelled, queues nothing,
@@ -531,33 +507,33 @@ async fn jobs_skip_purged_events_resume_after_their_cursor_and_end_with_their_so
     let mut second = job.clone();
     second.id = new_id();
     second.cursor = 0;
-    let stored = second.clone();
-    store
-        .write(move |txn| replays::insert(txn, &stored))
-        .await
-        .unwrap();
-    store
-        .write(move |txn| sources::delete(txn, source))
-        .await
-        .unwrap();
-    let id = second.id;
+    store.create_replay(second.clone()).await.unwrap();
+    store.delete_source(source).await.unwrap();
     let step = store
-        .write(move |txn| replays::advance(txn, source, id, 1, 2, 100))
+        .advance_replay(source, second.id, 1, 2, 100)
         .await
         .unwrap();
     assert_eq!(step.state, Some(ReplayState::Cancelled));
     assert_eq!(step.deliveries, 0);
-    let orphans = store.read(replays::orphans).unwrap();
-    assert_eq!(
-        orphans.len(),
-        replays::KEPT_PER_SOURCE,
-        "every job of the deleted source"
-    );
-    assert!(orphans.iter().all(|(s, _)| *s == source));
-    store
-        .write(move |txn| replays::remove_orphans(txn, &orphans))
-        .await
-        .unwrap();
-    assert!(store.read(|txn| replays::get(txn, source, id)).is_err());
+    // Every job of the deleted source stays readable until the leftovers
+    // are purged, then none is.
+    let newest_kept = kept.items[0].id;
+    assert!(store.replay(source, newest_kept).await.is_ok());
+    store.purge_orphans().await.unwrap();
+    assert!(store.replay(source, second.id).await.is_err());
+    assert!(store.replay(source, newest_kept).await.is_err());
     store.close().await;
+}
+
+/// How many deliveries an event has; 0 for one no longer stored.
+async fn delivery_count(store: &Store, event_id: u128) -> usize {
+    match store.event(event_id).await {
+        Ok(event) => store
+            .event_detail(event.source_id, event_id)
+            .await
+            .unwrap()
+            .2
+            .len(),
+        Err(_) => 0,
+    }
 }

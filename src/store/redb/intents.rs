@@ -19,7 +19,7 @@ use super::{
 use crate::store::{
     Advanced, AttemptOutcome, DestinationChange, DestinationUpdated, DueItem, EventQuery,
     EventSearch, FoundEvent, IngestOutcome, ListedEvent, Page, Recorded, SourceChange, StoreError,
-    Totals,
+    StoreStats, Totals,
 };
 
 impl RedbStore {
@@ -517,6 +517,22 @@ impl RedbStore {
                 deliveries::pending_count(txn)?,
                 deliveries::oldest_due(txn, &destinations)?,
             ))
+        })
+    }
+
+    pub(in crate::store) async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(|txn| {
+            use super::tables::{ATTEMPTS, DEDUP, DELIVERIES, DESTINATIONS, DUE, EVENTS, SOURCES};
+            use ::redb::ReadableTableMetadata;
+            Ok(StoreStats {
+                sources: txn.open_table(SOURCES)?.len()?,
+                destinations: txn.open_table(DESTINATIONS)?.len()?,
+                events: txn.open_table(EVENTS)?.len()?,
+                deliveries: txn.open_table(DELIVERIES)?.len()?,
+                queued: txn.open_table(DUE)?.len()?,
+                attempts: txn.open_table(ATTEMPTS)?.len()?,
+                dedup_keys: txn.open_table(DEDUP)?.len()?,
+            })
         })
     }
 
