@@ -142,9 +142,13 @@ pub fn router(state: AppState) -> Router {
         serde_json::to_string_pretty(&document(openapi)).unwrap_or_else(|_| "{}".to_string());
     let max_body = state.config.server.max_body_bytes;
     // The dashboard: pages for people, kept out of the OpenAPI document,
-    // that call these same routes in-process for every operation.
-    let dashboard =
-        crate::dashboard::router(state.clone(), routes.clone().with_state(state.clone()));
+    // that call the same operations as these routes.
+    let dashboard = crate::dashboard::router(
+        state.ops.clone(),
+        state.config.clone(),
+        state.public_url.clone(),
+        state.metrics.clone(),
+    );
     routes
         .merge(dashboard)
         .fallback(|| async { ApiError::not_found("no such route") })

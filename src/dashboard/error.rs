@@ -4,9 +4,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::html;
 
-use super::dispatch::ApiFailure;
 use super::views;
-use crate::ops::OpError;
+use crate::ops::{FieldError, OpError};
 use crate::store::StoreError;
 
 /// Why a dashboard request did not get the page it asked for.
@@ -25,23 +24,63 @@ pub enum DashboardError {
     /// No such page or thing.
     #[error("not found")]
     NotFound,
-    /// The API refused the operation; its message is shown as is.
-    #[error("{}", .0.message)]
-    Api(ApiFailure),
     /// An operation refused or failed; its message is shown as is.
     #[error(transparent)]
     Op(#[from] OpError),
     /// Storage failed while checking the session.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A fault of Krafter's (an API answer we could not read).
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
-impl From<ApiFailure> for DashboardError {
-    fn from(failure: ApiFailure) -> Self {
-        DashboardError::Api(failure)
+/// An operation's refusal of what a form asked for: shown above the form
+/// again, each field's message next to its field, so the person can fix
+/// the input rather than land on an error page.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// One line saying what was wrong.
+    pub message: String,
+    /// Every field's problem (`name`, `scopes[0]`, `event_filter[1]`, ...).
+    pub details: Vec<FieldError>,
+}
+
+impl Refusal {
+    /// The refusal to show with the form for `error`, if it is about the
+    /// form's content (invalid fields or a malformed value); any other
+    /// error (not found, not allowed, storage) is not the form's to show
+    /// and comes back as is.
+    pub fn of(error: OpError) -> Result<Refusal, OpError> {
+        match error {
+            OpError::Invalid(details) => Ok(Refusal::invalid(details)),
+            OpError::BadRequest(message) => Ok(Refusal {
+                message,
+                details: Vec::new(),
+            }),
+            other => Err(other),
+        }
+    }
+
+    /// The refusal for invalid fields, worded as the API words its 422:
+    /// the one field and its problem, or a pointer to the list below.
+    pub fn invalid(details: Vec<FieldError>) -> Refusal {
+        let message = match details.as_slice() {
+            [one] => format!("{}: {}", one.field, one.message),
+            _ => "some fields are invalid; see details".to_string(),
+        };
+        Refusal { message, details }
+    }
+
+    /// The message for one form field, if the operation named it (or one
+    /// of its elements, such as `scopes[0]`).
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.details
+            .iter()
+            .find(|d| {
+                d.field == name
+                    || d.field
+                        .strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with('['))
+            })
+            .map(|d| d.message.as_str())
     }
 }
 
@@ -69,29 +108,26 @@ impl IntoResponse for DashboardError {
                 "Not found",
                 "There is nothing here. It may have been deleted.".to_string(),
             ),
-            DashboardError::Api(failure) => {
-                let title = match failure.status {
-                    StatusCode::FORBIDDEN => "Not allowed",
-                    StatusCode::NOT_FOUND => "Not found",
-                    s if s.is_server_error() => "Something went wrong",
-                    _ => "That did not work",
-                };
-                (failure.status, title, failure.message)
-            }
-            DashboardError::Op(e) => {
-                let (status, title) = match &e {
-                    OpError::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
-                    OpError::Forbidden(_) => (StatusCode::FORBIDDEN, "Not allowed"),
-                    OpError::Conflict(_) => (StatusCode::CONFLICT, "That did not work"),
-                    OpError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "That did not work"),
-                    OpError::BadRequest(_) => (StatusCode::BAD_REQUEST, "That did not work"),
-                    OpError::Unavailable(_) => {
-                        (StatusCode::SERVICE_UNAVAILABLE, "Something went wrong")
-                    }
-                    OpError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong"),
-                };
-                (status, title, e.to_string())
-            }
+            DashboardError::Op(e) => match e {
+                OpError::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m),
+                OpError::Forbidden(m) => (StatusCode::FORBIDDEN, "Not allowed", m),
+                OpError::Conflict(m) => (StatusCode::CONFLICT, "That did not work", m),
+                OpError::Invalid(details) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "That did not work",
+                    Refusal::invalid(details).message,
+                ),
+                OpError::BadRequest(m) => (StatusCode::BAD_REQUEST, "That did not work", m),
+                OpError::Unavailable(m) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", m)
+                }
+                // Logged where it happened; the page says no more.
+                OpError::Internal => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Something went wrong",
+                    "An internal error occurred; it has been logged.".to_string(),
+                ),
+            },
             DashboardError::Store(e) => {
                 tracing::error!(error = %e, "storage error in the dashboard");
                 let status = match e {
@@ -104,14 +140,6 @@ impl IntoResponse for DashboardError {
                     "Storage is not answering right now; try again in a moment.".to_string(),
                 )
             }
-            DashboardError::Internal(why) => {
-                tracing::error!(error = %why, "dashboard fault");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Something went wrong",
-                    "An internal error occurred; it has been logged.".to_string(),
-                )
-            }
         };
         let body = html! {
             section.card.error-page {
@@ -121,5 +149,45 @@ impl IntoResponse for DashboardError {
             }
         };
         views::respond(status, views::page(title, None, views::Nav::None, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(field: &str, message: &str) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn refusals_name_fields_and_their_elements() {
+        let r = Refusal::invalid(vec![field("scopes[0]", "unknown")]);
+        assert_eq!(r.message, "scopes[0]: unknown");
+        assert_eq!(r.field("scopes"), Some("unknown"));
+        assert_eq!(r.field("scope"), None);
+        assert_eq!(r.field("name"), None);
+        let r = Refusal::invalid(vec![field("name", "a"), field("event_filter[1]", "b")]);
+        assert_eq!(r.message, "some fields are invalid; see details");
+        assert_eq!(r.field("name"), Some("a"));
+        assert_eq!(r.field("event_filter"), Some("b"));
+    }
+
+    #[test]
+    fn only_complaints_about_the_form_come_back_to_it() {
+        let r = Refusal::of(OpError::BadRequest("invalid cursor".into())).expect("refusal");
+        assert_eq!(r.message, "invalid cursor");
+        assert!(r.details.is_empty());
+        for other in [
+            OpError::NotFound("no such source".into()),
+            OpError::Forbidden("no".into()),
+            OpError::Conflict("no".into()),
+            OpError::Internal,
+        ] {
+            assert!(Refusal::of(other).is_err());
+        }
     }
 }

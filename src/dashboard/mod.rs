@@ -9,16 +9,18 @@
 //! without JavaScript; the script only adds copy buttons and keeps
 //! relative times fresh.
 //!
-//! The dashboard has no operations of its own. After checking the session
-//! (see [`session`]) every handler calls the REST API in-process as the
-//! signed-in key (see [`dispatch`]) and renders the JSON it gets back, so
-//! validation, scopes and errors have one implementation. Its routes are
-//! not in the OpenAPI document: they are pages for people, not API.
+//! The dashboard has no rules of its own. After checking the session (see
+//! [`session`]) every handler turns its form or query into the typed input
+//! of an operation (`crate::ops`), calls it as the signed-in key's
+//! [`Caller`](crate::ops::Caller), and renders the records it answers. The
+//! REST API calls the very same operations, so validation, scope checks,
+//! errors and what follows a commit (waking delivery) have one
+//! implementation, and the dashboard can never do what the key could not do
+//! through the API. Its routes are not in the OpenAPI document: they are
+//! pages for people, not API.
 
-pub mod dispatch;
 pub mod error;
 pub mod form;
-pub mod model;
 mod pages;
 pub mod session;
 pub mod throttle;
@@ -33,16 +35,25 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
 
-use crate::api::AppState;
-use dispatch::ApiClient;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::ops::Ops;
 
-/// What every dashboard handler can reach.
+/// What every dashboard handler can reach: the operations, and the few
+/// pieces of configuration pages and cookies depend on. Not the API's
+/// state: the dashboard is a door beside the API, not a client of it.
 #[derive(Clone)]
 pub struct Dashboard {
-    /// The server's state (storage for sessions, config for cookie flags).
-    pub app: AppState,
-    /// The API, called in-process.
-    pub api: ApiClient,
+    /// The business operations every page calls (and, through
+    /// [`Ops::store`], the sessions).
+    pub ops: Ops,
+    /// For the cookie flags and the sign-in budget.
+    pub config: Arc<Config>,
+    /// `server.public_url` without a trailing slash: ingest URLs are shown
+    /// as providers must call them.
+    pub public_url: Arc<str>,
+    /// Counts the test events the dashboard stores, as the API does.
+    pub metrics: Arc<Metrics>,
     /// Sign-in attempts per client address.
     pub sign_in_throttle: Arc<throttle::SignInThrottle>,
 }
@@ -52,7 +63,12 @@ impl Dashboard {
     /// `server.public_url` says browsers reach Krafter over HTTPS (through a
     /// TLS-terminating proxy).
     pub fn secure_cookies(&self) -> bool {
-        self.app.config.tls_enabled() || self.app.public_url.starts_with("https://")
+        self.config.tls_enabled() || self.public_url.starts_with("https://")
+    }
+
+    /// Where a source's provider must send its webhooks.
+    pub fn ingest_url(&self, slug: &str) -> String {
+        format!("{}/in/{slug}", self.public_url)
     }
 }
 
@@ -60,15 +76,26 @@ const CSS: &str = include_str!("assets/dashboard.css");
 const JS: &str = include_str!("assets/dashboard.js");
 const ICON: &str = include_str!("assets/icon.svg");
 
-/// The dashboard's routes. `api` is the API router with its state applied;
-/// every operation is dispatched to it.
-pub fn router(state: AppState, api: Router) -> Router<AppState> {
+/// The dashboard's routes, ready to be merged into the server's router
+/// (whatever its state). `public_url` is `server.public_url` without a
+/// trailing slash.
+pub fn router<S>(
+    ops: Ops,
+    config: Arc<Config>,
+    public_url: Arc<str>,
+    metrics: Arc<Metrics>,
+) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     let dashboard = Dashboard {
         sign_in_throttle: Arc::new(throttle::SignInThrottle::new(
-            state.config.dashboard.sign_in_per_minute,
+            config.dashboard.sign_in_per_minute,
         )),
-        app: state,
-        api: ApiClient::new(api),
+        ops,
+        config,
+        public_url,
+        metrics,
     };
     use pages::{auth, destinations, events, keys, overview, sources};
     Router::new()

@@ -24,9 +24,9 @@ use subtle::ConstantTimeEq;
 use super::error::DashboardError;
 use super::form::Form;
 use super::Dashboard;
-use crate::api::auth::Caller;
-use crate::model::records::{Scope, SessionRecord};
+use crate::model::records::SessionRecord;
 use crate::model::time::now_ms;
+use crate::ops::{Caller, Via};
 use crate::store::{Store, StoreError};
 
 /// Name of the session cookie.
@@ -56,20 +56,21 @@ pub struct Session {
     /// The signed-in key's name and prefix, shown in the header.
     pub key_name: String,
     pub key_prefix: String,
-    /// What the API router is told about the caller.
+    /// Who the operations are called as: the signed-in key, its current
+    /// scopes, via the dashboard.
     pub caller: Caller,
 }
 
 impl Session {
     /// Whether the key may change sources, destinations and events; pages
-    /// hide write controls otherwise (the API refuses them anyway).
+    /// hide write controls otherwise (the operations refuse them anyway).
     pub fn can_write(&self) -> bool {
-        self.caller.scopes.iter().any(|s| s.grants(Scope::Write))
+        self.caller.can_write()
     }
 
     /// Whether the key may manage API keys.
     pub fn is_admin(&self) -> bool {
-        self.caller.scopes.iter().any(|s| s.grants(Scope::Admin))
+        self.caller.is_admin()
     }
 }
 
@@ -140,7 +141,7 @@ async fn lookup(store: &Store, id: &str) -> Result<Lookup, StoreError> {
         caller: Caller {
             key_id: key.id,
             scopes: key.scopes,
-            via: crate::ops::Via::Dashboard,
+            via: Via::Dashboard,
         },
     }))
 }
@@ -204,7 +205,7 @@ impl FromRequestParts<Dashboard> for Session {
         if id.is_empty() || id.len() > 128 {
             return Err(DashboardError::SignIn { next });
         }
-        match lookup(&state.app.store, id).await? {
+        match lookup(state.ops.store(), id).await? {
             Lookup::Valid(session) => Ok(session),
             Lookup::Invalid => Err(DashboardError::SignIn { next }),
         }
@@ -282,7 +283,8 @@ mod tests {
         };
         let store = Store::open(&config, std::sync::Arc::new(crate::metrics::Metrics::new()))
             .expect("store opens");
-        let key = crate::ops::api_keys::generate_key("t", vec![Scope::Read]).record;
+        let key = crate::ops::api_keys::generate_key("t", vec![crate::model::records::Scope::Read])
+            .record;
         store.create_api_key(key.clone()).await.expect("key stored");
         (store, key)
     }

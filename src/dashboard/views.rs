@@ -6,9 +6,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
 
-use super::dispatch::ApiFailure;
+use super::error::Refusal;
 use super::session::{Session, CSRF_FIELD};
-use crate::model::time::{now_ms, parse_rfc3339_ms};
+use crate::model::time::{format_ms, now_ms};
 
 /// Asset URLs carry the version so a browser never runs an old script
 /// against a new page.
@@ -142,13 +142,13 @@ pub fn status_pill(status: &str) -> Markup {
     }
 }
 
-/// A time as "3 minutes ago", with the exact UTC time on hover and in the
-/// `datetime` attribute (the script keeps the words current).
-pub fn time(rfc3339: &str) -> Markup {
+/// A time (Unix ms) as "3 minutes ago", with the exact UTC time on hover
+/// and, as the API writes it (RFC 3339), in the `datetime` attribute (the
+/// script keeps the words current).
+pub fn time(ms: i64) -> Markup {
+    let rfc3339 = format_ms(ms);
     let exact = rfc3339.replace('T', " ").replace('Z', " UTC");
-    let words = parse_rfc3339_ms(rfc3339)
-        .map(|ms| relative(ms, now_ms()))
-        .unwrap_or_else(|| rfc3339.to_string());
+    let words = relative(ms, now_ms());
     html! { time datetime=(rfc3339) title=(exact) { (words) } }
 }
 
@@ -188,21 +188,21 @@ pub fn notice(text: &str) -> Markup {
     html! { div.notice role="status" { (text) } }
 }
 
-/// The API's refusal of a form, shown above it.
-pub fn failure(failure: &ApiFailure) -> Markup {
+/// An operation's refusal of a form, shown above it.
+pub fn failure(failure: &Refusal) -> Markup {
     html! {
         div.alert role="alert" {
             strong { "That did not work: " }
             (failure.message)
             @if failure.details.len() > 1 {
-                ul { @for (field, message) in &failure.details { li { code { (field) } " " (message) } } }
+                ul { @for d in &failure.details { li { code { (d.field) } " " (d.message) } } }
             }
         }
     }
 }
 
-/// The API's complaint about one field, under that field.
-pub fn field_error(failure: Option<&ApiFailure>, name: &str) -> Markup {
+/// An operation's complaint about one field, under that field.
+pub fn field_error(failure: Option<&Refusal>, name: &str) -> Markup {
     let message = failure.and_then(|f| f.field(name));
     html! {
         @if let Some(message) = message {

@@ -144,6 +144,37 @@ impl DeliveryStatus {
     }
 }
 
+/// How many of an event's deliveries are in each status: what every list
+/// of events shows (the API's `deliveries` object, the dashboard's pills).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    pub pending: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub cancelled: u32,
+}
+
+impl DeliveryCounts {
+    /// Counts `deliveries` by status.
+    pub fn of(deliveries: &[DeliveryRecord]) -> DeliveryCounts {
+        let mut c = DeliveryCounts::default();
+        for d in deliveries {
+            match d.status {
+                DeliveryStatus::Pending => c.pending += 1,
+                DeliveryStatus::Succeeded => c.succeeded += 1,
+                DeliveryStatus::Failed => c.failed += 1,
+                DeliveryStatus::Cancelled => c.cancelled += 1,
+            }
+        }
+        c
+    }
+
+    /// Every delivery counted.
+    pub fn total(&self) -> u32 {
+        self.pending + self.succeeded + self.failed + self.cancelled
+    }
+}
+
 /// One (event, destination) pair to deliver.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeliveryRecord {
@@ -259,5 +290,32 @@ mod tests {
         assert!(Scope::Write.grants(Scope::Read));
         assert!(!Scope::Write.grants(Scope::Admin));
         assert!(!Scope::Read.grants(Scope::Write));
+    }
+
+    #[test]
+    fn deliveries_are_counted_by_status() {
+        let delivery = |status| DeliveryRecord {
+            id: 1,
+            event_id: 2,
+            source_id: 3,
+            destination_id: 4,
+            status,
+            attempts: 0,
+            next_attempt_ms: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let list = [
+            delivery(DeliveryStatus::Failed),
+            delivery(DeliveryStatus::Succeeded),
+            delivery(DeliveryStatus::Failed),
+            delivery(DeliveryStatus::Cancelled),
+        ];
+        let c = DeliveryCounts::of(&list);
+        assert_eq!(
+            (c.pending, c.succeeded, c.failed, c.cancelled, c.total()),
+            (0, 1, 2, 1, 4)
+        );
+        assert_eq!(DeliveryCounts::of(&[]).total(), 0);
     }
 }

@@ -3,23 +3,40 @@
 //! secret, delete with confirmation.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{html, Markup};
-use serde_json::{json, Map, Value};
 
-use super::sources::{self, api_path, ShowExtra};
-use super::{notice, value, QueryMap, SourceTab};
-use crate::dashboard::dispatch::{id_segment, ApiFailure};
-use crate::dashboard::error::DashboardError;
+use super::sources::{self, ShowExtra};
+use super::{id_of, notice, value, QueryMap, Reading, SourceTab};
+use crate::dashboard::error::{DashboardError, Refusal};
 use crate::dashboard::form::Form;
-use crate::dashboard::model::{Destination, Source};
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
+use crate::model::ids::{format_id, IdKind};
+use crate::model::records::{DestinationRecord, SourceRecord};
+use crate::ops::destinations::{DestinationEdit, NewDestination};
+use crate::ops::OpError;
 
-fn dest_path(sid: &str, did: &str) -> String {
-    format!("{}/destinations/{did}", api_path(sid))
+/// Destinations a page lists for one source (the most a list page holds).
+pub const SHOWN: usize = 250;
+
+/// The ids of a destination page's URL.
+fn ids(sid: &str, did: &str) -> Result<(u128, u128), DashboardError> {
+    Ok((
+        id_of(IdKind::Source, sid)?,
+        id_of(IdKind::Destination, did)?,
+    ))
+}
+
+/// `/dashboard/sources/{sid}/destinations/{did}`.
+fn page_path(sid: u128, did: u128) -> String {
+    format!(
+        "/dashboard/sources/{}/destinations/{}",
+        format_id(IdKind::Source, sid),
+        format_id(IdKind::Destination, did)
+    )
 }
 
 /// "invoice.paid, charge.*" → patterns; commas, spaces and newlines all
@@ -41,7 +58,7 @@ fn filter_text(filter: &[String]) -> String {
 }
 
 /// The destinations table of a source page.
-pub fn table(source: &Source, dests: &[Destination], session: &Session) -> Markup {
+pub fn table(source: &SourceRecord, dests: &[DestinationRecord], session: &Session) -> Markup {
     html! {
         div.table-wrap {
             table #destinations {
@@ -51,27 +68,29 @@ pub fn table(source: &Source, dests: &[Destination], session: &Session) -> Marku
                 } }
                 tbody {
                     @for dest in dests {
-                        tr data-destination=(dest.id) {
-                            td.url { code { (dest.url) } br; span.muted.small { (dest.id) } }
+                        @let did = format_id(IdKind::Destination, dest.id);
+                        @let base = page_path(source.id, dest.id);
+                        tr data-destination=(did) {
+                            td.url { code { (dest.url) } br; span.muted.small { (did) } }
                             td { (filter_text(&dest.event_filter))
                                 @if let Some(limit) = dest.rate_limit { br; span.muted.small { "≤ " (limit) "/s" } } }
                             td {
                                 (views::status_pill(if dest.enabled { "enabled" } else { "disabled" }))
                                 @if let Some(reason) = &dest.disabled_reason {
                                     p.warn.small { "Disabled by Krafter"
-                                        @if let Some(at) = &dest.disabled_at { " " (views::time(at)) }
+                                        @if let Some(at) = dest.disabled_at_ms { " " (views::time(at)) }
                                         ": " (reason) }
                                 }
                             }
-                            td { (views::time(&dest.created_at)) }
+                            td { (views::time(dest.created_at_ms)) }
                             td.actions {
                                 @if session.can_write() {
-                                    form method="post" action={ "/dashboard/sources/" (source.id) "/destinations/" (dest.id) "/enabled" } {
+                                    form method="post" action={ (base) "/enabled" } {
                                         (views::csrf(session))
                                         input type="hidden" name="enabled" value=(if dest.enabled { "false" } else { "true" });
                                         button.btn.small type="submit" { @if dest.enabled { "Disable" } @else { "Enable" } }
                                     }
-                                    a.btn.small href={ "/dashboard/sources/" (source.id) "/destinations/" (dest.id) } { "Edit" }
+                                    a.btn.small href=(base) { "Edit" }
                                 }
                             }
                         }
@@ -84,9 +103,9 @@ pub fn table(source: &Source, dests: &[Destination], session: &Session) -> Marku
 
 /// The "Add destination" form of a source page.
 pub fn new_form(
-    source: &Source,
+    source: &SourceRecord,
     session: &Session,
-    refused: Option<(&Form, &ApiFailure)>,
+    refused: Option<(&Form, &Refusal)>,
 ) -> Markup {
     let (form, failure) = match refused {
         Some((f, e)) => (Some(f), Some(e)),
@@ -96,7 +115,7 @@ pub fn new_form(
         section.card #new-destination {
             h3 { "Add a destination" }
             @if let Some(f) = failure { (views::failure(f)) }
-            form method="post" action={ "/dashboard/sources/" (source.id) "/destinations" } {
+            form method="post" action={ "/dashboard/sources/" (format_id(IdKind::Source, source.id)) "/destinations" } {
                 (views::csrf(session))
                 label for="dest-url" { "URL" }
                 input #dest-url type="url" name="url" required maxlength="2048"
@@ -116,28 +135,45 @@ pub fn new_form(
     }
 }
 
-fn body_from(form: &Form, editing: bool) -> Value {
-    let mut body = Map::new();
-    body.insert("url".into(), json!(form.get("url").unwrap_or("").trim()));
-    body.insert(
-        "event_filter".into(),
-        json!(patterns(form.get("event_filter").unwrap_or(""))),
-    );
-    match form.text("rate_limit") {
-        Some(t) => {
-            let v = t
-                .parse::<u64>()
-                .map(|n| json!(n))
-                .unwrap_or_else(|_| json!(t));
-            body.insert("rate_limit".into(), v);
-        }
-        // In a PATCH, 0 removes the limit.
-        None if editing => {
-            body.insert("rate_limit".into(), json!(0));
-        }
-        None => {}
-    }
-    Value::Object(body)
+/// The fields both destination forms have: URL, event types, rate limit.
+struct Fields {
+    url: String,
+    event_filter: Vec<String>,
+    rate_limit: Option<u32>,
+}
+
+fn read(form: &Form) -> Result<Fields, OpError> {
+    let mut r = Reading::default();
+    let rate_limit = r.number(form, "rate_limit");
+    r.finish()?;
+    Ok(Fields {
+        url: form.get("url").unwrap_or("").trim().to_string(),
+        event_filter: patterns(form.get("event_filter").unwrap_or("")),
+        rate_limit,
+    })
+}
+
+/// The "Add a destination" form as an operation's input.
+fn read_new(form: &Form) -> Result<NewDestination, OpError> {
+    let f = read(form)?;
+    Ok(NewDestination {
+        url: f.url,
+        event_filter: Some(f.event_filter),
+        enabled: None,
+        rate_limit: f.rate_limit,
+    })
+}
+
+/// The edit form as a change. The form shows every field, so every field
+/// is set; an empty rate limit removes the limit (`0`).
+fn read_edit(form: &Form) -> Result<DestinationEdit, OpError> {
+    let f = read(form)?;
+    Ok(DestinationEdit {
+        url: Some(f.url),
+        event_filter: Some(f.event_filter),
+        enabled: None,
+        rate_limit: Some(f.rate_limit.unwrap_or(0)),
+    })
 }
 
 /// Creates a destination and shows its secret once, on the source page.
@@ -146,26 +182,19 @@ pub async fn create(
     Path(sid): Path<String>,
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let sid = id_segment(&sid)?;
+    let sid = id_of(IdKind::Source, &sid)?;
     let query = QueryMap::new();
-    match d
-        .api
-        .change::<Destination>(
-            &session.caller,
-            Method::POST,
-            &format!("{}/destinations", api_path(sid)),
-            Some(body_from(&form, false)),
-        )
-        .await?
-    {
+    let created = match read_new(&form) {
+        Ok(new) => d.ops.create_destination(&session.caller, sid, new).await,
+        Err(e) => Err(e),
+    };
+    match created.map_err(Refusal::of) {
         Ok(dest) => sources::render_show(&d, &session, sid, &query, ShowExtra::Created(dest)).await,
-        Err(f)
-            if f.status == StatusCode::UNPROCESSABLE_ENTITY
-                || f.status == StatusCode::BAD_REQUEST =>
-        {
-            sources::render_show(&d, &session, sid, &query, ShowExtra::Refused(&form, f)).await
+        Err(Ok(refusal)) => {
+            let extra = ShowExtra::Refused(&form, refusal);
+            sources::render_show(&d, &session, sid, &query, extra).await
         }
-        Err(f) => Err(f.into()),
+        Err(Err(e)) => Err(e.into()),
     }
 }
 
@@ -176,26 +205,27 @@ pub async fn edit_page(
     Path((sid, did)): Path<(String, String)>,
     Query(query): Query<QueryMap>,
 ) -> Result<Response, DashboardError> {
-    let (sid, did) = (id_segment(&sid)?, id_segment(&did)?);
+    let (sid, did) = ids(&sid, &did)?;
     render_edit(&d, &session, sid, did, &query, None, None).await
 }
 
 async fn render_edit(
     d: &Dashboard,
     session: &Session,
-    sid: &str,
-    did: &str,
+    sid: u128,
+    did: u128,
     query: &QueryMap,
     secret: Option<&str>,
-    refused: Option<(&Form, &ApiFailure)>,
+    refused: Option<(&Form, &Refusal)>,
 ) -> Result<Response, DashboardError> {
-    let source = sources::fetch(d, session, sid).await?;
-    let dest: Destination = d.api.get(&session.caller, &dest_path(sid, did)).await?;
+    let source = sources::fetch(d, session, sid).await?.source;
+    let dest = d.ops.get_destination(&session.caller, sid, did).await?;
     let (form, failure) = match refused {
         Some((f, e)) => (Some(f), Some(e)),
         None => (None, None),
     };
-    let base = format!("/dashboard/sources/{sid}/destinations/{did}");
+    let base = page_path(sid, did);
+    let source_page = format!("/dashboard/sources/{}", format_id(IdKind::Source, sid));
     let filter = dest.event_filter.join(", ");
     let rate = dest.rate_limit.map(|r| r.to_string()).unwrap_or_default();
     let status = if refused.is_some() {
@@ -205,7 +235,7 @@ async fn render_edit(
     };
     let body = html! {
         (super::source_header(&source, SourceTab::Other, session))
-        (views::crumbs(&[("Destinations", Some(format!("/dashboard/sources/{sid}"))), (dest.url.as_str(), None)]))
+        (views::crumbs(&[("Destinations", Some(source_page)), (dest.url.as_str(), None)]))
         @if let Some(n) = notice(query) { (n) }
         @if let Some(secret) = secret {
             (views::shown_once("new-secret", secret, "new signing secret",
@@ -218,10 +248,10 @@ async fn render_edit(
             }
             @if let Some(reason) = &dest.disabled_reason {
                 p.warn { "Krafter disabled this destination"
-                    @if let Some(at) = &dest.disabled_at { " " (views::time(at)) }
+                    @if let Some(at) = dest.disabled_at_ms { " " (views::time(at)) }
                     ": " (reason) ". Enable it to resume delivery." }
             }
-            p.muted.small { (dest.id) " · created " (views::time(&dest.created_at)) }
+            p.muted.small { (format_id(IdKind::Destination, dest.id)) " · created " (views::time(dest.created_at_ms)) }
             @if session.can_write() {
                 @if let Some(f) = failure { (views::failure(f)) }
                 form method="post" action=(base) {
@@ -280,36 +310,34 @@ pub async fn edit(
     Path((sid, did)): Path<(String, String)>,
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let (sid, did) = (id_segment(&sid)?, id_segment(&did)?);
-    match d
-        .api
-        .change::<Destination>(
-            &session.caller,
-            Method::PATCH,
-            &dest_path(sid, did),
-            Some(body_from(&form, true)),
-        )
-        .await?
-    {
+    let (sid, did) = ids(&sid, &did)?;
+    let updated = match read_edit(&form) {
+        Ok(edit) => {
+            d.ops
+                .update_destination(&session.caller, sid, did, edit)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match updated.map_err(Refusal::of) {
         Ok(_) => Ok(views::see_other(&format!(
-            "/dashboard/sources/{sid}?notice=destination-updated"
+            "/dashboard/sources/{}?notice=destination-updated",
+            format_id(IdKind::Source, sid)
         ))),
-        Err(f)
-            if f.status == StatusCode::UNPROCESSABLE_ENTITY
-                || f.status == StatusCode::BAD_REQUEST =>
-        {
+        Err(Ok(refusal)) => {
+            let empty = QueryMap::new();
             render_edit(
                 &d,
                 &session,
                 sid,
                 did,
-                &QueryMap::new(),
+                &empty,
                 None,
-                Some((&form, &f)),
+                Some((&form, &refusal)),
             )
             .await
         }
-        Err(f) => Err(f.into()),
+        Err(Err(e)) => Err(e.into()),
     }
 }
 
@@ -319,23 +347,23 @@ pub async fn set_enabled(
     Path((sid, did)): Path<(String, String)>,
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let (sid, did) = (id_segment(&sid)?, id_segment(&did)?);
+    let (sid, did) = ids(&sid, &did)?;
     let enabled = form.get("enabled") == Some("true");
-    d.api
-        .change::<Destination>(
-            &session.caller,
-            Method::PATCH,
-            &dest_path(sid, did),
-            Some(json!({ "enabled": enabled })),
-        )
-        .await??;
+    let edit = DestinationEdit {
+        enabled: Some(enabled),
+        ..DestinationEdit::default()
+    };
+    d.ops
+        .update_destination(&session.caller, sid, did, edit)
+        .await?;
     let notice = if enabled {
         "destination-enabled"
     } else {
         "destination-disabled"
     };
     Ok(views::see_other(&format!(
-        "/dashboard/sources/{sid}?notice={notice}"
+        "/dashboard/sources/{}?notice={notice}",
+        format_id(IdKind::Source, sid)
     )))
 }
 
@@ -345,26 +373,13 @@ pub async fn rotate_secret(
     Path((sid, did)): Path<(String, String)>,
     SignedForm { session, .. }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let (sid, did) = (id_segment(&sid)?, id_segment(&did)?);
-    let dest = d
-        .api
-        .change::<Destination>(
-            &session.caller,
-            Method::POST,
-            &format!("{}/rotate-secret", dest_path(sid, did)),
-            None,
-        )
-        .await??;
-    render_edit(
-        &d,
-        &session,
-        sid,
-        did,
-        &QueryMap::new(),
-        dest.secret.as_deref(),
-        None,
-    )
-    .await
+    let (sid, did) = ids(&sid, &did)?;
+    let rotated = d
+        .ops
+        .rotate_destination_secret(&session.caller, sid, did)
+        .await?;
+    let empty = QueryMap::new();
+    render_edit(&d, &session, sid, did, &empty, Some(&rotated.secret), None).await
 }
 
 /// Asks before deleting.
@@ -373,10 +388,10 @@ pub async fn delete_page(
     session: Session,
     Path((sid, did)): Path<(String, String)>,
 ) -> Result<Response, DashboardError> {
-    let (sid, did) = (id_segment(&sid)?, id_segment(&did)?);
-    let source = sources::fetch(&d, &session, sid).await?;
-    let dest: Destination = d.api.get(&session.caller, &dest_path(sid, did)).await?;
-    let base = format!("/dashboard/sources/{sid}/destinations/{did}");
+    let (sid, did) = ids(&sid, &did)?;
+    let source = sources::fetch(&d, &session, sid).await?.source;
+    let dest = d.ops.get_destination(&session.caller, sid, did).await?;
+    let base = page_path(sid, did);
     let body = html! {
         (super::source_header(&source, SourceTab::Other, &session))
         section.card.danger-zone {
@@ -405,12 +420,11 @@ pub async fn delete(
     Path((sid, did)): Path<(String, String)>,
     SignedForm { session, .. }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let (sid, did) = (id_segment(&sid)?, id_segment(&did)?);
-    d.api
-        .change::<Value>(&session.caller, Method::DELETE, &dest_path(sid, did), None)
-        .await??;
+    let (sid, did) = ids(&sid, &did)?;
+    d.ops.delete_destination(&session.caller, sid, did).await?;
     Ok(views::see_other(&format!(
-        "/dashboard/sources/{sid}?notice=destination-deleted"
+        "/dashboard/sources/{}?notice=destination-deleted",
+        format_id(IdKind::Source, sid)
     )))
 }
 

@@ -2,27 +2,36 @@
 //! (headers, body, every delivery with every attempt), replay to all
 //! matching or to ticked destinations, retry, and bulk replay.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
+use base64::Engine;
 use maud::{html, Markup};
-use serde_json::{json, Map, Value};
 
-use super::sources::{self, api_path};
-use super::{notice, QueryMap, SourceTab};
-use crate::dashboard::dispatch::{id_segment, ApiFailure};
-use crate::dashboard::error::DashboardError;
-use crate::dashboard::model::{
-    Attempt, BulkReplayAccepted, Delivery, Destination, Event, EventDetail, ReplayAccepted,
-    ReplayJob,
-};
+use super::destinations::SHOWN;
+use super::sources;
+use super::{cursor_of, cursor_text, id_of, notice, QueryMap, Reading, SourceTab};
+use crate::dashboard::error::{DashboardError, Refusal};
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
+use crate::model::ids::{format_id, IdKind};
+use crate::model::records::{
+    AttemptRecord, DeliveryCounts, DeliveryRecord, DeliveryStatus, DestinationRecord, ReplayRecord,
+};
+use crate::model::time::parse_rfc3339_ms;
+use crate::ops::events::{BulkReplay, EventDetail};
+use crate::ops::OpError;
+use crate::store::EventQuery;
 
 const PAGE: usize = 50;
+
+/// The ids of an event page's URL.
+fn ids(sid: &str, eid: &str) -> Result<(u128, u128), DashboardError> {
+    Ok((id_of(IdKind::Source, sid)?, id_of(IdKind::Event, eid)?))
+}
 
 /// A time filter as typed: an `<input type="datetime-local">` value
 /// (`2026-11-27T14:48`, read as UTC) or a full RFC 3339 time.
@@ -65,50 +74,34 @@ pub async fn list(
     Path(sid): Path<String>,
     Query(query): Query<QueryMap>,
 ) -> Result<Response, DashboardError> {
-    let sid = id_segment(&sid)?;
-    let source = sources::fetch(&d, &session, sid).await?;
+    let sid = id_of(IdKind::Source, &sid)?;
+    let source = sources::fetch(&d, &session, sid).await?.source;
     let active = filters(&query);
-    // Built in a block: the serializer is not `Send` and must not live
-    // across an await.
-    let path = {
-        let mut api_query = url::form_urlencoded::Serializer::new(String::new());
-        api_query.append_pair("limit", &PAGE.to_string());
-        for (k, v) in &active {
-            let v = if *k == "type" { v.clone() } else { rfc3339(v) };
-            api_query.append_pair(k, &v);
+    // A bad cursor or time filter: the page with the complaint, not an
+    // error page.
+    let (page, refused) = match event_query(&active, &query) {
+        Ok(wanted) => {
+            let page = d
+                .ops
+                .list_events(&session.caller, sid, wanted, PAGE)
+                .await?;
+            (page, None)
         }
-        if let Some(cursor) = query.get("cursor").filter(|c| !c.is_empty()) {
-            api_query.append_pair("cursor", cursor);
-        }
-        format!("{}/events?{}", api_path(sid), api_query.finish())
-    };
-    let (page, refused) = match d
-        .api
-        .send(&session.caller, Method::GET, &path, None)
-        .await?
-    {
-        Ok(value) => (
-            serde_json::from_value::<ListOf<Event>>(value)
-                .map_err(|e| DashboardError::Internal(format!("unexpected events list: {e}")))?,
-            None,
-        ),
-        // A bad time filter: show the page with the complaint, not an error page.
-        Err(f) if f.status == StatusCode::BAD_REQUEST => (
-            ListOf {
-                data: Vec::new(),
-                next_cursor: None,
+        Err(message) => (
+            crate::ops::Listed {
+                items: Vec::new(),
+                next: None,
             },
-            Some(f),
+            Some(message),
         ),
-        Err(f) => return Err(f.into()),
     };
+    let next_cursor = cursor_text(page.next);
     let jobs = d
-        .api
-        .list::<ReplayJob>(
-            &session.caller,
-            &format!("{}/replays?limit={RECENT_REPLAYS}", api_path(sid)),
-        )
+        .ops
+        .list_replays(&session.caller, sid, None, RECENT_REPLAYS)
         .await?;
+    let sid = format_id(IdKind::Source, sid);
+    let ingest_url = d.ingest_url(&source.slug);
     let base = format!("/dashboard/sources/{sid}/events");
     let keep = |extra: Option<(&str, &str)>| {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
@@ -143,21 +136,21 @@ pub async fn list(
                 a.btn.link href={ (base) @if !active.is_empty() { "?" (keep(None)) } } { "Refresh" }
             }
         }
-        @if let Some(f) = &refused { div.alert role="alert" { (f.message) } }
-        @if page.data.is_empty() && refused.is_none() {
+        @if let Some(message) = &refused { div.alert role="alert" { (message) } }
+        @if page.items.is_empty() && refused.is_none() {
             @if active.is_empty() && !query.contains_key("cursor") {
                 (views::empty("No events yet", html! {
                     p { "Events appear here as soon as " (super::provider_label(source.provider)) " sends one to this source's ingest URL:" }
-                    (views::copyable("ingest-url", &source.url, "ingest URL"))
+                    (views::copyable("ingest-url", &ingest_url, "ingest URL"))
                     p.muted { "Try it with curl, or send a test event from the provider's dashboard." }
                     @if session.can_write() && source.enabled {
-                        p { (super::overview::test_event_form(&session, &source.id)) }
+                        p { (super::overview::test_event_form(&session, &sid)) }
                     }
                 }))
             } @else {
                 (views::empty("No events match", html! { p { a href=(base) { "Clear the filters" } " to see every event." } }))
             }
-        } @else if !page.data.is_empty() {
+        } @else if !page.items.is_empty() {
             div.table-wrap {
                 table #events {
                     thead { tr {
@@ -165,13 +158,14 @@ pub async fn list(
                         th scope="col" { "Size" } th scope="col" { "Event" }
                     } }
                     tbody {
-                        @for e in &page.data {
-                            tr data-event=(e.id) {
-                                td { a href={ (base) "/" (e.id) } { code { (e.event_type) } } }
-                                td { (views::time(&e.received_at)) }
-                                td.counts { (counts(e)) }
-                                td.num { (views::bytes(e.size_bytes)) }
-                                td { a.muted.small href={ (base) "/" (e.id) } { (e.id) } }
+                        @for e in &page.items {
+                            @let eid = format_id(IdKind::Event, e.id);
+                            tr data-event=(eid) {
+                                td { a href={ (base) "/" (eid) } { code { (e.summary.event_type) } } }
+                                td { (views::time(e.summary.received_at_ms)) }
+                                td.counts { (counts(&DeliveryCounts::of(&e.deliveries))) }
+                                td.num { (views::bytes(e.summary.size_bytes)) }
+                                td { a.muted.small href={ (base) "/" (eid) } { (eid) } }
                             }
                         }
                     }
@@ -179,10 +173,10 @@ pub async fn list(
             }
             p.pager {
                 @if query.contains_key("cursor") { a href={ (base) "?" (keep(None)) } { "← Newest" } }
-                @if let Some(cursor) = &page.next_cursor { a href={ (base) "?" (keep(Some(("cursor", cursor)))) } { "Older events →" } }
+                @if let Some(cursor) = &next_cursor { a href={ (base) "?" (keep(Some(("cursor", cursor)))) } { "Older events →" } }
             }
         }
-        @if session.can_write() { (bulk_form(&session, sid, None)) }
+        @if session.can_write() { (bulk_form(&session, &sid, None)) }
         @if !jobs.items.is_empty() { (replay_jobs(&jobs.items)) }
     };
     Ok(views::ok(views::page(
@@ -193,16 +187,39 @@ pub async fn list(
     )))
 }
 
-#[derive(serde::Deserialize)]
-struct ListOf<T> {
-    data: Vec<T>,
-    next_cursor: Option<String>,
+/// The filters and cursor of the events page as a query; what is wrong
+/// with them, worded as the API words it, otherwise.
+fn event_query(active: &[(&str, String)], query: &QueryMap) -> Result<EventQuery, String> {
+    let before_id = cursor_of(query).map_err(|e| e.to_string())?;
+    let mut wanted = EventQuery {
+        before_id,
+        ..EventQuery::default()
+    };
+    let mut bad_time = false;
+    for (k, v) in active {
+        match *k {
+            "type" => wanted.type_pattern = Some(v.clone()),
+            "after" | "before" => {
+                let ms = parse_rfc3339_ms(&rfc3339(v));
+                bad_time |= ms.is_none();
+                if *k == "after" {
+                    wanted.after_ms = ms;
+                } else {
+                    wanted.before_ms = ms;
+                }
+            }
+            _ => {}
+        }
+    }
+    if bad_time {
+        return Err("after and before must be RFC 3339 times".to_string());
+    }
+    Ok(wanted)
 }
 
 /// An event's delivery counts as pills that say what they count.
-pub fn counts(e: &Event) -> Markup {
-    let c = &e.deliveries;
-    let total = c.pending + c.succeeded + c.failed + c.cancelled;
+pub fn counts(c: &DeliveryCounts) -> Markup {
+    let total = c.total();
     html! {
         @if total == 0 {
             span.muted { "none (no destination matched)" }
@@ -219,7 +236,7 @@ pub fn counts(e: &Event) -> Markup {
 const RECENT_REPLAYS: usize = 5;
 
 /// The most recent bulk replays with their progress (refresh to update).
-fn replay_jobs(jobs: &[ReplayJob]) -> Markup {
+fn replay_jobs(jobs: &[ReplayRecord]) -> Markup {
     html! {
         section.card #replays {
             h2 { "Recent bulk replays" }
@@ -231,21 +248,22 @@ fn replay_jobs(jobs: &[ReplayJob]) -> Markup {
                     } }
                     tbody {
                         @for j in jobs {
-                            tr data-replay=(j.id) {
-                                td { (views::time(&j.created_at)) }
+                            @let id = format_id(IdKind::Replay, j.id);
+                            tr data-replay=(id) {
+                                td { (views::time(j.created_at_ms)) }
                                 td.small {
-                                    (views::time(&j.request.after)) " → " (views::time(&j.request.before))
-                                    @if let Some(t) = &j.request.event_type { " · " code { (t) } }
-                                    @if j.request.status.is_some() { " · failed only" }
+                                    (views::time(j.after_ms)) " → " (views::time(j.before_ms))
+                                    @if let Some(t) = &j.type_pattern { " · " code { (t) } }
+                                    @if j.only_failed { " · failed only" }
                                 }
-                                td { (views::status_pill(&j.status)) }
+                                td { (views::status_pill(j.state.as_str())) }
                                 td {
                                     progress value=(j.events_done) max=(j.events_total.max(1))
-                                        aria-label={ "events re-sent of " (j.id) } {}
+                                        aria-label={ "events re-sent of " (id) } {}
                                     " " span.num { (j.events_done) " / " (j.events_total) " events" }
                                 }
                                 td.num { (j.deliveries_queued) " / " (j.deliveries_total) }
-                                td { span.muted.small { (j.id) } }
+                                td { span.muted.small { (id) } }
                             }
                         }
                     }
@@ -256,7 +274,7 @@ fn replay_jobs(jobs: &[ReplayJob]) -> Markup {
     }
 }
 
-fn bulk_form(session: &Session, sid: &str, failure: Option<&ApiFailure>) -> Markup {
+fn bulk_form(session: &Session, sid: &str, failure: Option<&Refusal>) -> Markup {
     html! {
         details.card #bulk-replay open[failure.is_some()] {
             summary { "Replay many events…" }
@@ -285,48 +303,67 @@ pub async fn bulk_replay(
     Path(sid): Path<String>,
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let sid = id_segment(&sid)?;
-    let mut body = Map::new();
-    body.insert(
-        "after".into(),
-        json!(form.text("after").map(|t| rfc3339(&t)).unwrap_or_default()),
-    );
-    if let Some(before) = form.text("before") {
-        body.insert("before".into(), json!(rfc3339(&before)));
-    }
-    if let Some(t) = form.text("type") {
-        body.insert("type".into(), json!(t));
-    }
-    if let Some(s) = form.text("status") {
-        body.insert("status".into(), json!(s));
-    }
-    match d
-        .api
-        .change::<BulkReplayAccepted>(
-            &session.caller,
-            Method::POST,
-            &format!("{}/replay", api_path(sid)),
-            Some(Value::Object(body)),
-        )
-        .await?
-    {
-        Ok(a) => Ok(views::see_other(&format!(
-            "/dashboard/sources/{sid}/events?bulk={},{}",
-            a.events, a.deliveries
+    let sid = id_of(IdKind::Source, &sid)?;
+    let started = match read_bulk_replay(&form) {
+        Ok(request) => d.ops.bulk_replay(&session.caller, sid, request).await,
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok(s) => Ok(views::see_other(&format!(
+            "/dashboard/sources/{}/events?bulk={},{}",
+            format_id(IdKind::Source, sid),
+            s.job.events_total,
+            s.job.deliveries_total
         ))),
-        Err(f) if f.status == StatusCode::UNPROCESSABLE_ENTITY => {
-            let source = sources::fetch(&d, &session, sid).await?;
+        Err(OpError::Invalid(details)) => {
+            let refusal = Refusal::invalid(details);
+            let source = sources::fetch(&d, &session, sid).await?.source;
             let body = html! {
                 (super::source_header(&source, SourceTab::Events, &session))
-                (bulk_form(&session, sid, Some(&f)))
+                (bulk_form(&session, &format_id(IdKind::Source, sid), Some(&refusal)))
             };
             Ok(views::respond(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 views::page("Bulk replay", Some(&session), Nav::Sources, body),
             ))
         }
-        Err(f) => Err(f.into()),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// The bulk replay form as an operation's input: times typed in UTC (or
+/// with their zone), and "failed only" as the one status filter.
+fn read_bulk_replay(form: &crate::dashboard::form::Form) -> Result<BulkReplay, OpError> {
+    const TIME: &str = "must be an RFC 3339 time, e.g. 2026-11-27T14:48:08Z";
+    let mut r = Reading::default();
+    let after_text = form.text("after").map(|t| rfc3339(&t)).unwrap_or_default();
+    let after_ms = parse_rfc3339_ms(&after_text);
+    if after_ms.is_none() {
+        r.fail("after", TIME);
+    }
+    let before_ms = form.text("before").and_then(|t| {
+        let ms = parse_rfc3339_ms(&rfc3339(&t));
+        if ms.is_none() {
+            r.fail("before", TIME);
+        }
+        ms
+    });
+    let only_failed = match form.text("status").as_deref() {
+        None => false,
+        Some("failed") => true,
+        Some(_) => {
+            r.fail("status", "the only status filter is `failed`");
+            false
+        }
+    };
+    r.finish()?;
+    Ok(BulkReplay {
+        after_ms: after_ms.unwrap_or(0),
+        before_ms,
+        event_type: form.text("type"),
+        only_failed,
+        destination_ids: None,
+    })
 }
 
 /// The event page.
@@ -336,37 +373,72 @@ pub async fn show(
     Path((sid, eid)): Path<(String, String)>,
     Query(query): Query<QueryMap>,
 ) -> Result<Response, DashboardError> {
-    let (sid, eid) = (id_segment(&sid)?, id_segment(&eid)?);
+    let (sid, eid) = ids(&sid, &eid)?;
     render_show(&d, &session, sid, eid, &query, None).await
+}
+
+/// One delivery with every attempt, as the event page shows it.
+struct Delivery {
+    record: DeliveryRecord,
+    attempts: Vec<AttemptRecord>,
+}
+
+/// An event's headers as the API shows them: lower-case names, a repeated
+/// header's values joined with ", " (bytes that are not UTF-8 replaced).
+fn headers(event: &crate::model::records::EventRecord) -> BTreeMap<String, String> {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &event.headers {
+        let value = String::from_utf8_lossy(value).into_owned();
+        headers
+            .entry(name.clone())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    headers
+}
+
+/// An event's body as text when it is UTF-8 (`Ok`), else in base64 (`Err`).
+fn body_text(body: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(body).map_err(|_| base64::engine::general_purpose::STANDARD.encode(body))
 }
 
 async fn render_show(
     d: &Dashboard,
     session: &Session,
-    sid: &str,
-    eid: &str,
+    sid: u128,
+    eid: u128,
     query: &QueryMap,
-    refused: Option<ApiFailure>,
+    refused: Option<Refusal>,
 ) -> Result<Response, DashboardError> {
-    let source = sources::fetch(d, session, sid).await?;
-    let event_path = format!("{}/events/{eid}", api_path(sid));
-    let event: EventDetail = d.api.get(&session.caller, &event_path).await?;
-    let deliveries = d
-        .api
-        .list::<Delivery>(&session.caller, &format!("{event_path}/deliveries"))
+    let source = sources::fetch(d, session, sid).await?.source;
+    let EventDetail {
+        summary: e,
+        event,
+        deliveries: records,
+    } = d.ops.get_event(&session.caller, sid, eid).await?;
+    let deliveries: Vec<Delivery> = d
+        .ops
+        .event_deliveries(&session.caller, sid, eid)
         .await?
-        .items;
+        .into_iter()
+        .map(|(record, attempts)| Delivery { record, attempts })
+        .collect();
     let dests = d
-        .api
-        .list::<Destination>(
-            &session.caller,
-            &format!("{}/destinations?limit=250", api_path(sid)),
-        )
+        .ops
+        .list_destinations(&session.caller, sid, None, SHOWN)
         .await?
         .items;
-    let by_id: HashMap<&str, &Destination> = dests.iter().map(|d| (d.id.as_str(), d)).collect();
+    let by_id: HashMap<u128, &DestinationRecord> = dests.iter().map(|d| (d.id, d)).collect();
+    let (sid, eid) = (
+        format_id(IdKind::Source, sid),
+        format_id(IdKind::Event, eid),
+    );
     let base = format!("/dashboard/sources/{sid}/events/{eid}");
-    let e = &event.event;
+    let headers = headers(&event);
+    let body = body_text(&event.body);
     let status = if refused.is_some() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
@@ -374,18 +446,18 @@ async fn render_show(
     };
     let body = html! {
         (super::source_header(&source, SourceTab::Events, session))
-        (views::crumbs(&[("Events", Some(format!("/dashboard/sources/{sid}/events"))), (e.id.as_str(), None)]))
+        (views::crumbs(&[("Events", Some(format!("/dashboard/sources/{sid}/events"))), (eid.as_str(), None)]))
         @if let Some(n) = notice(query) { (n) }
         @if let Some(f) = &refused { (views::failure(f)) }
         div.title-row {
             h2.event-type { code { (e.event_type) } }
-            span.muted { "received " (views::time(&e.received_at)) }
+            span.muted { "received " (views::time(e.received_at_ms)) }
         }
         dl.facts {
-            dt { "Event id" } dd { (views::copyable("event-id", &e.id, "event id")) }
+            dt { "Event id" } dd { (views::copyable("event-id", &eid, "event id")) }
             dt { "Provider's id" } dd { @if let Some(p) = &e.provider_event_id { code { (p) } } @else { span.muted { "none" } } }
             dt { "Size" } dd { (views::bytes(e.size_bytes)) }
-            dt { "Deliveries" } dd { (counts(e)) }
+            dt { "Deliveries" } dd { (counts(&DeliveryCounts::of(&records))) }
         }
         section #deliveries {
             h2 { "Deliveries" }
@@ -396,7 +468,7 @@ async fn render_show(
                 }))
             }
             @for group in by_destination(&deliveries) {
-                (destination_group(session, &base, &group, by_id.get(group.destination_id).copied()))
+                (destination_group(session, &base, &group, by_id.get(&group.destination_id).copied()))
             }
         }
         @if session.can_write() { (replay_form(session, &base, &dests)) }
@@ -404,27 +476,26 @@ async fn render_show(
             h2 { "Headers" }
             div.table-wrap {
                 table.headers {
-                    tbody { @for (name, value) in &event.headers { tr { th scope="row" { code { (name) } } td { code.wrap { (value) } } } } }
+                    tbody { @for (name, value) in &headers { tr { th scope="row" { code { (name) } } td { code.wrap { (value) } } } } }
                 }
             }
         }
         section.card {
             div.title-row {
                 h2 { "Body" }
-                @if event.body.is_some() { button.copy.btn.small type="button" data-copy="event-body" aria-label="Copy body" { "Copy" } }
+                @if body.is_ok() { button.copy.btn.small type="button" data-copy="event-body" aria-label="Copy body" { "Copy" } }
             }
-            @match (&event.body, &event.body_base64) {
-                (Some(text), _) => {
+            @match &body {
+                Ok(text) => {
                     @let (part, cut) = shown(text);
                     @if cut { p.muted { "The body is " (text.len()) " bytes; the first " (part.len()) " are shown, as received. The API returns all of it." } }
                     pre #event-body tabindex="0" { @if cut { (part) } @else { (pretty(text)) } }
                 }
-                (None, Some(b64)) => {
+                Err(b64) => {
                     @let (part, cut) = shown(b64);
                     p.muted { "The body is not UTF-8 text; shown in base64." @if cut { " Only its beginning is shown; the API returns all of it." } }
                     pre #event-body tabindex="0" { (part) }
                 }
-                _ => { p.muted { "Empty body." } }
             }
         }
     };
@@ -530,8 +601,8 @@ fn indent(text: &str) -> Option<String> {
     Some(out)
 }
 
-fn replay_form(session: &Session, base: &str, dests: &[Destination]) -> Markup {
-    let enabled: Vec<&Destination> = dests.iter().filter(|d| d.enabled).collect();
+fn replay_form(session: &Session, base: &str, dests: &[DestinationRecord]) -> Markup {
+    let enabled: Vec<&DestinationRecord> = dests.iter().filter(|d| d.enabled).collect();
     html! {
         section.card #replay {
             h2 { "Replay" }
@@ -545,7 +616,7 @@ fn replay_form(session: &Session, base: &str, dests: &[Destination]) -> Markup {
                         legend { "Destinations (tick some to replay to only those)" }
                         @for d in &enabled {
                             label.check {
-                                input type="checkbox" name="destination_ids" value=(d.id);
+                                input type="checkbox" name="destination_ids" value=(format_id(IdKind::Destination, d.id));
                                 span { code { (d.url) } span.muted.small { " — " @if d.event_filter.is_empty() { "every event" } @else { (d.event_filter.join(", ")) } } }
                             }
                         }
@@ -563,25 +634,26 @@ fn replay_form(session: &Session, base: &str, dests: &[Destination]) -> Markup {
 /// The deliveries of one event to one destination: the first delivery,
 /// then every replay and retry of it.
 struct DestinationGroup<'a> {
-    destination_id: &'a str,
+    destination_id: u128,
     /// Newest first.
     deliveries: Vec<&'a Delivery>,
 }
 
-/// Groups an event's deliveries (as the API lists them, oldest first) by
-/// destination: the destination delivered to most recently first, each
-/// group's deliveries newest first. An event replayed nine times to one
-/// destination is one group, not nine cards.
+/// Groups an event's deliveries (as the operation lists them, oldest
+/// first) by destination: the destination delivered to most recently
+/// first, each group's deliveries newest first. An event replayed nine
+/// times to one destination is one group, not nine cards.
 fn by_destination(deliveries: &[Delivery]) -> Vec<DestinationGroup<'_>> {
     let mut groups: Vec<DestinationGroup<'_>> = Vec::new();
     for dl in deliveries.iter().rev() {
+        let destination_id = dl.record.destination_id;
         match groups
             .iter_mut()
-            .find(|g| g.destination_id == dl.destination_id)
+            .find(|g| g.destination_id == destination_id)
         {
             Some(g) => g.deliveries.push(dl),
             None => groups.push(DestinationGroup {
-                destination_id: &dl.destination_id,
+                destination_id,
                 deliveries: vec![dl],
             }),
         }
@@ -590,28 +662,25 @@ fn by_destination(deliveries: &[Delivery]) -> Vec<DestinationGroup<'_>> {
 }
 
 /// Every attempt of a group's deliveries, newest first: (delivery, attempt).
-fn attempts_newest_first<'a>(group: &DestinationGroup<'a>) -> Vec<(&'a Delivery, &'a Attempt)> {
-    let mut rows: Vec<(&Delivery, &Attempt)> = group
+fn attempts_newest_first<'a>(
+    group: &DestinationGroup<'a>,
+) -> Vec<(&'a Delivery, &'a AttemptRecord)> {
+    let mut rows: Vec<(&Delivery, &AttemptRecord)> = group
         .deliveries
         .iter()
         .flat_map(|dl| dl.attempts.iter().map(move |a| (*dl, a)))
         .collect();
-    // RFC 3339 UTC times of one format sort as text; ties (same
-    // millisecond) by delivery id, then attempt number.
+    // Ties (same millisecond) by delivery id, then attempt number.
     rows.sort_by(|(da, a), (db, b)| {
-        (b.started_at.as_str(), db.id.as_str(), b.number).cmp(&(
-            a.started_at.as_str(),
-            da.id.as_str(),
-            a.number,
-        ))
+        (b.started_at_ms, db.record.id, b.number).cmp(&(a.started_at_ms, da.record.id, a.number))
     });
     rows
 }
 
 /// Whether "Retry now" applies: a failed delivery goes back to pending, a
 /// pending one is attempted now instead of at its next retry.
-fn retriable(dl: &Delivery) -> bool {
-    dl.status == "failed" || dl.status == "pending"
+fn retriable(dl: &DeliveryRecord) -> bool {
+    matches!(dl.status, DeliveryStatus::Failed | DeliveryStatus::Pending)
 }
 
 /// One destination's deliveries of this event: a line per delivery (state,
@@ -620,36 +689,39 @@ fn destination_group(
     session: &Session,
     base: &str,
     group: &DestinationGroup<'_>,
-    dest: Option<&Destination>,
+    dest: Option<&DestinationRecord>,
 ) -> Markup {
     let rows = attempts_newest_first(group);
     let n = group.deliveries.len();
+    let destination_id = format_id(IdKind::Destination, group.destination_id);
     html! {
-        article.card.delivery data-destination=(group.destination_id) {
+        article.card.delivery data-destination=(destination_id) {
             div.title-row {
                 @match dest {
                     Some(dest) => { code.url { (dest.url) } }
-                    None => { span.muted { (group.destination_id) " (deleted)" } }
+                    None => { span.muted { (destination_id) " (deleted)" } }
                 }
                 span.muted.small { (n) @if n == 1 { " delivery" } @else { " deliveries (replays and the first)" } }
             }
             ul.delivery-list {
                 @for dl in &group.deliveries {
-                    li.delivery-row data-delivery=(dl.id) data-status=(dl.status) {
-                        (views::status_pill(&dl.status))
+                    @let id = format_id(IdKind::Delivery, dl.record.id);
+                    @let status = dl.record.status.as_str();
+                    li.delivery-row data-delivery=(id) data-status=(status) {
+                        (views::status_pill(status))
                         " "
-                        code.small { (dl.id) }
+                        code.small { (id) }
                         span.muted.small {
-                            " · created " (views::time(&dl.created_at))
+                            " · created " (views::time(dl.record.created_at_ms))
                             " · " (dl.attempts.len()) @if dl.attempts.len() == 1 { " attempt" } @else { " attempts" }
-                            @if dl.status == "pending" {
-                                @if let Some(next) = &dl.next_attempt_at { " · next attempt " (views::time(next)) } @else { " · attempt in progress" }
+                            @if dl.record.status == DeliveryStatus::Pending {
+                                @if let Some(next) = dl.record.next_attempt_ms { " · next attempt " (views::time(next)) } @else { " · attempt in progress" }
                             }
                         }
-                        @if retriable(dl) && session.can_write() {
-                            form.inline method="post" action={ (base) "/deliveries/" (dl.id) "/retry" } {
+                        @if retriable(&dl.record) && session.can_write() {
+                            form.inline method="post" action={ (base) "/deliveries/" (id) "/retry" } {
                                 (views::csrf(session))
-                                button.btn.small type="submit" aria-label={ "Retry delivery " (dl.id) " now" } { "Retry now" }
+                                button.btn.small type="submit" aria-label={ "Retry delivery " (id) " now" } { "Retry now" }
                             }
                         }
                     }
@@ -666,9 +738,10 @@ fn destination_group(
                         } }
                         tbody {
                             @for (dl, a) in &rows {
-                                tr data-delivery-attempt=(dl.id) {
-                                    td { (views::time(&a.started_at)) }
-                                    td { code.small title=(dl.status) { (dl.id) } }
+                                @let id = format_id(IdKind::Delivery, dl.record.id);
+                                tr data-delivery-attempt=(id) {
+                                    td { (views::time(a.started_at_ms)) }
+                                    td { code.small title=(dl.record.status.as_str()) { (id) } }
                                     td.num { (a.number) }
                                     td.num { (a.duration_ms) " ms" }
                                     td {
@@ -680,7 +753,7 @@ fn destination_group(
                                         }
                                         @if let Some(msg) = &a.error_message { div.small.wrap { (msg) } }
                                     }
-                                    td { @if a.response_body.is_empty() { span.muted { "—" } } @else { pre.snippet { (a.response_body) } } }
+                                    td { @if a.response_snippet.is_empty() { span.muted { "—" } } @else { pre.snippet { (String::from_utf8_lossy(&a.response_snippet)) } } }
                                 }
                             }
                         }
@@ -697,29 +770,23 @@ pub async fn replay(
     Path((sid, eid)): Path<(String, String)>,
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let (sid, eid) = (id_segment(&sid)?, id_segment(&eid)?);
-    let body = match form.get("mode") {
-        Some("chosen") => Some(json!({ "destination_ids": form.all("destination_ids") })),
+    let (sid, eid) = ids(&sid, &eid)?;
+    let chosen = match form.get("mode") {
+        Some("chosen") => Some(form.all("destination_ids")),
         _ => None,
     };
-    match d
-        .api
-        .change::<ReplayAccepted>(
-            &session.caller,
-            Method::POST,
-            &format!("{}/events/{eid}/replay", api_path(sid)),
-            body,
-        )
-        .await?
-    {
-        Ok(a) => Ok(views::see_other(&format!(
-            "/dashboard/sources/{sid}/events/{eid}?queued={}",
-            a.count
+    match d.ops.replay_event(&session.caller, sid, eid, chosen).await {
+        Ok(targets) => Ok(views::see_other(&format!(
+            "/dashboard/sources/{}/events/{}?queued={}",
+            format_id(IdKind::Source, sid),
+            format_id(IdKind::Event, eid),
+            targets.len()
         ))),
-        Err(f) if f.status == StatusCode::UNPROCESSABLE_ENTITY => {
-            render_show(&d, &session, sid, eid, &QueryMap::new(), Some(f)).await
+        Err(OpError::Invalid(details)) => {
+            let refusal = Refusal::invalid(details);
+            render_show(&d, &session, sid, eid, &QueryMap::new(), Some(refusal)).await
         }
-        Err(f) => Err(f.into()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -730,17 +797,13 @@ pub async fn retry(
     Path((sid, eid, did)): Path<(String, String, String)>,
     SignedForm { session, .. }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let (sid, eid, did) = (id_segment(&sid)?, id_segment(&eid)?, id_segment(&did)?);
-    d.api
-        .change::<Value>(
-            &session.caller,
-            Method::POST,
-            &format!("{}/events/{eid}/deliveries/{did}/retry", api_path(sid)),
-            None,
-        )
-        .await??;
+    let (sid, eid) = ids(&sid, &eid)?;
+    let did = id_of(IdKind::Delivery, &did)?;
+    d.ops.retry_delivery(&session.caller, sid, eid, did).await?;
     Ok(views::see_other(&format!(
-        "/dashboard/sources/{sid}/events/{eid}?notice=retried"
+        "/dashboard/sources/{}/events/{}?notice=retried",
+        format_id(IdKind::Source, sid),
+        format_id(IdKind::Event, eid)
     )))
 }
 

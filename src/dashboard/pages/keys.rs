@@ -2,20 +2,18 @@
 //! as in the API.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{html, Markup};
-use serde_json::json;
 
-use super::{list_query, notice, value, QueryMap};
-use crate::dashboard::dispatch::{id_segment, ApiFailure};
-use crate::dashboard::error::DashboardError;
+use super::{cursor_of, cursor_text, id_of, list_query, notice, value, QueryMap};
+use crate::dashboard::error::{DashboardError, Refusal};
 use crate::dashboard::form::Form;
-use crate::dashboard::model::ApiKey;
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
 use crate::model::ids::{format_id, IdKind};
+use crate::ops::api_keys::NewKey;
 
 const PAGE: usize = 50;
 
@@ -47,12 +45,14 @@ async fn render(
     d: &Dashboard,
     session: &Session,
     query: &QueryMap,
-    created: Option<ApiKey>,
-    refused: Option<(&Form, ApiFailure)>,
+    created: Option<NewKey>,
+    refused: Option<(&Form, Refusal)>,
 ) -> Result<Response, DashboardError> {
-    let path = format!("/api/v1/api-keys?{}", list_query(PAGE, query.get("cursor")));
-    let page = d.api.list::<ApiKey>(&session.caller, &path).await?;
-    let own_id = format_id(IdKind::ApiKey, session.caller.key_id);
+    let page = d
+        .ops
+        .list_api_keys(&session.caller, cursor_of(query)?, PAGE)
+        .await?;
+    let next_cursor = cursor_text(page.next);
     let show_form = query.contains_key("new") || refused.is_some();
     let status = if refused.is_some() {
         StatusCode::UNPROCESSABLE_ENTITY
@@ -65,12 +65,10 @@ async fn render(
             @if !show_form { a.btn.primary href="/dashboard/api-keys?new" { "New API key" } }
         }
         @if let Some(n) = notice(query) { (n) }
-        @if let Some(key) = &created {
-            @if let Some(secret) = &key.key {
-                (views::shown_once("new-key", secret, "API key", &format!(
-                    "Krafter keeps only its hash. Send it to the API as “Authorization: Bearer <key>”, or sign in here with it (scopes: {}).",
-                    key.scopes.join(", "))))
-            }
+        @if let Some(new) = &created {
+            (views::shown_once("new-key", &new.key, "API key", &format!(
+                "Krafter keeps only its hash. Send it to the API as “Authorization: Bearer <key>”, or sign in here with it (scopes: {}).",
+                scope_names(&new.record.scopes).join(", "))))
         }
         @if show_form { (new_form(session, refused.as_ref().map(|(f, e)| (*f, e)))) }
         p.muted { "Keys authenticate scripts against the REST API and sign people in here. Each is shown once, when it is made." }
@@ -83,12 +81,12 @@ async fn render(
                     tbody {
                         @for key in &page.items {
                             tr {
-                                td { (key.name) @if key.id == own_id { " " span.tag { "you" } } }
+                                td { (key.name) @if key.id == session.caller.key_id { " " span.tag { "you" } } }
                                 td { code { (key.prefix) "…" } }
-                                td { @for s in &key.scopes { span.tag { (s) } " " } }
-                                td { (views::time(&key.created_at)) }
+                                td { @for s in scope_names(&key.scopes) { span.tag { (s) } " " } }
+                                td { (views::time(key.created_at_ms)) }
                                 td.actions {
-                                    form method="post" action={ "/dashboard/api-keys/" (key.id) "/revoke" }
+                                    form method="post" action={ "/dashboard/api-keys/" (format_id(IdKind::ApiKey, key.id)) "/revoke" }
                                         data-confirm={ "Revoke the key “" (key.name) "”? Anything using it stops working at once." } {
                                         (views::csrf(session))
                                         button.btn.danger.small type="submit" { "Revoke" }
@@ -99,7 +97,7 @@ async fn render(
                     }
                 }
             }
-            @if let Some(cursor) = &page.next_cursor {
+            @if let Some(cursor) = &next_cursor {
                 p.pager { a href={ "/dashboard/api-keys?" (list_query(PAGE, Some(cursor))) } { "Older keys →" } }
             }
         }
@@ -110,7 +108,12 @@ async fn render(
     ))
 }
 
-fn new_form(session: &Session, refused: Option<(&Form, &ApiFailure)>) -> Markup {
+/// A key's scopes by their public names.
+fn scope_names(scopes: &[crate::model::records::Scope]) -> Vec<&'static str> {
+    scopes.iter().map(|s| s.as_str()).collect()
+}
+
+fn new_form(session: &Session, refused: Option<(&Form, &Refusal)>) -> Markup {
     let (form, failure) = match refused {
         Some((f, e)) => (Some(f), Some(e)),
         None => (None, None),
@@ -158,26 +161,16 @@ pub async fn create(
     State(d): State<Dashboard>,
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let body = json!({
-        "name": form.get("name").unwrap_or(""),
-        "scopes": form.all("scopes"),
-    });
+    let name = form.get("name").unwrap_or("");
+    let scopes = form.all("scopes");
     let empty = QueryMap::new();
-    match d
-        .api
-        .change::<ApiKey>(
-            &session.caller,
-            Method::POST,
-            "/api/v1/api-keys",
-            Some(body),
-        )
-        .await?
-    {
-        Ok(key) => render(&d, &session, &empty, Some(key), None).await,
-        Err(failure) if failure.status == StatusCode::UNPROCESSABLE_ENTITY => {
-            render(&d, &session, &empty, None, Some((&form, failure))).await
+    match d.ops.create_api_key(&session.caller, name, &scopes).await {
+        Ok(new) => render(&d, &session, &empty, Some(new), None).await,
+        Err(crate::ops::OpError::Invalid(details)) => {
+            let refusal = Refusal::invalid(details);
+            render(&d, &session, &empty, None, Some((&form, refusal))).await
         }
-        Err(failure) => Err(failure.into()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -187,14 +180,7 @@ pub async fn revoke(
     Path(id): Path<String>,
     SignedForm { session, .. }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let id = id_segment(&id)?;
-    d.api
-        .change::<serde_json::Value>(
-            &session.caller,
-            Method::DELETE,
-            &format!("/api/v1/api-keys/{id}"),
-            None,
-        )
-        .await??;
+    let id = id_of(IdKind::ApiKey, &id)?;
+    d.ops.revoke_api_key(&session.caller, id).await?;
     Ok(views::see_other("/dashboard/api-keys?notice=key-revoked"))
 }

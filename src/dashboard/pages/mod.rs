@@ -1,5 +1,5 @@
 //! One file per section of the dashboard: each handler checks the session,
-//! calls the API in-process and renders the answer.
+//! calls the operations as the signed-in key and renders what they answer.
 
 pub mod auth;
 pub mod destinations;
@@ -12,11 +12,15 @@ use std::collections::HashMap;
 
 use maud::{html, Markup};
 
+use super::error::DashboardError;
 use super::form::Form;
-use super::model::Source;
 use super::session::Session;
 use super::views;
-use crate::ingest::providers::{self, ProviderKind};
+use crate::ingest::providers;
+use crate::model::ids::{format_id, parse_id, IdKind};
+use crate::model::provider::ProviderKind;
+use crate::model::records::SourceRecord;
+use crate::ops::{FieldError, OpError};
 
 /// Query parameters of a page, as given.
 pub type QueryMap = HashMap<String, String>;
@@ -62,8 +66,8 @@ pub fn notice(query: &QueryMap) -> Option<Markup> {
     Some(views::notice(text))
 }
 
-/// A form's value for `name`, else `default` (to refill a form the API
-/// refused).
+/// A form's value for `name`, else `default` (to refill a form an
+/// operation refused).
 pub fn value(form: Option<&Form>, name: &str, default: &str) -> String {
     form.and_then(|f| f.get(name))
         .unwrap_or(default)
@@ -80,8 +84,11 @@ pub enum SourceTab {
 }
 
 /// Breadcrumbs, title and tabs of every page about one source.
-pub fn source_header(source: &Source, tab: SourceTab, session: &Session) -> Markup {
-    let base = format!("/dashboard/sources/{}", source.id);
+pub fn source_header(source: &SourceRecord, tab: SourceTab, session: &Session) -> Markup {
+    let base = format!(
+        "/dashboard/sources/{}",
+        format_id(IdKind::Source, source.id)
+    );
     let tabs = [
         (SourceTab::Destinations, "Destinations", base.clone()),
         (SourceTab::Events, "Events", format!("{base}/events")),
@@ -109,6 +116,82 @@ pub fn provider_label(kind: ProviderKind) -> &'static str {
     providers::get(kind).label()
 }
 
+/// A form read into an operation's input. Reading is the door's job (as
+/// JSON decoding is the API's); whether the values are acceptable is the
+/// operation's. A field that cannot even be read (a number field holding
+/// words) is named here, with every other such field, and the operation is
+/// not called.
+#[derive(Debug, Default)]
+pub struct Reading {
+    problems: Vec<FieldError>,
+}
+
+impl Reading {
+    /// Records a field that could not be read.
+    pub fn fail(&mut self, field: &str, message: impl Into<String>) {
+        self.problems.push(FieldError {
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// A whole-number field (absent when empty). Past `u32::MAX` it reads
+    /// as `u32::MAX`, so the operation's own range check names the field;
+    /// text that is no number at all is refused here.
+    pub fn number(&mut self, form: &Form, name: &str) -> Option<u32> {
+        let text = form.text(name)?;
+        match text.parse::<u64>() {
+            Ok(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(_) => {
+                self.fail(name, "must be a whole number");
+                None
+            }
+        }
+    }
+
+    /// `Invalid` naming every unreadable field, if there was one.
+    pub fn finish(self) -> Result<(), OpError> {
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(OpError::Invalid(self.problems))
+        }
+    }
+}
+
+/// An id taken from a dashboard URL. Anything but a well-formed id of the
+/// right kind is a 404 saying what was not found, as the API says it.
+pub fn id_of(kind: IdKind, text: &str) -> Result<u128, DashboardError> {
+    parse_id(kind, text).ok_or_else(|| {
+        let what = match kind {
+            IdKind::ApiKey => "API key",
+            IdKind::Source => "source",
+            IdKind::Destination => "destination",
+            IdKind::Event => "event",
+            IdKind::Delivery => "delivery",
+            IdKind::Replay => "replay",
+        };
+        DashboardError::Op(OpError::NotFound(format!("no such {what}")))
+    })
+}
+
+/// The `?cursor=` of a list page: the id of the last item of the previous
+/// page (empty or absent: the first page).
+pub fn cursor_of(query: &QueryMap) -> Result<Option<u128>, OpError> {
+    match query.get("cursor").map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(text) => ulid::Ulid::from_string(text)
+            .map(|u| Some(u.0))
+            .map_err(|_| OpError::BadRequest("invalid cursor".into())),
+    }
+}
+
+/// The cursor text of the page after one ending at `next`, as the API
+/// writes its `next_cursor`.
+pub fn cursor_text(next: Option<u128>) -> Option<String> {
+    next.map(|id| ulid::Ulid(id).to_string())
+}
+
 /// `?limit=..&cursor=..` for a list page.
 pub fn list_query(limit: usize, cursor: Option<&String>) -> String {
     let mut q = url::form_urlencoded::Serializer::new(String::new());
@@ -117,4 +200,65 @@ pub fn list_query(limit: usize, cursor: Option<&String>) -> String {
         q.append_pair("cursor", c);
     }
     q.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_ids_of_the_right_kind_are_read() {
+        let id = crate::model::ids::new_id();
+        let text = format_id(IdKind::Source, id);
+        assert_eq!(id_of(IdKind::Source, &text).ok(), Some(id));
+        let destination = format_id(IdKind::Destination, id);
+        for bad in [
+            "",
+            "src_1/destinations",
+            "..",
+            "src_1?x=1",
+            "a%2Fb",
+            "x y",
+            destination.as_str(),
+        ] {
+            let err = id_of(IdKind::Source, bad).expect_err(bad);
+            assert!(
+                matches!(&err, DashboardError::Op(OpError::NotFound(m)) if m == "no such source"),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_are_read_or_named() {
+        let form = Form::parse(b"a=12&b=99999999999&c=twelve&d=-1&e=");
+        let mut r = Reading::default();
+        assert_eq!(r.number(&form, "a"), Some(12));
+        assert_eq!(r.number(&form, "b"), Some(u32::MAX));
+        assert_eq!(r.number(&form, "c"), None);
+        assert_eq!(r.number(&form, "d"), None);
+        assert_eq!(r.number(&form, "e"), None);
+        assert_eq!(r.number(&form, "missing"), None);
+        match r.finish() {
+            Err(OpError::Invalid(fields)) => {
+                let named: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
+                assert_eq!(named, ["c", "d"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Reading::default().finish().is_ok());
+    }
+
+    #[test]
+    fn cursors_round_trip_and_bad_ones_are_refused() {
+        let id = crate::model::ids::new_id();
+        let mut query = QueryMap::new();
+        assert_eq!(cursor_of(&query).ok(), Some(None));
+        query.insert("cursor".into(), String::new());
+        assert_eq!(cursor_of(&query).ok(), Some(None));
+        query.insert("cursor".into(), cursor_text(Some(id)).unwrap_or_default());
+        assert_eq!(cursor_of(&query).ok(), Some(Some(id)));
+        query.insert("cursor".into(), "nope".into());
+        assert!(matches!(cursor_of(&query), Err(OpError::BadRequest(m)) if m == "invalid cursor"));
+    }
 }

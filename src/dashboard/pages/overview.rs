@@ -5,145 +5,112 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use maud::{html, Markup};
 
-use super::sources::api_path;
-use super::{notice, QueryMap};
-use crate::dashboard::dispatch::{id_segment, ApiFailure, Listed};
+use super::{cursor_of, cursor_text, id_of, notice, QueryMap};
 use crate::dashboard::error::DashboardError;
-use crate::dashboard::model::{Event, Source};
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
+use crate::model::ids::{format_id, parse_id, IdKind};
+use crate::model::records::DeliveryCounts;
+use crate::ops::{Listed, OpError};
+use crate::store::{EventSearch, FoundEvent};
 
 const PAGE: usize = 50;
 const BASE: &str = "/dashboard/events";
+/// A search finds at most one event per source: one page this long is all.
+const SEARCH_PAGE: usize = 250;
+/// Longest provider event id a search takes (Stripe's are 28 characters,
+/// GitHub's delivery GUIDs 36), as the API's `provider_event_id` filter.
+const MAX_PROVIDER_EVENT_ID: usize = 1024;
 
-/// The API queries a search box text stands for: a Krafter event id is
+/// The searches a search box text stands for: a Krafter event id is
 /// looked up as one (and, as providers' ids can look alike, also as a
 /// provider's id); anything else as a provider's event id.
-fn searches(q: &str) -> Vec<(&'static str, String)> {
-    let krafter_id = q.starts_with("evt_")
-        && crate::model::ids::parse_id(crate::model::ids::IdKind::Event, q).is_some();
+fn searches(q: &str) -> Vec<EventSearch> {
     let mut out = Vec::new();
-    if krafter_id {
-        out.push(("id", q.to_string()));
+    if let Some(id) = parse_id(IdKind::Event, q) {
+        out.push(EventSearch::Id {
+            id,
+            provider_event_id: None,
+        });
     }
-    out.push(("provider_event_id", q.to_string()));
+    out.push(EventSearch::ProviderEventId(q.to_string()));
     out
 }
 
-fn api_query(pairs: &[(&str, &str)]) -> String {
-    let mut q = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        q.append_pair(k, v);
-    }
-    q.finish()
-}
-
 /// Runs the search (or lists the newest page); a refusal of the search
-/// text (too long, ...) comes back to show on the page.
+/// text or the cursor comes back to show on the page.
 async fn events_for(
     d: &Dashboard,
     session: &Session,
     q: &str,
-    cursor: Option<&str>,
-) -> Result<Result<Listed<Event>, ApiFailure>, DashboardError> {
-    let limit = PAGE.to_string();
+    query: &QueryMap,
+) -> Result<Result<Listed<FoundEvent>, OpError>, DashboardError> {
     if q.is_empty() {
-        let mut pairs = vec![("limit", limit.as_str())];
-        if let Some(c) = cursor {
-            pairs.push(("cursor", c));
-        }
-        let path = format!("/api/v1/webhooks/events?{}", api_query(&pairs));
-        return match d
-            .api
-            .send(&session.caller, Method::GET, &path, None)
-            .await?
-        {
-            Ok(v) => Ok(Ok(decode_list(v)?)),
-            Err(f) if f.status == StatusCode::BAD_REQUEST => Ok(Err(f)),
-            Err(f) => Err(f.into()),
+        let cursor = match cursor_of(query) {
+            Ok(cursor) => cursor,
+            Err(refused) => return Ok(Err(refused)),
         };
+        let page = d
+            .ops
+            .search_events(&session.caller, EventSearch::All, cursor, PAGE)
+            .await?;
+        return Ok(Ok(page));
     }
-    // A search finds at most one event per source: one page of 250 is all.
-    let mut found: Vec<Event> = Vec::new();
-    for (key, value) in searches(q) {
-        let path = format!(
-            "/api/v1/webhooks/events?{}",
-            api_query(&[(key, value.as_str()), ("limit", "250")])
-        );
-        match d
-            .api
-            .send(&session.caller, Method::GET, &path, None)
-            .await?
-        {
-            Ok(v) => {
-                for e in decode_list(v)?.items {
-                    if !found.iter().any(|f| f.id == e.id) {
-                        found.push(e);
-                    }
-                }
+    if q.chars().count() > MAX_PROVIDER_EVENT_ID {
+        return Ok(Err(OpError::BadRequest(format!(
+            "provider_event_id must be 1 to {MAX_PROVIDER_EVENT_ID} characters"
+        ))));
+    }
+    let mut found: Vec<FoundEvent> = Vec::new();
+    for search in searches(q) {
+        let page = d
+            .ops
+            .search_events(&session.caller, search, None, SEARCH_PAGE)
+            .await?;
+        for e in page.items {
+            if !found.iter().any(|f| f.event_id == e.event_id) {
+                found.push(e);
             }
-            Err(f) if f.status == StatusCode::BAD_REQUEST => return Ok(Err(f)),
-            Err(f) => return Err(f.into()),
         }
     }
-    found.sort_by(|a, b| b.id.cmp(&a.id));
+    found.sort_by_key(|f| std::cmp::Reverse(f.event_id));
     Ok(Ok(Listed {
         items: found,
-        next_cursor: None,
+        next: None,
     }))
 }
 
-fn decode_list(v: serde_json::Value) -> Result<Listed<Event>, DashboardError> {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        data: Vec<Event>,
-        next_cursor: Option<String>,
-    }
-    let b: Body = serde_json::from_value(v)
-        .map_err(|e| DashboardError::Internal(format!("unexpected events list: {e}")))?;
-    Ok(Listed {
-        items: b.data,
-        next_cursor: b.next_cursor,
-    })
-}
-
 /// The names of the sources on a page (a page shows at most 50 events, so
-/// at most 50 lookups, in-process).
+/// at most 50 lookups).
 async fn source_names(
     d: &Dashboard,
     session: &Session,
-    events: &[Event],
-) -> Result<HashMap<String, String>, DashboardError> {
+    events: &[FoundEvent],
+) -> HashMap<u128, String> {
     let mut names = HashMap::new();
     for e in events {
         if names.contains_key(&e.source_id) {
             continue;
         }
-        let path = api_path(&e.source_id);
-        let name = match d
-            .api
-            .send(&session.caller, Method::GET, &path, None)
-            .await?
-        {
-            Ok(v) => serde_json::from_value::<SourceBody>(v)
-                .map(|b| b.data.name)
-                .unwrap_or_else(|_| e.source_id.clone()),
+        let name = match d.ops.get_source(&session.caller, e.source_id).await {
+            Ok(found) => found.source.name,
             // Deleted since the list was read.
-            Err(_) => e.source_id.clone(),
+            Err(_) => format_id(IdKind::Source, e.source_id),
         };
-        names.insert(e.source_id.clone(), name);
+        names.insert(e.source_id, name);
     }
-    Ok(names)
+    names
 }
 
-#[derive(serde::Deserialize)]
-struct SourceBody {
-    data: Source,
+/// `?cursor=` of the next page, as a query string.
+fn cursor_query(cursor: &str) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    q.append_pair("cursor", cursor);
+    q.finish()
 }
 
 /// `/dashboard/events`: every source's events, or the search's results.
@@ -158,17 +125,18 @@ pub async fn list(
         .unwrap_or_default()
         .to_string();
     let cursor = query.get("cursor").filter(|c| !c.is_empty()).cloned();
-    let (page, refused) = match events_for(&d, &session, &q, cursor.as_deref()).await? {
+    let (page, refused) = match events_for(&d, &session, &q, &query).await? {
         Ok(page) => (page, None),
-        Err(f) => (
+        Err(refused) => (
             Listed {
                 items: Vec::new(),
-                next_cursor: None,
+                next: None,
             },
-            Some(f),
+            Some(refused.to_string()),
         ),
     };
-    let names = source_names(&d, &session, &page.items).await?;
+    let next_cursor = cursor_text(page.next);
+    let names = source_names(&d, &session, &page.items).await;
     let body = html! {
         div.title-row {
             h1 { "All events" }
@@ -186,7 +154,7 @@ pub async fn list(
                 @if !q.is_empty() { a.btn.link href=(BASE) { "Clear" } }
             }
         }
-        @if let Some(f) = &refused { div.alert role="alert" { (f.message) } }
+        @if let Some(message) = &refused { div.alert role="alert" { (message) } }
         @if page.items.is_empty() && refused.is_none() {
             @if !q.is_empty() {
                 (views::empty("No event found", html! {
@@ -210,14 +178,16 @@ pub async fn list(
                     } }
                     tbody {
                         @for e in &page.items {
-                            @let href = format!("/dashboard/sources/{}/events/{}", e.source_id, e.id);
-                            tr data-event=(e.id) {
-                                td { a href={ "/dashboard/sources/" (e.source_id) "/events" } { (names.get(&e.source_id).map(String::as_str).unwrap_or(&e.source_id)) } }
-                                td { a href=(href) { code { (e.event_type) } } }
-                                td { @if let Some(p) = &e.provider_event_id { code.small.wrap title=(shown_id(p, 1024)) { (shown_id(p, SHOWN_ID_CHARS)) } } @else { span.muted { "—" } } }
-                                td { (views::time(&e.received_at)) }
-                                td.counts { (super::events::counts(e)) }
-                                td { a.muted.small href=(href) { (e.id) } }
+                            @let sid = format_id(IdKind::Source, e.source_id);
+                            @let eid = format_id(IdKind::Event, e.event_id);
+                            @let href = format!("/dashboard/sources/{sid}/events/{eid}");
+                            tr data-event=(eid) {
+                                td { a href={ "/dashboard/sources/" (sid) "/events" } { (names.get(&e.source_id).unwrap_or(&sid)) } }
+                                td { a href=(href) { code { (e.summary.event_type) } } }
+                                td { @if let Some(p) = &e.summary.provider_event_id { code.small.wrap title=(shown_id(p, 1024)) { (shown_id(p, SHOWN_ID_CHARS)) } } @else { span.muted { "—" } } }
+                                td { (views::time(e.summary.received_at_ms)) }
+                                td.counts { (super::events::counts(&DeliveryCounts::of(&e.deliveries))) }
+                                td { a.muted.small href=(href) { (eid) } }
                             }
                         }
                     }
@@ -225,7 +195,7 @@ pub async fn list(
             }
             p.pager {
                 @if cursor.is_some() { a href=(BASE) { "← Newest" } }
-                @if let Some(c) = &page.next_cursor { a href={ (BASE) "?" (api_query(&[("cursor", c.as_str())])) } { "Older events →" } }
+                @if let Some(c) = &next_cursor { a href={ (BASE) "?" (cursor_query(c)) } { "Older events →" } }
             }
         }
     };
@@ -260,25 +230,19 @@ pub fn test_event_form(session: &Session, sid: &str) -> Markup {
     }
 }
 
-/// Sends a test event through the API and shows it.
+/// Sends a test event and shows it.
 pub async fn send_test_event(
     State(d): State<Dashboard>,
     Path(sid): Path<String>,
     SignedForm { session, .. }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let sid = id_segment(&sid)?;
-    let event = d
-        .api
-        .change::<Event>(
-            &session.caller,
-            Method::POST,
-            &format!("{}/test-event", api_path(sid)),
-            None,
-        )
-        .await??;
+    let sid = id_of(IdKind::Source, &sid)?;
+    let sent = d.ops.send_test_event(&session.caller, sid).await?;
+    d.metrics.events_stored.inc();
     Ok(views::see_other(&format!(
-        "/dashboard/sources/{sid}/events/{}?notice=test-event",
-        event.id
+        "/dashboard/sources/{}/events/{}?notice=test-event",
+        format_id(IdKind::Source, sid),
+        format_id(IdKind::Event, sent.event_id)
     )))
 }
 
@@ -299,14 +263,23 @@ mod tests {
     #[test]
     fn krafter_ids_are_searched_both_ways_others_as_provider_ids() {
         let k = "evt_01ARZ3NDEKTSV4RRFFQ69G5FAV";
+        let id = ulid::Ulid::from_string("01ARZ3NDEKTSV4RRFFQ69G5FAV")
+            .expect("a ULID")
+            .0;
         assert_eq!(
             searches(k),
-            vec![("id", k.to_string()), ("provider_event_id", k.to_string())]
+            vec![
+                EventSearch::Id {
+                    id,
+                    provider_event_id: None
+                },
+                EventSearch::ProviderEventId(k.to_string())
+            ]
         );
         for other in ["evt_1NxShared", "72d3162e-cc78-11e3-81ab-4c9367dc0958"] {
             assert_eq!(
                 searches(other),
-                vec![("provider_event_id", other.to_string())]
+                vec![EventSearch::ProviderEventId(other.to_string())]
             );
         }
     }

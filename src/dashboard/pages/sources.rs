@@ -2,31 +2,36 @@
 //! and destinations), settings, enable/disable, delete with confirmation.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{html, Markup};
-use serde_json::{json, Map, Value};
 
-use super::{destinations, list_query, notice, provider_label, value, QueryMap, SourceTab};
-use crate::dashboard::dispatch::{id_segment, ApiFailure};
-use crate::dashboard::error::DashboardError;
+use super::{
+    cursor_of, cursor_text, destinations, id_of, list_query, notice, provider_label, value,
+    QueryMap, Reading, SourceTab,
+};
+use crate::dashboard::error::{DashboardError, Refusal};
 use crate::dashboard::form::Form;
-use crate::dashboard::model::{Destination, Source};
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
-use crate::ingest::providers::{self, ProviderKind};
+use crate::ingest::providers;
+use crate::model::ids::{format_id, IdKind};
+use crate::model::provider::{GenericHmacConfig, ProviderKind, SignatureEncoding};
+use crate::model::records::SourceRecord;
+use crate::ops::destinations::WithSecret;
+use crate::ops::sources::{NewSource, SourceEdit, SourceSummary};
+use crate::ops::OpError;
 
 const PAGE: usize = 50;
 
-/// API path of one source.
-pub fn api_path(sid: &str) -> String {
-    format!("/api/v1/webhooks/sources/{sid}")
-}
-
-/// Fetches one source (404 page if it is gone).
-pub async fn fetch(d: &Dashboard, session: &Session, sid: &str) -> Result<Source, DashboardError> {
-    d.api.get(&session.caller, &api_path(sid)).await
+/// Fetches one source with its destination count (404 page if it is gone).
+pub async fn fetch(
+    d: &Dashboard,
+    session: &Session,
+    sid: u128,
+) -> Result<SourceSummary, DashboardError> {
+    Ok(d.ops.get_source(&session.caller, sid).await?)
 }
 
 /// Every source, newest first.
@@ -35,11 +40,11 @@ pub async fn list(
     session: Session,
     Query(query): Query<QueryMap>,
 ) -> Result<Response, DashboardError> {
-    let path = format!(
-        "/api/v1/webhooks/sources?{}",
-        list_query(PAGE, query.get("cursor"))
-    );
-    let page = d.api.list::<Source>(&session.caller, &path).await?;
+    let page = d
+        .ops
+        .list_sources(&session.caller, cursor_of(&query)?, PAGE)
+        .await?;
+    let next_cursor = cursor_text(page.next);
     let body = html! {
         div.title-row {
             h1 { "Sources" }
@@ -65,20 +70,22 @@ pub async fn list(
                         th scope="col" { "Destinations" } th scope="col" { "Status" } th scope="col" { "Created" }
                     } }
                     tbody {
-                        @for (i, s) in page.items.iter().enumerate() {
+                        @for (i, item) in page.items.iter().enumerate() {
+                            @let s = &item.source;
+                            @let href = format!("/dashboard/sources/{}", format_id(IdKind::Source, s.id));
                             tr {
-                                td { a href={ "/dashboard/sources/" (s.id) } { strong { (s.name) } } }
+                                td { a href=(href) { strong { (s.name) } } }
                                 td { (provider_label(s.provider)) }
-                                td { (views::copyable(&format!("url-{i}"), &s.url, "ingest URL")) }
-                                td.num { a href={ "/dashboard/sources/" (s.id) } { (s.destinations_count) } }
+                                td { (views::copyable(&format!("url-{i}"), &d.ingest_url(&s.slug), "ingest URL")) }
+                                td.num { a href=(href) { (item.destinations) } }
                                 td { (views::status_pill(if s.enabled { "enabled" } else { "disabled" })) }
-                                td { (views::time(&s.created_at)) }
+                                td { (views::time(s.created_at_ms)) }
                             }
                         }
                     }
                 }
             }
-            @if let Some(cursor) = &page.next_cursor {
+            @if let Some(cursor) = &next_cursor {
                 p.pager { a href={ "/dashboard/sources?" (list_query(PAGE, Some(cursor))) } { "Older sources →" } }
             }
         }
@@ -96,11 +103,7 @@ pub async fn new_page(session: Session) -> Result<Response, DashboardError> {
     Ok(new_form(&session, None, StatusCode::OK))
 }
 
-fn new_form(
-    session: &Session,
-    refused: Option<(&Form, &ApiFailure)>,
-    status: StatusCode,
-) -> Response {
+fn new_form(session: &Session, refused: Option<(&Form, &Refusal)>, status: StatusCode) -> Response {
     let (form, failure) = split(refused);
     let body = html! {
         (views::crumbs(&[("Sources", Some("/dashboard/sources".to_string())), ("New source", None)]))
@@ -144,9 +147,7 @@ fn new_form(
     )
 }
 
-fn split<'a>(
-    refused: Option<(&'a Form, &'a ApiFailure)>,
-) -> (Option<&'a Form>, Option<&'a ApiFailure>) {
+fn split<'a>(refused: Option<(&'a Form, &'a Refusal)>) -> (Option<&'a Form>, Option<&'a Refusal>) {
     match refused {
         Some((f, e)) => (Some(f), Some(e)),
         None => (None, None),
@@ -157,12 +158,10 @@ fn split<'a>(
 /// only when that provider is chosen).
 fn generic_fields(
     form: Option<&Form>,
-    failure: Option<&ApiFailure>,
-    current: Option<&crate::dashboard::model::ProviderConfig>,
+    failure: Option<&Refusal>,
+    current: Option<&GenericHmacConfig>,
 ) -> Markup {
-    let cur = |f: fn(&crate::dashboard::model::ProviderConfig) -> Option<String>| {
-        current.and_then(f).unwrap_or_default()
-    };
+    let cur = |f: fn(&GenericHmacConfig) -> Option<String>| current.and_then(f).unwrap_or_default();
     let fields: [(&str, &str, String, &str); 6] = [
         (
             "signature_header",
@@ -224,37 +223,25 @@ fn generic_fields(
     }
 }
 
-fn provider_config(form: &Form) -> Value {
-    let mut config = Map::new();
-    config.insert(
-        "signature_header".into(),
-        json!(form.text("signature_header").unwrap_or_default()),
-    );
-    config.insert(
-        "encoding".into(),
-        json!(form.text("encoding").unwrap_or_else(|| "hex".into())),
-    );
-    for name in [
-        "prefix",
-        "event_type_pointer",
-        "event_type_header",
-        "event_id_header",
-        "event_id_pointer",
-    ] {
-        if let Some(v) = form.text(name) {
-            config.insert(name.into(), json!(v));
+/// The `generic_hmac` settings as typed.
+fn provider_config(r: &mut Reading, form: &Form) -> GenericHmacConfig {
+    let encoding = match form.text("encoding").as_deref() {
+        None | Some("hex") => SignatureEncoding::Hex,
+        Some("base64") => SignatureEncoding::Base64,
+        Some(_) => {
+            r.fail("provider_config.encoding", "must be hex or base64");
+            SignatureEncoding::Hex
         }
+    };
+    GenericHmacConfig {
+        signature_header: form.text("signature_header").unwrap_or_default(),
+        encoding,
+        prefix: form.text("prefix"),
+        event_type_pointer: form.text("event_type_pointer"),
+        event_type_header: form.text("event_type_header"),
+        event_id_header: form.text("event_id_header"),
+        event_id_pointer: form.text("event_id_pointer"),
     }
-    Value::Object(config)
-}
-
-/// A number field as JSON: a number when it is one, else the text (so the
-/// API names the field in its 422).
-fn number(form: &Form, name: &str) -> Option<Value> {
-    form.text(name).map(|t| match t.parse::<u64>() {
-        Ok(n) => json!(n),
-        Err(_) => json!(t),
-    })
 }
 
 /// Creates a source, then shows its page (with its ingest URL).
@@ -262,45 +249,44 @@ pub async fn create(
     State(d): State<Dashboard>,
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let provider = form.text("provider").unwrap_or_default();
-    let mut body = Map::new();
-    body.insert("name".into(), json!(form.get("name").unwrap_or("")));
-    body.insert("provider".into(), json!(provider));
-    if let Some(secret) = form.text("signing_secret") {
-        body.insert("signing_secret".into(), json!(secret));
-    }
-    if let Some(days) = number(&form, "retention_days") {
-        body.insert("retention_days".into(), days);
-    }
-    if provider == "generic_hmac" {
-        body.insert("provider_config".into(), provider_config(&form));
-    }
-    match d
-        .api
-        .change::<Source>(
-            &session.caller,
-            Method::POST,
-            "/api/v1/webhooks/sources",
-            Some(Value::Object(body)),
-        )
-        .await?
-    {
+    let created = match read_new_source(&form) {
+        Ok(new) => d.ops.create_source(&session.caller, new).await,
+        Err(e) => Err(e),
+    };
+    match created.map_err(Refusal::of) {
         Ok(source) => Ok(views::see_other(&format!(
             "/dashboard/sources/{}?notice=source-created",
-            source.id
+            format_id(IdKind::Source, source.id)
         ))),
-        Err(f)
-            if f.status == StatusCode::UNPROCESSABLE_ENTITY
-                || f.status == StatusCode::BAD_REQUEST =>
-        {
-            Ok(new_form(
-                &session,
-                Some((&form, &f)),
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ))
-        }
-        Err(f) => Err(f.into()),
+        Err(Ok(refusal)) => Ok(new_form(
+            &session,
+            Some((&form, &refusal)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )),
+        Err(Err(e)) => Err(e.into()),
     }
+}
+
+/// The "New source" form as an operation's input.
+fn read_new_source(form: &Form) -> Result<NewSource, OpError> {
+    let mut r = Reading::default();
+    let text = form.text("provider").unwrap_or_default();
+    let provider = ProviderKind::ALL.into_iter().find(|p| p.as_str() == text);
+    if provider.is_none() {
+        r.fail("provider", format!("unknown provider `{text}`"));
+    }
+    let retention_days = r.number(form, "retention_days");
+    let provider_config =
+        (provider == Some(ProviderKind::GenericHmac)).then(|| provider_config(&mut r, form));
+    r.finish()?;
+    Ok(NewSource {
+        name: form.get("name").unwrap_or("").to_string(),
+        provider: provider.unwrap_or(ProviderKind::None),
+        signing_secret: form.text("signing_secret"),
+        retention_days,
+        enabled: None,
+        provider_config,
+    })
 }
 
 /// The source page: ingest URL and destinations.
@@ -310,7 +296,7 @@ pub async fn show(
     Path(sid): Path<String>,
     Query(query): Query<QueryMap>,
 ) -> Result<Response, DashboardError> {
-    let sid = id_segment(&sid)?;
+    let sid = id_of(IdKind::Source, &sid)?;
     render_show(&d, &session, sid, &query, ShowExtra::None).await
 }
 
@@ -318,27 +304,26 @@ pub async fn show(
 pub enum ShowExtra<'a> {
     None,
     /// A destination was just made: its secret, once.
-    Created(Destination),
+    Created(WithSecret),
     /// Adding a destination was refused: the form again, with why.
-    Refused(&'a Form, ApiFailure),
+    Refused(&'a Form, Refusal),
 }
 
 /// Renders the source page.
 pub async fn render_show(
     d: &Dashboard,
     session: &Session,
-    sid: &str,
+    sid: u128,
     query: &QueryMap,
     extra: ShowExtra<'_>,
 ) -> Result<Response, DashboardError> {
-    let source = fetch(d, session, sid).await?;
+    let source = fetch(d, session, sid).await?.source;
     let dests = d
-        .api
-        .list::<Destination>(
-            &session.caller,
-            &format!("{}/destinations?limit=250", api_path(sid)),
-        )
+        .ops
+        .list_destinations(&session.caller, sid, None, destinations::SHOWN)
         .await?;
+    let ingest_url = d.ingest_url(&source.slug);
+    let source_id = format_id(IdKind::Source, sid);
     let status = match extra {
         ShowExtra::Refused(..) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::OK,
@@ -348,19 +333,17 @@ pub async fn render_show(
         (super::source_header(&source, SourceTab::Destinations, session))
         @if let Some(n) = notice(query) { (n) }
         @if let ShowExtra::Created(dest) = &extra {
-            @if let Some(secret) = &dest.secret {
-                (views::shown_once("new-secret", secret, "destination signing secret",
-                    "Your endpoint verifies Krafter's Standard Webhooks signature (webhook-signature header) with it."))
-            }
+            (views::shown_once("new-secret", &dest.secret, "destination signing secret",
+                "Your endpoint verifies Krafter's Standard Webhooks signature (webhook-signature header) with it."))
         }
         section.card {
             h2 { "Ingest URL" }
-            (views::copyable("ingest-url", &source.url, "ingest URL"))
+            (views::copyable("ingest-url", &ingest_url, "ingest URL"))
             p.hint { (hint) }
             @if !source.enabled { p.warn { "This source is disabled: its URL answers 404 until it is enabled again." } }
             @if session.can_write() && source.enabled {
                 div.test-event {
-                    (super::overview::test_event_form(session, &source.id))
+                    (super::overview::test_event_form(session, &source_id))
                     span.hint { "Stores a " code { "krafter.test" } " event and delivers it, signed, to every enabled destination (filters not applied) — no provider secret needed." }
                 }
             }
@@ -397,19 +380,22 @@ pub async fn edit_page(
     Path(sid): Path<String>,
     Query(query): Query<QueryMap>,
 ) -> Result<Response, DashboardError> {
-    let sid = id_segment(&sid)?;
-    let source = fetch(&d, &session, sid).await?;
+    let sid = id_of(IdKind::Source, &sid)?;
+    let source = fetch(&d, &session, sid).await?.source;
     Ok(settings(&source, &session, &query, None))
 }
 
 fn settings(
-    source: &Source,
+    source: &SourceRecord,
     session: &Session,
     query: &QueryMap,
-    refused: Option<(&Form, &ApiFailure)>,
+    refused: Option<(&Form, &Refusal)>,
 ) -> Response {
     let (form, failure) = split(refused);
-    let base = format!("/dashboard/sources/{}", source.id);
+    let base = format!(
+        "/dashboard/sources/{}",
+        format_id(IdKind::Source, source.id)
+    );
     let status = if refused.is_some() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
@@ -479,45 +465,42 @@ pub async fn edit(
     Path(sid): Path<String>,
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let sid = id_segment(&sid)?;
-    let source = fetch(&d, &session, sid).await?;
-    let mut body = Map::new();
-    body.insert("name".into(), json!(form.get("name").unwrap_or("")));
-    if let Some(days) = number(&form, "retention_days") {
-        body.insert("retention_days".into(), days);
-    }
-    if let Some(secret) = form.text("signing_secret") {
-        body.insert("signing_secret".into(), json!(secret));
-    }
-    if source.provider == ProviderKind::GenericHmac {
-        body.insert("provider_config".into(), provider_config(&form));
-    }
-    match d
-        .api
-        .change::<Source>(
-            &session.caller,
-            Method::PATCH,
-            &api_path(sid),
-            Some(Value::Object(body)),
-        )
-        .await?
-    {
+    let sid = id_of(IdKind::Source, &sid)?;
+    let source = fetch(&d, &session, sid).await?.source;
+    let updated = match read_source_edit(&form, source.provider) {
+        Ok(edit) => d.ops.update_source(&session.caller, sid, edit).await,
+        Err(e) => Err(e),
+    };
+    match updated.map_err(Refusal::of) {
         Ok(_) => Ok(views::see_other(&format!(
-            "/dashboard/sources/{sid}/edit?notice=source-updated"
+            "/dashboard/sources/{}/edit?notice=source-updated",
+            format_id(IdKind::Source, sid)
         ))),
-        Err(f)
-            if f.status == StatusCode::UNPROCESSABLE_ENTITY
-                || f.status == StatusCode::BAD_REQUEST =>
-        {
-            Ok(settings(
-                &source,
-                &session,
-                &QueryMap::new(),
-                Some((&form, &f)),
-            ))
-        }
-        Err(f) => Err(f.into()),
+        Err(Ok(refusal)) => Ok(settings(
+            &source,
+            &session,
+            &QueryMap::new(),
+            Some((&form, &refusal)),
+        )),
+        Err(Err(e)) => Err(e.into()),
     }
+}
+
+/// The settings form as a change: the name always, a new secret when one
+/// was typed, the generic HMAC settings for such a source.
+fn read_source_edit(form: &Form, provider: ProviderKind) -> Result<SourceEdit, OpError> {
+    let mut r = Reading::default();
+    let retention_days = r.number(form, "retention_days");
+    let provider_config =
+        (provider == ProviderKind::GenericHmac).then(|| provider_config(&mut r, form));
+    r.finish()?;
+    Ok(SourceEdit {
+        name: Some(form.get("name").unwrap_or("").to_string()),
+        enabled: None,
+        signing_secret: form.text("signing_secret"),
+        retention_days,
+        provider_config,
+    })
 }
 
 /// Enables or disables a source.
@@ -526,23 +509,21 @@ pub async fn set_enabled(
     Path(sid): Path<String>,
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let sid = id_segment(&sid)?;
+    let sid = id_of(IdKind::Source, &sid)?;
     let enabled = form.get("enabled") == Some("true");
-    d.api
-        .change::<Source>(
-            &session.caller,
-            Method::PATCH,
-            &api_path(sid),
-            Some(json!({ "enabled": enabled })),
-        )
-        .await??;
+    let edit = SourceEdit {
+        enabled: Some(enabled),
+        ..SourceEdit::default()
+    };
+    d.ops.update_source(&session.caller, sid, edit).await?;
     let notice = if enabled {
         "source-enabled"
     } else {
         "source-disabled"
     };
     Ok(views::see_other(&format!(
-        "/dashboard/sources/{sid}/edit?notice={notice}"
+        "/dashboard/sources/{}/edit?notice={notice}",
+        format_id(IdKind::Source, sid)
     )))
 }
 
@@ -552,16 +533,20 @@ pub async fn delete_page(
     session: Session,
     Path(sid): Path<String>,
 ) -> Result<Response, DashboardError> {
-    let sid = id_segment(&sid)?;
-    let source = fetch(&d, &session, sid).await?;
+    let sid = id_of(IdKind::Source, &sid)?;
+    let SourceSummary {
+        source,
+        destinations,
+    } = fetch(&d, &session, sid).await?;
+    let sid = format_id(IdKind::Source, sid);
     let body = html! {
         (views::crumbs(&[("Sources", Some("/dashboard/sources".to_string())),
             (source.name.as_str(), Some(format!("/dashboard/sources/{sid}"))), ("Delete", None)]))
         section.card.danger-zone {
             h1 { "Delete “" (source.name) "”?" }
-            p { "This deletes the source, its " strong { (source.destinations_count) " destination(s)" }
+            p { "This deletes the source, its " strong { (destinations) " destination(s)" }
                 ", every stored event and every pending delivery. Requests to "
-                code { (source.url) } " will be answered 404. This cannot be undone." }
+                code { (d.ingest_url(&source.slug)) } " will be answered 404. This cannot be undone." }
             form method="post" action={ "/dashboard/sources/" (sid) "/delete" } {
                 (views::csrf(&session))
                 div.form-actions {
@@ -585,9 +570,7 @@ pub async fn delete(
     Path(sid): Path<String>,
     SignedForm { session, .. }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let sid = id_segment(&sid)?;
-    d.api
-        .change::<Value>(&session.caller, Method::DELETE, &api_path(sid), None)
-        .await??;
+    let sid = id_of(IdKind::Source, &sid)?;
+    d.ops.delete_source(&session.caller, sid).await?;
     Ok(views::see_other("/dashboard/sources?notice=source-deleted"))
 }
