@@ -9,20 +9,14 @@ use super::error::ApiError;
 use super::AppState;
 use crate::ops::{api_keys, Via};
 
-/// The authenticated caller of an API request (a bearer key), or of an
-/// in-process caller that authenticated by other means and inserted one as
-/// a request extension.
+/// The authenticated caller of an API request: always a bearer key checked
+/// against storage (nothing else, in-process or not, can stand in for one).
 pub use crate::ops::Caller;
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // Set only by in-process callers (the dashboard, after checking its
-        // session); a network request cannot carry request extensions.
-        if let Some(caller) = parts.extensions.get::<Caller>() {
-            return Ok(caller.clone());
-        }
         let key = bearer_token(parts).ok_or_else(|| {
             ApiError::unauthorized("send an API key as `Authorization: Bearer krf_...`")
         })?;

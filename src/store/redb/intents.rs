@@ -9,8 +9,8 @@
 use std::collections::HashSet;
 
 use super::records::{
-    ApiKeyRecord, AttemptRecord, DeliveryRecord, DestinationRecord, EventRecord, EventSummary,
-    ReplayRecord, SessionRecord, SourceRecord,
+    ApiKeyRecord, AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, EventRecord,
+    EventSummary, ReplayRecord, SessionRecord, SourceRecord,
 };
 use super::{
     api_keys, deliveries, destinations, events, overview, replays, retention, sessions, sources,
@@ -397,8 +397,12 @@ impl RedbStore {
                 }
                 // A delivery queued to a destination that is gone or
                 // disabled would wait forever (no lane sends it).
+                let retryable = matches!(
+                    delivery.status,
+                    DeliveryStatus::Failed | DeliveryStatus::Pending
+                );
                 let live = [delivery.destination_id];
-                if events::enabled_destinations(txn, source_id, &live)?.is_empty() {
+                if retryable && events::enabled_destinations(txn, source_id, &live)?.is_empty() {
                     return Err(StoreError::Conflict(
                         "its destination is disabled or was deleted; enable the destination (or replay the event to another) first".into(),
                     ));
