@@ -366,7 +366,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives as soon as `/healthz` answers
     // must stop the server gracefully, not kill it with the default action.
     let signals = Signals::install()?;
-    let server = crate::app::start(config).await?;
+    let server = crate::server::start(config).await?;
     // systemd `Type=notify`: ready means the listener is open and the
     // bootstrap key written. A no-op outside systemd.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

@@ -5,7 +5,6 @@
 //! everything so tests and benchmarks can run the real server in-process.
 
 pub mod api;
-pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
@@ -16,4 +15,5 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod replay;
+pub mod server;
 pub mod store;

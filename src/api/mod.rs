@@ -1,5 +1,6 @@
-//! The HTTP surface: REST API under `/api/v1`, operations endpoints, and
-//! (from the ingest module) `/in/{slug}`.
+//! The REST API under `/api/v1`, the operations endpoints and `POST
+//! /in/{slug}`: each handler extracts, calls an operation (or ingest) and
+//! renders. `crate::server` assembles them with the dashboard.
 //!
 //! Routes are registered through utoipa-axum, so the OpenAPI document is
 //! built from the same list the router serves and cannot drift from it.
@@ -11,18 +12,14 @@ pub mod destinations;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod ingest;
 pub mod openapi;
 pub mod ops;
 pub mod overview;
 pub mod sources;
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -31,7 +28,6 @@ use utoipa_axum::routes;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use error::ApiError;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -41,14 +37,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// `server.public_url` without a trailing slash.
     pub public_url: Arc<str>,
-    /// Woken after commits that queue deliveries.
+    /// The delivery engine, for its queue figures in `/metrics`.
     pub engine: crate::delivery::engine::Engine,
-    /// Wakes the retention task early (after a source is deleted).
-    pub retention: Arc<tokio::sync::Notify>,
-    /// Runs bulk replay jobs in the background.
-    pub replays: crate::replay::Replays,
     /// The business operations every handler delegates to.
     pub ops: crate::ops::Ops,
+    /// Takes provider webhooks in (`POST /in/{slug}`).
+    pub ingest: crate::ingest::Ingest,
 }
 
 #[derive(OpenApi)]
@@ -91,7 +85,7 @@ impl Modify for BearerAuth {
 pub struct OpenApiJson(pub Arc<String>);
 
 /// Every route with its OpenAPI entry.
-fn documented_routes() -> OpenApiRouter<AppState> {
+pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::delete))
@@ -119,7 +113,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
         .routes(routes!(backup::backup))
-        .routes(routes!(crate::ingest::route::receive))
+        .routes(routes!(ingest::receive))
 }
 
 /// The OpenAPI document as served, without starting anything (for tests
@@ -129,74 +123,8 @@ pub fn openapi() -> serde_json::Value {
 }
 
 /// utoipa's document made exact by [`openapi::refine`].
-fn document(generated: utoipa::openapi::OpenApi) -> serde_json::Value {
+pub(crate) fn document(generated: utoipa::openapi::OpenApi) -> serde_json::Value {
     let mut doc = serde_json::to_value(&generated).unwrap_or_default();
     openapi::refine(&mut doc);
     doc
-}
-
-/// The whole application router.
-pub fn router(state: AppState) -> Router {
-    let (routes, openapi) = documented_routes().split_for_parts();
-    let json =
-        serde_json::to_string_pretty(&document(openapi)).unwrap_or_else(|_| "{}".to_string());
-    let max_body = state.config.server.max_body_bytes;
-    // The dashboard: pages for people, kept out of the OpenAPI document,
-    // that call the same operations as these routes.
-    let dashboard = crate::dashboard::router(
-        state.ops.clone(),
-        state.config.clone(),
-        state.public_url.clone(),
-        state.metrics.clone(),
-    );
-    routes
-        .merge(dashboard)
-        .fallback(|| async { ApiError::not_found("no such route") })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(Extension(OpenApiJson(Arc::new(json))))
-        .layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            body_deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
-        ))
-        .with_state(state)
-}
-
-/// Counts and logs every request by its route template, so ids and slugs
-/// (which are bearer-like for ingest) never reach logs or metric labels.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = crate::metrics::method_label(request.method());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    state.metrics.observe_request(method, &route, status);
-    tracing::info!(
-        method = %method,
-        route = %route,
-        status,
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
-    response
-}
-
-/// Gives every request body `server.body_read_timeout` to arrive in full.
-async fn body_deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let limit = state.config.server.body_read_timeout;
-    next.run(request.map(|body| crate::http::body_deadline::DeadlineBody::wrap(body, limit)))
-        .await
-}
-
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked");
-    ApiError::internal().into_response()
 }

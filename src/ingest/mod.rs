@@ -1,4 +1,209 @@
-//! Inbound webhooks: `POST /in/{slug}` (SPEC §7–§8).
+//! Inbound webhooks (SPEC §7–§8): what happens between a provider's request
+//! being read and its answer — find the source, answer handshakes, verify
+//! the signature against every secret the source accepts, name the event,
+//! store it with its fan-out, wake the lanes. The HTTP half (`POST
+//! /in/{slug}`: body limits, status codes, the answer's shape) is
+//! `crate::api::ingest`.
 
 pub mod providers;
-pub mod route;
+
+use std::sync::Arc;
+
+use http::{header, HeaderMap};
+
+use crate::delivery::engine::Engine;
+use crate::metrics::Metrics;
+use crate::model::ids::{format_id, id_timestamp_ms, new_id, IdKind};
+use crate::model::records::{EventRecord, SourceRecord};
+use crate::model::time::now_ms;
+use crate::store::{IngestOutcome, Store, StoreError};
+use providers::{HandshakeReply, Inbound, VerifyError};
+
+/// Longest slug looked up; anything longer is an unknown URL.
+const MAX_SLUG_LEN: usize = 64;
+
+/// Takes verified webhooks in; cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    store: Store,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    /// `server.public_url` without a trailing slash.
+    public_url: Arc<str>,
+}
+
+/// What became of an accepted request.
+#[derive(Debug)]
+pub enum Received {
+    /// Stored durably with its deliveries.
+    Stored { event_id: u128 },
+    /// The provider sent this event before; nothing new was stored.
+    Duplicate { original: u128 },
+    /// A handshake the provider expects answered (nothing stored).
+    Handshake(HandshakeReply),
+}
+
+/// Why a request was not accepted. Messages are safe to return: they never
+/// hold a secret or a signature.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// No enabled source has this slug (or it was deleted meanwhile).
+    #[error("no such ingest URL")]
+    NotFound,
+    /// No accepted secret verifies the request.
+    #[error("signature verification failed: {0}")]
+    InvalidSignature(VerifyError),
+    /// Storage cannot take it now; the provider should retry.
+    #[error("not accepted, retry later: {0}")]
+    Unavailable(&'static str),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for IngestError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => IngestError::NotFound,
+            StoreError::Unavailable(why) => IngestError::Unavailable(why),
+            other => IngestError::Store(other),
+        }
+    }
+}
+
+impl Ingest {
+    /// Ingest over `store`, waking `engine`'s lanes after each commit.
+    pub fn new(
+        store: Store,
+        engine: Engine,
+        metrics: Arc<Metrics>,
+        public_url: Arc<str>,
+    ) -> Ingest {
+        Ingest {
+            store,
+            engine,
+            metrics,
+            public_url,
+        }
+    }
+
+    /// The enabled source an ingest slug names.
+    pub async fn source(&self, slug: &str) -> Result<SourceRecord, IngestError> {
+        if slug.len() > MAX_SLUG_LEN {
+            return Err(IngestError::NotFound);
+        }
+        match self.store.source_by_slug(slug).await? {
+            source if source.enabled => Ok(source),
+            _ => Err(IngestError::NotFound),
+        }
+    }
+
+    /// The URL the provider called, as the providers that sign it (Square,
+    /// Twilio) compute it: the configured public URL + `/in/<slug>` +
+    /// `?<query>` exactly as received — never from `Host` or
+    /// `X-Forwarded-*`, which any caller controls. Empty for providers that
+    /// do not sign it.
+    pub fn signed_url(&self, source: &SourceRecord, query: Option<&str>) -> String {
+        if !providers::get(source.provider).signs_url() {
+            return String::new();
+        }
+        let public_url = &self.public_url;
+        let slug = &source.slug;
+        match query {
+            Some(query) => format!("{public_url}/in/{slug}?{query}"),
+            None => format!("{public_url}/in/{slug}"),
+        }
+    }
+
+    /// Handles one request to `source` whose body has been read whole, in
+    /// SPEC §7's order: a handshake due before verification; verification;
+    /// a handshake due after it; then the event is stored (or found a
+    /// duplicate) and the lanes of its deliveries are woken.
+    pub async fn accept(
+        &self,
+        source: &SourceRecord,
+        url: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Received, IngestError> {
+        let provider = providers::get(source.provider);
+        let now = now_ms();
+        let inbound = Inbound {
+            headers,
+            body,
+            now_unix: now.div_euclid(1000),
+            url,
+        };
+        let config = source.provider_config.as_ref();
+        if let Some(reply) = provider.pre_verification_handshake(&inbound) {
+            return Ok(Received::Handshake(reply));
+        }
+        let secrets = self.open_secrets(source, now)?;
+        let secret_refs: Vec<&[u8]> = secrets.iter().map(Vec::as_slice).collect();
+        provider
+            .verify(config, &inbound, &secret_refs)
+            .map_err(IngestError::InvalidSignature)?;
+        if !provider.verifies() {
+            tracing::warn!(source = %format_id(IdKind::Source, source.id), "accepting an unverified webhook (provider `none`)");
+        }
+        let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        if let Some(reply) = provider.post_verification_handshake(&inbound, json.as_ref()) {
+            return Ok(Received::Handshake(reply));
+        }
+        // `received_at` is the id's own millisecond, so time filters on the
+        // (source, id) index are exact key bounds.
+        let id = new_id();
+        let event = EventRecord {
+            id,
+            source_id: source.id,
+            received_at_ms: id_timestamp_ms(id) as i64,
+            event_type: provider.event_type(config, &inbound, json.as_ref()),
+            provider_event_id: provider.event_id(config, &inbound, json.as_ref()),
+            headers: stored_headers(headers),
+            body: body.to_vec(),
+        };
+        match self.store.ingest(event).await? {
+            IngestOutcome::Stored { deliveries } => {
+                self.metrics.events_stored.inc();
+                for d in &deliveries {
+                    self.engine.wake(d.source_id, d.destination_id);
+                }
+                Ok(Received::Stored { event_id: id })
+            }
+            IngestOutcome::Duplicate { original } => Ok(Received::Duplicate { original }),
+        }
+    }
+
+    /// The secrets a source accepts now: current, then the previous one
+    /// while its 24 h overlap lasts.
+    fn open_secrets(&self, source: &SourceRecord, now: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(sealed) = &source.signing_secret {
+            out.push(self.store.open_secret(sealed)?);
+        }
+        if let Some(previous) = &source.previous_secret {
+            if previous.until_ms > now {
+                out.push(self.store.open_secret(&previous.sealed)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The headers stored with an event: hop-by-hop ones and those named in
+/// `Connection` dropped (RFC 9110 §7.6.1), values as raw bytes.
+fn stored_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect();
+    headers
+        .iter()
+        .filter(|(name, _)| crate::http::headers::is_kept_with_event(name.as_str(), &listed))
+        .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
+        .collect()
+}

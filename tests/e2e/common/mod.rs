@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use krafter::app::{self, RunningServer};
 use krafter::config::{Config, StorageConfig};
 use krafter::metrics::Metrics;
+use krafter::server::{self, RunningServer};
 use krafter::store::Store;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -76,7 +76,7 @@ impl TestServer {
     }
 
     async fn start_in(dir: TempDir, config: Config) -> TestServer {
-        let server = app::start(config.clone()).await.expect("server starts");
+        let server = server::start(config.clone()).await.expect("server starts");
         let admin_key = std::fs::read_to_string(config.storage.path.join("admin.key"))
             .expect("admin.key exists once the server is up")
             .trim()

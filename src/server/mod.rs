@@ -1,7 +1,11 @@
-//! Starting and stopping a whole Krafter server, in-process.
+//! The wiring: starting and stopping a whole Krafter server in-process —
+//! storage, the delivery engine, replay jobs, retention, operations, ingest,
+//! and the router (`router.rs`) over the HTTP listener.
 //!
 //! `krafter serve` and the end-to-end tests use the same [`start`], so the
 //! tests exercise exactly what users run.
+
+mod router;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AppState};
+use crate::api::AppState;
 use crate::config::Config;
 use crate::delivery::engine::Engine;
 use crate::http::server::{self, ConnectionLimits};
@@ -107,15 +111,21 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         replays.clone(),
         retention_wake.clone(),
     );
+    let public_url: Arc<str> = public_url.into();
+    let ingest = crate::ingest::Ingest::new(
+        store.clone(),
+        engine.clone(),
+        metrics.clone(),
+        public_url.clone(),
+    );
     let state = AppState {
         ops,
+        ingest,
         store: store.clone(),
         config,
         metrics,
-        public_url: public_url.into(),
+        public_url,
         engine: engine.clone(),
-        retention: retention_wake.clone(),
-        replays: replays.clone(),
     };
     // In-flight attempts get their timeout to finish, within the 30 s that
     // SPEC §2 allows for the whole shutdown.
@@ -127,7 +137,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         retention_wake,
     ));
     let dashboard_url = format!("{}/dashboard", state.public_url);
-    let router = api::router(state);
+    let router = router::router(state);
     let tls_on = acceptor.is_some();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(listener, router, acceptor, limits, async {
