@@ -20,6 +20,10 @@ use crate::store::{EventQuery, EventSearch, FoundEvent, ListedEvent, MAX_BULK_EV
 /// before the 202 and resumes after a restart.
 const DURABLE_BULK_EVENTS: u64 = 5_000;
 
+/// Longest provider event id a search takes (Stripe's are 28 characters,
+/// GitHub's delivery GUIDs 36).
+pub const MAX_PROVIDER_EVENT_ID: usize = 1024;
+
 /// The event type of a test event.
 pub const TEST_EVENT_TYPE: &str = "krafter.test";
 
@@ -94,6 +98,20 @@ impl Ops {
         limit: usize,
     ) -> Result<Listed<FoundEvent>, OpError> {
         caller.require(Scope::Read)?;
+        let provider_event_id = match &search {
+            EventSearch::Id {
+                provider_event_id, ..
+            } => provider_event_id.as_deref(),
+            EventSearch::ProviderEventId(p) => Some(p.as_str()),
+            EventSearch::All => None,
+        };
+        if provider_event_id
+            .is_some_and(|p| p.is_empty() || p.chars().count() > MAX_PROVIDER_EVENT_ID)
+        {
+            return Err(OpError::BadRequest(format!(
+                "provider_event_id must be 1 to {MAX_PROVIDER_EVENT_ID} characters"
+            )));
+        }
         Ok(self
             .store()
             .search_events(search, before, limit)
@@ -357,6 +375,7 @@ impl Ops {
             .store_test_event(event)
             .await
             .map_err(not_found("source"))?;
+        self.inner.metrics.events_stored.inc();
         for d in &deliveries {
             self.inner.engine.wake(d.source_id, d.destination_id);
         }

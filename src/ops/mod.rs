@@ -21,6 +21,7 @@ pub use error::{FieldError, OpError, Validation};
 
 use crate::config::Config;
 use crate::delivery::engine::Engine;
+use crate::metrics::Metrics;
 use crate::model::records::Scope;
 use crate::replay::Replays;
 use crate::store::Store;
@@ -79,6 +80,7 @@ struct Inner {
     engine: Engine,
     replays: Replays,
     retention: Arc<tokio::sync::Notify>,
+    metrics: Arc<Metrics>,
 }
 
 impl Ops {
@@ -90,6 +92,7 @@ impl Ops {
         engine: Engine,
         replays: Replays,
         retention: Arc<tokio::sync::Notify>,
+        metrics: Arc<Metrics>,
     ) -> Ops {
         Ops {
             inner: Arc::new(Inner {
@@ -98,6 +101,7 @@ impl Ops {
                 engine,
                 replays,
                 retention,
+                metrics,
             }),
         }
     }

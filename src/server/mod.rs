@@ -110,6 +110,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         engine.clone(),
         replays.clone(),
         retention_wake.clone(),
+        metrics.clone(),
     );
     let public_url: Arc<str> = public_url.into();
     let ingest = crate::ingest::Ingest::new(
