@@ -13,6 +13,7 @@ pub mod api_keys;
 pub mod destinations;
 mod error;
 pub mod events;
+pub mod sessions;
 pub mod sources;
 
 use std::sync::Arc;

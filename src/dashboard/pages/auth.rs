@@ -18,7 +18,6 @@ use crate::dashboard::session::{
 };
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
-use crate::ops::{api_keys, Via};
 
 /// The sign-in page (public). It sets a one-off cookie whose value the form
 /// echoes, so a sign-in can only be posted from this page in this browser
@@ -111,13 +110,12 @@ pub async fn sign_in(
         ));
     }
     let key = form_data.get("key").unwrap_or("").trim();
-    let Some(caller) = api_keys::authenticate(d.ops.store(), key, Via::Dashboard).await? else {
+    let Some((id, caller)) = d.ops.sign_in(key).await? else {
         return Ok(again(
             StatusCode::UNAUTHORIZED,
             "That API key is not valid: it is unknown or was revoked.",
         ));
     };
-    let id = session::create(d.ops.store(), caller.key_id).await?;
     tracing::info!(key_id = %crate::model::ids::format_id(crate::model::ids::IdKind::ApiKey, caller.key_id), "dashboard sign-in");
     let mut response = views::see_other(next.as_deref().unwrap_or("/dashboard/sources"));
     let cookies = [
@@ -137,7 +135,7 @@ pub async fn sign_out(
     State(d): State<Dashboard>,
     signed: SignedForm,
 ) -> Result<Response, DashboardError> {
-    session::end(d.ops.store(), &signed.session).await?;
+    d.ops.sign_out(&signed.session).await?;
     let mut response = views::see_other("/dashboard/sign-in?notice=signed-out");
     if let Ok(value) = HeaderValue::from_str(&set_cookie(SESSION_COOKIE, "", 0, d.secure_cookies()))
     {
