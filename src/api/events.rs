@@ -359,7 +359,7 @@ fn attempt_view(a: AttemptRecord) -> AttemptView {
         started_at: format_ms(a.started_at_ms),
         duration_ms: a.duration_ms,
         status_code: a.status_code,
-        error_kind: a.error_kind,
+        error_kind: a.error_kind.map(|k| k.as_str().to_string()),
         error_message: a.error_message,
         response_body: String::from_utf8_lossy(&a.response_snippet).into_owned(),
     }

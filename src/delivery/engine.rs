@@ -27,7 +27,9 @@ use super::worker::{self, AttemptRequest};
 use crate::config::DeliveryConfig;
 use crate::metrics::Metrics;
 use crate::model::ids::{format_id, IdKind};
-use crate::model::records::{AttemptRecord, DeliveryStatus, DestinationRecord, RetiredSecret};
+use crate::model::records::{
+    AttemptRecord, DeliveryStatus, DestinationRecord, ErrorKind, RetiredSecret,
+};
 use crate::model::time::now_ms;
 use crate::store::{AttemptOutcome, DueItem, Next, Store, StoreError};
 
@@ -316,9 +318,10 @@ async fn deliver(
     // A slot is free: the lane can start another delivery while this
     // outcome is being committed.
     lane.wake.notify_one();
-    inner
-        .metrics
-        .observe_attempt(result.error_kind.unwrap_or("succeeded"), result.duration);
+    inner.metrics.observe_attempt(
+        result.error_kind.map_or("succeeded", ErrorKind::as_str),
+        result.duration,
+    );
     if let Some(kind) = result.error_kind {
         // Ids, numbers and the error only: never the URL (it may carry a
         // token), the body or the response.
@@ -327,7 +330,7 @@ async fn deliver(
             event = %format_id(IdKind::Event, item.event_id),
             delivery = %format_id(IdKind::Delivery, item.delivery_id),
             attempt = number,
-            error_kind = kind,
+            error_kind = kind.as_str(),
             status = result.status,
             "delivery attempt failed"
         );
@@ -352,7 +355,7 @@ async fn deliver(
             started_at_ms,
             duration_ms: result.duration.as_millis() as u64,
             status_code: result.status,
-            error_kind: result.error_kind.map(str::to_string),
+            error_kind: result.error_kind,
             error_message: result.error_message,
             response_snippet: result.snippet,
         },

@@ -12,7 +12,7 @@ use super::client::{guard_literal, is_ssrf_refusal, DeliveryClient, Reach};
 use super::retry::parse_retry_after;
 use super::signer;
 use crate::model::ids::{format_id, IdKind};
-use crate::model::records::EventRecord;
+use crate::model::records::{ErrorKind, EventRecord};
 
 /// Largest part of a response body kept with the attempt.
 pub const SNIPPET_BYTES: usize = 1024;
@@ -23,7 +23,7 @@ pub struct AttemptResult {
     pub duration: Duration,
     pub status: Option<u16>,
     /// `None` on success.
-    pub error_kind: Option<&'static str>,
+    pub error_kind: Option<ErrorKind>,
     pub error_message: Option<String>,
     pub snippet: Vec<u8>,
     pub retry_after: Option<Duration>,
@@ -35,7 +35,7 @@ impl AttemptResult {
         self.error_kind.is_none()
     }
 
-    fn failure(started: Instant, kind: &'static str, message: String) -> Self {
+    fn failure(started: Instant, kind: ErrorKind, message: String) -> Self {
         AttemptResult {
             duration: started.elapsed(),
             status: None,
@@ -74,14 +74,14 @@ pub async fn attempt(client: &DeliveryClient, req: AttemptRequest<'_>) -> Attemp
     let started = Instant::now();
     let url = match url::Url::parse(req.url) {
         Ok(url) => url,
-        Err(e) => return AttemptResult::failure(started, "invalid_url", e.to_string()),
+        Err(e) => return AttemptResult::failure(started, ErrorKind::InvalidUrl, e.to_string()),
     };
     if let Err(e) = guard_literal(&url, req.reach) {
-        return AttemptResult::failure(started, "ssrf_refused", e.to_string());
+        return AttemptResult::failure(started, ErrorKind::SsrfRefused, e.to_string());
     }
     let request = match build_request(&req) {
         Ok(r) => r,
-        Err(e) => return AttemptResult::failure(started, "invalid_request", e.to_string()),
+        Err(e) => return AttemptResult::failure(started, ErrorKind::InvalidRequest, e.to_string()),
     };
     let exchange = async {
         let response = client.request(request).await?;
@@ -97,7 +97,7 @@ pub async fn attempt(client: &DeliveryClient, req: AttemptRequest<'_>) -> Attemp
     match tokio::time::timeout(req.timeout, exchange).await {
         Err(_) => AttemptResult::failure(
             started,
-            "timeout",
+            ErrorKind::Timeout,
             format!(
                 "no complete response within {}",
                 humantime::format_duration(req.timeout)
@@ -105,13 +105,13 @@ pub async fn attempt(client: &DeliveryClient, req: AttemptRequest<'_>) -> Attemp
         ),
         Ok(Err(e)) => {
             let kind = if is_ssrf_refusal(&e) {
-                "ssrf_refused"
+                ErrorKind::SsrfRefused
             } else if is_tls_failure(&e) {
-                "tls"
+                ErrorKind::Tls
             } else if e.is_connect() {
-                "connect"
+                ErrorKind::Connect
             } else {
-                "http"
+                ErrorKind::Http
             };
             AttemptResult::failure(started, kind, error_chain(&e))
         }
@@ -120,7 +120,7 @@ pub async fn attempt(client: &DeliveryClient, req: AttemptRequest<'_>) -> Attemp
             AttemptResult {
                 duration: started.elapsed(),
                 status: Some(status.as_u16()),
-                error_kind: (!ok).then_some("http_status"),
+                error_kind: (!ok).then_some(ErrorKind::HttpStatus),
                 error_message: (!ok).then(|| format!("HTTP {status}")),
                 snippet,
                 retry_after: if matches!(status.as_u16(), 429 | 503) {

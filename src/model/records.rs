@@ -200,11 +200,90 @@ pub struct AttemptRecord {
     pub duration_ms: u64,
     /// The HTTP status, when a response arrived.
     pub status_code: Option<u16>,
-    /// `timeout`, `connect`, `tls`, `ssrf_refused`, `http_status`, ...
-    pub error_kind: Option<String>,
+    /// Why it failed; `None` when it succeeded.
+    #[serde(with = "error_kind_text")]
+    pub error_kind: Option<ErrorKind>,
     pub error_message: Option<String>,
     /// First 1 KiB of the response body.
     pub response_snippet: Vec<u8>,
+}
+
+/// Why a delivery attempt failed (SPEC §9's `error_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// No complete response within the timeout.
+    Timeout,
+    /// The connection could not be made (refused, unreachable, DNS).
+    Connect,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// The destination resolved to an address Krafter refuses (SSRF).
+    SsrfRefused,
+    /// The HTTP exchange broke after connecting.
+    Http,
+    /// A response arrived, but not a 2xx.
+    HttpStatus,
+    /// The stored URL could not be parsed as a request target.
+    InvalidUrl,
+    /// The request could not be built (e.g. a header value).
+    InvalidRequest,
+}
+
+impl ErrorKind {
+    /// Every kind, for round-trip tests.
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::Timeout,
+        ErrorKind::Connect,
+        ErrorKind::Tls,
+        ErrorKind::SsrfRefused,
+        ErrorKind::Http,
+        ErrorKind::HttpStatus,
+        ErrorKind::InvalidUrl,
+        ErrorKind::InvalidRequest,
+    ];
+
+    /// The public name, also what is stored (so records written before this
+    /// type existed, which stored the name, read unchanged).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
+            ErrorKind::SsrfRefused => "ssrf_refused",
+            ErrorKind::Http => "http",
+            ErrorKind::HttpStatus => "http_status",
+            ErrorKind::InvalidUrl => "invalid_url",
+            ErrorKind::InvalidRequest => "invalid_request",
+        }
+    }
+
+    /// The kind a public name stands for.
+    pub fn parse(text: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+/// Stores an [`ErrorKind`] as its public name.
+mod error_kind_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::ErrorKind;
+
+    pub fn serialize<S: Serializer>(kind: &Option<ErrorKind>, s: S) -> Result<S::Ok, S::Error> {
+        match kind {
+            Some(kind) => s.serialize_some(kind.as_str()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ErrorKind>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| {
+            ErrorKind::parse(&t)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown error kind `{t}`")))
+        })
+        .transpose()
+    }
 }
 
 /// Where a bulk replay job stands.
@@ -283,6 +362,45 @@ pub struct SessionRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What releases before `ErrorKind` stored: the name as text.
+    #[derive(Serialize)]
+    struct OldAttempt {
+        number: u32,
+        error_kind: Option<String>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct NewAttempt {
+        number: u32,
+        #[serde(with = "error_kind_text")]
+        error_kind: Option<ErrorKind>,
+    }
+
+    #[test]
+    fn error_kinds_read_what_older_releases_wrote() {
+        for kind in ErrorKind::ALL.map(Some).into_iter().chain([None]) {
+            let old = postcard::to_stdvec(&OldAttempt {
+                number: 3,
+                error_kind: kind.map(|k| k.as_str().to_string()),
+            })
+            .unwrap();
+            let new = postcard::to_stdvec(&NewAttempt {
+                number: 3,
+                error_kind: kind,
+            })
+            .unwrap();
+            assert_eq!(old, new, "{kind:?}");
+            let back: NewAttempt = postcard::from_bytes(&old).unwrap();
+            assert_eq!(back.error_kind, kind);
+        }
+        let unknown = postcard::to_stdvec(&OldAttempt {
+            number: 1,
+            error_kind: Some("gremlins".into()),
+        })
+        .unwrap();
+        assert!(postcard::from_bytes::<NewAttempt>(&unknown).is_err());
+    }
 
     #[test]
     fn scopes_include_lower_ones() {

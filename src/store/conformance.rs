@@ -27,8 +27,8 @@ use crate::metrics::Metrics;
 use crate::model::ids::{id_timestamp_ms, new_id};
 use crate::model::provider::ProviderKind;
 use crate::model::records::{
-    ApiKeyRecord, AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, EventRecord,
-    ReplayRecord, ReplayState, Scope, SessionRecord, SourceRecord,
+    ApiKeyRecord, AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, ErrorKind,
+    EventRecord, ReplayRecord, ReplayState, Scope, SessionRecord, SourceRecord,
 };
 
 /// Defines one test module for a backend: `$open` is an async fn (or
@@ -241,7 +241,7 @@ fn attempt(number: u32, started_at_ms: i64, ok: bool) -> AttemptRecord {
         started_at_ms,
         duration_ms: 0,
         status_code: Some(if ok { 200 } else { 500 }),
-        error_kind: (!ok).then(|| "http_status".to_string()),
+        error_kind: (!ok).then_some(ErrorKind::HttpStatus),
         error_message: (!ok).then(|| "500 Internal Server Error".to_string()),
         response_snippet: if ok { b"ok".to_vec() } else { b"boom".to_vec() },
     }
@@ -1374,7 +1374,7 @@ async fn event_detail_event_and_deliveries_with_attempts(store: &Store) {
     );
     assert_eq!(attempts[0].started_at_ms, T0 + 2_000);
     assert_eq!(attempts[0].status_code, Some(500));
-    assert_eq!(attempts[0].error_kind.as_deref(), Some("http_status"));
+    assert_eq!(attempts[0].error_kind, Some(ErrorKind::HttpStatus));
     assert_eq!(
         attempts[0].error_message.as_deref(),
         Some("500 Internal Server Error")

@@ -749,7 +749,7 @@ fn destination_group(
                                             span class={ "code " @if (200..300).contains(&code) { "code-ok" } @else { "code-bad" } } { "HTTP " (code) }
                                         }
                                         @if let Some(kind) = &a.error_kind {
-                                            " " span.tag { (kind) }
+                                            " " span.tag { (kind.as_str()) }
                                         }
                                         @if let Some(msg) = &a.error_message { div.small.wrap { (msg) } }
                                     }

@@ -371,7 +371,7 @@ mod tests {
                 started_at_ms: at,
                 duration_ms: 0,
                 status_code: Some(if succeeded { 200 } else { 500 }),
-                error_kind: (!succeeded).then(|| "http_status".to_string()),
+                error_kind: (!succeeded).then_some(crate::model::records::ErrorKind::HttpStatus),
                 error_message: None,
                 response_snippet: vec![],
             },
