@@ -5,7 +5,7 @@
 //! connection that sends nothing — or an HTTP/2 connection left idle after
 //! its preface — would stay open forever and hold a file descriptor. The
 //! listener wraps every socket in [`Activity`], which notes when bytes last
-//! moved, and a per-connection watchdog ([`Activity::quiet_for`]) closes
+//! moved, and a per-connection watchdog (over [`Clock::deadline`]) closes
 //! the connection once it has been silent too long.
 
 use std::pin::Pin;

@@ -7,7 +7,7 @@
 //! destination" — never in transactions, tables or rows. Which engine
 //! answers is decided once, when the store is opened; today that is the
 //! embedded redb file (`store/redb`), and a second backend is one more
-//! variant of [`Backend`] plus its folder, with no change outside `store`.
+//! variant of `Backend` plus its folder, with no change outside `store`.
 //!
 //! Every backend keeps the same contract, proven by one conformance suite
 //! (`src/store/conformance.rs`): a method that answers `Ok` after a

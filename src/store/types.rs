@@ -95,7 +95,7 @@ pub struct Totals {
 /// script replaying every few minutes does not grow the file forever.
 pub const KEPT_PER_SOURCE: usize = 100;
 
-/// What one [`advance`] did.
+/// What one step of a bulk replay job (`Store::advance_replay`) did.
 #[derive(Debug, Default)]
 pub struct Advanced {
     /// The job's state after this step (`Running`: call again).

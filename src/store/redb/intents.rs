@@ -8,10 +8,13 @@
 
 use std::collections::HashSet;
 
+use ::redb::ReadableTableMetadata;
+
 use super::records::{
     ApiKeyRecord, AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, EventRecord,
     EventSummary, ReplayRecord, SessionRecord, SourceRecord,
 };
+use super::tables::{ATTEMPTS, DEDUP, DELIVERIES, DESTINATIONS, DUE, EVENTS, SOURCES};
 use super::{
     api_keys, deliveries, destinations, events, overview, replays, retention, sessions, sources,
     test_events, RedbStore,
@@ -526,8 +529,6 @@ impl RedbStore {
 
     pub(in crate::store) async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.read(|txn| {
-            use super::tables::{ATTEMPTS, DEDUP, DELIVERIES, DESTINATIONS, DUE, EVENTS, SOURCES};
-            use ::redb::ReadableTableMetadata;
             Ok(StoreStats {
                 sources: txn.open_table(SOURCES)?.len()?,
                 destinations: txn.open_table(DESTINATIONS)?.len()?,
