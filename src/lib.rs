@@ -1,8 +1,10 @@
 //! Krafter: a self-hosted webhook relay.
 //!
-//! Providers POST to `/in/{slug}`; Krafter verifies, stores durably in one
-//! redb file and fans out to the user's destinations. The library holds
-//! everything so tests and benchmarks can run the real server in-process.
+//! Providers POST to `/in/{slug}`; Krafter verifies, stores durably (in one
+//! redb file by default, behind the backend-neutral `store::Store`) and fans
+//! out to the user's destinations. The library holds everything so tests
+//! and benchmarks can run the real server in-process. The layers and the
+//! path of one webhook through them: `docs/ARCHITECTURE.md`.
 
 pub mod api;
 pub mod cli;
