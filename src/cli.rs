@@ -510,7 +510,10 @@ async fn backup(config: Config, args: BackupArgs) -> anyhow::Result<()> {
     });
     let mut delivery = config.delivery.clone();
     delivery.allow_private_networks = true;
-    let client = crate::delivery::client::build_with_body::<Empty<bytes::Bytes>>(&delivery)?;
+    let client = crate::delivery::client::build_with_body::<Empty<bytes::Bytes>>(
+        &delivery,
+        crate::delivery::resolve::Resolver::system(),
+    )?;
     let request = http::Request::get(format!("{}/api/v1/backup", base.trim_end_matches('/')))
         .header(
             http::header::AUTHORIZATION,

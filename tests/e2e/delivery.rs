@@ -7,6 +7,7 @@
 use crate::common;
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use crate::common::{
     TestServer,
 };
 use krafter::config::{Config, StorageConfig};
+use krafter::delivery::resolve::Resolver;
 use krafter::metrics::Metrics;
 use krafter::model::ids::{format_id, parse_id, IdKind};
 use krafter::model::records::{AttemptRecord, DeliveryRecord, DeliveryStatus};
@@ -677,6 +679,96 @@ async fn private_destinations_are_refused_at_delivery_time() {
         assert_eq!(a.status_code, None);
         assert!(a.error_message.as_deref().is_some_and(|m| !m.is_empty()));
     }
+}
+
+/// 9b. DNS rebinding: a name that answered a public address when its
+/// destination was created, and a refused one when Krafter connects, is
+/// refused at connect time on the answer of that moment, before any
+/// connection. Names are answered by an injected resolver (no DNS). The
+/// refused answer is 127.0.0.1, where a live receiver listens on the URL's
+/// port: the test sees that nothing was sent, and even a broken guard could
+/// reach nothing beyond this machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_rebound_to_a_refused_address_is_refused_before_connecting() {
+    const NAME: &str = "hooks.rebind.invalid";
+    const METADATA_NAME: &str = "metadata.rebind.invalid";
+    let receiver = Receiver::ok().await;
+    let answers: Arc<Mutex<HashMap<String, Vec<IpAddr>>>> = Arc::default();
+    let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let resolver = Resolver::from_fn({
+        let (answers, asked) = (answers.clone(), asked.clone());
+        move |name: &str| {
+            asked.lock().unwrap().push(name.to_string());
+            let answer = answers.lock().unwrap().get(name).cloned().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such test name")
+            });
+            Box::pin(std::future::ready(answer))
+        }
+    });
+    let public: IpAddr = "1.2.3.4".parse().unwrap();
+    answers.lock().unwrap().insert(NAME.into(), vec![public]);
+    answers.lock().unwrap().insert(
+        METADATA_NAME.into(),
+        vec!["169.254.169.254".parse().unwrap()],
+    );
+    let server = TestServer::start_with_resolver(
+        |c| {
+            // The guard under test; every name goes to the injected
+            // resolver, so nothing is asked of DNS.
+            c.delivery.loopback_only = false;
+            c.delivery.allow_private_networks = false;
+            c.delivery.retry_schedule = vec![Duration::from_secs(3600)];
+        },
+        resolver,
+    )
+    .await;
+    let port = receiver.addr().port();
+
+    // Creation judges what the resolver answers: a name answering the
+    // metadata address is refused (on a source that never gets an event).
+    let other = none_source(&server).await;
+    let (status, body) = server
+        .post(
+            &format!("{SOURCES}/{}/destinations", other.id),
+            json!({"url": format!("http://{METADATA_NAME}:{port}/x")}),
+        )
+        .await;
+    common::assert_invalid_field(status, &body, "url");
+    assert!(body.to_string().contains("169.254.169.254"), "{body}");
+    // A name answering a public address is accepted.
+    let source = none_source(&server).await;
+    destination(&server, &source, &format!("http://{NAME}:{port}/hook")).await;
+    let asked_of = |name: &str| asked.lock().unwrap().iter().filter(|n| *n == name).count();
+    assert_eq!(asked_of(NAME), 1, "asked at creation");
+
+    // The name now answers loopback, where the receiver listens.
+    answers
+        .lock()
+        .unwrap()
+        .insert(NAME.into(), vec![IpAddr::from([127, 0, 0, 1])]);
+    let event = ingest_type(&server, &source, "rebound").await;
+    let path = format!("{SOURCES}/{}/events/{event}/deliveries", source.id);
+    let attempt = poll(Duration::from_secs(10), "the attempt", || async {
+        let (_, body) = server.get(&path).await;
+        body["data"][0]["attempts"][0]
+            .is_object()
+            .then(|| body["data"][0]["attempts"][0].clone())
+    })
+    .await;
+    assert_eq!(attempt["error_kind"], "ssrf_refused", "{attempt}");
+    assert!(attempt["status_code"].is_null(), "{attempt}");
+    let message = attempt["error_message"].as_str().unwrap();
+    assert!(
+        message.contains(NAME) && message.contains("127.0.0.1"),
+        "{message}"
+    );
+    assert!(asked_of(NAME) >= 2, "asked again when connecting");
+    assert_eq!(
+        receiver.connections(),
+        0,
+        "a connection reached the address"
+    );
+    assert_eq!(receiver.count(), 0);
 }
 
 /// 10. After rotate-secret, deliveries carry both signatures.

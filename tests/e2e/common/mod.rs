@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use krafter::config::{Config, StorageConfig};
+use krafter::delivery::resolve::Resolver;
 use krafter::metrics::Metrics;
 use krafter::server::{self, RunningServer};
 use krafter::store::Store;
@@ -30,6 +31,9 @@ pub struct TestServer {
     pub admin_key: String,
     pub client: reqwest::Client,
     pub dir: TempDir,
+    /// Resolves destination host names (the system's unless a test injects
+    /// one; under `loopback_only` it is never asked). Kept across restarts.
+    pub resolver: Resolver,
 }
 
 /// The default test configuration: loopback, ephemeral port, temp storage.
@@ -57,6 +61,18 @@ impl TestServer {
         Self::start_in(dir, config).await
     }
 
+    /// Starts with `tweak` applied and destination host names answered by
+    /// `resolver` (at creation and at every delivery connection).
+    pub async fn start_with_resolver(
+        tweak: impl FnOnce(&mut Config),
+        resolver: Resolver,
+    ) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(&dir);
+        tweak(&mut config);
+        Self::start_resolving(dir, config, resolver).await
+    }
+
     /// Starts serving HTTPS only, with a fresh self-signed certificate for
     /// `names` (its files in the server's temp dir); returns the server and
     /// the certificate's PEM, which a client must trust. `base` stays
@@ -76,7 +92,13 @@ impl TestServer {
     }
 
     async fn start_in(dir: TempDir, config: Config) -> TestServer {
-        let server = server::start(config.clone()).await.expect("server starts");
+        Self::start_resolving(dir, config, Resolver::system()).await
+    }
+
+    async fn start_resolving(dir: TempDir, config: Config, resolver: Resolver) -> TestServer {
+        let server = server::start_with_resolver(config.clone(), resolver.clone())
+            .await
+            .expect("server starts");
         let admin_key = std::fs::read_to_string(config.storage.path.join("admin.key"))
             .expect("admin.key exists once the server is up")
             .trim()
@@ -89,14 +111,20 @@ impl TestServer {
             admin_key,
             client: reqwest::Client::new(),
             dir,
+            resolver,
         }
     }
 
     /// Stops the server gracefully and starts it again on the same data.
     pub async fn restart(mut self) -> TestServer {
         self.stop().await;
-        let TestServer { config, dir, .. } = self;
-        Self::start_in(dir, config).await
+        let TestServer {
+            config,
+            dir,
+            resolver,
+            ..
+        } = self;
+        Self::start_resolving(dir, config, resolver).await
     }
 
     /// Stops the server (graceful shutdown).
@@ -348,10 +376,13 @@ impl TestServer {
     pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Config)) -> TestServer {
         self.stop().await;
         let TestServer {
-            mut config, dir, ..
+            mut config,
+            dir,
+            resolver,
+            ..
         } = self;
         tweak(&mut config);
-        Self::start_in(dir, config).await
+        Self::start_resolving(dir, config, resolver).await
     }
 
     /// Creates a source with provider `none` (no verification) and returns
