@@ -9,7 +9,6 @@ use crate::common;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1227,30 +1226,24 @@ async fn failing_destinations_are_auto_disabled() {
     );
 }
 
-fn spawn_krafter(dir: &Path, data: &Path, port: u16) -> KillOnDrop {
+/// `krafter serve` on a port the system picks, once it serves; returns it
+/// and its base URL.
+async fn spawn_krafter(dir: &Path, data: &Path) -> (KillOnDrop, String) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("krafter.log"))
         .expect("log file");
-    KillOnDrop(
-        common::krafter()
-            .arg("serve")
-            .current_dir(dir)
-            .env_remove("KRAFTER_CONFIG")
-            .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("KRAFTER_STORAGE__PATH", data)
-            .env("KRAFTER_DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
-            .env(
-                "KRAFTER_DELIVERY__RETRY_SCHEDULE",
-                r#"["300ms","300ms","300ms","300ms"]"#,
-            )
-            .env("KRAFTER_LOG__LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn krafter"),
-    )
+    let mut command = common::serve_command(data);
+    command
+        .current_dir(dir)
+        .env_remove("KRAFTER_CONFIG")
+        .env(
+            "KRAFTER_DELIVERY__RETRY_SCHEDULE",
+            r#"["300ms","300ms","300ms","300ms"]"#,
+        )
+        .stderr(log);
+    common::spawn_serving(&mut command, data).await
 }
 
 /// Ingests events numbered from `next` until `total` are acknowledged or
@@ -1314,10 +1307,7 @@ async fn no_delivery_is_lost_across_kill_9() {
     let data = dir.path().join("data");
     let client = reqwest::Client::new();
 
-    let port = common::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = spawn_krafter(dir.path(), &data, port);
-    common::wait_healthy(&base).await;
+    let (mut child, base) = spawn_krafter(dir.path(), &data).await;
     let key = std::fs::read_to_string(data.join("admin.key")).expect("admin.key");
     let key = key.trim();
     let source: Value = client
@@ -1361,13 +1351,8 @@ async fn no_delivery_is_lost_across_kill_9() {
     );
     assert!(at_kill.1 < 2 * 2 * at_kill.0, "killed too late to matter");
 
-    let port = common::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let _child = {
-        drop(child);
-        spawn_krafter(dir.path(), &data, port)
-    };
-    common::wait_healthy(&base).await;
+    drop(child);
+    let (_child, base) = spawn_krafter(dir.path(), &data).await;
     ingest_until(&base, &slug, next, EVENTS, acked.clone()).await;
     let acked: Vec<String> = acked.lock().unwrap().clone();
     // Concurrent senders may overshoot a little.

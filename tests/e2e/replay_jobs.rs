@@ -6,7 +6,6 @@ use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::common::receiver::Receiver;
@@ -261,20 +260,11 @@ async fn chunks_are_atomic(
     record
 }
 
-fn spawn(data: &Path, port: u16) -> Child {
-    common::serve_command(data, port)
-        .env("KRAFTER_DELIVERY__RETRY_SCHEDULE", r#"["1s"]"#)
-        .spawn()
-        .expect("spawn krafter")
-}
-
-/// The real binary, on a fresh port, healthy.
+/// The real binary, on a port the system picks, healthy.
 async fn boot(data: &Path) -> (KillOnDrop, String) {
-    let port = common::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let child = KillOnDrop(spawn(data, port));
-    common::wait_healthy(&base).await;
-    (child, base)
+    let mut command = common::serve_command(data);
+    command.env("KRAFTER_DELIVERY__RETRY_SCHEDULE", r#"["1s"]"#);
+    common::spawn_serving(&mut command, data).await
 }
 
 /// `kill -9`, and wait until the process is gone.
