@@ -123,6 +123,12 @@ pub struct ServeArgs {
     /// Data directory (overrides `storage.path`).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Once serving (`/healthz` answers), write the bound address
+    /// (`127.0.0.1:PORT` and a newline) to this file, replacing it whole;
+    /// removed on a graceful stop. With `--listen 127.0.0.1:0` the system
+    /// picks a free port, and a script or test reads it here.
+    #[arg(long, value_name = "PATH")]
+    pub addr_file: Option<PathBuf>,
 }
 
 /// Arguments of `backup`.
@@ -246,7 +252,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     tracing::warn!("{line}");
                 }
             });
-            runtime()?.block_on(serve(config))
+            runtime()?.block_on(serve(config, args.addr_file))
         }
         Command::ApiKeys(cmd) => runtime()?.block_on(api_keys_command(config, cmd)),
         Command::Backup(args) => runtime()?.block_on(backup(config, args)),
@@ -362,11 +368,21 @@ fn init_logging(config: &Config) {
     };
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives as soon as `/healthz` answers
     // must stop the server gracefully, not kill it with the default action.
     let signals = Signals::install()?;
+    // A file left by an earlier run must not be read as this run's address.
+    if let Some(path) = &addr_file {
+        remove_addr_file(path)?;
+    }
     let server = crate::server::start(config).await?;
+    if let Some(path) = &addr_file {
+        if let Err(e) = write_addr_file(path, server.addr()) {
+            server.shutdown().await;
+            return Err(e);
+        }
+    }
     // systemd `Type=notify`: ready means the listener is open and the
     // bootstrap key written. A no-op outside systemd.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -374,8 +390,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     server.shutdown().await;
+    if let Some(path) = &addr_file {
+        if let Err(e) = remove_addr_file(path) {
+            tracing::warn!(error = %e, "could not remove the address file");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Writes `addr` and a newline to `path` through a sibling temporary file
+/// and a rename, so a reader never sees a partial address.
+fn write_addr_file(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing the address file {}", path.display()))
+}
+
+/// Removes the address file; one that is not there is fine.
+fn remove_addr_file(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::Error::new(e)
+                .context(format!("removing the address file {}", path.display())))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// SIGTERM and SIGINT, caught from the moment they are installed.
@@ -510,7 +553,10 @@ async fn backup(config: Config, args: BackupArgs) -> anyhow::Result<()> {
     });
     let mut delivery = config.delivery.clone();
     delivery.allow_private_networks = true;
-    let client = crate::delivery::client::build_with_body::<Empty<bytes::Bytes>>(&delivery)?;
+    let client = crate::delivery::client::build_with_body::<Empty<bytes::Bytes>>(
+        &delivery,
+        crate::delivery::resolve::Resolver::system(),
+    )?;
     let request = http::Request::get(format!("{}/api/v1/backup", base.trim_end_matches('/')))
         .header(
             http::header::AUTHORIZATION,

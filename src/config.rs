@@ -177,6 +177,11 @@ pub struct LimitsConfig {
     /// Destinations one source may have; every ingest fans out over all of
     /// them inside the writer, so thousands would slow every source.
     pub destinations_per_source: usize,
+    /// Events one bulk replay may cover (1,000,000 by default, as the README
+    /// has always promised); a wider range is refused with 422 on `after`,
+    /// so one call cannot start an unbounded job. A setting so that
+    /// operators, and tests, can lower it.
+    pub bulk_replay_events: usize,
 }
 
 /// The web dashboard.
@@ -252,6 +257,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             destinations_per_source: 100,
+            bulk_replay_events: 1_000_000,
         }
     }
 }
@@ -375,6 +381,9 @@ impl Config {
         }
         if self.limits.destinations_per_source == 0 {
             return fail("limits.destinations_per_source", "must be greater than 0");
+        }
+        if self.limits.bulk_replay_events == 0 {
+            return fail("limits.bulk_replay_events", "must be greater than 0");
         }
         if self.dashboard.sign_in_per_minute == 0 {
             return fail("dashboard.sign_in_per_minute", "must be greater than 0");
@@ -517,6 +526,8 @@ mod tests {
         assert_eq!(c.delivery.max_in_flight_per_destination, 16);
         assert!(!c.delivery.allow_private_networks);
         assert_eq!(c.delivery.disable_after, Duration::from_secs(5 * 86400));
+        // The README's promise: a bulk replay covers at most 1,000,000 events.
+        assert_eq!(c.limits.bulk_replay_events, 1_000_000);
     }
 
     #[test]
@@ -541,6 +552,17 @@ mod tests {
             c.delivery.retry_schedule,
             vec![Duration::from_secs(1), Duration::from_secs(300)]
         );
+    }
+
+    #[test]
+    fn a_bulk_replay_limit_below_one_is_refused() {
+        let err = from_toml("[limits]\nbulk_replay_events = 0\n").unwrap_err();
+        assert!(
+            err.to_string().contains("limits.bulk_replay_events"),
+            "{err}"
+        );
+        let c = from_toml("[limits]\nbulk_replay_events = 1\n").unwrap();
+        assert_eq!(c.limits.bulk_replay_events, 1);
     }
 
     #[test]

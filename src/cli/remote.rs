@@ -89,7 +89,10 @@ impl Api {
         };
         let mut delivery = delivery.clone();
         delivery.allow_private_networks = true;
-        let client = crate::delivery::client::build_with_body::<Full<Bytes>>(&delivery)?;
+        let client = crate::delivery::client::build_with_body::<Full<Bytes>>(
+            &delivery,
+            crate::delivery::resolve::Resolver::system(),
+        )?;
         Ok(Api {
             base: remote.url.trim_end_matches('/').to_string(),
             key,

@@ -3,8 +3,12 @@
 //! where it cannot be dodged — on the addresses actually connected to.
 //!
 //! Names are resolved by our own resolver, which refuses the whole answer
-//! if any address is private (unless allowed); IP-literal URLs never reach a
-//! resolver, so [`guard_literal`] checks them before a request is sent.
+//! if any address is private (unless allowed) before the connector sees it,
+//! so no connection to a refused address is ever attempted; it asks the
+//! [`Resolver`] the client is built with at every new connection, so an
+//! answer that changed since the destination was created (DNS rebinding) is
+//! judged anew. IP-literal URLs never reach a resolver, so
+//! [`guard_literal`] checks them before a request is sent.
 //! Redirects are never followed (hyper's client doesn't), so a 3xx is just a
 //! failed attempt.
 
@@ -24,6 +28,7 @@ use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
+use super::resolve::Resolver;
 use super::ssrf::{self, SsrfError};
 use crate::config::DeliveryConfig;
 use crate::http::tls::provider;
@@ -72,10 +77,12 @@ impl Reach {
 }
 
 /// DNS resolution that refuses private answers (the SSRF guard), and under
-/// `loopback_only` resolves nothing but `localhost`, without DNS.
+/// `loopback_only` resolves nothing but `localhost`, without DNS (nor the
+/// injected resolver).
 #[derive(Clone)]
 pub struct GuardedResolver {
     reach: Reach,
+    resolver: Resolver,
 }
 
 type Resolved = std::vec::IntoIter<SocketAddr>;
@@ -95,6 +102,7 @@ impl tower::Service<Name> for GuardedResolver {
 
     fn call(&mut self, name: Name) -> Self::Future {
         let reach = self.reach;
+        let resolver = self.resolver.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
             if reach.loopback_only && !ssrf::is_localhost_name(&host) {
@@ -106,7 +114,8 @@ impl tower::Service<Name> for GuardedResolver {
                     SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
                 ]
             } else {
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect()
+                let ips = resolver.lookup(&host).await?;
+                ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect()
             };
             for addr in &addrs {
                 reach.check(&host, addr.ip())?;
@@ -116,14 +125,16 @@ impl tower::Service<Name> for GuardedResolver {
     }
 }
 
-/// Builds the client from the delivery configuration.
-pub fn build(config: &DeliveryConfig) -> Result<DeliveryClient, ClientError> {
-    build_with_body(config)
+/// Builds the client from the delivery configuration, resolving names with
+/// `resolver` (the system's, except in tests).
+pub fn build(config: &DeliveryConfig, resolver: Resolver) -> Result<DeliveryClient, ClientError> {
+    build_with_body(config, resolver)
 }
 
 /// The same client for another request body type (the CLI's GETs).
 pub fn build_with_body<B>(
     config: &DeliveryConfig,
+    resolver: Resolver,
 ) -> Result<Client<HttpsConnector<HttpConnector<GuardedResolver>>, B>, ClientError>
 where
     B: hyper::body::Body + Send + 'static,
@@ -150,6 +161,7 @@ where
 
     let mut http = HttpConnector::new_with_resolver(GuardedResolver {
         reach: Reach::of(config),
+        resolver,
     });
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -201,4 +213,105 @@ pub fn is_ssrf_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
         current = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::str::FromStr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tower::Service;
+
+    use super::*;
+    use crate::delivery::ssrf::AddressClass;
+
+    /// A resolver answering `ip` for every name, counting the questions.
+    fn answering(ip: &str, asked: Arc<AtomicUsize>) -> Resolver {
+        let ip: IpAddr = ip.parse().unwrap();
+        Resolver::from_fn(move |_: &str| {
+            asked.fetch_add(1, Ordering::SeqCst);
+            Box::pin(std::future::ready(Ok(vec![ip])))
+        })
+    }
+
+    async fn resolve(
+        reach: Reach,
+        resolver: Resolver,
+        name: &str,
+    ) -> Result<Vec<SocketAddr>, BoxError> {
+        let mut guarded = GuardedResolver { reach, resolver };
+        let name = Name::from_str(name).unwrap();
+        guarded.call(name).await.map(Iterator::collect)
+    }
+
+    const GUARDED: Reach = Reach {
+        allow_private: false,
+        loopback_only: false,
+    };
+
+    /// The connector connects only to what this service answers, so a
+    /// refusal here means no connection to the address is ever attempted.
+    #[tokio::test]
+    async fn a_refused_answer_never_reaches_the_connector() {
+        for (ip, class) in [
+            ("10.0.0.1", AddressClass::Private),
+            ("169.254.169.254", AddressClass::CloudMetadata),
+        ] {
+            let asked = Arc::new(AtomicUsize::new(0));
+            let err = resolve(
+                GUARDED,
+                answering(ip, asked.clone()),
+                "hooks.rebind.invalid",
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(
+                asked.load(Ordering::SeqCst),
+                1,
+                "the injected resolver is asked"
+            );
+            let refusal = err.downcast_ref::<SsrfError>().expect("an SSRF refusal");
+            assert_eq!(
+                refusal,
+                &SsrfError::Forbidden {
+                    host: "hooks.rebind.invalid".into(),
+                    ip: ip.parse().unwrap(),
+                    class,
+                }
+            );
+        }
+        // A public answer passes (never connected to here: no connector).
+        let asked = Arc::new(AtomicUsize::new(0));
+        let addrs = resolve(GUARDED, answering("1.2.3.4", asked), "hooks.rebind.invalid")
+            .await
+            .unwrap();
+        assert_eq!(addrs, vec![SocketAddr::from(([1, 2, 3, 4], 0))]);
+    }
+
+    #[tokio::test]
+    async fn loopback_only_never_asks_the_resolver() {
+        let reach = Reach {
+            allow_private: true,
+            loopback_only: true,
+        };
+        let asked = Arc::new(AtomicUsize::new(0));
+        let err = resolve(
+            reach,
+            answering("127.0.0.1", asked.clone()),
+            "hooks.rebind.invalid",
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<SsrfError>(),
+            Some(SsrfError::NotLoopback { .. })
+        ));
+        let addrs = resolve(reach, answering("10.0.0.1", asked.clone()), "localhost")
+            .await
+            .unwrap();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+        assert_eq!(asked.load(Ordering::SeqCst), 0);
+    }
 }

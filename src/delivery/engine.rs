@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::client::{self, ClientError, DeliveryClient};
+use super::resolve::Resolver;
 use super::retry;
 use super::signer;
 use super::worker::{self, AttemptRequest};
@@ -57,6 +58,8 @@ pub struct Engine {
 struct Inner {
     store: Store,
     client: DeliveryClient,
+    /// What `client` resolves names with; destination creation asks it too.
+    resolver: Resolver,
     config: DeliveryConfig,
     metrics: Arc<Metrics>,
     lanes: Mutex<HashMap<u128, Arc<Lane>>>,
@@ -75,18 +78,21 @@ struct Lane {
 }
 
 impl Engine {
-    /// Builds the HTTP client and starts a lane for every destination.
+    /// Builds the HTTP client (resolving names with `resolver`) and starts a
+    /// lane for every destination.
     pub async fn start(
         store: Store,
         config: DeliveryConfig,
         metrics: Arc<Metrics>,
+        resolver: Resolver,
     ) -> Result<Engine, EngineError> {
-        let client = client::build(&config)?;
+        let client = client::build(&config, resolver.clone())?;
         let (stop, _) = watch::channel(false);
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
                 client,
+                resolver,
                 config,
                 metrics,
                 lanes: Mutex::new(HashMap::new()),
@@ -98,6 +104,12 @@ impl Engine {
             engine.wake(source_id, destination_id);
         }
         Ok(engine)
+    }
+
+    /// The resolver deliveries connect with, so that the SSRF check at
+    /// destination creation judges the same answers.
+    pub fn resolver(&self) -> &Resolver {
+        &self.inner.resolver
     }
 
     /// Tells a destination's lane to look at its queue (starting the lane

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod engine;
+pub mod resolve;
 pub mod retry;
 pub mod signer;
 pub mod ssrf;

@@ -16,6 +16,9 @@
 //!   result to [`check_resolved`] before connecting, because DNS answers can
 //!   change after creation (DNS rebinding).
 //!
+//! Both resolve names with the same [`Resolver`] (the system's in
+//! production, injected answers in tests).
+//!
 //! The classification itself is [`forbidden_class`]; it works on single
 //! addresses so that both checks agree exactly on what is forbidden.
 
@@ -26,6 +29,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use url::{Host, Url};
+
+use super::resolve::Resolver;
 
 /// Why an address is refused as a delivery destination.
 ///
@@ -216,24 +221,28 @@ pub fn forbidden_class(ip: IpAddr) -> Option<AddressClass> {
 /// Checks a destination URL's host when the destination is created.
 ///
 /// An IP-literal host is classified directly. A name is resolved with
-/// [`tokio::net::lookup_host`], bounded by `resolve_timeout`, and refused if
+/// `resolver`, bounded by `resolve_timeout`, and refused if
 /// any resolved address is forbidden (see [`check_resolved`]). Per the spec a
 /// name that does not resolve, or whose resolution times out, is accepted:
 /// the destination may legitimately not exist yet, and the delivery-time check
 /// still guards every actual connection. Names under `localhost` are refused
-/// and names under `invalid` accepted without querying DNS, as RFC 6761
-/// prescribes their answers. A URL without a host is accepted here; requiring
+/// without a lookup, as RFC 6761 prescribes their answer (and the system
+/// resolver answers names under `invalid` "not found" without asking DNS).
+/// A URL without a host is accepted here; requiring
 /// an `http(s)` URL is the caller's job.
 ///
 /// Callers skip this check entirely when `delivery.allow_private_networks` is
 /// true. The timeout bounds only the wait: the system resolver runs on a
 /// blocking thread that cannot be cancelled and finishes in the background.
+/// An answer is judged as it is now; the delivery-time guard judges the
+/// answer of the moment again before every connection.
 ///
 /// With `resolve_names` false (`delivery.loopback_only`) no name is looked
 /// up at all: it is accepted as if it did not resolve, and the delivery-time
 /// guard refuses it.
 pub async fn check_url_host(
     url: &Url,
+    resolver: &Resolver,
     resolve_timeout: Duration,
     resolve_names: bool,
 ) -> Result<(), SsrfError> {
@@ -251,13 +260,11 @@ pub async fn check_url_host(
         Some(SpecialUseName::Localhost) => {
             return check_ip(name, IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
-        Some(SpecialUseName::Invalid) => return Ok(()),
-        None if !resolve_names => return Ok(()),
-        None => {}
+        _ if !resolve_names => return Ok(()),
+        _ => {}
     }
-    let port = url.port_or_known_default().unwrap_or(0);
-    match resolve(name, port, resolve_timeout).await {
-        Some(addrs) => check_resolved(name, &addrs),
+    match bounded_lookup(resolver.lookup(name), resolve_timeout).await {
+        Some(addrs) => addrs.into_iter().try_for_each(|ip| check_ip(name, ip)),
         None => Ok(()),
     }
 }
@@ -299,6 +306,12 @@ pub fn is_localhost_name(name: &str) -> bool {
     matches!(special_use_name(name), Some(SpecialUseName::Localhost))
 }
 
+/// Whether `name` is `invalid` or a name below it (RFC 6761: never
+/// resolves; the system [`Resolver`] answers "not found" without DNS).
+pub fn is_invalid_name(name: &str) -> bool {
+    matches!(special_use_name(name), Some(SpecialUseName::Invalid))
+}
+
 enum SpecialUseName {
     Localhost,
     Invalid,
@@ -318,21 +331,14 @@ fn special_use_name(name: &str) -> Option<SpecialUseName> {
     }
 }
 
-/// Resolves `name` with the system resolver; `None` on failure or timeout.
-async fn resolve(name: &str, port: u16, timeout: Duration) -> Option<Vec<SocketAddr>> {
-    bounded_lookup(tokio::net::lookup_host((name, port)), timeout).await
-}
-
 /// Awaits a lookup for at most `timeout`, collapsing errors and timeouts to
-/// `None`. Separate from [`resolve`] so the timeout handling can be tested
-/// without a resolver.
-async fn bounded_lookup<F, I>(lookup: F, timeout: Duration) -> Option<Vec<SocketAddr>>
+/// `None` (a name that does not resolve is accepted at creation).
+async fn bounded_lookup<F>(lookup: F, timeout: Duration) -> Option<Vec<IpAddr>>
 where
-    F: Future<Output = io::Result<I>>,
-    I: Iterator<Item = SocketAddr>,
+    F: Future<Output = io::Result<Vec<IpAddr>>>,
 {
     match tokio::time::timeout(timeout, lookup).await {
-        Ok(Ok(addrs)) => Some(addrs.collect()),
+        Ok(Ok(addrs)) => Some(addrs),
         Ok(Err(_)) | Err(_) => None,
     }
 }
@@ -511,6 +517,16 @@ mod tests {
     }
 
     const SHORT: Duration = Duration::from_millis(500);
+
+    fn system() -> Resolver {
+        Resolver::system()
+    }
+
+    /// Answers every name with `addrs`.
+    fn answering(addrs: &[&str]) -> Resolver {
+        let addrs: Vec<IpAddr> = addrs.iter().map(|a| ip(a)).collect();
+        Resolver::from_fn(move |_: &str| Box::pin(std::future::ready(Ok(addrs.clone()))))
+    }
 
     #[test]
     fn unspecified() {
@@ -992,7 +1008,9 @@ mod tests {
                 AddressClass::Private,
             ),
         ] {
-            let err = check_url_host(&url(u), SHORT, true).await.unwrap_err();
+            let err = check_url_host(&url(u), &system(), SHORT, true)
+                .await
+                .unwrap_err();
             assert_eq!(
                 err,
                 SsrfError::Forbidden {
@@ -1004,7 +1022,7 @@ mod tests {
             );
         }
 
-        let err = check_url_host(&url("http://[::ffff:192.168.0.1]/"), SHORT, true)
+        let err = check_url_host(&url("http://[::ffff:192.168.0.1]/"), &system(), SHORT, true)
             .await
             .unwrap_err();
         let SsrfError::Forbidden { host, class, .. } = err else {
@@ -1019,7 +1037,11 @@ mod tests {
             "https://[2606:4700:4700::1111]/",
             "http://172.32.0.0/",
         ] {
-            assert_eq!(check_url_host(&url(u), SHORT, true).await, Ok(()), "{u}");
+            assert_eq!(
+                check_url_host(&url(u), &system(), SHORT, true).await,
+                Ok(()),
+                "{u}"
+            );
         }
     }
 
@@ -1031,7 +1053,9 @@ mod tests {
             "http://LOCALHOST./",
             "http://api.localhost/",
         ] {
-            let err = check_url_host(&url(u), SHORT, true).await.unwrap_err();
+            let err = check_url_host(&url(u), &system(), SHORT, true)
+                .await
+                .unwrap_err();
             let SsrfError::Forbidden { ip, class, .. } = err else {
                 panic!("expected Forbidden");
             };
@@ -1043,19 +1067,74 @@ mod tests {
     #[tokio::test]
     async fn check_url_host_unresolvable_name_is_accepted() {
         assert_eq!(
-            check_url_host(&url("https://does-not-exist.invalid/hook"), SHORT, true).await,
+            check_url_host(
+                &url("https://does-not-exist.invalid/hook"),
+                &system(),
+                SHORT,
+                true
+            )
+            .await,
             Ok(())
         );
         assert_eq!(
-            check_url_host(&url("http://x.does-not-exist.INVALID./"), SHORT, true).await,
+            check_url_host(
+                &url("http://x.does-not-exist.INVALID./"),
+                &system(),
+                SHORT,
+                true
+            )
+            .await,
             Ok(())
         );
     }
 
     #[tokio::test]
+    async fn check_url_host_judges_what_the_resolver_answers() {
+        // Names under .invalid reach the resolver too (only the system one
+        // refuses to look them up), so injected answers are judged.
+        let u = url("https://hooks.rebind.invalid/x");
+        let err = check_url_host(&u, &answering(&["1.2.3.4", "169.254.169.254"]), SHORT, true)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            SsrfError::Forbidden {
+                host: "hooks.rebind.invalid".into(),
+                ip: ip("169.254.169.254"),
+                class: AddressClass::CloudMetadata,
+            }
+        );
+        assert_eq!(
+            check_url_host(&u, &answering(&["1.2.3.4"]), SHORT, true).await,
+            Ok(())
+        );
+        // Without name resolution (loopback_only) the resolver is not asked.
+        assert_eq!(
+            check_url_host(&u, &answering(&["10.0.0.1"]), SHORT, false).await,
+            Ok(())
+        );
+        // localhost is loopback whatever a resolver would say.
+        let err = check_url_host(
+            &url("http://localhost/"),
+            &answering(&["1.2.3.4"]),
+            SHORT,
+            true,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            SsrfError::Forbidden {
+                class: AddressClass::Loopback,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
     async fn check_url_host_without_host_is_accepted() {
         assert_eq!(
-            check_url_host(&url("mailto:a@b.example"), SHORT, true).await,
+            check_url_host(&url("mailto:a@b.example"), &system(), SHORT, true).await,
             Ok(())
         );
     }
@@ -1063,9 +1142,13 @@ mod tests {
     #[tokio::test]
     async fn resolving_localhost_yields_refused_loopback() {
         // Resolved from /etc/hosts by the system resolver; no network traffic.
-        let addrs = resolve("localhost", 80, Duration::from_secs(5))
+        let addrs: Vec<SocketAddr> = system()
+            .lookup("localhost")
             .await
-            .expect("localhost resolves");
+            .expect("localhost resolves")
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, 80))
+            .collect();
         assert!(!addrs.is_empty());
         assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
         let err = check_resolved("localhost", &addrs).unwrap_err();
@@ -1077,17 +1160,17 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_lookup_maps_timeout_and_error_to_none() {
-        let never = std::future::pending::<io::Result<std::vec::IntoIter<SocketAddr>>>();
+        let never = std::future::pending::<io::Result<Vec<IpAddr>>>();
         assert_eq!(bounded_lookup(never, Duration::from_millis(20)).await, None);
 
-        let failed = std::future::ready(Err::<std::vec::IntoIter<SocketAddr>, _>(io::Error::new(
+        let failed = std::future::ready(Err::<Vec<IpAddr>, _>(io::Error::new(
             io::ErrorKind::NotFound,
             "no such host",
         )));
         assert_eq!(bounded_lookup(failed, SHORT).await, None);
 
-        let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
-        let found = std::future::ready(Ok::<_, io::Error>(vec![addr].into_iter()));
+        let addr = ip("10.0.0.1");
+        let found = std::future::ready(Ok::<_, io::Error>(vec![addr]));
         assert_eq!(bounded_lookup(found, SHORT).await, Some(vec![addr]));
     }
 

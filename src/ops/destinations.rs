@@ -9,6 +9,7 @@ use rand::RngCore;
 use super::sources::SECRET_OVERLAP_MS;
 use super::{Caller, Listed, OpError, Ops, Validation};
 use crate::config::Config;
+use crate::delivery::resolve::Resolver;
 use crate::delivery::ssrf;
 use crate::model::ids::new_id;
 use crate::model::records::{DestinationRecord, Scope};
@@ -65,7 +66,13 @@ impl Ops {
         self.store().source(source_id).await.map_err(not_found)?;
         let filter = new.event_filter.unwrap_or_default();
         let mut v = Validation::default();
-        let url = check_url(&self.inner.config, &mut v, &new.url).await;
+        let url = check_url(
+            &self.inner.config,
+            self.inner.engine.resolver(),
+            &mut v,
+            &new.url,
+        )
+        .await;
         check_filter(&mut v, &filter);
         check_rate_limit(&mut v, new.rate_limit, false);
         v.finish()?;
@@ -154,7 +161,13 @@ impl Ops {
         let mut v = Validation::default();
         let mut url = None;
         if let Some(text) = &edit.url {
-            url = check_url(&self.inner.config, &mut v, text).await;
+            url = check_url(
+                &self.inner.config,
+                self.inner.engine.resolver(),
+                &mut v,
+                text,
+            )
+            .await;
         }
         if let Some(filter) = &edit.event_filter {
             check_filter(&mut v, filter);
@@ -246,7 +259,13 @@ fn new_secret() -> String {
 /// allowed) where its host resolves. Returns the URL as it will be stored
 /// and sent: normalised (percent-encoding, IDNA, default port dropped), so
 /// the SSRF check, the API and the delivery client all see the same target.
-async fn check_url(config: &Config, v: &mut Validation, text: &str) -> Option<String> {
+/// Names are resolved with the delivery client's own `resolver`.
+async fn check_url(
+    config: &Config,
+    resolver: &Resolver,
+    v: &mut Validation,
+    text: &str,
+) -> Option<String> {
     if text.len() > MAX_URL_LEN {
         v.fail("url", format!("must be at most {MAX_URL_LEN} characters"));
         return None;
@@ -295,8 +314,13 @@ async fn check_url(config: &Config, v: &mut Validation, text: &str) -> Option<St
         return None;
     }
     if !config.delivery.allow_private_networks {
-        if let Err(e) =
-            ssrf::check_url_host(&url, RESOLVE_TIMEOUT, !config.delivery.loopback_only).await
+        if let Err(e) = ssrf::check_url_host(
+            &url,
+            resolver,
+            RESOLVE_TIMEOUT,
+            !config.delivery.loopback_only,
+        )
+        .await
         {
             v.fail(
                 "url",

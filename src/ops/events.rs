@@ -11,7 +11,7 @@ use crate::model::records::{
     ReplayState, Scope,
 };
 use crate::model::time::{format_ms, now_ms};
-use crate::store::{EventQuery, EventSearch, FoundEvent, ListedEvent, MAX_BULK_EVENTS};
+use crate::store::{EventQuery, EventSearch, FoundEvent, ListedEvent};
 
 /// Bulk replays up to this many events are queued before the 202 (a few
 /// hundred milliseconds at most), so the 202 means the deliveries are
@@ -256,14 +256,13 @@ impl Ops {
             created_at_ms: accepted_at,
             updated_at_ms: accepted_at,
         };
-        let Some(totals) = self
-            .store()
-            .count_replay(job.clone(), MAX_BULK_EVENTS as u64)
-            .await?
-        else {
+        let limit = self.inner.config.limits.bulk_replay_events;
+        let Some(totals) = self.store().count_replay(job.clone(), limit as u64).await? else {
             return Err(OpError::invalid(
                 "after",
-                format!("more than {MAX_BULK_EVENTS} events match; replay a narrower range"),
+                format!(
+                    "more than {limit} events match (limits.bulk_replay_events); replay a narrower range"
+                ),
             ));
         };
         job.events_total = totals.events;

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::api::AppState;
 use crate::config::Config;
 use crate::delivery::engine::Engine;
+use crate::delivery::resolve::Resolver;
 use crate::http::server::{self, ConnectionLimits};
 use crate::http::tls::{self, TlsError};
 use crate::metrics::Metrics;
@@ -58,6 +59,17 @@ pub struct RunningServer {
 /// exists and starts serving. When this returns, `/healthz` answers and
 /// `admin.key` (if made) is on disk.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    start_with_resolver(config, Resolver::system()).await
+}
+
+/// [`start`], with destination host names resolved by `resolver` (at
+/// destination creation and at every delivery connection) instead of the
+/// system's: the seam that lets tests give a name changing answers (DNS
+/// rebinding) without a DNS server.
+pub async fn start_with_resolver(
+    config: Config,
+    resolver: Resolver,
+) -> Result<RunningServer, StartError> {
     // Bind first: a port in use must fail before anything touches the data
     // directory (no bootstrap key for a server that never ran). Nothing
     // accepts until `serve` below, so connections wait in the backlog and
@@ -79,7 +91,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     if let Some(path) = &admin_key_file {
         tracing::info!(path = %path.display(), "created the bootstrap admin API key; read it from this file");
     }
-    let engine = Engine::start(store.clone(), config.delivery.clone(), metrics.clone()).await?;
+    let engine = Engine::start(
+        store.clone(),
+        config.delivery.clone(),
+        metrics.clone(),
+        resolver,
+    )
+    .await?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.server.listen,
         source,

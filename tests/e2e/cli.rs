@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, hmac_sha256, krafter, TestServer};
+use crate::common::{hmac_sha256, krafter, TestServer};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -62,7 +62,6 @@ fn stop(mut child: Child) -> String {
 #[test]
 fn cli_variables_never_break_check_config_serve_or_backup() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let noise = [
         ("KRAFTER_API_KEY", "krf_not_a_real_key_at_all_000000000000"),
         ("KRAFTER_URL", "http://127.0.0.1:1"),
@@ -71,20 +70,18 @@ fn cli_variables_never_break_check_config_serve_or_backup() {
     let out = run_in(dir.path(), &["check-config"], &noise);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
-    let listen = format!("127.0.0.1:{port}");
     let mut env = noise.to_vec();
-    env.push(("KRAFTER_SERVER__LISTEN", &listen));
-    let child = krafter()
-        .arg("serve")
+    env.push(("KRAFTER_SERVER__LISTEN", "127.0.0.1:0"));
+    let mut child = krafter()
+        .args(["serve", "--addr-file", "addr"])
         .current_dir(dir.path())
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    common::wait_healthy_blocking(&format!("http://127.0.0.1:{port}"));
+    let url = common::served_base_blocking(&mut child, &dir.path().join("addr"));
     let key = std::fs::read_to_string(dir.path().join("krafter-data/admin.key")).unwrap();
-    let url = format!("http://127.0.0.1:{port}");
     let out = run_in(
         dir.path(),
         &["backup", "--to", "b.krafter", "--url", &url],
@@ -155,14 +152,15 @@ fn serve_flags_override_environment_and_file() {
         "[server]\nlisten = \"127.0.0.1:1\"\n[storage]\npath = \"from-file\"\n",
     )
     .unwrap();
-    let port = free_port();
-    let child = krafter()
+    let mut child = krafter()
         .args([
             "serve",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--data-dir",
             "from-flag",
+            "--addr-file",
+            "addr",
         ])
         .current_dir(dir.path())
         .env("KRAFTER_SERVER__LISTEN", "127.0.0.1:2")
@@ -171,7 +169,14 @@ fn serve_flags_override_environment_and_file() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    common::wait_healthy_blocking(&format!("http://127.0.0.1:{port}"));
+    let base = common::served_base_blocking(&mut child, &dir.path().join("addr"));
+    // The flag's port 0, not the environment's 2 nor the file's 1.
+    let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(port > 2, "{base}");
+    assert_eq!(
+        common::blocking_get_status(&format!("{base}/healthz")).unwrap(),
+        200
+    );
     assert!(dir.path().join("from-flag/admin.key").is_file());
     assert!(!dir.path().join("from-env").exists());
     assert!(!dir.path().join("from-file").exists());
@@ -582,14 +587,13 @@ fn wrong_secret(secret: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_prints_requests_and_verifies_signatures() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let key = [42u8; 32];
     let secret = format!("whsec_{}", STANDARD.encode(key));
     let mut child = krafter()
         .args([
             "receive",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--secret",
             &secret,
             "--save",
@@ -600,13 +604,25 @@ async fn receive_prints_requests_and_verifies_signatures() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Its first line names the address it is listening on (port 0: the
+    // system's choice), once it listens.
+    let stderr = child.stderr.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let base = first
+        .strip_prefix("receiving on ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("{first:?}"))
+        .trim_end_matches('/')
+        .to_string();
+    assert!(base.starts_with("http://127.0.0.1:"), "{first}");
     let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/hooks?x=1");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(&url).send().await.is_err() {
-        assert!(Instant::now() < deadline, "receiver never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let url = format!("{base}/hooks?x=1");
     let body = r#"{"type":"invoice.paid","n":7}"#;
     let ts = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

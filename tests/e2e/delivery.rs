@@ -7,8 +7,8 @@
 use crate::common;
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use crate::common::{
     TestServer,
 };
 use krafter::config::{Config, StorageConfig};
+use krafter::delivery::resolve::Resolver;
 use krafter::metrics::Metrics;
 use krafter::model::ids::{format_id, parse_id, IdKind};
 use krafter::model::records::{AttemptRecord, DeliveryRecord, DeliveryStatus};
@@ -679,6 +680,96 @@ async fn private_destinations_are_refused_at_delivery_time() {
     }
 }
 
+/// 9b. DNS rebinding: a name that answered a public address when its
+/// destination was created, and a refused one when Krafter connects, is
+/// refused at connect time on the answer of that moment, before any
+/// connection. Names are answered by an injected resolver (no DNS). The
+/// refused answer is 127.0.0.1, where a live receiver listens on the URL's
+/// port: the test sees that nothing was sent, and even a broken guard could
+/// reach nothing beyond this machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_rebound_to_a_refused_address_is_refused_before_connecting() {
+    const NAME: &str = "hooks.rebind.invalid";
+    const METADATA_NAME: &str = "metadata.rebind.invalid";
+    let receiver = Receiver::ok().await;
+    let answers: Arc<Mutex<HashMap<String, Vec<IpAddr>>>> = Arc::default();
+    let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let resolver = Resolver::from_fn({
+        let (answers, asked) = (answers.clone(), asked.clone());
+        move |name: &str| {
+            asked.lock().unwrap().push(name.to_string());
+            let answer = answers.lock().unwrap().get(name).cloned().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such test name")
+            });
+            Box::pin(std::future::ready(answer))
+        }
+    });
+    let public: IpAddr = "1.2.3.4".parse().unwrap();
+    answers.lock().unwrap().insert(NAME.into(), vec![public]);
+    answers.lock().unwrap().insert(
+        METADATA_NAME.into(),
+        vec!["169.254.169.254".parse().unwrap()],
+    );
+    let server = TestServer::start_with_resolver(
+        |c| {
+            // The guard under test; every name goes to the injected
+            // resolver, so nothing is asked of DNS.
+            c.delivery.loopback_only = false;
+            c.delivery.allow_private_networks = false;
+            c.delivery.retry_schedule = vec![Duration::from_secs(3600)];
+        },
+        resolver,
+    )
+    .await;
+    let port = receiver.addr().port();
+
+    // Creation judges what the resolver answers: a name answering the
+    // metadata address is refused (on a source that never gets an event).
+    let other = none_source(&server).await;
+    let (status, body) = server
+        .post(
+            &format!("{SOURCES}/{}/destinations", other.id),
+            json!({"url": format!("http://{METADATA_NAME}:{port}/x")}),
+        )
+        .await;
+    common::assert_invalid_field(status, &body, "url");
+    assert!(body.to_string().contains("169.254.169.254"), "{body}");
+    // A name answering a public address is accepted.
+    let source = none_source(&server).await;
+    destination(&server, &source, &format!("http://{NAME}:{port}/hook")).await;
+    let asked_of = |name: &str| asked.lock().unwrap().iter().filter(|n| *n == name).count();
+    assert_eq!(asked_of(NAME), 1, "asked at creation");
+
+    // The name now answers loopback, where the receiver listens.
+    answers
+        .lock()
+        .unwrap()
+        .insert(NAME.into(), vec![IpAddr::from([127, 0, 0, 1])]);
+    let event = ingest_type(&server, &source, "rebound").await;
+    let path = format!("{SOURCES}/{}/events/{event}/deliveries", source.id);
+    let attempt = poll(Duration::from_secs(10), "the attempt", || async {
+        let (_, body) = server.get(&path).await;
+        body["data"][0]["attempts"][0]
+            .is_object()
+            .then(|| body["data"][0]["attempts"][0].clone())
+    })
+    .await;
+    assert_eq!(attempt["error_kind"], "ssrf_refused", "{attempt}");
+    assert!(attempt["status_code"].is_null(), "{attempt}");
+    let message = attempt["error_message"].as_str().unwrap();
+    assert!(
+        message.contains(NAME) && message.contains("127.0.0.1"),
+        "{message}"
+    );
+    assert!(asked_of(NAME) >= 2, "asked again when connecting");
+    assert_eq!(
+        receiver.connections(),
+        0,
+        "a connection reached the address"
+    );
+    assert_eq!(receiver.count(), 0);
+}
+
 /// 10. After rotate-secret, deliveries carry both signatures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_signs_with_both_secrets() {
@@ -1135,30 +1226,24 @@ async fn failing_destinations_are_auto_disabled() {
     );
 }
 
-fn spawn_krafter(dir: &Path, data: &Path, port: u16) -> KillOnDrop {
+/// `krafter serve` on a port the system picks, once it serves; returns it
+/// and its base URL.
+async fn spawn_krafter(dir: &Path, data: &Path) -> (KillOnDrop, String) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("krafter.log"))
         .expect("log file");
-    KillOnDrop(
-        common::krafter()
-            .arg("serve")
-            .current_dir(dir)
-            .env_remove("KRAFTER_CONFIG")
-            .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("KRAFTER_STORAGE__PATH", data)
-            .env("KRAFTER_DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
-            .env(
-                "KRAFTER_DELIVERY__RETRY_SCHEDULE",
-                r#"["300ms","300ms","300ms","300ms"]"#,
-            )
-            .env("KRAFTER_LOG__LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn krafter"),
-    )
+    let mut command = common::serve_command(data);
+    command
+        .current_dir(dir)
+        .env_remove("KRAFTER_CONFIG")
+        .env(
+            "KRAFTER_DELIVERY__RETRY_SCHEDULE",
+            r#"["300ms","300ms","300ms","300ms"]"#,
+        )
+        .stderr(log);
+    common::spawn_serving(&mut command, data).await
 }
 
 /// Ingests events numbered from `next` until `total` are acknowledged or
@@ -1222,10 +1307,7 @@ async fn no_delivery_is_lost_across_kill_9() {
     let data = dir.path().join("data");
     let client = reqwest::Client::new();
 
-    let port = common::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = spawn_krafter(dir.path(), &data, port);
-    common::wait_healthy(&base).await;
+    let (mut child, base) = spawn_krafter(dir.path(), &data).await;
     let key = std::fs::read_to_string(data.join("admin.key")).expect("admin.key");
     let key = key.trim();
     let source: Value = client
@@ -1269,13 +1351,8 @@ async fn no_delivery_is_lost_across_kill_9() {
     );
     assert!(at_kill.1 < 2 * 2 * at_kill.0, "killed too late to matter");
 
-    let port = common::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let _child = {
-        drop(child);
-        spawn_krafter(dir.path(), &data, port)
-    };
-    common::wait_healthy(&base).await;
+    drop(child);
+    let (_child, base) = spawn_krafter(dir.path(), &data).await;
     ingest_until(&base, &slug, next, EVENTS, acked.clone()).await;
     let acked: Vec<String> = acked.lock().unwrap().clone();
     // Concurrent senders may overshoot a little.

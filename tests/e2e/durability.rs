@@ -4,8 +4,6 @@
 use crate::common;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,12 +12,6 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 const SECRET: &str = "whsec_durability";
-
-fn spawn(data: &Path, port: u16) -> Child {
-    common::serve_command(data, port)
-        .spawn()
-        .expect("spawn krafter")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_event_survives_kill_9_under_load() {
@@ -33,10 +25,8 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
 
     for round in 0..3 {
         let acked_before = acked.lock().await.len();
-        let port = common::free_port();
-        let base = format!("http://127.0.0.1:{port}");
-        let mut child = spawn(&data, port);
-        common::wait_healthy(&base).await;
+        let (mut child, base) =
+            common::spawn_serving(&mut common::serve_command(&data), &data).await;
         if round == 0 {
             let key = std::fs::read_to_string(data.join("admin.key")).unwrap();
             let key = key.trim();
@@ -111,8 +101,8 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
         }
         tokio::time::sleep(stop_at - Instant::now()).await;
         // The real thing: SIGKILL while requests are in flight.
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
         for task in tasks {
             task.await.unwrap();
         }

@@ -20,21 +20,22 @@ struct Binary {
     base: String,
 }
 
-fn spawn(data: &Path, env: &[(&str, &str)]) -> Binary {
-    let port = common::free_port();
-    let child = common::krafter()
+/// `krafter serve` on a port the system picks, once it serves.
+async fn spawn(data: &Path, env: &[(&str, &str)]) -> Binary {
+    let addr_file = common::addr_file(data);
+    let mut child = common::krafter()
         .arg("serve")
-        .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .env("KRAFTER_SERVER__LISTEN", "127.0.0.1:0")
         .env("KRAFTER_STORAGE__PATH", data)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn krafter");
-    Binary {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
+    let base = common::served_base(&mut child, &addr_file).await;
+    Binary { child, base }
 }
 
 /// SIGTERM, wait for exit 0, return everything it logged.
@@ -93,8 +94,8 @@ async fn json_logs_carry_no_secrets_and_metrics_move() {
             ("KRAFTER_LOG__LEVEL", "debug"),
             ("KRAFTER_DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
         ],
-    );
-    common::wait_healthy(&b.base).await;
+    )
+    .await;
     let admin = std::fs::read_to_string(data.join("admin.key")).unwrap();
     let admin = admin.trim().to_string();
     let client = reqwest::Client::new();
@@ -231,8 +232,7 @@ async fn json_logs_carry_no_secrets_and_metrics_move() {
 async fn backup_of_a_running_server_restores_into_a_working_server() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let b = spawn(&data, &[]);
-    common::wait_healthy(&b.base).await;
+    let b = spawn(&data, &[]).await;
     let admin = std::fs::read_to_string(data.join("admin.key"))
         .unwrap()
         .trim()
@@ -346,8 +346,7 @@ async fn backup_of_a_running_server_restores_into_a_working_server() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let b = spawn(&restored, &[]);
-    common::wait_healthy(&b.base).await;
+    let b = spawn(&restored, &[]).await;
     // The old admin key works (its hash was restored; no new bootstrap key).
     assert!(!restored.join("admin.key").exists());
     let got: Value = client

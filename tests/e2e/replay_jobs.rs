@@ -6,7 +6,6 @@ use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::common::receiver::Receiver;
@@ -261,20 +260,11 @@ async fn chunks_are_atomic(
     record
 }
 
-fn spawn(data: &Path, port: u16) -> Child {
-    common::serve_command(data, port)
-        .env("KRAFTER_DELIVERY__RETRY_SCHEDULE", r#"["1s"]"#)
-        .spawn()
-        .expect("spawn krafter")
-}
-
-/// The real binary, on a fresh port, healthy.
+/// The real binary, on a port the system picks, healthy.
 async fn boot(data: &Path) -> (KillOnDrop, String) {
-    let port = common::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let child = KillOnDrop(spawn(data, port));
-    common::wait_healthy(&base).await;
-    (child, base)
+    let mut command = common::serve_command(data);
+    command.env("KRAFTER_DELIVERY__RETRY_SCHEDULE", r#"["1s"]"#);
+    common::spawn_serving(&mut command, data).await
 }
 
 /// `kill -9`, and wait until the process is gone.
@@ -536,4 +526,84 @@ async fn delivery_count(store: &Store, event_id: u128) -> usize {
             .len(),
         Err(_) => 0,
     }
+}
+
+/// The bulk replay limit (`limits.bulk_replay_events`, 1,000,000 by
+/// default) at its edge, lowered to 50 so the test stays small: one event
+/// more than the limit is refused with 422 on `after` and leaves no job and
+/// no delivery behind; exactly the limit is accepted and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_over_the_configured_limit_is_refused_and_queues_nothing() {
+    const LIMIT: usize = 50;
+    let receiver = Receiver::ok().await;
+    let server = TestServer::start_with(|c| {
+        c.delivery.allow_private_networks = true;
+        c.limits.bulk_replay_events = LIMIT;
+    })
+    .await;
+    let src = server.create_none_source("limited").await;
+    let (sid, slug) = (src["id"].as_str().unwrap(), src["slug"].as_str().unwrap());
+    let first = server
+        .ingest_json(slug, &json!({"type": "order.created", "first": true}))
+        .await;
+    let (status, detail) = server.get(&format!("{SOURCES}/{sid}/events/{first}")).await;
+    assert_eq!(status, StatusCode::OK, "{detail}");
+    let first_at = detail["data"]["received_at"].as_str().unwrap().to_string();
+    // The rest arrive strictly after the first's millisecond.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let rest = ingest_many(&server.base, slug, LIMIT).await;
+    // Made after ingest: only replays reach it.
+    server
+        .create_destination(sid, json!({"url": receiver.url("/hook")}))
+        .await;
+    let replays = format!("{SOURCES}/{sid}/replays");
+
+    // 51 events match: refused, naming `after` and the limit.
+    let (status, body) = server
+        .post(
+            &format!("{SOURCES}/{sid}/replay"),
+            json!({"after": ANY_TIME}),
+        )
+        .await;
+    common::assert_invalid_field(status, &body, "after");
+    let message = body["error"]["details"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&LIMIT.to_string()) && message.contains("limits.bulk_replay_events"),
+        "{body}"
+    );
+    // No job was stored.
+    let (status, page) = server.get(&replays).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        page["data"],
+        json!([]),
+        "a refused replay left a job: {page}"
+    );
+
+    // Exactly the limit (everything after the first event): accepted, and
+    // at this size queued before the 202.
+    let (status, body) = server
+        .post(
+            &format!("{SOURCES}/{sid}/replay"),
+            json!({"after": first_at}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["data"]["events"], LIMIT, "{body}");
+    assert_eq!(body["data"]["deliveries"], LIMIT, "{body}");
+    assert_eq!(body["data"]["status"], "completed", "{body}");
+    let (_, page) = server.get(&replays).await;
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(1), "{page}");
+
+    // Exactly those 50 are delivered, once each; the refused call queued
+    // nothing (the first event, outside the accepted range, never arrives).
+    delivered_at_least(&receiver, &rest, 1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counts = per_event(&receiver);
+    assert_eq!(counts.len(), LIMIT, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    assert!(
+        !counts.contains_key(&first),
+        "the refused replay queued the first event"
+    );
 }

@@ -14,25 +14,30 @@ use figment::providers::Format;
 use krafter::config::Config;
 use serde_json::json;
 
-/// Starts `krafter serve` on a free port with its data in `dir`; returns the
-/// child and its base URL once `/healthz` answers.
+/// Starts `krafter serve` on a port the system picks, with its data in
+/// `dir`; returns the child and its base URL once `/healthz` answers (the
+/// server reports its address in a file only then).
 fn spawn_binary(dir: &Path, extra_env: &[(&str, &str)]) -> (Child, String) {
-    let port = common::free_port();
+    let data = dir.join("data");
+    let addr_file = common::addr_file(&data);
     let mut cmd = krafter();
     cmd.arg("serve")
+        .arg("--addr-file")
+        .arg(&addr_file)
         .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("KRAFTER_STORAGE__PATH", dir.join("data"))
+        // env_clear dropped it: the test network guard.
+        .env("KRAFTER_DELIVERY__LOOPBACK_ONLY", "true")
+        .env("KRAFTER_SERVER__LISTEN", "127.0.0.1:0")
+        .env("KRAFTER_STORAGE__PATH", &data)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("spawn krafter");
-    let base = format!("http://127.0.0.1:{port}");
-    common::wait_healthy_blocking(&base);
+    let mut child = cmd.spawn().expect("spawn krafter");
+    let base = common::served_base_blocking(&mut child, &addr_file);
     (child, base)
 }
 
@@ -62,6 +67,16 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 fn binary_bootstraps_an_admin_key_never_logs_it_and_exits_0_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = spawn_binary(dir.path(), &[]);
+    // Listening on port 0, it reported the port the system gave it, whole.
+    let addr_file = common::addr_file(&dir.path().join("data"));
+    let reported = std::fs::read_to_string(&addr_file).unwrap();
+    let port: u16 = reported
+        .strip_prefix("127.0.0.1:")
+        .and_then(|p| p.strip_suffix('\n'))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{reported:?}"));
+    assert_ne!(port, 0);
+    assert_eq!(base, format!("http://127.0.0.1:{port}"));
     let key_file = dir.path().join("data/admin.key");
     let key = std::fs::read_to_string(&key_file).unwrap();
     assert!(key.ends_with('\n'));
@@ -79,6 +94,10 @@ fn binary_bootstraps_an_admin_key_never_logs_it_and_exits_0_on_sigterm() {
     let status = wait_exit(&mut child, Duration::from_secs(30));
     assert!(status.success(), "exit status {status:?}");
     assert!(started.elapsed() < Duration::from_secs(5), "slow shutdown");
+    assert!(
+        !addr_file.exists(),
+        "a stopped server leaves no address file"
+    );
 
     let mut logs = String::new();
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
@@ -90,6 +109,11 @@ fn binary_bootstraps_an_admin_key_never_logs_it_and_exits_0_on_sigterm() {
         "the key's path is logged: {logs}"
     );
     assert!(!logs.contains(key), "the key itself must never be logged");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("listening") && l.contains(&format!("127.0.0.1:{port}"))),
+        "the bound address is logged: {logs}"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use krafter::config::{Config, StorageConfig};
+use krafter::delivery::resolve::Resolver;
 use krafter::metrics::Metrics;
 use krafter::server::{self, RunningServer};
 use krafter::store::Store;
@@ -30,6 +31,9 @@ pub struct TestServer {
     pub admin_key: String,
     pub client: reqwest::Client,
     pub dir: TempDir,
+    /// Resolves destination host names (the system's unless a test injects
+    /// one; under `loopback_only` it is never asked). Kept across restarts.
+    pub resolver: Resolver,
 }
 
 /// The default test configuration: loopback, ephemeral port, temp storage.
@@ -57,6 +61,18 @@ impl TestServer {
         Self::start_in(dir, config).await
     }
 
+    /// Starts with `tweak` applied and destination host names answered by
+    /// `resolver` (at creation and at every delivery connection).
+    pub async fn start_with_resolver(
+        tweak: impl FnOnce(&mut Config),
+        resolver: Resolver,
+    ) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(&dir);
+        tweak(&mut config);
+        Self::start_resolving(dir, config, resolver).await
+    }
+
     /// Starts serving HTTPS only, with a fresh self-signed certificate for
     /// `names` (its files in the server's temp dir); returns the server and
     /// the certificate's PEM, which a client must trust. `base` stays
@@ -76,7 +92,13 @@ impl TestServer {
     }
 
     async fn start_in(dir: TempDir, config: Config) -> TestServer {
-        let server = server::start(config.clone()).await.expect("server starts");
+        Self::start_resolving(dir, config, Resolver::system()).await
+    }
+
+    async fn start_resolving(dir: TempDir, config: Config, resolver: Resolver) -> TestServer {
+        let server = server::start_with_resolver(config.clone(), resolver.clone())
+            .await
+            .expect("server starts");
         let admin_key = std::fs::read_to_string(config.storage.path.join("admin.key"))
             .expect("admin.key exists once the server is up")
             .trim()
@@ -89,14 +111,20 @@ impl TestServer {
             admin_key,
             client: reqwest::Client::new(),
             dir,
+            resolver,
         }
     }
 
     /// Stops the server gracefully and starts it again on the same data.
     pub async fn restart(mut self) -> TestServer {
         self.stop().await;
-        let TestServer { config, dir, .. } = self;
-        Self::start_in(dir, config).await
+        let TestServer {
+            config,
+            dir,
+            resolver,
+            ..
+        } = self;
+        Self::start_resolving(dir, config, resolver).await
     }
 
     /// Stops the server (graceful shutdown).
@@ -348,10 +376,13 @@ impl TestServer {
     pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Config)) -> TestServer {
         self.stop().await;
         let TestServer {
-            mut config, dir, ..
+            mut config,
+            dir,
+            resolver,
+            ..
         } = self;
         tweak(&mut config);
-        Self::start_in(dir, config).await
+        Self::start_resolving(dir, config, resolver).await
     }
 
     /// Creates a source with provider `none` (no verification) and returns
@@ -884,15 +915,18 @@ pub mod receiver {
     }
 }
 
-/// `krafter serve` on `127.0.0.1:port` over the data directory `data`,
+/// `krafter serve` on a port the system picks (`127.0.0.1:0`) over the data
+/// directory `data`, reporting its address in [`addr_file`]`(data)`,
 /// delivering to loopback receivers, logging only warnings, output
 /// discarded: what the crash tests start and kill. Add `.env(..)` before
-/// spawning for more settings.
-pub fn serve_command(data: &std::path::Path, port: u16) -> std::process::Command {
+/// [`spawn_serving`] for more settings.
+pub fn serve_command(data: &std::path::Path) -> std::process::Command {
     let mut command = krafter();
     command
         .arg("serve")
-        .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .arg("--addr-file")
+        .arg(addr_file(data))
+        .env("KRAFTER_SERVER__LISTEN", "127.0.0.1:0")
         .env("KRAFTER_STORAGE__PATH", data)
         .env("KRAFTER_DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
         .env("KRAFTER_LOG__LEVEL", "warn")
@@ -901,7 +935,81 @@ pub fn serve_command(data: &std::path::Path, port: u16) -> std::process::Command
     command
 }
 
-/// A loopback port for a spawned binary, free a moment ago.
+/// Where a server started by [`serve_command`] over `data` reports its
+/// address: beside the data directory, never inside it.
+pub fn addr_file(data: &Path) -> PathBuf {
+    let mut name = data.as_os_str().to_owned();
+    name.push(".addr");
+    PathBuf::from(name)
+}
+
+/// Spawns `command` (from [`serve_command`] over `data`) and waits until it
+/// serves; returns it and its base URL. No port is chosen before the child
+/// binds, so none can be taken by someone else in between.
+pub async fn spawn_serving(
+    command: &mut std::process::Command,
+    data: &Path,
+) -> (KillOnDrop, String) {
+    let path = addr_file(data);
+    // A file left by an earlier (killed) run is not this one's address.
+    let _ = std::fs::remove_file(&path);
+    let mut child = KillOnDrop(command.spawn().expect("spawn krafter"));
+    let base = served_base(&mut child.0, &path).await;
+    (child, base)
+}
+
+/// Waits (up to 30 s) until `child`, a `krafter serve --addr-file path`,
+/// reports the address it bound — it does so once `/healthz` answers —
+/// and returns its base URL. Panics if the child exits first.
+pub async fn served_base(child: &mut std::process::Child, path: &Path) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(base) = read_served(child, path) {
+            return base;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "krafter did not report its address in {}",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// [`served_base`] for `#[test]` functions without a runtime.
+pub fn served_base_blocking(child: &mut std::process::Child, path: &Path) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(base) = read_served(child, path) {
+            return base;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "krafter did not report its address in {}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn read_served(child: &mut std::process::Child, path: &Path) -> Option<String> {
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!("krafter exited ({status}) before reporting its address");
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let addr: std::net::SocketAddr = text
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("address file without its newline: {text:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("address file {text:?}: {e}"));
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    Some(format!("http://{addr}"))
+}
+
+/// A loopback port for a spawned program that cannot report the port it
+/// bound: the README's quickstart (run verbatim, ports substituted) and
+/// chromedriver. `krafter serve` binds port 0 and reports its address
+/// instead ([`serve_command`], [`served_base`]), which has no race at all.
 ///
 /// Ports bound to `:0` (receivers, in-process servers, every outgoing
 /// connection) come from the kernel's ephemeral range (32768+), so a port
@@ -924,22 +1032,6 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free loopback port between {LOW} and {}", LOW + SPAN)
-}
-
-/// Waits (up to 30 s) until `<base>/healthz` answers 200.
-pub async fn wait_healthy(base: &str) {
-    let client = reqwest::Client::new();
-    poll(
-        std::time::Duration::from_secs(30),
-        "krafter to answer /healthz",
-        || async {
-            match client.get(format!("{base}/healthz")).send().await {
-                Ok(r) if r.status() == 200 => Some(()),
-                _ => None,
-            }
-        },
-    )
-    .await
 }
 
 /// POSTs `body` with `headers` to `url` (an ingest URL of any server, as
@@ -1009,16 +1101,4 @@ pub fn blocking_get_status(url: &str) -> std::io::Result<u16> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("no status"))
-}
-
-/// Waits (blocking, up to 20 s) until `<base>/healthz` answers 200.
-pub fn wait_healthy_blocking(base: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        if let Ok(200) = blocking_get_status(&format!("{base}/healthz")) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("server at {base} did not become healthy");
 }
