@@ -70,9 +70,6 @@ pub struct EventQuery {
 /// source returns a short page with a cursor instead of scanning it all.
 pub const MAX_SCAN_PER_PAGE: usize = 20_000;
 
-/// Most events one bulk replay may cover; narrower ranges beyond that.
-pub const MAX_BULK_EVENTS: usize = 1_000_000;
-
 /// Events (that get deliveries) queued per write: small enough that ingest
 /// commits keep interleaving with a large replay.
 pub const CHUNK_EVENTS: usize = 200;
