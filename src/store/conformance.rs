@@ -55,6 +55,7 @@ macro_rules! conformance_suite {
                 deleting_a_destination_cancels_its_pending_deliveries,
                 ingest_fans_out_to_enabled_destinations_whose_filter_matches,
                 ingest_deduplicates_provider_event_ids_per_source,
+                strings_from_outside_keep_every_character,
                 list_events_newest_first_with_bounds_pattern_and_cursor,
                 search_events_across_sources,
                 event_detail_event_and_deliveries_with_attempts,
@@ -1099,6 +1100,61 @@ async fn ingest_deduplicates_provider_event_ids_per_source(store: &Store) {
     ingest_stored(store, event_at(s.id, T0 + 6, "t", Some("evt_2"))).await;
     assert_eq!(store.event_count(s.id).await.unwrap(), 4);
     assert_eq!(store.event_count(other.id).await.unwrap(), 1);
+}
+
+/// What callers hand over from the outside world (an event's type and
+/// provider event id from a payload, a key's name, a slug from a URL) may
+/// hold any character, U+0000 included; it is kept and matched exactly.
+async fn strings_from_outside_keep_every_character(store: &Store) {
+    let mut key = api_key("nul\0name ü", 1);
+    key.name = "nul\0name ü".to_string();
+    store.create_api_key(key.clone()).await.unwrap();
+    let listed = store.list_api_keys(None, 10).await.unwrap();
+    assert_eq!(listed.items[0].name, "nul\0name ü");
+
+    let s = source("wh_strings1");
+    store.create_source(s.clone()).await.unwrap();
+    assert_err!(
+        store.source_by_slug("wh_\0strings").await,
+        StoreError::NotFound
+    );
+    let d = destination(s.id, &["t\0*"]);
+    store.create_destination(d.clone(), 10).await.unwrap();
+
+    let odd = event_at(s.id, T0 + 1, "t\0ype ✓", Some("p\0id"));
+    let deliveries = ingest_stored(store, odd.clone()).await;
+    assert_eq!(destinations_of(&deliveries), [d.id], "the filter matched");
+    match store
+        .ingest(event_at(s.id, T0 + 2, "t", Some("p\0id")))
+        .await
+        .unwrap()
+    {
+        IngestOutcome::Duplicate { original } => assert_eq!(original, odd.id),
+        stored => panic!("expected a duplicate, got {stored:?}"),
+    }
+    ingest_stored(store, event_at(s.id, T0 + 3, "t", Some("p"))).await;
+
+    let back = store.event(odd.id).await.unwrap();
+    assert_eq!(back.event_type, "t\0ype ✓");
+    assert_eq!(back.provider_event_id.as_deref(), Some("p\0id"));
+    let typed = EventQuery {
+        type_pattern: Some("t\0*".to_string()),
+        ..EventQuery::default()
+    };
+    let page = store.list_events(s.id, typed, 10).await.unwrap();
+    assert_eq!(
+        page.items.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [odd.id]
+    );
+    assert_eq!(page.items[0].summary.event_type, "t\0ype ✓");
+    let found = store
+        .search_events(EventSearch::ProviderEventId("p\0id".into()), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        found.items.iter().map(|f| f.event_id).collect::<Vec<_>>(),
+        [odd.id]
+    );
 }
 
 async fn list_events_newest_first_with_bounds_pattern_and_cursor(store: &Store) {

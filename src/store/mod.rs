@@ -70,7 +70,7 @@ impl Store {
                 Backend::Redb(Arc::new(redb::RedbStore::open(config, metrics)?))
             }
             StorageBackend::Postgres => {
-                Backend::Postgres(Arc::new(postgres::PgStore::open(config)?))
+                Backend::Postgres(Arc::new(postgres::PgStore::open(config, metrics)?))
             }
         };
         Ok(Store { backend })

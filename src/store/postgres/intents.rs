@@ -8,6 +8,7 @@
 //! fully out (see the module documentation of `postgres`).
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row, Transaction};
@@ -84,13 +85,36 @@ fn count_of(row: &PgRow, column: &str) -> Result<u64, StoreError> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-async fn commit(tx: Tx) -> Result<(), StoreError> {
+/// Ends a read-only snapshot.
+async fn done(tx: Tx) -> Result<(), StoreError> {
     tx.commit().await.map_err(db_error)
 }
 
 impl PgStore {
     async fn begin(&self) -> Result<Tx, StoreError> {
         self.pool.begin().await.map_err(db_error)
+    }
+
+    /// Commits a write; answers once it is durable. The commit's duration
+    /// is the `storage_commit_duration_seconds` metric (one operation per
+    /// commit until ingest is batched).
+    async fn commit(&self, tx: Tx) -> Result<(), StoreError> {
+        let started = Instant::now();
+        tx.commit().await.map_err(db_error)?;
+        self.metrics.observe_commit(started.elapsed(), 1);
+        Ok(())
+    }
+
+    /// Runs one write statement outside a transaction (it commits by
+    /// itself), observed like [`PgStore::commit`].
+    async fn write_one(
+        &self,
+        query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
+        let started = Instant::now();
+        let done = query.execute(&self.pool).await?;
+        self.metrics.observe_commit(started.elapsed(), 1);
+        Ok(done)
     }
 
     /// A read-only transaction over one snapshot.
@@ -210,9 +234,9 @@ async fn insert_event(
     .bind(uid(event.source_id))
     .bind(uid(event.id))
     .bind(event.received_at_ms)
-    .bind(&event.event_type)
-    .bind(event.provider_event_id.as_deref())
-    .bind(dedup_key)
+    .bind(event.event_type.as_bytes())
+    .bind(event.provider_event_id.as_ref().map(|p| p.as_bytes()))
+    .bind(dedup_key.map(str::as_bytes))
     .bind(i64::try_from(event.body.len()).unwrap_or(i64::MAX))
     .bind(rows::encode_headers(&event.headers))
     .bind(&event.body)
@@ -348,20 +372,6 @@ async fn attempts_of(
     found.iter().map(rows::attempt).collect()
 }
 
-/// Removes events with their deliveries and attempts (cascaded) and their
-/// dedup keys (columns of the event row), in the caller's statement.
-async fn purge(conn: &mut PgConnection, ids: &[u128]) -> Result<u64, StoreError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let done = sqlx::query("DELETE FROM events WHERE id = ANY($1)")
-        .bind(uids(ids))
-        .execute(conn)
-        .await
-        .map_err(db_error)?;
-    Ok(done.rows_affected())
-}
-
 /// What one chunk of a bulk replay would queue (the same walk as redb's
 /// `replays::plan_chunk`): events after the cursor in id order, at most
 /// `max_scan` looked at and `max_items` with deliveries.
@@ -421,7 +431,7 @@ async fn plan_chunk(
             }
             scanned += 1;
             plan.last = Some(event_id);
-            let event_type: String = row.try_get("event_type").map_err(db_error)?;
+            let event_type = rows::string(row, "event_type")?;
             let received_at_ms: i64 = row.try_get("received_at_ms").map_err(db_error)?;
             let in_range = received_at_ms > job.after_ms && received_at_ms < job.before_ms;
             if !in_range || !filter::matches(&patterns, &event_type) {
@@ -535,14 +545,16 @@ impl PgStore {
             "INSERT INTO api_keys ({}) VALUES ($1, $2, $3, $4, $5, $6)",
             rows::API_KEY_COLUMNS
         );
-        let done = sqlx::query(&sql)
-            .bind(uid(key.id))
-            .bind(&key.name)
-            .bind(rows::scope_names(&key.scopes))
-            .bind(&key.prefix)
-            .bind(key.hash.as_slice())
-            .bind(key.created_at_ms)
-            .execute(&self.pool)
+        let done = self
+            .write_one(
+                sqlx::query(&sql)
+                    .bind(uid(key.id))
+                    .bind(key.name.as_bytes())
+                    .bind(rows::scope_names(&key.scopes))
+                    .bind(&key.prefix)
+                    .bind(key.hash.as_slice())
+                    .bind(key.created_at_ms),
+            )
             .await;
         match done {
             Ok(_) => Ok(()),
@@ -606,9 +618,8 @@ impl PgStore {
 
     pub(in crate::store) async fn revoke_api_key(&self, id: u128) -> Result<(), StoreError> {
         // Its sessions go with it (ON DELETE CASCADE), in the same commit.
-        let done = sqlx::query("DELETE FROM api_keys WHERE id = $1")
-            .bind(uid(id))
-            .execute(&self.pool)
+        let done = self
+            .write_one(sqlx::query("DELETE FROM api_keys WHERE id = $1").bind(uid(id)))
             .await
             .map_err(db_error)?;
         if done.rows_affected() == 0 {
@@ -676,7 +687,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        commit(tx).await
+        self.commit(tx).await
     }
 
     pub(in crate::store) async fn live_session(
@@ -709,11 +720,12 @@ impl PgStore {
         _key_id: u128,
         _created_at_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM dashboard_sessions WHERE id_hash = $1")
-            .bind(id_hash.as_slice())
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
+        self.write_one(
+            sqlx::query("DELETE FROM dashboard_sessions WHERE id_hash = $1")
+                .bind(id_hash.as_slice()),
+        )
+        .await
+        .map_err(db_error)?;
         Ok(())
     }
 
@@ -723,11 +735,16 @@ impl PgStore {
         &self,
         source: SourceRecord,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query("INSERT INTO sources (id, slug, record) VALUES ($1, $2, $3)")
-            .bind(uid(source.id))
-            .bind(&source.slug)
-            .bind(source.encode())
-            .execute(&self.pool)
+        if source.slug.contains('\0') {
+            return Err(StoreError::Conflict("a slug cannot hold U+0000".into()));
+        }
+        let done = self
+            .write_one(
+                sqlx::query("INSERT INTO sources (id, slug, record) VALUES ($1, $2, $3)")
+                    .bind(uid(source.id))
+                    .bind(&source.slug)
+                    .bind(source.encode()),
+            )
             .await;
         match done {
             Ok(_) => Ok(()),
@@ -748,6 +765,10 @@ impl PgStore {
         &self,
         slug: &str,
     ) -> Result<SourceRecord, StoreError> {
+        // No slug holds U+0000 (and `text` cannot be asked about one).
+        if slug.contains('\0') {
+            return Err(StoreError::NotFound);
+        }
         let row = sqlx::query("SELECT record FROM sources WHERE slug = $1")
             .bind(slug)
             .fetch_optional(&self.pool)
@@ -816,16 +837,15 @@ impl PgStore {
             .await
             .map_err(db_error)?;
         let count = destination_count(&mut tx, id).await?;
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok((source, count))
     }
 
     pub(in crate::store) async fn delete_source(&self, id: u128) -> Result<(), StoreError> {
         // Its destinations go with it (ON DELETE CASCADE); its events are
         // purged afterwards by `purge_orphans`.
-        let done = sqlx::query("DELETE FROM sources WHERE id = $1")
-            .bind(uid(id))
-            .execute(&self.pool)
+        let done = self
+            .write_one(sqlx::query("DELETE FROM sources WHERE id = $1").bind(uid(id)))
             .await
             .map_err(db_error)?;
         if done.rows_affected() == 0 {
@@ -866,7 +886,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        commit(tx).await
+        self.commit(tx).await
     }
 
     pub(in crate::store) async fn destination(
@@ -901,7 +921,7 @@ impl PgStore {
         qb.push(" ORDER BY id DESC LIMIT ")
             .push_bind(limit_plus_one(limit));
         let found = qb.build().fetch_all(&mut *tx).await.map_err(db_error)?;
-        commit(tx).await?;
+        done(tx).await?;
         let items = found
             .iter()
             .map(decode::<DestinationRecord>)
@@ -916,7 +936,7 @@ impl PgStore {
         let mut tx = self.snapshot().await?;
         source_exists(&mut tx, source_id, false).await?;
         let found = destinations_by_id(&mut tx, source_id, false).await?;
-        commit(tx).await?;
+        done(tx).await?;
         let mut all: Vec<DestinationRecord> = found.into_values().collect();
         all.sort_by_key(|d| d.id);
         Ok(all)
@@ -946,7 +966,7 @@ impl PgStore {
         } else {
             cancel_pending(&mut tx, id, destination.updated_at_ms).await?
         };
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok(DestinationUpdated {
             destination,
             cancelled,
@@ -970,7 +990,7 @@ impl PgStore {
             return Err(StoreError::NotFound);
         }
         let cancelled = cancel_pending(&mut tx, id, now).await?;
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok(cancelled)
     }
 
@@ -1017,7 +1037,7 @@ impl PgStore {
             }
             let deliveries =
                 insert_deliveries(&mut tx, event.source_id, &targets, event.received_at_ms).await?;
-            commit(tx).await?;
+            self.commit(tx).await?;
             return Ok(IngestOutcome::Stored { deliveries });
         }
         Err(StoreError::Conflict(
@@ -1029,7 +1049,7 @@ impl PgStore {
     async fn dedup_owner(&self, source_id: u128, pid: &str) -> Result<Option<u128>, StoreError> {
         let row = sqlx::query("SELECT id FROM events WHERE source_id = $1 AND dedup_key = $2")
             .bind(uid(source_id))
-            .bind(pid)
+            .bind(pid.as_bytes())
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
@@ -1050,7 +1070,7 @@ impl PgStore {
         insert_event(&mut tx, &event, false).await?;
         let deliveries =
             insert_deliveries(&mut tx, event.source_id, &targets, event.received_at_ms).await?;
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok(deliveries)
     }
 
@@ -1084,9 +1104,9 @@ impl PgStore {
             qb.push(" AND received_at_ms < ").push_bind(before);
         }
         if let Some(pattern) = &query.type_pattern {
+            // bytea LIKE, with the default escape (backslash).
             qb.push(" AND event_type LIKE ")
-                .push_bind(like_pattern(pattern))
-                .push(" ESCAPE '\\'");
+                .push_bind(like_pattern(pattern).into_bytes());
         }
         qb.push(" ORDER BY id DESC LIMIT ")
             .push_bind(limit_plus_one(limit));
@@ -1098,7 +1118,7 @@ impl PgStore {
         let listed = page(listed, limit, |(id, _)| *id);
         let ids: Vec<u128> = listed.items.iter().map(|(id, _)| *id).collect();
         let mut deliveries = deliveries_of(&mut tx, &ids).await?;
-        commit(tx).await?;
+        done(tx).await?;
         Ok(Page {
             items: listed
                 .items
@@ -1167,7 +1187,7 @@ impl PgStore {
                     prefixed_summary("e")
                 );
                 let rows = sqlx::query(&sql)
-                    .bind(&p)
+                    .bind(p.as_bytes())
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(db_error)?;
@@ -1177,7 +1197,7 @@ impl PgStore {
         };
         let ids: Vec<u128> = page.items.iter().map(|f| f.event_id).collect();
         let mut deliveries = deliveries_of(&mut tx, &ids).await?;
-        commit(tx).await?;
+        done(tx).await?;
         Ok(Page {
             items: page
                 .items
@@ -1213,7 +1233,7 @@ impl PgStore {
         let summary = rows::summary(&row)?;
         let event = rows::event(&row)?;
         let mut deliveries = deliveries_of(&mut tx, &[event_id]).await?;
-        commit(tx).await?;
+        done(tx).await?;
         Ok((
             summary,
             event,
@@ -1254,7 +1274,7 @@ impl PgStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error)?;
-        commit(tx).await?;
+        done(tx).await?;
         let mut attempts: HashMap<u128, Vec<AttemptRecord>> = HashMap::new();
         for row in &found {
             attempts
@@ -1294,7 +1314,7 @@ impl PgStore {
         let live = live_destinations(&mut tx, source_id, &destinations).await?;
         let pairs: Vec<(u128, u128)> = live.into_iter().map(|d| (event_id, d)).collect();
         let deliveries = insert_deliveries(&mut tx, source_id, &pairs, now_ms).await?;
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok(deliveries)
     }
 
@@ -1364,7 +1384,7 @@ impl PgStore {
             .map_err(db_error)?;
         }
         let attempts = attempts_of(&mut tx, delivery_id).await?;
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok((d, attempts))
     }
 
@@ -1383,7 +1403,7 @@ impl PgStore {
             let plan = plan_chunk(&mut tx, &destinations, &cursor, 10_000, usize::MAX).await?;
             totals.matched += plan.matched;
             if totals.matched > max_matched {
-                commit(tx).await?;
+                done(tx).await?;
                 return Ok(None);
             }
             totals.events += plan.items.len() as u64;
@@ -1391,7 +1411,7 @@ impl PgStore {
             match plan.last {
                 Some(last) if !plan.exhausted => cursor.cursor = last,
                 _ => {
-                    commit(tx).await?;
+                    done(tx).await?;
                     return Ok(Some(totals));
                 }
             }
@@ -1442,7 +1462,7 @@ impl PgStore {
                 .await
                 .map_err(db_error)?;
         }
-        commit(tx).await
+        self.commit(tx).await
     }
 
     pub(in crate::store) async fn replay(
@@ -1476,7 +1496,7 @@ impl PgStore {
         qb.push(" ORDER BY id DESC LIMIT ")
             .push_bind(limit_plus_one(limit));
         let found = qb.build().fetch_all(&mut *tx).await.map_err(db_error)?;
-        commit(tx).await?;
+        done(tx).await?;
         let items = found
             .iter()
             .map(decode::<ReplayRecord>)
@@ -1562,7 +1582,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        commit(tx).await?;
+        self.commit(tx).await?;
         out.state = Some(job.state);
         Ok(out)
     }
@@ -1627,7 +1647,7 @@ impl PgStore {
             .await
             .map_err(db_error)?
             .ok_or(StoreError::NotFound)?;
-        commit(tx).await?;
+        done(tx).await?;
         Ok((rows::event(&event)?, rows::delivery(&delivery)?))
     }
 
@@ -1672,8 +1692,8 @@ impl PgStore {
             .bind(a.started_at_ms)
             .bind(i64::try_from(a.duration_ms).unwrap_or(i64::MAX))
             .bind(a.status_code.map(i32::from))
-            .bind(a.error_kind.as_deref())
-            .bind(a.error_message.as_deref())
+            .bind(rows::text(a.error_kind.as_deref()))
+            .bind(rows::text(a.error_message.as_deref()))
             .bind(&a.response_snippet)
             .execute(&mut *tx)
             .await
@@ -1696,7 +1716,7 @@ impl PgStore {
             // A delivery still pending (queued at another time) keeps its
             // queue place.
             write_delivery(&mut tx, &delivery, queued_at).await?;
-            commit(tx).await?;
+            self.commit(tx).await?;
             return Ok(recorded);
         }
         delivery.attempts = a.number;
@@ -1753,7 +1773,7 @@ impl PgStore {
                 cancel_pending(&mut tx, o.destination_id, now).await?;
             }
         }
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok(recorded)
     }
 
@@ -1897,10 +1917,18 @@ impl PgStore {
         Ok(ids)
     }
 
-    /// Removes one chunk of events in its own short transaction.
+    /// Removes one chunk of events with their deliveries and attempts
+    /// (cascaded) and their dedup keys (columns of the event row), in one
+    /// short statement.
     async fn purge_chunk(&self, ids: &[u128]) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        purge(&mut conn, ids).await
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let done = self
+            .write_one(sqlx::query("DELETE FROM events WHERE id = ANY($1)").bind(uids(ids)))
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected())
     }
 }
 

@@ -34,6 +34,7 @@ use sqlx::{Connection, PgConnection};
 use super::crypto::SecretBox;
 use super::StoreError;
 use crate::config::StorageConfig;
+use crate::metrics::Metrics;
 
 /// The schema, embedded at build time.
 static MIGRATOR: Migrator = sqlx::migrate!("src/store/postgres/migrations");
@@ -50,6 +51,7 @@ const UNREACHABLE: &str = "the PostgreSQL database cannot be reached; Krafter re
 /// The open PostgreSQL store.
 pub(super) struct PgStore {
     pool: PgPool,
+    metrics: Arc<Metrics>,
     secrets: SecretBox,
     dir: PathBuf,
     state: Arc<ProbeState>,
@@ -68,7 +70,10 @@ impl PgStore {
     /// lock) and opens the pool. Must be called inside a Tokio runtime; the
     /// migration runs on a helper thread, so this works on any runtime
     /// flavour and blocks the caller only for the start-up.
-    pub(super) fn open(config: &StorageConfig) -> Result<PgStore, StoreError> {
+    pub(super) fn open(
+        config: &StorageConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<PgStore, StoreError> {
         let pg = &config.postgres;
         let options = PgConnectOptions::from_str(&pg.url)
             .map_err(|e| StoreError::Backend(format!("storage.postgres.url: {e}").into()))?;
@@ -92,6 +97,7 @@ impl PgStore {
         runtime.spawn(probe(pool.clone(), state.clone()));
         Ok(PgStore {
             pool,
+            metrics,
             secrets,
             dir: config.path.clone(),
             state,

@@ -53,6 +53,27 @@ where
     row.try_get(column).map_err(db_error)
 }
 
+/// A string stored as UTF-8 `bytea` (see the schema: `text` cannot hold
+/// U+0000).
+pub(super) fn string(row: &PgRow, column: &str) -> Result<String, StoreError> {
+    String::from_utf8(get(row, column)?)
+        .map_err(|_| StoreError::Corrupt(format!("{column} is not UTF-8")))
+}
+
+fn optional_string(row: &PgRow, column: &str) -> Result<Option<String>, StoreError> {
+    get::<Option<Vec<u8>>>(row, column)?
+        .map(|bytes| {
+            String::from_utf8(bytes)
+                .map_err(|_| StoreError::Corrupt(format!("{column} is not UTF-8")))
+        })
+        .transpose()
+}
+
+/// Krafter's own text for a `text` column, which cannot hold U+0000.
+pub(super) fn text(value: Option<&str>) -> Option<String> {
+    value.map(|v| v.replace('\0', "\u{FFFD}"))
+}
+
 fn id(row: &PgRow, column: &str) -> Result<u128, StoreError> {
     Ok(get::<Uuid>(row, column)?.as_u128())
 }
@@ -90,8 +111,8 @@ pub(super) const SUMMARY_COLUMNS: &str =
 /// An event's summary from a row holding [`SUMMARY_COLUMNS`].
 pub(super) fn summary(row: &PgRow) -> Result<EventSummary, StoreError> {
     Ok(EventSummary {
-        event_type: get(row, "event_type")?,
-        provider_event_id: get(row, "provider_event_id")?,
+        event_type: string(row, "event_type")?,
+        provider_event_id: optional_string(row, "provider_event_id")?,
         received_at_ms: get(row, "received_at_ms")?,
         size_bytes: u64_of(get(row, "size_bytes")?, "event size")?,
     })
@@ -108,8 +129,8 @@ pub(super) fn event(row: &PgRow) -> Result<EventRecord, StoreError> {
         id: id(row, "id")?,
         source_id: id(row, "source_id")?,
         received_at_ms: get(row, "received_at_ms")?,
-        event_type: get(row, "event_type")?,
-        provider_event_id: get(row, "provider_event_id")?,
+        event_type: string(row, "event_type")?,
+        provider_event_id: optional_string(row, "provider_event_id")?,
         headers: postcard::from_bytes(&headers)
             .map_err(|e| StoreError::Corrupt(format!("event headers: {e}")))?,
         body: get(row, "body")?,
@@ -152,7 +173,7 @@ pub(super) fn api_key(row: &PgRow) -> Result<ApiKeyRecord, StoreError> {
     let hash: Vec<u8> = get(row, "hash")?;
     Ok(ApiKeyRecord {
         id: id(row, "id")?,
-        name: get(row, "name")?,
+        name: string(row, "name")?,
         scopes: scopes
             .iter()
             .map(|s| {

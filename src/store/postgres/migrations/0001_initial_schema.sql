@@ -9,10 +9,15 @@
 -- are read and changed whole by shared Rust code (sources, destinations,
 -- replay jobs) keep their record as a versioned postcard blob in `record`,
 -- with the columns that queries filter on beside it.
+--
+-- Strings that come from outside (an event's type and provider event id,
+-- an API key's name) are `bytea` holding their UTF-8: PostgreSQL's `text`
+-- cannot hold U+0000, which a JSON payload or a request may carry, and
+-- every behaviour must be the same as on redb.
 
 CREATE TABLE api_keys (
     id            uuid PRIMARY KEY,
-    name          text NOT NULL,
+    name          bytea NOT NULL,
     scopes        text[] NOT NULL,
     prefix        text NOT NULL,
     -- SHA-256 of the key; authentication is one lookup here.
@@ -53,11 +58,11 @@ CREATE TABLE events (
     source_id         uuid NOT NULL,
     id                uuid NOT NULL,
     received_at_ms    bigint NOT NULL,
-    event_type        text NOT NULL,
-    provider_event_id text,
+    event_type        bytea NOT NULL,
+    provider_event_id bytea,
     -- The provider event id when it de-duplicates (inbound events; test
     -- events have none).
-    dedup_key         text,
+    dedup_key         bytea,
     size_bytes        bigint NOT NULL,
     -- postcard of [(name, value bytes)].
     headers           bytea NOT NULL,
@@ -94,6 +99,7 @@ CREATE TABLE attempts (
     started_at_ms    bigint NOT NULL,
     duration_ms      bigint NOT NULL,
     status_code      integer,
+    -- Krafter's own words; a U+0000 in them is stored as U+FFFD.
     error_kind       text,
     error_message    text,
     response_snippet bytea NOT NULL,
