@@ -446,6 +446,16 @@ async fn revoking_a_key_ends_it_and_its_sessions(store: &Store) {
     assert_eq!((kept.key_id, key.id), (b.id, b.id));
 
     assert_err!(store.revoke_api_key(a.id).await, StoreError::NotFound);
+    // A sign-in that races the revocation never gives a live session.
+    store
+        .create_session([12; 32], session(a.id, T0 + 2, expires), 10)
+        .await
+        .unwrap();
+    assert!(store
+        .live_session([12; 32], T0 + 5)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 async fn sessions_live_until_they_expire_and_end(store: &Store) {

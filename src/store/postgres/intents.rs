@@ -644,7 +644,9 @@ impl PgStore {
             .await
             .map_err(db_error)?;
         if key.is_none() {
-            return Err(StoreError::NotFound);
+            // Revoked meanwhile: as on redb, the sign-in "succeeds" but the
+            // session is never live (its key is gone), so nothing is kept.
+            return Ok(());
         }
         let existing = sqlx::query(
             "SELECT id_hash, expires_at_ms FROM dashboard_sessions WHERE key_id = $1 \
