@@ -128,11 +128,15 @@ pub struct TlsConfig {
     pub key_path: Option<PathBuf>,
 }
 
-/// The redb database.
+/// Where Krafter keeps its data: the embedded redb file (default) or a
+/// PostgreSQL database (SPEC §12).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Directory holding `krafter.redb`, `admin.key` and `secrets.key`.
+    /// Which engine holds the data.
+    pub backend: StorageBackend,
+    /// Directory holding `krafter.redb`, `admin.key` and `secrets.key`
+    /// (with PostgreSQL: `admin.key` and `secrets.key` only).
     pub path: PathBuf,
     /// redb page cache; redb's own default (1 GiB) is too much for a small VM.
     pub cache_size_bytes: usize,
@@ -146,6 +150,39 @@ pub struct StorageConfig {
     /// How often expired events are looked for and removed.
     #[serde(with = "humantime_serde")]
     pub retention_interval: Duration,
+    /// The database when `backend = "postgres"`.
+    pub postgres: PostgresConfig,
+}
+
+/// The storage engines (`storage.backend`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageBackend {
+    /// One redb file in `storage.path`: one node, nothing to run beside it.
+    #[default]
+    Redb,
+    /// A PostgreSQL database, which several nodes may share.
+    Postgres,
+}
+
+/// The PostgreSQL connection (`storage.postgres`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database`; `?sslmode=require`
+    /// or `verify-full` connects over TLS (rustls).
+    pub url: String,
+    /// Connections the pool may open.
+    pub max_connections: u32,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: String::new(),
+            max_connections: 16,
+        }
+    }
 }
 
 /// Outgoing deliveries.
@@ -228,12 +265,14 @@ impl Default for ServerConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            backend: StorageBackend::Redb,
             path: PathBuf::from("./krafter-data"),
             cache_size_bytes: 64 * 1024 * 1024,
             quick_repair: false,
             max_batch_ops: 1024,
             queue_capacity: 8192,
             retention_interval: Duration::from_secs(60),
+            postgres: PostgresConfig::default(),
         }
     }
 }
@@ -400,6 +439,18 @@ impl Config {
                 "max_batch_ops and queue_capacity must be greater than 0",
             );
         }
+        if self.storage.backend == StorageBackend::Postgres {
+            let url = url::Url::parse(&self.storage.postgres.url);
+            if !matches!(&url, Ok(u) if matches!(u.scheme(), "postgres" | "postgresql")) {
+                return fail(
+                    "storage.postgres.url",
+                    "must be a postgres://user:password@host:port/database URL when storage.backend is \"postgres\"",
+                );
+            }
+            if self.storage.postgres.max_connections == 0 {
+                return fail("storage.postgres.max_connections", "must be greater than 0");
+            }
+        }
         if self.delivery.retry_schedule.is_empty() {
             return fail("delivery.retry_schedule", "must have at least one step");
         }
@@ -528,6 +579,42 @@ mod tests {
         assert_eq!(c.delivery.disable_after, Duration::from_secs(5 * 86400));
         // The README's promise: a bulk replay covers at most 1,000,000 events.
         assert_eq!(c.limits.bulk_replay_events, 1_000_000);
+    }
+
+    #[test]
+    fn postgres_storage_needs_a_postgres_url_and_connections() {
+        let c = Config::default();
+        assert_eq!(c.storage.backend, StorageBackend::Redb);
+        assert_eq!(c.storage.postgres.max_connections, 16);
+
+        let err = from_toml("[storage]\nbackend = \"postgres\"\n").unwrap_err();
+        assert!(err.to_string().contains("storage.postgres.url"), "{err}");
+        let err = from_toml(
+            "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"mysql://h/db\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("storage.postgres.url"), "{err}");
+        let err = from_toml(
+            "[storage]\nbackend = \"postgres\"\n[storage.postgres]\n\
+             url = \"postgres://k@127.0.0.1:5432/k\"\nmax_connections = 0\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("storage.postgres.max_connections"),
+            "{err}"
+        );
+        let err = from_toml("[storage]\nbackend = \"sqlite\"\n").unwrap_err();
+        assert!(err.to_string().contains("storage.backend"), "{err}");
+
+        let c = from_toml(
+            "[storage]\nbackend = \"postgres\"\n[storage.postgres]\n\
+             url = \"postgresql://k:pw@127.0.0.1:5432/k?sslmode=require\"\nmax_connections = 4\n",
+        )
+        .unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Postgres);
+        assert_eq!(c.storage.postgres.max_connections, 4);
+        // Without the postgres backend the URL is not looked at.
+        assert!(from_toml("[storage.postgres]\nurl = \"nonsense\"\n").is_ok());
     }
 
     #[test]

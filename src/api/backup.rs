@@ -15,9 +15,12 @@ use crate::model::records::Scope;
 /// Streams a backup: a redb file holding every table from one snapshot
 /// plus the key that opens stored secrets. Protect it like the data
 /// directory. Restore with `krafter restore --from FILE` (server stopped).
+/// On PostgreSQL storage it answers 501 `not_supported`: use `pg_dump`.
 #[utoipa::path(get, path = "/api/v1/backup", tag = "operations",
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>,
-        description = "the backup file"), (status = "4XX", body = ErrorEnvelope)),
+        description = "the backup file"), (status = "4XX", body = ErrorEnvelope),
+        (status = 501, body = ErrorEnvelope,
+        description = "`not_supported`: the storage is PostgreSQL (back it up with pg_dump)")),
     security(("bearer" = [])))]
 pub async fn backup(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(Scope::Admin)?;

@@ -130,6 +130,11 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
+    /// 501 `not_supported`: the configured storage does not offer this
+    /// (a backup file of a PostgreSQL store).
+    pub fn not_supported(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_IMPLEMENTED, "not_supported", message)
+    }
     /// 401 `invalid_signature` for ingest.
     pub fn invalid_signature(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_signature", message)
@@ -144,6 +149,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(why) => {
                 ApiError::unavailable(format!("storage is unavailable: {why}"))
             }
+            StoreError::NotSupported(why) => ApiError::not_supported(why),
             other => {
                 tracing::error!(error = %other, "storage error while serving a request");
                 ApiError::internal()

@@ -26,6 +26,10 @@ pub enum StoreError {
     /// transaction); the message is the engine's.
     #[error("storage error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The configured backend does not offer this (e.g. a backup file of
+    /// a PostgreSQL store: that is `pg_dump`'s job); the API answers 501.
+    #[error("not supported: {0}")]
+    NotSupported(&'static str),
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),

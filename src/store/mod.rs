@@ -6,8 +6,9 @@
 //! with its fan-out", "record this attempt", "take what is due for this
 //! destination" — never in transactions, tables or rows. Which engine
 //! answers is decided once, when the store is opened; today that is the
-//! embedded redb file (`store/redb`), and a second backend is one more
-//! variant of `Backend` plus its folder, with no change outside `store`.
+//! embedded redb file (`store/redb`) by default, and a second backend is
+//! one more variant of `Backend` plus its folder, with no change outside
+//! `store`: `storage.backend = "postgres"` picks `store/postgres`.
 //!
 //! Every backend keeps the same contract, proven by one conformance suite
 //! (`src/store/conformance.rs`): a method that answers `Ok` after a
@@ -21,6 +22,7 @@
 
 pub mod crypto;
 mod error;
+mod postgres;
 mod redb;
 pub mod types;
 
@@ -34,7 +36,7 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use types::*;
 
-use crate::config::StorageConfig;
+use crate::config::{StorageBackend, StorageConfig};
 use crate::metrics::Metrics;
 use crate::model::records::{
     ApiKeyRecord, AttemptRecord, DeliveryRecord, DestinationRecord, EventRecord, EventSummary,
@@ -52,15 +54,26 @@ pub struct Store {
 enum Backend {
     /// One redb file in `storage.path` (the embedded default).
     Redb(Arc<redb::RedbStore>),
+    /// A PostgreSQL database (`storage.postgres.url`), which several
+    /// nodes may share.
+    Postgres(Arc<postgres::PgStore>),
 }
 
 impl Store {
     /// Opens (creating on first start) the configured storage. Fails with
-    /// [`StoreError::InUse`] when another process holds it.
+    /// [`StoreError::InUse`] when another process holds a redb file. A
+    /// PostgreSQL store is migrated to this release's schema first; it must
+    /// be opened inside a Tokio runtime.
     pub fn open(config: &StorageConfig, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
-        Ok(Store {
-            backend: Backend::Redb(Arc::new(redb::RedbStore::open(config, metrics)?)),
-        })
+        let backend = match config.backend {
+            StorageBackend::Redb => {
+                Backend::Redb(Arc::new(redb::RedbStore::open(config, metrics)?))
+            }
+            StorageBackend::Postgres => {
+                Backend::Postgres(Arc::new(postgres::PgStore::open(config, metrics)?))
+            }
+        };
+        Ok(Store { backend })
     }
 
     /// Restores a backup made by [`Store::backup_to`] into `data_dir`
@@ -71,10 +84,11 @@ impl Store {
 
     /// Writes a consistent backup (one snapshot, plus the secrets key) to
     /// `dest`, a path that must not exist. Blocking: call off the async
-    /// threads.
+    /// threads. [`StoreError::NotSupported`] on PostgreSQL (`pg_dump`).
     pub fn backup_to(&self, dest: &Path) -> Result<u64, StoreError> {
         match &self.backend {
             Backend::Redb(b) => b.backup_to(dest),
+            Backend::Postgres(b) => b.backup_to(dest),
         }
     }
 
@@ -82,6 +96,7 @@ impl Store {
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
         match &self.backend {
             Backend::Redb(b) => b.seal(plaintext),
+            Backend::Postgres(b) => b.seal(plaintext),
         }
     }
 
@@ -89,6 +104,7 @@ impl Store {
     pub fn open_secret(&self, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
         match &self.backend {
             Backend::Redb(b) => b.open_secret(sealed),
+            Backend::Postgres(b) => b.open_secret(sealed),
         }
     }
 
@@ -96,13 +112,16 @@ impl Store {
     pub fn dir(&self) -> &Path {
         match &self.backend {
             Backend::Redb(b) => b.dir(),
+            Backend::Postgres(b) => b.dir(),
         }
     }
 
-    /// Bytes the store occupies on disk, for metrics.
+    /// Bytes the store occupies on disk (PostgreSQL: the database's size,
+    /// refreshed every half minute), for metrics.
     pub fn size_bytes(&self) -> u64 {
         match &self.backend {
             Backend::Redb(b) => b.file_size(),
+            Backend::Postgres(b) => b.size_bytes(),
         }
     }
 
@@ -111,6 +130,7 @@ impl Store {
     pub fn is_healthy(&self) -> bool {
         match &self.backend {
             Backend::Redb(b) => b.is_healthy(),
+            Backend::Postgres(b) => b.is_healthy(),
         }
     }
 
@@ -118,6 +138,7 @@ impl Store {
     pub async fn close(&self) {
         match &self.backend {
             Backend::Redb(b) => b.close().await,
+            Backend::Postgres(b) => b.close().await,
         }
     }
 }
@@ -136,6 +157,7 @@ macro_rules! intents {
                 pub async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
                     match &self.backend {
                         Backend::Redb(b) => b.$name($($arg),*).await,
+                        Backend::Postgres(b) => b.$name($($arg),*).await,
                     }
                 }
             )*
