@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use krafter::config::StorageConfig;
 use krafter::metrics::Metrics;
-use krafter::model::ids::{id_timestamp_ms, new_id};
+use krafter::model::ids::new_id;
 use krafter::model::records::{DestinationRecord, EventRecord, SourceRecord};
 use krafter::store::{IngestOutcome, Store};
 
@@ -145,7 +145,7 @@ fn attempt_inputs(c: &mut Criterion) {
     let event = EventRecord {
         id,
         source_id: source.id,
-        received_at_ms: id_timestamp_ms(id) as i64,
+        received_at_ms: id.timestamp_ms() as i64,
         event_type: "invoice.paid".into(),
         provider_event_id: Some("evt_123".into()),
         headers: vec![("content-type".into(), b"application/json".to_vec()); 8],

@@ -18,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigFile, LogFormat};
 use crate::metrics::Metrics;
-use crate::model::ids::{format_id, parse_id, IdKind};
+use crate::model::ids::ApiKeyId;
 use crate::model::time::format_ms;
 use crate::ops::{api_keys, Caller, OpError};
 use crate::store::{Store, StoreError};
@@ -466,8 +466,7 @@ async fn run_key_command(store: &Store, cmd: ApiKeysCommand) -> anyhow::Result<(
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln!(
                 "created {} ({}); the key is shown only this once:",
-                format_id(IdKind::ApiKey, new.record.id),
-                new.record.name
+                new.record.id, new.record.name
             );
             outln!("{}", new.key);
         }
@@ -488,7 +487,7 @@ async fn run_key_command(store: &Store, cmd: ApiKeysCommand) -> anyhow::Result<(
                     let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
                     outln!(
                         "{:<30}  {:<8}  {:<24}  {:<30}  {}",
-                        format_id(IdKind::ApiKey, k.id),
+                        k.id.to_string(),
                         k.prefix,
                         format_ms(k.created_at_ms),
                         scopes.join(","),
@@ -502,7 +501,7 @@ async fn run_key_command(store: &Store, cmd: ApiKeysCommand) -> anyhow::Result<(
             }
         }
         ApiKeysCommand::Revoke { id } => {
-            let Some(raw) = parse_id(IdKind::ApiKey, &id) else {
+            let Some(raw) = ApiKeyId::parse(&id) else {
                 bail!("`{id}` is not an API key id (they look like key_01J...)");
             };
             match api_keys::revoke(store, &Caller::local_admin(), raw).await {

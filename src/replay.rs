@@ -6,6 +6,7 @@
 //! the job's cursor are one commit, so stopping at any point — graceful
 //! shutdown, a crash, `kill -9` — loses nothing and repeats nothing.
 
+use crate::model::ids::{ReplayId, SourceId};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,7 +36,7 @@ struct Inner {
     stop: CancellationToken,
     tracker: TaskTracker,
     /// Jobs with a task, so one job never runs twice at once.
-    active: Mutex<HashSet<u128>>,
+    active: Mutex<HashSet<ReplayId>>,
 }
 
 /// How a job's run first ended: its final state, or the first storage
@@ -77,7 +78,7 @@ impl Replays {
 
     /// Starts running a stored job. The receiver gets its first outcome
     /// (dropping it is fine: the job runs on regardless).
-    pub fn start(&self, source: u128, job: u128) -> oneshot::Receiver<FirstOutcome> {
+    pub fn start(&self, source: SourceId, job: ReplayId) -> oneshot::Receiver<FirstOutcome> {
         let (report, outcome) = oneshot::channel();
         let fresh = lock(&self.inner.active).insert(job);
         if !fresh || self.inner.stop.is_cancelled() {
@@ -106,7 +107,12 @@ impl Replays {
     }
 }
 
-async fn run(inner: &Inner, source: u128, job: u128, report: oneshot::Sender<FirstOutcome>) {
+async fn run(
+    inner: &Inner,
+    source: SourceId,
+    job: ReplayId,
+    report: oneshot::Sender<FirstOutcome>,
+) {
     let mut report = Some(report);
     let mut pause = RETRY_FIRST;
     while !inner.stop.is_cancelled() {

@@ -10,7 +10,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorEnvelope};
 use super::extract::{encode_cursor, ApiJson, ApiPath, ApiQuery, Data, List, ListParams};
 use super::AppState;
-use crate::model::ids::{format_id, parse_id, IdKind};
+use crate::model::ids::ApiKeyId;
 use crate::model::records::ApiKeyRecord;
 use crate::model::time::format_ms;
 
@@ -48,7 +48,7 @@ pub struct ApiKeyView {
 impl ApiKeyView {
     fn from_record(record: &ApiKeyRecord, key: Option<String>) -> Self {
         ApiKeyView {
-            id: format_id(IdKind::ApiKey, record.id),
+            id: record.id.to_string(),
             name: record.name.clone(),
             scopes: record
                 .scopes
@@ -112,7 +112,7 @@ pub async fn delete(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_id(IdKind::ApiKey, &id).ok_or_else(|| ApiError::not_found("no such API key"))?;
+    let id = ApiKeyId::parse(&id).ok_or_else(|| ApiError::not_found("no such API key"))?;
     state.ops.revoke_api_key(&caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -27,7 +27,9 @@ pub async fn backup(State(state): State<AppState>, caller: Caller) -> Result<Res
     let store = state.store.clone();
     // Written beside the database (the one place the service may write),
     // opened, then unlinked: the stream keeps it alive, nothing is left behind.
-    let path = store.dir().join(format!("backup-{:x}.tmp", new_id()));
+    let path = store
+        .dir()
+        .join(format!("backup-{:x}.tmp", new_id::<u128>()));
     let file = tokio::task::spawn_blocking(move || {
         let written = store.backup_to(&path);
         let opened = written.and_then(|_| {

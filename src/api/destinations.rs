@@ -11,7 +11,7 @@ use super::error::{ApiError, ErrorEnvelope};
 use super::extract::{encode_cursor, ApiJson, ApiPath, ApiQuery, Data, List, ListParams};
 use super::sources::source_id;
 use super::AppState;
-use crate::model::ids::{format_id, parse_id, IdKind};
+use crate::model::ids::DestinationId;
 use crate::model::records::DestinationRecord;
 use crate::model::time::format_ms;
 use crate::ops::destinations::{DestinationEdit, NewDestination};
@@ -89,8 +89,8 @@ pub struct DestinationView {
 
 fn view(d: &DestinationRecord, secret: Option<String>) -> DestinationView {
     DestinationView {
-        id: format_id(IdKind::Destination, d.id),
-        source_id: format_id(IdKind::Source, d.source_id),
+        id: d.id.to_string(),
+        source_id: d.source_id.to_string(),
         url: d.url.clone(),
         event_filter: d.event_filter.clone(),
         enabled: d.enabled,
@@ -103,8 +103,8 @@ fn view(d: &DestinationRecord, secret: Option<String>) -> DestinationView {
     }
 }
 
-fn destination_id(text: &str) -> Result<u128, ApiError> {
-    parse_id(IdKind::Destination, text).ok_or_else(|| ApiError::not_found("no such destination"))
+fn destination_id(text: &str) -> Result<DestinationId, ApiError> {
+    DestinationId::parse(text).ok_or_else(|| ApiError::not_found("no such destination"))
 }
 
 /// Creates a destination; its signing secret is in this response only.

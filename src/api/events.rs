@@ -1,5 +1,6 @@
 //! Events, their deliveries, replay and retry (SPEC §10).
 
+use crate::model::ids::{DeliveryId, EventId, ReplayId, SourceId};
 use std::collections::BTreeMap;
 
 use axum::extract::State;
@@ -17,7 +18,6 @@ use super::extract::{
 };
 use super::sources::source_id;
 use super::AppState;
-use crate::model::ids::{format_id, parse_id, IdKind};
 use crate::model::records::{
     AttemptRecord, DeliveryRecord, DeliveryStatus, EventSummary, ReplayRecord,
 };
@@ -210,8 +210,8 @@ pub struct ReplayView {
     pub request: ReplayRequestView,
 }
 
-fn event_id(text: &str) -> Result<u128, ApiError> {
-    parse_id(IdKind::Event, text).ok_or_else(|| ApiError::not_found("no such event"))
+fn event_id(text: &str) -> Result<EventId, ApiError> {
+    EventId::parse(text).ok_or_else(|| ApiError::not_found("no such event"))
 }
 
 fn counts(list: &[DeliveryRecord]) -> DeliveryCounts {
@@ -228,14 +228,14 @@ fn counts(list: &[DeliveryRecord]) -> DeliveryCounts {
 }
 
 pub(crate) fn event_view(
-    source: u128,
-    id: u128,
+    source: SourceId,
+    id: EventId,
     s: &EventSummary,
     deliveries: &[DeliveryRecord],
 ) -> EventView {
     EventView {
-        id: format_id(IdKind::Event, id),
-        source_id: format_id(IdKind::Source, source),
+        id: id.to_string(),
+        source_id: source.to_string(),
         event_type: s.event_type.clone(),
         provider_event_id: s.provider_event_id.clone(),
         received_at: format_ms(s.received_at_ms),
@@ -382,8 +382,8 @@ pub async fn deliveries(
         .await?
         .into_iter()
         .map(|(d, attempts)| DeliveryView {
-            id: format_id(IdKind::Delivery, d.id),
-            destination_id: format_id(IdKind::Destination, d.destination_id),
+            id: d.id.to_string(),
+            destination_id: d.destination_id.to_string(),
             status: d.status.as_str().to_string(),
             attempts: attempts.into_iter().map(attempt_view).collect(),
             next_attempt_at: d.next_attempt_ms.map(format_ms),
@@ -420,10 +420,7 @@ pub async fn replay(
         Json(Data {
             data: ReplayAccepted {
                 count: targets.len(),
-                destination_ids: targets
-                    .iter()
-                    .map(|id| format_id(IdKind::Destination, *id))
-                    .collect(),
+                destination_ids: targets.iter().map(|id| id.to_string()).collect(),
             },
         }),
     ))
@@ -445,8 +442,8 @@ pub async fn retry(
     ApiPath((source, event, delivery)): ApiPath<(String, String, String)>,
 ) -> Result<(StatusCode, Json<Data<DeliveryView>>), ApiError> {
     let (source, event) = (source_id(&source)?, event_id(&event)?);
-    let delivery = parse_id(IdKind::Delivery, &delivery)
-        .ok_or_else(|| ApiError::not_found("no such delivery"))?;
+    let delivery =
+        DeliveryId::parse(&delivery).ok_or_else(|| ApiError::not_found("no such delivery"))?;
     let (updated, attempts) = state
         .ops
         .retry_delivery(&caller, source, event, delivery)
@@ -455,8 +452,8 @@ pub async fn retry(
         StatusCode::ACCEPTED,
         Json(Data {
             data: DeliveryView {
-                id: format_id(IdKind::Delivery, updated.id),
-                destination_id: format_id(IdKind::Destination, updated.destination_id),
+                id: updated.id.to_string(),
+                destination_id: updated.destination_id.to_string(),
                 status: updated.status.as_str().to_string(),
                 attempts: attempts.into_iter().map(attempt_view).collect(),
                 next_attempt_at: updated.next_attempt_ms.map(format_ms),
@@ -506,7 +503,7 @@ pub async fn bulk_replay(
         StatusCode::ACCEPTED,
         Json(Data {
             data: BulkReplayAccepted {
-                id: format_id(IdKind::Replay, started.job.id),
+                id: started.job.id.to_string(),
                 status: started.state.as_str().to_string(),
                 events: started.job.events_total,
                 deliveries: started.job.deliveries_total,
@@ -515,14 +512,14 @@ pub async fn bulk_replay(
     ))
 }
 
-fn replay_id(text: &str) -> Result<u128, ApiError> {
-    parse_id(IdKind::Replay, text).ok_or_else(|| ApiError::not_found("no such replay"))
+fn replay_id(text: &str) -> Result<ReplayId, ApiError> {
+    ReplayId::parse(text).ok_or_else(|| ApiError::not_found("no such replay"))
 }
 
 fn replay_view(job: &ReplayRecord) -> ReplayView {
     ReplayView {
-        id: format_id(IdKind::Replay, job.id),
-        source_id: format_id(IdKind::Source, job.source_id),
+        id: job.id.to_string(),
+        source_id: job.source_id.to_string(),
         status: job.state.as_str().to_string(),
         events_total: job.events_total,
         events_done: job.events_done,
@@ -535,11 +532,10 @@ fn replay_view(job: &ReplayRecord) -> ReplayView {
             before: format_ms(job.before_ms),
             event_type: job.type_pattern.clone(),
             status: job.only_failed.then(|| "failed".to_string()),
-            destination_ids: job.destination_ids.as_ref().map(|ids| {
-                ids.iter()
-                    .map(|id| format_id(IdKind::Destination, *id))
-                    .collect()
-            }),
+            destination_ids: job
+                .destination_ids
+                .as_ref()
+                .map(|ids| ids.iter().map(|id| id.to_string()).collect()),
         },
     }
 }

@@ -6,6 +6,7 @@
 //! handshakes answered and not stored; otherwise the event and its
 //! deliveries are committed in one group commit before the 200.
 
+use crate::model::ids::EventId;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -21,7 +22,6 @@ use super::AppState;
 use crate::ingest::providers::HandshakeReply;
 use crate::ingest::{IngestError, Received};
 use crate::metrics::IngestResult;
-use crate::model::ids::{format_id, IdKind};
 use crate::model::records::SourceRecord;
 
 /// Answer to an accepted (or duplicate) event.
@@ -64,9 +64,7 @@ pub async fn receive(
         Ok((result, response)) => (result, response),
         Err((result, error)) => (result, error.into_response()),
     };
-    state
-        .metrics
-        .observe_ingest(&format_id(IdKind::Source, source.id), result);
+    state.metrics.observe_ingest(&source.id.to_string(), result);
     response
 }
 
@@ -142,10 +140,10 @@ fn handshake(reply: HandshakeReply) -> Response {
         .into_response()
 }
 
-fn accepted(event_id: u128, duplicate: bool) -> Response {
+fn accepted(event_id: EventId, duplicate: bool) -> Response {
     Json(Data {
         data: Accepted {
-            event_id: format_id(IdKind::Event, event_id),
+            event_id: event_id.to_string(),
             duplicate,
         },
     })

@@ -15,7 +15,7 @@ use super::events::{event_view, EventView};
 use super::extract::{encode_cursor, ApiPath, ApiQuery, Data, List, ListParams};
 use super::sources::source_id;
 use super::AppState;
-use crate::model::ids::{parse_id, IdKind};
+use crate::model::ids::EventId;
 use crate::store::EventSearch;
 
 /// Filters of `GET /api/v1/webhooks/events`.
@@ -40,7 +40,7 @@ pub struct AllEventsParams {
 
 fn search(params: &AllEventsParams) -> Result<EventSearch, ApiError> {
     match (&params.id, &params.provider_event_id) {
-        (Some(id), provider) => parse_id(IdKind::Event, id)
+        (Some(id), provider) => EventId::parse(id)
             .map(|id| EventSearch::Id {
                 id,
                 provider_event_id: provider.clone(),

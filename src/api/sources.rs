@@ -10,7 +10,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorEnvelope};
 use super::extract::{encode_cursor, ApiJson, ApiPath, ApiQuery, Data, List, ListParams};
 use super::AppState;
-use crate::model::ids::{format_id, parse_id, IdKind};
+use crate::model::ids::SourceId;
 use crate::model::provider::{GenericHmacConfig, ProviderKind};
 use crate::model::records::SourceRecord;
 use crate::model::time::format_ms;
@@ -83,7 +83,7 @@ pub struct SourceView {
 
 fn view(state: &AppState, source: &SourceRecord, destinations_count: u64) -> SourceView {
     SourceView {
-        id: format_id(IdKind::Source, source.id),
+        id: source.id.to_string(),
         slug: source.slug.clone(),
         url: format!("{}/in/{}", state.public_url, source.slug),
         name: source.name.clone(),
@@ -98,8 +98,8 @@ fn view(state: &AppState, source: &SourceRecord, destinations_count: u64) -> Sou
 }
 
 /// Parses a public source id; anything else is a 404.
-pub fn source_id(text: &str) -> Result<u128, ApiError> {
-    parse_id(IdKind::Source, text).ok_or_else(|| ApiError::not_found("no such source"))
+pub fn source_id(text: &str) -> Result<SourceId, ApiError> {
+    SourceId::parse(text).ok_or_else(|| ApiError::not_found("no such source"))
 }
 
 /// Creates a source and its ingest URL.

@@ -12,6 +12,7 @@
 //! queue is read again from the start, so nothing not recorded as
 //! succeeded is lost.
 
+use crate::model::ids::{DeliveryId, DestinationId, SourceId};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +28,6 @@ use super::signer;
 use super::worker::{self, AttemptRequest};
 use crate::config::DeliveryConfig;
 use crate::metrics::Metrics;
-use crate::model::ids::{format_id, IdKind};
 use crate::model::records::{
     AttemptRecord, DeliveryStatus, DestinationRecord, ErrorKind, RetiredSecret,
 };
@@ -62,17 +62,17 @@ struct Inner {
     resolver: Resolver,
     config: DeliveryConfig,
     metrics: Arc<Metrics>,
-    lanes: Mutex<HashMap<u128, Arc<Lane>>>,
+    lanes: Mutex<HashMap<DestinationId, Arc<Lane>>>,
     stop: watch::Sender<bool>,
     tracker: TaskTracker,
 }
 
 struct Lane {
-    source_id: u128,
-    destination_id: u128,
+    source_id: SourceId,
+    destination_id: DestinationId,
     wake: Notify,
     /// Deliveries taken from the queue and not yet recorded.
-    in_flight: Mutex<HashSet<u128>>,
+    in_flight: Mutex<HashSet<DeliveryId>>,
     /// Attempts allowed at once (released when the HTTP exchange ends).
     permits: Arc<Semaphore>,
 }
@@ -114,7 +114,7 @@ impl Engine {
 
     /// Tells a destination's lane to look at its queue (starting the lane
     /// if needed). Called after commits that queue deliveries.
-    pub fn wake(&self, source_id: u128, destination_id: u128) {
+    pub fn wake(&self, source_id: SourceId, destination_id: DestinationId) {
         if *self.inner.stop.borrow() {
             return;
         }
@@ -164,7 +164,7 @@ impl Engine {
 
     /// Deliveries waiting, and the age in ms of the oldest one, for metrics.
     pub async fn queue_stats(&self) -> Result<(u64, Option<i64>), StoreError> {
-        let destinations: Vec<u128> = lock(&self.inner.lanes).keys().copied().collect();
+        let destinations: Vec<DestinationId> = lock(&self.inner.lanes).keys().copied().collect();
         let (pending, oldest) = self.inner.store.queue_depth(destinations).await?;
         Ok((pending, oldest.map(|due| (now_ms() - due as i64).max(0))))
     }
@@ -307,7 +307,7 @@ async fn deliver(
     let keys = match signing_keys(&inner.store, destination) {
         Ok(keys) => keys,
         Err(e) => {
-            tracing::error!(destination = %format_id(IdKind::Destination, destination.id), error = %e, "cannot open the destination secret");
+            tracing::error!(destination = %destination.id.to_string(), error = %e, "cannot open the destination secret");
             tokio::time::sleep(ERROR_PAUSE).await;
             return;
         }
@@ -338,9 +338,9 @@ async fn deliver(
         // Ids, numbers and the error only: never the URL (it may carry a
         // token), the body or the response.
         tracing::warn!(
-            destination = %format_id(IdKind::Destination, lane.destination_id),
-            event = %format_id(IdKind::Event, item.event_id),
-            delivery = %format_id(IdKind::Delivery, item.delivery_id),
+            destination = %lane.destination_id.to_string(),
+            event = %item.event_id.to_string(),
+            delivery = %item.delivery_id.to_string(),
             attempt = number,
             error_kind = kind.as_str(),
             status = result.status,
@@ -387,7 +387,7 @@ async fn deliver(
                 if recorded.disabled_destination {
                     inner.metrics.destinations_disabled.inc();
                     tracing::warn!(
-                        destination = %format_id(IdKind::Destination, lane.destination_id),
+                        destination = %lane.destination_id.to_string(),
                         "destination disabled: every delivery failed for delivery.disable_after"
                     );
                 }

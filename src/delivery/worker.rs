@@ -11,7 +11,6 @@ use http_body_util::{BodyExt, Full};
 use super::client::{guard_literal, is_ssrf_refusal, DeliveryClient, Reach};
 use super::retry::parse_retry_after;
 use super::signer;
-use crate::model::ids::{format_id, IdKind};
 use crate::model::records::{ErrorKind, EventRecord};
 
 /// Largest part of a response body kept with the attempt.
@@ -134,7 +133,7 @@ pub async fn attempt(client: &DeliveryClient, req: AttemptRequest<'_>) -> Attemp
 }
 
 fn build_request(req: &AttemptRequest<'_>) -> Result<Request<Full<Bytes>>, http::Error> {
-    let event_id = format_id(IdKind::Event, req.event.id);
+    let event_id = req.event.id.to_string();
     let timestamp = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -166,10 +165,7 @@ fn build_request(req: &AttemptRequest<'_>) -> Result<Request<Full<Bytes>>, http:
             format!("Krafter/{}", env!("CARGO_PKG_VERSION")),
         );
         set("krafter-event-type", req.event.event_type.clone());
-        set(
-            "krafter-source-id",
-            format_id(IdKind::Source, req.event.source_id),
-        );
+        set("krafter-source-id", req.event.source_id.to_string());
         set("krafter-attempt", req.attempt.to_string());
         set("content-length", req.event.body.len().to_string());
     }

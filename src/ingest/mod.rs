@@ -7,13 +7,13 @@
 
 pub mod providers;
 
+use crate::model::ids::EventId;
 use std::sync::Arc;
 
 use http::{header, HeaderMap};
 
 use crate::delivery::engine::Engine;
 use crate::metrics::Metrics;
-use crate::model::ids::{format_id, id_timestamp_ms, new_id, IdKind};
 use crate::model::records::{EventRecord, SourceRecord};
 use crate::model::time::now_ms;
 use crate::store::{IngestOutcome, Store, StoreError};
@@ -36,9 +36,9 @@ pub struct Ingest {
 #[derive(Debug)]
 pub enum Received {
     /// Stored durably with its deliveries.
-    Stored { event_id: u128 },
+    Stored { event_id: EventId },
     /// The provider sent this event before; nothing new was stored.
-    Duplicate { original: u128 },
+    Duplicate { original: EventId },
     /// A handshake the provider expects answered (nothing stored).
     Handshake(HandshakeReply),
 }
@@ -144,7 +144,7 @@ impl Ingest {
             .verify(config, &inbound, &secret_refs)
             .map_err(IngestError::InvalidSignature)?;
         if !provider.verifies() {
-            tracing::warn!(source = %format_id(IdKind::Source, source.id), "accepting an unverified webhook (provider `none`)");
+            tracing::warn!(source = %source.id.to_string(), "accepting an unverified webhook (provider `none`)");
         }
         let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
         if let Some(reply) = provider.post_verification_handshake(&inbound, json.as_ref()) {
@@ -152,11 +152,11 @@ impl Ingest {
         }
         // `received_at` is the id's own millisecond, so time filters on the
         // (source, id) index are exact key bounds.
-        let id = new_id();
+        let id = EventId::new();
         let event = EventRecord {
             id,
             source_id: source.id,
-            received_at_ms: id_timestamp_ms(id) as i64,
+            received_at_ms: id.timestamp_ms() as i64,
             event_type: provider.event_type(config, &inbound, json.as_ref()),
             provider_event_id: provider.event_id(config, &inbound, json.as_ref()),
             headers: stored_headers(headers),

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::ids::{ApiKeyId, DeliveryId, DestinationId, EventId, ReplayId, SourceId};
 use super::provider::{GenericHmacConfig, ProviderKind};
 
 /// What an API key may do. `Write` includes `Read`; `Admin` includes all.
@@ -45,7 +46,7 @@ impl Scope {
 /// An API key; the key itself is never stored, only its SHA-256.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
-    pub id: u128,
+    pub id: ApiKeyId,
     pub name: String,
     pub scopes: Vec<Scope>,
     /// First 8 characters of the key, to recognise it in lists.
@@ -64,7 +65,7 @@ pub struct RetiredSecret {
 /// A source: one third-party origin.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceRecord {
-    pub id: u128,
+    pub id: SourceId,
     pub slug: String,
     pub name: String,
     #[serde(with = "super::provider::stored_code")]
@@ -82,8 +83,8 @@ pub struct SourceRecord {
 /// A destination: one URL of the user's receiving one source's events.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DestinationRecord {
-    pub id: u128,
-    pub source_id: u128,
+    pub id: DestinationId,
+    pub source_id: SourceId,
     pub url: String,
     pub event_filter: Vec<String>,
     pub enabled: bool,
@@ -104,8 +105,8 @@ pub struct DestinationRecord {
 /// One accepted inbound request, exactly as received.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventRecord {
-    pub id: u128,
-    pub source_id: u128,
+    pub id: EventId,
+    pub source_id: SourceId,
     pub received_at_ms: i64,
     pub event_type: String,
     pub provider_event_id: Option<String>,
@@ -178,10 +179,10 @@ impl DeliveryCounts {
 /// One (event, destination) pair to deliver.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeliveryRecord {
-    pub id: u128,
-    pub event_id: u128,
-    pub source_id: u128,
-    pub destination_id: u128,
+    pub id: DeliveryId,
+    pub event_id: EventId,
+    pub source_id: SourceId,
+    pub destination_id: DestinationId,
     pub status: DeliveryStatus,
     /// Attempts made so far.
     pub attempts: u32,
@@ -314,8 +315,8 @@ impl ReplayState {
 /// neither repeats nor skips a chunk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplayRecord {
-    pub id: u128,
-    pub source_id: u128,
+    pub id: ReplayId,
+    pub source_id: SourceId,
     /// `received_at` bounds in Unix ms, both exclusive; `before_ms` is the
     /// requested `before`, or the time the job was accepted.
     pub after_ms: i64,
@@ -328,11 +329,11 @@ pub struct ReplayRecord {
     /// `status: failed`: only where a delivery failed and is not fixed.
     pub only_failed: bool,
     /// `destination_ids` as requested (after validation), if any.
-    pub destination_ids: Option<Vec<u128>>,
+    pub destination_ids: Option<Vec<DestinationId>>,
     /// The destinations the job may queue to, fixed at acceptance: the
     /// named ones, else those enabled then. Each is re-checked (still
     /// there, still enabled) when its chunk is queued.
-    pub candidates: Vec<u128>,
+    pub candidates: Vec<DestinationId>,
     /// The last event id processed (0 before the first chunk).
     pub cursor: u128,
     /// What the 202 promised: events with at least one delivery, and
@@ -352,7 +353,7 @@ pub struct ReplayRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRecord {
     /// The API key the user signed in with.
-    pub key_id: u128,
+    pub key_id: ApiKeyId,
     /// Per-session token every state-changing form must echo back.
     pub csrf: String,
     pub created_at_ms: i64,
@@ -413,10 +414,10 @@ mod tests {
     #[test]
     fn deliveries_are_counted_by_status() {
         let delivery = |status| DeliveryRecord {
-            id: 1,
-            event_id: 2,
-            source_id: 3,
-            destination_id: 4,
+            id: DeliveryId::from_u128(1),
+            event_id: EventId::from_u128(2),
+            source_id: SourceId::from_u128(3),
+            destination_id: DestinationId::from_u128(4),
             status,
             attempts: 0,
             next_attempt_ms: None,

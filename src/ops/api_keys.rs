@@ -4,12 +4,12 @@
 //! These take the store rather than [`Ops`] because the CLI manages keys
 //! with the server stopped, without a delivery engine.
 
+use crate::model::ids::ApiKeyId;
 use std::path::PathBuf;
 
 use rand::distributions::{Alphanumeric, DistString};
 
 use super::{Caller, Listed, OpError, Ops, Validation, Via};
-use crate::model::ids::new_id;
 use crate::model::records::{ApiKeyRecord, Scope};
 use crate::model::time;
 use crate::store::crypto::{hash_key, write_private_file};
@@ -36,7 +36,7 @@ pub fn generate_key(name: &str, scopes: Vec<Scope>) -> NewKey {
         Alphanumeric.sample_string(&mut rand::rngs::OsRng, KEY_RANDOM_CHARS)
     );
     let record = ApiKeyRecord {
-        id: new_id(),
+        id: ApiKeyId::new(),
         name: name.to_string(),
         scopes,
         prefix: key.chars().take(8).collect(),
@@ -126,7 +126,7 @@ pub async fn list(
 
 /// Revokes a key; it stops working with the commit, and its dashboard
 /// sessions end with it.
-pub async fn revoke(store: &Store, caller: &Caller, id: u128) -> Result<(), OpError> {
+pub async fn revoke(store: &Store, caller: &Caller, id: ApiKeyId) -> Result<(), OpError> {
     caller.require(Scope::Admin)?;
     store
         .revoke_api_key(id)
@@ -156,7 +156,7 @@ impl Caller {
     /// directory): whoever can read the data directory holds every right.
     pub fn local_admin() -> Caller {
         Caller {
-            key_id: 0,
+            key_id: ApiKeyId::from_u128(0),
             scopes: vec![Scope::Admin],
             via: Via::Cli,
         }
@@ -185,7 +185,7 @@ impl Ops {
     }
 
     /// See [`revoke`].
-    pub async fn revoke_api_key(&self, caller: &Caller, id: u128) -> Result<(), OpError> {
+    pub async fn revoke_api_key(&self, caller: &Caller, id: ApiKeyId) -> Result<(), OpError> {
         revoke(self.store(), caller, id).await
     }
 }

@@ -1,6 +1,7 @@
 //! Destinations: the user's URLs that receive a source's events, each with
 //! its own signing secret, filter and rate limit (SPEC §6).
 
+use crate::model::ids::{DestinationId, SourceId};
 use std::time::Duration;
 
 use base64::Engine;
@@ -11,7 +12,6 @@ use super::{Caller, Listed, OpError, Ops, Validation};
 use crate::config::Config;
 use crate::delivery::resolve::Resolver;
 use crate::delivery::ssrf;
-use crate::model::ids::new_id;
 use crate::model::records::{DestinationRecord, Scope};
 use crate::model::time::now_ms;
 use crate::store::{DestinationChange, NewSecret, StoreError};
@@ -59,7 +59,7 @@ impl Ops {
     pub async fn create_destination(
         &self,
         caller: &Caller,
-        source_id: u128,
+        source_id: SourceId,
         new: NewDestination,
     ) -> Result<WithSecret, OpError> {
         caller.require(Scope::Write)?;
@@ -81,7 +81,7 @@ impl Ops {
         let secret = new_secret();
         let now = now_ms();
         let record = DestinationRecord {
-            id: new_id(),
+            id: DestinationId::new(),
             source_id,
             url,
             event_filter: filter,
@@ -117,7 +117,7 @@ impl Ops {
     pub async fn list_destinations(
         &self,
         caller: &Caller,
-        source_id: u128,
+        source_id: SourceId,
         before: Option<u128>,
         limit: usize,
     ) -> Result<Listed<DestinationRecord>, OpError> {
@@ -134,8 +134,8 @@ impl Ops {
     pub async fn get_destination(
         &self,
         caller: &Caller,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: DestinationId,
     ) -> Result<DestinationRecord, OpError> {
         caller.require(Scope::Read)?;
         self.store()
@@ -149,8 +149,8 @@ impl Ops {
     pub async fn update_destination(
         &self,
         caller: &Caller,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: DestinationId,
         edit: DestinationEdit,
     ) -> Result<DestinationRecord, OpError> {
         caller.require(Scope::Write)?;
@@ -200,8 +200,8 @@ impl Ops {
     pub async fn delete_destination(
         &self,
         caller: &Caller,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: DestinationId,
     ) -> Result<(), OpError> {
         caller.require(Scope::Write)?;
         self.store()
@@ -218,8 +218,8 @@ impl Ops {
     pub async fn rotate_destination_secret(
         &self,
         caller: &Caller,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: DestinationId,
     ) -> Result<WithSecret, OpError> {
         caller.require(Scope::Write)?;
         let secret = new_secret();

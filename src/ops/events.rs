@@ -1,11 +1,11 @@
 //! Events, their deliveries, replay and retry (SPEC §10), events across
 //! sources and test events (SPEC §11).
 
+use crate::model::ids::{DeliveryId, DestinationId, EventId, ReplayId, SourceId};
 use serde_json::json;
 
 use super::{Caller, Listed, OpError, Ops, Validation};
 use crate::model::filter;
-use crate::model::ids::{format_id, id_timestamp_ms, new_id, parse_id, IdKind};
 use crate::model::records::{
     AttemptRecord, DeliveryRecord, DestinationRecord, EventRecord, EventSummary, ReplayRecord,
     ReplayState, Scope,
@@ -61,7 +61,7 @@ pub struct BulkReplayStarted {
 /// A test event as stored, with the deliveries it made.
 #[derive(Debug, Clone)]
 pub struct TestEvent {
-    pub event_id: u128,
+    pub event_id: EventId,
     pub summary: EventSummary,
     pub deliveries: Vec<DeliveryRecord>,
 }
@@ -75,7 +75,7 @@ impl Ops {
     pub async fn list_events(
         &self,
         caller: &Caller,
-        source_id: u128,
+        source_id: SourceId,
         query: EventQuery,
         limit: usize,
     ) -> Result<Listed<ListedEvent>, OpError> {
@@ -123,8 +123,8 @@ impl Ops {
     pub async fn get_event(
         &self,
         caller: &Caller,
-        source_id: u128,
-        event_id: u128,
+        source_id: SourceId,
+        event_id: EventId,
     ) -> Result<EventDetail, OpError> {
         caller.require(Scope::Read)?;
         let (summary, event, deliveries) = self
@@ -143,8 +143,8 @@ impl Ops {
     pub async fn event_deliveries(
         &self,
         caller: &Caller,
-        source_id: u128,
-        event_id: u128,
+        source_id: SourceId,
+        event_id: EventId,
     ) -> Result<Vec<(DeliveryRecord, Vec<AttemptRecord>)>, OpError> {
         caller.require(Scope::Read)?;
         self.store()
@@ -160,10 +160,10 @@ impl Ops {
     pub async fn replay_event(
         &self,
         caller: &Caller,
-        source_id: u128,
-        event_id: u128,
+        source_id: SourceId,
+        event_id: EventId,
         destination_ids: Option<Vec<String>>,
-    ) -> Result<Vec<u128>, OpError> {
+    ) -> Result<Vec<DestinationId>, OpError> {
         caller.require(Scope::Write)?;
         let (summary, _, _) = self
             .store()
@@ -198,9 +198,9 @@ impl Ops {
     pub async fn retry_delivery(
         &self,
         caller: &Caller,
-        source_id: u128,
-        event_id: u128,
-        delivery_id: u128,
+        source_id: SourceId,
+        event_id: EventId,
+        delivery_id: DeliveryId,
     ) -> Result<(DeliveryRecord, Vec<AttemptRecord>), OpError> {
         caller.require(Scope::Write)?;
         let (delivery, attempts) = self
@@ -218,7 +218,7 @@ impl Ops {
     pub async fn bulk_replay(
         &self,
         caller: &Caller,
-        source_id: u128,
+        source_id: SourceId,
         request: BulkReplay,
     ) -> Result<BulkReplayStarted, OpError> {
         caller.require(Scope::Write)?;
@@ -237,12 +237,12 @@ impl Ops {
             None => all.iter().filter(|d| d.enabled).map(|d| d.id).collect(),
         };
         let mut job = ReplayRecord {
-            id: new_id(),
+            id: ReplayId::new(),
             source_id,
             after_ms: request.after_ms,
             before_ms: request.before_ms.unwrap_or(accepted_at),
             // Events stored from now on are not part of this replay.
-            upper_id: new_id(),
+            upper_id: EventId::new().as_u128(),
             type_pattern: request.event_type.filter(|t| !t.is_empty()),
             only_failed: request.only_failed,
             destination_ids: chosen,
@@ -287,7 +287,7 @@ impl Ops {
     pub async fn list_replays(
         &self,
         caller: &Caller,
-        source_id: u128,
+        source_id: SourceId,
         before: Option<u128>,
         limit: usize,
     ) -> Result<Listed<ReplayRecord>, OpError> {
@@ -304,8 +304,8 @@ impl Ops {
     pub async fn get_replay(
         &self,
         caller: &Caller,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: ReplayId,
     ) -> Result<ReplayRecord, OpError> {
         caller.require(Scope::Read)?;
         self.store()
@@ -320,7 +320,7 @@ impl Ops {
     pub async fn send_test_event(
         &self,
         caller: &Caller,
-        source_id: u128,
+        source_id: SourceId,
     ) -> Result<TestEvent, OpError> {
         caller.require(Scope::Write)?;
         let source = self
@@ -333,15 +333,15 @@ impl Ops {
                 "the source is disabled; enable it to send a test event".into(),
             ));
         }
-        let event_id = new_id();
-        let received_at_ms = id_timestamp_ms(event_id) as i64;
+        let event_id = EventId::new();
+        let received_at_ms = event_id.timestamp_ms() as i64;
         let body = json!({
             "type": TEST_EVENT_TYPE,
-            "id": format_id(IdKind::Event, event_id),
+            "id": event_id.to_string(),
             "created_at": format_ms(received_at_ms),
             "data": {
                 "message": "A test event made by Krafter (not sent by the provider, so no provider signature was verified). Krafter signs its delivery like any other.",
-                "source_id": format_id(IdKind::Source, source_id),
+                "source_id": source_id.to_string(),
                 "source_name": source.name,
                 "provider": source.provider.as_str(),
             }
@@ -388,7 +388,10 @@ impl Ops {
 
 /// Resolves and checks chosen destinations against the source: each must
 /// be one of its destinations and enabled; else every bad one is named.
-fn chosen_destinations(all: &[DestinationRecord], ids: &[String]) -> Result<Vec<u128>, OpError> {
+fn chosen_destinations(
+    all: &[DestinationRecord],
+    ids: &[String],
+) -> Result<Vec<DestinationId>, OpError> {
     let mut v = Validation::default();
     v.check(
         !ids.is_empty(),
@@ -398,7 +401,7 @@ fn chosen_destinations(all: &[DestinationRecord], ids: &[String]) -> Result<Vec<
     let mut chosen = Vec::new();
     for (i, text) in ids.iter().enumerate() {
         let field = format!("destination_ids[{i}]");
-        match parse_id(IdKind::Destination, text).and_then(|id| all.iter().find(|d| d.id == id)) {
+        match DestinationId::parse(text).and_then(|id| all.iter().find(|d| d.id == id)) {
             None => v.fail(
                 &field,
                 format!("{text} is not a destination of this source"),

@@ -16,6 +16,7 @@ pub mod events;
 pub mod sessions;
 pub mod sources;
 
+use crate::model::ids::ApiKeyId;
 use std::sync::Arc;
 
 pub use error::{FieldError, OpError, Validation};
@@ -32,7 +33,7 @@ use crate::store::Store;
 pub struct Caller {
     /// The API key the request authenticated with (the dashboard's session
     /// and the CLI's local access name theirs).
-    pub key_id: u128,
+    pub key_id: ApiKeyId,
     pub scopes: Vec<Scope>,
     pub via: Via,
 }

@@ -141,7 +141,7 @@ mod tests {
     use super::*;
     use crate::model::records::Scope;
 
-    async fn store_with_key(dir: &std::path::Path) -> (Store, String, u128) {
+    async fn store_with_key(dir: &std::path::Path) -> (Store, String, crate::model::ids::ApiKeyId) {
         let config = crate::config::StorageConfig {
             path: dir.to_path_buf(),
             cache_size_bytes: 4 * 1024 * 1024,

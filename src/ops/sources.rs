@@ -1,11 +1,11 @@
 //! Sources: one third-party origin each, with its ingest URL and the
 //! provider's signing secret (SPEC §5).
 
+use crate::model::ids::SourceId;
 use rand::distributions::{Alphanumeric, DistString};
 
 use super::{Caller, Listed, OpError, Ops, Validation};
 use crate::ingest::providers;
-use crate::model::ids::new_id;
 use crate::model::provider::{GenericHmacConfig, ProviderKind};
 use crate::model::records::{Scope, SourceRecord};
 use crate::model::time::now_ms;
@@ -73,7 +73,7 @@ impl Ops {
         let store = self.store();
         let now = now_ms();
         let mut source = SourceRecord {
-            id: new_id(),
+            id: SourceId::new(),
             slug: new_slug(),
             name: new.name.trim().to_string(),
             provider: new.provider,
@@ -119,7 +119,11 @@ impl Ops {
     }
 
     /// One source with its destination count.
-    pub async fn get_source(&self, caller: &Caller, id: u128) -> Result<SourceSummary, OpError> {
+    pub async fn get_source(
+        &self,
+        caller: &Caller,
+        id: SourceId,
+    ) -> Result<SourceSummary, OpError> {
         caller.require(Scope::Read)?;
         let (source, destinations) = self
             .store()
@@ -137,7 +141,7 @@ impl Ops {
     pub async fn update_source(
         &self,
         caller: &Caller,
-        id: u128,
+        id: SourceId,
         edit: SourceEdit,
     ) -> Result<SourceSummary, OpError> {
         caller.require(Scope::Write)?;
@@ -184,7 +188,7 @@ impl Ops {
 
     /// Deletes a source with its destinations at once; its events and
     /// deliveries are purged right after by the retention task.
-    pub async fn delete_source(&self, caller: &Caller, id: u128) -> Result<(), OpError> {
+    pub async fn delete_source(&self, caller: &Caller, id: SourceId) -> Result<(), OpError> {
         caller.require(Scope::Write)?;
         self.store().delete_source(id).await.map_err(not_found)?;
         self.inner.retention.notify_one();

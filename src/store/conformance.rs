@@ -24,7 +24,7 @@ use super::{
 };
 use crate::config::StorageConfig;
 use crate::metrics::Metrics;
-use crate::model::ids::{id_timestamp_ms, new_id};
+use crate::model::ids::{new_id, ApiKeyId, DeliveryId, DestinationId, EventId, RawId, SourceId};
 use crate::model::provider::ProviderKind;
 use crate::model::records::{
     ApiKeyRecord, AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, ErrorKind,
@@ -147,8 +147,8 @@ const DAY: i64 = 24 * HOUR;
 
 /// A fresh id whose timestamp is `ms` (as ingest gives an event received
 /// then). Callers never make two at the same millisecond where order counts.
-fn id_at(ms: i64) -> u128 {
-    ((ms as u128) << 80) | (new_id() & ((1u128 << 80) - 1))
+fn id_at<T: RawId>(ms: i64) -> T {
+    T::from_raw(((ms as u128) << 80) | (new_id::<u128>() & ((1u128 << 80) - 1)))
 }
 
 fn source(slug: &str) -> SourceRecord {
@@ -167,7 +167,7 @@ fn source(slug: &str) -> SourceRecord {
     }
 }
 
-fn destination(source_id: u128, filter: &[&str]) -> DestinationRecord {
+fn destination(source_id: SourceId, filter: &[&str]) -> DestinationRecord {
     DestinationRecord {
         id: new_id(),
         source_id,
@@ -186,7 +186,7 @@ fn destination(source_id: u128, filter: &[&str]) -> DestinationRecord {
 }
 
 /// An event received at `ms`.
-fn event_at(source_id: u128, ms: i64, event_type: &str, pid: Option<&str>) -> EventRecord {
+fn event_at(source_id: SourceId, ms: i64, event_type: &str, pid: Option<&str>) -> EventRecord {
     EventRecord {
         id: id_at(ms),
         source_id,
@@ -199,11 +199,11 @@ fn event_at(source_id: u128, ms: i64, event_type: &str, pid: Option<&str>) -> Ev
 }
 
 /// An event received now (its id made now).
-fn event_now(source_id: u128, event_type: &str, pid: Option<&str>) -> EventRecord {
-    let id = new_id();
+fn event_now(source_id: SourceId, event_type: &str, pid: Option<&str>) -> EventRecord {
+    let id = EventId::new();
     EventRecord {
         id,
-        received_at_ms: id_timestamp_ms(id) as i64,
+        received_at_ms: id.timestamp_ms() as i64,
         ..event_at(source_id, 0, event_type, pid)
     }
 }
@@ -219,7 +219,7 @@ fn api_key(name: &str, hash_byte: u8) -> ApiKeyRecord {
     }
 }
 
-fn session(key_id: u128, created_at_ms: i64, expires_at_ms: i64) -> SessionRecord {
+fn session(key_id: ApiKeyId, created_at_ms: i64, expires_at_ms: i64) -> SessionRecord {
     SessionRecord {
         key_id,
         csrf: format!("csrf-{created_at_ms}"),
@@ -228,7 +228,12 @@ fn session(key_id: u128, created_at_ms: i64, expires_at_ms: i64) -> SessionRecor
     }
 }
 
-fn job(source_id: u128, after_ms: i64, before_ms: i64, candidates: Vec<u128>) -> ReplayRecord {
+fn job(
+    source_id: SourceId,
+    after_ms: i64,
+    before_ms: i64,
+    candidates: Vec<DestinationId>,
+) -> ReplayRecord {
     ReplayRecord {
         id: new_id(),
         source_id,
@@ -296,7 +301,7 @@ async fn ingest_stored(store: &Store, event: EventRecord) -> Vec<DeliveryRecord>
 }
 
 /// Everything queued for a destination, earliest first.
-async fn queued(store: &Store, destination: u128) -> Vec<DueItem> {
+async fn queued(store: &Store, destination: DestinationId) -> Vec<DueItem> {
     let (items, next) = store
         .due_for(destination, u64::MAX, &HashSet::new(), 10_000)
         .await
@@ -306,7 +311,7 @@ async fn queued(store: &Store, destination: u128) -> Vec<DueItem> {
 }
 
 /// The queue entry of one delivery.
-async fn queued_item(store: &Store, destination: u128, delivery: u128) -> DueItem {
+async fn queued_item(store: &Store, destination: DestinationId, delivery: DeliveryId) -> DueItem {
     let items = queued(store, destination).await;
     match items.iter().find(|i| i.delivery_id == delivery) {
         Some(item) => *item,
@@ -315,17 +320,17 @@ async fn queued_item(store: &Store, destination: u128, delivery: u128) -> DueIte
 }
 
 /// One delivery as the store now has it.
-async fn delivery_of(store: &Store, event_id: u128, delivery_id: u128) -> DeliveryRecord {
+async fn delivery_of(store: &Store, event_id: EventId, delivery_id: DeliveryId) -> DeliveryRecord {
     store.attempt_inputs(event_id, delivery_id).await.unwrap().1
 }
 
-fn destinations_of(deliveries: &[DeliveryRecord]) -> Vec<u128> {
-    let mut out: Vec<u128> = deliveries.iter().map(|d| d.destination_id).collect();
+fn destinations_of(deliveries: &[DeliveryRecord]) -> Vec<DestinationId> {
+    let mut out: Vec<DestinationId> = deliveries.iter().map(|d| d.destination_id).collect();
     out.sort_unstable();
     out
 }
 
-fn sorted(mut ids: Vec<u128>) -> Vec<u128> {
+fn sorted<T: Ord>(mut ids: Vec<T>) -> Vec<T> {
     ids.sort_unstable();
     ids
 }
@@ -388,10 +393,10 @@ async fn api_keys_list_newest_first_with_a_cursor(store: &Store) {
 
     let first = store.list_api_keys(None, 2).await.unwrap();
     assert_eq!(names(&first), ["k5", "k4"]);
-    assert_eq!(first.next, Some(ids[3]));
+    assert_eq!(first.next, Some(ids[3].as_u128()));
     let second = store.list_api_keys(first.next, 2).await.unwrap();
     assert_eq!(names(&second), ["k3", "k2"]);
-    assert_eq!(second.next, Some(ids[1]));
+    assert_eq!(second.next, Some(ids[1].as_u128()));
     let last = store.list_api_keys(second.next, 2).await.unwrap();
     assert_eq!(names(&last), ["k1"]);
     assert_eq!(last.next, None);
@@ -636,13 +641,13 @@ async fn sources_list_newest_first_with_destination_counts(store: &Store) {
         .create_destination(destination(s3.id, &[]), 10)
         .await
         .unwrap();
-    let rows = |page: &super::Page<(SourceRecord, u64)>| -> Vec<(u128, u64)> {
+    let rows = |page: &super::Page<(SourceRecord, u64)>| -> Vec<(SourceId, u64)> {
         page.items.iter().map(|(s, n)| (s.id, *n)).collect()
     };
 
     let first = store.list_sources(None, 2).await.unwrap();
     assert_eq!(rows(&first), [(s3.id, 1), (s2.id, 0)]);
-    assert_eq!(first.next, Some(s2.id));
+    assert_eq!(first.next, Some(s2.id.as_u128()));
     let last = store.list_sources(first.next, 2).await.unwrap();
     assert_eq!(rows(&last), [(s1.id, 2)]);
     assert_eq!(last.next, None);
@@ -887,10 +892,10 @@ async fn destinations_are_found_and_listed_with_a_cursor(store: &Store) {
         StoreError::NotFound
     );
 
-    let ids = |items: &[DestinationRecord]| -> Vec<u128> { items.iter().map(|d| d.id).collect() };
+    let ids = |items: &[DestinationRecord]| -> Vec<_> { items.iter().map(|d| d.id).collect() };
     let first = store.list_destinations(s.id, None, 2).await.unwrap();
     assert_eq!(ids(&first.items), [ds[2].id, ds[1].id]);
-    assert_eq!(first.next, Some(ds[1].id));
+    assert_eq!(first.next, Some(ds[1].id.as_u128()));
     let last = store.list_destinations(s.id, first.next, 2).await.unwrap();
     assert_eq!(ids(&last.items), [ds[0].id]);
     assert_eq!(last.next, None);
@@ -907,7 +912,7 @@ async fn destinations_are_found_and_listed_with_a_cursor(store: &Store) {
         store.destinations_of_source(new_id()).await,
         StoreError::NotFound
     );
-    let mut expected: Vec<(u128, u128)> = ds.iter().map(|d| (s.id, d.id)).collect();
+    let mut expected: Vec<(_, _)> = ds.iter().map(|d| (s.id, d.id)).collect();
     expected.push((other.id, elsewhere.id));
     expected.sort_unstable();
     let mut all = store.all_destination_ids().await.unwrap();
@@ -1189,7 +1194,7 @@ async fn list_events_newest_first_with_bounds_pattern_and_cursor(store: &Store) 
     let source_id = s.id;
     let list = |query: EventQuery, limit: usize| async move {
         let page = store.list_events(source_id, query, limit).await.unwrap();
-        let ids: Vec<u128> = page.items.iter().map(|i| i.id).collect();
+        let ids: Vec<_> = page.items.iter().map(|i| i.id).collect();
         (ids, page.next, page.items)
     };
 
@@ -1208,7 +1213,7 @@ async fn list_events_newest_first_with_bounds_pattern_and_cursor(store: &Store) 
     // Paging by the cursor.
     let (ids, next, _) = list(EventQuery::default(), 2).await;
     assert_eq!(ids, [id(4), id(3)]);
-    assert_eq!(next, Some(id(3)));
+    assert_eq!(next, Some(id(3).as_u128()));
     let (ids, next, _) = list(
         EventQuery {
             before_id: next,
@@ -1218,7 +1223,7 @@ async fn list_events_newest_first_with_bounds_pattern_and_cursor(store: &Store) 
     )
     .await;
     assert_eq!(ids, [id(2), id(1)]);
-    assert_eq!(next, Some(id(1)));
+    assert_eq!(next, Some(id(1).as_u128()));
     let (ids, next, _) = list(
         EventQuery {
             before_id: next,
@@ -1312,7 +1317,7 @@ async fn search_events_across_sources(store: &Store) {
     }
     let search = |what: EventSearch, before, limit| async move {
         let page = store.search_events(what, before, limit).await.unwrap();
-        let found: Vec<(u128, u128)> = page
+        let found: Vec<(_, _)> = page
             .items
             .iter()
             .map(|f| (f.source_id, f.event_id))
@@ -1342,7 +1347,7 @@ async fn search_events_across_sources(store: &Store) {
 
     let (found, next, _) = search(EventSearch::All, None, 3).await;
     assert_eq!(found.len(), 3);
-    assert_eq!(next, Some(b1.id));
+    assert_eq!(next, Some(b1.id.as_u128()));
     let (found, next, _) = search(EventSearch::All, next, 3).await;
     assert_eq!(found, [(s1.id, a1.id)]);
     assert_eq!(next, None);
@@ -1372,7 +1377,7 @@ async fn search_events_across_sources(store: &Store) {
     );
     let (found, next, _) = search(by_pid("shared"), None, 1).await;
     assert_eq!(found, [(s1.id, a2.id)]);
-    assert_eq!(next, Some(a2.id));
+    assert_eq!(next, Some(a2.id.as_u128()));
     let (found, next, _) = search(by_pid("shared"), next, 1).await;
     assert_eq!(found, [(s2.id, b1.id)]);
     assert_eq!(next, None);
@@ -1516,7 +1521,7 @@ async fn replay_event_rechecks_destinations_in_its_commit(store: &Store) {
 
     // The caller chooses while both are enabled; one is disabled before
     // the replay commits.
-    let chosen: Vec<u128> = store
+    let chosen: Vec<_> = store
         .destinations_of_source(s.id)
         .await
         .unwrap()
@@ -1757,7 +1762,7 @@ async fn due_for_is_earliest_first_skips_in_flight_and_says_what_is_next(store: 
         store.due_for(d.id, at(5_000), &none, 10).await.unwrap(),
         (vec![i1, i2, i3], None)
     );
-    let in_flight: HashSet<u128> = [i1.delivery_id].into();
+    let in_flight: HashSet<_> = [i1.delivery_id].into();
     assert_eq!(
         store
             .due_for(d.id, at(2_500), &in_flight, 10)
@@ -1765,13 +1770,13 @@ async fn due_for_is_earliest_first_skips_in_flight_and_says_what_is_next(store: 
             .unwrap(),
         (vec![i2], Some(at(3_000)))
     );
-    let in_flight: HashSet<u128> = [i1.delivery_id, i2.delivery_id].into();
+    let in_flight: HashSet<_> = [i1.delivery_id, i2.delivery_id].into();
     assert_eq!(
         store.due_for(d.id, at(5_000), &in_flight, 1).await.unwrap(),
         (vec![i3], None),
         "in-flight ones do not count against the limit"
     );
-    let all: HashSet<u128> = items.iter().map(|i| i.delivery_id).collect();
+    let all: HashSet<_> = items.iter().map(|i| i.delivery_id).collect();
     assert_eq!(
         store.due_for(d.id, at(5_000), &all, 10).await.unwrap(),
         (vec![], None)
@@ -1923,7 +1928,7 @@ async fn auto_disable_counts_from_the_first_failure_after_the_last_success(store
     }
     // One attempt of a queued delivery, started at T0 + `at`; failures
     // retry 50 ms later. `disable_after` is 1 s.
-    let run = |(event, delivery): (u128, u128), at: i64, ok: bool| {
+    let run = |(event, delivery): (EventId, DeliveryId), at: i64, ok: bool| {
         let (store, d) = (store.clone(), d.clone());
         async move {
             let item = queued_item(&store, d.id, delivery).await;
@@ -2134,10 +2139,10 @@ async fn replay_jobs_are_stored_found_and_listed(store: &Store) {
     );
     assert_err!(store.replay(s.id, new_id()).await, StoreError::NotFound);
 
-    let ids = |items: &[ReplayRecord]| -> Vec<u128> { items.iter().map(|j| j.id).collect() };
+    let ids = |items: &[ReplayRecord]| -> Vec<_> { items.iter().map(|j| j.id).collect() };
     let first = store.list_replays(s.id, None, 2).await.unwrap();
     assert_eq!(ids(&first.items), [jobs[2].id, jobs[1].id]);
-    assert_eq!(first.next, Some(jobs[1].id));
+    assert_eq!(first.next, Some(jobs[1].id.as_u128()));
     let last = store.list_replays(s.id, first.next, 2).await.unwrap();
     assert_eq!(ids(&last.items), [jobs[0].id]);
     assert_eq!(last.next, None);
@@ -2229,7 +2234,7 @@ async fn count_replay_counts_what_a_job_would_queue(store: &Store) {
     );
     // Events stored after the job was accepted are not part of it.
     let mut bounded = base.clone();
-    bounded.upper_id = e[3].id;
+    bounded.upper_id = e[3].id.as_u128();
     assert_eq!(
         store.count_replay(bounded, 10).await.unwrap(),
         Some(totals(2, 3, 2))
@@ -2291,7 +2296,7 @@ async fn advance_replay_queues_chunks_to_completion(store: &Store) {
         sorted(vec![d1.id, d2.id])
     );
     let got = store.replay(s.id, j.id).await.unwrap();
-    assert_eq!(got.cursor, e[2].id);
+    assert_eq!(got.cursor, e[2].id.as_u128());
     assert_eq!((got.events_done, got.deliveries_queued), (2, 3));
     assert_eq!(got.state, ReplayState::Running);
     assert_eq!(got.updated_at_ms, now);
@@ -2303,7 +2308,7 @@ async fn advance_replay_queues_chunks_to_completion(store: &Store) {
     assert_eq!(step.state, Some(ReplayState::Completed));
     assert_eq!((step.events, step.deliveries), (1, 2));
     let got = store.replay(s.id, j.id).await.unwrap();
-    assert_eq!(got.cursor, e[3].id);
+    assert_eq!(got.cursor, e[3].id.as_u128());
     assert_eq!(
         (got.events_done, got.deliveries_queued),
         (got.events_total, got.deliveries_total)
@@ -2313,8 +2318,8 @@ async fn advance_replay_queues_chunks_to_completion(store: &Store) {
     assert!(store.running_replays().await.unwrap().is_empty());
 
     // What was queued: new pending deliveries due at the chunk's time.
-    let replayed = |deliveries: &[DeliveryRecord]| -> Vec<u128> {
-        let mut out: Vec<u128> = deliveries
+    let replayed = |deliveries: &[DeliveryRecord]| -> Vec<DestinationId> {
+        let mut out: Vec<_> = deliveries
             .iter()
             .filter(|d| d.created_at_ms >= now && d.status == DeliveryStatus::Pending)
             .map(|d| d.destination_id)
@@ -2356,7 +2361,10 @@ async fn advance_replay_queues_chunks_to_completion(store: &Store) {
     let step = store.advance_replay(s.id, k.id, now, 10, 1).await.unwrap();
     assert_eq!(step.state, Some(ReplayState::Running));
     assert_eq!((step.events, step.deliveries), (1, 2));
-    assert_eq!(store.replay(s.id, k.id).await.unwrap().cursor, e[1].id);
+    assert_eq!(
+        store.replay(s.id, k.id).await.unwrap().cursor,
+        e[1].id.as_u128()
+    );
 }
 
 async fn advance_replay_rechecks_destinations_per_chunk(store: &Store) {
@@ -2438,9 +2446,9 @@ async fn finished_replays_are_kept_up_to_the_bound(store: &Store) {
         .list_replays(s.id, None, 10 * KEPT_PER_SOURCE)
         .await
         .unwrap();
-    let ids: Vec<u128> = listed.items.iter().map(|j| j.id).collect();
+    let ids: Vec<_> = listed.items.iter().map(|j| j.id).collect();
     // The newest KEPT_PER_SOURCE finished ones, and the running one.
-    let mut expected: Vec<u128> = finished[1..].iter().rev().copied().collect();
+    let mut expected: Vec<_> = finished[1..].iter().rev().copied().collect();
     expected.push(running.id);
     assert_eq!(ids.len(), KEPT_PER_SOURCE + 1);
     assert_eq!(ids, expected);
@@ -2782,18 +2790,18 @@ async fn paging_while_new_events_arrive_has_no_duplicates_or_gaps(store: &Store)
     let added = writer.await.unwrap();
     assert!(added > 0, "events arrived while paging");
 
-    let check = |paged: Vec<u128>, existed: Vec<u128>| {
+    let check = |paged: Vec<_>, existed: Vec<_>| {
         assert!(
             paged.windows(2).all(|w| w[0] > w[1]),
             "newest first, no duplicates"
         );
-        let paged_set: HashSet<u128> = paged.iter().copied().collect();
+        let paged_set: HashSet<_> = paged.iter().copied().collect();
         let missing: Vec<_> = existed
             .iter()
-            .filter(|id| !paged_set.contains(id))
+            .filter(|id| !paged_set.contains(*id))
             .collect();
         assert!(missing.is_empty(), "gaps: {missing:?}");
-        let existed: HashSet<u128> = existed.into_iter().collect();
+        let existed: HashSet<_> = existed.into_iter().collect();
         assert!(
             paged
                 .iter()
@@ -2801,7 +2809,7 @@ async fn paging_while_new_events_arrive_has_no_duplicates_or_gaps(store: &Store)
             "only events that existed, or arrived since"
         );
     };
-    let of_s: Vec<u128> = initial
+    let of_s: Vec<_> = initial
         .iter()
         .filter(|(source, _)| *source == s.id)
         .map(|(_, id)| *id)

@@ -38,6 +38,7 @@ pub use types::*;
 
 use crate::config::{StorageBackend, StorageConfig};
 use crate::metrics::Metrics;
+use crate::model::ids::{ApiKeyId, DeliveryId, DestinationId, EventId, ReplayId, SourceId};
 use crate::model::records::{
     ApiKeyRecord, AttemptRecord, DeliveryRecord, DestinationRecord, EventRecord, EventSummary,
     ReplayRecord, SessionRecord, SourceRecord,
@@ -177,7 +178,7 @@ intents! {
     /// How many keys exist (the bootstrap key is made when there are none).
     fn count_api_keys(&self) -> u64;
     /// Revokes a key and ends its dashboard sessions in the same commit.
-    fn revoke_api_key(&self, id: u128) -> ();
+    fn revoke_api_key(&self, id: ApiKeyId) -> ();
 
     // ---- Dashboard sessions ----
 
@@ -188,25 +189,25 @@ intents! {
     /// when unknown, expired, or the key was revoked).
     fn live_session(&self, id_hash: [u8; 32], now_ms: i64) -> Option<(SessionRecord, ApiKeyRecord)>;
     /// Ends a session; ending one already gone is fine.
-    fn end_session(&self, id_hash: [u8; 32], key_id: u128, created_at_ms: i64) -> ();
+    fn end_session(&self, id_hash: [u8; 32], key_id: ApiKeyId, created_at_ms: i64) -> ();
 
     // ---- Sources ----
 
     /// Stores a new source; `Conflict` when its slug is taken.
     fn create_source(&self, source: SourceRecord) -> ();
     /// One source.
-    fn source(&self, id: u128) -> SourceRecord;
+    fn source(&self, id: SourceId) -> SourceRecord;
     /// The source an ingest slug names.
     fn source_by_slug(&self, slug: &str) -> SourceRecord;
     /// One source with how many destinations it has.
-    fn source_with_destination_count(&self, id: u128) -> (SourceRecord, u64);
+    fn source_with_destination_count(&self, id: SourceId) -> (SourceRecord, u64);
     /// Sources newest first, each with its number of destinations.
     fn list_sources(&self, before: Option<u128>, limit: usize) -> Page<(SourceRecord, u64)>;
     /// Applies `change` to a source; answers it with its destination count.
-    fn update_source(&self, id: u128, change: SourceChange) -> (SourceRecord, u64);
+    fn update_source(&self, id: SourceId, change: SourceChange) -> (SourceRecord, u64);
     /// Removes a source, its slug and destinations at once; its events and
     /// deliveries are purged afterwards by [`Store::purge_orphans`].
-    fn delete_source(&self, id: u128) -> ();
+    fn delete_source(&self, id: SourceId) -> ();
 
     // ---- Destinations ----
 
@@ -214,19 +215,19 @@ intents! {
     /// when the source already has `max_per_source`.
     fn create_destination(&self, destination: DestinationRecord, max_per_source: usize) -> ();
     /// One destination of a source.
-    fn destination(&self, source_id: u128, id: u128) -> DestinationRecord;
+    fn destination(&self, source_id: SourceId, id: DestinationId) -> DestinationRecord;
     /// A source's destinations, newest first (`NotFound` without the source).
-    fn list_destinations(&self, source_id: u128, before: Option<u128>, limit: usize) -> Page<DestinationRecord>;
+    fn list_destinations(&self, source_id: SourceId, before: Option<u128>, limit: usize) -> Page<DestinationRecord>;
     /// Every destination of a source, oldest first (`NotFound` without the source).
-    fn destinations_of_source(&self, source_id: u128) -> Vec<DestinationRecord>;
+    fn destinations_of_source(&self, source_id: SourceId) -> Vec<DestinationRecord>;
     /// Applies `change`; a destination that ends up disabled has its
     /// pending deliveries cancelled in the same commit.
-    fn update_destination(&self, source_id: u128, id: u128, change: DestinationChange) -> DestinationUpdated;
+    fn update_destination(&self, source_id: SourceId, id: DestinationId, change: DestinationChange) -> DestinationUpdated;
     /// Removes a destination and cancels its pending deliveries; answers
     /// how many were cancelled.
-    fn delete_destination(&self, source_id: u128, id: u128) -> u64;
+    fn delete_destination(&self, source_id: SourceId, id: DestinationId) -> u64;
     /// Every destination as (source id, destination id): the lanes to run.
-    fn all_destination_ids(&self) -> Vec<(u128, u128)>;
+    fn all_destination_ids(&self) -> Vec<(SourceId, DestinationId)>;
 
     // ---- Events ----
 
@@ -240,25 +241,25 @@ intents! {
     fn store_test_event(&self, event: EventRecord) -> Vec<DeliveryRecord>;
     /// A page of a source's events, newest first, each with its
     /// deliveries (`NotFound` without the source).
-    fn list_events(&self, source_id: u128, query: EventQuery, limit: usize) -> Page<ListedEvent>;
+    fn list_events(&self, source_id: SourceId, query: EventQuery, limit: usize) -> Page<ListedEvent>;
     /// Events across every source (the overview), newest first, or those
     /// with an id / provider event id, each with its deliveries.
     fn search_events(&self, search: EventSearch, before: Option<u128>, limit: usize) -> Page<FoundEvent>;
     /// One event of a source with its body and deliveries.
-    fn event_detail(&self, source_id: u128, event_id: u128) -> (EventSummary, EventRecord, Vec<DeliveryRecord>);
+    fn event_detail(&self, source_id: SourceId, event_id: EventId) -> (EventSummary, EventRecord, Vec<DeliveryRecord>);
     /// One event with its body (any source): what a delivery sends.
-    fn event(&self, event_id: u128) -> EventRecord;
+    fn event(&self, event_id: EventId) -> EventRecord;
     /// An event's deliveries, each with its attempts in order.
-    fn deliveries_with_attempts(&self, source_id: u128, event_id: u128) -> Vec<(DeliveryRecord, Vec<AttemptRecord>)>;
+    fn deliveries_with_attempts(&self, source_id: SourceId, event_id: EventId) -> Vec<(DeliveryRecord, Vec<AttemptRecord>)>;
     /// How many events a source holds.
-    fn event_count(&self, source_id: u128) -> u64;
+    fn event_count(&self, source_id: SourceId) -> u64;
     /// Queues a new delivery of a stored event to each of `destinations`
     /// that still exists and is enabled in the commit (checked there).
-    fn replay_event(&self, source_id: u128, event_id: u128, destinations: Vec<u128>, now_ms: i64) -> Vec<DeliveryRecord>;
+    fn replay_event(&self, source_id: SourceId, event_id: EventId, destinations: Vec<DestinationId>, now_ms: i64) -> Vec<DeliveryRecord>;
     /// Makes a failed or waiting delivery of this event due now (see
     /// SPEC §10); `Conflict` for one that succeeded or was cancelled, or
     /// whose destination is disabled or deleted.
-    fn retry_delivery(&self, source_id: u128, event_id: u128, delivery_id: u128, now_ms: i64) -> (DeliveryRecord, Vec<AttemptRecord>);
+    fn retry_delivery(&self, source_id: SourceId, event_id: EventId, delivery_id: DeliveryId, now_ms: i64) -> (DeliveryRecord, Vec<AttemptRecord>);
 
     // ---- Bulk replay jobs ----
 
@@ -269,26 +270,26 @@ intents! {
     /// ones beyond the source's keep count.
     fn create_replay(&self, job: ReplayRecord) -> ();
     /// One job of a source.
-    fn replay(&self, source_id: u128, id: u128) -> ReplayRecord;
+    fn replay(&self, source_id: SourceId, id: ReplayId) -> ReplayRecord;
     /// A source's jobs, newest first (`NotFound` without the source).
-    fn list_replays(&self, source_id: u128, before: Option<u128>, limit: usize) -> Page<ReplayRecord>;
+    fn list_replays(&self, source_id: SourceId, before: Option<u128>, limit: usize) -> Page<ReplayRecord>;
     /// Every running job as (source id, job id): what start-up resumes.
-    fn running_replays(&self) -> Vec<(u128, u128)>;
+    fn running_replays(&self) -> Vec<(SourceId, ReplayId)>;
     /// Queues the next chunk of a job and moves its cursor in one commit.
-    fn advance_replay(&self, source_id: u128, id: u128, now_ms: i64, max_items: usize, max_scan: usize) -> Advanced;
+    fn advance_replay(&self, source_id: SourceId, id: ReplayId, now_ms: i64, max_items: usize, max_scan: usize) -> Advanced;
 
     // ---- The delivery queue ----
 
     /// Up to `limit` deliveries of `destination` due at `now_ms`, earliest
     /// first, skipping `in_flight`; plus when the next one falls due.
-    fn due_for(&self, destination: u128, now_ms: u64, in_flight: &HashSet<u128>, limit: usize) -> (Vec<DueItem>, Option<u64>);
+    fn due_for(&self, destination: DestinationId, now_ms: u64, in_flight: &HashSet<DeliveryId>, limit: usize) -> (Vec<DueItem>, Option<u64>);
     /// What an attempt needs: the event and the delivery.
-    fn attempt_inputs(&self, event_id: u128, delivery_id: u128) -> (EventRecord, DeliveryRecord);
+    fn attempt_inputs(&self, event_id: EventId, delivery_id: DeliveryId) -> (EventRecord, DeliveryRecord);
     /// Records an attempt: the attempt, the delivery's new state and queue
     /// place, and the destination's failure run (auto-disable).
     fn record_attempt(&self, outcome: AttemptOutcome) -> Recorded;
     /// Deliveries waiting, and the earliest due time among `destinations`.
-    fn queue_depth(&self, destinations: Vec<u128>) -> (u64, Option<u64>);
+    fn queue_depth(&self, destinations: Vec<DestinationId>) -> (u64, Option<u64>);
     /// How many rows of each kind the store holds: what retention and
     /// deletion must leave behind is checkable from outside the engine.
     fn stats(&self) -> StoreStats;
@@ -303,5 +304,5 @@ intents! {
     fn purge_orphans(&self) -> u64;
     /// Removes these events with their deliveries, attempts and dedup
     /// entries in one commit (a retention chunk); unknown ids are skipped.
-    fn purge_events(&self, event_ids: Vec<u128>) -> ();
+    fn purge_events(&self, event_ids: Vec<EventId>) -> ();
 }

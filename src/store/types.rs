@@ -1,6 +1,7 @@
 //! The types of the storage API: what callers hand the store and what it
 //! answers, the same for every backend.
 
+use crate::model::ids::{DeliveryId, DestinationId, EventId, SourceId};
 use crate::model::provider::GenericHmacConfig;
 use crate::model::records::{
     AttemptRecord, DeliveryRecord, DestinationRecord, EventSummary, ReplayState, RetiredSecret,
@@ -10,8 +11,8 @@ use crate::model::records::{
 /// A delivery waiting in a destination's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DueItem {
-    pub delivery_id: u128,
-    pub event_id: u128,
+    pub delivery_id: DeliveryId,
+    pub event_id: EventId,
     /// The due time it is queued under (its key in the queue).
     pub due_ms: u64,
 }
@@ -27,8 +28,8 @@ pub enum Next {
 /// An attempt's result, to be recorded in one write.
 #[derive(Debug, Clone)]
 pub struct AttemptOutcome {
-    pub destination_id: u128,
-    pub source_id: u128,
+    pub destination_id: DestinationId,
+    pub source_id: SourceId,
     pub item: DueItem,
     pub attempt: AttemptRecord,
     pub next: Next,
@@ -51,7 +52,7 @@ pub enum IngestOutcome {
     /// Stored, with one pending delivery per matching enabled destination.
     Stored { deliveries: Vec<DeliveryRecord> },
     /// The same provider event id was already stored for this source.
-    Duplicate { original: u128 },
+    Duplicate { original: EventId },
 }
 
 /// Which of a source's events to list.
@@ -98,7 +99,7 @@ pub struct Advanced {
     /// The job's state after this step (`Running`: call again).
     pub state: Option<ReplayState>,
     /// Destinations that got deliveries (each once), to wake their lanes.
-    pub destinations: Vec<u128>,
+    pub destinations: Vec<DestinationId>,
     pub events: u64,
     pub deliveries: u64,
 }
@@ -128,7 +129,7 @@ pub struct StoreStats {
 /// One event in a source's list, with its deliveries.
 #[derive(Debug, Clone)]
 pub struct ListedEvent {
-    pub id: u128,
+    pub id: EventId,
     pub summary: EventSummary,
     pub deliveries: Vec<DeliveryRecord>,
 }
@@ -140,7 +141,7 @@ pub enum EventSearch {
     All,
     /// The event with this id, when its provider event id (if given) matches.
     Id {
-        id: u128,
+        id: EventId,
         provider_event_id: Option<String>,
     },
     /// The events (at most one per source) with this provider event id.
@@ -150,8 +151,8 @@ pub enum EventSearch {
 /// One event found across sources, with its deliveries.
 #[derive(Debug, Clone)]
 pub struct FoundEvent {
-    pub source_id: u128,
-    pub event_id: u128,
+    pub source_id: SourceId,
+    pub event_id: EventId,
     pub summary: EventSummary,
     pub deliveries: Vec<DeliveryRecord>,
 }

@@ -21,7 +21,7 @@ use crate::common::{
 use krafter::config::{Config, StorageConfig};
 use krafter::delivery::resolve::Resolver;
 use krafter::metrics::Metrics;
-use krafter::model::ids::{format_id, parse_id, IdKind};
+use krafter::model::ids::{DestinationId, EventId, SourceId};
 use krafter::model::records::{AttemptRecord, DeliveryRecord, DeliveryStatus};
 use krafter::store::Store;
 use reqwest::StatusCode;
@@ -158,7 +158,7 @@ impl Stored {
 async fn read_deliveries(store: &Store, event_ids: &[&str]) -> HashMap<String, Vec<Stored>> {
     let mut out = HashMap::new();
     for id in event_ids {
-        let raw = parse_id(IdKind::Event, id).expect("event id");
+        let raw = EventId::parse(id).expect("event id");
         let event = store.event(raw).await.expect("stored event");
         let mut list = Vec::new();
         for (delivery, attempts) in store
@@ -167,7 +167,7 @@ async fn read_deliveries(store: &Store, event_ids: &[&str]) -> HashMap<String, V
             .expect("read deliveries")
         {
             list.push(Stored {
-                destination_id: format_id(IdKind::Destination, delivery.destination_id),
+                destination_id: delivery.destination_id.to_string(),
                 attempts,
                 delivery,
             });
@@ -1053,8 +1053,8 @@ async fn re_enabling_resets_the_failure_run() {
     server.stop().await;
     let store = Store::open(&server.config.storage, Arc::new(Metrics::new())).expect("store");
     let (source_id, dest_id) = (
-        parse_id(IdKind::Source, &source.id).expect("source id"),
-        parse_id(IdKind::Destination, &dest.id).expect("destination id"),
+        SourceId::parse(&source.id).expect("source id"),
+        DestinationId::parse(&dest.id).expect("destination id"),
     );
     let record = store
         .destination(source_id, dest_id)

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use krafter::model::ids::{parse_id, IdKind};
+use krafter::model::ids::EventId;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
@@ -117,7 +117,7 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
         eprintln!("round {round}: {} events acknowledged so far", acked.len());
         let mut missing = Vec::new();
         for (id, body) in acked.iter() {
-            let raw = parse_id(IdKind::Event, id).unwrap();
+            let raw = EventId::parse(id).unwrap();
             match store.event(raw).await {
                 Ok(event) => {
                     assert_eq!(event.body, body.as_bytes(), "body of {id}");

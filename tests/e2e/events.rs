@@ -22,7 +22,7 @@ use crate::common::{
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use krafter::metrics::Metrics;
-use krafter::model::ids::{new_id, parse_id, IdKind};
+use krafter::model::ids::{new_id, DeliveryId, EventId, PublicId, SourceId};
 use krafter::model::records::{DeliveryStatus, EventRecord};
 use krafter::store::Store;
 use reqwest::{Method, StatusCode};
@@ -204,8 +204,8 @@ async fn post_key(
     server.call(Method::POST, path, key, Some(body)).await
 }
 
-fn uid(kind: IdKind, text: &str) -> u128 {
-    parse_id(kind, text).unwrap_or_else(|| panic!("not a {kind:?} id: {text}"))
+fn uid<T: PublicId>(text: &str) -> T {
+    T::parse(text).unwrap_or_else(|| panic!("not a {} id: {text}", T::NOUN))
 }
 
 // ---------------------------------------------------------------------------
@@ -1311,7 +1311,7 @@ async fn bulk_replay_resends_failed_or_matching_events() {
 
 /// What `events` (source id, event id) own, counted through the store's
 /// API: (deliveries, of which pending, attempts).
-async fn owned(store: &Store, events: &[(u128, u128)]) -> (u64, u64, u64) {
+async fn owned(store: &Store, events: &[(SourceId, EventId)]) -> (u64, u64, u64) {
     let (mut deliveries, mut pending, mut attempts) = (0, 0, 0);
     for (source, event) in events {
         for (d, tried) in store
@@ -1419,36 +1419,35 @@ async fn retention_removes_expired_events_with_everything_they_own() {
             .any(|d| d["status"] == "pending" && d["next_attempt_at"].is_string()));
         short_deliveries.extend(
             list.iter()
-                .map(|d| uid(IdKind::Delivery, d["id"].as_str().expect("id"))),
+                .map(|d| uid::<DeliveryId>(d["id"].as_str().expect("id"))),
         );
     }
     let mut long_deliveries = Vec::new();
     for evt in &long_events {
         let list = settled(&server, &long, evt, 1).await;
-        long_deliveries.push(uid(IdKind::Delivery, list[0]["id"].as_str().expect("id")));
+        long_deliveries.push(uid::<DeliveryId>(list[0]["id"].as_str().expect("id")));
     }
 
     let store = server.open_store().await;
     let now = unix_ms();
     let count = |source: &str| {
-        let id = uid(IdKind::Source, source);
+        let id = uid::<SourceId>(source);
         let store = &store;
         async move { store.event_count(id).await.expect("count") }
     };
-    let ids = |source: &str, events: &[String]| -> Vec<(u128, u128)> {
+    let ids = |source: &str, events: &[String]| -> Vec<(SourceId, EventId)> {
         events
             .iter()
-            .map(|e| (uid(IdKind::Source, source), uid(IdKind::Event, e)))
+            .map(|e| (uid::<SourceId>(source), uid::<EventId>(e)))
             .collect()
     };
     let short_ids = ids(&short, &short_events);
     let long_ids = ids(&long, &long_events);
-    let unsigned_ids: Vec<(u128, u128)> = unsigned_events
+    let unsigned_ids: Vec<(_, _)> = unsigned_events
         .iter()
-        .map(|(s, e)| (uid(IdKind::Source, s), uid(IdKind::Event, e)))
+        .map(|(s, e)| (uid::<SourceId>(s), uid::<EventId>(e)))
         .collect();
-    let all: Vec<(u128, u128)> =
-        [short_ids.clone(), long_ids.clone(), unsigned_ids.clone()].concat();
+    let all: Vec<(_, _)> = [short_ids.clone(), long_ids.clone(), unsigned_ids.clone()].concat();
     // Before: the store holds exactly what the events own, including a
     // queued retry and the provider ids remembered for de-duplication.
     let before = store.stats().await.expect("stats");
@@ -1493,7 +1492,7 @@ async fn retention_removes_expired_events_with_everything_they_own() {
     }
     // What is left is exactly what the kept events own: no delivery,
     // queue entry, attempt or dedup key of an expired event survives.
-    let kept: Vec<(u128, u128)> = [long_ids.clone(), unsigned_ids[2..].to_vec()].concat();
+    let kept: Vec<(_, _)> = [long_ids.clone(), unsigned_ids[2..].to_vec()].concat();
     let after = store.stats().await.expect("stats");
     let (deliveries_kept, queued_kept, attempts_kept) = owned(&store, &kept).await;
     assert_eq!(after.events, 4);
@@ -1504,7 +1503,7 @@ async fn retention_removes_expired_events_with_everything_they_own() {
     assert_eq!(deliveries_kept, 2, "the long source's deliveries are kept");
     assert!(attempts_kept >= 2, "with their attempts");
     assert_eq!(after.dedup_keys, 2, "only the long source's provider ids");
-    let long_set: HashSet<u128> = long_deliveries.iter().copied().collect();
+    let long_set: HashSet<_> = long_deliveries.iter().copied().collect();
     for (source, event) in &long_ids {
         let (_, _, list) = store.event_detail(*source, *event).await.expect("kept");
         assert!(list.iter().all(|d| long_set.contains(&d.id)));
@@ -1564,7 +1563,7 @@ async fn retention_removes_expired_events_with_everything_they_own() {
 
 /// One ~1 KiB JSON event of the churn test, with a provider id (so the
 /// dedup table churns too).
-fn churn_event(source_id: u128, round: usize, i: usize) -> EventRecord {
+fn churn_event(source_id: SourceId, round: usize, i: usize) -> EventRecord {
     let mut body = format!(r#"{{"type":"churn.{round}","i":{i},"pad":""#).into_bytes();
     body.resize(1000, b'x');
     body.extend_from_slice(b"\"}");
@@ -1591,7 +1590,7 @@ async fn file_size_stays_bounded_when_retention_churns() {
     // the discard port, and the server is stopped before any event arrives.
     destination(&server, &src, "http://127.0.0.1:9/sink", Value::Null).await;
     let store = server.open_store().await;
-    let source_id = uid(IdKind::Source, &src);
+    let source_id = uid::<SourceId>(&src);
     let size = || store.size_bytes();
     let initial = size();
     let stored = || store.event_count(source_id);
@@ -1677,7 +1676,7 @@ async fn the_server_removes_expired_events_on_its_own_schedule() {
     )
     .await;
     let fresh = server.ingest_json(&slug, &json!({"type": "fresh"})).await;
-    let source_id = parse_id(IdKind::Source, &src).expect("source id");
+    let source_id = SourceId::parse(&src).expect("source id");
     let data = server.data_dir();
     let mut server = server;
     server.stop().await;
@@ -1690,7 +1689,7 @@ async fn the_server_removes_expired_events_on_its_own_schedule() {
     )
     .expect("store opens");
     let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
-    let old_id = u128::from(ulid::Ulid::from_datetime(two_days_ago));
+    let old_id = EventId::from_u128(u128::from(ulid::Ulid::from_datetime(two_days_ago)));
     let old = EventRecord {
         id: old_id,
         source_id,
@@ -1706,7 +1705,7 @@ async fn the_server_removes_expired_events_on_its_own_schedule() {
     store.ingest(old).await.expect("old event written");
     store.close().await;
     drop(store);
-    let old_text = krafter::model::ids::format_id(IdKind::Event, old_id);
+    let old_text = old_id.to_string();
 
     let server = server
         .restart_with(|c| c.storage.retention_interval = Duration::from_millis(200))

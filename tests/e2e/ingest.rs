@@ -18,7 +18,7 @@ use crate::common::{
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use krafter::model::ids::{parse_id, IdKind};
+use krafter::model::ids::{DestinationId, EventId, SourceId};
 use krafter::model::records::{DeliveryRecord, DeliveryStatus, EventRecord};
 use krafter::store::{SourceChange, Store};
 use reqwest::StatusCode;
@@ -286,10 +286,7 @@ fn assert_accepted(status: StatusCode, body: &Value, duplicate: bool) -> String 
     assert_eq!(keys, HashSet::from(["event_id", "duplicate"]), "{body}");
     assert_eq!(data["duplicate"], json!(duplicate), "{body}");
     let id = data["event_id"].as_str().expect("event_id is a string");
-    assert!(
-        parse_id(IdKind::Event, id).is_some(),
-        "not an evt_ id: {id}"
-    );
+    assert!(EventId::parse(id).is_some(), "not an evt_ id: {id}");
     id.to_string()
 }
 
@@ -311,7 +308,7 @@ async fn assert_all_rejected(
 }
 
 async fn stored_event(store: &Store, event_id: &str) -> EventRecord {
-    let id = parse_id(IdKind::Event, event_id).expect("event id");
+    let id = EventId::parse(event_id).expect("event id");
     store
         .event(id)
         .await
@@ -319,7 +316,7 @@ async fn stored_event(store: &Store, event_id: &str) -> EventRecord {
 }
 
 async fn stored_count(store: &Store, source_id: &str) -> u64 {
-    let id = parse_id(IdKind::Source, source_id).expect("source id");
+    let id = SourceId::parse(source_id).expect("source id");
     store.event_count(id).await.expect("count")
 }
 
@@ -365,11 +362,7 @@ fn assert_event(
     event_type: &str,
     provider_event_id: Option<&str>,
 ) {
-    assert_eq!(
-        Some(event.source_id),
-        parse_id(IdKind::Source, source_id),
-        "source"
-    );
+    assert_eq!(Some(event.source_id), SourceId::parse(source_id), "source");
     assert_eq!(event.body, body, "body not byte-identical");
     assert_eq!(event.event_type, event_type);
     assert_eq!(event.provider_event_id.as_deref(), provider_event_id);
@@ -1883,7 +1876,7 @@ async fn duplicate_stripe_event_answers_the_original_id_and_stores_once() {
     assert_eq!(deliveries.len(), 1, "duplicates create no deliveries");
     assert_eq!(
         Some(deliveries[0].destination_id),
-        parse_id(IdKind::Destination, &dst)
+        DestinationId::parse(&dst)
     );
     assert_eq!(stored_deliveries(&store, &third).await.len(), 1);
     store.close().await;
@@ -1977,10 +1970,10 @@ async fn fan_out_creates_one_pending_delivery_per_matching_enabled_destination()
     ];
     for (event_id, expected) in cases {
         let deliveries = stored_deliveries(&store, event_id).await;
-        let got: HashSet<u128> = deliveries.iter().map(|d| d.destination_id).collect();
-        let want: HashSet<u128> = expected
+        let got: HashSet<_> = deliveries.iter().map(|d| d.destination_id).collect();
+        let want: HashSet<_> = expected
             .iter()
-            .map(|d| parse_id(IdKind::Destination, d).expect("dst id"))
+            .map(|d| DestinationId::parse(d).expect("dst id"))
             .collect();
         assert_eq!(
             deliveries.len(),
@@ -1990,10 +1983,10 @@ async fn fan_out_creates_one_pending_delivery_per_matching_enabled_destination()
         assert_eq!(got, want, "{event_id}");
         for d in &deliveries {
             assert_eq!(d.status, DeliveryStatus::Pending);
-            assert_eq!(Some(d.event_id), parse_id(IdKind::Event, event_id));
-            assert_eq!(Some(d.source_id), parse_id(IdKind::Source, &src));
+            assert_eq!(Some(d.event_id), EventId::parse(event_id));
+            assert_eq!(Some(d.source_id), SourceId::parse(&src));
         }
-        let unique: HashSet<u128> = deliveries.iter().map(|d| d.id).collect();
+        let unique: HashSet<_> = deliveries.iter().map(|d| d.id).collect();
         assert_eq!(unique.len(), deliveries.len(), "delivery ids are unique");
     }
     store.close().await;
@@ -2239,7 +2232,7 @@ async fn previous_secret_keeps_verifying_after_rotation() {
     // previous secret stops verifying.
     let store = server.open_store().await;
     assert_eq!(stored_count(&store, &src).await, 5);
-    let source_id = parse_id(IdKind::Source, &src).expect("source id");
+    let source_id = SourceId::parse(&src).expect("source id");
     let aged = SourceChange {
         previous_secret_until_ms: Some(krafter::model::time::now_ms() - 1),
         now_ms: krafter::model::time::now_ms(),

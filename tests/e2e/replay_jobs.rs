@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::receiver::Receiver;
 use crate::common::{assert_error, open_store_at, poll, KillOnDrop, TestServer};
-use krafter::model::ids::{new_id, parse_id, IdKind};
+use krafter::model::ids::{new_id, DestinationId, EventId, ReplayId, SourceId};
 use krafter::model::records::{ReplayRecord, ReplayState};
 use krafter::store::{Store, KEPT_PER_SOURCE};
 use reqwest::{Method, StatusCode};
@@ -228,20 +228,17 @@ async fn chunks_are_atomic(
     before: usize,
 ) -> ReplayRecord {
     let store = open_store_at(data);
-    let (source, job) = (
-        parse_id(IdKind::Source, sid).unwrap(),
-        parse_id(IdKind::Replay, job).unwrap(),
-    );
+    let (source, job) = (SourceId::parse(sid).unwrap(), ReplayId::parse(job).unwrap());
     let record = store.replay(source, job).await.unwrap();
     let mut counts = Vec::new();
     for id in ids {
-        let raw = parse_id(IdKind::Event, id).unwrap();
+        let raw = EventId::parse(id).unwrap();
         counts.push((raw, delivery_count(&store, raw).await));
     }
     store.close().await;
     let mut done = 0;
     for (raw, n) in counts {
-        let expected = if raw <= record.cursor {
+        let expected = if raw.as_u128() <= record.cursor {
             done += 1;
             before + 1
         } else {
@@ -428,11 +425,8 @@ async fn jobs_skip_purged_events_resume_after_their_cursor_and_end_with_their_so
     server.stop().await;
 
     let store = open_store_at(&server.data_dir());
-    let source = parse_id(IdKind::Source, &sid).unwrap();
-    let raw: Vec<u128> = ids
-        .iter()
-        .map(|id| parse_id(IdKind::Event, id).unwrap())
-        .collect();
+    let source = SourceId::parse(&sid).unwrap();
+    let raw: Vec<_> = ids.iter().map(|id| EventId::parse(id).unwrap()).collect();
     let job = ReplayRecord {
         id: new_id(),
         source_id: source,
@@ -442,9 +436,9 @@ async fn jobs_skip_purged_events_resume_after_their_cursor_and_end_with_their_so
         type_pattern: None,
         only_failed: false,
         destination_ids: None,
-        candidates: vec![parse_id(IdKind::Destination, dst["id"].as_str().unwrap()).unwrap()],
+        candidates: vec![DestinationId::parse(dst["id"].as_str().unwrap()).unwrap()],
         // As if a chunk up to the 3rd event had been committed before a crash.
-        cursor: raw[2],
+        cursor: raw[2].as_u128(),
         events_total: 10,
         deliveries_total: 10,
         events_done: 3,
@@ -516,7 +510,7 @@ async fn jobs_skip_purged_events_resume_after_their_cursor_and_end_with_their_so
 }
 
 /// How many deliveries an event has; 0 for one no longer stored.
-async fn delivery_count(store: &Store, event_id: u128) -> usize {
+async fn delivery_count(store: &Store, event_id: EventId) -> usize {
     match store.event(event_id).await {
         Ok(event) => store
             .event_detail(event.source_id, event_id)

@@ -116,7 +116,7 @@ pub async fn sign_in(
             "That API key is not valid: it is unknown or was revoked.",
         ));
     };
-    tracing::info!(key_id = %crate::model::ids::format_id(crate::model::ids::IdKind::ApiKey, caller.key_id), "dashboard sign-in");
+    tracing::info!(key_id = %caller.key_id.to_string(), "dashboard sign-in");
     let mut response = views::see_other(next.as_deref().unwrap_or("/dashboard/sources"));
     let cookies = [
         session::session_cookie(&id, secure),

@@ -14,7 +14,7 @@ use crate::dashboard::form::Form;
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
-use crate::model::ids::{format_id, IdKind};
+use crate::model::ids::{DestinationId, SourceId};
 use crate::model::records::{DestinationRecord, SourceRecord};
 use crate::ops::destinations::{DestinationEdit, NewDestination};
 use crate::ops::OpError;
@@ -23,20 +23,13 @@ use crate::ops::OpError;
 pub const SHOWN: usize = 250;
 
 /// The ids of a destination page's URL.
-fn ids(sid: &str, did: &str) -> Result<(u128, u128), DashboardError> {
-    Ok((
-        id_of(IdKind::Source, sid)?,
-        id_of(IdKind::Destination, did)?,
-    ))
+fn ids(sid: &str, did: &str) -> Result<(SourceId, DestinationId), DashboardError> {
+    Ok((id_of::<SourceId>(sid)?, id_of::<DestinationId>(did)?))
 }
 
 /// `/dashboard/sources/{sid}/destinations/{did}`.
-fn page_path(sid: u128, did: u128) -> String {
-    format!(
-        "/dashboard/sources/{}/destinations/{}",
-        format_id(IdKind::Source, sid),
-        format_id(IdKind::Destination, did)
-    )
+fn page_path(sid: SourceId, did: DestinationId) -> String {
+    format!("/dashboard/sources/{}/destinations/{}", sid, did)
 }
 
 /// "invoice.paid, charge.*" → patterns; commas, spaces and newlines all
@@ -68,7 +61,7 @@ pub fn table(source: &SourceRecord, dests: &[DestinationRecord], session: &Sessi
                 } }
                 tbody {
                     @for dest in dests {
-                        @let did = format_id(IdKind::Destination, dest.id);
+                        @let did = dest.id.to_string();
                         @let base = page_path(source.id, dest.id);
                         tr data-destination=(did) {
                             td.url { code { (dest.url) } br; span.muted.small { (did) } }
@@ -115,7 +108,7 @@ pub fn new_form(
         section.card #new-destination {
             h3 { "Add a destination" }
             @if let Some(f) = failure { (views::failure(f)) }
-            form method="post" action={ "/dashboard/sources/" (format_id(IdKind::Source, source.id)) "/destinations" } {
+            form method="post" action={ "/dashboard/sources/" (source.id.to_string()) "/destinations" } {
                 (views::csrf(session))
                 label for="dest-url" { "URL" }
                 input #dest-url type="url" name="url" required maxlength="2048"
@@ -182,7 +175,7 @@ pub async fn create(
     Path(sid): Path<String>,
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let sid = id_of(IdKind::Source, &sid)?;
+    let sid = id_of::<SourceId>(&sid)?;
     let query = QueryMap::new();
     let created = match read_new(&form) {
         Ok(new) => d.ops.create_destination(&session.caller, sid, new).await,
@@ -212,8 +205,8 @@ pub async fn edit_page(
 async fn render_edit(
     d: &Dashboard,
     session: &Session,
-    sid: u128,
-    did: u128,
+    sid: SourceId,
+    did: DestinationId,
     query: &QueryMap,
     secret: Option<&str>,
     refused: Option<(&Form, &Refusal)>,
@@ -225,7 +218,7 @@ async fn render_edit(
         None => (None, None),
     };
     let base = page_path(sid, did);
-    let source_page = format!("/dashboard/sources/{}", format_id(IdKind::Source, sid));
+    let source_page = format!("/dashboard/sources/{}", sid);
     let filter = dest.event_filter.join(", ");
     let rate = dest.rate_limit.map(|r| r.to_string()).unwrap_or_default();
     let status = if refused.is_some() {
@@ -251,7 +244,7 @@ async fn render_edit(
                     @if let Some(at) = dest.disabled_at_ms { " " (views::time(at)) }
                     ": " (reason) ". Enable it to resume delivery." }
             }
-            p.muted.small { (format_id(IdKind::Destination, dest.id)) " · created " (views::time(dest.created_at_ms)) }
+            p.muted.small { (dest.id.to_string()) " · created " (views::time(dest.created_at_ms)) }
             @if session.can_write() {
                 @if let Some(f) = failure { (views::failure(f)) }
                 form method="post" action=(base) {
@@ -322,7 +315,7 @@ pub async fn edit(
     match updated.map_err(Refusal::of) {
         Ok(_) => Ok(views::see_other(&format!(
             "/dashboard/sources/{}?notice=destination-updated",
-            format_id(IdKind::Source, sid)
+            sid
         ))),
         Err(Ok(refusal)) => {
             let empty = QueryMap::new();
@@ -363,7 +356,7 @@ pub async fn set_enabled(
     };
     Ok(views::see_other(&format!(
         "/dashboard/sources/{}?notice={notice}",
-        format_id(IdKind::Source, sid)
+        sid
     )))
 }
 
@@ -424,7 +417,7 @@ pub async fn delete(
     d.ops.delete_destination(&session.caller, sid, did).await?;
     Ok(views::see_other(&format!(
         "/dashboard/sources/{}?notice=destination-deleted",
-        format_id(IdKind::Source, sid)
+        sid
     )))
 }
 

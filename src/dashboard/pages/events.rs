@@ -2,6 +2,7 @@
 //! (headers, body, every delivery with every attempt), replay to all
 //! matching or to ticked destinations, retry, and bulk replay.
 
+use crate::model::ids::{DeliveryId, DestinationId, EventId, SourceId};
 use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, Query, State};
@@ -17,7 +18,6 @@ use crate::dashboard::error::{DashboardError, Refusal};
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
-use crate::model::ids::{format_id, IdKind};
 use crate::model::records::{
     AttemptRecord, DeliveryCounts, DeliveryRecord, DeliveryStatus, DestinationRecord, ReplayRecord,
 };
@@ -29,8 +29,8 @@ use crate::store::EventQuery;
 const PAGE: usize = 50;
 
 /// The ids of an event page's URL.
-fn ids(sid: &str, eid: &str) -> Result<(u128, u128), DashboardError> {
-    Ok((id_of(IdKind::Source, sid)?, id_of(IdKind::Event, eid)?))
+fn ids(sid: &str, eid: &str) -> Result<(SourceId, EventId), DashboardError> {
+    Ok((id_of::<SourceId>(sid)?, id_of::<EventId>(eid)?))
 }
 
 /// A time filter as typed: an `<input type="datetime-local">` value
@@ -74,7 +74,7 @@ pub async fn list(
     Path(sid): Path<String>,
     Query(query): Query<QueryMap>,
 ) -> Result<Response, DashboardError> {
-    let sid = id_of(IdKind::Source, &sid)?;
+    let sid = id_of::<SourceId>(&sid)?;
     let source = sources::fetch(&d, &session, sid).await?.source;
     let active = filters(&query);
     // A bad cursor or time filter: the page with the complaint, not an
@@ -100,7 +100,7 @@ pub async fn list(
         .ops
         .list_replays(&session.caller, sid, None, RECENT_REPLAYS)
         .await?;
-    let sid = format_id(IdKind::Source, sid);
+    let sid = sid.to_string();
     let ingest_url = d.ingest_url(&source.slug);
     let base = format!("/dashboard/sources/{sid}/events");
     let keep = |extra: Option<(&str, &str)>| {
@@ -159,7 +159,7 @@ pub async fn list(
                     } }
                     tbody {
                         @for e in &page.items {
-                            @let eid = format_id(IdKind::Event, e.id);
+                            @let eid = e.id.to_string();
                             tr data-event=(eid) {
                                 td { a href={ (base) "/" (eid) } { code { (e.summary.event_type) } } }
                                 td { (views::time(e.summary.received_at_ms)) }
@@ -248,7 +248,7 @@ fn replay_jobs(jobs: &[ReplayRecord]) -> Markup {
                     } }
                     tbody {
                         @for j in jobs {
-                            @let id = format_id(IdKind::Replay, j.id);
+                            @let id = j.id.to_string();
                             tr data-replay=(id) {
                                 td { (views::time(j.created_at_ms)) }
                                 td.small {
@@ -303,7 +303,7 @@ pub async fn bulk_replay(
     Path(sid): Path<String>,
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let sid = id_of(IdKind::Source, &sid)?;
+    let sid = id_of::<SourceId>(&sid)?;
     let started = match read_bulk_replay(&form) {
         Ok(request) => d.ops.bulk_replay(&session.caller, sid, request).await,
         Err(e) => Err(e),
@@ -311,16 +311,14 @@ pub async fn bulk_replay(
     match started {
         Ok(s) => Ok(views::see_other(&format!(
             "/dashboard/sources/{}/events?bulk={},{}",
-            format_id(IdKind::Source, sid),
-            s.job.events_total,
-            s.job.deliveries_total
+            sid, s.job.events_total, s.job.deliveries_total
         ))),
         Err(OpError::Invalid(details)) => {
             let refusal = Refusal::invalid(details);
             let source = sources::fetch(&d, &session, sid).await?.source;
             let body = html! {
                 (super::source_header(&source, SourceTab::Events, &session))
-                (bulk_form(&session, &format_id(IdKind::Source, sid), Some(&refusal)))
+                (bulk_form(&session, &sid.to_string(), Some(&refusal)))
             };
             Ok(views::respond(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -408,8 +406,8 @@ fn body_text(body: &[u8]) -> Result<&str, String> {
 async fn render_show(
     d: &Dashboard,
     session: &Session,
-    sid: u128,
-    eid: u128,
+    sid: SourceId,
+    eid: EventId,
     query: &QueryMap,
     refused: Option<Refusal>,
 ) -> Result<Response, DashboardError> {
@@ -431,11 +429,9 @@ async fn render_show(
         .list_destinations(&session.caller, sid, None, SHOWN)
         .await?
         .items;
-    let by_id: HashMap<u128, &DestinationRecord> = dests.iter().map(|d| (d.id, d)).collect();
-    let (sid, eid) = (
-        format_id(IdKind::Source, sid),
-        format_id(IdKind::Event, eid),
-    );
+    let by_id: HashMap<DestinationId, &DestinationRecord> =
+        dests.iter().map(|d| (d.id, d)).collect();
+    let (sid, eid) = (sid.to_string(), eid.to_string());
     let base = format!("/dashboard/sources/{sid}/events/{eid}");
     let headers = headers(&event);
     let body = body_text(&event.body);
@@ -616,7 +612,7 @@ fn replay_form(session: &Session, base: &str, dests: &[DestinationRecord]) -> Ma
                         legend { "Destinations (tick some to replay to only those)" }
                         @for d in &enabled {
                             label.check {
-                                input type="checkbox" name="destination_ids" value=(format_id(IdKind::Destination, d.id));
+                                input type="checkbox" name="destination_ids" value=(d.id.to_string());
                                 span { code { (d.url) } span.muted.small { " — " @if d.event_filter.is_empty() { "every event" } @else { (d.event_filter.join(", ")) } } }
                             }
                         }
@@ -634,7 +630,7 @@ fn replay_form(session: &Session, base: &str, dests: &[DestinationRecord]) -> Ma
 /// The deliveries of one event to one destination: the first delivery,
 /// then every replay and retry of it.
 struct DestinationGroup<'a> {
-    destination_id: u128,
+    destination_id: DestinationId,
     /// Newest first.
     deliveries: Vec<&'a Delivery>,
 }
@@ -693,7 +689,7 @@ fn destination_group(
 ) -> Markup {
     let rows = attempts_newest_first(group);
     let n = group.deliveries.len();
-    let destination_id = format_id(IdKind::Destination, group.destination_id);
+    let destination_id = group.destination_id.to_string();
     html! {
         article.card.delivery data-destination=(destination_id) {
             div.title-row {
@@ -705,7 +701,7 @@ fn destination_group(
             }
             ul.delivery-list {
                 @for dl in &group.deliveries {
-                    @let id = format_id(IdKind::Delivery, dl.record.id);
+                    @let id = dl.record.id.to_string();
                     @let status = dl.record.status.as_str();
                     li.delivery-row data-delivery=(id) data-status=(status) {
                         (views::status_pill(status))
@@ -738,7 +734,7 @@ fn destination_group(
                         } }
                         tbody {
                             @for (dl, a) in &rows {
-                                @let id = format_id(IdKind::Delivery, dl.record.id);
+                                @let id = dl.record.id.to_string();
                                 tr data-delivery-attempt=(id) {
                                     td { (views::time(a.started_at_ms)) }
                                     td { code.small title=(dl.record.status.as_str()) { (id) } }
@@ -778,8 +774,8 @@ pub async fn replay(
     match d.ops.replay_event(&session.caller, sid, eid, chosen).await {
         Ok(targets) => Ok(views::see_other(&format!(
             "/dashboard/sources/{}/events/{}?queued={}",
-            format_id(IdKind::Source, sid),
-            format_id(IdKind::Event, eid),
+            sid,
+            eid,
             targets.len()
         ))),
         Err(OpError::Invalid(details)) => {
@@ -798,12 +794,11 @@ pub async fn retry(
     SignedForm { session, .. }: SignedForm,
 ) -> Result<Response, DashboardError> {
     let (sid, eid) = ids(&sid, &eid)?;
-    let did = id_of(IdKind::Delivery, &did)?;
+    let did = id_of::<DeliveryId>(&did)?;
     d.ops.retry_delivery(&session.caller, sid, eid, did).await?;
     Ok(views::see_other(&format!(
         "/dashboard/sources/{}/events/{}?notice=retried",
-        format_id(IdKind::Source, sid),
-        format_id(IdKind::Event, eid)
+        sid, eid
     )))
 }
 

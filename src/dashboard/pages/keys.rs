@@ -12,7 +12,7 @@ use crate::dashboard::form::Form;
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
-use crate::model::ids::{format_id, IdKind};
+use crate::model::ids::ApiKeyId;
 use crate::ops::api_keys::NewKey;
 
 const PAGE: usize = 50;
@@ -86,7 +86,7 @@ async fn render(
                                 td { @for s in scope_names(&key.scopes) { span.tag { (s) } " " } }
                                 td { (views::time(key.created_at_ms)) }
                                 td.actions {
-                                    form method="post" action={ "/dashboard/api-keys/" (format_id(IdKind::ApiKey, key.id)) "/revoke" }
+                                    form method="post" action={ "/dashboard/api-keys/" (key.id.to_string()) "/revoke" }
                                         data-confirm={ "Revoke the key “" (key.name) "”? Anything using it stops working at once." } {
                                         (views::csrf(session))
                                         button.btn.danger.small type="submit" { "Revoke" }
@@ -180,7 +180,7 @@ pub async fn revoke(
     Path(id): Path<String>,
     SignedForm { session, .. }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let id = id_of(IdKind::ApiKey, &id)?;
+    let id = id_of::<ApiKeyId>(&id)?;
     d.ops.revoke_api_key(&session.caller, id).await?;
     Ok(views::see_other("/dashboard/api-keys?notice=key-revoked"))
 }

@@ -17,7 +17,7 @@ use super::form::Form;
 use super::session::Session;
 use super::views;
 use crate::ingest::providers;
-use crate::model::ids::{format_id, parse_id, IdKind};
+use crate::model::ids::PublicId;
 use crate::model::provider::ProviderKind;
 use crate::model::records::SourceRecord;
 use crate::ops::{FieldError, OpError};
@@ -85,10 +85,7 @@ pub enum SourceTab {
 
 /// Breadcrumbs, title and tabs of every page about one source.
 pub fn source_header(source: &SourceRecord, tab: SourceTab, session: &Session) -> Markup {
-    let base = format!(
-        "/dashboard/sources/{}",
-        format_id(IdKind::Source, source.id)
-    );
+    let base = format!("/dashboard/sources/{}", source.id);
     let tabs = [
         (SourceTab::Destinations, "Destinations", base.clone()),
         (SourceTab::Events, "Events", format!("{base}/events")),
@@ -161,18 +158,9 @@ impl Reading {
 
 /// An id taken from a dashboard URL. Anything but a well-formed id of the
 /// right kind is a 404 saying what was not found, as the API says it.
-pub fn id_of(kind: IdKind, text: &str) -> Result<u128, DashboardError> {
-    parse_id(kind, text).ok_or_else(|| {
-        let what = match kind {
-            IdKind::ApiKey => "API key",
-            IdKind::Source => "source",
-            IdKind::Destination => "destination",
-            IdKind::Event => "event",
-            IdKind::Delivery => "delivery",
-            IdKind::Replay => "replay",
-        };
-        DashboardError::Op(OpError::NotFound(format!("no such {what}")))
-    })
+pub fn id_of<T: PublicId>(text: &str) -> Result<T, DashboardError> {
+    T::parse(text)
+        .ok_or_else(|| DashboardError::Op(OpError::NotFound(format!("no such {}", T::NOUN))))
 }
 
 /// The `?cursor=` of a list page: the id of the last item of the previous
@@ -205,13 +193,14 @@ pub fn list_query(limit: usize, cursor: Option<&String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ids::{DestinationId, SourceId};
 
     #[test]
     fn only_well_formed_ids_of_the_right_kind_are_read() {
-        let id = crate::model::ids::new_id();
-        let text = format_id(IdKind::Source, id);
-        assert_eq!(id_of(IdKind::Source, &text).ok(), Some(id));
-        let destination = format_id(IdKind::Destination, id);
+        let id = SourceId::new();
+        let text = id.to_string();
+        assert_eq!(id_of::<SourceId>(&text).ok(), Some(id));
+        let destination = DestinationId::from_u128(id.as_u128()).to_string();
         for bad in [
             "",
             "src_1/destinations",
@@ -221,7 +210,7 @@ mod tests {
             "x y",
             destination.as_str(),
         ] {
-            let err = id_of(IdKind::Source, bad).expect_err(bad);
+            let err = id_of::<SourceId>(bad).expect_err(bad);
             assert!(
                 matches!(&err, DashboardError::Op(OpError::NotFound(m)) if m == "no such source"),
                 "{bad}: {err:?}"
@@ -251,7 +240,7 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_bad_ones_are_refused() {
-        let id = crate::model::ids::new_id();
+        let id = crate::model::ids::new_id::<u128>();
         let mut query = QueryMap::new();
         assert_eq!(cursor_of(&query).ok(), Some(None));
         query.insert("cursor".into(), String::new());

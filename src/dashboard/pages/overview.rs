@@ -13,7 +13,7 @@ use crate::dashboard::error::DashboardError;
 use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
-use crate::model::ids::{format_id, parse_id, IdKind};
+use crate::model::ids::{EventId, SourceId};
 use crate::model::records::DeliveryCounts;
 use crate::ops::{Listed, OpError};
 use crate::store::{EventSearch, FoundEvent};
@@ -28,7 +28,7 @@ const SEARCH_PAGE: usize = 250;
 /// provider's id); anything else as a provider's event id.
 fn searches(q: &str) -> Vec<EventSearch> {
     let mut out = Vec::new();
-    if let Some(id) = parse_id(IdKind::Event, q) {
+    if let Some(id) = EventId::parse(q) {
         out.push(EventSearch::Id {
             id,
             provider_event_id: None,
@@ -86,7 +86,7 @@ async fn source_names(
     d: &Dashboard,
     session: &Session,
     events: &[FoundEvent],
-) -> HashMap<u128, String> {
+) -> HashMap<SourceId, String> {
     let mut names = HashMap::new();
     for e in events {
         if names.contains_key(&e.source_id) {
@@ -95,7 +95,7 @@ async fn source_names(
         let name = match d.ops.get_source(&session.caller, e.source_id).await {
             Ok(found) => found.source.name,
             // Deleted since the list was read.
-            Err(_) => format_id(IdKind::Source, e.source_id),
+            Err(_) => e.source_id.to_string(),
         };
         names.insert(e.source_id, name);
     }
@@ -174,8 +174,8 @@ pub async fn list(
                     } }
                     tbody {
                         @for e in &page.items {
-                            @let sid = format_id(IdKind::Source, e.source_id);
-                            @let eid = format_id(IdKind::Event, e.event_id);
+                            @let sid = e.source_id.to_string();
+                            @let eid = e.event_id.to_string();
                             @let href = format!("/dashboard/sources/{sid}/events/{eid}");
                             tr data-event=(eid) {
                                 td { a href={ "/dashboard/sources/" (sid) "/events" } { (names.get(&e.source_id).unwrap_or(&sid)) } }
@@ -232,12 +232,11 @@ pub async fn send_test_event(
     Path(sid): Path<String>,
     SignedForm { session, .. }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let sid = id_of(IdKind::Source, &sid)?;
+    let sid = id_of::<SourceId>(&sid)?;
     let sent = d.ops.send_test_event(&session.caller, sid).await?;
     Ok(views::see_other(&format!(
         "/dashboard/sources/{}/events/{}?notice=test-event",
-        format_id(IdKind::Source, sid),
-        format_id(IdKind::Event, sent.event_id)
+        sid, sent.event_id
     )))
 }
 
@@ -258,9 +257,11 @@ mod tests {
     #[test]
     fn krafter_ids_are_searched_both_ways_others_as_provider_ids() {
         let k = "evt_01ARZ3NDEKTSV4RRFFQ69G5FAV";
-        let id = ulid::Ulid::from_string("01ARZ3NDEKTSV4RRFFQ69G5FAV")
-            .expect("a ULID")
-            .0;
+        let id = EventId::from_u128(
+            ulid::Ulid::from_string("01ARZ3NDEKTSV4RRFFQ69G5FAV")
+                .expect("a ULID")
+                .0,
+        );
         assert_eq!(
             searches(k),
             vec![

@@ -16,7 +16,7 @@ use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
 use crate::ingest::providers;
-use crate::model::ids::{format_id, IdKind};
+use crate::model::ids::SourceId;
 use crate::model::provider::{GenericHmacConfig, ProviderKind, SignatureEncoding};
 use crate::model::records::SourceRecord;
 use crate::ops::destinations::WithSecret;
@@ -29,7 +29,7 @@ const PAGE: usize = 50;
 pub async fn fetch(
     d: &Dashboard,
     session: &Session,
-    sid: u128,
+    sid: SourceId,
 ) -> Result<SourceSummary, DashboardError> {
     Ok(d.ops.get_source(&session.caller, sid).await?)
 }
@@ -72,7 +72,7 @@ pub async fn list(
                     tbody {
                         @for (i, item) in page.items.iter().enumerate() {
                             @let s = &item.source;
-                            @let href = format!("/dashboard/sources/{}", format_id(IdKind::Source, s.id));
+                            @let href = format!("/dashboard/sources/{}", s.id);
                             tr {
                                 td { a href=(href) { strong { (s.name) } } }
                                 td { (provider_label(s.provider)) }
@@ -256,7 +256,7 @@ pub async fn create(
     match created.map_err(Refusal::of) {
         Ok(source) => Ok(views::see_other(&format!(
             "/dashboard/sources/{}?notice=source-created",
-            format_id(IdKind::Source, source.id)
+            source.id
         ))),
         Err(Ok(refusal)) => Ok(new_form(
             &session,
@@ -296,7 +296,7 @@ pub async fn show(
     Path(sid): Path<String>,
     Query(query): Query<QueryMap>,
 ) -> Result<Response, DashboardError> {
-    let sid = id_of(IdKind::Source, &sid)?;
+    let sid = id_of::<SourceId>(&sid)?;
     render_show(&d, &session, sid, &query, ShowExtra::None).await
 }
 
@@ -313,7 +313,7 @@ pub enum ShowExtra<'a> {
 pub async fn render_show(
     d: &Dashboard,
     session: &Session,
-    sid: u128,
+    sid: SourceId,
     query: &QueryMap,
     extra: ShowExtra<'_>,
 ) -> Result<Response, DashboardError> {
@@ -323,7 +323,7 @@ pub async fn render_show(
         .list_destinations(&session.caller, sid, None, destinations::SHOWN)
         .await?;
     let ingest_url = d.ingest_url(&source.slug);
-    let source_id = format_id(IdKind::Source, sid);
+    let source_id = sid.to_string();
     let status = match extra {
         ShowExtra::Refused(..) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::OK,
@@ -380,7 +380,7 @@ pub async fn edit_page(
     Path(sid): Path<String>,
     Query(query): Query<QueryMap>,
 ) -> Result<Response, DashboardError> {
-    let sid = id_of(IdKind::Source, &sid)?;
+    let sid = id_of::<SourceId>(&sid)?;
     let source = fetch(&d, &session, sid).await?.source;
     Ok(settings(&source, &session, &query, None))
 }
@@ -392,10 +392,7 @@ fn settings(
     refused: Option<(&Form, &Refusal)>,
 ) -> Response {
     let (form, failure) = split(refused);
-    let base = format!(
-        "/dashboard/sources/{}",
-        format_id(IdKind::Source, source.id)
-    );
+    let base = format!("/dashboard/sources/{}", source.id);
     let status = if refused.is_some() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
@@ -465,7 +462,7 @@ pub async fn edit(
     Path(sid): Path<String>,
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let sid = id_of(IdKind::Source, &sid)?;
+    let sid = id_of::<SourceId>(&sid)?;
     let source = fetch(&d, &session, sid).await?.source;
     let updated = match read_source_edit(&form, source.provider) {
         Ok(edit) => d.ops.update_source(&session.caller, sid, edit).await,
@@ -474,7 +471,7 @@ pub async fn edit(
     match updated.map_err(Refusal::of) {
         Ok(_) => Ok(views::see_other(&format!(
             "/dashboard/sources/{}/edit?notice=source-updated",
-            format_id(IdKind::Source, sid)
+            sid
         ))),
         Err(Ok(refusal)) => Ok(settings(
             &source,
@@ -509,7 +506,7 @@ pub async fn set_enabled(
     Path(sid): Path<String>,
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let sid = id_of(IdKind::Source, &sid)?;
+    let sid = id_of::<SourceId>(&sid)?;
     let enabled = form.get("enabled") == Some("true");
     let edit = SourceEdit {
         enabled: Some(enabled),
@@ -523,7 +520,7 @@ pub async fn set_enabled(
     };
     Ok(views::see_other(&format!(
         "/dashboard/sources/{}/edit?notice={notice}",
-        format_id(IdKind::Source, sid)
+        sid
     )))
 }
 
@@ -533,12 +530,12 @@ pub async fn delete_page(
     session: Session,
     Path(sid): Path<String>,
 ) -> Result<Response, DashboardError> {
-    let sid = id_of(IdKind::Source, &sid)?;
+    let sid = id_of::<SourceId>(&sid)?;
     let SourceSummary {
         source,
         destinations,
     } = fetch(&d, &session, sid).await?;
-    let sid = format_id(IdKind::Source, sid);
+    let sid = sid.to_string();
     let body = html! {
         (views::crumbs(&[("Sources", Some("/dashboard/sources".to_string())),
             (source.name.as_str(), Some(format!("/dashboard/sources/{sid}"))), ("Delete", None)]))
@@ -570,7 +567,7 @@ pub async fn delete(
     Path(sid): Path<String>,
     SignedForm { session, .. }: SignedForm,
 ) -> Result<Response, DashboardError> {
-    let sid = id_of(IdKind::Source, &sid)?;
+    let sid = id_of::<SourceId>(&sid)?;
     d.ops.delete_source(&session.caller, sid).await?;
     Ok(views::see_other("/dashboard/sources?notice=source-deleted"))
 }

@@ -7,6 +7,7 @@
 //! take row locks where the contract needs a concurrent change fully in or
 //! fully out (see the module documentation of `postgres`).
 
+use crate::model::ids::{ApiKeyId, DeliveryId, DestinationId, EventId, RawId, ReplayId, SourceId};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
@@ -18,7 +19,6 @@ use uuid::Uuid;
 use super::rows::{self, uid, uids};
 use super::{db_error, is_unique_violation, PgStore};
 use crate::model::filter;
-use crate::model::ids::new_id;
 use crate::model::records::{
     ApiKeyRecord, AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, EventRecord,
     EventSummary, ReplayRecord, ReplayState, SessionRecord, SourceRecord,
@@ -47,10 +47,14 @@ fn limit_plus_one(limit: usize) -> i64 {
 }
 
 /// A newest-first page from `limit + 1` rows.
-fn page<T>(mut items: Vec<T>, limit: usize, id_of: impl Fn(&T) -> u128) -> Page<T> {
+fn page<T, I: RawId>(mut items: Vec<T>, limit: usize, id_of: impl Fn(&T) -> I) -> Page<T> {
     let more = items.len() > limit;
     items.truncate(limit);
-    let next = if more { items.last().map(id_of) } else { None };
+    let next = if more {
+        items.last().map(|item| id_of(item).raw())
+    } else {
+        None
+    };
     Page { items, next }
 }
 
@@ -132,7 +136,11 @@ impl PgStore {
 
 /// `NotFound` unless the source exists; in a write it also keeps the
 /// source from being deleted until the transaction ends.
-async fn source_exists(conn: &mut PgConnection, id: u128, lock: bool) -> Result<(), StoreError> {
+async fn source_exists(
+    conn: &mut PgConnection,
+    id: SourceId,
+    lock: bool,
+) -> Result<(), StoreError> {
     let sql = if lock {
         "SELECT 1 FROM sources WHERE id = $1 FOR KEY SHARE"
     } else {
@@ -149,7 +157,7 @@ async fn source_exists(conn: &mut PgConnection, id: u128, lock: bool) -> Result<
     }
 }
 
-async fn get_source(conn: &mut PgConnection, id: u128) -> Result<SourceRecord, StoreError> {
+async fn get_source(conn: &mut PgConnection, id: SourceId) -> Result<SourceRecord, StoreError> {
     let row = sqlx::query("SELECT record FROM sources WHERE id = $1")
         .bind(uid(id))
         .fetch_optional(conn)
@@ -159,7 +167,10 @@ async fn get_source(conn: &mut PgConnection, id: u128) -> Result<SourceRecord, S
     decode(&row)
 }
 
-async fn destination_count(conn: &mut PgConnection, source_id: u128) -> Result<u64, StoreError> {
+async fn destination_count(
+    conn: &mut PgConnection,
+    source_id: SourceId,
+) -> Result<u64, StoreError> {
     let row = sqlx::query("SELECT count(*) AS n FROM destinations WHERE source_id = $1")
         .bind(uid(source_id))
         .fetch_one(conn)
@@ -173,7 +184,7 @@ async fn destination_count(conn: &mut PgConnection, source_id: u128) -> Result<u
 /// transaction (or this one sees it done), never half of it.
 async fn enabled_destinations(
     conn: &mut PgConnection,
-    source_id: u128,
+    source_id: SourceId,
 ) -> Result<Vec<DestinationRecord>, StoreError> {
     let rows = sqlx::query(
         "SELECT record FROM destinations WHERE source_id = $1 AND enabled ORDER BY id FOR SHARE",
@@ -196,9 +207,9 @@ async fn enabled_destinations(
 /// [`enabled_destinations`]), in the order given.
 async fn live_destinations(
     conn: &mut PgConnection,
-    source_id: u128,
-    ids: &[u128],
-) -> Result<Vec<u128>, StoreError> {
+    source_id: SourceId,
+    ids: &[DestinationId],
+) -> Result<Vec<DestinationId>, StoreError> {
     let rows = sqlx::query(
         "SELECT id FROM destinations WHERE source_id = $1 AND id = ANY($2) AND enabled FOR SHARE",
     )
@@ -207,7 +218,7 @@ async fn live_destinations(
     .fetch_all(conn)
     .await
     .map_err(db_error)?;
-    let live: HashSet<u128> = rows
+    let live: HashSet<DestinationId> = rows
         .iter()
         .map(|r| rows::row_id(r, "id"))
         .collect::<Result<_, _>>()?;
@@ -250,8 +261,8 @@ async fn insert_event(
 /// in one statement.
 async fn insert_deliveries(
     conn: &mut PgConnection,
-    source_id: u128,
-    pairs: &[(u128, u128)],
+    source_id: SourceId,
+    pairs: &[(EventId, DestinationId)],
     due_ms: i64,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
     if pairs.is_empty() {
@@ -260,7 +271,7 @@ async fn insert_deliveries(
     let out: Vec<DeliveryRecord> = pairs
         .iter()
         .map(|&(event_id, destination_id)| DeliveryRecord {
-            id: new_id(),
+            id: DeliveryId::new(),
             event_id,
             source_id,
             destination_id,
@@ -295,7 +306,7 @@ async fn insert_deliveries(
 /// Cancels every pending delivery of a destination; answers how many.
 async fn cancel_pending(
     conn: &mut PgConnection,
-    destination: u128,
+    destination: DestinationId,
     now_ms: i64,
 ) -> Result<u64, StoreError> {
     let done = sqlx::query(
@@ -313,9 +324,9 @@ async fn cancel_pending(
 /// The deliveries of each of `events`, each event's in id order.
 async fn deliveries_of(
     conn: &mut PgConnection,
-    events: &[u128],
-) -> Result<HashMap<u128, Vec<DeliveryRecord>>, StoreError> {
-    let mut out: HashMap<u128, Vec<DeliveryRecord>> = HashMap::new();
+    events: &[EventId],
+) -> Result<HashMap<EventId, Vec<DeliveryRecord>>, StoreError> {
+    let mut out: HashMap<EventId, Vec<DeliveryRecord>> = HashMap::new();
     if events.is_empty() {
         return Ok(out);
     }
@@ -337,8 +348,8 @@ async fn deliveries_of(
 
 async fn event_summary(
     conn: &mut PgConnection,
-    source_id: u128,
-    event_id: u128,
+    source_id: SourceId,
+    event_id: EventId,
     lock: bool,
 ) -> Result<EventSummary, StoreError> {
     let sql = format!(
@@ -358,7 +369,7 @@ async fn event_summary(
 
 async fn attempts_of(
     conn: &mut PgConnection,
-    delivery_id: u128,
+    delivery_id: DeliveryId,
 ) -> Result<Vec<AttemptRecord>, StoreError> {
     let sql = format!(
         "SELECT {} FROM attempts WHERE delivery_id = $1 ORDER BY number",
@@ -377,7 +388,7 @@ async fn attempts_of(
 /// `max_scan` looked at and `max_items` with deliveries.
 #[derive(Debug, Default)]
 struct ChunkPlan {
-    items: Vec<(u128, Vec<u128>)>,
+    items: Vec<(EventId, Vec<DestinationId>)>,
     matched: u64,
     last: Option<u128>,
     exhausted: bool,
@@ -385,7 +396,7 @@ struct ChunkPlan {
 
 async fn plan_chunk(
     conn: &mut PgConnection,
-    destinations: &HashMap<u128, DestinationRecord>,
+    destinations: &HashMap<DestinationId, DestinationRecord>,
     job: &ReplayRecord,
     max_items: usize,
     max_scan: usize,
@@ -398,7 +409,7 @@ async fn plan_chunk(
         return Ok(plan);
     }
     let patterns: Vec<String> = job.type_pattern.iter().cloned().collect();
-    let usable = |id: &u128| destinations.get(id).filter(|d| d.enabled);
+    let usable = |id: &DestinationId| destinations.get(id).filter(|d| d.enabled);
     let mut from = lower;
     let mut scanned = 0usize;
     loop {
@@ -416,7 +427,7 @@ async fn plan_chunk(
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error)?;
-        let ids: Vec<u128> = batch
+        let ids: Vec<EventId> = batch
             .iter()
             .map(|r| rows::row_id(r, "id"))
             .collect::<Result<_, _>>()?;
@@ -430,7 +441,7 @@ async fn plan_chunk(
                 return Ok(plan);
             }
             scanned += 1;
-            plan.last = Some(event_id);
+            plan.last = Some(event_id.as_u128());
             let event_type = rows::string(row, "event_type")?;
             let received_at_ms: i64 = row.try_get("received_at_ms").map_err(db_error)?;
             let in_range = received_at_ms > job.after_ms && received_at_ms < job.before_ms;
@@ -438,9 +449,9 @@ async fn plan_chunk(
                 continue;
             }
             plan.matched += 1;
-            let targets: Vec<u128> = if job.only_failed {
+            let targets: Vec<DestinationId> = if job.only_failed {
                 let list = existing.get(&event_id).map(Vec::as_slice).unwrap_or(&[]);
-                let settled = |dest: u128| {
+                let settled = |dest: DestinationId| {
                     list.iter().any(|d| {
                         d.destination_id == dest
                             && matches!(
@@ -449,7 +460,7 @@ async fn plan_chunk(
                             )
                     })
                 };
-                let mut failed: Vec<u128> = list
+                let mut failed: Vec<DestinationId> = list
                     .iter()
                     .filter(|d| d.status == DeliveryStatus::Failed)
                     .map(|d| d.destination_id)
@@ -477,7 +488,7 @@ async fn plan_chunk(
             }
         }
         match ids.last() {
-            Some(&last) if batch.len() == want => from = last.saturating_add(1),
+            Some(&last) if batch.len() == want => from = last.as_u128().saturating_add(1),
             _ => {
                 plan.exhausted = true;
                 return Ok(plan);
@@ -490,9 +501,9 @@ async fn plan_chunk(
 /// SHARE` in a write so each is checked as of the commit.
 async fn destinations_by_id(
     conn: &mut PgConnection,
-    source_id: u128,
+    source_id: SourceId,
     lock: bool,
-) -> Result<HashMap<u128, DestinationRecord>, StoreError> {
+) -> Result<HashMap<DestinationId, DestinationRecord>, StoreError> {
     let sql = if lock {
         "SELECT record FROM destinations WHERE source_id = $1 ORDER BY id FOR SHARE"
     } else {
@@ -513,8 +524,8 @@ async fn destinations_by_id(
 
 /// A search hit before its deliveries are attached.
 struct Found {
-    source_id: u128,
-    event_id: u128,
+    source_id: SourceId,
+    event_id: EventId,
     summary: EventSummary,
 }
 
@@ -530,7 +541,7 @@ fn found(row: &PgRow) -> Result<Found, StoreError> {
 /// for the short lists of one id.
 fn page_of(mut found: Vec<Found>, cursor: Option<u128>, limit: usize) -> Page<Found> {
     found.sort_by_key(|f| std::cmp::Reverse(f.event_id));
-    found.retain(|f| cursor.is_none_or(|c| f.event_id < c));
+    found.retain(|f| cursor.is_none_or(|c| f.event_id.as_u128() < c));
     page(found, limit, |f| f.event_id)
 }
 
@@ -616,7 +627,7 @@ impl PgStore {
         count_of(&row, "n")
     }
 
-    pub(in crate::store) async fn revoke_api_key(&self, id: u128) -> Result<(), StoreError> {
+    pub(in crate::store) async fn revoke_api_key(&self, id: ApiKeyId) -> Result<(), StoreError> {
         // Its sessions go with it (ON DELETE CASCADE), in the same commit.
         let done = self
             .write_one(sqlx::query("DELETE FROM api_keys WHERE id = $1").bind(uid(id)))
@@ -719,7 +730,7 @@ impl PgStore {
     pub(in crate::store) async fn end_session(
         &self,
         id_hash: [u8; 32],
-        _key_id: u128,
+        _key_id: ApiKeyId,
         _created_at_ms: i64,
     ) -> Result<(), StoreError> {
         self.write_one(
@@ -758,7 +769,7 @@ impl PgStore {
         }
     }
 
-    pub(in crate::store) async fn source(&self, id: u128) -> Result<SourceRecord, StoreError> {
+    pub(in crate::store) async fn source(&self, id: SourceId) -> Result<SourceRecord, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         get_source(&mut conn, id).await
     }
@@ -782,7 +793,7 @@ impl PgStore {
 
     pub(in crate::store) async fn source_with_destination_count(
         &self,
-        id: u128,
+        id: SourceId,
     ) -> Result<(SourceRecord, u64), StoreError> {
         let row = sqlx::query(
             "SELECT s.record, (SELECT count(*) FROM destinations d WHERE d.source_id = s.id) AS n \
@@ -820,7 +831,7 @@ impl PgStore {
 
     pub(in crate::store) async fn update_source(
         &self,
-        id: u128,
+        id: SourceId,
         change: SourceChange,
     ) -> Result<(SourceRecord, u64), StoreError> {
         let mut tx = self.begin().await?;
@@ -843,7 +854,7 @@ impl PgStore {
         Ok((source, count))
     }
 
-    pub(in crate::store) async fn delete_source(&self, id: u128) -> Result<(), StoreError> {
+    pub(in crate::store) async fn delete_source(&self, id: SourceId) -> Result<(), StoreError> {
         // Its destinations go with it (ON DELETE CASCADE); its events are
         // purged afterwards by `purge_orphans`.
         let done = self
@@ -893,8 +904,8 @@ impl PgStore {
 
     pub(in crate::store) async fn destination(
         &self,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: DestinationId,
     ) -> Result<DestinationRecord, StoreError> {
         let row = sqlx::query("SELECT record FROM destinations WHERE source_id = $1 AND id = $2")
             .bind(uid(source_id))
@@ -908,7 +919,7 @@ impl PgStore {
 
     pub(in crate::store) async fn list_destinations(
         &self,
-        source_id: u128,
+        source_id: SourceId,
         before: Option<u128>,
         limit: usize,
     ) -> Result<Page<DestinationRecord>, StoreError> {
@@ -933,7 +944,7 @@ impl PgStore {
 
     pub(in crate::store) async fn destinations_of_source(
         &self,
-        source_id: u128,
+        source_id: SourceId,
     ) -> Result<Vec<DestinationRecord>, StoreError> {
         let mut tx = self.snapshot().await?;
         source_exists(&mut tx, source_id, false).await?;
@@ -946,8 +957,8 @@ impl PgStore {
 
     pub(in crate::store) async fn update_destination(
         &self,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: DestinationId,
         change: DestinationChange,
     ) -> Result<DestinationUpdated, StoreError> {
         let mut tx = self.begin().await?;
@@ -977,8 +988,8 @@ impl PgStore {
 
     pub(in crate::store) async fn delete_destination(
         &self,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: DestinationId,
     ) -> Result<u64, StoreError> {
         let now = crate::model::time::now_ms();
         let mut tx = self.begin().await?;
@@ -998,7 +1009,7 @@ impl PgStore {
 
     pub(in crate::store) async fn all_destination_ids(
         &self,
-    ) -> Result<Vec<(u128, u128)>, StoreError> {
+    ) -> Result<Vec<(SourceId, DestinationId)>, StoreError> {
         let found = sqlx::query("SELECT source_id, id FROM destinations ORDER BY source_id, id")
             .fetch_all(&self.pool)
             .await
@@ -1025,12 +1036,13 @@ impl PgStore {
             }
             let mut tx = self.begin().await?;
             source_exists(&mut tx, event.source_id, true).await?;
-            let targets: Vec<(u128, u128)> = enabled_destinations(&mut tx, event.source_id)
-                .await?
-                .into_iter()
-                .filter(|d| filter::matches(&d.event_filter, &event.event_type))
-                .map(|d| (event.id, d.id))
-                .collect();
+            let targets: Vec<(EventId, DestinationId)> =
+                enabled_destinations(&mut tx, event.source_id)
+                    .await?
+                    .into_iter()
+                    .filter(|d| filter::matches(&d.event_filter, &event.event_type))
+                    .map(|d| (event.id, d.id))
+                    .collect();
             if !insert_event(&mut tx, &event, true).await? {
                 // Another ingest holds the key (it committed while this one
                 // waited on the unique index): this one is a duplicate.
@@ -1048,7 +1060,11 @@ impl PgStore {
     }
 
     /// The event holding a provider event id's dedup key, if any.
-    async fn dedup_owner(&self, source_id: u128, pid: &str) -> Result<Option<u128>, StoreError> {
+    async fn dedup_owner(
+        &self,
+        source_id: SourceId,
+        pid: &str,
+    ) -> Result<Option<EventId>, StoreError> {
         let row = sqlx::query("SELECT id FROM events WHERE source_id = $1 AND dedup_key = $2")
             .bind(uid(source_id))
             .bind(pid.as_bytes())
@@ -1064,7 +1080,7 @@ impl PgStore {
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let mut tx = self.begin().await?;
         source_exists(&mut tx, event.source_id, true).await?;
-        let targets: Vec<(u128, u128)> = enabled_destinations(&mut tx, event.source_id)
+        let targets: Vec<(EventId, DestinationId)> = enabled_destinations(&mut tx, event.source_id)
             .await?
             .into_iter()
             .map(|d| (event.id, d.id))
@@ -1078,7 +1094,7 @@ impl PgStore {
 
     pub(in crate::store) async fn list_events(
         &self,
-        source_id: u128,
+        source_id: SourceId,
         query: EventQuery,
         limit: usize,
     ) -> Result<Page<ListedEvent>, StoreError> {
@@ -1118,7 +1134,7 @@ impl PgStore {
             listed.push((rows::row_id(row, "id")?, rows::summary(row)?));
         }
         let listed = page(listed, limit, |(id, _)| *id);
-        let ids: Vec<u128> = listed.items.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<EventId> = listed.items.iter().map(|(id, _)| *id).collect();
         let mut deliveries = deliveries_of(&mut tx, &ids).await?;
         done(tx).await?;
         Ok(Page {
@@ -1197,7 +1213,7 @@ impl PgStore {
                 page_of(hits, before, limit)
             }
         };
-        let ids: Vec<u128> = page.items.iter().map(|f| f.event_id).collect();
+        let ids: Vec<EventId> = page.items.iter().map(|f| f.event_id).collect();
         let mut deliveries = deliveries_of(&mut tx, &ids).await?;
         done(tx).await?;
         Ok(Page {
@@ -1217,8 +1233,8 @@ impl PgStore {
 
     pub(in crate::store) async fn event_detail(
         &self,
-        source_id: u128,
-        event_id: u128,
+        source_id: SourceId,
+        event_id: EventId,
     ) -> Result<(EventSummary, EventRecord, Vec<DeliveryRecord>), StoreError> {
         let mut tx = self.snapshot().await?;
         let sql = format!(
@@ -1243,7 +1259,10 @@ impl PgStore {
         ))
     }
 
-    pub(in crate::store) async fn event(&self, event_id: u128) -> Result<EventRecord, StoreError> {
+    pub(in crate::store) async fn event(
+        &self,
+        event_id: EventId,
+    ) -> Result<EventRecord, StoreError> {
         let sql = format!("SELECT {} FROM events WHERE id = $1", rows::EVENT_COLUMNS);
         let row = sqlx::query(&sql)
             .bind(uid(event_id))
@@ -1256,8 +1275,8 @@ impl PgStore {
 
     pub(in crate::store) async fn deliveries_with_attempts(
         &self,
-        source_id: u128,
-        event_id: u128,
+        source_id: SourceId,
+        event_id: EventId,
     ) -> Result<Vec<(DeliveryRecord, Vec<AttemptRecord>)>, StoreError> {
         let mut tx = self.snapshot().await?;
         event_summary(&mut tx, source_id, event_id, false).await?;
@@ -1265,7 +1284,7 @@ impl PgStore {
             .await?
             .remove(&event_id)
             .unwrap_or_default();
-        let ids: Vec<u128> = deliveries.iter().map(|d| d.id).collect();
+        let ids: Vec<DeliveryId> = deliveries.iter().map(|d| d.id).collect();
         let sql = format!(
             "SELECT delivery_id, {} FROM attempts WHERE delivery_id = ANY($1) \
              ORDER BY delivery_id, number",
@@ -1277,7 +1296,7 @@ impl PgStore {
             .await
             .map_err(db_error)?;
         done(tx).await?;
-        let mut attempts: HashMap<u128, Vec<AttemptRecord>> = HashMap::new();
+        let mut attempts: HashMap<DeliveryId, Vec<AttemptRecord>> = HashMap::new();
         for row in &found {
             attempts
                 .entry(rows::row_id(row, "delivery_id")?)
@@ -1293,7 +1312,10 @@ impl PgStore {
             .collect())
     }
 
-    pub(in crate::store) async fn event_count(&self, source_id: u128) -> Result<u64, StoreError> {
+    pub(in crate::store) async fn event_count(
+        &self,
+        source_id: SourceId,
+    ) -> Result<u64, StoreError> {
         let row = sqlx::query("SELECT count(*) AS n FROM events WHERE source_id = $1")
             .bind(uid(source_id))
             .fetch_one(&self.pool)
@@ -1304,9 +1326,9 @@ impl PgStore {
 
     pub(in crate::store) async fn replay_event(
         &self,
-        source_id: u128,
-        event_id: u128,
-        destinations: Vec<u128>,
+        source_id: SourceId,
+        event_id: EventId,
+        destinations: Vec<DestinationId>,
         now_ms: i64,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let mut tx = self.begin().await?;
@@ -1314,7 +1336,8 @@ impl PgStore {
         // Re-checked in the commit: a destination disabled or deleted
         // since the caller chose it gets no delivery.
         let live = live_destinations(&mut tx, source_id, &destinations).await?;
-        let pairs: Vec<(u128, u128)> = live.into_iter().map(|d| (event_id, d)).collect();
+        let pairs: Vec<(EventId, DestinationId)> =
+            live.into_iter().map(|d| (event_id, d)).collect();
         let deliveries = insert_deliveries(&mut tx, source_id, &pairs, now_ms).await?;
         self.commit(tx).await?;
         Ok(deliveries)
@@ -1322,9 +1345,9 @@ impl PgStore {
 
     pub(in crate::store) async fn retry_delivery(
         &self,
-        source_id: u128,
-        event_id: u128,
-        delivery_id: u128,
+        source_id: SourceId,
+        event_id: EventId,
+        delivery_id: DeliveryId,
         now_ms: i64,
     ) -> Result<(DeliveryRecord, Vec<AttemptRecord>), StoreError> {
         let mut tx = self.begin().await?;
@@ -1441,7 +1464,7 @@ impl PgStore {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(db_error)?;
-        let mut old = Vec::new();
+        let mut old: Vec<ReplayId> = Vec::new();
         for (seen, row) in existing.iter().enumerate() {
             let running: bool = row.try_get("running").map_err(db_error)?;
             if seen + 1 >= KEPT_PER_SOURCE && !running {
@@ -1469,8 +1492,8 @@ impl PgStore {
 
     pub(in crate::store) async fn replay(
         &self,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: ReplayId,
     ) -> Result<ReplayRecord, StoreError> {
         let row = sqlx::query("SELECT record FROM replays WHERE source_id = $1 AND id = $2")
             .bind(uid(source_id))
@@ -1484,7 +1507,7 @@ impl PgStore {
 
     pub(in crate::store) async fn list_replays(
         &self,
-        source_id: u128,
+        source_id: SourceId,
         before: Option<u128>,
         limit: usize,
     ) -> Result<Page<ReplayRecord>, StoreError> {
@@ -1506,7 +1529,9 @@ impl PgStore {
         Ok(page(items, limit, |j| j.id))
     }
 
-    pub(in crate::store) async fn running_replays(&self) -> Result<Vec<(u128, u128)>, StoreError> {
+    pub(in crate::store) async fn running_replays(
+        &self,
+    ) -> Result<Vec<(SourceId, ReplayId)>, StoreError> {
         let found =
             sqlx::query("SELECT source_id, id FROM replays WHERE running ORDER BY source_id, id")
                 .fetch_all(&self.pool)
@@ -1520,8 +1545,8 @@ impl PgStore {
 
     pub(in crate::store) async fn advance_replay(
         &self,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: ReplayId,
         now_ms: i64,
         max_items: usize,
         max_scan: usize,
@@ -1593,9 +1618,9 @@ impl PgStore {
 
     pub(in crate::store) async fn due_for(
         &self,
-        destination: u128,
+        destination: DestinationId,
         now_ms: u64,
-        in_flight: &HashSet<u128>,
+        in_flight: &HashSet<DeliveryId>,
         limit: usize,
     ) -> Result<(Vec<DueItem>, Option<u64>), StoreError> {
         let skip: Vec<Uuid> = in_flight.iter().map(|&id| uid(id)).collect();
@@ -1628,8 +1653,8 @@ impl PgStore {
 
     pub(in crate::store) async fn attempt_inputs(
         &self,
-        event_id: u128,
-        delivery_id: u128,
+        event_id: EventId,
+        delivery_id: DeliveryId,
     ) -> Result<(EventRecord, DeliveryRecord), StoreError> {
         let mut tx = self.snapshot().await?;
         let sql = format!("SELECT {} FROM events WHERE id = $1", rows::EVENT_COLUMNS);
@@ -1781,7 +1806,7 @@ impl PgStore {
 
     pub(in crate::store) async fn queue_depth(
         &self,
-        destinations: Vec<u128>,
+        destinations: Vec<DestinationId>,
     ) -> Result<(u64, Option<u64>), StoreError> {
         let row = sqlx::query(
             "SELECT (SELECT count(*) FROM deliveries WHERE status = 0) AS n, \
@@ -1888,7 +1913,7 @@ impl PgStore {
 
     pub(in crate::store) async fn purge_events(
         &self,
-        event_ids: Vec<u128>,
+        event_ids: Vec<EventId>,
     ) -> Result<(), StoreError> {
         self.purge_chunk(&event_ids).await.map(|_| ())
     }
@@ -1897,9 +1922,9 @@ impl PgStore {
     /// received at or after `cutoff_ms` (all of them without a cutoff).
     async fn oldest_events(
         &self,
-        source_id: u128,
+        source_id: SourceId,
         cutoff_ms: Option<i64>,
-    ) -> Result<Vec<u128>, StoreError> {
+    ) -> Result<Vec<EventId>, StoreError> {
         let found = sqlx::query(
             "SELECT id, received_at_ms FROM events WHERE source_id = $1 ORDER BY id LIMIT $2",
         )
@@ -1922,7 +1947,7 @@ impl PgStore {
     /// Removes one chunk of events with their deliveries and attempts
     /// (cascaded) and their dedup keys (columns of the event row), in one
     /// short statement.
-    async fn purge_chunk(&self, ids: &[u128]) -> Result<u64, StoreError> {
+    async fn purge_chunk(&self, ids: &[EventId]) -> Result<u64, StoreError> {
         if ids.is_empty() {
             return Ok(0);
         }
@@ -1946,7 +1971,7 @@ fn prefixed_summary(alias: &str) -> String {
 /// A delivery locked for update, with the due time it is queued under.
 async fn delivery_for_update(
     conn: &mut PgConnection,
-    id: u128,
+    id: DeliveryId,
 ) -> Result<Option<(DeliveryRecord, Option<i64>)>, StoreError> {
     let sql = format!(
         "SELECT {}, due_ms FROM deliveries WHERE id = $1 FOR UPDATE",

@@ -6,6 +6,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::db_error;
+use crate::model::ids::RawId;
 use crate::model::records::{
     ApiKeyRecord, AttemptRecord, DeliveryRecord, DeliveryStatus, ErrorKind, EventRecord,
     EventSummary, Scope, SessionRecord,
@@ -13,13 +14,13 @@ use crate::model::records::{
 use crate::store::StoreError;
 
 /// A ULID as the `uuid` it is stored as (same 16 bytes, same order).
-pub(super) fn uid(id: u128) -> Uuid {
-    Uuid::from_u128(id)
+pub(super) fn uid(id: impl RawId) -> Uuid {
+    Uuid::from_u128(id.raw())
 }
 
 /// Many ULIDs, for `= ANY($1)`.
-pub(super) fn uids(ids: &[u128]) -> Vec<Uuid> {
-    ids.iter().map(|&id| Uuid::from_u128(id)).collect()
+pub(super) fn uids<T: RawId>(ids: &[T]) -> Vec<Uuid> {
+    ids.iter().map(|&id| Uuid::from_u128(id.raw())).collect()
 }
 
 /// The stored code of a delivery status.
@@ -74,8 +75,8 @@ pub(super) fn text(value: Option<&str>) -> Option<String> {
     value.map(|v| v.replace('\0', "\u{FFFD}"))
 }
 
-fn id(row: &PgRow, column: &str) -> Result<u128, StoreError> {
-    Ok(get::<Uuid>(row, column)?.as_u128())
+fn id<T: RawId>(row: &PgRow, column: &str) -> Result<T, StoreError> {
+    Ok(T::from_raw(get::<Uuid>(row, column)?.as_u128()))
 }
 
 fn u32_of(value: i32, what: &str) -> Result<u32, StoreError> {
@@ -209,7 +210,7 @@ pub(super) fn session(row: &PgRow) -> Result<SessionRecord, StoreError> {
 }
 
 /// The `id` column of a row.
-pub(super) fn row_id(row: &PgRow, column: &str) -> Result<u128, StoreError> {
+pub(super) fn row_id<T: RawId>(row: &PgRow, column: &str) -> Result<T, StoreError> {
     id(row, column)
 }
 

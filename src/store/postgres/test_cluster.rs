@@ -84,7 +84,7 @@ pub(crate) async fn scratch_database() -> Option<(ScratchDb, StorageConfig)> {
             return None;
         }
     };
-    let name = format!("krafter_test_{:x}", new_id());
+    let name = format!("krafter_test_{:x}", new_id::<u128>());
     let mut conn = PgConnection::connect(&admin_url)
         .await
         .expect("connect to the test cluster");
@@ -204,7 +204,7 @@ fn start_private_cluster() -> Result<String, String> {
     let root = std::env::temp_dir().join(format!(
         "krafter-pg-{}-{:x}",
         std::process::id(),
-        new_id() as u64
+        new_id::<u128>() as u64
     ));
     std::fs::create_dir(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
     watchdog(&root, &pg_ctl);

@@ -1,5 +1,6 @@
 //! API keys: stored as SHA-256 hashes, found by hash, compared in constant time.
 
+use crate::model::ids::ApiKeyId;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use subtle::ConstantTimeEq;
 
@@ -15,9 +16,9 @@ pub fn insert(txn: &WriteTransaction, key: &ApiKeyRecord) -> Result<(), StoreErr
             "an identical key already exists".into(),
         ));
     }
-    hashes.insert(key.hash.as_slice(), key.id)?;
+    hashes.insert(key.hash.as_slice(), key.id.as_u128())?;
     txn.open_table(API_KEYS)?
-        .insert(key.id, key.encode().as_slice())?;
+        .insert(key.id.as_u128(), key.encode().as_slice())?;
     Ok(())
 }
 
@@ -63,13 +64,13 @@ pub fn count(txn: &ReadTransaction) -> Result<u64, StoreError> {
 
 /// Revokes a key: both the record and its hash go, so it stops working
 /// with the commit.
-pub fn delete(txn: &WriteTransaction, id: u128) -> Result<(), StoreError> {
+pub fn delete(txn: &WriteTransaction, id: ApiKeyId) -> Result<(), StoreError> {
     let mut keys = txn.open_table(API_KEYS)?;
-    let record = match keys.get(id)? {
+    let record = match keys.get(id.as_u128())? {
         Some(bytes) => ApiKeyRecord::decode(bytes.value())?,
         None => return Err(StoreError::NotFound),
     };
-    keys.remove(id)?;
+    keys.remove(id.as_u128())?;
     txn.open_table(API_KEY_HASHES)?
         .remove(record.hash.as_slice())?;
     // Its dashboard sessions end with it (at most 50, found by index).
@@ -80,13 +81,13 @@ pub fn delete(txn: &WriteTransaction, id: u128) -> Result<(), StoreError> {
         .map(|entry| entry.map(|(k, _)| (k.value().1, k.value().2.to_vec())))
         .collect::<Result<_, _>>()?;
     for (created, hash) in of_key {
-        index.remove((id, created, hash.as_slice()))?;
+        index.remove((id.as_u128(), created, hash.as_slice()))?;
         sessions.remove(hash.as_slice())?;
     }
     Ok(())
 }
 
 /// The range of [`KEY_SESSIONS`] holding one key's sessions.
-pub fn key_sessions_of(key_id: u128) -> std::ops::RangeInclusive<(u128, i64, &'static [u8])> {
-    (key_id, i64::MIN, &[][..])..=(key_id, i64::MAX, &[0xff; 64][..])
+pub fn key_sessions_of(key_id: ApiKeyId) -> std::ops::RangeInclusive<(u128, i64, &'static [u8])> {
+    (key_id.as_u128(), i64::MIN, &[][..])..=(key_id.as_u128(), i64::MAX, &[0xff; 64][..])
 }

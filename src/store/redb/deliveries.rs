@@ -1,5 +1,6 @@
 //! The delivery queue: what is due per destination, and recording attempts.
 
+use crate::model::ids::{DeliveryId, DestinationId, EventId};
 use std::collections::HashSet;
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
@@ -14,17 +15,19 @@ use crate::store::{AttemptOutcome, DueItem, Next, Recorded};
 /// one not taken falls due (to sleep until then).
 pub fn due_for(
     txn: &ReadTransaction,
-    destination: u128,
+    destination: DestinationId,
     now_ms: u64,
-    in_flight: &HashSet<u128>,
+    in_flight: &HashSet<DeliveryId>,
     limit: usize,
 ) -> Result<(Vec<DueItem>, Option<u64>), StoreError> {
     let table = txn.open_table(DUE)?;
     let mut items = Vec::new();
-    let range = table.range((destination, 0, 0)..=(destination, u64::MAX, u128::MAX))?;
+    let range = table
+        .range((destination.as_u128(), 0, 0)..=(destination.as_u128(), u64::MAX, u128::MAX))?;
     for entry in range {
         let (key, value) = entry?;
         let (_, due_ms, delivery_id) = key.value();
+        let delivery_id = DeliveryId::from_u128(delivery_id);
         if in_flight.contains(&delivery_id) {
             continue;
         }
@@ -33,7 +36,7 @@ pub fn due_for(
         }
         items.push(DueItem {
             delivery_id,
-            event_id: value.value(),
+            event_id: EventId::from_u128(value.value()),
             due_ms,
         });
     }
@@ -46,12 +49,15 @@ pub fn pending_count(txn: &ReadTransaction) -> Result<u64, StoreError> {
 }
 
 /// Earliest due time over the given destinations' queues.
-pub fn oldest_due(txn: &ReadTransaction, destinations: &[u128]) -> Result<Option<u64>, StoreError> {
+pub fn oldest_due(
+    txn: &ReadTransaction,
+    destinations: &[DestinationId],
+) -> Result<Option<u64>, StoreError> {
     let table = txn.open_table(DUE)?;
     let mut oldest: Option<u64> = None;
     for &d in destinations {
         let first = table
-            .range((d, 0, 0)..=(d, u64::MAX, u128::MAX))?
+            .range((d.as_u128(), 0, 0)..=(d.as_u128(), u64::MAX, u128::MAX))?
             .next()
             .transpose()?;
         if let Some((key, _)) = first {
@@ -67,7 +73,7 @@ pub fn oldest_due(txn: &ReadTransaction, destinations: &[u128]) -> Result<Option
 pub fn record_attempt(txn: &WriteTransaction, o: &AttemptOutcome) -> Result<Recorded, StoreError> {
     let mut deliveries = txn.open_table(DELIVERIES)?;
     let Some(mut delivery) = deliveries
-        .get(o.item.delivery_id)?
+        .get(o.item.delivery_id.as_u128())?
         .map(|b| DeliveryRecord::decode(b.value()))
         .transpose()?
     else {
@@ -79,18 +85,22 @@ pub fn record_attempt(txn: &WriteTransaction, o: &AttemptOutcome) -> Result<Reco
     };
     let mut destinations = txn.open_table(DESTINATIONS)?;
     let destination = destinations
-        .get((o.source_id, o.destination_id))?
+        .get((o.source_id.as_u128(), o.destination_id.as_u128()))?
         .map(|b| DestinationRecord::decode(b.value()))
         .transpose()?;
 
     txn.open_table(ATTEMPTS)?.insert(
-        (delivery.id, o.attempt.number),
+        (delivery.id.as_u128(), o.attempt.number),
         o.attempt.encode().as_slice(),
     )?;
     let now = o.attempt.started_at_ms + o.attempt.duration_ms as i64;
     let mut due = txn.open_table(DUE)?;
     let queued = due
-        .remove((o.destination_id, o.item.due_ms, delivery.id))?
+        .remove((
+            o.destination_id.as_u128(),
+            o.item.due_ms,
+            delivery.id.as_u128(),
+        ))?
         .is_some();
     let mut recorded = Recorded::default();
     if delivery.status != DeliveryStatus::Pending || !queued {
@@ -104,7 +114,7 @@ pub fn record_attempt(txn: &WriteTransaction, o: &AttemptOutcome) -> Result<Reco
             delivery.next_attempt_ms = None;
         }
         delivery.updated_at_ms = now;
-        deliveries.insert(delivery.id, delivery.encode().as_slice())?;
+        deliveries.insert(delivery.id.as_u128(), delivery.encode().as_slice())?;
         return Ok(recorded);
     }
     delivery.attempts = o.attempt.number;
@@ -121,12 +131,16 @@ pub fn record_attempt(txn: &WriteTransaction, o: &AttemptOutcome) -> Result<Reco
         Next::RetryAt(at) => {
             delivery.next_attempt_ms = Some(at);
             due.insert(
-                (o.destination_id, at.max(0) as u64, delivery.id),
-                delivery.event_id,
+                (
+                    o.destination_id.as_u128(),
+                    at.max(0) as u64,
+                    delivery.id.as_u128(),
+                ),
+                delivery.event_id.as_u128(),
             )?;
         }
     }
-    deliveries.insert(delivery.id, delivery.encode().as_slice())?;
+    deliveries.insert(delivery.id.as_u128(), delivery.encode().as_slice())?;
     drop(due);
     drop(deliveries);
 
@@ -156,7 +170,10 @@ pub fn record_attempt(txn: &WriteTransaction, o: &AttemptOutcome) -> Result<Reco
         };
         if changed {
             d.updated_at_ms = now;
-            destinations.insert((o.source_id, o.destination_id), d.encode().as_slice())?;
+            destinations.insert(
+                (o.source_id.as_u128(), o.destination_id.as_u128()),
+                d.encode().as_slice(),
+            )?;
         }
         drop(destinations);
         if recorded.disabled_destination {
@@ -169,7 +186,7 @@ pub fn record_attempt(txn: &WriteTransaction, o: &AttemptOutcome) -> Result<Reco
 /// Cancels every queued delivery of a destination (disabled or deleted).
 pub fn cancel_pending(
     txn: &WriteTransaction,
-    destination: u128,
+    destination: DestinationId,
     now_ms: i64,
 ) -> Result<u64, StoreError> {
     let mut due = txn.open_table(DUE)?;
@@ -177,7 +194,7 @@ pub fn cancel_pending(
     let mut cancelled = 0;
     let queued: Vec<u128> = due
         .extract_from_if(
-            (destination, 0, 0)..=(destination, u64::MAX, u128::MAX),
+            (destination.as_u128(), 0, 0)..=(destination.as_u128(), u64::MAX, u128::MAX),
             |_, _| true,
         )?
         .map(|entry| entry.map(|(k, _)| k.value().2))
@@ -199,16 +216,16 @@ pub fn cancel_pending(
 }
 
 /// One delivery.
-pub fn get(txn: &ReadTransaction, id: u128) -> Result<DeliveryRecord, StoreError> {
-    match txn.open_table(DELIVERIES)?.get(id)? {
+pub fn get(txn: &ReadTransaction, id: DeliveryId) -> Result<DeliveryRecord, StoreError> {
+    match txn.open_table(DELIVERIES)?.get(id.as_u128())? {
         Some(bytes) => DeliveryRecord::decode(bytes.value()),
         None => Err(StoreError::NotFound),
     }
 }
 
 /// One delivery, read inside a write.
-pub fn get_in_write(txn: &WriteTransaction, id: u128) -> Result<DeliveryRecord, StoreError> {
-    match txn.open_table(DELIVERIES)?.get(id)? {
+pub fn get_in_write(txn: &WriteTransaction, id: DeliveryId) -> Result<DeliveryRecord, StoreError> {
+    match txn.open_table(DELIVERIES)?.get(id.as_u128())? {
         Some(bytes) => DeliveryRecord::decode(bytes.value()),
         None => Err(StoreError::NotFound),
     }
@@ -217,11 +234,11 @@ pub fn get_in_write(txn: &WriteTransaction, id: u128) -> Result<DeliveryRecord, 
 /// A delivery's attempts, in order.
 pub fn attempts_of(
     txn: &ReadTransaction,
-    delivery_id: u128,
+    delivery_id: DeliveryId,
 ) -> Result<Vec<AttemptRecord>, StoreError> {
     let table = txn.open_table(ATTEMPTS)?;
     let mut out = Vec::new();
-    for entry in table.range((delivery_id, 0)..=(delivery_id, u32::MAX))? {
+    for entry in table.range((delivery_id.as_u128(), 0)..=(delivery_id.as_u128(), u32::MAX))? {
         out.push(AttemptRecord::decode(entry?.1.value())?);
     }
     Ok(out)
@@ -235,11 +252,11 @@ pub fn attempts_of(
 /// event sent twice. `succeeded` and `cancelled` are a conflict.
 pub fn retry(
     txn: &WriteTransaction,
-    delivery_id: u128,
+    delivery_id: DeliveryId,
     now_ms: i64,
 ) -> Result<DeliveryRecord, StoreError> {
     let mut deliveries = txn.open_table(DELIVERIES)?;
-    let mut d = match deliveries.get(delivery_id)? {
+    let mut d = match deliveries.get(delivery_id.as_u128())? {
         Some(bytes) => DeliveryRecord::decode(bytes.value())?,
         None => return Err(StoreError::NotFound),
     };
@@ -247,7 +264,7 @@ pub fn retry(
     match (d.status, d.next_attempt_ms) {
         (DeliveryStatus::Failed, _) => {}
         (DeliveryStatus::Pending, Some(at)) if at > now_ms => {
-            due.remove((d.destination_id, at.max(0) as u64, d.id))?;
+            due.remove((d.destination_id.as_u128(), at.max(0) as u64, d.id.as_u128()))?;
         }
         (DeliveryStatus::Pending, _) => return Ok(d),
         (status, _) => {
@@ -260,8 +277,15 @@ pub fn retry(
     d.status = DeliveryStatus::Pending;
     d.next_attempt_ms = Some(now_ms);
     d.updated_at_ms = now_ms;
-    deliveries.insert(d.id, d.encode().as_slice())?;
-    due.insert((d.destination_id, now_ms.max(0) as u64, d.id), d.event_id)?;
+    deliveries.insert(d.id.as_u128(), d.encode().as_slice())?;
+    due.insert(
+        (
+            d.destination_id.as_u128(),
+            now_ms.max(0) as u64,
+            d.id.as_u128(),
+        ),
+        d.event_id.as_u128(),
+    )?;
     Ok(d)
 }
 
@@ -272,14 +296,20 @@ mod tests {
     use super::*;
     use crate::config::StorageConfig;
     use crate::metrics::Metrics;
-    use crate::model::ids::new_id;
+    use crate::model::ids::{new_id, SourceId};
     use crate::model::provider::ProviderKind;
     use crate::store::redb::records::{EventRecord, SourceRecord};
     use crate::store::redb::{destinations, events, sources, RedbStore as Store};
 
     const DISABLE_AFTER_MS: i64 = 1_000;
 
-    async fn store_with_three_deliveries() -> (tempfile::TempDir, Store, u128, u128, Vec<u128>) {
+    async fn store_with_three_deliveries() -> (
+        tempfile::TempDir,
+        Store,
+        SourceId,
+        DestinationId,
+        Vec<EventId>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let config = StorageConfig {
             path: dir.path().join("data"),
@@ -315,7 +345,7 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
         };
-        let event_ids: Vec<u128> = (0..3).map(|_| new_id()).collect();
+        let event_ids: Vec<EventId> = (0..3).map(|_| new_id()).collect();
         let to_store = event_ids.clone();
         store
             .write(move |txn| {
@@ -345,8 +375,8 @@ mod tests {
     /// Records one attempt of the delivery of `event_id`, started at `at`.
     async fn attempt(
         store: &Store,
-        (source_id, destination_id): (u128, u128),
-        event_id: u128,
+        (source_id, destination_id): (SourceId, DestinationId),
+        event_id: EventId,
         at: i64,
         succeeded: bool,
     ) -> Recorded {

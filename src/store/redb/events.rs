@@ -1,5 +1,6 @@
 //! Events and the deliveries they fan out to.
 
+use crate::model::ids::{DeliveryId, DestinationId, EventId, SourceId};
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::records::{
@@ -11,7 +12,6 @@ use super::tables::{
 };
 use super::StoreError;
 use crate::model::filter;
-use crate::model::ids::new_id;
 use crate::store::{EventQuery, IngestOutcome, MAX_SCAN_PER_PAGE};
 
 /// Stores an event and its deliveries in the current transaction, or finds
@@ -22,20 +22,26 @@ pub fn ingest(txn: &WriteTransaction, event: &EventRecord) -> Result<IngestOutco
     let mut dedup = txn.open_table(DEDUP)?;
     if let Some(pid) = &event.provider_event_id {
         let original = dedup
-            .get((event.source_id, pid.as_str()))?
-            .map(|g| g.value());
+            .get((event.source_id.as_u128(), pid.as_str()))?
+            .map(|g| EventId::from_u128(g.value()));
         if let Some(original) = original {
             return Ok(IngestOutcome::Duplicate { original });
         }
     }
     // The source may have been deleted since the handler looked it up.
-    if txn.open_table(SOURCES)?.get(event.source_id)?.is_none() {
+    if txn
+        .open_table(SOURCES)?
+        .get(event.source_id.as_u128())?
+        .is_none()
+    {
         return Err(StoreError::NotFound);
     }
     let mut targets = Vec::new();
     {
         let destinations = txn.open_table(DESTINATIONS)?;
-        for entry in destinations.range((event.source_id, 0)..=(event.source_id, u128::MAX))? {
+        for entry in destinations
+            .range((event.source_id.as_u128(), 0)..=(event.source_id.as_u128(), u128::MAX))?
+        {
             let d = DestinationRecord::decode(entry?.1.value())?;
             if d.enabled && filter::matches(&d.event_filter, &event.event_type) {
                 targets.push(d.id);
@@ -44,7 +50,10 @@ pub fn ingest(txn: &WriteTransaction, event: &EventRecord) -> Result<IngestOutco
     }
 
     if let Some(pid) = &event.provider_event_id {
-        dedup.insert((event.source_id, pid.as_str()), event.id)?;
+        dedup.insert(
+            (event.source_id.as_u128(), pid.as_str()),
+            event.id.as_u128(),
+        )?;
     }
     let deliveries = store_with_deliveries(txn, event, &targets)?;
     Ok(IngestOutcome::Stored { deliveries })
@@ -56,18 +65,20 @@ pub fn ingest(txn: &WriteTransaction, event: &EventRecord) -> Result<IngestOutco
 pub fn store_with_deliveries(
     txn: &WriteTransaction,
     event: &EventRecord,
-    targets: &[u128],
+    targets: &[DestinationId],
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
     txn.open_table(EVENTS)?
-        .insert(event.id, event.encode().as_slice())?;
+        .insert(event.id.as_u128(), event.encode().as_slice())?;
     let summary = EventSummary {
         event_type: event.event_type.clone(),
         provider_event_id: event.provider_event_id.clone(),
         received_at_ms: event.received_at_ms,
         size_bytes: event.body.len() as u64,
     };
-    txn.open_table(SOURCE_EVENTS)?
-        .insert((event.source_id, event.id), summary.encode().as_slice())?;
+    txn.open_table(SOURCE_EVENTS)?.insert(
+        (event.source_id.as_u128(), event.id.as_u128()),
+        summary.encode().as_slice(),
+    )?;
     insert_deliveries(
         txn,
         event.id,
@@ -80,9 +91,9 @@ pub fn store_with_deliveries(
 /// Creates one pending delivery per destination, due at `due_ms`.
 pub fn insert_deliveries(
     txn: &WriteTransaction,
-    event_id: u128,
-    source_id: u128,
-    destination_ids: &[u128],
+    event_id: EventId,
+    source_id: SourceId,
+    destination_ids: &[DestinationId],
     due_ms: i64,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
     let mut deliveries = txn.open_table(DELIVERIES)?;
@@ -91,7 +102,7 @@ pub fn insert_deliveries(
     let mut out = Vec::with_capacity(destination_ids.len());
     for &destination_id in destination_ids {
         let d = DeliveryRecord {
-            id: new_id(),
+            id: DeliveryId::new(),
             event_id,
             source_id,
             destination_id,
@@ -101,17 +112,24 @@ pub fn insert_deliveries(
             created_at_ms: due_ms,
             updated_at_ms: due_ms,
         };
-        deliveries.insert(d.id, d.encode().as_slice())?;
-        by_event.insert((event_id, d.id), ())?;
-        due.insert((destination_id, due_ms.max(0) as u64, d.id), event_id)?;
+        deliveries.insert(d.id.as_u128(), d.encode().as_slice())?;
+        by_event.insert((event_id.as_u128(), d.id.as_u128()), ())?;
+        due.insert(
+            (
+                destination_id.as_u128(),
+                due_ms.max(0) as u64,
+                d.id.as_u128(),
+            ),
+            event_id.as_u128(),
+        )?;
         out.push(d);
     }
     Ok(out)
 }
 
 /// One event with its body.
-pub fn get(txn: &ReadTransaction, id: u128) -> Result<EventRecord, StoreError> {
-    match txn.open_table(EVENTS)?.get(id)? {
+pub fn get(txn: &ReadTransaction, id: EventId) -> Result<EventRecord, StoreError> {
+    match txn.open_table(EVENTS)?.get(id.as_u128())? {
         Some(bytes) => EventRecord::decode(bytes.value()),
         None => Err(StoreError::NotFound),
     }
@@ -120,12 +138,12 @@ pub fn get(txn: &ReadTransaction, id: u128) -> Result<EventRecord, StoreError> {
 /// An event's deliveries, oldest first.
 pub fn deliveries_of(
     txn: &ReadTransaction,
-    event_id: u128,
+    event_id: EventId,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
     let by_event = txn.open_table(EVENT_DELIVERIES)?;
     let deliveries = txn.open_table(DELIVERIES)?;
     let mut out = Vec::new();
-    for entry in by_event.range((event_id, 0)..=(event_id, u128::MAX))? {
+    for entry in by_event.range((event_id.as_u128(), 0)..=(event_id.as_u128(), u128::MAX))? {
         let (key, _) = entry?;
         if let Some(bytes) = deliveries.get(key.value().1)? {
             out.push(DeliveryRecord::decode(bytes.value())?);
@@ -135,10 +153,10 @@ pub fn deliveries_of(
 }
 
 /// How many events a source holds (used by tests and metrics).
-pub fn count_of_source(txn: &ReadTransaction, source_id: u128) -> Result<u64, StoreError> {
+pub fn count_of_source(txn: &ReadTransaction, source_id: SourceId) -> Result<u64, StoreError> {
     let table = txn.open_table(SOURCE_EVENTS)?;
     let mut n = 0;
-    for entry in table.range((source_id, 0)..=(source_id, u128::MAX))? {
+    for entry in table.range((source_id.as_u128(), 0)..=(source_id.as_u128(), u128::MAX))? {
         entry?;
         n += 1;
     }
@@ -147,25 +165,25 @@ pub fn count_of_source(txn: &ReadTransaction, source_id: u128) -> Result<u64, St
 
 /// Removes an event with its summary, dedup entry, deliveries and their
 /// queue entries. Used by source deletion and retention.
-pub fn purge(txn: &WriteTransaction, event_id: u128) -> Result<(), StoreError> {
+pub fn purge(txn: &WriteTransaction, event_id: EventId) -> Result<(), StoreError> {
     let Some(event) = txn
         .open_table(EVENTS)?
-        .remove(event_id)?
+        .remove(event_id.as_u128())?
         .map(|bytes| EventRecord::decode(bytes.value()))
         .transpose()?
     else {
         return Ok(());
     };
     txn.open_table(SOURCE_EVENTS)?
-        .remove((event.source_id, event_id))?;
+        .remove((event.source_id.as_u128(), event_id.as_u128()))?;
     if let Some(pid) = &event.provider_event_id {
         let mut dedup = txn.open_table(DEDUP)?;
         let points_here = dedup
-            .get((event.source_id, pid.as_str()))?
+            .get((event.source_id.as_u128(), pid.as_str()))?
             .map(|g| g.value())
-            == Some(event_id);
+            == Some(event_id.as_u128());
         if points_here {
-            dedup.remove((event.source_id, pid.as_str()))?;
+            dedup.remove((event.source_id.as_u128(), pid.as_str()))?;
         }
     }
     let mut by_event = txn.open_table(EVENT_DELIVERIES)?;
@@ -173,14 +191,17 @@ pub fn purge(txn: &WriteTransaction, event_id: u128) -> Result<(), StoreError> {
     let mut due = txn.open_table(DUE)?;
     let mut attempts = txn.open_table(ATTEMPTS)?;
     let ids: Vec<u128> = by_event
-        .extract_from_if((event_id, 0)..=(event_id, u128::MAX), |_, _| true)?
+        .extract_from_if(
+            (event_id.as_u128(), 0)..=(event_id.as_u128(), u128::MAX),
+            |_, _| true,
+        )?
         .map(|entry| entry.map(|(k, _)| k.value().1))
         .collect::<Result<_, _>>()?;
     for id in ids {
         if let Some(bytes) = deliveries.remove(id)? {
             let d = DeliveryRecord::decode(bytes.value())?;
             if let Some(at) = d.next_attempt_ms {
-                due.remove((d.destination_id, at.max(0) as u64, id))?;
+                due.remove((d.destination_id.as_u128(), at.max(0) as u64, id))?;
             }
         }
         attempts.retain_in((id, 0)..=(id, u32::MAX), |_, _| false)?;
@@ -192,10 +213,10 @@ pub fn purge(txn: &WriteTransaction, event_id: u128) -> Result<(), StoreError> {
 /// bodies are read). `next` is set when more may follow.
 pub fn list(
     txn: &ReadTransaction,
-    source_id: u128,
+    source_id: SourceId,
     query: &EventQuery,
     limit: usize,
-) -> Result<super::Page<(u128, EventSummary)>, StoreError> {
+) -> Result<super::Page<(EventId, EventSummary)>, StoreError> {
     let table = txn.open_table(SOURCE_EVENTS)?;
     // An event's `received_at` is its id's millisecond: time bounds are
     // key bounds (the exact check below guards the edges).
@@ -211,7 +232,7 @@ pub fn list(
     let mut items = Vec::new();
     let mut last_seen = None;
     for (scanned, entry) in table
-        .range((source_id, lower)..(source_id, upper))?
+        .range((source_id.as_u128(), lower)..(source_id.as_u128(), upper))?
         .rev()
         .enumerate()
     {
@@ -228,7 +249,7 @@ pub fn list(
         let in_time = query.after_ms.is_none_or(|a| summary.received_at_ms > a)
             && query.before_ms.is_none_or(|b| summary.received_at_ms < b);
         if in_time && filter::matches(&patterns, &summary.event_type) {
-            items.push((id, summary));
+            items.push((EventId::from_u128(id), summary));
         }
     }
     Ok(super::Page { items, next: None })
@@ -243,10 +264,13 @@ fn ulid_floor(ms: i64) -> u128 {
 /// in the same commit).
 pub fn summary_in_write(
     txn: &WriteTransaction,
-    source_id: u128,
-    event_id: u128,
+    source_id: SourceId,
+    event_id: EventId,
 ) -> Result<EventSummary, StoreError> {
-    match txn.open_table(SOURCE_EVENTS)?.get((source_id, event_id))? {
+    match txn
+        .open_table(SOURCE_EVENTS)?
+        .get((source_id.as_u128(), event_id.as_u128()))?
+    {
         Some(bytes) => EventSummary::decode(bytes.value()),
         None => Err(StoreError::NotFound),
     }
@@ -255,10 +279,13 @@ pub fn summary_in_write(
 /// One event's summary (for the detail view and replay).
 pub fn summary(
     txn: &ReadTransaction,
-    source_id: u128,
-    event_id: u128,
+    source_id: SourceId,
+    event_id: EventId,
 ) -> Result<EventSummary, StoreError> {
-    match txn.open_table(SOURCE_EVENTS)?.get((source_id, event_id))? {
+    match txn
+        .open_table(SOURCE_EVENTS)?
+        .get((source_id.as_u128(), event_id.as_u128()))?
+    {
         Some(bytes) => EventSummary::decode(bytes.value()),
         None => Err(StoreError::NotFound),
     }
@@ -268,13 +295,13 @@ pub fn summary(
 /// transaction that is about to queue deliveries to them.
 pub fn enabled_destinations(
     txn: &WriteTransaction,
-    source_id: u128,
-    ids: &[u128],
-) -> Result<Vec<u128>, StoreError> {
+    source_id: SourceId,
+    ids: &[DestinationId],
+) -> Result<Vec<DestinationId>, StoreError> {
     let table = txn.open_table(DESTINATIONS)?;
     let mut live = Vec::with_capacity(ids.len());
     for &id in ids {
-        if let Some(bytes) = table.get((source_id, id))? {
+        if let Some(bytes) = table.get((source_id.as_u128(), id.as_u128()))? {
             if DestinationRecord::decode(bytes.value())?.enabled {
                 live.push(id);
             }

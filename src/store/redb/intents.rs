@@ -6,6 +6,7 @@
 //! before writing (see `writer::Writer::write`), so an `Err` never leaves
 //! half an operation in a batch that others commit.
 
+use crate::model::ids::{ApiKeyId, DeliveryId, DestinationId, EventId, ReplayId, SourceId};
 use std::collections::HashSet;
 
 use ::redb::ReadableTableMetadata;
@@ -54,7 +55,7 @@ impl RedbStore {
         self.read(api_keys::count)
     }
 
-    pub(in crate::store) async fn revoke_api_key(&self, id: u128) -> Result<(), StoreError> {
+    pub(in crate::store) async fn revoke_api_key(&self, id: ApiKeyId) -> Result<(), StoreError> {
         self.write(move |txn| api_keys::delete(txn, id)).await
     }
 
@@ -81,7 +82,7 @@ impl RedbStore {
     pub(in crate::store) async fn end_session(
         &self,
         id_hash: [u8; 32],
-        key_id: u128,
+        key_id: ApiKeyId,
         created_at_ms: i64,
     ) -> Result<(), StoreError> {
         self.write(move |txn| sessions::end(txn, &id_hash, key_id, created_at_ms))
@@ -97,7 +98,7 @@ impl RedbStore {
         self.write(move |txn| sources::insert(txn, &source)).await
     }
 
-    pub(in crate::store) async fn source(&self, id: u128) -> Result<SourceRecord, StoreError> {
+    pub(in crate::store) async fn source(&self, id: SourceId) -> Result<SourceRecord, StoreError> {
         self.read(|txn| sources::get(txn, id))
     }
 
@@ -110,7 +111,7 @@ impl RedbStore {
 
     pub(in crate::store) async fn source_with_destination_count(
         &self,
-        id: u128,
+        id: SourceId,
     ) -> Result<(SourceRecord, u64), StoreError> {
         self.read(|txn| {
             Ok((
@@ -141,7 +142,7 @@ impl RedbStore {
 
     pub(in crate::store) async fn update_source(
         &self,
-        id: u128,
+        id: SourceId,
         change: SourceChange,
     ) -> Result<(SourceRecord, u64), StoreError> {
         let source = self
@@ -156,7 +157,7 @@ impl RedbStore {
         Ok((source, count))
     }
 
-    pub(in crate::store) async fn delete_source(&self, id: u128) -> Result<(), StoreError> {
+    pub(in crate::store) async fn delete_source(&self, id: SourceId) -> Result<(), StoreError> {
         self.write(move |txn| sources::delete(txn, id)).await
     }
 
@@ -173,15 +174,15 @@ impl RedbStore {
 
     pub(in crate::store) async fn destination(
         &self,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: DestinationId,
     ) -> Result<DestinationRecord, StoreError> {
         self.read(|txn| destinations::get(txn, source_id, id))
     }
 
     pub(in crate::store) async fn list_destinations(
         &self,
-        source_id: u128,
+        source_id: SourceId,
         before: Option<u128>,
         limit: usize,
     ) -> Result<Page<DestinationRecord>, StoreError> {
@@ -193,7 +194,7 @@ impl RedbStore {
 
     pub(in crate::store) async fn destinations_of_source(
         &self,
-        source_id: u128,
+        source_id: SourceId,
     ) -> Result<Vec<DestinationRecord>, StoreError> {
         self.read(|txn| {
             sources::get(txn, source_id)?;
@@ -203,8 +204,8 @@ impl RedbStore {
 
     pub(in crate::store) async fn update_destination(
         &self,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: DestinationId,
         change: DestinationChange,
     ) -> Result<DestinationUpdated, StoreError> {
         self.write(move |txn| {
@@ -227,8 +228,8 @@ impl RedbStore {
 
     pub(in crate::store) async fn delete_destination(
         &self,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: DestinationId,
     ) -> Result<u64, StoreError> {
         let now = crate::model::time::now_ms();
         self.write(move |txn| {
@@ -240,7 +241,7 @@ impl RedbStore {
 
     pub(in crate::store) async fn all_destination_ids(
         &self,
-    ) -> Result<Vec<(u128, u128)>, StoreError> {
+    ) -> Result<Vec<(SourceId, DestinationId)>, StoreError> {
         self.read(destinations::all_ids)
     }
 
@@ -266,7 +267,7 @@ impl RedbStore {
 
     pub(in crate::store) async fn list_events(
         &self,
-        source_id: u128,
+        source_id: SourceId,
         query: EventQuery,
         limit: usize,
     ) -> Result<Page<ListedEvent>, StoreError> {
@@ -330,8 +331,8 @@ impl RedbStore {
 
     pub(in crate::store) async fn event_detail(
         &self,
-        source_id: u128,
-        event_id: u128,
+        source_id: SourceId,
+        event_id: EventId,
     ) -> Result<(EventSummary, EventRecord, Vec<DeliveryRecord>), StoreError> {
         self.read(|txn| {
             let summary = events::summary(txn, source_id, event_id)?;
@@ -343,14 +344,17 @@ impl RedbStore {
         })
     }
 
-    pub(in crate::store) async fn event(&self, event_id: u128) -> Result<EventRecord, StoreError> {
+    pub(in crate::store) async fn event(
+        &self,
+        event_id: EventId,
+    ) -> Result<EventRecord, StoreError> {
         self.read(|txn| events::get(txn, event_id))
     }
 
     pub(in crate::store) async fn deliveries_with_attempts(
         &self,
-        source_id: u128,
-        event_id: u128,
+        source_id: SourceId,
+        event_id: EventId,
     ) -> Result<Vec<(DeliveryRecord, Vec<AttemptRecord>)>, StoreError> {
         self.read(|txn| {
             events::summary(txn, source_id, event_id)?;
@@ -363,15 +367,18 @@ impl RedbStore {
         })
     }
 
-    pub(in crate::store) async fn event_count(&self, source_id: u128) -> Result<u64, StoreError> {
+    pub(in crate::store) async fn event_count(
+        &self,
+        source_id: SourceId,
+    ) -> Result<u64, StoreError> {
         self.read(|txn| events::count_of_source(txn, source_id))
     }
 
     pub(in crate::store) async fn replay_event(
         &self,
-        source_id: u128,
-        event_id: u128,
-        destinations: Vec<u128>,
+        source_id: SourceId,
+        event_id: EventId,
+        destinations: Vec<DestinationId>,
         now_ms: i64,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         self.write(move |txn| {
@@ -386,9 +393,9 @@ impl RedbStore {
 
     pub(in crate::store) async fn retry_delivery(
         &self,
-        source_id: u128,
-        event_id: u128,
-        delivery_id: u128,
+        source_id: SourceId,
+        event_id: EventId,
+        delivery_id: DeliveryId,
         now_ms: i64,
     ) -> Result<(DeliveryRecord, Vec<AttemptRecord>), StoreError> {
         let updated = self
@@ -444,15 +451,15 @@ impl RedbStore {
 
     pub(in crate::store) async fn replay(
         &self,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: ReplayId,
     ) -> Result<ReplayRecord, StoreError> {
         self.read(|txn| replays::get(txn, source_id, id))
     }
 
     pub(in crate::store) async fn list_replays(
         &self,
-        source_id: u128,
+        source_id: SourceId,
         before: Option<u128>,
         limit: usize,
     ) -> Result<Page<ReplayRecord>, StoreError> {
@@ -462,7 +469,9 @@ impl RedbStore {
         })
     }
 
-    pub(in crate::store) async fn running_replays(&self) -> Result<Vec<(u128, u128)>, StoreError> {
+    pub(in crate::store) async fn running_replays(
+        &self,
+    ) -> Result<Vec<(SourceId, ReplayId)>, StoreError> {
         let db = self.db.clone();
         let healthy = self.healthy.clone();
         tokio::task::spawn_blocking(move || super::read_with(&db, &healthy, replays::running))
@@ -472,8 +481,8 @@ impl RedbStore {
 
     pub(in crate::store) async fn advance_replay(
         &self,
-        source_id: u128,
-        id: u128,
+        source_id: SourceId,
+        id: ReplayId,
         now_ms: i64,
         max_items: usize,
         max_scan: usize,
@@ -486,9 +495,9 @@ impl RedbStore {
 
     pub(in crate::store) async fn due_for(
         &self,
-        destination: u128,
+        destination: DestinationId,
         now_ms: u64,
-        in_flight: &HashSet<u128>,
+        in_flight: &HashSet<DeliveryId>,
         limit: usize,
     ) -> Result<(Vec<DueItem>, Option<u64>), StoreError> {
         self.read(|txn| deliveries::due_for(txn, destination, now_ms, in_flight, limit))
@@ -496,8 +505,8 @@ impl RedbStore {
 
     pub(in crate::store) async fn attempt_inputs(
         &self,
-        event_id: u128,
-        delivery_id: u128,
+        event_id: EventId,
+        delivery_id: DeliveryId,
     ) -> Result<(EventRecord, DeliveryRecord), StoreError> {
         self.read(|txn| {
             Ok((
@@ -517,7 +526,7 @@ impl RedbStore {
 
     pub(in crate::store) async fn queue_depth(
         &self,
-        destinations: Vec<u128>,
+        destinations: Vec<DestinationId>,
     ) -> Result<(u64, Option<u64>), StoreError> {
         self.read(|txn| {
             Ok((
@@ -553,7 +562,7 @@ impl RedbStore {
 
     pub(in crate::store) async fn purge_events(
         &self,
-        event_ids: Vec<u128>,
+        event_ids: Vec<EventId>,
     ) -> Result<(), StoreError> {
         self.write(move |txn| {
             for id in &event_ids {

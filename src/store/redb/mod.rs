@@ -20,6 +20,7 @@ mod tables;
 mod test_events;
 mod writer;
 
+use crate::model::ids::SourceId;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -342,15 +343,15 @@ pub(crate) fn page_by_id<T: records::Record>(
 /// ULID), starting below `before` (exclusive).
 pub(crate) fn page_in_source<T: records::Record>(
     table: &impl ReadableTable<(u128, u128), &'static [u8]>,
-    source_id: u128,
+    source_id: SourceId,
     before: Option<u128>,
     limit: usize,
 ) -> Result<Page<T>, StoreError> {
     // With no cursor the range includes u128::MAX (never a real ULID, but
     // keep the bound honest).
     let range = match before {
-        Some(cursor) => table.range((source_id, 0)..(source_id, cursor))?,
-        None => table.range((source_id, 0)..=(source_id, u128::MAX))?,
+        Some(cursor) => table.range((source_id.as_u128(), 0)..(source_id.as_u128(), cursor))?,
+        None => table.range((source_id.as_u128(), 0)..=(source_id.as_u128(), u128::MAX))?,
     };
     let mut items = Vec::with_capacity(limit.min(256));
     let mut last = None;

@@ -7,6 +7,7 @@
 //! event taken. A page costs O(sources + limit) lookups, whatever the
 //! number of events stored.
 
+use crate::model::ids::{EventId, SourceId};
 use std::collections::BinaryHeap;
 
 use redb::{ReadTransaction, ReadableTable};
@@ -18,8 +19,8 @@ use super::{Page, StoreError};
 /// One event as the overview lists it.
 #[derive(Debug, Clone)]
 pub(super) struct Found {
-    pub source_id: u128,
-    pub event_id: u128,
+    pub source_id: SourceId,
+    pub event_id: EventId,
     pub summary: EventSummary,
 }
 
@@ -67,8 +68,8 @@ pub fn newest(
         };
         if let Some(bytes) = table.get((source_id, event_id))? {
             items.push(Found {
-                source_id,
-                event_id,
+                source_id: SourceId::from_u128(source_id),
+                event_id: EventId::from_u128(event_id),
                 summary: EventSummary::decode(bytes.value())?,
             });
         }
@@ -78,20 +79,20 @@ pub fn newest(
     }
     let next = match heads.is_empty() {
         true => None,
-        false => items.last().map(|f| f.event_id),
+        false => items.last().map(|f| f.event_id.as_u128()),
     };
     Ok(Page { items, next })
 }
 
 /// The event with this Krafter id, in whichever source holds it: one point
 /// lookup per source in the summary index (no body is read).
-pub fn by_id(txn: &ReadTransaction, event_id: u128) -> Result<Vec<Found>, StoreError> {
+pub fn by_id(txn: &ReadTransaction, event_id: EventId) -> Result<Vec<Found>, StoreError> {
     let table = txn.open_table(SOURCE_EVENTS)?;
     let mut out = Vec::new();
     for source_id in source_ids(txn)? {
-        if let Some(bytes) = table.get((source_id, event_id))? {
+        if let Some(bytes) = table.get((source_id, event_id.as_u128()))? {
             out.push(Found {
-                source_id,
+                source_id: SourceId::from_u128(source_id),
                 event_id,
                 summary: EventSummary::decode(bytes.value())?,
             });
@@ -119,8 +120,8 @@ pub fn by_provider_event_id(
         };
         if let Some(bytes) = table.get((source_id, event_id))? {
             out.push(Found {
-                source_id,
-                event_id,
+                source_id: SourceId::from_u128(source_id),
+                event_id: EventId::from_u128(event_id),
                 summary: EventSummary::decode(bytes.value())?,
             });
         }
@@ -132,9 +133,11 @@ pub fn by_provider_event_id(
 /// A page of search results (newest first) below the cursor.
 pub fn page_of(mut found: Vec<Found>, cursor: Option<u128>, limit: usize) -> Page<Found> {
     found.sort_by_key(|f| std::cmp::Reverse(f.event_id));
-    found.retain(|f| cursor.is_none_or(|c| f.event_id < c));
+    found.retain(|f| cursor.is_none_or(|c| f.event_id.as_u128() < c));
     let more = found.len() > limit;
     found.truncate(limit);
-    let next = more.then(|| found.last().map(|f| f.event_id)).flatten();
+    let next = more
+        .then(|| found.last().map(|f| f.event_id.as_u128()))
+        .flatten();
     Page { items: found, next }
 }

@@ -58,7 +58,7 @@ mod tests {
     #[test]
     fn records_carry_a_version_byte_and_refuse_unknown_versions() {
         let rec = ApiKeyRecord {
-            id: 7,
+            id: crate::model::ids::ApiKeyId::from_u128(7),
             name: "ci".into(),
             scopes: vec![Scope::Write],
             prefix: "krf_abcd".into(),

@@ -11,6 +11,7 @@
 //! both to count what the 202 promises and to queue it, so the two follow
 //! the same rules.
 
+use crate::model::ids::{DestinationId, EventId, ReplayId, SourceId};
 use std::collections::HashMap;
 
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
@@ -30,7 +31,7 @@ use crate::store::{Advanced, Totals, KEPT_PER_SOURCE};
 pub struct ChunkPlan {
     /// (event id, destination ids), oldest first; only events with at
     /// least one destination.
-    pub items: Vec<(u128, Vec<u128>)>,
+    pub items: Vec<(EventId, Vec<DestinationId>)>,
     /// Events in the job's range and type examined (with or without
     /// destinations).
     pub matched: u64,
@@ -48,13 +49,13 @@ fn ulid_floor(ms: i64) -> u128 {
 /// A source's destinations by id.
 pub fn destinations_of<T>(
     table: &T,
-    source_id: u128,
-) -> Result<HashMap<u128, DestinationRecord>, StoreError>
+    source_id: SourceId,
+) -> Result<HashMap<DestinationId, DestinationRecord>, StoreError>
 where
     T: ReadableTable<(u128, u128), &'static [u8]>,
 {
     let mut out = HashMap::new();
-    for entry in table.range((source_id, 0)..=(source_id, u128::MAX))? {
+    for entry in table.range((source_id.as_u128(), 0)..=(source_id.as_u128(), u128::MAX))? {
         let d = DestinationRecord::decode(entry?.1.value())?;
         out.insert(d.id, d);
     }
@@ -76,7 +77,7 @@ pub fn plan_chunk<SE, ED, D>(
     source_events: &SE,
     event_deliveries: &ED,
     deliveries: &D,
-    destinations: &HashMap<u128, DestinationRecord>,
+    destinations: &HashMap<DestinationId, DestinationRecord>,
     job: &ReplayRecord,
     max_items: usize,
     max_scan: usize,
@@ -94,9 +95,9 @@ where
         return Ok(plan);
     }
     let patterns: Vec<String> = job.type_pattern.iter().cloned().collect();
-    let usable = |id: &u128| destinations.get(id).filter(|d| d.enabled);
+    let usable = |id: &DestinationId| destinations.get(id).filter(|d| d.enabled);
     for (scanned, entry) in source_events
-        .range((job.source_id, lower)..(job.source_id, upper))?
+        .range((job.source_id.as_u128(), lower)..(job.source_id.as_u128(), upper))?
         .enumerate()
     {
         if scanned == max_scan || plan.items.len() == max_items {
@@ -112,7 +113,7 @@ where
             continue;
         }
         plan.matched += 1;
-        let targets: Vec<u128> = if job.only_failed {
+        let targets: Vec<DestinationId> = if job.only_failed {
             let mut list = Vec::new();
             for entry in event_deliveries.range((event_id, 0)..=(event_id, u128::MAX))? {
                 let (key, _) = entry?;
@@ -120,7 +121,7 @@ where
                     list.push(DeliveryRecord::decode(bytes.value())?);
                 }
             }
-            let settled = |dest: u128| {
+            let settled = |dest: DestinationId| {
                 list.iter().any(|d| {
                     d.destination_id == dest
                         && matches!(
@@ -129,7 +130,7 @@ where
                         )
                 })
             };
-            let mut failed: Vec<u128> = list
+            let mut failed: Vec<DestinationId> = list
                 .iter()
                 .filter(|d| d.status == DeliveryStatus::Failed)
                 .map(|d| d.destination_id)
@@ -153,7 +154,7 @@ where
                 .collect()
         };
         if !targets.is_empty() {
-            plan.items.push((event_id, targets));
+            plan.items.push((EventId::from_u128(event_id), targets));
         }
     }
     plan.exhausted = true;
@@ -200,13 +201,17 @@ pub fn count(
 /// newest [`KEPT_PER_SOURCE`] of the source are removed; running ones are
 /// always kept.
 pub fn insert(txn: &WriteTransaction, job: &ReplayRecord) -> Result<(), StoreError> {
-    if txn.open_table(SOURCES)?.get(job.source_id)?.is_none() {
+    if txn
+        .open_table(SOURCES)?
+        .get(job.source_id.as_u128())?
+        .is_none()
+    {
         return Err(StoreError::NotFound);
     }
     let mut jobs = txn.open_table(REPLAYS)?;
     let mut old = Vec::new();
     for (seen, entry) in jobs
-        .range((job.source_id, 0)..=(job.source_id, u128::MAX))?
+        .range((job.source_id.as_u128(), 0)..=(job.source_id.as_u128(), u128::MAX))?
         .rev()
         .enumerate()
     {
@@ -217,7 +222,10 @@ pub fn insert(txn: &WriteTransaction, job: &ReplayRecord) -> Result<(), StoreErr
             old.push(key.value());
         }
     }
-    jobs.insert((job.source_id, job.id), job.encode().as_slice())?;
+    jobs.insert(
+        (job.source_id.as_u128(), job.id.as_u128()),
+        job.encode().as_slice(),
+    )?;
     for key in &old {
         jobs.remove(key)?;
     }
@@ -225,8 +233,15 @@ pub fn insert(txn: &WriteTransaction, job: &ReplayRecord) -> Result<(), StoreErr
 }
 
 /// One job of a source.
-pub fn get(txn: &ReadTransaction, source_id: u128, id: u128) -> Result<ReplayRecord, StoreError> {
-    match txn.open_table(REPLAYS)?.get((source_id, id))? {
+pub fn get(
+    txn: &ReadTransaction,
+    source_id: SourceId,
+    id: ReplayId,
+) -> Result<ReplayRecord, StoreError> {
+    match txn
+        .open_table(REPLAYS)?
+        .get((source_id.as_u128(), id.as_u128()))?
+    {
         Some(bytes) => ReplayRecord::decode(bytes.value()),
         None => Err(StoreError::NotFound),
     }
@@ -235,7 +250,7 @@ pub fn get(txn: &ReadTransaction, source_id: u128, id: u128) -> Result<ReplayRec
 /// A source's jobs, newest first, below the cursor `before` (exclusive).
 pub fn list(
     txn: &ReadTransaction,
-    source_id: u128,
+    source_id: SourceId,
     before: Option<u128>,
     limit: usize,
 ) -> Result<Page<ReplayRecord>, StoreError> {
@@ -243,12 +258,13 @@ pub fn list(
 }
 
 /// Every job still running, as (source id, job id): what start-up resumes.
-pub fn running(txn: &ReadTransaction) -> Result<Vec<(u128, u128)>, StoreError> {
+pub fn running(txn: &ReadTransaction) -> Result<Vec<(SourceId, ReplayId)>, StoreError> {
     let mut out = Vec::new();
     for entry in txn.open_table(REPLAYS)?.iter()? {
         let (key, value) = entry?;
         if ReplayRecord::decode(value.value())?.state == ReplayState::Running {
-            out.push(key.value());
+            let (source, job) = key.value();
+            out.push((SourceId::from_u128(source), ReplayId::from_u128(job)));
         }
     }
     Ok(out)
@@ -261,15 +277,15 @@ pub fn running(txn: &ReadTransaction) -> Result<Vec<(u128, u128)>, StoreError> {
 /// writer's contract.
 pub fn advance(
     txn: &WriteTransaction,
-    source_id: u128,
-    id: u128,
+    source_id: SourceId,
+    id: ReplayId,
     now_ms: i64,
     max_items: usize,
     max_scan: usize,
 ) -> Result<Advanced, StoreError> {
     let mut jobs = txn.open_table(REPLAYS)?;
     let Some(mut job) = jobs
-        .get((source_id, id))?
+        .get((source_id.as_u128(), id.as_u128()))?
         .map(|b| ReplayRecord::decode(b.value()))
         .transpose()?
     else {
@@ -281,10 +297,10 @@ pub fn advance(
             ..Advanced::default()
         });
     }
-    if txn.open_table(SOURCES)?.get(source_id)?.is_none() {
+    if txn.open_table(SOURCES)?.get(source_id.as_u128())?.is_none() {
         job.state = ReplayState::Cancelled;
         job.updated_at_ms = now_ms;
-        jobs.insert((source_id, id), job.encode().as_slice())?;
+        jobs.insert((source_id.as_u128(), id.as_u128()), job.encode().as_slice())?;
         return Ok(Advanced {
             state: Some(job.state),
             ..Advanced::default()
@@ -322,7 +338,7 @@ pub fn advance(
         job.state = ReplayState::Completed;
     }
     job.updated_at_ms = now_ms;
-    jobs.insert((source_id, id), job.encode().as_slice())?;
+    jobs.insert((source_id.as_u128(), id.as_u128()), job.encode().as_slice())?;
     out.state = Some(job.state);
     Ok(out)
 }

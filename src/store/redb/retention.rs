@@ -5,6 +5,7 @@
 //! interleaving and no transaction grows large. redb reuses the freed pages,
 //! so under steady ingest the file stops growing.
 
+use crate::model::ids::{EventId, SourceId};
 use redb::ReadableTable;
 
 use super::records::{EventSummary, Record, SourceRecord};
@@ -77,6 +78,7 @@ pub async fn purge_orphans(store: &RedbStore) -> Result<u64, StoreError> {
     let mut removed = 0;
     for source in orphaned {
         loop {
+            let source = SourceId::from_u128(source);
             let ids = store.read(|txn| expired_ids(txn, source, i64::MAX))?;
             if ids.is_empty() {
                 break;
@@ -106,18 +108,18 @@ pub async fn purge_orphans(store: &RedbStore) -> Result<u64, StoreError> {
 /// Up to [`CHUNK`] of a source's events received before `cutoff_ms`, oldest first.
 fn expired_ids(
     txn: &redb::ReadTransaction,
-    source_id: u128,
+    source_id: SourceId,
     cutoff_ms: i64,
-) -> Result<Vec<u128>, StoreError> {
+) -> Result<Vec<EventId>, StoreError> {
     let table = txn.open_table(SOURCE_EVENTS)?;
     let mut ids = Vec::new();
-    for entry in table.range((source_id, 0)..=(source_id, u128::MAX))? {
+    for entry in table.range((source_id.as_u128(), 0)..=(source_id.as_u128(), u128::MAX))? {
         let (key, value) = entry?;
         // Ids are time-ordered: the first unexpired one ends the scan.
         if EventSummary::decode(value.value())?.received_at_ms >= cutoff_ms || ids.len() == CHUNK {
             break;
         }
-        ids.push(key.value().1);
+        ids.push(EventId::from_u128(key.value().1));
     }
     Ok(ids)
 }
@@ -150,12 +152,12 @@ mod tests {
         }
     }
 
-    fn event(source_id: u128, n: u32) -> EventRecord {
+    fn event(source_id: SourceId, n: u32) -> EventRecord {
         let id = new_id();
         EventRecord {
             id,
             source_id,
-            received_at_ms: crate::model::ids::id_timestamp_ms(id) as i64,
+            received_at_ms: id.timestamp_ms() as i64,
             event_type: "t".into(),
             provider_event_id: Some(format!("p{n}")),
             headers: vec![],

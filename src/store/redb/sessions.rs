@@ -2,6 +2,7 @@
 //! API key so a sign-in can cap and sweep one key's sessions without
 //! scanning everyone's.
 
+use crate::model::ids::ApiKeyId;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::api_keys::key_sessions_of;
@@ -42,11 +43,11 @@ pub fn create(
     let excess = (live.len() + 1).saturating_sub(max_per_key);
     ended.extend(live.into_iter().take(excess));
     for (created, hash) in ended {
-        index.remove((key_id, created, hash.as_slice()))?;
+        index.remove((key_id.as_u128(), created, hash.as_slice()))?;
         sessions.remove(hash.as_slice())?;
     }
     sessions.insert(id_hash.as_slice(), session.encode().as_slice())?;
-    index.insert((key_id, now, id_hash.as_slice()), ())?;
+    index.insert((key_id.as_u128(), now, id_hash.as_slice()), ())?;
     Ok(())
 }
 
@@ -70,7 +71,7 @@ pub fn live(
     }
     let Some(key) = txn
         .open_table(API_KEYS)?
-        .get(session.key_id)?
+        .get(session.key_id.as_u128())?
         .map(|v| v.value().to_vec())
     else {
         return Ok(None);
@@ -82,12 +83,12 @@ pub fn live(
 pub fn end(
     txn: &WriteTransaction,
     id_hash: &[u8; 32],
-    key_id: u128,
+    key_id: ApiKeyId,
     created_at_ms: i64,
 ) -> Result<(), StoreError> {
     txn.open_table(DASHBOARD_SESSIONS)?
         .remove(id_hash.as_slice())?;
     txn.open_table(KEY_SESSIONS)?
-        .remove((key_id, created_at_ms, id_hash.as_slice()))?;
+        .remove((key_id.as_u128(), created_at_ms, id_hash.as_slice()))?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Sources and their ingest slugs.
 
+use crate::model::ids::SourceId;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::records::{Record, SourceRecord};
@@ -15,15 +16,15 @@ pub fn insert(txn: &WriteTransaction, source: &SourceRecord) -> Result<(), Store
             source.slug
         )));
     }
-    slugs.insert(source.slug.as_str(), source.id)?;
+    slugs.insert(source.slug.as_str(), source.id.as_u128())?;
     txn.open_table(SOURCES)?
-        .insert(source.id, source.encode().as_slice())?;
+        .insert(source.id.as_u128(), source.encode().as_slice())?;
     Ok(())
 }
 
 /// One source by id.
-pub fn get(txn: &ReadTransaction, id: u128) -> Result<SourceRecord, StoreError> {
-    match txn.open_table(SOURCES)?.get(id)? {
+pub fn get(txn: &ReadTransaction, id: SourceId) -> Result<SourceRecord, StoreError> {
+    match txn.open_table(SOURCES)?.get(id.as_u128())? {
         Some(bytes) => SourceRecord::decode(bytes.value()),
         None => Err(StoreError::NotFound),
     }
@@ -34,7 +35,7 @@ pub fn get_by_slug(txn: &ReadTransaction, slug: &str) -> Result<SourceRecord, St
     let id = txn
         .open_table(SOURCE_SLUGS)?
         .get(slug)?
-        .map(|g| g.value())
+        .map(|g| SourceId::from_u128(g.value()))
         .ok_or(StoreError::NotFound)?;
     get(txn, id)
 }
@@ -52,31 +53,31 @@ pub fn list(
 /// error is returned and nothing is written).
 pub fn update(
     txn: &WriteTransaction,
-    id: u128,
+    id: SourceId,
     change: impl FnOnce(&mut SourceRecord) -> Result<(), StoreError>,
 ) -> Result<SourceRecord, StoreError> {
     let mut table = txn.open_table(SOURCES)?;
-    let mut source = match table.get(id)? {
+    let mut source = match table.get(id.as_u128())? {
         Some(bytes) => SourceRecord::decode(bytes.value())?,
         None => return Err(StoreError::NotFound),
     };
     change(&mut source)?;
-    table.insert(id, source.encode().as_slice())?;
+    table.insert(id.as_u128(), source.encode().as_slice())?;
     Ok(source)
 }
 
 /// Removes a source with its slug and destinations; its events follow in
 /// the background (see the comment inside).
-pub fn delete(txn: &WriteTransaction, id: u128) -> Result<(), StoreError> {
+pub fn delete(txn: &WriteTransaction, id: SourceId) -> Result<(), StoreError> {
     let mut table = txn.open_table(SOURCES)?;
-    let source = match table.get(id)? {
+    let source = match table.get(id.as_u128())? {
         Some(bytes) => SourceRecord::decode(bytes.value())?,
         None => return Err(StoreError::NotFound),
     };
-    table.remove(id)?;
+    table.remove(id.as_u128())?;
     txn.open_table(SOURCE_SLUGS)?.remove(source.slug.as_str())?;
     txn.open_table(DESTINATIONS)?
-        .retain_in((id, 0)..=(id, u128::MAX), |_, _| false)?;
+        .retain_in((id.as_u128(), 0)..=(id.as_u128(), u128::MAX), |_, _| false)?;
     // Its events and deliveries are purged afterwards in small chunks
     // (`retention::purge_orphans`): a source with millions of events must
     // not become one huge transaction that stalls every ingest. Nothing can

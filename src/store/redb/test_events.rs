@@ -17,13 +17,19 @@ pub fn store(
     txn: &WriteTransaction,
     event: &EventRecord,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
-    if txn.open_table(SOURCES)?.get(event.source_id)?.is_none() {
+    if txn
+        .open_table(SOURCES)?
+        .get(event.source_id.as_u128())?
+        .is_none()
+    {
         return Err(StoreError::NotFound);
     }
     let mut targets = Vec::new();
     {
         let destinations = txn.open_table(DESTINATIONS)?;
-        for entry in destinations.range((event.source_id, 0)..=(event.source_id, u128::MAX))? {
+        for entry in destinations
+            .range((event.source_id.as_u128(), 0)..=(event.source_id.as_u128(), u128::MAX))?
+        {
             let d = DestinationRecord::decode(entry?.1.value())?;
             if d.enabled {
                 targets.push(d.id);
