@@ -121,7 +121,7 @@ pub async fn list(
     limit: usize,
 ) -> Result<Listed<ApiKeyRecord>, OpError> {
     caller.require(Scope::Admin)?;
-    Ok(store.list_api_keys(before, limit).await?.into())
+    Ok(store.list_api_keys(before, limit).await?)
 }
 
 /// Revokes a key; it stops working with the commit, and its dashboard

@@ -127,7 +127,7 @@ impl Ops {
             .list_destinations(source_id, before, limit)
             .await
             .map_err(not_found)?;
-        Ok(page.into())
+        Ok(page)
     }
 
     /// One destination.

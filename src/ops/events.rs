@@ -80,12 +80,10 @@ impl Ops {
         limit: usize,
     ) -> Result<Listed<ListedEvent>, OpError> {
         caller.require(Scope::Read)?;
-        Ok(self
-            .store()
+        self.store()
             .list_events(source_id, query, limit)
             .await
-            .map_err(not_found("source"))?
-            .into())
+            .map_err(not_found("source"))
     }
 
     /// Events across every source, newest first, or found by id or by the
@@ -112,11 +110,7 @@ impl Ops {
                 "provider_event_id must be 1 to {MAX_PROVIDER_EVENT_ID} characters"
             )));
         }
-        Ok(self
-            .store()
-            .search_events(search, before, limit)
-            .await?
-            .into())
+        Ok(self.store().search_events(search, before, limit).await?)
     }
 
     /// One event with its headers, body and deliveries.
@@ -292,12 +286,10 @@ impl Ops {
         limit: usize,
     ) -> Result<Listed<ReplayRecord>, OpError> {
         caller.require(Scope::Read)?;
-        Ok(self
-            .store()
+        self.store()
             .list_replays(source_id, before, limit)
             .await
-            .map_err(not_found("source"))?
-            .into())
+            .map_err(not_found("source"))
     }
 
     /// One bulk replay job.

@@ -114,18 +114,6 @@ impl Ops {
     }
 }
 
-/// One page of a newest-first list, with the cursor of the next page.
-#[derive(Debug, Clone)]
-pub struct Listed<T> {
-    pub items: Vec<T>,
-    pub next: Option<u128>,
-}
-
-impl<T> From<crate::store::Page<T>> for Listed<T> {
-    fn from(page: crate::store::Page<T>) -> Self {
-        Listed {
-            items: page.items,
-            next: page.next,
-        }
-    }
-}
+/// One page of a newest-first list, with the cursor of the next page: the
+/// store's page, as operations answer it.
+pub type Listed<T> = crate::store::Page<T>;
