@@ -1,6 +1,6 @@
 //! Load tool: drives the real release server over loopback.
 //!
-//! `cargo bench --bench load -- [--scenario ingest|fanout|backlog|events] [--connections 64] [--seconds 10] [--body-bytes 1024] [--events 250000]`
+//! `cargo bench --bench load -- [--scenario ingest|fanout|backlog|events] [--connections 64] [--seconds 10] [--body-bytes 1024] [--events 250000] [--backend redb|postgres] [--nodes 1|2]`
 //! (the scenario may also be given alone: `cargo bench --bench load -- fanout`;
 //! `--help` lists everything). An unknown flag or scenario, or a value out of
 //! range, is refused with a message and exit status 2: a typo never runs
@@ -23,9 +23,22 @@
 //! and the server's RSS; then runs the same load against a bare hyper
 //! server answering 200 on the same machine, and prints the ratio.
 //! Every loop is bounded by count and time; only 127.0.0.1 is contacted.
+//!
+//! `--backend postgres` starts a private PostgreSQL cluster first (initdb
+//! and pg_ctl in a temp dir, as the `postgres` user when run as root,
+//! listening on 127.0.0.1 only, fsync and synchronous_commit as shipped),
+//! gives each Krafter server a fresh database on it, and stops and removes
+//! the cluster at the end. After each timed load it prints where the time
+//! went: transactions and WAL flushes per event (from `pg_stat_database`
+//! and `pg_stat_wal`) and the CPU time Krafter and PostgreSQL spent per
+//! event. `--nodes 2` runs two Krafter servers on the one database and
+//! splits the connections across them; until delivery leases hold across
+//! nodes (each node would deliver every delivery), only the queued-only
+//! ingest figure is measured with two nodes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,6 +67,18 @@ struct Options {
     seconds: u64,
     body_bytes: usize,
     events: u64,
+    nodes: usize,
+    /// The private PostgreSQL cluster (`--backend postgres`).
+    postgres: Option<Arc<PgCluster>>,
+}
+
+/// Where the servers keep their data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// The embedded redb file (one node).
+    Redb,
+    /// A private PostgreSQL cluster started by the tool.
+    Postgres,
 }
 
 /// The scenarios (see the module documentation).
@@ -106,6 +131,13 @@ struct Args {
     /// Events to store (`backlog` and `events` scenarios).
     #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..=5_000_000))]
     events: u64,
+    /// The storage backend of the servers under load.
+    #[arg(long, value_enum, default_value = "redb")]
+    backend: Backend,
+    /// Krafter servers sharing the database (2 needs `--backend postgres`
+    /// and runs the ingest scenario only).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=2))]
+    nodes: u64,
     /// Passed by `cargo bench` to every bench target; accepted and ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -116,13 +148,32 @@ struct Args {
 fn options() -> Options {
     let args = Args::parse();
     let usize_of = |v: u64| usize::try_from(v).expect("validated range fits usize");
+    let scenario = args.scenario_positional.unwrap_or(args.scenario);
+    if args.nodes > 1 && args.backend != Backend::Postgres {
+        refuse("--nodes 2 needs --backend postgres (a redb file serves one node)");
+    }
+    if args.nodes > 1 && scenario != Scenario::Ingest {
+        refuse(
+            "--nodes 2 runs the ingest scenario only: until delivery leases hold across nodes, \
+             each node would deliver every delivery, so fan-out figures would be wrong",
+        );
+    }
+    let postgres = (args.backend == Backend::Postgres).then(|| Arc::new(PgCluster::start()));
     Options {
-        scenario: args.scenario_positional.unwrap_or(args.scenario),
+        scenario,
         connections: usize_of(args.connections),
         seconds: args.seconds,
         body_bytes: usize_of(args.body_bytes),
         events: args.events,
+        nodes: usize_of(args.nodes),
+        postgres,
     }
+}
+
+/// Stops before any load with a usage error (exit status 2, as clap's).
+fn refuse(why: &str) -> ! {
+    eprintln!("error: {why}");
+    std::process::exit(2);
 }
 
 fn main() {
@@ -131,25 +182,31 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(run(o));
+    runtime.block_on(run(&o));
+    // The cluster (if any) is stopped and removed when `o` drops here.
 }
 
-async fn run(o: Options) {
+async fn run(o: &Options) {
     println!(
-        "load: scenario {}, {} connections, {} s, {}-byte bodies, machine: {} cores",
+        "load: scenario {}, {} connections, {} s, {}-byte bodies, backend {}, {} node(s), machine: {} cores",
         o.scenario.name(),
         o.connections,
         o.seconds,
         o.body_bytes,
+        match &o.postgres {
+            Some(pg) => format!("postgres {} (same box, fsync on)", pg.version),
+            None => "redb".to_string(),
+        },
+        o.nodes,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0)
     );
     match o.scenario {
-        Scenario::Ingest => ingest(&o).await,
-        Scenario::Fanout => fanout(&o).await,
-        Scenario::Backlog => backlog(&o).await,
-        Scenario::Events => events_listing(&o).await,
+        Scenario::Ingest => ingest(o).await,
+        Scenario::Fanout => fanout(o).await,
+        Scenario::Backlog => backlog(o).await,
+        Scenario::Events => events_listing(o).await,
     }
 }
 
@@ -162,14 +219,95 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
+/// The servers under load: one, or two sharing a PostgreSQL database.
+struct Nodes {
+    servers: Vec<Server>,
+    /// The database's URL, on PostgreSQL.
+    database: Option<String>,
+}
+
+impl Nodes {
+    /// `o.nodes` servers on a fresh store: a redb file, or a new database
+    /// on the private cluster that every node shares (the first node makes
+    /// the secrets key and the bootstrap key; the others get a copy of the
+    /// secrets key, as an operator would give them).
+    async fn start(o: &Options) -> Nodes {
+        let database = match &o.postgres {
+            Some(pg) => Some(pg.database().await),
+            None => None,
+        };
+        let mut env: Vec<(&str, String)> = Vec::new();
+        if let Some(url) = &database {
+            env.push(("KRAFTER_STORAGE__BACKEND", "postgres".to_string()));
+            env.push(("KRAFTER_STORAGE__POSTGRES__URL", url.clone()));
+        }
+        let first = Server::start(&env, None).await;
+        let mut servers = vec![first];
+        for _ in 1..o.nodes {
+            let key = servers[0]._dir.path().join("data/secrets.key");
+            servers.push(Server::start(&env, Some(&key)).await);
+        }
+        Nodes { servers, database }
+    }
+
+    fn first(&self) -> &Server {
+        &self.servers[0]
+    }
+
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.servers.iter().map(|s| s.addr).collect()
+    }
+
+    /// Each node's RSS, as `a + b MiB`.
+    fn rss(&self) -> String {
+        let each: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| s.rss_mib().to_string())
+            .collect();
+        format!("{} MiB", each.join(" + "))
+    }
+
+    /// What the servers and the database have used so far.
+    async fn usage(&self, o: &Options) -> Usage {
+        let krafter_cpu = self.servers.iter().map(|s| cpu_seconds(s.child.id())).sum();
+        let mut usage = Usage {
+            krafter_cpu,
+            ..Usage::default()
+        };
+        if let (Some(pg), Some(url)) = (&o.postgres, &self.database) {
+            usage.postgres = Some(pg.usage(url).await);
+        }
+        usage
+    }
+}
+
 impl Server {
-    async fn start(extra_env: &[(&str, &str)]) -> Server {
+    /// Starts one node; `secrets_key` is copied into its data dir first
+    /// (a second node of the same database).
+    async fn start(env: &[(&str, String)], secrets_key: Option<&Path>) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
+        if let Some(key) = secrets_key {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            let data = dir.path().join("data");
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&data)
+                .expect("data dir");
+            std::fs::copy(key, data.join("secrets.key")).expect("copy the secrets key");
+            std::fs::set_permissions(
+                data.join("secrets.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .expect("chmod the secrets key");
+        }
         let port = free_port();
-        let child = spawn_krafter(dir.path(), port, extra_env);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let child = spawn_krafter(dir.path(), port, &env);
         let base = format!("http://127.0.0.1:{port}");
         wait_healthy(&base).await;
-        let key = std::fs::read_to_string(dir.path().join("data/admin.key")).expect("admin.key");
+        // Only the node that made the bootstrap key wrote it.
+        let key = std::fs::read_to_string(dir.path().join("data/admin.key")).unwrap_or_default();
         Server {
             child,
             base,
@@ -208,46 +346,71 @@ impl Drop for Server {
 /// Ingest throughput twice: with both destinations on a sink that never
 /// answers (the deliveries are stored and queued, only a few are in flight:
 /// this isolates ingest), then with a live sink (the same box also delivers
-/// two requests per event). Then bare hyper for the ratio.
+/// two requests per event). Then bare hyper for the ratio. With two nodes
+/// only the first (see the module documentation).
 async fn ingest(o: &Options) {
     let sink = start_sink(Sink::default()).await;
     let hang = start_hanging_sink().await;
     let queued_only = {
-        let server = Server::start(&[]).await;
-        let slug = setup_source(&server, &[hang, hang]).await;
-        let outcome = drive(server.addr, format!("/in/{slug}"), o, true).await;
-        (outcome, server.rss_mib())
+        let nodes = Nodes::start(o).await;
+        let slug = setup_source(nodes.first(), &[hang, hang]).await;
+        let before = nodes.usage(o).await;
+        let outcome = drive(&nodes.addrs(), format!("/in/{slug}"), o, true).await;
+        let used = nodes.usage(o).await.since(&before, outcome.ok);
+        (outcome, nodes.rss(), used)
     };
-    let delivering = {
-        let server = Server::start(&[]).await;
-        let slug = setup_source(&server, &[sink, sink]).await;
-        let outcome = drive(server.addr, format!("/in/{slug}"), o, true).await;
-        (outcome, server.rss_mib())
+    let delivering = if o.nodes == 1 {
+        let nodes = Nodes::start(o).await;
+        let slug = setup_source(nodes.first(), &[sink, sink]).await;
+        let before = nodes.usage(o).await;
+        let outcome = drive(&nodes.addrs(), format!("/in/{slug}"), o, true).await;
+        let used = nodes.usage(o).await.since(&before, outcome.ok);
+        Some((outcome, nodes.rss(), used))
+    } else {
+        None
     };
-    let bare = drive(sink, "/".to_string(), o, true).await;
+    let bare = drive(&[sink], "/".to_string(), o, true).await;
     println!(
-        "krafter ingest, 2 deliveries queued per event: {} (RSS {} MiB)",
+        "krafter ingest, 2 deliveries queued per event: {} (RSS {})",
         queued_only.0.describe(),
         queued_only.1
     );
-    println!(
-        "krafter ingest while delivering 2 per event: {} (RSS {} MiB)",
-        delivering.0.describe(),
-        delivering.1
-    );
+    println!("  where the time went: {}", queued_only.2);
+    match &delivering {
+        Some((outcome, rss, used)) => {
+            println!(
+                "krafter ingest while delivering 2 per event: {} (RSS {rss})",
+                outcome.describe()
+            );
+            println!("  where the time went: {used}");
+        }
+        None => println!(
+            "krafter ingest while delivering: not measured with {} nodes (fan-out figures need \
+             delivery leases across nodes; without them each node delivers every delivery)",
+            o.nodes
+        ),
+    }
     println!("bare hyper 200: {}", bare.describe());
-    println!(
-        "ratio krafter/bare: {:.2} (queued only), {:.2} (delivering)",
-        queued_only.0.rate() / bare.rate().max(1.0),
-        delivering.0.rate() / bare.rate().max(1.0)
-    );
+    match &delivering {
+        Some((outcome, _, _)) => println!(
+            "ratio krafter/bare: {:.2} (queued only), {:.2} (delivering)",
+            queued_only.0.rate() / bare.rate().max(1.0),
+            outcome.rate() / bare.rate().max(1.0)
+        ),
+        None => println!(
+            "ratio krafter/bare: {:.2} (queued only)",
+            queued_only.0.rate() / bare.rate().max(1.0)
+        ),
+    }
 }
 
 async fn fanout(o: &Options) {
     let sink = Sink::default();
     let addr = start_sink(sink.clone()).await;
-    let server = Server::start(&[]).await;
-    let slug = setup_source(&server, &[addr, addr, addr, addr]).await;
+    let nodes = Nodes::start(o).await;
+    let server = nodes.first();
+    let slug = setup_source(server, &[addr, addr, addr, addr]).await;
+    let before = nodes.usage(o).await;
     let started = Instant::now();
     let sampler = {
         let sink = sink.clone();
@@ -265,7 +428,7 @@ async fn fanout(o: &Options) {
             }
         })
     };
-    let load = drive(server.addr, format!("/in/{slug}"), o, true).await;
+    let load = drive(&nodes.addrs(), format!("/in/{slug}"), o, true).await;
     let backlog_at_end = server.metric("krafter_deliveries_pending").await;
     let delivered_during = sink.count.load(Ordering::Relaxed);
     let during = started.elapsed();
@@ -276,6 +439,7 @@ async fn fanout(o: &Options) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let drained_in = started.elapsed().saturating_sub(during);
+    let used = nodes.usage(o).await.since(&before, load.ok);
     sampler.abort();
     let rss = server.rss_mib();
     let mut latencies = sink
@@ -290,6 +454,7 @@ async fn fanout(o: &Options) {
             .map_or(0.0, |v| *v as f64 / 1000.0)
     };
     println!("ingest during fan-out: {}", load.describe());
+    println!("  where the time went (ingest and all deliveries, per event): {used}");
     println!(
         "deliveries while ingesting: {:.0}/s ({} in {:.1} s); backlog at end of ingest: {backlog_at_end}",
         delivered_during as f64 / during.as_secs_f64(),
@@ -314,11 +479,12 @@ async fn fanout(o: &Options) {
 
 async fn backlog(o: &Options) {
     let hang_addr = start_hanging_sink().await;
-    let server = Server::start(&[]).await;
-    let slug = setup_source(&server, &[hang_addr, hang_addr, hang_addr, hang_addr]).await;
+    let nodes = Nodes::start(o).await;
+    let server = nodes.first();
+    let slug = setup_source(server, &[hang_addr, hang_addr, hang_addr, hang_addr]).await;
     let before = server.rss_mib();
     let target = o.events;
-    let sent = drive_count(server.addr, format!("/in/{slug}"), o, target).await;
+    let sent = drive_count(&[server.addr], format!("/in/{slug}"), o, target).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pending = server.metric("krafter_deliveries_pending").await;
     println!(
@@ -335,8 +501,9 @@ async fn backlog(o: &Options) {
 
 async fn events_listing(o: &Options) {
     let hang_addr = start_hanging_sink().await;
-    let server = Server::start(&[]).await;
-    let slug = setup_source(&server, &[]).await;
+    let nodes = Nodes::start(o).await;
+    let server = nodes.first();
+    let slug = setup_source(server, &[]).await;
     let client = reqwest::Client::new();
     let sources: Value = client
         .get(format!("{}/api/v1/webhooks/sources", server.base))
@@ -352,7 +519,7 @@ async fn events_listing(o: &Options) {
         .expect("source")
         .to_string();
     let start = time_now_rfc3339(0);
-    let sent = drive_count(server.addr, format!("/in/{slug}"), o, o.events).await;
+    let sent = drive_count(&[server.addr], format!("/in/{slug}"), o, o.events).await;
     println!(
         "stored {} events in {:.1} s ({:.0}/s)",
         sent.ok,
@@ -640,11 +807,11 @@ impl Outcome {
     }
 }
 
-/// Runs `o.connections` keep-alive HTTP/1.1 connections against `addr`,
-/// each sending unique Stripe-signed events, for `o.seconds`.
-async fn drive(addr: SocketAddr, path: String, o: &Options, sign: bool) -> Outcome {
+/// Runs `o.connections` keep-alive HTTP/1.1 connections against `addrs`
+/// (split evenly), each sending unique Stripe-signed events, for `o.seconds`.
+async fn drive(addrs: &[SocketAddr], path: String, o: &Options, sign: bool) -> Outcome {
     drive_with(
-        addr,
+        addrs,
         path,
         o,
         sign,
@@ -655,12 +822,12 @@ async fn drive(addr: SocketAddr, path: String, o: &Options, sign: bool) -> Outco
 }
 
 /// Sends exactly `count` events (or stops after 10 minutes).
-async fn drive_count(addr: SocketAddr, path: String, o: &Options, count: u64) -> Outcome {
-    drive_with(addr, path, o, true, count, Duration::from_secs(600)).await
+async fn drive_count(addrs: &[SocketAddr], path: String, o: &Options, count: u64) -> Outcome {
+    drive_with(addrs, path, o, true, count, Duration::from_secs(600)).await
 }
 
 async fn drive_with(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     path: String,
     o: &Options,
     sign: bool,
@@ -673,6 +840,7 @@ async fn drive_with(
     let mut tasks = Vec::new();
     for conn in 0..o.connections {
         let (stop, sent, path) = (stop.clone(), sent.clone(), path.clone());
+        let addr = addrs[conn % addrs.len()];
         let body_bytes = o.body_bytes;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(64 * 1024);
@@ -777,4 +945,364 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line (1-based).
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+/// The parent pid of a process, from `/proc`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resources used by the servers and their database, at one moment.
+#[derive(Default, Clone)]
+struct Usage {
+    krafter_cpu: f64,
+    postgres: Option<PgUsage>,
+}
+
+/// What PostgreSQL reports about itself, plus its processes' CPU time.
+#[derive(Default, Clone)]
+struct PgUsage {
+    commits: i64,
+    wal_records: i64,
+    wal_bytes: i64,
+    wal_syncs: i64,
+    wal_sync_ms: f64,
+    cpu: f64,
+}
+
+/// The difference between two [`Usage`]s, per accepted event.
+struct Used {
+    events: u64,
+    krafter_cpu: f64,
+    postgres: Option<PgUsage>,
+}
+
+impl Usage {
+    fn since(&self, before: &Usage, events: u64) -> Used {
+        Used {
+            events,
+            krafter_cpu: self.krafter_cpu - before.krafter_cpu,
+            postgres: match (&self.postgres, &before.postgres) {
+                (Some(a), Some(b)) => Some(PgUsage {
+                    commits: a.commits - b.commits,
+                    wal_records: a.wal_records - b.wal_records,
+                    wal_bytes: a.wal_bytes - b.wal_bytes,
+                    wal_syncs: a.wal_syncs - b.wal_syncs,
+                    wal_sync_ms: a.wal_sync_ms - b.wal_sync_ms,
+                    cpu: a.cpu - b.cpu,
+                }),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Used {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.events.max(1) as f64;
+        write!(f, "krafter CPU {:.0} µs/event", self.krafter_cpu * 1e6 / n)?;
+        if let Some(pg) = &self.postgres {
+            write!(
+                f,
+                "; postgres CPU {:.0} µs/event, {:.2} transactions/event ({:.1} events/commit), \
+                 {:.2} WAL records and {:.0} WAL bytes/event, {} WAL fsyncs ({:.2} ms each, {:.1} events/fsync)",
+                pg.cpu * 1e6 / n,
+                pg.commits as f64 / n,
+                n / (pg.commits.max(1) as f64),
+                pg.wal_records as f64 / n,
+                pg.wal_bytes as f64 / n,
+                pg.wal_syncs,
+                pg.wal_sync_ms / (pg.wal_syncs.max(1) as f64),
+                n / (pg.wal_syncs.max(1) as f64),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A private PostgreSQL cluster for `--backend postgres`: initdb and
+/// pg_ctl in a temp dir (as the `postgres` user when we are root, since
+/// PostgreSQL refuses root), on 127.0.0.1 and a free port, durable as
+/// shipped (fsync and synchronous_commit on). Stopped and removed on drop,
+/// and by a watchdog shell should this process be killed.
+///
+/// (A copy of the few lines of `src/store/postgres/test_cluster.rs` that
+/// find and start the binaries; that file is being made shareable.)
+struct PgCluster {
+    root: PathBuf,
+    pg_ctl: PathBuf,
+    port: u16,
+    version: String,
+    databases: AtomicU64,
+}
+
+impl PgCluster {
+    /// Starts the cluster; a bench tool stops with a clear message when it
+    /// cannot.
+    fn start() -> PgCluster {
+        let find = |name: &str| {
+            pg_program(name).unwrap_or_else(|| {
+                refuse(&format!(
+                    "--backend postgres: no {name} on PATH or in /usr/lib/postgresql/*/bin"
+                ))
+            })
+        };
+        let (initdb, pg_ctl, postgres) = (find("initdb"), find("pg_ctl"), find("postgres"));
+        let version = Command::new(&postgres)
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|v| v.split_whitespace().nth(2).map(str::to_string))
+            .unwrap_or_default();
+        let root = std::env::temp_dir().join(format!("krafter-load-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir(&root).expect("cluster dir");
+        pg_watchdog(&root, &pg_ctl);
+        if running_as_root() {
+            must(
+                Command::new("chown").arg("postgres:postgres").arg(&root),
+                "chown of the cluster dir",
+            );
+        }
+        let data = root.join("data");
+        must(
+            as_postgres(&initdb)
+                .args([
+                    "--auth=trust",
+                    "--no-sync",
+                    "--username=postgres",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "-D",
+                ])
+                .arg(&data)
+                .current_dir(&root),
+            "initdb",
+        );
+        let port = free_port();
+        must(
+            as_postgres(&pg_ctl)
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(root.join("postgres.log"))
+                .args(["-w", "-t", "60", "-o"])
+                .arg(format!(
+                    "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={} \
+                     -c max_connections=100 -c track_wal_io_timing=on",
+                    root.display()
+                ))
+                .arg("start")
+                .current_dir(&root),
+            "pg_ctl start",
+        );
+        PgCluster {
+            root,
+            pg_ctl,
+            port,
+            version,
+            databases: AtomicU64::new(0),
+        }
+    }
+
+    /// A fresh database for one server (or one pair of nodes).
+    async fn database(&self) -> String {
+        use sqlx::Connection;
+        let name = format!(
+            "krafter_load_{}",
+            self.databases.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut conn = sqlx::PgConnection::connect(&self.url("postgres"))
+            .await
+            .expect("connect to the load cluster");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create a database");
+        let _ = conn.close().await;
+        self.url(&name)
+    }
+
+    fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Commits of `url`'s database, the cluster's WAL counters (flushed by
+    /// the backends at most once a second, so this waits that long), and
+    /// the CPU time of every PostgreSQL process.
+    async fn usage(&self, url: &str) -> PgUsage {
+        use sqlx::{Connection, Row};
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let mut out = PgUsage {
+            cpu: self.cpu_seconds(),
+            ..PgUsage::default()
+        };
+        let Ok(mut conn) = sqlx::PgConnection::connect(url).await else {
+            return out;
+        };
+        if let Ok(row) = sqlx::query(
+            "SELECT d.xact_commit, w.wal_records, w.wal_bytes::bigint AS wal_bytes, w.wal_sync, \
+             w.wal_sync_time FROM pg_stat_database d, pg_stat_wal w \
+             WHERE d.datname = current_database()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        {
+            out.commits = row.try_get("xact_commit").unwrap_or(0);
+            out.wal_records = row.try_get("wal_records").unwrap_or(0);
+            out.wal_bytes = row.try_get("wal_bytes").unwrap_or(0);
+            out.wal_syncs = row.try_get("wal_sync").unwrap_or(0);
+            out.wal_sync_ms = row.try_get("wal_sync_time").unwrap_or(0.0);
+        }
+        let _ = conn.close().await;
+        out
+    }
+
+    /// CPU seconds of the postmaster and its children (the backends).
+    fn cpu_seconds(&self) -> f64 {
+        let Some(postmaster) = std::fs::read_to_string(self.root.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        else {
+            return 0.0;
+        };
+        let mut total = cpu_seconds(postmaster);
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if parent_of(pid) == Some(postmaster) {
+                    total += cpu_seconds(pid);
+                }
+            }
+        }
+        total
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.root.join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .current_dir(&self.root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A PostgreSQL program: on `PATH`, else in Debian's versioned directory
+/// (newest version first).
+fn pg_program(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    if let Some(found) = on_path.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
+        return Some(found);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    versions.sort_by_key(|p| {
+        std::cmp::Reverse(
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0),
+        )
+    });
+    versions
+        .into_iter()
+        .map(|v| v.join("bin").join(name))
+        .find(|p| p.is_file())
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `program`, run as the `postgres` user when we are root.
+fn as_postgres(program: &Path) -> Command {
+    if running_as_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Runs a set-up command; stops the tool with its output when it fails.
+fn must(cmd: &mut Command, what: &str) {
+    match cmd.stdin(Stdio::null()).output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => refuse(&format!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )),
+        Err(e) => refuse(&format!("{what}: {e}")),
+    }
+}
+
+/// Stops the cluster and removes its directory once this process is gone
+/// however it ended, from a shell in its own session.
+fn pg_watchdog(root: &Path, pg_ctl: &Path) {
+    let data = root.join("data");
+    let stop = format!(
+        "{}'{}' -D '{}' -m immediate stop",
+        if running_as_root() {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        },
+        pg_ctl.display(),
+        data.display()
+    );
+    let script = format!(
+        "cd /; while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+         if [ -f '{data}/postmaster.pid' ]; then {stop} >/dev/null 2>&1; fi; rm -rf '{root}'",
+        pid = std::process::id(),
+        data = data.display(),
+        root = root.display(),
+    );
+    let _ = Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
 }
