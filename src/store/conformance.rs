@@ -77,7 +77,10 @@ macro_rules! conformance_suite {
             multi_thread:
                 one_provider_event_id_ingested_concurrently_is_stored_once,
                 a_destination_disabled_during_concurrent_ingest_is_fully_in_or_out,
-                paging_while_new_events_arrive_has_no_duplicates_or_gaps
+                paging_while_new_events_arrive_has_no_duplicates_or_gaps,
+                concurrent_duplicates_within_and_across_commits_are_stored_once,
+                ingest_racing_a_source_deletion_refuses_only_that_sources_events,
+                many_concurrent_ingests_are_all_stored_listed_and_queued
         );
     };
     (@tests $backend:ident, $open:expr;
@@ -2823,4 +2826,246 @@ async fn paging_while_new_events_arrive_has_no_duplicates_or_gaps(store: &Store)
         searched.iter().map(|(_, id)| *id).collect(),
         initial.iter().map(|(_, id)| *id).collect(),
     );
+}
+
+/// Ingests every event at once (all tasks released together), answering
+/// each event with its outcome, in the order given.
+async fn ingest_all_at_once(
+    store: &Store,
+    events: Vec<EventRecord>,
+) -> Vec<(EventRecord, Result<IngestOutcome, StoreError>)> {
+    let start = Arc::new(tokio::sync::Barrier::new(events.len()));
+    let mut tasks = Vec::new();
+    for event in events {
+        let (store, start) = (store.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let outcome = store.ingest(event.clone()).await;
+            (event, outcome)
+        }));
+    }
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}
+
+/// Far more concurrent ingests than one commit takes, many sharing a
+/// provider event id (within one commit, across commits, and the same id
+/// in two sources): each (source, id) is stored once, every other sender
+/// is told the one stored, and only it has deliveries.
+async fn concurrent_duplicates_within_and_across_commits_are_stored_once(store: &Store) {
+    const EVENTS: usize = 600;
+    const KEYS: usize = 25;
+    let (a, b) = (source("wh_dups00001"), source("wh_dups00002"));
+    store.create_source(a.clone()).await.unwrap();
+    store.create_source(b.clone()).await.unwrap();
+    let (da, db) = (destination(a.id, &[]), destination(b.id, &[]));
+    store.create_destination(da.clone(), 10).await.unwrap();
+    store.create_destination(db.clone(), 10).await.unwrap();
+    // Keys from an earlier commit too: their later senders are duplicates.
+    let early = event_now(a.id, "t", Some("evt_dup_0"));
+    ingest_stored(store, early.clone()).await;
+
+    let events: Vec<EventRecord> = (0..EVENTS)
+        .map(|n| {
+            let source = if n % 3 == 0 { b.id } else { a.id };
+            event_now(source, "t", Some(&format!("evt_dup_{}", n % KEYS)))
+        })
+        .collect();
+    let outcomes = ingest_all_at_once(store, events).await;
+
+    let mut stored: std::collections::HashMap<(SourceId, String), EventId> =
+        std::collections::HashMap::new();
+    stored.insert((a.id, "evt_dup_0".to_string()), early.id);
+    for (event, outcome) in &outcomes {
+        if let IngestOutcome::Stored { deliveries } = outcome.as_ref().unwrap() {
+            let key = (event.source_id, event.provider_event_id.clone().unwrap());
+            assert!(
+                stored.insert(key.clone(), event.id).is_none(),
+                "{key:?} stored twice"
+            );
+            let want = if event.source_id == a.id {
+                da.id
+            } else {
+                db.id
+            };
+            assert_eq!(destinations_of(deliveries), [want]);
+        }
+    }
+    // Every key of both sources, each once.
+    assert_eq!(stored.len(), 2 * KEYS);
+    for (event, outcome) in &outcomes {
+        let key = (event.source_id, event.provider_event_id.clone().unwrap());
+        let winner = stored[&key];
+        match outcome.as_ref().unwrap() {
+            IngestOutcome::Stored { .. } => assert_eq!(event.id, winner),
+            IngestOutcome::Duplicate { original } => {
+                assert_eq!(*original, winner, "{key:?}");
+                assert_err!(store.event(event.id).await, StoreError::NotFound);
+            }
+        }
+    }
+    assert_eq!(store.event_count(a.id).await.unwrap(), KEYS as u64);
+    assert_eq!(store.event_count(b.id).await.unwrap(), KEYS as u64);
+    assert_eq!(queued(store, da.id).await.len(), KEYS);
+    assert_eq!(queued(store, db.id).await.len(), KEYS);
+}
+
+/// Events of a deleted source are refused, each on its own: events of
+/// another source written in the same commits are stored, and an event
+/// of the deleted source is either stored before the deletion (and then
+/// purged with it) or refused, never half.
+async fn ingest_racing_a_source_deletion_refuses_only_that_sources_events(store: &Store) {
+    let (keep, gone, early) = (
+        source("wh_keep00001"),
+        source("wh_gone00001"),
+        source("wh_gone00002"),
+    );
+    for s in [&keep, &gone, &early] {
+        store.create_source(s.clone()).await.unwrap();
+        store
+            .create_destination(destination(s.id, &[]), 10)
+            .await
+            .unwrap();
+    }
+    // Deleted before: every one of its events refused, the others stored.
+    store.delete_source(early.id).await.unwrap();
+    let mixed: Vec<EventRecord> = (0..120)
+        .map(|n| {
+            let s = if n % 4 == 0 { early.id } else { keep.id };
+            event_now(
+                s,
+                "t",
+                (n % 8 == 1).then(|| format!("evt_mix_{n}")).as_deref(),
+            )
+        })
+        .collect();
+    for (event, outcome) in ingest_all_at_once(store, mixed).await {
+        if event.source_id == early.id {
+            assert_err!(outcome, StoreError::NotFound);
+            assert_err!(store.event(event.id).await, StoreError::NotFound);
+        } else {
+            match outcome.unwrap() {
+                IngestOutcome::Stored { deliveries } => assert_eq!(deliveries.len(), 1),
+                other => panic!("expected the event stored, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(store.event_count(keep.id).await.unwrap(), 90);
+
+    // Deleted while its events arrive.
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let task_store = store.clone();
+        let s = if n % 2 == 0 { gone.id } else { keep.id };
+        tasks.push(tokio::spawn(async move {
+            let event = event_now(s, "t", None);
+            let outcome = task_store.ingest(event.clone()).await;
+            (event, outcome)
+        }));
+        if n == 100 {
+            store.delete_source(gone.id).await.unwrap();
+        }
+    }
+    let (mut refused, mut kept) = (0, 0);
+    for task in tasks {
+        let (event, outcome) = task.await.unwrap();
+        match outcome {
+            Ok(IngestOutcome::Stored { deliveries }) => {
+                assert_eq!(deliveries.len(), 1);
+                if event.source_id == keep.id {
+                    kept += 1;
+                }
+            }
+            Err(StoreError::NotFound) => {
+                assert_eq!(event.source_id, gone.id, "only the deleted source's");
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(kept, 100);
+    assert!(refused > 0, "events sent after the deletion were refused");
+    assert_err!(
+        store.ingest(event_now(gone.id, "t", None)).await,
+        StoreError::NotFound
+    );
+    assert_eq!(store.event_count(keep.id).await.unwrap(), 190);
+}
+
+/// Hundreds of events at once, over two sources with filters: every one
+/// answered stored with the deliveries its filters call for, and exactly
+/// those are listed and queued afterwards.
+async fn many_concurrent_ingests_are_all_stored_listed_and_queued(store: &Store) {
+    const EVENTS: usize = 700;
+    let (a, b) = (source("wh_many00001"), source("wh_many00002"));
+    store.create_source(a.clone()).await.unwrap();
+    store.create_source(b.clone()).await.unwrap();
+    let all = destination(a.id, &[]);
+    let invoices = destination(a.id, &["invoice.*"]);
+    let of_b = destination(b.id, &[]);
+    for d in [&all, &invoices, &of_b] {
+        store.create_destination(d.clone(), 10).await.unwrap();
+    }
+    let events: Vec<EventRecord> = (0..EVENTS)
+        .map(|n| {
+            let s = if n % 5 == 0 { b.id } else { a.id };
+            let kind = if n % 2 == 0 {
+                "invoice.paid"
+            } else {
+                "charge.failed"
+            };
+            let pid = (n % 3 == 0).then(|| format!("evt_many_{n}"));
+            event_now(s, kind, pid.as_deref())
+        })
+        .collect();
+    let outcomes = ingest_all_at_once(store, events).await;
+    let mut answered = Vec::new();
+    for (event, outcome) in &outcomes {
+        let IngestOutcome::Stored { deliveries } = outcome.as_ref().unwrap() else {
+            panic!("expected {} stored", event.id);
+        };
+        let want = if event.source_id == b.id {
+            vec![of_b.id]
+        } else if event.event_type == "invoice.paid" {
+            sorted(vec![all.id, invoices.id])
+        } else {
+            vec![all.id]
+        };
+        assert_eq!(destinations_of(deliveries), want);
+        for d in deliveries {
+            assert_eq!((d.event_id, d.source_id), (event.id, event.source_id));
+            answered.push(d.id);
+        }
+    }
+
+    for s in [&a, &b] {
+        let mut listed = Vec::new();
+        let mut query = EventQuery::default();
+        for _ in 0..100 {
+            let page = store.list_events(s.id, query.clone(), 100).await.unwrap();
+            for item in &page.items {
+                listed.push(item.id);
+            }
+            match page.next {
+                Some(next) => query.before_id = Some(next),
+                None => break,
+            }
+        }
+        let want: Vec<EventId> = outcomes
+            .iter()
+            .filter(|(e, _)| e.source_id == s.id)
+            .map(|(e, _)| e.id)
+            .collect();
+        assert_eq!(sorted(listed), sorted(want));
+    }
+    let mut queued_ids = Vec::new();
+    for d in [&all, &invoices, &of_b] {
+        queued_ids.extend(queued(store, d.id).await.iter().map(|i| i.delivery_id));
+    }
+    assert_eq!(sorted(queued_ids), sorted(answered));
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.events, EVENTS as u64);
 }

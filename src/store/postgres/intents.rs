@@ -101,7 +101,7 @@ impl PgStore {
 
     /// Commits a write; answers once it is durable. The commit's duration
     /// is the `storage_commit_duration_seconds` metric (one operation per
-    /// commit until ingest is batched).
+    /// commit; ingest's batches observe theirs in `batch`).
     async fn commit(&self, tx: Tx) -> Result<(), StoreError> {
         let started = Instant::now();
         tx.commit().await.map_err(db_error)?;
@@ -1022,56 +1022,13 @@ impl PgStore {
 
     // ---- Events ----
 
+    /// Queued for the next group commit (see `batch`): answered once the
+    /// transaction holding it is durable.
     pub(in crate::store) async fn ingest(
         &self,
         event: EventRecord,
     ) -> Result<IngestOutcome, StoreError> {
-        // A duplicate that loses the race for the dedup key finds the
-        // winner; should the winner be purged in between, try again.
-        for _ in 0..3 {
-            if let Some(pid) = &event.provider_event_id {
-                if let Some(original) = self.dedup_owner(event.source_id, pid).await? {
-                    return Ok(IngestOutcome::Duplicate { original });
-                }
-            }
-            let mut tx = self.begin().await?;
-            source_exists(&mut tx, event.source_id, true).await?;
-            let targets: Vec<(EventId, DestinationId)> =
-                enabled_destinations(&mut tx, event.source_id)
-                    .await?
-                    .into_iter()
-                    .filter(|d| filter::matches(&d.event_filter, &event.event_type))
-                    .map(|d| (event.id, d.id))
-                    .collect();
-            if !insert_event(&mut tx, &event, true).await? {
-                // Another ingest holds the key (it committed while this one
-                // waited on the unique index): this one is a duplicate.
-                drop(tx);
-                continue;
-            }
-            let deliveries =
-                insert_deliveries(&mut tx, event.source_id, &targets, event.received_at_ms).await?;
-            self.commit(tx).await?;
-            return Ok(IngestOutcome::Stored { deliveries });
-        }
-        Err(StoreError::Conflict(
-            "the provider event id was taken and released repeatedly; send the event again".into(),
-        ))
-    }
-
-    /// The event holding a provider event id's dedup key, if any.
-    async fn dedup_owner(
-        &self,
-        source_id: SourceId,
-        pid: &str,
-    ) -> Result<Option<EventId>, StoreError> {
-        let row = sqlx::query("SELECT id FROM events WHERE source_id = $1 AND dedup_key = $2")
-            .bind(uid(source_id))
-            .bind(pid.as_bytes())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
-        row.map(|r| rows::row_id(&r, "id")).transpose()
+        self.ingester.ingest(event).await
     }
 
     pub(in crate::store) async fn store_test_event(

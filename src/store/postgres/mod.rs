@@ -12,10 +12,13 @@
 //! UPDATE` while its pending deliveries are cancelled) is either fully
 //! before the ingest or fully after it.
 //!
-//! Still to come (later steps of issue #13): ingest batched per group
-//! commit (one statement for many events), leases per destination lane,
+//! Ingest is written per group commit (`batch`): concurrent ingests share
+//! one transaction of a few multi-row statements and one WAL flush.
+//!
+//! Still to come (later steps of issue #13): leases per destination lane,
 //! wake-ups across nodes (NOTIFY), a shared `storage.secrets_key_file`.
 
+mod batch;
 mod intents;
 mod rows;
 #[cfg(test)]
@@ -46,7 +49,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Why storage answers `Unavailable` while the database cannot be reached.
-const UNREACHABLE: &str = "the PostgreSQL database cannot be reached; Krafter reconnects by itself";
+pub(super) const UNREACHABLE: &str =
+    "the PostgreSQL database cannot be reached; Krafter reconnects by itself";
 
 /// The open PostgreSQL store.
 pub(super) struct PgStore {
@@ -55,6 +59,8 @@ pub(super) struct PgStore {
     secrets: SecretBox,
     dir: PathBuf,
     state: Arc<ProbeState>,
+    /// The ingest batcher (see `batch`).
+    ingester: batch::Ingester,
 }
 
 /// What the background probe last saw.
@@ -95,7 +101,9 @@ impl PgStore {
             stopped: AtomicBool::new(false),
         });
         runtime.spawn(probe(pool.clone(), state.clone()));
+        let ingester = batch::Ingester::start(&runtime, pool.clone(), metrics.clone());
         Ok(PgStore {
+            ingester,
             pool,
             metrics,
             secrets,
@@ -136,8 +144,10 @@ impl PgStore {
         self.state.healthy.load(Ordering::SeqCst)
     }
 
-    /// Stops the probe and closes every connection.
+    /// Writes the ingests queued, stops the probe and closes every
+    /// connection.
     pub(super) async fn close(&self) {
+        self.ingester.stop().await;
         self.state.stopped.store(true, Ordering::SeqCst);
         self.state.stop.notify_one();
         self.pool.close().await;
@@ -216,6 +226,8 @@ async fn probe(pool: PgPool, state: Arc<ProbeState>) {
 
 /// Maps a client error: connection trouble is `Unavailable` (the caller
 /// may retry; the API answers 503), anything else the engine's failure.
+/// The server ending a connection (an administrator, a shutdown, a crash:
+/// SQLSTATE class 08 and 57P01–57P03) is connection trouble too.
 pub(super) fn db_error(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::Io(_)
@@ -223,7 +235,18 @@ pub(super) fn db_error(e: sqlx::Error) -> StoreError {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(UNREACHABLE),
+        sqlx::Error::Database(db) if is_connection_loss(db.code().as_deref()) => {
+            StoreError::Unavailable(UNREACHABLE)
+        }
         other => StoreError::Backend(Box::new(other)),
+    }
+}
+
+/// SQLSTATEs meaning the connection (or the server) went away.
+fn is_connection_loss(code: Option<&str>) -> bool {
+    match code {
+        Some(code) => code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03"),
+        None => false,
     }
 }
 
