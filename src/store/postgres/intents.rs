@@ -545,6 +545,33 @@ fn page_of(mut found: Vec<Found>, cursor: Option<u128>, limit: usize) -> Page<Fo
     page(found, limit, |f| f.event_id)
 }
 
+/// Inserts an API key; an identical key (same hash) is a conflict.
+pub(super) async fn insert_api_key(
+    conn: &mut PgConnection,
+    key: &ApiKeyRecord,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO api_keys ({}) VALUES ($1, $2, $3, $4, $5, $6)",
+        rows::API_KEY_COLUMNS
+    );
+    let done = sqlx::query(&sql)
+        .bind(uid(key.id))
+        .bind(key.name.as_bytes())
+        .bind(rows::scope_names(&key.scopes))
+        .bind(&key.prefix)
+        .bind(key.hash.as_slice())
+        .bind(key.created_at_ms)
+        .execute(conn)
+        .await;
+    match done {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(
+            "an identical key already exists".into(),
+        )),
+        Err(e) => Err(db_error(e)),
+    }
+}
+
 impl PgStore {
     // ---- API keys ----
 
@@ -552,28 +579,9 @@ impl PgStore {
         &self,
         key: ApiKeyRecord,
     ) -> Result<(), StoreError> {
-        let sql = format!(
-            "INSERT INTO api_keys ({}) VALUES ($1, $2, $3, $4, $5, $6)",
-            rows::API_KEY_COLUMNS
-        );
-        let done = self
-            .write_one(
-                sqlx::query(&sql)
-                    .bind(uid(key.id))
-                    .bind(key.name.as_bytes())
-                    .bind(rows::scope_names(&key.scopes))
-                    .bind(&key.prefix)
-                    .bind(key.hash.as_slice())
-                    .bind(key.created_at_ms),
-            )
-            .await;
-        match done {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(
-                "an identical key already exists".into(),
-            )),
-            Err(e) => Err(db_error(e)),
-        }
+        let mut tx = self.begin().await?;
+        insert_api_key(&mut tx, &key).await?;
+        self.commit(tx).await
     }
 
     pub(in crate::store) async fn api_key_by_hash(
@@ -1697,6 +1705,14 @@ impl PgStore {
             .map_err(db_error)?;
             row.map(|r| decode::<DestinationRecord>(&r)).transpose()?
         };
+        // Another node took the lane over since this attempt started: its
+        // owner attempts the delivery again, this outcome is not recorded.
+        if !super::nodes::holds_lane(&mut tx, self.node, o.destination_id, o.lease_epoch).await? {
+            return Ok(Recorded {
+                fenced_off: true,
+                ..Recorded::default()
+            });
+        }
         let Some((mut delivery, queued_at)) =
             delivery_for_update(&mut tx, o.item.delivery_id).await?
         else {

@@ -12,11 +12,12 @@
 //! UPDATE` while its pending deliveries are cancelled) is either fully
 //! before the ingest or fully after it.
 //!
-//! Still to come (later steps of issue #13): ingest batched per group
-//! commit (one statement for many events), leases per destination lane,
-//! wake-ups across nodes (NOTIFY), a shared `storage.secrets_key_file`.
+//! Several nodes may share the database (`nodes.rs`): each is one random
+//! node id per process, holding leases on destination lanes and duties,
+//! and telling the others (`NOTIFY`) which lanes have work.
 
 mod intents;
+mod nodes;
 mod rows;
 #[cfg(test)]
 pub(super) mod test_cluster;
@@ -30,6 +31,8 @@ use std::time::Duration;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::crypto::SecretBox;
 use super::StoreError;
@@ -55,14 +58,17 @@ pub(super) struct PgStore {
     secrets: SecretBox,
     dir: PathBuf,
     state: Arc<ProbeState>,
+    /// This process among the nodes sharing the database (lease owner).
+    node: Uuid,
+    announcer: Arc<nodes::Announcer>,
 }
 
-/// What the background probe last saw.
+/// What the background probe last saw, and the stop signal of the
+/// store's background tasks.
 struct ProbeState {
     healthy: AtomicBool,
     size_bytes: AtomicU64,
-    stop: tokio::sync::Notify,
-    stopped: AtomicBool,
+    stop: CancellationToken,
 }
 
 impl PgStore {
@@ -80,9 +86,21 @@ impl PgStore {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             StoreError::Backend("the PostgreSQL store must be opened inside a Tokio runtime".into())
         })?;
-        migrate(options.clone())?;
         super::redb::create_private_dir(&config.path)?;
-        let secrets = SecretBox::load_or_create(&config.path)?;
+        let key_path = config.secrets_key_path();
+        let secrets = SecretBox::load_or_create(&key_path)?;
+        let stored_check = migrate(options.clone(), secrets.seal(nodes::check_plaintext()))?;
+        if secrets.open(&stored_check).ok().as_deref() != Some(nodes::check_plaintext()) {
+            return Err(StoreError::Backend(
+                format!(
+                    "the secrets key {} does not open the secrets this database holds: every \
+                     node of one database must use the same key (copy the first node's \
+                     storage.secrets_key_file)",
+                    key_path.display()
+                )
+                .into(),
+            ));
+        }
         let _entered = runtime.enter();
         let pool = PgPoolOptions::new()
             .max_connections(pg.max_connections)
@@ -91,16 +109,19 @@ impl PgStore {
         let state = Arc::new(ProbeState {
             healthy: AtomicBool::new(true),
             size_bytes: AtomicU64::new(0),
-            stop: tokio::sync::Notify::new(),
-            stopped: AtomicBool::new(false),
+            stop: CancellationToken::new(),
         });
         runtime.spawn(probe(pool.clone(), state.clone()));
+        let node = Uuid::from_u128(rand::random());
+        let announcer = nodes::Announcer::start(&pool, node, state.clone(), &runtime);
         Ok(PgStore {
             pool,
             metrics,
             secrets,
             dir: config.path.clone(),
             state,
+            node,
+            announcer,
         })
     }
 
@@ -136,19 +157,20 @@ impl PgStore {
         self.state.healthy.load(Ordering::SeqCst)
     }
 
-    /// Stops the probe and closes every connection.
+    /// Stops the background tasks and closes every connection.
     pub(super) async fn close(&self) {
-        self.state.stopped.store(true, Ordering::SeqCst);
-        self.state.stop.notify_one();
+        self.state.stop.cancel();
         self.pool.close().await;
     }
 }
 
 /// Applies the embedded migrations over one connection of its own, on a
 /// helper thread with its own runtime (the caller may be a current-thread
-/// runtime that must not be blocked from inside).
-fn migrate(options: PgConnectOptions) -> Result<(), StoreError> {
-    let run = move || -> Result<(), StoreError> {
+/// runtime that must not be blocked from inside). Then stores
+/// `sealed_check` unless the first node stored one, and answers the stored
+/// one (this node's key must open it).
+fn migrate(options: PgConnectOptions, sealed_check: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    let run = move || -> Result<Vec<u8>, StoreError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -169,10 +191,14 @@ fn migrate(options: PgConnectOptions) -> Result<(), StoreError> {
                     StoreError::Backend(format!("migrating the PostgreSQL schema: {other}").into())
                 }
             });
+            let checked = match applied {
+                Ok(_) => nodes::secrets_check(&mut conn, sealed_check).await,
+                Err(e) => Err(e),
+            };
             // Closing politely is best effort; the result that matters is
             // the migration's.
             let _ = conn.close().await;
-            applied
+            checked
         })
     };
     std::thread::Builder::new()
@@ -187,7 +213,7 @@ fn migrate(options: PgConnectOptions) -> Result<(), StoreError> {
 /// `/readyz` reads the result, and the size metric comes with it.
 async fn probe(pool: PgPool, state: Arc<ProbeState>) {
     let mut ticks: u64 = 0;
-    while !state.stopped.load(Ordering::SeqCst) {
+    while !state.stop.is_cancelled() {
         let ok = sqlx::query_scalar::<_, i64>("SELECT pg_database_size(current_database())")
             .fetch_one(&pool)
             .await;
@@ -208,7 +234,7 @@ async fn probe(pool: PgPool, state: Arc<ProbeState>) {
         }
         ticks += 1;
         tokio::select! {
-            _ = state.stop.notified() => break,
+            _ = state.stop.cancelled() => break,
             _ = tokio::time::sleep(PROBE_EVERY) => {}
         }
     }
