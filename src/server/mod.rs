@@ -166,6 +166,9 @@ pub async fn start_with_resolver(
     // Bulk replays a previous run left unfinished go on in the background;
     // readiness does not wait for them.
     replays.resume_all();
+    if store.is_shared() {
+        replays.adopt_orphans_every(Duration::from_secs(30));
+    }
     // The first thing a new user looks for: where to click. The URL is in
     // the message itself so text and JSON logs both show it plainly.
     tracing::info!("dashboard at {dashboard_url} (sign in with an API key)");
