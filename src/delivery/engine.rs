@@ -250,11 +250,27 @@ impl Engine {
                     Err(e) => tracing::warn!(error = %e, "cannot list destinations to claim"),
                 }
             }
-            let lanes: Vec<Arc<Lane>> = lock(&inner.lanes).values().cloned().collect();
-            let wanted = lanes.iter().map(|l| l.destination_id).collect();
             let asked_at = Instant::now();
             let mut wait = ttl / 3;
-            match inner.store.claim_lanes(wanted, ttl_ms).await {
+            let alive = match inner.store.node_heartbeat(ttl_ms).await {
+                Ok(alive) => alive,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach the other nodes; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(CLAIM_RETRY) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            let lanes: Vec<Arc<Lane>> = lock(&inner.lanes).values().cloned().collect();
+            let (shed, max_new) = self.rebalance(&lanes, alive).await;
+            let wanted = lanes
+                .iter()
+                .map(|l| l.destination_id)
+                .filter(|d| !shed.contains(d))
+                .collect();
+            match inner.store.claim_lanes(wanted, ttl_ms, max_new).await {
                 Ok(claims) => {
                     let by_id: HashMap<DestinationId, &Arc<Lane>> =
                         lanes.iter().map(|l| (l.destination_id, l)).collect();
@@ -296,6 +312,39 @@ impl Engine {
                 _ = stop.changed() => {}
             }
         }
+    }
+
+    /// Each node runs about its share of the lanes (`lanes / alive`,
+    /// rounded up). Holding more (a node joined), it hands idle lanes over
+    /// — none with an attempt in flight, which would then be sent again —
+    /// and answers them with how many new lanes it may take.
+    async fn rebalance(&self, lanes: &[Arc<Lane>], alive: u64) -> (HashSet<DestinationId>, usize) {
+        let share = lanes
+            .len()
+            .div_ceil(usize::try_from(alive).unwrap_or(1).max(1));
+        let held: Vec<&Arc<Lane>> = lanes
+            .iter()
+            .filter(|l| lock(&l.lease).held.is_some())
+            .collect();
+        let mut shed = HashSet::new();
+        if held.len() > share {
+            for lane in held.iter().filter(|l| lock(&l.in_flight).is_empty()) {
+                if shed.len() == held.len() - share {
+                    break;
+                }
+                lock(&lane.lease).held = None;
+                shed.insert(lane.destination_id);
+            }
+            if let Err(e) = self
+                .inner
+                .store
+                .release_lanes(shed.iter().copied().collect())
+                .await
+            {
+                tracing::warn!(error = %e, "could not hand lanes over; they move when their leases expire");
+            }
+        }
+        (shed.clone(), share.saturating_sub(held.len() - shed.len()))
     }
 
     /// Wakes the lanes other nodes announce work for (several nodes only).
@@ -346,7 +395,8 @@ impl Engine {
                 .filter(|l| lock(&l.lease).held.is_some())
                 .map(|l| l.destination_id)
                 .collect();
-            if let Err(e) = self.inner.store.release_lanes(held).await {
+            let released = self.inner.store.release_lanes(held).await;
+            if let Err(e) = released.and(self.inner.store.leave().await) {
                 tracing::warn!(error = %e, "could not release delivery leases; other nodes take them over after delivery.lease_ttl");
             }
         }

@@ -294,7 +294,7 @@ pub(super) fn outcome(
 /// Records an attempt as the delivery engine does: under this node's
 /// lease on the destination's lane.
 async fn record_under_lease(store: &Store, mut o: AttemptOutcome) -> Result<Recorded, StoreError> {
-    let claims = store.claim_lanes(vec![o.destination_id], 60_000).await?;
+    let claims = store.claim_lanes(vec![o.destination_id], 60_000, 1).await?;
     o.lease_epoch = claims
         .first()
         .and_then(|c| c.held)

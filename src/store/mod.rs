@@ -319,12 +319,18 @@ intents! {
     /// place, and the destination's failure run (auto-disable).
     fn record_attempt(&self, outcome: AttemptOutcome) -> Recorded;
     /// Claims (or renews) this node's lease on each destination's lane for
-    /// `ttl_ms`: a lane is taken only when free or expired, and a change of
-    /// owner raises its epoch. Answers where this node stands on each.
-    fn claim_lanes(&self, destinations: Vec<DestinationId>, ttl_ms: u64) -> Vec<LaneClaim>;
-    /// Gives up this node's leases on these lanes (at shutdown), so another
-    /// node takes them over at once.
+    /// `ttl_ms`: every lane it holds is renewed, and at most `max_new` free
+    /// or expired ones are taken (a change of owner raises the epoch).
+    /// Answers where this node stands on each lane asked for.
+    fn claim_lanes(&self, destinations: Vec<DestinationId>, ttl_ms: u64, max_new: usize) -> Vec<LaneClaim>;
+    /// Marks this node alive for `ttl_ms` more; answers how many nodes are
+    /// alive (itself included), for a fair share of the lanes.
+    fn node_heartbeat(&self, ttl_ms: u64) -> u64;
+    /// Gives up this node's leases on these lanes (more than its share, or
+    /// at shutdown), so another node takes them over at once.
     fn release_lanes(&self, destinations: Vec<DestinationId>) -> ();
+    /// This node stops: it no longer counts as alive.
+    fn leave(&self) -> ();
     /// Claims (or renews) a background duty that one node at a time
     /// performs (retention); answers whether this node has it.
     fn claim_duty(&self, name: &'static str, ttl_ms: u64) -> bool;

@@ -302,20 +302,36 @@ impl PgStore {
         &self,
         destinations: Vec<DestinationId>,
         ttl_ms: u64,
+        max_new: usize,
     ) -> Result<Vec<LaneClaim>, StoreError> {
         let mut wanted: Vec<Uuid> = destinations.iter().map(|&d| uid(d)).collect();
-        // One order for every node, so two claims never deadlock.
         wanted.sort_unstable();
         wanted.dedup();
         let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX / 4);
-        // Free, expired or already ours: take it (a new owner gets the next
-        // epoch). The outer select sees the rows as they were before this
-        // statement, which is what a lane held by another node needs.
+        let max_new = i64::try_from(max_new).unwrap_or(i64::MAX);
+        // Every lane this node holds (and has not released), plus at most
+        // `max_new` free or expired ones picked at random (so that nodes claiming at once
+        // spread out), taken in one order on every node so that two claims
+        // never deadlock; a new owner gets the next epoch. The upsert's
+        // condition is checked again on the locked row, so a lane another
+        // node took meanwhile is left alone. The final select sees the
+        // rows as they were before this statement: for a lane held by
+        // another node, when its lease runs out.
         let found = sqlx::query(
             "WITH now AS (SELECT krafter_now_ms() AS ms), \
+             candidates AS ( \
+               SELECT w, (l.owner = $2 AND l.expires_at_ms > 0) IS TRUE AS mine \
+               FROM unnest($1::uuid[]) AS w \
+               LEFT JOIN lane_leases l ON l.destination_id = w \
+               WHERE l.destination_id IS NULL OR l.owner = $2 \
+                  OR l.expires_at_ms <= (SELECT ms FROM now)), \
+             chosen AS ( \
+               SELECT w FROM candidates WHERE mine \
+               UNION ALL \
+               (SELECT w FROM candidates WHERE NOT mine ORDER BY random() LIMIT $4)), \
              claimed AS ( \
                INSERT INTO lane_leases (destination_id, owner, epoch, expires_at_ms) \
-               SELECT w, $2, 1, (SELECT ms FROM now) + $3 FROM unnest($1::uuid[]) AS w ORDER BY w \
+               SELECT w, $2, 1, (SELECT ms FROM now) + $3 FROM chosen ORDER BY w \
                ON CONFLICT (destination_id) DO UPDATE SET \
                  epoch = CASE WHEN lane_leases.owner = EXCLUDED.owner \
                          THEN lane_leases.epoch ELSE lane_leases.epoch + 1 END, \
@@ -333,6 +349,7 @@ impl PgStore {
         .bind(&wanted)
         .bind(self.node)
         .bind(ttl)
+        .bind(max_new)
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
@@ -352,11 +369,41 @@ impl PgStore {
         Ok(claims)
     }
 
+    pub(in crate::store) async fn node_heartbeat(&self, ttl_ms: u64) -> Result<u64, StoreError> {
+        let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX / 4);
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO nodes (id, seen_at_ms) VALUES ($1, krafter_now_ms()) \
+             ON CONFLICT (id) DO UPDATE SET seen_at_ms = EXCLUDED.seen_at_ms",
+        )
+        .bind(self.node)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        // Nodes gone for long are forgotten (a killed node leaves its row).
+        sqlx::query("DELETE FROM nodes WHERE seen_at_ms < krafter_now_ms() - 10 * $1")
+            .bind(ttl)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let alive: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM nodes WHERE seen_at_ms > krafter_now_ms() - $1",
+        )
+        .bind(ttl)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(u64::try_from(alive).unwrap_or(1).max(1))
+    }
+
     pub(in crate::store) async fn release_lanes(
         &self,
         destinations: Vec<DestinationId>,
     ) -> Result<(), StoreError> {
         let ids: Vec<Uuid> = destinations.iter().map(|&d| uid(d)).collect();
+        // Expired, not deleted: the row keeps its epoch, so the next owner's
+        // is higher than any this node used.
         sqlx::query(
             "UPDATE lane_leases SET expires_at_ms = 0 \
              WHERE destination_id = ANY($1) AND owner = $2",
@@ -366,6 +413,15 @@ impl PgStore {
         .execute(&self.pool)
         .await
         .map_err(db_error)?;
+        Ok(())
+    }
+
+    pub(in crate::store) async fn leave(&self) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(self.node)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
         Ok(())
     }
 
@@ -434,23 +490,26 @@ mod tests {
         };
 
         let ttl = 400;
-        let first = a.claim_lanes(vec![d.id], ttl).await.unwrap();
+        let first = a.claim_lanes(vec![d.id], ttl, 1).await.unwrap();
         let epoch_a = first[0].held.expect("a free lane is taken");
-        let refused = b.claim_lanes(vec![d.id], ttl).await.unwrap();
+        let refused = b.claim_lanes(vec![d.id], ttl, 1).await.unwrap();
         assert_eq!(refused[0].held, None, "a held lane is not taken");
         let left = refused[0].others_expire_in_ms.unwrap();
         assert!(left > 0 && left <= ttl, "{left}");
         // Renewing keeps the epoch.
-        let renewed = a.claim_lanes(vec![d.id], ttl).await.unwrap();
+        let renewed = a.claim_lanes(vec![d.id], ttl, 1).await.unwrap();
         assert_eq!(renewed[0].held, Some(epoch_a));
 
         // A stops renewing (as a killed node would): B takes over once the
         // lease has run out, under a new epoch.
         tokio::time::sleep(std::time::Duration::from_millis(ttl + 150)).await;
-        let taken = b.claim_lanes(vec![d.id], 60_000).await.unwrap();
+        let taken = b.claim_lanes(vec![d.id], 60_000, 1).await.unwrap();
         let epoch_b = taken[0].held.expect("an expired lane is taken over");
         assert!(epoch_b > epoch_a);
-        assert_eq!(a.claim_lanes(vec![d.id], ttl).await.unwrap()[0].held, None);
+        assert_eq!(
+            a.claim_lanes(vec![d.id], ttl, 1).await.unwrap()[0].held,
+            None
+        );
 
         // A's attempt, finished late, is not recorded.
         let (items, _) = a
@@ -473,8 +532,62 @@ mod tests {
 
         // Released at shutdown: taken over at once, never with an old epoch.
         b.release_lanes(vec![d.id]).await.unwrap();
-        let back = a.claim_lanes(vec![d.id], ttl).await.unwrap();
+        let back = a.claim_lanes(vec![d.id], ttl, 1).await.unwrap();
         assert!(back[0].held.unwrap() > epoch_b);
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test]
+    async fn nodes_take_a_share_of_the_lanes_each() {
+        let Some((_guard, config)) = scratch_database().await else {
+            return;
+        };
+        let (a, b) = (open(&config), open(&second_node(&config)));
+        let s = source("wh_share");
+        a.create_source(s.clone()).await.unwrap();
+        let mut all = Vec::new();
+        for _ in 0..4 {
+            let d = destination(s.id, &[]);
+            a.create_destination(d.clone(), 10).await.unwrap();
+            all.push(d.id);
+        }
+        assert_eq!(a.node_heartbeat(10_000).await.unwrap(), 1);
+        assert_eq!(b.node_heartbeat(10_000).await.unwrap(), 2);
+        assert_eq!(a.node_heartbeat(10_000).await.unwrap(), 2);
+
+        let held = |claims: Vec<LaneClaim>| -> HashSet<DestinationId> {
+            claims
+                .into_iter()
+                .filter(|c| c.held.is_some())
+                .map(|c| c.destination_id)
+                .collect()
+        };
+        let ttl = 60_000;
+        let of_a = held(a.claim_lanes(all.clone(), ttl, 2).await.unwrap());
+        assert_eq!(of_a.len(), 2, "at most max_new new lanes");
+        let of_b = held(b.claim_lanes(all.clone(), ttl, 2).await.unwrap());
+        assert_eq!(of_b.len(), 2);
+        assert!(of_a.is_disjoint(&of_b));
+        // Renewing keeps a's two and takes none of b's, whatever max_new.
+        assert_eq!(
+            held(a.claim_lanes(all.clone(), ttl, 4).await.unwrap()),
+            of_a
+        );
+
+        // A lane a hands over is b's at b's next claim; a does not take it
+        // back by renewing.
+        let given = *of_a.iter().next().unwrap();
+        a.release_lanes(vec![given]).await.unwrap();
+        assert_eq!(
+            held(a.claim_lanes(all.clone(), ttl, 0).await.unwrap()).len(),
+            1
+        );
+        let now_b = held(b.claim_lanes(all.clone(), ttl, 1).await.unwrap());
+        assert!(now_b.contains(&given) && now_b.len() == 3);
+
+        b.leave().await.unwrap();
+        assert_eq!(a.node_heartbeat(10_000).await.unwrap(), 1);
         a.close().await;
         b.close().await;
     }

@@ -537,6 +537,7 @@ impl RedbStore {
         &self,
         destinations: Vec<DestinationId>,
         _ttl_ms: u64,
+        _max_new: usize,
     ) -> Result<Vec<LaneClaim>, StoreError> {
         Ok(destinations
             .into_iter()
@@ -548,10 +549,18 @@ impl RedbStore {
             .collect())
     }
 
+    pub(in crate::store) async fn node_heartbeat(&self, _ttl_ms: u64) -> Result<u64, StoreError> {
+        Ok(1)
+    }
+
     pub(in crate::store) async fn release_lanes(
         &self,
         _destinations: Vec<DestinationId>,
     ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    pub(in crate::store) async fn leave(&self) -> Result<(), StoreError> {
         Ok(())
     }
 

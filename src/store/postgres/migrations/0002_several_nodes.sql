@@ -32,3 +32,10 @@ CREATE TABLE duty_leases (
     owner         uuid NOT NULL,
     expires_at_ms bigint NOT NULL
 );
+
+-- The nodes alive (each renews its row with its leases), so that each
+-- claims a fair share of the lanes instead of the first one taking all.
+CREATE TABLE nodes (
+    id         uuid PRIMARY KEY,
+    seen_at_ms bigint NOT NULL
+);
