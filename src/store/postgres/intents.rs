@@ -1434,20 +1434,23 @@ impl PgStore {
         let mut totals = Totals::default();
         loop {
             let plan = plan_chunk(&mut tx, &destinations, &cursor, 10_000, usize::MAX).await?;
+            // One short snapshot per chunk: a count over a million events
+            // must not hold back the database's transaction horizon (and
+            // so vacuum, for every node) for its whole length. The job's
+            // id bound keeps later events out; retention removing a chunk
+            // not yet counted only makes the total smaller.
+            done(tx).await?;
             totals.matched += plan.matched;
             if totals.matched > max_matched {
-                done(tx).await?;
                 return Ok(None);
             }
             totals.events += plan.items.len() as u64;
             totals.deliveries += plan.items.iter().map(|(_, t)| t.len() as u64).sum::<u64>();
             match plan.last {
                 Some(last) if !plan.exhausted => cursor.cursor = last,
-                _ => {
-                    done(tx).await?;
-                    return Ok(Some(totals));
-                }
+                _ => return Ok(Some(totals)),
             }
+            tx = self.snapshot().await?;
         }
     }
 
