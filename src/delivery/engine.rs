@@ -105,8 +105,6 @@ struct Lease {
     /// The epoch held, and until when (local clock, counted from before
     /// the claim was sent) it may be used; `None` = for ever (one node).
     held: Option<(u64, Option<Instant>)>,
-    /// Another node held it when last asked, until about then.
-    others_until: Option<Instant>,
 }
 
 impl Lane {
@@ -205,7 +203,6 @@ impl Engine {
                         // One node holds every lane; shared ones wait for
                         // the keeper's claim.
                         held: (!self.inner.shared).then_some((0, None)),
-                        others_until: None,
                     }),
                 });
                 if self.inner.shared {
@@ -282,12 +279,11 @@ impl Engine {
                             let mut lease = lock(&lane.lease);
                             let had = lease.held.map(|(epoch, _)| epoch);
                             lease.held = claim.held.map(|epoch| (epoch, Some(asked_at + ttl)));
-                            lease.others_until = claim
-                                .others_expire_in_ms
-                                .map(|ms| asked_at + Duration::from_millis(ms));
-                            if let Some(until) = lease.others_until {
-                                // Ask again right when that lease runs out.
-                                wait = wait.min(until.saturating_duration_since(asked_at));
+                            if let Some(ms) = claim.others_expire_in_ms {
+                                // Another node's: ask again right when its
+                                // lease runs out (unless renewed, the lane
+                                // is free then).
+                                wait = wait.min(Duration::from_millis(ms));
                             }
                             claim.held.is_some() && had != claim.held
                         };
