@@ -387,6 +387,10 @@ async fn data_files_are_private_whatever_the_umask() {
     }
     if common::on_postgres() {
         assert!(files >= 2, "admin.key and secrets.key");
+        assert!(
+            !dir.join("krafter.redb").exists(),
+            "no redb file on postgres"
+        );
     } else {
         assert!(files >= 3, "krafter.redb, admin.key and secrets.key");
     }

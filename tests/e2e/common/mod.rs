@@ -220,6 +220,10 @@ impl TestServer {
         let server = server::start_with_resolver(config.clone(), resolver.clone())
             .await
             .expect("server starts");
+        assert!(
+            database.is_none() || !config.storage.path.join("krafter.redb").exists(),
+            "a server on postgres made a redb file"
+        );
         let admin_key = std::fs::read_to_string(config.storage.path.join("admin.key"))
             .expect("admin.key exists once the server is up")
             .trim()
