@@ -19,6 +19,9 @@
 mod intents;
 mod nodes;
 mod rows;
+// Self-contained (no `crate::` imports): tests/e2e/common includes it too.
+#[cfg(test)]
+mod pg_cluster;
 #[cfg(test)]
 pub(super) mod test_cluster;
 
