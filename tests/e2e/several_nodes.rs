@@ -89,11 +89,7 @@ impl Api {
     }
 
     /// A Stripe source and one destination on it; answers (slug, source id).
-    async fn source_with_destination(
-        &self,
-        base: &str,
-        destination: Value,
-    ) -> (String, String) {
+    async fn source_with_destination(&self, base: &str, destination: Value) -> (String, String) {
         let source = self
             .post(
                 format!("{base}/api/v1/webhooks/sources"),
@@ -317,7 +313,10 @@ async fn a_rate_limit_and_dedup_hold_across_nodes() {
         assert!(within <= 5, "{within} deliveries within a second");
     }
     let span = times[11].saturating_duration_since(times[0]);
-    assert!(span >= Duration::from_millis(2000), "12 at 5/s took {span:?}");
+    assert!(
+        span >= Duration::from_millis(2000),
+        "12 at 5/s took {span:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,8 +361,7 @@ async fn a_database_outage_is_503_and_recovers_without_a_restart() {
         senders.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut n = 0;
-            while !finished.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < stop_at
-            {
+            while !finished.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < stop_at {
                 n += 1;
                 match ingest(&client, &base, &slug, &format!("evt_{sender}_{n}")).await {
                     Ok((200, answer)) => {
