@@ -261,6 +261,78 @@ async fn two_nodes_deliver_each_event_once_and_a_survivor_takes_over_after_kill_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_takes_its_share_of_the_destinations() {
+    let Some(db) = database() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let receiver = Receiver::ok().await;
+    let (_first, a) = start_node(root.path(), "a", db.url()).await;
+    let api = Api {
+        client: reqwest::Client::new(),
+        key: admin_key(&root.path().join("a")),
+    };
+    let (slug, source_id) = api
+        .source_with_destination(&a, json!({"url": receiver.url("/d0")}))
+        .await;
+    for n in 1..4 {
+        api.post(
+            format!("{a}/api/v1/webhooks/sources/{source_id}/destinations"),
+            json!({"url": receiver.url(&format!("/d{n}"))}),
+        )
+        .await;
+    }
+    // Which node runs which destination is only visible in the database.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(db.url())
+        .await
+        .unwrap();
+    let owners = |rows: Vec<(uuid::Uuid, i64)>| -> Vec<i64> {
+        let mut counts: Vec<i64> = rows.into_iter().map(|(_, n)| n).collect();
+        counts.sort_unstable();
+        counts
+    };
+    let query = "SELECT owner, count(*) FROM lane_leases \
+                 WHERE expires_at_ms > krafter_now_ms() GROUP BY owner";
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        held = owners(sqlx::query_as(query).fetch_all(&mut conn).await.unwrap());
+        if held == [4] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(held, [4], "one node runs every destination");
+
+    // A second node joins: within a few lease rounds each runs two.
+    let (_second, b) = start_node(root.path(), "b", db.url()).await;
+    let deadline = Instant::now() + LEASE_TTL * 4;
+    while Instant::now() < deadline {
+        held = owners(sqlx::query_as(query).fetch_all(&mut conn).await.unwrap());
+        if held == [2, 2] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(held, [2, 2], "the destinations were not shared out");
+
+    // And every destination still gets each event once.
+    let client = reqwest::Client::new();
+    for n in 0..20 {
+        let base = if n % 2 == 0 { &a } else { &b };
+        let (status, answer) = ingest(&client, base, &slug, &format!("evt_share_{n}"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{answer}");
+    }
+    common::poll(Duration::from_secs(20), "80 deliveries", || async {
+        (webhook_ids(&receiver).len() >= 20 && receiver.requests().len() >= 80).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for n in 0..4 {
+        assert_eq!(receiver.requests_to(&format!("/d{n}")).len(), 20, "/d{n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_and_dedup_hold_across_nodes() {
     let Some(db) = database() else { return };
     let root = tempfile::tempdir().unwrap();
