@@ -108,11 +108,13 @@ struct Lease {
 }
 
 impl Lane {
-    /// The epoch under which new attempts may start now, if any.
-    fn usable_epoch(&self) -> Option<u64> {
+    /// The epoch under which a new attempt may start now, if any: the
+    /// lease must have `margin` left, so that an attempt normally ends
+    /// (and is recorded) before another node could take the lane over.
+    fn usable_epoch(&self, margin: Duration) -> Option<u64> {
         match lock(&self.lease).held {
             Some((epoch, None)) => Some(epoch),
-            Some((epoch, Some(until))) if Instant::now() < until => Some(epoch),
+            Some((epoch, Some(until))) if Instant::now() + margin < until => Some(epoch),
             _ => None,
         }
     }
@@ -176,7 +178,7 @@ impl Engine {
     /// nodes, the node holding the lane is told too.
     pub fn wake(&self, source_id: SourceId, destination_id: DestinationId) {
         let lane = self.wake_local(source_id, destination_id);
-        if self.inner.shared && lane.and_then(|l| l.usable_epoch()).is_none() {
+        if self.inner.shared && lane.and_then(|l| l.usable_epoch(Duration::ZERO)).is_none() {
             self.inner.store.announce_due(source_id, destination_id);
         }
     }
@@ -228,6 +230,7 @@ impl Engine {
         let inner = &self.inner;
         let ttl = inner.config.lease_ttl;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let margin = inner.attempt_margin();
         let mut stop = inner.stop.subscribe();
         let mut next_full_scan = Instant::now() + ttl / 3;
         loop {
@@ -275,9 +278,11 @@ impl Engine {
                         let Some(lane) = by_id.get(&claim.destination_id) else {
                             continue;
                         };
+                        // A lane that could not send before this claim
+                        // (no lease, or too little of it left) may now.
+                        let was_usable = lane.usable_epoch(margin);
                         let gained = {
                             let mut lease = lock(&lane.lease);
-                            let had = lease.held.map(|(epoch, _)| epoch);
                             lease.held = claim.held.map(|epoch| (epoch, Some(asked_at + ttl)));
                             if let Some(ms) = claim.others_expire_in_ms {
                                 // Another node's: ask again right when its
@@ -285,7 +290,7 @@ impl Engine {
                                 // is free then).
                                 wait = wait.min(Duration::from_millis(ms));
                             }
-                            claim.held.is_some() && had != claim.held
+                            claim.held.is_some() && was_usable != claim.held
                         };
                         if gained {
                             tracing::debug!(destination = %lane.destination_id.to_string(), "this node now runs the destination's deliveries");
@@ -415,6 +420,14 @@ pub enum EngineError {
     Store(#[from] StoreError),
 }
 
+impl Inner {
+    /// How much lease a new attempt needs left: its timeout, but at most a
+    /// third of the TTL (renewals come every third).
+    fn attempt_margin(&self) -> Duration {
+        self.config.timeout.min(self.config.lease_ttl / 3)
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -454,7 +467,7 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
         }
         // With several nodes, only while this one holds the lane's lease.
         let epoch = lane
-            .usable_epoch()
+            .usable_epoch(inner.attempt_margin())
             .filter(|_| destination.enabled && free > 0 && writable);
         if let Some(epoch) = epoch {
             let in_flight = lock(&lane.in_flight).clone();
