@@ -152,6 +152,20 @@ pub struct StorageConfig {
     pub retention_interval: Duration,
     /// The database when `backend = "postgres"`.
     pub postgres: PostgresConfig,
+    /// The key that seals stored secrets (default `<path>/secrets.key`).
+    /// Every node of one PostgreSQL database must use the same key: the
+    /// first node creates it, the others are given a copy.
+    pub secrets_key_file: Option<PathBuf>,
+}
+
+impl StorageConfig {
+    /// Where the secrets key is: `secrets_key_file`, or `secrets.key` in
+    /// the data directory.
+    pub fn secrets_key_path(&self) -> PathBuf {
+        self.secrets_key_file
+            .clone()
+            .unwrap_or_else(|| self.path.join("secrets.key"))
+    }
 }
 
 /// The storage engines (`storage.backend`).
@@ -205,6 +219,11 @@ pub struct DeliveryConfig {
     /// ::1) and resolve no name but `localhost`: for local development and
     /// test setups that must never reach another machine.
     pub loopback_only: bool,
+    /// Several nodes on one database: how long a node's claim on a
+    /// destination's deliveries lasts without renewal, so how soon another
+    /// node takes over after it dies. Unused on redb (one node).
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 /// Caps that keep one tenant's data from slowing everyone else.
@@ -273,6 +292,7 @@ impl Default for StorageConfig {
             queue_capacity: 8192,
             retention_interval: Duration::from_secs(60),
             postgres: PostgresConfig::default(),
+            secrets_key_file: None,
         }
     }
 }
@@ -288,6 +308,7 @@ impl Default for DeliveryConfig {
             extra_ca_path: None,
             disable_after: Duration::from_secs(5 * 24 * 3600),
             loopback_only: false,
+            lease_ttl: Duration::from_secs(45),
         }
     }
 }
@@ -453,6 +474,9 @@ impl Config {
         }
         if self.delivery.retry_schedule.is_empty() {
             return fail("delivery.retry_schedule", "must have at least one step");
+        }
+        if self.delivery.lease_ttl < Duration::from_secs(1) {
+            return fail("delivery.lease_ttl", "must be at least 1s");
         }
         if self.delivery.timeout.is_zero() {
             return fail("delivery.timeout", "must be greater than 0");

@@ -57,6 +57,22 @@ impl Replays {
         }
     }
 
+    /// With several nodes, a job whose node died would wait for some node
+    /// to restart: every node looks for running jobs it has no task for
+    /// every `period` and runs them too. Two nodes on one job is safe (each
+    /// chunk locks the job), only redundant.
+    pub fn adopt_orphans_every(&self, period: Duration) {
+        let this = self.clone();
+        self.inner.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = this.inner.stop.cancelled() => return,
+                    _ = tokio::time::sleep(period) => this.resume_all(),
+                }
+            }
+        });
+    }
+
     /// Resumes, in the background, every job left `running` by the last
     /// run of the process (stopped, crashed or killed).
     pub fn resume_all(&self) {

@@ -11,6 +11,17 @@
 //! records its success, final failure or cancellation. After a crash the
 //! queue is read again from the start, so nothing not recorded as
 //! succeeded is lost.
+//!
+//! Several nodes on one database (SPEC §12): every node has a lane for
+//! every destination, but a lane sends only while its node holds the
+//! destination's lease. One keeper task per node claims and renews leases
+//! for all its lanes in one statement, every third of `delivery.lease_ttl`
+//! (and right when another node's lease is due to expire, so a dead node's
+//! destinations are taken over within the TTL). An attempt is recorded
+//! only under the epoch it ran under; a node that lost the lane meanwhile
+//! has its outcome refused and the new owner attempts again. Nodes tell
+//! each other which lanes have work (`Store::announce_due`); lanes also
+//! poll, so a lost hint only delays.
 
 use crate::model::ids::{DeliveryId, DestinationId, SourceId};
 use std::collections::{HashMap, HashSet};
@@ -32,7 +43,7 @@ use crate::model::records::{
     AttemptRecord, DeliveryStatus, DestinationRecord, ErrorKind, RetiredSecret,
 };
 use crate::model::time::now_ms;
-use crate::store::{AttemptOutcome, DueItem, Next, Store, StoreError};
+use crate::store::{Announcement, AttemptOutcome, DueItem, Next, Store, StoreError};
 
 /// How long a lane sleeps at most before looking at its queue again, in
 /// case a wake-up was missed (e.g. a retry scheduled by another process
@@ -48,6 +59,12 @@ const UNHEALTHY_RECHECK: Duration = Duration::from_secs(1);
 
 /// Longest wait between two tries to record an attempt's outcome.
 const MAX_RECORD_RETRY: Duration = Duration::from_secs(5);
+
+/// How often the lease keeper tries again after a failed claim.
+const CLAIM_RETRY: Duration = Duration::from_secs(1);
+
+/// Shortest pause between two rounds of the lease keeper.
+const MIN_CLAIM_GAP: Duration = Duration::from_millis(200);
 
 /// Handle to the running engine; cheap to clone.
 #[derive(Clone)]
@@ -65,6 +82,10 @@ struct Inner {
     lanes: Mutex<HashMap<DestinationId, Arc<Lane>>>,
     stop: watch::Sender<bool>,
     tracker: TaskTracker,
+    /// Several nodes share the store: lanes send only under a lease.
+    shared: bool,
+    /// Asks the lease keeper for a round now (a new lane, lost hints).
+    claim_now: Notify,
 }
 
 struct Lane {
@@ -75,6 +96,28 @@ struct Lane {
     in_flight: Mutex<HashSet<DeliveryId>>,
     /// Attempts allowed at once (released when the HTTP exchange ends).
     permits: Arc<Semaphore>,
+    lease: Mutex<Lease>,
+}
+
+/// Where this node stands on a lane's lease.
+#[derive(Clone, Copy)]
+struct Lease {
+    /// The epoch held, and until when (local clock, counted from before
+    /// the claim was sent) it may be used; `None` = for ever (one node).
+    held: Option<(u64, Option<Instant>)>,
+}
+
+impl Lane {
+    /// The epoch under which a new attempt may start now, if any: the
+    /// lease must have `margin` left, so that an attempt normally ends
+    /// (and is recorded) before another node could take the lane over.
+    fn usable_epoch(&self, margin: Duration) -> Option<u64> {
+        match lock(&self.lease).held {
+            Some((epoch, None)) => Some(epoch),
+            Some((epoch, Some(until))) if Instant::now() + margin < until => Some(epoch),
+            _ => None,
+        }
+    }
 }
 
 impl Engine {
@@ -88,6 +131,8 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let client = client::build(&config, resolver.clone())?;
         let (stop, _) = watch::channel(false);
+        let shared = store.is_shared();
+        let announcements = store.announcements();
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
@@ -98,10 +143,26 @@ impl Engine {
                 lanes: Mutex::new(HashMap::new()),
                 stop,
                 tracker: TaskTracker::new(),
+                shared,
+                claim_now: Notify::new(),
             }),
         };
         for (source_id, destination_id) in engine.inner.store.all_destination_ids().await? {
-            engine.wake(source_id, destination_id);
+            engine.wake_local(source_id, destination_id);
+        }
+        if shared {
+            let keeper = engine.clone();
+            engine
+                .inner
+                .tracker
+                .spawn(async move { keeper.keep_leases().await });
+            if let Some(hints) = announcements {
+                let listener = engine.clone();
+                engine
+                    .inner
+                    .tracker
+                    .spawn(async move { listener.follow_hints(hints).await });
+            }
         }
         Ok(engine)
     }
@@ -113,10 +174,19 @@ impl Engine {
     }
 
     /// Tells a destination's lane to look at its queue (starting the lane
-    /// if needed). Called after commits that queue deliveries.
+    /// if needed). Called after commits that queue deliveries. With several
+    /// nodes, the node holding the lane is told too.
     pub fn wake(&self, source_id: SourceId, destination_id: DestinationId) {
+        let lane = self.wake_local(source_id, destination_id);
+        if self.inner.shared && lane.and_then(|l| l.usable_epoch(Duration::ZERO)).is_none() {
+            self.inner.store.announce_due(source_id, destination_id);
+        }
+    }
+
+    /// Wakes (or starts) this node's lane of a destination.
+    fn wake_local(&self, source_id: SourceId, destination_id: DestinationId) -> Option<Arc<Lane>> {
         if *self.inner.stop.borrow() {
-            return;
+            return None;
         }
         let lane = {
             let mut lanes = lock(&self.inner.lanes);
@@ -131,7 +201,15 @@ impl Engine {
                     permits: Arc::new(Semaphore::new(
                         self.inner.config.max_in_flight_per_destination,
                     )),
+                    lease: Mutex::new(Lease {
+                        // One node holds every lane; shared ones wait for
+                        // the keeper's claim.
+                        held: (!self.inner.shared).then_some((0, None)),
+                    }),
                 });
+                if self.inner.shared {
+                    self.inner.claim_now.notify_one();
+                }
                 lanes.insert(destination_id, lane.clone());
                 let inner = self.inner.clone();
                 let run_lane = lane.clone();
@@ -142,6 +220,156 @@ impl Engine {
             }
         };
         lane.wake.notify_one();
+        Some(lane)
+    }
+
+    /// The lease keeper (several nodes only): claims and renews this node's
+    /// leases on all its lanes in one statement per round, and finds
+    /// destinations other nodes created.
+    async fn keep_leases(&self) {
+        let inner = &self.inner;
+        let ttl = inner.config.lease_ttl;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let margin = inner.attempt_margin();
+        let mut stop = inner.stop.subscribe();
+        let mut next_full_scan = Instant::now() + ttl / 3;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if Instant::now() >= next_full_scan {
+                next_full_scan = Instant::now() + ttl / 3;
+                match inner.store.all_destination_ids().await {
+                    Ok(ids) => {
+                        for (source_id, destination_id) in ids {
+                            if !lock(&inner.lanes).contains_key(&destination_id) {
+                                self.wake_local(source_id, destination_id);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot list destinations to claim"),
+                }
+            }
+            let asked_at = Instant::now();
+            let mut wait = ttl / 3;
+            let alive = match inner.store.node_heartbeat(ttl_ms).await {
+                Ok(alive) => alive,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach the other nodes; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(CLAIM_RETRY) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            let lanes: Vec<Arc<Lane>> = lock(&inner.lanes).values().cloned().collect();
+            let (shed, max_new) = self.rebalance(&lanes, alive).await;
+            let wanted = lanes
+                .iter()
+                .map(|l| l.destination_id)
+                .filter(|d| !shed.contains(d))
+                .collect();
+            match inner.store.claim_lanes(wanted, ttl_ms, max_new).await {
+                Ok(claims) => {
+                    let by_id: HashMap<DestinationId, &Arc<Lane>> =
+                        lanes.iter().map(|l| (l.destination_id, l)).collect();
+                    for claim in claims {
+                        let Some(lane) = by_id.get(&claim.destination_id) else {
+                            continue;
+                        };
+                        // A lane that could not send before this claim
+                        // (no lease, or too little of it left) may now.
+                        let was_usable = lane.usable_epoch(margin);
+                        let gained = {
+                            let mut lease = lock(&lane.lease);
+                            lease.held = claim.held.map(|epoch| (epoch, Some(asked_at + ttl)));
+                            if let Some(ms) = claim.others_expire_in_ms {
+                                // Another node's: ask again right when its
+                                // lease runs out (unless renewed, the lane
+                                // is free then).
+                                wait = wait.min(Duration::from_millis(ms));
+                            }
+                            claim.held.is_some() && was_usable != claim.held
+                        };
+                        if gained {
+                            tracing::debug!(destination = %lane.destination_id.to_string(), "this node now runs the destination's deliveries");
+                            lane.wake.notify_one();
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim delivery leases; will retry");
+                    wait = CLAIM_RETRY;
+                }
+            }
+            let wait = wait.max(MIN_CLAIM_GAP);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = inner.claim_now.notified() => {
+                    // Let a burst of new lanes gather into one claim.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Each node runs about its share of the lanes (`lanes / alive`,
+    /// rounded up). Holding more (a node joined), it hands idle lanes over
+    /// — none with an attempt in flight, which would then be sent again —
+    /// and answers them with how many new lanes it may take.
+    async fn rebalance(&self, lanes: &[Arc<Lane>], alive: u64) -> (HashSet<DestinationId>, usize) {
+        let share = lanes
+            .len()
+            .div_ceil(usize::try_from(alive).unwrap_or(1).max(1));
+        let held: Vec<&Arc<Lane>> = lanes
+            .iter()
+            .filter(|l| lock(&l.lease).held.is_some())
+            .collect();
+        let mut shed = HashSet::new();
+        if held.len() > share {
+            for lane in held.iter().filter(|l| lock(&l.in_flight).is_empty()) {
+                if shed.len() == held.len() - share {
+                    break;
+                }
+                lock(&lane.lease).held = None;
+                shed.insert(lane.destination_id);
+            }
+            if let Err(e) = self
+                .inner
+                .store
+                .release_lanes(shed.iter().copied().collect())
+                .await
+            {
+                tracing::warn!(error = %e, "could not hand lanes over; they move when their leases expire");
+            }
+        }
+        (shed.clone(), share.saturating_sub(held.len() - shed.len()))
+    }
+
+    /// Wakes the lanes other nodes announce work for (several nodes only).
+    async fn follow_hints(&self, mut hints: tokio::sync::mpsc::Receiver<Announcement>) {
+        let mut stop = self.inner.stop.subscribe();
+        loop {
+            let hint = tokio::select! {
+                hint = hints.recv() => hint,
+                _ = stop.changed() => return,
+            };
+            match hint {
+                Some(Announcement::Due(source_id, destination_id)) => {
+                    self.wake_local(source_id, destination_id);
+                }
+                Some(Announcement::Missed) => {
+                    let lanes: Vec<Arc<Lane>> = lock(&self.inner.lanes).values().cloned().collect();
+                    for lane in lanes {
+                        lane.wake.notify_one();
+                    }
+                    self.inner.claim_now.notify_one();
+                }
+                None => return,
+            }
+        }
     }
 
     /// Stops taking new attempts and waits (bounded) for in-flight ones to
@@ -160,6 +388,19 @@ impl Engine {
                 "delivery attempts still running at shutdown stay queued for the next start"
             );
         }
+        if self.inner.shared {
+            // Another node takes these lanes over at once instead of after
+            // the lease TTL.
+            let held: Vec<DestinationId> = lock(&self.inner.lanes)
+                .values()
+                .filter(|l| lock(&l.lease).held.is_some())
+                .map(|l| l.destination_id)
+                .collect();
+            let released = self.inner.store.release_lanes(held).await;
+            if let Err(e) = released.and(self.inner.store.leave().await) {
+                tracing::warn!(error = %e, "could not release delivery leases; other nodes take them over after delivery.lease_ttl");
+            }
+        }
     }
 
     /// Deliveries waiting, and the age in ms of the oldest one, for metrics.
@@ -177,6 +418,14 @@ pub enum EngineError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl Inner {
+    /// How much lease a new attempt needs left: its timeout, but at most a
+    /// third of the TTL (renewals come every third).
+    fn attempt_margin(&self) -> Duration {
+        self.config.timeout.min(self.config.lease_ttl / 3)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -216,7 +465,11 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
         if !writable {
             wait = UNHEALTHY_RECHECK;
         }
-        if destination.enabled && free > 0 && writable {
+        // With several nodes, only while this one holds the lane's lease.
+        let epoch = lane
+            .usable_epoch(inner.attempt_margin())
+            .filter(|_| destination.enabled && free > 0 && writable);
+        if let Some(epoch) = epoch {
             let in_flight = lock(&lane.in_flight).clone();
             let now = now_ms().max(0) as u64;
             match inner
@@ -252,7 +505,7 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
                         let (inner, lane) = (inner.clone(), lane.clone());
                         let destination = destination.clone();
                         inner.tracker.clone().spawn(async move {
-                            deliver(&inner, &lane, &destination, item, permit).await;
+                            deliver(&inner, &lane, &destination, item, epoch, permit).await;
                             lock(&lane.in_flight).remove(&item.delivery_id);
                             lane.wake.notify_one();
                         });
@@ -282,6 +535,7 @@ async fn deliver(
     lane: &Lane,
     destination: &DestinationRecord,
     item: DueItem,
+    lease_epoch: u64,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let loaded = inner
@@ -373,6 +627,7 @@ async fn deliver(
         },
         next,
         disable_after_ms: inner.config.disable_after.as_millis() as i64,
+        lease_epoch,
     };
     // The item stays in the lane's in-flight set until its outcome is
     // recorded, so it is not handed out (and sent) again meanwhile. When
@@ -384,6 +639,17 @@ async fn deliver(
     loop {
         match inner.store.record_attempt(outcome.as_ref().clone()).await {
             Ok(recorded) => {
+                if recorded.fenced_off {
+                    tracing::info!(
+                        destination = %lane.destination_id.to_string(),
+                        delivery = %item.delivery_id.to_string(),
+                        "another node took this destination over; it attempts the delivery again"
+                    );
+                    let mut lease = lock(&lane.lease);
+                    if lease.held.map(|(epoch, _)| epoch) == Some(lease_epoch) {
+                        lease.held = None;
+                    }
+                }
                 if recorded.disabled_destination {
                     inner.metrics.destinations_disabled.inc();
                     tracing::warn!(

@@ -67,9 +67,16 @@ pub async fn ensure_bootstrap_key(store: &Store) -> Result<Option<PathBuf>, Stor
             ))
         }
     }
+    // The file first: a key in the store that nobody can read would lock
+    // everyone out. Nodes of one database starting at once: only the one
+    // whose key is stored keeps its file (SPEC §18).
     write_private_file(&path, format!("{}\n", new.key).as_bytes())?;
-    store.create_api_key(new.record).await?;
-    Ok(Some(path))
+    if store.create_first_api_key(new.record).await? {
+        return Ok(Some(path));
+    }
+    std::fs::remove_file(&path)
+        .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
+    Ok(None)
 }
 
 /// Checks a key's name and scopes, as the API and the CLI both need.

@@ -166,6 +166,9 @@ pub async fn start_with_resolver(
     // Bulk replays a previous run left unfinished go on in the background;
     // readiness does not wait for them.
     replays.resume_all();
+    if store.is_shared() {
+        replays.adopt_orphans_every(Duration::from_secs(30));
+    }
     // The first thing a new user looks for: where to click. The URL is in
     // the message itself so text and JSON logs both show it plainly.
     tracing::info!("dashboard at {dashboard_url} (sign in with an API key)");
@@ -217,14 +220,25 @@ impl RunningServer {
 }
 
 /// Removes expired events (and deleted sources' events) every `interval`,
-/// or at once when woken, for as long as the server runs.
+/// or at once when woken, for as long as the server runs. With several
+/// nodes, one of them does it: the one holding the `retention` duty, which
+/// it renews on every round and another takes over when it lapses.
 async fn retention_loop(store: Store, interval: Duration, wake: Arc<tokio::sync::Notify>) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let duty_ttl_ms = u64::try_from((interval * 3).as_millis()).unwrap_or(u64::MAX);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = wake.notified() => {}
+        }
+        match store.claim_duty("retention", duty_ttl_ms).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim the retention duty; will retry");
+                continue;
+            }
         }
         match store.sweep_retention(crate::model::time::now_ms()).await {
             Ok(0) => {}

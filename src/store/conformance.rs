@@ -150,11 +150,11 @@ const DAY: i64 = 24 * HOUR;
 
 /// A fresh id whose timestamp is `ms` (as ingest gives an event received
 /// then). Callers never make two at the same millisecond where order counts.
-fn id_at<T: RawId>(ms: i64) -> T {
+pub(super) fn id_at<T: RawId>(ms: i64) -> T {
     T::from_raw(((ms as u128) << 80) | (new_id::<u128>() & ((1u128 << 80) - 1)))
 }
 
-fn source(slug: &str) -> SourceRecord {
+pub(super) fn source(slug: &str) -> SourceRecord {
     SourceRecord {
         id: new_id(),
         slug: slug.to_string(),
@@ -170,7 +170,7 @@ fn source(slug: &str) -> SourceRecord {
     }
 }
 
-fn destination(source_id: SourceId, filter: &[&str]) -> DestinationRecord {
+pub(super) fn destination(source_id: SourceId, filter: &[&str]) -> DestinationRecord {
     DestinationRecord {
         id: new_id(),
         source_id,
@@ -189,7 +189,12 @@ fn destination(source_id: SourceId, filter: &[&str]) -> DestinationRecord {
 }
 
 /// An event received at `ms`.
-fn event_at(source_id: SourceId, ms: i64, event_type: &str, pid: Option<&str>) -> EventRecord {
+pub(super) fn event_at(
+    source_id: SourceId,
+    ms: i64,
+    event_type: &str,
+    pid: Option<&str>,
+) -> EventRecord {
     EventRecord {
         id: id_at(ms),
         source_id,
@@ -202,7 +207,7 @@ fn event_at(source_id: SourceId, ms: i64, event_type: &str, pid: Option<&str>) -
 }
 
 /// An event received now (its id made now).
-fn event_now(source_id: SourceId, event_type: &str, pid: Option<&str>) -> EventRecord {
+pub(super) fn event_now(source_id: SourceId, event_type: &str, pid: Option<&str>) -> EventRecord {
     let id = EventId::new();
     EventRecord {
         id,
@@ -211,7 +216,7 @@ fn event_now(source_id: SourceId, event_type: &str, pid: Option<&str>) -> EventR
     }
 }
 
-fn api_key(name: &str, hash_byte: u8) -> ApiKeyRecord {
+pub(super) fn api_key(name: &str, hash_byte: u8) -> ApiKeyRecord {
     ApiKeyRecord {
         id: new_id(),
         name: name.to_string(),
@@ -258,7 +263,7 @@ fn job(
     }
 }
 
-fn attempt(number: u32, started_at_ms: i64, ok: bool) -> AttemptRecord {
+pub(super) fn attempt(number: u32, started_at_ms: i64, ok: bool) -> AttemptRecord {
     AttemptRecord {
         number,
         started_at_ms,
@@ -270,7 +275,7 @@ fn attempt(number: u32, started_at_ms: i64, ok: bool) -> AttemptRecord {
     }
 }
 
-fn outcome(
+pub(super) fn outcome(
     d: &DestinationRecord,
     item: DueItem,
     attempt: AttemptRecord,
@@ -284,7 +289,20 @@ fn outcome(
         next,
         // Far off: only the auto-disable test brings it near.
         disable_after_ms: DAY,
+        // Set by `record_under_lease`, which holds the lane first.
+        lease_epoch: 0,
     }
+}
+
+/// Records an attempt as the delivery engine does: under this node's
+/// lease on the destination's lane.
+async fn record_under_lease(store: &Store, mut o: AttemptOutcome) -> Result<Recorded, StoreError> {
+    let claims = store.claim_lanes(vec![o.destination_id], 60_000, 1).await?;
+    o.lease_epoch = claims
+        .first()
+        .and_then(|c| c.held)
+        .expect("a lane no other node holds is this node's");
+    store.record_attempt(o).await
 }
 
 fn disable(now_ms: i64) -> DestinationChange {
@@ -1431,25 +1449,24 @@ async fn event_detail_event_and_deliveries_with_attempts(store: &Store) {
 
     let item = queued_item(store, d.id, deliveries[0].id).await;
     let retry_at = T0 + 60_000;
-    store
-        .record_attempt(outcome(
+    record_under_lease(
+        store,
+        outcome(
             &d,
             item,
             attempt(1, T0 + 2_000, false),
             Next::RetryAt(retry_at),
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await
+    .unwrap();
     let item = queued_item(store, d.id, deliveries[0].id).await;
-    store
-        .record_attempt(outcome(
-            &d,
-            item,
-            attempt(2, retry_at, true),
-            Next::Succeeded,
-        ))
-        .await
-        .unwrap();
+    record_under_lease(
+        store,
+        outcome(&d, item, attempt(2, retry_at, true), Next::Succeeded),
+    )
+    .await
+    .unwrap();
     let with = store.deliveries_with_attempts(s.id, e.id).await.unwrap();
     assert_eq!(with.len(), 1);
     let (delivery, attempts) = &with[0];
@@ -1587,15 +1604,12 @@ async fn retry_delivery_makes_failed_or_waiting_deliveries_due_now(store: &Store
 
     // Failed → pending, due now, its attempts kept.
     let item = queued_item(store, d.id, d1).await;
-    store
-        .record_attempt(outcome(
-            &d,
-            item,
-            attempt(1, T0 + 1_100, false),
-            Next::Failed,
-        ))
-        .await
-        .unwrap();
+    record_under_lease(
+        store,
+        outcome(&d, item, attempt(1, T0 + 1_100, false), Next::Failed),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         delivery_of(store, e1.id, d1).await.status,
         DeliveryStatus::Failed
@@ -1632,10 +1646,12 @@ async fn retry_delivery_makes_failed_or_waiting_deliveries_due_now(store: &Store
 
     // Succeeded: a conflict.
     let item = queued_item(store, d.id, d1).await;
-    store
-        .record_attempt(outcome(&d, item, attempt(2, now, true), Next::Succeeded))
-        .await
-        .unwrap();
+    record_under_lease(
+        store,
+        outcome(&d, item, attempt(2, now, true), Next::Succeeded),
+    )
+    .await
+    .unwrap();
     assert_err!(
         store.retry_delivery(s.id, e1.id, d1, now).await,
         StoreError::Conflict(_)
@@ -1649,15 +1665,17 @@ async fn retry_delivery_makes_failed_or_waiting_deliveries_due_now(store: &Store
     let e2 = event_at(s.id, T0 + 2_000, "t", None);
     let d2 = ingest_stored(store, e2.clone()).await[0].id;
     let item = queued_item(store, d.id, d2).await;
-    store
-        .record_attempt(outcome(
+    record_under_lease(
+        store,
+        outcome(
             &d,
             item,
             attempt(1, T0 + 2_100, false),
             Next::RetryAt(T0 + HOUR),
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await
+    .unwrap();
     let (moved, _) = store
         .retry_delivery(s.id, e2.id, d2, T0 + 6_000)
         .await
@@ -1690,15 +1708,12 @@ async fn retry_delivery_makes_failed_or_waiting_deliveries_due_now(store: &Store
     let e3 = event_at(s.id, T0 + 3_000, "t", None);
     let d3 = ingest_stored(store, e3.clone()).await[0].id;
     let item = queued_item(store, d.id, d3).await;
-    store
-        .record_attempt(outcome(
-            &d,
-            item,
-            attempt(1, T0 + 3_100, false),
-            Next::Failed,
-        ))
-        .await
-        .unwrap();
+    record_under_lease(
+        store,
+        outcome(&d, item, attempt(1, T0 + 3_100, false), Next::Failed),
+    )
+    .await
+    .unwrap();
 
     // Cancelled: a conflict.
     store
@@ -1824,15 +1839,12 @@ async fn record_attempt_moves_the_delivery_and_the_queue(store: &Store) {
 
     // Succeeded: out of the queue for good.
     let item = queued_item(store, d.id, e[0].1).await;
-    let recorded = store
-        .record_attempt(outcome(
-            &d,
-            item,
-            attempt(1, T0 + 10_000, true),
-            Next::Succeeded,
-        ))
-        .await
-        .unwrap();
+    let recorded = record_under_lease(
+        store,
+        outcome(&d, item, attempt(1, T0 + 10_000, true), Next::Succeeded),
+    )
+    .await
+    .unwrap();
     assert_eq!(recorded, Recorded::default());
     let done = delivery_of(store, e[0].0, e[0].1).await;
     assert_eq!(done.status, DeliveryStatus::Succeeded);
@@ -1841,15 +1853,17 @@ async fn record_attempt_moves_the_delivery_and_the_queue(store: &Store) {
 
     // RetryAt: pending, requeued at that time; a failure run starts.
     let item = queued_item(store, d.id, e[1].1).await;
-    let recorded = store
-        .record_attempt(outcome(
+    let recorded = record_under_lease(
+        store,
+        outcome(
             &d,
             item,
             attempt(1, T0 + 11_000, false),
             Next::RetryAt(T0 + 20_000),
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await
+    .unwrap();
     assert_eq!(recorded, Recorded::default());
     let waiting = delivery_of(store, e[1].0, e[1].1).await;
     assert_eq!(waiting.status, DeliveryStatus::Pending);
@@ -1870,15 +1884,12 @@ async fn record_attempt_moves_the_delivery_and_the_queue(store: &Store) {
 
     // Failed: out of the queue; the run goes on from its start.
     let item = queued_item(store, d.id, e[2].1).await;
-    store
-        .record_attempt(outcome(
-            &d,
-            item,
-            attempt(1, T0 + 12_000, false),
-            Next::Failed,
-        ))
-        .await
-        .unwrap();
+    record_under_lease(
+        store,
+        outcome(&d, item, attempt(1, T0 + 12_000, false), Next::Failed),
+    )
+    .await
+    .unwrap();
     let failed = delivery_of(store, e[2].0, e[2].1).await;
     assert_eq!(failed.status, DeliveryStatus::Failed);
     assert_eq!((failed.attempts, failed.next_attempt_ms), (1, None));
@@ -1898,15 +1909,12 @@ async fn record_attempt_moves_the_delivery_and_the_queue(store: &Store) {
 
     // The retry succeeds: the queue is empty and the run is over.
     let item = queued_item(store, d.id, e[1].1).await;
-    store
-        .record_attempt(outcome(
-            &d,
-            item,
-            attempt(2, T0 + 20_000, true),
-            Next::Succeeded,
-        ))
-        .await
-        .unwrap();
+    record_under_lease(
+        store,
+        outcome(&d, item, attempt(2, T0 + 20_000, true), Next::Succeeded),
+    )
+    .await
+    .unwrap();
     let done = delivery_of(store, e[1].0, e[1].1).await;
     assert_eq!((done.status, done.attempts), (DeliveryStatus::Succeeded, 2));
     assert_eq!(store.queue_depth(vec![d.id]).await.unwrap(), (0, None));
@@ -1943,7 +1951,7 @@ async fn auto_disable_counts_from_the_first_failure_after_the_last_success(store
             };
             let mut o = outcome(&d, item, attempt(number, T0 + at, ok), next);
             o.disable_after_ms = 1_000;
-            store.record_attempt(o).await.unwrap()
+            record_under_lease(&store, o).await.unwrap()
         }
     };
     let kept = Recorded::default();
@@ -1962,7 +1970,8 @@ async fn auto_disable_counts_from_the_first_failure_after_the_last_success(store
         disabled,
         Recorded {
             disabled_destination: true,
-            stale: false
+            stale: false,
+            fenced_off: false,
         }
     );
     let off = store.destination(s.id, d.id).await.unwrap();
@@ -2036,6 +2045,7 @@ async fn an_outcome_for_a_delivery_no_longer_pending_is_stale(store: &Store) {
     let stale = Recorded {
         disabled_destination: false,
         stale: true,
+        fenced_off: false,
     };
 
     // Cancelled while the attempt was on the wire, and the attempt failed:
@@ -2047,15 +2057,17 @@ async fn an_outcome_for_a_delivery_no_longer_pending_is_stale(store: &Store) {
         .update_destination(s.id, d1.id, disable(T0 + 1_500))
         .await
         .unwrap();
-    let recorded = store
-        .record_attempt(outcome(
+    let recorded = record_under_lease(
+        store,
+        outcome(
             &d1,
             item,
             attempt(1, T0 + 2_000, false),
             Next::RetryAt(T0 + 9_000),
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await
+    .unwrap();
     assert_eq!(recorded, stale);
     let (delivery, attempts) = &store.deliveries_with_attempts(s.id, e1.id).await.unwrap()[0];
     assert_eq!(delivery.status, DeliveryStatus::Cancelled);
@@ -2071,15 +2083,12 @@ async fn an_outcome_for_a_delivery_no_longer_pending_is_stale(store: &Store) {
         .update_destination(s.id, d2.id, disable(T0 + 3_500))
         .await
         .unwrap();
-    let recorded = store
-        .record_attempt(outcome(
-            &d2,
-            item,
-            attempt(1, T0 + 4_000, true),
-            Next::Succeeded,
-        ))
-        .await
-        .unwrap();
+    let recorded = record_under_lease(
+        store,
+        outcome(&d2, item, attempt(1, T0 + 4_000, true), Next::Succeeded),
+    )
+    .await
+    .unwrap();
     assert_eq!(recorded, stale);
     let delivered = delivery_of(store, e2.id, l2).await;
     assert_eq!(delivered.status, DeliveryStatus::Succeeded);
@@ -2090,15 +2099,12 @@ async fn an_outcome_for_a_delivery_no_longer_pending_is_stale(store: &Store) {
     let l3 = ingest_stored(store, e3.clone()).await[0].id;
     let item = queued_item(store, d3.id, l3).await;
     store.purge_events(vec![e3.id]).await.unwrap();
-    let recorded = store
-        .record_attempt(outcome(
-            &d3,
-            item,
-            attempt(1, T0 + 6_000, false),
-            Next::Failed,
-        ))
-        .await
-        .unwrap();
+    let recorded = record_under_lease(
+        store,
+        outcome(&d3, item, attempt(1, T0 + 6_000, false), Next::Failed),
+    )
+    .await
+    .unwrap();
     assert_eq!(recorded, stale);
     assert_err!(store.attempt_inputs(e3.id, l3).await, StoreError::NotFound);
     assert!(store.destination(s.id, d3.id).await.unwrap().enabled);
@@ -2248,27 +2254,21 @@ async fn count_replay_counts_what_a_job_would_queue(store: &Store) {
     let (_, _, of_e1) = store.event_detail(s.id, e[1].id).await.unwrap();
     let l = of_e1.iter().find(|d| d.destination_id == d2.id).unwrap().id;
     let item = queued_item(store, d2.id, l).await;
-    store
-        .record_attempt(outcome(
-            &d2,
-            item,
-            attempt(1, T0 + 9_000, false),
-            Next::Failed,
-        ))
-        .await
-        .unwrap();
+    record_under_lease(
+        store,
+        outcome(&d2, item, attempt(1, T0 + 9_000, false), Next::Failed),
+    )
+    .await
+    .unwrap();
     let (_, _, of_e3) = store.event_detail(s.id, e[3].id).await.unwrap();
     let l = of_e3.iter().find(|d| d.destination_id == d1.id).unwrap().id;
     let item = queued_item(store, d1.id, l).await;
-    store
-        .record_attempt(outcome(
-            &d1,
-            item,
-            attempt(1, T0 + 9_000, false),
-            Next::Failed,
-        ))
-        .await
-        .unwrap();
+    record_under_lease(
+        store,
+        outcome(&d1, item, attempt(1, T0 + 9_000, false), Next::Failed),
+    )
+    .await
+    .unwrap();
     store
         .replay_event(s.id, e[3].id, vec![d1.id], T0 + 9_500)
         .await
@@ -2529,15 +2529,17 @@ async fn purge_events_removes_events_with_their_deliveries_and_dedup(store: &Sto
         e.push((event, delivery));
     }
     let item = queued_item(store, d.id, e[0].1).await;
-    store
-        .record_attempt(outcome(
+    record_under_lease(
+        store,
+        outcome(
             &d,
             item,
             attempt(1, T0 + 5_000, false),
             Next::RetryAt(T0 + 9_000),
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await
+    .unwrap();
 
     store
         .purge_events(vec![e[0].0.id, e[1].0.id, new_id()])

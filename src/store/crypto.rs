@@ -27,24 +27,36 @@ pub struct SecretBox {
 }
 
 impl SecretBox {
-    /// Loads `<dir>/secrets.key`, creating it (mode 0600) on first start.
-    pub fn load_or_create(dir: &Path) -> Result<SecretBox, StoreError> {
-        let path = dir.join("secrets.key");
-        let key = match fs::read(&path) {
-            Ok(bytes) if bytes.len() == 32 => bytes,
-            Ok(_) => {
-                return Err(StoreError::Corrupt(format!(
-                    "{} must hold exactly 32 bytes",
-                    path.display()
-                )))
+    /// Loads the key at `path` (`storage.secrets_key_file`, by default
+    /// `<storage.path>/secrets.key`), creating it (mode 0600) when missing.
+    /// Nodes sharing the file may start at once: the one that loses the
+    /// race to create it reads the winner's key.
+    pub fn load_or_create(path: &Path) -> Result<SecretBox, StoreError> {
+        let mut tries = 0;
+        let key = loop {
+            tries += 1;
+            match fs::read(path) {
+                Ok(bytes) if bytes.len() == 32 => break bytes,
+                // Another node is writing it this very moment.
+                Ok(_) if tries < 5 => std::thread::sleep(std::time::Duration::from_millis(50)),
+                Ok(_) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{} must hold exactly 32 bytes",
+                        path.display()
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let mut key = vec![0u8; 32];
+                    rand::rngs::OsRng.fill_bytes(&mut key);
+                    match write_private_file(path, &key) {
+                        Ok(()) => break key,
+                        Err(StoreError::Io { source, .. })
+                            if source.kind() == std::io::ErrorKind::AlreadyExists && tries < 5 => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = vec![0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut key);
-                write_private_file(&path, &key)?;
-                key
-            }
-            Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
         };
         Ok(SecretBox {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
@@ -112,7 +124,7 @@ mod tests {
     fn seal_open_round_trip_and_key_file_is_private() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let sb = SecretBox::load_or_create(dir.path()).unwrap();
+        let sb = SecretBox::load_or_create(&dir.path().join("secrets.key")).unwrap();
         let sealed = sb.seal(b"whsec_abc");
         assert!(!sealed.windows(9).any(|w| w == b"whsec_abc"));
         assert_eq!(sb.open(&sealed).unwrap(), b"whsec_abc");
@@ -122,7 +134,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         // The same key is loaded on the next start.
-        let again = SecretBox::load_or_create(dir.path()).unwrap();
+        let again = SecretBox::load_or_create(&dir.path().join("secrets.key")).unwrap();
         assert_eq!(again.open(&sealed).unwrap(), b"whsec_abc");
         assert!(again.open(&sealed[..5]).is_err());
     }

@@ -135,6 +135,33 @@ impl Store {
         }
     }
 
+    /// Whether several nodes may share this store (PostgreSQL): delivery
+    /// then runs each destination under a lease ([`Store::claim_lanes`])
+    /// and wake-ups travel between nodes ([`Store::announce_due`]).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Tells the other nodes that a destination has deliveries due (after
+    /// the commit that queued them). Hints are gathered and sent together,
+    /// outside any transaction; a lost hint only delays a delivery until
+    /// the next poll. Nothing to do with one node.
+    pub fn announce_due(&self, source_id: SourceId, destination_id: DestinationId) {
+        match &self.backend {
+            Backend::Redb(_) => {}
+            Backend::Postgres(b) => b.announce_due(source_id, destination_id),
+        }
+    }
+
+    /// The hints other nodes announce, for the delivery engine (the first
+    /// caller gets them; `None` with one node).
+    pub fn announcements(&self) -> Option<tokio::sync::mpsc::Receiver<Announcement>> {
+        match &self.backend {
+            Backend::Redb(_) => None,
+            Backend::Postgres(b) => b.announcements(),
+        }
+    }
+
     /// Commits what is queued and stops background work.
     pub async fn close(&self) {
         match &self.backend {
@@ -177,6 +204,9 @@ intents! {
     fn list_api_keys(&self, before: Option<u128>, limit: usize) -> Page<ApiKeyRecord>;
     /// How many keys exist (the bootstrap key is made when there are none).
     fn count_api_keys(&self) -> u64;
+    /// Stores `key` only if no API key exists yet, atomically (nodes
+    /// starting at once make one bootstrap key); answers whether it did.
+    fn create_first_api_key(&self, key: ApiKeyRecord) -> bool;
     /// Revokes a key and ends its dashboard sessions in the same commit.
     fn revoke_api_key(&self, id: ApiKeyId) -> ();
 
@@ -288,6 +318,22 @@ intents! {
     /// Records an attempt: the attempt, the delivery's new state and queue
     /// place, and the destination's failure run (auto-disable).
     fn record_attempt(&self, outcome: AttemptOutcome) -> Recorded;
+    /// Claims (or renews) this node's lease on each destination's lane for
+    /// `ttl_ms`: every lane it holds is renewed, and at most `max_new` free
+    /// or expired ones are taken (a change of owner raises the epoch).
+    /// Answers where this node stands on each lane asked for.
+    fn claim_lanes(&self, destinations: Vec<DestinationId>, ttl_ms: u64, max_new: usize) -> Vec<LaneClaim>;
+    /// Marks this node alive for `ttl_ms` more; answers how many nodes are
+    /// alive (itself included), for a fair share of the lanes.
+    fn node_heartbeat(&self, ttl_ms: u64) -> u64;
+    /// Gives up this node's leases on these lanes (more than its share, or
+    /// at shutdown), so another node takes them over at once.
+    fn release_lanes(&self, destinations: Vec<DestinationId>) -> ();
+    /// This node stops: it no longer counts as alive.
+    fn leave(&self) -> ();
+    /// Claims (or renews) a background duty that one node at a time
+    /// performs (retention); answers whether this node has it.
+    fn claim_duty(&self, name: &'static str, ttl_ms: u64) -> bool;
     /// Deliveries waiting, and the earliest due time among `destinations`.
     fn queue_depth(&self, destinations: Vec<DestinationId>) -> (u64, Option<u64>);
     /// How many rows of each kind the store holds: what retention and

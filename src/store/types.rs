@@ -35,6 +35,10 @@ pub struct AttemptOutcome {
     pub next: Next,
     /// Auto-disable threshold (`delivery.disable_after`), in ms.
     pub disable_after_ms: i64,
+    /// The epoch of the lane lease the attempt ran under ([`LaneClaim`]);
+    /// a backend shared by several nodes records the outcome only while
+    /// this node still holds that epoch.
+    pub lease_epoch: u64,
 }
 
 /// What recording an attempt changed beyond the delivery itself.
@@ -44,6 +48,33 @@ pub struct Recorded {
     pub disabled_destination: bool,
     /// The delivery was no longer pending (cancelled or deleted meanwhile).
     pub stale: bool,
+    /// Nothing was recorded: another node took this destination's lane
+    /// over since the attempt started (it attempts the delivery again).
+    pub fenced_off: bool,
+}
+
+/// Where a node stands on one destination's lane after claiming it.
+///
+/// With several nodes on one database, each destination's deliveries are
+/// run by one node at a time, under a lease it renews; a single-node
+/// backend holds every lane for ever with epoch 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneClaim {
+    pub destination_id: DestinationId,
+    /// This node's lease epoch, when it holds the lane.
+    pub held: Option<u64>,
+    /// When the holder is another node: ms until its lease expires (if it
+    /// is not renewed, the lane may be taken over then).
+    pub others_expire_in_ms: Option<u64>,
+}
+
+/// A hint from another node that a destination has deliveries due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announcement {
+    Due(SourceId, DestinationId),
+    /// Hints may have been lost (the listening connection dropped): look
+    /// at every queue.
+    Missed,
 }
 
 /// What storing an inbound event did.

@@ -18,7 +18,7 @@ use crate::common::{
     assert_timestamp, parse_metric, poll, standard_webhooks_signature, unix_secs, KillOnDrop,
     TestServer,
 };
-use krafter::config::{Config, StorageConfig};
+use krafter::config::Config;
 use krafter::delivery::resolve::Resolver;
 use krafter::metrics::Metrics;
 use krafter::model::ids::{DestinationId, EventId, SourceId};
@@ -1395,14 +1395,7 @@ async fn no_delivery_is_lost_across_kill_9() {
     .await;
     drop(_child);
 
-    let store = Store::open(
-        &StorageConfig {
-            path: data.clone(),
-            ..StorageConfig::default()
-        },
-        Arc::new(Metrics::new()),
-    )
-    .expect("the store opens after the kill");
+    let store = common::open_store_at(&data);
     let ids: Vec<&str> = acked.iter().map(String::as_str).collect();
     let map = read_deliveries(&store, &ids).await;
     store.close().await;

@@ -191,9 +191,8 @@ async fn the_secret_never_appears_after_creation() {
         .await;
     assert_eq!(resp.status, StatusCode::OK);
     clean("list after restart", &resp.text);
-    let db = std::fs::read(server.data_dir().join("krafter.redb")).unwrap();
     assert!(
-        !db.windows(encoded.len()).any(|w| w == encoded.as_bytes()),
+        !server.stored_contains(encoded.as_bytes()).await,
         "the secret is stored in plaintext"
     );
 }

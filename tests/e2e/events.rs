@@ -1677,17 +1677,8 @@ async fn the_server_removes_expired_events_on_its_own_schedule() {
     .await;
     let fresh = server.ingest_json(&slug, &json!({"type": "fresh"})).await;
     let source_id = SourceId::parse(&src).expect("source id");
-    let data = server.data_dir();
     let mut server = server;
-    server.stop().await;
-    let store = Store::open(
-        &krafter::config::StorageConfig {
-            path: data.clone(),
-            ..krafter::config::StorageConfig::default()
-        },
-        Arc::new(Metrics::new()),
-    )
-    .expect("store opens");
+    let store = server.open_store().await;
     let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
     let old_id = EventId::from_u128(u128::from(ulid::Ulid::from_datetime(two_days_ago)));
     let old = EventRecord {

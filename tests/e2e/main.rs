@@ -27,4 +27,5 @@ mod operations;
 mod quickstart;
 mod replay_jobs;
 mod server;
+mod several_nodes;
 mod sources;

@@ -80,7 +80,17 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, u16)> {
         (Method::GET, "/readyz", None, 200),
         (Method::GET, "/metrics", None, 200),
         (Method::GET, "/api/v1/openapi.json", None, 200),
-        (Method::GET, "/api/v1/backup", None, 200),
+        // PostgreSQL is backed up with pg_dump (SPEC §12).
+        (
+            Method::GET,
+            "/api/v1/backup",
+            None,
+            if crate::common::on_postgres() {
+                501
+            } else {
+                200
+            },
+        ),
         (
             Method::POST,
             "/in/{slug}",

@@ -33,6 +33,7 @@ fn spawn_binary(dir: &Path, extra_env: &[(&str, &str)]) -> (Child, String) {
         .env("KRAFTER_STORAGE__PATH", &data)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    common::database_env(&mut cmd, common::database_for(&data).as_deref());
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -120,26 +121,31 @@ fn binary_bootstraps_an_admin_key_never_logs_it_and_exits_0_on_sigterm() {
 fn offline_cli_refuses_while_the_server_runs_and_manages_keys_when_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, _base) = spawn_binary(dir.path(), &[]);
+    let data = dir.path().join("data");
     let cli = |args: &[&str]| {
-        krafter()
-            .args(args)
+        let mut cli = krafter();
+        cli.args(args)
             .current_dir(dir.path())
-            .env("KRAFTER_STORAGE__PATH", dir.path().join("data"))
-            .output()
-            .expect("run cli")
+            .env("KRAFTER_STORAGE__PATH", &data);
+        common::database_env(&mut cli, common::database_for(&data).as_deref());
+        cli.output().expect("run cli")
     };
-    let out = cli(&[
-        "api-keys",
-        "create",
-        "--name",
-        "ci",
-        "--scope",
-        "webhooks:read",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("in use by a running Krafter server"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    // redb only: the file is locked by the running server (nodes share a
+    // PostgreSQL database, so there the offline CLI has nothing to refuse).
+    if !common::on_postgres() {
+        let out = cli(&[
+            "api-keys",
+            "create",
+            "--name",
+            "ci",
+            "--scope",
+            "webhooks:read",
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("in use by a running Krafter server"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
 
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
@@ -207,19 +213,20 @@ fn offline_cli_refuses_while_the_server_runs_and_manages_keys_when_stopped() {
 #[test]
 fn offline_key_works_against_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let out = krafter()
-        .args([
-            "api-keys",
-            "create",
-            "--name",
-            "reader",
-            "--scope",
-            "webhooks:read",
-        ])
-        .current_dir(dir.path())
-        .env("KRAFTER_STORAGE__PATH", dir.path().join("data"))
-        .output()
-        .unwrap();
+    let data = dir.path().join("data");
+    let mut cli = krafter();
+    cli.args([
+        "api-keys",
+        "create",
+        "--name",
+        "reader",
+        "--scope",
+        "webhooks:read",
+    ])
+    .current_dir(dir.path())
+    .env("KRAFTER_STORAGE__PATH", &data);
+    common::database_env(&mut cli, common::database_for(&data).as_deref());
+    let out = cli.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -389,6 +396,7 @@ fn collect_optional(out: &mut Vec<String>) {
     c.server.tls.cert_path = Some("x".into());
     c.server.tls.key_path = Some("x".into());
     c.delivery.extra_ca_path = Some("x".into());
+    c.storage.secrets_key_file = Some("x".into());
     collect_keys("", &serde_json::to_value(c).unwrap(), out);
 }
 

@@ -545,6 +545,33 @@ fn page_of(mut found: Vec<Found>, cursor: Option<u128>, limit: usize) -> Page<Fo
     page(found, limit, |f| f.event_id)
 }
 
+/// Inserts an API key; an identical key (same hash) is a conflict.
+pub(super) async fn insert_api_key(
+    conn: &mut PgConnection,
+    key: &ApiKeyRecord,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO api_keys ({}) VALUES ($1, $2, $3, $4, $5, $6)",
+        rows::API_KEY_COLUMNS
+    );
+    let done = sqlx::query(&sql)
+        .bind(uid(key.id))
+        .bind(key.name.as_bytes())
+        .bind(rows::scope_names(&key.scopes))
+        .bind(&key.prefix)
+        .bind(key.hash.as_slice())
+        .bind(key.created_at_ms)
+        .execute(conn)
+        .await;
+    match done {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(
+            "an identical key already exists".into(),
+        )),
+        Err(e) => Err(db_error(e)),
+    }
+}
+
 impl PgStore {
     // ---- API keys ----
 
@@ -552,28 +579,9 @@ impl PgStore {
         &self,
         key: ApiKeyRecord,
     ) -> Result<(), StoreError> {
-        let sql = format!(
-            "INSERT INTO api_keys ({}) VALUES ($1, $2, $3, $4, $5, $6)",
-            rows::API_KEY_COLUMNS
-        );
-        let done = self
-            .write_one(
-                sqlx::query(&sql)
-                    .bind(uid(key.id))
-                    .bind(key.name.as_bytes())
-                    .bind(rows::scope_names(&key.scopes))
-                    .bind(&key.prefix)
-                    .bind(key.hash.as_slice())
-                    .bind(key.created_at_ms),
-            )
-            .await;
-        match done {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(
-                "an identical key already exists".into(),
-            )),
-            Err(e) => Err(db_error(e)),
-        }
+        let mut tx = self.begin().await?;
+        insert_api_key(&mut tx, &key).await?;
+        self.commit(tx).await
     }
 
     pub(in crate::store) async fn api_key_by_hash(
@@ -1383,20 +1391,23 @@ impl PgStore {
         let mut totals = Totals::default();
         loop {
             let plan = plan_chunk(&mut tx, &destinations, &cursor, 10_000, usize::MAX).await?;
+            // One short snapshot per chunk: a count over a million events
+            // must not hold back the database's transaction horizon (and
+            // so vacuum, for every node) for its whole length. The job's
+            // id bound keeps later events out; retention removing a chunk
+            // not yet counted only makes the total smaller.
+            done(tx).await?;
             totals.matched += plan.matched;
             if totals.matched > max_matched {
-                done(tx).await?;
                 return Ok(None);
             }
             totals.events += plan.items.len() as u64;
             totals.deliveries += plan.items.iter().map(|(_, t)| t.len() as u64).sum::<u64>();
             match plan.last {
                 Some(last) if !plan.exhausted => cursor.cursor = last,
-                _ => {
-                    done(tx).await?;
-                    return Ok(Some(totals));
-                }
+                _ => return Ok(Some(totals)),
             }
+            tx = self.snapshot().await?;
         }
     }
 
@@ -1654,6 +1665,14 @@ impl PgStore {
             .map_err(db_error)?;
             row.map(|r| decode::<DestinationRecord>(&r)).transpose()?
         };
+        // Another node took the lane over since this attempt started: its
+        // owner attempts the delivery again, this outcome is not recorded.
+        if !super::nodes::holds_lane(&mut tx, self.node, o.destination_id, o.lease_epoch).await? {
+            return Ok(Recorded {
+                fenced_off: true,
+                ..Recorded::default()
+            });
+        }
         let Some((mut delivery, queued_at)) =
             delivery_for_update(&mut tx, o.item.delivery_id).await?
         else {

@@ -15,12 +15,17 @@
 //! Ingest is written per group commit (`batch`): concurrent ingests share
 //! one transaction of a few multi-row statements and one WAL flush.
 //!
-//! Still to come (later steps of issue #13): leases per destination lane,
-//! wake-ups across nodes (NOTIFY), a shared `storage.secrets_key_file`.
+//! Several nodes may share the database (`nodes.rs`): each is one random
+//! node id per process, holding leases on destination lanes and duties,
+//! and telling the others (`NOTIFY`) which lanes have work.
 
 mod batch;
 mod intents;
+mod nodes;
 mod rows;
+// Self-contained (no `crate::` imports): tests/e2e/common includes it too.
+#[cfg(test)]
+mod pg_cluster;
 #[cfg(test)]
 pub(super) mod test_cluster;
 
@@ -33,6 +38,8 @@ use std::time::Duration;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::crypto::SecretBox;
 use super::StoreError;
@@ -61,14 +68,17 @@ pub(super) struct PgStore {
     state: Arc<ProbeState>,
     /// The ingest batcher (see `batch`).
     ingester: batch::Ingester,
+    /// This process among the nodes sharing the database (lease owner).
+    node: Uuid,
+    announcer: Arc<nodes::Announcer>,
 }
 
-/// What the background probe last saw.
+/// What the background probe last saw, and the stop signal of the
+/// store's background tasks.
 struct ProbeState {
     healthy: AtomicBool,
     size_bytes: AtomicU64,
-    stop: tokio::sync::Notify,
-    stopped: AtomicBool,
+    stop: CancellationToken,
 }
 
 impl PgStore {
@@ -86,9 +96,21 @@ impl PgStore {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             StoreError::Backend("the PostgreSQL store must be opened inside a Tokio runtime".into())
         })?;
-        migrate(options.clone())?;
         super::redb::create_private_dir(&config.path)?;
-        let secrets = SecretBox::load_or_create(&config.path)?;
+        let key_path = config.secrets_key_path();
+        let secrets = SecretBox::load_or_create(&key_path)?;
+        let stored_check = migrate(options.clone(), secrets.seal(nodes::check_plaintext()))?;
+        if secrets.open(&stored_check).ok().as_deref() != Some(nodes::check_plaintext()) {
+            return Err(StoreError::Backend(
+                format!(
+                    "the secrets key {} does not open the secrets this database holds: every \
+                     node of one database must use the same key (copy the first node's \
+                     storage.secrets_key_file)",
+                    key_path.display()
+                )
+                .into(),
+            ));
+        }
         let _entered = runtime.enter();
         let pool = PgPoolOptions::new()
             .max_connections(pg.max_connections)
@@ -97,11 +119,12 @@ impl PgStore {
         let state = Arc::new(ProbeState {
             healthy: AtomicBool::new(true),
             size_bytes: AtomicU64::new(0),
-            stop: tokio::sync::Notify::new(),
-            stopped: AtomicBool::new(false),
+            stop: CancellationToken::new(),
         });
         runtime.spawn(probe(pool.clone(), state.clone()));
         let ingester = batch::Ingester::start(&runtime, pool.clone(), metrics.clone());
+        let node = Uuid::from_u128(rand::random());
+        let announcer = nodes::Announcer::start(&pool, node, state.clone(), &runtime);
         Ok(PgStore {
             ingester,
             pool,
@@ -109,6 +132,8 @@ impl PgStore {
             secrets,
             dir: config.path.clone(),
             state,
+            node,
+            announcer,
         })
     }
 
@@ -144,21 +169,22 @@ impl PgStore {
         self.state.healthy.load(Ordering::SeqCst)
     }
 
-    /// Writes the ingests queued, stops the probe and closes every
-    /// connection.
+    /// Writes the ingests queued, then stops the background tasks and
+    /// closes every connection.
     pub(super) async fn close(&self) {
         self.ingester.stop().await;
-        self.state.stopped.store(true, Ordering::SeqCst);
-        self.state.stop.notify_one();
+        self.state.stop.cancel();
         self.pool.close().await;
     }
 }
 
 /// Applies the embedded migrations over one connection of its own, on a
 /// helper thread with its own runtime (the caller may be a current-thread
-/// runtime that must not be blocked from inside).
-fn migrate(options: PgConnectOptions) -> Result<(), StoreError> {
-    let run = move || -> Result<(), StoreError> {
+/// runtime that must not be blocked from inside). Then stores
+/// `sealed_check` unless the first node stored one, and answers the stored
+/// one (this node's key must open it).
+fn migrate(options: PgConnectOptions, sealed_check: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    let run = move || -> Result<Vec<u8>, StoreError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -179,10 +205,14 @@ fn migrate(options: PgConnectOptions) -> Result<(), StoreError> {
                     StoreError::Backend(format!("migrating the PostgreSQL schema: {other}").into())
                 }
             });
+            let checked = match applied {
+                Ok(_) => nodes::secrets_check(&mut conn, sealed_check).await,
+                Err(e) => Err(e),
+            };
             // Closing politely is best effort; the result that matters is
             // the migration's.
             let _ = conn.close().await;
-            applied
+            checked
         })
     };
     std::thread::Builder::new()
@@ -197,7 +227,7 @@ fn migrate(options: PgConnectOptions) -> Result<(), StoreError> {
 /// `/readyz` reads the result, and the size metric comes with it.
 async fn probe(pool: PgPool, state: Arc<ProbeState>) {
     let mut ticks: u64 = 0;
-    while !state.stopped.load(Ordering::SeqCst) {
+    while !state.stop.is_cancelled() {
         let ok = sqlx::query_scalar::<_, i64>("SELECT pg_database_size(current_database())")
             .fetch_one(&pool)
             .await;
@@ -218,7 +248,7 @@ async fn probe(pool: PgPool, state: Arc<ProbeState>) {
         }
         ticks += 1;
         tokio::select! {
-            _ = state.stop.notified() => break,
+            _ = state.stop.cancelled() => break,
             _ = tokio::time::sleep(PROBE_EVERY) => {}
         }
     }

@@ -58,6 +58,16 @@ pub fn list(
 }
 
 /// How many keys exist (the bootstrap key is made when there are none).
+/// Inserts `key` only into an empty key table (the bootstrap key);
+/// answers whether it did. Writes are serialised, so this is atomic.
+pub fn insert_first(txn: &WriteTransaction, key: &ApiKeyRecord) -> Result<bool, StoreError> {
+    if !txn.open_table(API_KEYS)?.is_empty()? {
+        return Ok(false);
+    }
+    insert(txn, key)?;
+    Ok(true)
+}
+
 pub fn count(txn: &ReadTransaction) -> Result<u64, StoreError> {
     Ok(txn.open_table(API_KEYS)?.len()?)
 }

@@ -411,6 +411,7 @@ mod tests {
                 Next::RetryAt(at + 50)
             },
             disable_after_ms: DISABLE_AFTER_MS,
+            lease_epoch: 0,
         };
         store
             .write(move |txn| record_attempt(txn, &outcome))

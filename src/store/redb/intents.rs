@@ -22,8 +22,8 @@ use super::{
 };
 use crate::store::{
     Advanced, AttemptOutcome, DestinationChange, DestinationUpdated, DueItem, EventQuery,
-    EventSearch, FoundEvent, IngestOutcome, ListedEvent, Page, Recorded, SourceChange, StoreError,
-    StoreStats, Totals,
+    EventSearch, FoundEvent, IngestOutcome, LaneClaim, ListedEvent, Page, Recorded, SourceChange,
+    StoreError, StoreStats, Totals,
 };
 
 impl RedbStore {
@@ -53,6 +53,14 @@ impl RedbStore {
 
     pub(in crate::store) async fn count_api_keys(&self) -> Result<u64, StoreError> {
         self.read(api_keys::count)
+    }
+
+    pub(in crate::store) async fn create_first_api_key(
+        &self,
+        key: ApiKeyRecord,
+    ) -> Result<bool, StoreError> {
+        self.write(move |txn| api_keys::insert_first(txn, &key))
+            .await
     }
 
     pub(in crate::store) async fn revoke_api_key(&self, id: ApiKeyId) -> Result<(), StoreError> {
@@ -522,6 +530,47 @@ impl RedbStore {
     ) -> Result<Recorded, StoreError> {
         self.write(move |txn| deliveries::record_attempt(txn, &outcome))
             .await
+    }
+
+    /// One node: it holds every lane, for ever, at epoch 0.
+    pub(in crate::store) async fn claim_lanes(
+        &self,
+        destinations: Vec<DestinationId>,
+        _ttl_ms: u64,
+        _max_new: usize,
+    ) -> Result<Vec<LaneClaim>, StoreError> {
+        Ok(destinations
+            .into_iter()
+            .map(|destination_id| LaneClaim {
+                destination_id,
+                held: Some(0),
+                others_expire_in_ms: None,
+            })
+            .collect())
+    }
+
+    pub(in crate::store) async fn node_heartbeat(&self, _ttl_ms: u64) -> Result<u64, StoreError> {
+        Ok(1)
+    }
+
+    pub(in crate::store) async fn release_lanes(
+        &self,
+        _destinations: Vec<DestinationId>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    pub(in crate::store) async fn leave(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// One node: every duty is its own.
+    pub(in crate::store) async fn claim_duty(
+        &self,
+        _name: &'static str,
+        _ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
     }
 
     pub(in crate::store) async fn queue_depth(

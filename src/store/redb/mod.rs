@@ -61,7 +61,7 @@ impl RedbStore {
         let file = dir.join(DB_FILE);
         create_private_file(&file)?;
         let db = Arc::new(DbSlot::open(file, config.cache_size_bytes)?);
-        let secrets = SecretBox::load_or_create(&dir)?;
+        let secrets = SecretBox::load_or_create(&config.secrets_key_path())?;
         let healthy = Arc::new(AtomicBool::new(true));
         let limits = WriterLimits {
             max_batch_ops: config.max_batch_ops,

@@ -1,5 +1,7 @@
 //! Shared helpers for end-to-end tests: a real Krafter server on
-//! 127.0.0.1:0 with a real redb file in a temp dir, and a real HTTP client;
+//! 127.0.0.1:0 with a real redb file in a temp dir (or, with
+//! `KRAFTER_TEST_BACKEND=postgres`, a fresh PostgreSQL database: see
+//! [`backend`]), and a real HTTP client;
 //! the spawned binary; a recording receiver; the one metrics parser and
 //! ingest sender; and independent signers ([`sign`]). Each is defined here
 //! once and used by every capability module.
@@ -7,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use krafter::config::{Config, StorageConfig};
+use krafter::config::{Config, StorageBackend, StorageConfig};
 use krafter::delivery::resolve::Resolver;
 use krafter::metrics::Metrics;
 use krafter::server::{self, RunningServer};
@@ -18,10 +20,115 @@ use tempfile::TempDir;
 
 pub mod sign;
 
+/// The tests' PostgreSQL clusters, the very file the unit tests use (a
+/// `mod` declared in a `mod.rs` resolves `#[path]` from this directory).
+#[path = "../../../src/store/postgres/pg_cluster.rs"]
+pub mod pg_cluster;
+
 pub use sign::{
     hmac_sha256, standard_webhooks_signature, standard_webhooks_verifies, stripe_signature,
     stripe_signature_at, unix_ms, unix_secs,
 };
+
+/// The storage backend the suite runs on: `KRAFTER_TEST_BACKEND` =
+/// `redb` (the default) or `postgres` (a fresh database per
+/// [`TestServer`] on the tests' cluster; see [`pg_cluster`]).
+pub fn backend() -> StorageBackend {
+    static BACKEND: std::sync::OnceLock<StorageBackend> = std::sync::OnceLock::new();
+    *BACKEND.get_or_init(|| match std::env::var("KRAFTER_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("redb") => StorageBackend::Redb,
+        Ok("postgres") => StorageBackend::Postgres,
+        Ok(other) => panic!("KRAFTER_TEST_BACKEND={other:?}: expected redb or postgres"),
+    })
+}
+
+/// Whether the suite runs on PostgreSQL.
+pub fn on_postgres() -> bool {
+    backend() == StorageBackend::Postgres
+}
+
+/// For a test of redb-only behaviour (the redb file itself, `krafter
+/// backup`/`restore` of it, …): on PostgreSQL says so in one line and
+/// answers `true`, and the test returns early:
+/// `if common::redb_only("why") { return; }`.
+pub fn redb_only(why: &str) -> bool {
+    if on_postgres() {
+        eprintln!("skipped on postgres (redb only: {why})");
+    }
+    on_postgres()
+}
+
+/// A fresh scratch database when the suite runs on PostgreSQL (none on
+/// redb). Asking for postgres without one is a failure, never a skip.
+pub fn scratch_database() -> Option<Arc<pg_cluster::ScratchDatabase>> {
+    if !on_postgres() {
+        return None;
+    }
+    match pg_cluster::scratch_database() {
+        Ok(database) => Some(Arc::new(database)),
+        Err(why) => panic!("KRAFTER_TEST_BACKEND=postgres but no PostgreSQL: {why}"),
+    }
+}
+
+/// The databases of data directories, for what finds a server's storage
+/// by its data directory alone ([`serve_command`], [`open_store_at`]).
+/// Weak: a [`TestServer`]'s database goes when the server does.
+type Databases = std::collections::HashMap<PathBuf, std::sync::Weak<pg_cluster::ScratchDatabase>>;
+
+fn databases() -> std::sync::MutexGuard<'static, Databases> {
+    static DATABASES: std::sync::OnceLock<std::sync::Mutex<Databases>> = std::sync::OnceLock::new();
+    DATABASES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// On postgres, the database of the data directory `data`: a
+/// [`TestServer`]'s own, or else a fresh one made now and kept for the
+/// rest of the test process (a spawned `krafter` over `data` and a store
+/// opened on it afterwards must meet in one database). On a private test
+/// cluster everything goes with the process; on an external one
+/// (`KRAFTER_TEST_POSTGRES_URL`) these kept databases stay behind.
+pub fn database_for(data: &Path) -> Option<Arc<pg_cluster::ScratchDatabase>> {
+    if !on_postgres() {
+        return None;
+    }
+    static KEPT: std::sync::Mutex<Vec<Arc<pg_cluster::ScratchDatabase>>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut all = databases();
+    if let Some(database) = all.get(data).and_then(std::sync::Weak::upgrade) {
+        return Some(database);
+    }
+    let database = scratch_database()?;
+    all.insert(data.to_path_buf(), Arc::downgrade(&database));
+    KEPT.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(database.clone());
+    Some(database)
+}
+
+/// Points `storage` at `database` (the postgres backend) if there is one.
+pub fn use_database(storage: &mut StorageConfig, database: Option<&pg_cluster::ScratchDatabase>) {
+    if let Some(database) = database {
+        storage.backend = StorageBackend::Postgres;
+        storage.postgres.url = database.url().to_string();
+        storage.postgres.max_connections = 8;
+    }
+}
+
+/// The environment that puts a spawned `krafter` on `database` (the
+/// postgres backend), if there is one.
+pub fn database_env(
+    command: &mut std::process::Command,
+    database: Option<&pg_cluster::ScratchDatabase>,
+) {
+    if let Some(database) = database {
+        command
+            .env("KRAFTER_STORAGE__BACKEND", "postgres")
+            .env("KRAFTER_STORAGE__POSTGRES__URL", database.url())
+            .env("KRAFTER_STORAGE__POSTGRES__MAX_CONNECTIONS", "8");
+    }
+}
 
 /// A running in-process server and what a test needs to talk to it.
 pub struct TestServer {
@@ -34,6 +141,9 @@ pub struct TestServer {
     /// Resolves destination host names (the system's unless a test injects
     /// one; under `loopback_only` it is never asked). Kept across restarts.
     pub resolver: Resolver,
+    /// The server's PostgreSQL database when the suite runs on postgres
+    /// (kept across restarts, dropped with the last holder).
+    pub database: Option<Arc<pg_cluster::ScratchDatabase>>,
 }
 
 /// The default test configuration: loopback, ephemeral port, temp storage.
@@ -56,9 +166,11 @@ impl TestServer {
     /// Starts with a configuration adjusted by `tweak`.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
+        let database = scratch_database();
         let mut config = test_config(&dir);
+        use_database(&mut config.storage, database.as_deref());
         tweak(&mut config);
-        Self::start_in(dir, config).await
+        Self::start_resolving(dir, config, Resolver::system(), database).await
     }
 
     /// Starts with `tweak` applied and destination host names answered by
@@ -68,9 +180,11 @@ impl TestServer {
         resolver: Resolver,
     ) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
+        let database = scratch_database();
         let mut config = test_config(&dir);
+        use_database(&mut config.storage, database.as_deref());
         tweak(&mut config);
-        Self::start_resolving(dir, config, resolver).await
+        Self::start_resolving(dir, config, resolver, database).await
     }
 
     /// Starts serving HTTPS only, with a fresh self-signed certificate for
@@ -85,20 +199,31 @@ impl TestServer {
         let key_path = dir.path().join("key.pem");
         std::fs::write(&cert_path, certified.cert.pem()).expect("write cert.pem");
         std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write key.pem");
+        let database = scratch_database();
         let mut config = test_config(&dir);
+        use_database(&mut config.storage, database.as_deref());
         config.server.tls.cert_path = Some(cert_path);
         config.server.tls.key_path = Some(key_path);
-        (Self::start_in(dir, config).await, certified.cert.pem())
+        let server = Self::start_resolving(dir, config, Resolver::system(), database).await;
+        (server, certified.cert.pem())
     }
 
-    async fn start_in(dir: TempDir, config: Config) -> TestServer {
-        Self::start_resolving(dir, config, Resolver::system()).await
-    }
-
-    async fn start_resolving(dir: TempDir, config: Config, resolver: Resolver) -> TestServer {
+    async fn start_resolving(
+        dir: TempDir,
+        config: Config,
+        resolver: Resolver,
+        database: Option<Arc<pg_cluster::ScratchDatabase>>,
+    ) -> TestServer {
+        if let Some(database) = &database {
+            databases().insert(config.storage.path.clone(), Arc::downgrade(database));
+        }
         let server = server::start_with_resolver(config.clone(), resolver.clone())
             .await
             .expect("server starts");
+        assert!(
+            database.is_none() || !config.storage.path.join("krafter.redb").exists(),
+            "a server on postgres made a redb file"
+        );
         let admin_key = std::fs::read_to_string(config.storage.path.join("admin.key"))
             .expect("admin.key exists once the server is up")
             .trim()
@@ -112,6 +237,7 @@ impl TestServer {
             client: reqwest::Client::new(),
             dir,
             resolver,
+            database,
         }
     }
 
@@ -122,9 +248,10 @@ impl TestServer {
             config,
             dir,
             resolver,
+            database,
             ..
         } = self;
-        Self::start_resolving(dir, config, resolver).await
+        Self::start_resolving(dir, config, resolver, database).await
     }
 
     /// Stops the server (graceful shutdown).
@@ -379,10 +506,11 @@ impl TestServer {
             mut config,
             dir,
             resolver,
+            database,
             ..
         } = self;
         tweak(&mut config);
-        Self::start_resolving(dir, config, resolver).await
+        Self::start_resolving(dir, config, resolver, database).await
     }
 
     /// Creates a source with provider `none` (no verification) and returns
@@ -444,6 +572,45 @@ impl TestServer {
     ) -> (StatusCode, Value) {
         let url = format!("{}/in/{slug}", self.base);
         post_to(&self.client, &url, headers, body).await
+    }
+
+    /// Whether the stored data holds `needle` anywhere: on redb, the bytes
+    /// of the database file; on PostgreSQL, every row of every table as
+    /// PostgreSQL writes it out (text as is, `bytea` as hex, so `needle` is
+    /// looked for both ways). For "never stored in plaintext" checks and
+    /// their counterparts ("its hash is stored").
+    pub async fn stored_contains(&self, needle: &[u8]) -> bool {
+        let Some(database) = &self.database else {
+            let file = std::fs::read(self.data_dir().join("krafter.redb")).expect("db file");
+            return file.windows(needle.len()).any(|w| w == needle);
+        };
+        use sqlx::{Connection, Row};
+        let mut conn = sqlx::PgConnection::connect(database.url())
+            .await
+            .expect("connect to the test database");
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("list tables");
+        assert!(!tables.is_empty(), "no tables in {}", database.url());
+        let hex: String = needle.iter().map(|b| format!("{b:02x}")).collect();
+        let text = String::from_utf8_lossy(needle).into_owned();
+        let mut found = false;
+        for table in tables {
+            let rows = sqlx::query(&format!("SELECT t::text FROM \"{table}\" t"))
+                .fetch_all(&mut conn)
+                .await
+                .expect("read a table");
+            found |= rows.iter().any(|row| {
+                let row: String = row.get(0);
+                row.contains(&hex) || row.contains(&text)
+            });
+        }
+        conn.close().await.expect("close");
+        found
     }
 
     /// Stops the server and opens its store directly, to check what is on
@@ -932,6 +1099,7 @@ pub fn serve_command(data: &std::path::Path) -> std::process::Command {
         .env("KRAFTER_LOG__LEVEL", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
+    database_env(&mut command, database_for(data).as_deref());
     command
 }
 
@@ -1058,16 +1226,15 @@ pub async fn post_to(
 }
 
 /// Opens the store in the data directory `data` of a server that is not
-/// running (stopped or killed), with default settings otherwise.
+/// running (stopped or killed), with default settings otherwise (on
+/// postgres: the database of `data`, see [`database_for`]).
 pub fn open_store_at(data: &Path) -> Store {
-    Store::open(
-        &StorageConfig {
-            path: data.to_path_buf(),
-            ..StorageConfig::default()
-        },
-        Arc::new(Metrics::new()),
-    )
-    .expect("the database opens")
+    let mut config = StorageConfig {
+        path: data.to_path_buf(),
+        ..StorageConfig::default()
+    };
+    use_database(&mut config, database_for(data).as_deref());
+    Store::open(&config, Arc::new(Metrics::new())).expect("the database opens")
 }
 
 /// A spawned `krafter` killed with SIGKILL (and reaped) when dropped, so a
