@@ -48,12 +48,19 @@ pub fn on_postgres() -> bool {
 }
 
 /// For a test of redb-only behaviour (the redb file itself, `krafter
-/// backup`/`restore` of it, …): on PostgreSQL says so in one line and
+/// backup`/`restore` of it, …): on PostgreSQL says so in one line (past
+/// the harness's output capture, so a passing run shows it too) and
 /// answers `true`, and the test returns early:
 /// `if common::redb_only("why") { return; }`.
 pub fn redb_only(why: &str) -> bool {
     if on_postgres() {
-        eprintln!("skipped on postgres (redb only: {why})");
+        use std::io::Write;
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("a test")
+            .to_string();
+        let line = format!("skipped on postgres: {test} (redb only: {why})\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }
     on_postgres()
 }
