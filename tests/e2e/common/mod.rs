@@ -22,6 +22,9 @@ pub mod sign;
 
 /// The tests' PostgreSQL clusters, the very file the unit tests use (a
 /// `mod` declared in a `mod.rs` resolves `#[path]` from this directory).
+/// A test that must take PostgreSQL away and bring it back (several
+/// nodes, an unreachable database) starts its own
+/// `pg_cluster::DedicatedCluster` and points its servers at its `url()`.
 #[path = "../../../src/store/postgres/pg_cluster.rs"]
 pub mod pg_cluster;
 
