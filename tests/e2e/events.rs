@@ -1590,6 +1590,11 @@ async fn file_size_stays_bounded_when_retention_churns() {
     // the discard port, and the server is stopped before any event arrives.
     destination(&server, &src, "http://127.0.0.1:9/sink", Value::Null).await;
     let store = server.open_store().await;
+    // On PostgreSQL the size is a gauge sampled every 30 s and deleted rows'
+    // space comes back through (auto)vacuum on PostgreSQL's own schedule:
+    // the sizes are redb's (free pages reused at once); on both backends
+    // every sweep must leave no row behind.
+    let on_postgres = common::on_postgres();
     let source_id = uid::<SourceId>(&src);
     let size = || store.size_bytes();
     let initial = size();
@@ -1613,7 +1618,7 @@ async fn file_size_stays_bounded_when_retention_churns() {
             }
         }
         assert_eq!(stored().await.expect("count"), 2000, "round {round}");
-        if round == 0 {
+        if round == 0 && !on_postgres {
             let peak = size();
             assert!(
                 peak >= initial + 2_000_000,
@@ -1633,6 +1638,11 @@ async fn file_size_stays_bounded_when_retention_churns() {
             "round {round}: events, deliveries, queue, dedup left"
         );
         after_sweep.push(size());
+    }
+    if on_postgres {
+        // What Krafter controls: the sweeps above left no row behind.
+        store.close().await;
+        return;
     }
     // Without reuse each round would add well over 2 MB.
     let first = after_sweep[0] as f64;

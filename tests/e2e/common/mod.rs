@@ -22,6 +22,9 @@ pub mod sign;
 
 /// The tests' PostgreSQL clusters, the very file the unit tests use (a
 /// `mod` declared in a `mod.rs` resolves `#[path]` from this directory).
+/// A test that must take PostgreSQL away and bring it back (several
+/// nodes, an unreachable database) starts its own
+/// `pg_cluster::DedicatedCluster` and points its servers at its `url()`.
 #[path = "../../../src/store/postgres/pg_cluster.rs"]
 pub mod pg_cluster;
 
@@ -48,12 +51,19 @@ pub fn on_postgres() -> bool {
 }
 
 /// For a test of redb-only behaviour (the redb file itself, `krafter
-/// backup`/`restore` of it, …): on PostgreSQL says so in one line and
+/// backup`/`restore` of it, …): on PostgreSQL says so in one line (past
+/// the harness's output capture, so a passing run shows it too) and
 /// answers `true`, and the test returns early:
 /// `if common::redb_only("why") { return; }`.
 pub fn redb_only(why: &str) -> bool {
     if on_postgres() {
-        eprintln!("skipped on postgres (redb only: {why})");
+        use std::io::Write;
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("a test")
+            .to_string();
+        let line = format!("skipped on postgres: {test} (redb only: {why})\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }
     on_postgres()
 }
