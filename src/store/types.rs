@@ -41,6 +41,50 @@ pub struct AttemptOutcome {
     pub lease_epoch: u64,
 }
 
+impl AttemptOutcome {
+    /// When the attempt ended (its start plus its duration), in Unix ms.
+    pub fn finished_at_ms(&self) -> i64 {
+        self.attempt.started_at_ms + i64::try_from(self.attempt.duration_ms).unwrap_or(i64::MAX / 2)
+    }
+
+    /// Applies the attempt to its destination's failure run, the rule every
+    /// backend keeps: a success ends the run, a first failure starts it, and
+    /// a failure `disable_after` into it disables the destination. Answers
+    /// `(changed, disabled)`: whether `d` must be written, and whether this
+    /// attempt disabled it (its pending deliveries are then cancelled).
+    pub fn apply_to_destination(&self, d: &mut DestinationRecord) -> (bool, bool) {
+        let now = self.finished_at_ms();
+        let changed = match (self.next == Next::Succeeded, d.failing_since_ms) {
+            (true, Some(_)) => {
+                d.failing_since_ms = None;
+                true
+            }
+            (false, None) => {
+                d.failing_since_ms = Some(self.attempt.started_at_ms);
+                true
+            }
+            (false, Some(since)) if d.enabled && now - since >= self.disable_after_ms => {
+                d.enabled = false;
+                d.disabled_at_ms = Some(now);
+                d.disabled_reason = Some(format!(
+                    "every delivery attempt failed for {} (since {}); re-enable it once the endpoint works",
+                    humantime::format_duration(std::time::Duration::from_millis(
+                        (now - since).max(0) as u64 / 1000 * 1000
+                    )),
+                    crate::model::time::format_ms(since)
+                ));
+                d.updated_at_ms = now;
+                return (true, true);
+            }
+            _ => false,
+        };
+        if changed {
+            d.updated_at_ms = now;
+        }
+        (changed, false)
+    }
+}
+
 /// What recording an attempt changed beyond the delivery itself.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Recorded {

@@ -225,36 +225,42 @@ async fn live_destinations(
     Ok(ids.iter().copied().filter(|id| live.contains(id)).collect())
 }
 
-/// Inserts an event (with its dedup key, when it de-duplicates). `false`
-/// when another event of the source already holds the key.
-async fn insert_event(
+/// A destination's record, read with `lock` (`""` or a locking clause).
+async fn destination_row(
     conn: &mut PgConnection,
-    event: &EventRecord,
-    dedup: bool,
-) -> Result<bool, StoreError> {
-    let dedup_key = if dedup {
-        event.provider_event_id.as_deref()
-    } else {
-        None
-    };
-    let done = sqlx::query(
+    source_id: SourceId,
+    id: DestinationId,
+    lock: &str,
+) -> Result<Option<DestinationRecord>, StoreError> {
+    let sql = format!("SELECT record FROM destinations WHERE source_id = $1 AND id = $2 {lock}");
+    let row = sqlx::query(&sql)
+        .bind(uid(source_id))
+        .bind(uid(id))
+        .fetch_optional(conn)
+        .await
+        .map_err(db_error)?;
+    row.map(|r| decode::<DestinationRecord>(&r)).transpose()
+}
+
+/// Inserts a test event: it never de-duplicates (inbound events are
+/// written by the batcher, `batch.rs`).
+async fn insert_event(conn: &mut PgConnection, event: &EventRecord) -> Result<(), StoreError> {
+    sqlx::query(
         "INSERT INTO events (source_id, id, received_at_ms, event_type, provider_event_id, \
-         dedup_key, size_bytes, headers, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-         ON CONFLICT (source_id, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING",
+         dedup_key, size_bytes, headers, body) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8)",
     )
     .bind(uid(event.source_id))
     .bind(uid(event.id))
     .bind(event.received_at_ms)
     .bind(event.event_type.as_bytes())
     .bind(event.provider_event_id.as_ref().map(|p| p.as_bytes()))
-    .bind(dedup_key.map(str::as_bytes))
     .bind(i64::try_from(event.body.len()).unwrap_or(i64::MAX))
     .bind(rows::encode_headers(&event.headers))
     .bind(&event.body)
     .execute(conn)
     .await
     .map_err(db_error)?;
-    Ok(done.rows_affected() == 1)
+    Ok(())
 }
 
 /// Queues one pending delivery per (event, destination), due at `due_ms`,
@@ -1050,7 +1056,7 @@ impl PgStore {
             .into_iter()
             .map(|d| (event.id, d.id))
             .collect();
-        insert_event(&mut tx, &event, false).await?;
+        insert_event(&mut tx, &event).await?;
         let deliveries =
             insert_deliveries(&mut tx, event.source_id, &targets, event.received_at_ms).await?;
         self.commit(tx).await?;
@@ -1651,20 +1657,20 @@ impl PgStore {
         o: AttemptOutcome,
     ) -> Result<Recorded, StoreError> {
         let mut tx = self.begin().await?;
-        // Locks in the order every writer takes them: the destination
-        // first, then its deliveries (a disable cancels them while holding
-        // the destination), so two writers never wait on each other.
-        let destination = {
-            let row = sqlx::query(
-                "SELECT record FROM destinations WHERE source_id = $1 AND id = $2 FOR UPDATE",
-            )
-            .bind(uid(o.source_id))
-            .bind(uid(o.destination_id))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            row.map(|r| decode::<DestinationRecord>(&r)).transpose()?
-        };
+        // Most attempts leave the destination as it is (a success while it
+        // is not failing, a failure inside a run): those lock only their
+        // delivery, so attempts and ingest (which share-locks destination
+        // rows) never queue behind each other. An attempt that changes the
+        // destination locks it first, in the order every writer takes
+        // locks: the destination, then its deliveries (a disable cancels
+        // them while holding the destination).
+        let mut destination = destination_row(&mut tx, o.source_id, o.destination_id, "").await?;
+        if let Some(d) = &destination {
+            if o.apply_to_destination(&mut d.clone()).0 {
+                destination =
+                    destination_row(&mut tx, o.source_id, o.destination_id, "FOR UPDATE").await?;
+            }
+        }
         // Another node took the lane over since this attempt started: its
         // owner attempts the delivery again, this outcome is not recorded.
         if !super::nodes::holds_lane(&mut tx, self.node, o.destination_id, o.lease_epoch).await? {
@@ -1743,33 +1749,9 @@ impl PgStore {
         write_delivery(&mut tx, &delivery, due).await?;
 
         if let Some(mut d) = destination {
-            let succeeded = o.next == Next::Succeeded;
-            let changed = match (succeeded, d.failing_since_ms) {
-                (true, Some(_)) => {
-                    d.failing_since_ms = None;
-                    true
-                }
-                (false, None) => {
-                    d.failing_since_ms = Some(a.started_at_ms);
-                    true
-                }
-                (false, Some(since)) if d.enabled && now - since >= o.disable_after_ms => {
-                    d.enabled = false;
-                    d.disabled_at_ms = Some(now);
-                    d.disabled_reason = Some(format!(
-                        "every delivery attempt failed for {} (since {}); re-enable it once the endpoint works",
-                        humantime::format_duration(std::time::Duration::from_millis(
-                            (now - since).max(0) as u64 / 1000 * 1000
-                        )),
-                        crate::model::time::format_ms(since)
-                    ));
-                    recorded.disabled_destination = true;
-                    true
-                }
-                _ => false,
-            };
+            let (changed, disabled) = o.apply_to_destination(&mut d);
+            recorded.disabled_destination = disabled;
             if changed {
-                d.updated_at_ms = now;
                 write_destination(&mut tx, &d).await?;
             }
             if recorded.disabled_destination {

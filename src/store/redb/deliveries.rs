@@ -145,31 +145,9 @@ pub fn record_attempt(txn: &WriteTransaction, o: &AttemptOutcome) -> Result<Reco
     drop(deliveries);
 
     if let Some(mut d) = destination {
-        let succeeded = o.next == Next::Succeeded;
-        let changed = match (succeeded, d.failing_since_ms) {
-            (true, Some(_)) => {
-                d.failing_since_ms = None;
-                true
-            }
-            (false, None) => {
-                d.failing_since_ms = Some(o.attempt.started_at_ms);
-                true
-            }
-            (false, Some(since)) if d.enabled && now - since >= o.disable_after_ms => {
-                d.enabled = false;
-                d.disabled_at_ms = Some(now);
-                d.disabled_reason = Some(format!(
-                    "every delivery attempt failed for {} (since {}); re-enable it once the endpoint works",
-                    humantime::format_duration(std::time::Duration::from_millis((now - since).max(0) as u64 / 1000 * 1000)),
-                    crate::model::time::format_ms(since)
-                ));
-                recorded.disabled_destination = true;
-                true
-            }
-            _ => false,
-        };
+        let (changed, disabled) = o.apply_to_destination(&mut d);
+        recorded.disabled_destination = disabled;
         if changed {
-            d.updated_at_ms = now;
             destinations.insert(
                 (o.source_id.as_u128(), o.destination_id.as_u128()),
                 d.encode().as_slice(),
