@@ -15,9 +15,10 @@
 //! Ingest is written per group commit (`batch`): concurrent ingests share
 //! one transaction of a few multi-row statements and one WAL flush.
 //!
-//! Several nodes may share the database (`nodes.rs`): each is one random
-//! node id per process, holding leases on destination lanes and duties,
-//! and telling the others (`NOTIFY`) which lanes have work.
+//! Several nodes may share the database (`nodes.rs`): each has a node id
+//! (kept in its data directory, so a restart is the same node), holds
+//! leases on destination lanes and duties, and tells the others (`NOTIFY`)
+//! which lanes have work.
 
 mod batch;
 mod intents;
@@ -70,6 +71,7 @@ pub(super) struct PgStore {
     ingester: batch::Ingester,
     /// This process among the nodes sharing the database (lease owner).
     node: Uuid,
+    identity: nodes::NodeIdentity,
     announcer: Arc<nodes::Announcer>,
 }
 
@@ -123,7 +125,8 @@ impl PgStore {
         });
         runtime.spawn(probe(pool.clone(), state.clone()));
         let ingester = batch::Ingester::start(&runtime, pool.clone(), metrics.clone());
-        let node = Uuid::from_u128(rand::random());
+        let identity = nodes::NodeIdentity::take(&config.path)?;
+        let node = identity.id;
         let announcer = nodes::Announcer::start(&pool, node, state.clone(), &runtime);
         Ok(PgStore {
             ingester,
@@ -133,6 +136,7 @@ impl PgStore {
             dir: config.path.clone(),
             state,
             node,
+            identity,
             announcer,
         })
     }
@@ -175,6 +179,7 @@ impl PgStore {
         self.ingester.stop().await;
         self.state.stop.cancel();
         self.pool.close().await;
+        self.identity.release();
     }
 }
 

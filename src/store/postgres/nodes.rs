@@ -35,6 +35,71 @@ const RELISTEN_PAUSE: Duration = Duration::from_secs(1);
 /// The value sealed into `secrets_check`.
 const CHECK_PLAINTEXT: &[u8] = b"krafter secrets check";
 
+/// This process's id among the nodes, and the lock that makes it its own.
+///
+/// The id lives in `<storage.path>/node.id`, so a node restarted after a
+/// crash is the same node: it takes its own leases back at once instead of
+/// waiting `delivery.lease_ttl` for them (its previous life can have no
+/// attempt left in flight). The file is locked while the store is open; a
+/// second process on the same directory (the offline CLI beside a running
+/// server, or a misconfigured second server) gets an id of its own, so
+/// two processes never act as one node.
+pub(super) struct NodeIdentity {
+    pub(super) id: Uuid,
+    lock: Mutex<Option<std::fs::File>>,
+}
+
+impl NodeIdentity {
+    pub(super) fn take(dir: &std::path::Path) -> Result<NodeIdentity, StoreError> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join("node.id");
+        let context = || format!("opening {}", path.display());
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| StoreError::io(context(), e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Ok(NodeIdentity {
+                    id: Uuid::from_u128(rand::random()),
+                    lock: Mutex::new(None),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(context(), e)),
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .map_err(|e| StoreError::io(context(), e))?;
+        let id = match Uuid::parse_str(text.trim()) {
+            Ok(id) => id,
+            Err(_) => {
+                let id = Uuid::from_u128(rand::random());
+                file.set_len(0)
+                    .and_then(|()| file.rewind())
+                    .and_then(|()| file.write_all(format!("{}\n", id.hyphenated()).as_bytes()))
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))?;
+                id
+            }
+        };
+        Ok(NodeIdentity {
+            id,
+            lock: Mutex::new(Some(file)),
+        })
+    }
+
+    /// Lets the next process on this directory be this node.
+    pub(super) fn release(&self) {
+        lock(&self.lock).take();
+    }
+}
+
 /// Hints waiting to be sent, and the hints received for the engine.
 pub(super) struct Announcer {
     pending: Mutex<HashSet<(Uuid, Uuid)>>,
@@ -590,6 +655,24 @@ mod tests {
         assert_eq!(a.node_heartbeat(10_000).await.unwrap(), 1);
         a.close().await;
         b.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_restarted_node_is_the_same_node_and_a_second_process_is_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = NodeIdentity::take(dir.path()).unwrap();
+        let beside = NodeIdentity::take(dir.path()).unwrap();
+        assert_ne!(first.id, beside.id, "the directory's id is taken");
+        first.release();
+        drop(beside);
+        let again = NodeIdentity::take(dir.path()).unwrap();
+        assert_eq!(again.id, first.id, "a restart keeps the id");
+        drop(again);
+        std::fs::write(dir.path().join("node.id"), "not an id").unwrap();
+        let fresh = NodeIdentity::take(dir.path()).unwrap();
+        assert_ne!(fresh.id, first.id);
+        let text = std::fs::read_to_string(dir.path().join("node.id")).unwrap();
+        assert_eq!(text.trim(), fresh.id.hyphenated().to_string());
     }
 
     #[tokio::test]
