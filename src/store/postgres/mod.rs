@@ -239,7 +239,7 @@ async fn probe(pool: PgPool, state: Arc<ProbeState>) {
         match ok {
             Ok(size) => {
                 state.healthy.store(true, Ordering::SeqCst);
-                if ticks % 15 == 0 {
+                if ticks.is_multiple_of(15) {
                     state
                         .size_bytes
                         .store(u64::try_from(size).unwrap_or(0), Ordering::Relaxed);
