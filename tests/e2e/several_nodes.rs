@@ -1,8 +1,8 @@
 //! Several Krafter nodes over one PostgreSQL database (SPEC §12), each a
 //! real `krafter serve` process: deliveries run by one node at a time and
 //! taken over after `kill -9`, no duplicates in steady state, a rate limit
-//! and dedup that hold across nodes, and a database outage ridden out
-//! without a restart.
+//! and dedup that hold across nodes, a database outage ridden out without
+//! a restart, and the database reached over verified TLS.
 //!
 //! They need PostgreSQL (see `common::pg_cluster`); without it they print a
 //! skip line and pass, unless `KRAFTER_REQUIRE_POSTGRES=1`.
@@ -500,6 +500,93 @@ async fn a_database_outage_is_503_and_recovers_without_a_restart() {
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
     common::poll(Duration::from_secs(60), "every event delivered", || async {
         (webhook_ids(&receiver).len() >= listed.len()).then_some(())
+    })
+    .await;
+}
+
+/// `krafter serve` for a database URL that must fail: answers what it
+/// printed, after checking that it exited with an error.
+fn refused_start(root: &Path, name: &str, url: &str) -> String {
+    let (mut command, _) = node_command(root, name, url);
+    let out = command
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run krafter serve");
+    assert!(!out.status.success(), "krafter started on {url}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaches_postgres_over_verified_tls() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cluster = match pg_cluster::DedicatedCluster::new_tls_only(
+        &certified.cert.pem(),
+        &certified.signing_key.serialize_pem(),
+    ) {
+        Ok(cluster) => cluster,
+        Err(why) => {
+            assert!(
+                !pg_cluster::postgres_required(),
+                "KRAFTER_REQUIRE_POSTGRES=1 but no PostgreSQL: {why}"
+            );
+            pg_cluster::announce_skip(&why);
+            return;
+        }
+    };
+    let root = tempfile::tempdir().unwrap();
+    let trusted = root.path().join("database-ca.pem");
+    std::fs::write(&trusted, certified.cert.pem()).unwrap();
+    let stranger = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let untrusted = root.path().join("other-ca.pem");
+    std::fs::write(&untrusted, stranger.cert.pem()).unwrap();
+    let port = cluster.port();
+
+    // The database takes TLS connections only: in plain text it refuses.
+    let said = refused_start(
+        root.path(),
+        "plain",
+        &format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable"),
+    );
+    assert!(
+        said.contains("connecting to PostgreSQL") && said.contains("no encryption"),
+        "{said}"
+    );
+    // A certificate the node does not trust: refused before any query.
+    let said = refused_start(
+        root.path(),
+        "untrusting",
+        &format!(
+            "postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+            untrusted.display()
+        ),
+    );
+    assert!(
+        said.contains("connecting to PostgreSQL") && said.contains("certificate"),
+        "{said}"
+    );
+
+    // Trusted and verified (the name matches the certificate): it serves.
+    let url = format!(
+        "postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+        trusted.display()
+    );
+    let (_node, base) = start_node(root.path(), "a", &url).await;
+    let api = Api {
+        client: reqwest::Client::new(),
+        key: admin_key(&root.path().join("a")),
+    };
+    let receiver = Receiver::ok().await;
+    let (slug, source_id) = api
+        .source_with_destination(&base, json!({"url": receiver.url("/hook")}))
+        .await;
+    let (status, answer) = ingest(&reqwest::Client::new(), &base, &slug, "evt_tls")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["data"]["event_id"].as_str().unwrap().to_string();
+    assert_eq!(api.event_ids(&base, &source_id).await, HashSet::from([id]));
+    common::poll(Duration::from_secs(15), "the delivery", || async {
+        (!receiver.requests().is_empty()).then_some(())
     })
     .await;
 }

@@ -175,6 +175,41 @@ impl DedicatedCluster {
         Ok(DedicatedCluster(cluster))
     }
 
+    /// Like [`DedicatedCluster::new`], but accepting TCP connections over
+    /// TLS only (`hostssl` in pg_hba.conf), with this certificate and key
+    /// (PEM): a client that does not speak TLS, or does not trust the
+    /// certificate, cannot connect.
+    pub fn new_tls_only(cert_pem: &str, key_pem: &str) -> Result<DedicatedCluster, String> {
+        let mut cluster = Cluster::create()?;
+        let write = |name: &str, contents: &str| -> Result<(), String> {
+            let path = cluster.data.join(name);
+            std::fs::write(&path, contents).map_err(|e| format!("writing {name}: {e}"))?;
+            let mut chmod = Command::new("chmod");
+            chmod.arg("600").arg(&path);
+            run(chmod, "chmod of a TLS file")?;
+            if running_as_root() {
+                let mut chown = Command::new("chown");
+                chown.arg("postgres:postgres").arg(&path);
+                run(chown, "chown of a TLS file to postgres")?;
+            }
+            Ok(())
+        };
+        write("server.crt", cert_pem)?;
+        write("server.key", key_pem)?;
+        write(
+            "pg_hba.conf",
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )?;
+        cluster.options = "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".into();
+        cluster.first_start()?;
+        Ok(DedicatedCluster(cluster))
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.0.port
+    }
+
     /// `postgres://postgres@127.0.0.1:<port>/postgres` (the cluster's
     /// default database; the whole cluster is this test's own).
     pub fn url(&self) -> String {
@@ -208,6 +243,8 @@ struct Cluster {
     data: PathBuf,
     port: u16,
     pg_ctl: PathBuf,
+    /// More server options (`-c name=value …`).
+    options: String,
 }
 
 impl Cluster {
@@ -251,6 +288,7 @@ impl Cluster {
             data,
             port: free_port()?,
             pg_ctl,
+            options: String::new(),
         })
     }
 
@@ -283,9 +321,10 @@ impl Cluster {
             .args(["-w", "-t", "60", "-o"])
             .arg(format!(
                 "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories={} \
-                 -c fsync=off -c max_connections=200",
+                 -c fsync=off -c max_connections=200 {}",
                 self.port,
-                self.root.display()
+                self.root.display(),
+                self.options
             ))
             .arg("start")
             .current_dir(&self.root);
