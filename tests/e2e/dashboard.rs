@@ -4,150 +4,15 @@
 
 use crate::common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, CONTENT_TYPE, LOCATION, SET_COOKIE};
-use reqwest::redirect::Policy;
+use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::common::browser::Browser;
 use crate::common::TestServer;
-
-/// A minimal browser: remembers cookies, never follows redirects, so each
-/// answer can be checked as sent.
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-    cookies: HashMap<String, String>,
-}
-
-struct Page {
-    status: StatusCode,
-    headers: HeaderMap,
-    text: String,
-}
-
-impl Page {
-    fn location(&self) -> &str {
-        self.headers
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    fn set_cookie(&self, name: &str) -> Option<String> {
-        self.headers
-            .get_all(SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with(&format!("{name}=")))
-            .map(str::to_string)
-    }
-
-    /// The CSRF token embedded in the page's forms.
-    fn csrf(&self) -> String {
-        let marker = "name=\"csrf\" value=\"";
-        let start = self
-            .text
-            .find(marker)
-            .unwrap_or_else(|| panic!("no csrf field in page:\n{}", self.text))
-            + marker.len();
-        let end = self.text[start..].find('"').expect("closing quote") + start;
-        self.text[start..end].to_string()
-    }
-
-    fn assert_sign_in_redirect(&self) {
-        assert_eq!(self.status, StatusCode::SEE_OTHER, "{}", self.text);
-        assert!(
-            self.location().starts_with("/dashboard/sign-in"),
-            "redirected to {}",
-            self.location()
-        );
-    }
-}
-
-impl Browser {
-    fn new(base: &str) -> Browser {
-        Self::with(base, reqwest::Client::builder())
-    }
-
-    fn with(base: &str, builder: reqwest::ClientBuilder) -> Browser {
-        Browser {
-            http: builder
-                .redirect(Policy::none())
-                .build()
-                .expect("http client"),
-            base: base.to_string(),
-            cookies: HashMap::new(),
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
-        let req = if self.cookies.is_empty() {
-            req
-        } else {
-            req.header("cookie", self.cookie_header())
-        };
-        let resp = req.send().await.expect("request reaches the server");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        for value in headers.get_all(SET_COOKIE) {
-            let value = value.to_str().expect("ascii cookie");
-            let pair = value.split(';').next().unwrap_or("");
-            let (name, val) = pair.split_once('=').expect("name=value");
-            if value.contains("Max-Age=0") {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_string(), val.to_string());
-            }
-        }
-        let text = resp.text().await.expect("body");
-        Page {
-            status,
-            headers,
-            text,
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        let req = self.http.get(format!("{}{}", self.base, path));
-        self.send(req).await
-    }
-
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
-        let req = self.http.post(format!("{}{}", self.base, path)).form(form);
-        self.send(req).await
-    }
-
-    /// Signs in through the sign-in form and returns the answer.
-    async fn sign_in(&mut self, key: &str) -> Page {
-        let page = self.get("/dashboard/sign-in").await;
-        assert_eq!(page.status, StatusCode::OK);
-        let token = page.csrf();
-        self.post("/dashboard/sign-in", &[("csrf", &token), ("key", key)])
-            .await
-    }
-
-    /// Signs in and returns this session's CSRF token.
-    async fn signed_in(&mut self, key: &str) -> String {
-        let page = self.sign_in(key).await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
-        assert_eq!(page.location(), "/dashboard/sources");
-        let page = self.get("/dashboard/sources").await;
-        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
-        page.csrf()
-    }
-}
 
 async fn source_count(server: &TestServer) -> usize {
     let (status, body) = server.get("/api/v1/webhooks/sources").await;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
+use crate::common::browser::Browser;
 use crate::common::receiver::{Receiver, Reply};
 use crate::common::{self, pg_cluster, KillOnDrop};
 
@@ -333,7 +334,7 @@ async fn a_node_that_joins_takes_its_share_of_the_destinations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rate_limit_and_dedup_hold_across_nodes() {
+async fn a_rate_limit_dedup_and_dashboard_sessions_hold_across_nodes() {
     let Some(db) = database() else { return };
     let root = tempfile::tempdir().unwrap();
     let receiver = Receiver::ok().await;
@@ -367,6 +368,24 @@ async fn a_rate_limit_and_dedup_hold_across_nodes() {
         originals.insert(v1["data"]["event_id"].as_str().unwrap().to_string());
     }
     assert_eq!(api.event_ids(&b, &source_id).await, originals);
+
+    // A dashboard session made on one node is good on the other, and
+    // signing out on that one ends it everywhere.
+    let mut browser = Browser::new(&a);
+    browser.signed_in(&api.key).await;
+    let mut browser = browser.moved_to(&b);
+    let page = browser.get("/dashboard/sources").await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    let csrf = page.csrf();
+    let out = browser
+        .post("/dashboard/sign-out", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(out.status, 303, "{}", out.text);
+    let mut browser = browser.moved_to(&a);
+    browser
+        .get("/dashboard/sources")
+        .await
+        .assert_sign_in_redirect();
 
     // 12 deliveries at 5/s through whichever node holds the lane: never
     // more than 5 in any second (plus the first of the next), however the
@@ -589,4 +608,60 @@ async fn a_node_reaches_postgres_over_verified_tls() {
         (!receiver.requests().is_empty()).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_at_once_migrate_once_and_make_one_bootstrap_key() {
+    let Some(db) = database() else { return };
+    let root = tempfile::tempdir().unwrap();
+    // Both on an empty database, with no secrets key made yet.
+    let (mut first, first_data) = node_command(root.path(), "a", db.url());
+    let (mut second, second_data) = node_command(root.path(), "b", db.url());
+    let ((_a, a), (_b, b)) = tokio::join!(
+        common::spawn_serving(&mut first, &first_data),
+        common::spawn_serving(&mut second, &second_data)
+    );
+    let written: Vec<&PathBuf> = [&first_data, &second_data]
+        .into_iter()
+        .filter(|d| d.join("admin.key").exists())
+        .collect();
+    assert_eq!(written.len(), 1, "exactly one node writes admin.key");
+    let api = Api {
+        client: reqwest::Client::new(),
+        key: admin_key(written[0]),
+    };
+    for base in [&a, &b] {
+        let keys = api.get(format!("{base}/api/v1/api-keys")).await;
+        assert_eq!(keys["data"].as_array().unwrap().len(), 1, "{keys}");
+    }
+    // Secrets sealed by one node open on the other (one shared key).
+    let receiver = Receiver::ok().await;
+    let (slug, _) = api
+        .source_with_destination(&a, json!({"url": receiver.url("/hook")}))
+        .await;
+    let (status, answer) = ingest(&reqwest::Client::new(), &b, &slug, "evt_both")
+        .await
+        .unwrap();
+    assert_eq!(
+        status, 200,
+        "signature checked on b with a's sealed secret: {answer}"
+    );
+    common::poll(Duration::from_secs(15), "the delivery", || async {
+        (!receiver.requests().is_empty()).then_some(())
+    })
+    .await;
+    // Every migration applied once.
+    let migrations = std::fs::read_dir(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/postgres/migrations"),
+    )
+    .unwrap()
+    .count();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(db.url())
+        .await
+        .unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, migrations);
 }

@@ -18,6 +18,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod browser;
 pub mod sign;
 
 /// The tests' PostgreSQL clusters, the very file the unit tests use (a
