@@ -96,7 +96,7 @@ EOF
 
 # One worker: with two, hypothesis describes strategies by parsing source
 # with `ast` from two threads at once, and CPython 3.11 before 3.11.8 keeps
-# the AST constructor's recursion depth in shared state, so the race fails
+# the recursion depth of the AST constructor in shared state, so the race fails
 # the run with "AST constructor recursion depth mismatch" (cpython#106905).
 seed_args=()
 if [ -n "$FUZZ_SEED" ]; then seed_args=(--seed "$FUZZ_SEED"); fi
