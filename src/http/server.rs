@@ -50,7 +50,13 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // A client may shut its sending side and wait for the answer (a
+        // short body, then half-close): it must get its 4xx. Without this,
+        // hyper drops the connection as soon as it reads the end while the
+        // handler is still busy (e.g. looking up the API key), and the
+        // client sees no answer at all.
+        .half_close(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     // Tells the watchdogs to drop connections that never sent a byte, which
