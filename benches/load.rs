@@ -55,6 +55,12 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::net::{TcpListener, TcpStream};
 
+/// The tests' PostgreSQL helpers; the load tool uses their program lookup
+/// and watchdog (and runs the cluster its own way: durable, measured).
+#[path = "../src/store/postgres/pg_cluster.rs"]
+mod pg_cluster;
+use pg_cluster::{as_postgres, pg_program, running_as_root, watchdog};
+
 const SECRET: &str = "whsec_load_tool_secret";
 /// Hard cap on requests per run, whatever the duration.
 const MAX_REQUESTS: u64 = 20_000_000;
@@ -1027,9 +1033,7 @@ impl std::fmt::Display for Used {
 /// PostgreSQL refuses root), on 127.0.0.1 and a free port, durable as
 /// shipped (fsync and synchronous_commit on). Stopped and removed on drop,
 /// and by a watchdog shell should this process be killed.
-///
-/// (A copy of the few lines of `src/store/postgres/test_cluster.rs` that
-/// find and start the binaries; that file is being made shareable.)
+/// The binaries are found and run as the tests do (`pg_cluster`).
 struct PgCluster {
     root: PathBuf,
     pg_ctl: PathBuf,
@@ -1060,7 +1064,7 @@ impl PgCluster {
         let root = std::env::temp_dir().join(format!("krafter-load-pg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir(&root).expect("cluster dir");
-        pg_watchdog(&root, &pg_ctl);
+        watchdog(&root, &root.join("data"), &pg_ctl);
         if running_as_root() {
             must(
                 Command::new("chown").arg("postgres:postgres").arg(&root),
@@ -1202,49 +1206,6 @@ impl Drop for PgCluster {
     }
 }
 
-/// A PostgreSQL program: on `PATH`, else in Debian's versioned directory
-/// (newest version first).
-fn pg_program(name: &str) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .unwrap_or_default();
-    if let Some(found) = on_path.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
-        return Some(found);
-    }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    versions.sort_by_key(|p| {
-        std::cmp::Reverse(
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.parse::<u32>().ok())
-                .unwrap_or(0),
-        )
-    });
-    versions
-        .into_iter()
-        .map(|v| v.join("bin").join(name))
-        .find(|p| p.is_file())
-}
-
-fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// `program`, run as the `postgres` user when we are root.
-fn as_postgres(program: &Path) -> Command {
-    if running_as_root() {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(program);
-        cmd
-    } else {
-        Command::new(program)
-    }
-}
-
 /// Runs a set-up command; stops the tool with its output when it fails.
 fn must(cmd: &mut Command, what: &str) {
     match cmd.stdin(Stdio::null()).output() {
@@ -1256,33 +1217,4 @@ fn must(cmd: &mut Command, what: &str) {
         )),
         Err(e) => refuse(&format!("{what}: {e}")),
     }
-}
-
-/// Stops the cluster and removes its directory once this process is gone
-/// however it ended, from a shell in its own session.
-fn pg_watchdog(root: &Path, pg_ctl: &Path) {
-    let data = root.join("data");
-    let stop = format!(
-        "{}'{}' -D '{}' -m immediate stop",
-        if running_as_root() {
-            "runuser -u postgres -- "
-        } else {
-            ""
-        },
-        pg_ctl.display(),
-        data.display()
-    );
-    let script = format!(
-        "cd /; while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-         if [ -f '{data}/postmaster.pid' ]; then {stop} >/dev/null 2>&1; fi; rm -rf '{root}'",
-        pid = std::process::id(),
-        data = data.display(),
-        root = root.display(),
-    );
-    let _ = Command::new("setsid")
-        .args(["sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
 }

@@ -24,10 +24,11 @@ const SECRET: &str = "whsec_several_nodes";
 /// Short, so a takeover is quick to see.
 const LEASE_TTL: Duration = Duration::from_secs(2);
 
-/// A database for one test, or `None` (skip) without PostgreSQL.
-fn database() -> Option<pg_cluster::ScratchDatabase> {
-    match pg_cluster::scratch_database() {
-        Ok(db) => Some(db),
+/// What PostgreSQL gave, or `None` (the test skips, loudly) when there is
+/// none and it is not required.
+fn or_skip<T>(got: Result<T, String>) -> Option<T> {
+    match got {
+        Ok(got) => Some(got),
         Err(why) => {
             assert!(
                 !pg_cluster::postgres_required(),
@@ -37,6 +38,11 @@ fn database() -> Option<pg_cluster::ScratchDatabase> {
             None
         }
     }
+}
+
+/// A database for one test, or `None` (skip) without PostgreSQL.
+fn database() -> Option<pg_cluster::ScratchDatabase> {
+    or_skip(pg_cluster::scratch_database())
 }
 
 /// `krafter serve` as one node of the database at `url`: its own data
@@ -412,16 +418,8 @@ async fn a_rate_limit_dedup_and_dashboard_sessions_hold_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_is_503_and_recovers_without_a_restart() {
-    let cluster = match pg_cluster::DedicatedCluster::new() {
-        Ok(cluster) => cluster,
-        Err(why) => {
-            assert!(
-                !pg_cluster::postgres_required(),
-                "KRAFTER_REQUIRE_POSTGRES=1 but no PostgreSQL: {why}"
-            );
-            pg_cluster::announce_skip(&why);
-            return;
-        }
+    let Some(cluster) = or_skip(pg_cluster::DedicatedCluster::new()) else {
+        return;
     };
     let root = tempfile::tempdir().unwrap();
     let url = cluster.url();
@@ -538,19 +536,11 @@ fn refused_start(root: &Path, name: &str, url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reaches_postgres_over_verified_tls() {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cluster = match pg_cluster::DedicatedCluster::new_tls_only(
+    let Some(cluster) = or_skip(pg_cluster::DedicatedCluster::new_tls_only(
         &certified.cert.pem(),
         &certified.signing_key.serialize_pem(),
-    ) {
-        Ok(cluster) => cluster,
-        Err(why) => {
-            assert!(
-                !pg_cluster::postgres_required(),
-                "KRAFTER_REQUIRE_POSTGRES=1 but no PostgreSQL: {why}"
-            );
-            pg_cluster::announce_skip(&why);
-            return;
-        }
+    )) else {
+        return;
     };
     let root = tempfile::tempdir().unwrap();
     let trusted = root.path().join("database-ca.pem");

@@ -227,7 +227,7 @@ async fn live_destinations(
 
 /// A destination's record, read with `lock` (`""` or a locking clause).
 async fn destination_row(
-    conn: &mut PgConnection,
+    conn: impl sqlx::PgExecutor<'_>,
     source_id: SourceId,
     id: DestinationId,
     lock: &str,
@@ -921,14 +921,9 @@ impl PgStore {
         source_id: SourceId,
         id: DestinationId,
     ) -> Result<DestinationRecord, StoreError> {
-        let row = sqlx::query("SELECT record FROM destinations WHERE source_id = $1 AND id = $2")
-            .bind(uid(source_id))
-            .bind(uid(id))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?
-            .ok_or(StoreError::NotFound)?;
-        decode(&row)
+        destination_row(&self.pool, source_id, id, "")
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     pub(in crate::store) async fn list_destinations(
@@ -1673,11 +1668,11 @@ impl PgStore {
         // destination locks it first, in the order every writer takes
         // locks: the destination, then its deliveries (a disable cancels
         // them while holding the destination).
-        let mut destination = destination_row(&mut tx, o.source_id, o.destination_id, "").await?;
+        let mut destination = destination_row(&mut *tx, o.source_id, o.destination_id, "").await?;
         if let Some(d) = &destination {
             if o.apply_to_destination(&mut d.clone()).0 {
                 destination =
-                    destination_row(&mut tx, o.source_id, o.destination_id, "FOR UPDATE").await?;
+                    destination_row(&mut *tx, o.source_id, o.destination_id, "FOR UPDATE").await?;
             }
         }
         // Another node took the lane over since this attempt started: its

@@ -361,7 +361,7 @@ where
 
 /// A PostgreSQL program: on `PATH`, else in Debian's versioned directory
 /// (newest version first).
-fn pg_program(name: &str) -> Option<PathBuf> {
+pub fn pg_program(name: &str) -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .unwrap_or_default();
@@ -390,13 +390,13 @@ fn pg_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// `program`, run as the `postgres` user when we are root.
-fn as_postgres(program: &Path) -> Command {
+pub fn as_postgres(program: &Path) -> Command {
     if running_as_root() {
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", "postgres", "--"]).arg(program);
@@ -432,7 +432,7 @@ fn free_port() -> Result<u16, String> {
 
 /// Stops the cluster and removes its directory once this process is gone,
 /// from a shell in its own session (it outlives a killed test run).
-fn watchdog(root: &Path, data: &Path, pg_ctl: &Path) {
+pub fn watchdog(root: &Path, data: &Path, pg_ctl: &Path) {
     let stop = format!(
         "{}'{}' -D '{}' -m immediate stop",
         if running_as_root() {
