@@ -442,6 +442,11 @@ impl Config {
         if self.limits.destinations_per_source == 0 {
             return fail("limits.destinations_per_source", "must be greater than 0");
         }
+        // An event's deliveries are numbered in 16 bits (their derived ids,
+        // see `DeliveryId::for_fan_out`).
+        if self.limits.destinations_per_source > 65_536 {
+            return fail("limits.destinations_per_source", "must be at most 65536");
+        }
         if self.limits.bulk_replay_events == 0 {
             return fail("limits.bulk_replay_events", "must be greater than 0");
         }

@@ -79,6 +79,11 @@ pub struct Metrics {
     pub storage_commit_duration: Histogram,
     /// Operations per writer batch: how well group commit is amortising fsyncs.
     pub storage_commit_batch_size: Histogram,
+    /// Time to append and sync one group of records to the write-ahead log
+    /// (what an ingest waits for before its 2xx, on the redb backend).
+    pub storage_wal_sync_duration: Histogram,
+    /// Records per write-ahead log sync: how well the log amortises fsyncs.
+    pub storage_wal_batch_size: Histogram,
     /// Size of the database file.
     pub storage_file_size: Gauge,
     /// Ingest requests by source and result.
@@ -122,14 +127,26 @@ impl Metrics {
         let storage_commit_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         registry.register(
             "storage_commit_duration_seconds",
-            "Duration of one group commit (begin to durable), in seconds",
+            "Duration of one writer commit to the database (begin to commit), in seconds",
             storage_commit_duration.clone(),
         );
         let storage_commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         registry.register(
             "storage_commit_batch_size",
-            "Operations folded into one durable commit",
+            "Operations folded into one database commit",
             storage_commit_batch_size.clone(),
+        );
+        let storage_wal_sync_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
+        registry.register(
+            "storage_wal_sync_duration_seconds",
+            "Duration of one write-ahead log append and fdatasync (redb backend), in seconds",
+            storage_wal_sync_duration.clone(),
+        );
+        let storage_wal_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "storage_wal_batch_size",
+            "Records made durable by one write-ahead log sync (redb backend)",
+            storage_wal_batch_size.clone(),
         );
         let storage_file_size = Gauge::default();
         registry.register(
@@ -191,8 +208,17 @@ impl Metrics {
             http_requests,
             storage_commit_duration,
             storage_commit_batch_size,
+            storage_wal_sync_duration,
+            storage_wal_batch_size,
             storage_file_size,
         }
+    }
+
+    /// Records one write-ahead log sync.
+    pub fn observe_wal_sync(&self, elapsed: Duration, records: usize) {
+        self.storage_wal_sync_duration
+            .observe(elapsed.as_secs_f64());
+        self.storage_wal_batch_size.observe(records as f64);
     }
 
     /// Records one writer batch.

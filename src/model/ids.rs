@@ -190,10 +190,45 @@ define_id!(
     "replay"
 );
 
+impl DeliveryId {
+    /// The id of the `index`-th delivery an event fans out to at ingest,
+    /// derived from the event's id instead of drawn at random.
+    ///
+    /// Why: the redb backend acknowledges an event once it is in the
+    /// write-ahead log and rebuilds its deliveries from the log after a
+    /// crash; deriving the ids makes that rebuild give every delivery the
+    /// id it had before (the one the API showed). The event's timestamp is
+    /// kept and its random part shifted up 16 bits to make room for the
+    /// index, so these ids still sort by event (deliveries of one
+    /// destination stay in event order) and two events collide only if
+    /// their random parts agree in 64 bits.
+    pub fn for_fan_out(event: EventId, index: u16) -> DeliveryId {
+        const RANDOM_BITS: u32 = 80;
+        let raw = event.as_u128();
+        let time = raw >> RANDOM_BITS;
+        let random = raw & ((1u128 << RANDOM_BITS) - 1);
+        let shifted = (random << 16) & ((1u128 << RANDOM_BITS) - 1);
+        DeliveryId((time << RANDOM_BITS) | shifted | u128::from(index))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde::Serialize;
+
+    #[test]
+    fn fan_out_ids_are_stable_unique_and_sorted_by_event() {
+        let first = EventId::new();
+        let second = EventId::new();
+        let a0 = DeliveryId::for_fan_out(first, 0);
+        assert_eq!(a0, DeliveryId::for_fan_out(first, 0), "derived, not drawn");
+        assert_ne!(a0, DeliveryId::for_fan_out(first, 1));
+        assert_eq!(a0.timestamp_ms(), first.timestamp_ms());
+        // One destination's deliveries keep the order of their events.
+        assert!(DeliveryId::for_fan_out(first, 7) < DeliveryId::for_fan_out(second, 7));
+        assert!(DeliveryId::for_fan_out(first, 65535) < DeliveryId::for_fan_out(second, 0));
+    }
 
     #[test]
     fn ids_round_trip_and_keep_their_kind() {

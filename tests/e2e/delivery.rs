@@ -1393,7 +1393,8 @@ async fn no_delivery_is_lost_across_kill_9() {
         },
     )
     .await;
-    drop(_child);
+    let mut child = _child;
+    common::stop_gracefully(&mut child);
 
     let store = common::open_store_at(&data);
     let ids: Vec<&str> = acked.iter().map(String::as_str).collect();

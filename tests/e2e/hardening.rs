@@ -380,10 +380,19 @@ async fn data_files_are_private_whatever_the_umask() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700, "data directory");
     let mut files = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        assert_eq!(mode(&path), 0o600, "{}", path.display());
-        files += 1;
+    // Files 0600, directories (the write-ahead log's) 0700, all the way down.
+    let mut dirs = vec![dir.clone()];
+    while let Some(next) = dirs.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                assert_eq!(mode(&path), 0o700, "{}", path.display());
+                dirs.push(path);
+            } else {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+                files += 1;
+            }
+        }
     }
     if common::on_postgres() {
         assert!(files >= 2, "admin.key and secrets.key");
@@ -488,8 +497,9 @@ impl Drop for Tmpfs {
 /// 3 and 6. The disk fills while an attempt is in flight: its outcome
 /// cannot be recorded. The delivery pauses (no re-send storm), ingest
 /// answers 503 `unavailable` (not 500), `/readyz` is 503; once space is
-/// freed the store reopens itself, the outcome is recorded without sending
-/// again, and ingest and delivery resume — no restart.
+/// freed the store reopens itself, the delivery ends succeeded having been
+/// sent at most once more (outcomes are not individually durable), and
+/// ingest and delivery resume — no restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_pauses_delivery_and_recovery_needs_no_restart() {
     if common::redb_only(
@@ -588,12 +598,18 @@ async fn a_full_disk_pauses_delivery_and_recovery_needs_no_restart() {
         },
     )
     .await;
-    assert_eq!(
-        delivery["attempts"].as_array().unwrap().len(),
-        1,
+    // Outcomes are not individually durable (a lost one means one more
+    // send, never a storm): the success the full disk kept from being
+    // recorded is either recorded now or sent once more.
+    assert!(
+        !delivery["attempts"].as_array().unwrap().is_empty(),
         "{delivery}"
     );
-    assert_eq!(receiver.count(), 1, "the recorded success was sent again");
+    assert!(
+        receiver.count() <= 2,
+        "sent {} times for one delivery",
+        receiver.count()
+    );
 
     // Ingest and delivery carry on, with no restart.
     server.ingest_json(&slug, &json!({"type": "t.after"})).await;

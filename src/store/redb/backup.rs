@@ -58,9 +58,15 @@ fn copy_all(from: &ReadTransaction, to: &WriteTransaction) -> Result<u64, StoreE
 }
 
 /// Tables deliberately not backed up (sessions of the dashboard: a
-/// restored server signs everyone out; the writer's health probe).
+/// restored server signs everyone out; the writer's health probe; the
+/// write-ahead log position, which belongs to the running server's log).
 #[cfg(test)]
-const NOT_BACKED_UP: &[&str] = &["dashboard_sessions", "dashboard_key_sessions", "health"];
+const NOT_BACKED_UP: &[&str] = &[
+    "dashboard_sessions",
+    "dashboard_key_sessions",
+    "health",
+    "wal_state",
+];
 
 /// Writes a consistent snapshot of `snapshot` (one read transaction) and
 /// the secrets key into a new database file at `dest`. Returns rows copied.
@@ -87,7 +93,10 @@ pub fn write_backup(
 pub fn restore(backup: &Path, data_dir: &Path) -> Result<u64, StoreError> {
     let target = data_dir.join(DB_FILE);
     let key_path = data_dir.join("secrets.key");
-    if target.exists() || key_path.exists() {
+    // A write-ahead log left there would be replayed into the restored
+    // database at the next start.
+    let log = data_dir.join(super::wal::WAL_DIR);
+    if target.exists() || key_path.exists() || log.exists() {
         return Err(StoreError::Conflict(format!(
             "{} already holds a database; restore into an empty data directory",
             data_dir.display()

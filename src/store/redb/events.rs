@@ -59,6 +59,28 @@ pub fn ingest(txn: &WriteTransaction, event: &EventRecord) -> Result<IngestOutco
     Ok(IngestOutcome::Stored { deliveries })
 }
 
+/// Applies one write-ahead log record (an ingest, see
+/// [`logged_ingest`]) again after a crash: exactly what the original
+/// [`ingest`] did, unless the database already holds the event (the
+/// record was applied before a checkpoint the log did not yet reflect).
+/// An ingest that failed logically then (its source deleted) fails the
+/// same way now and is skipped.
+pub fn replay_logged(txn: &WriteTransaction, record: &[u8]) -> Result<(), StoreError> {
+    let event = EventRecord::decode(record)?;
+    if txn.open_table(EVENTS)?.get(event.id.as_u128())?.is_some() {
+        return Ok(());
+    }
+    match ingest(txn, &event) {
+        Ok(_) | Err(StoreError::NotFound) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The write-ahead log record of an ingest: the event record as stored.
+pub fn logged_ingest(event: &EventRecord) -> Vec<u8> {
+    event.encode()
+}
+
 /// Writes an event, its list summary and one pending delivery (due at once)
 /// per destination in `targets`. The caller has checked that the source
 /// exists and chosen the targets.
@@ -79,16 +101,20 @@ pub fn store_with_deliveries(
         (event.source_id.as_u128(), event.id.as_u128()),
         summary.encode().as_slice(),
     )?;
-    insert_deliveries(
+    // An event's first fan-out numbers its deliveries from its id, so that
+    // replaying the write-ahead log after a crash recreates the same ids.
+    insert_deliveries_with(
         txn,
         event.id,
         event.source_id,
         targets,
         event.received_at_ms,
+        |index| DeliveryId::for_fan_out(event.id, index),
     )
 }
 
-/// Creates one pending delivery per destination, due at `due_ms`.
+/// Creates one pending delivery per destination, due at `due_ms`, with new
+/// ids (an event sent again: replays, retries of a whole event).
 pub fn insert_deliveries(
     txn: &WriteTransaction,
     event_id: EventId,
@@ -96,13 +122,29 @@ pub fn insert_deliveries(
     destination_ids: &[DestinationId],
     due_ms: i64,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
+    insert_deliveries_with(txn, event_id, source_id, destination_ids, due_ms, |_| {
+        DeliveryId::new()
+    })
+}
+
+/// Creates one pending delivery per destination, the `i`-th with id
+/// `id_of(i)`.
+fn insert_deliveries_with(
+    txn: &WriteTransaction,
+    event_id: EventId,
+    source_id: SourceId,
+    destination_ids: &[DestinationId],
+    due_ms: i64,
+    id_of: impl Fn(u16) -> DeliveryId,
+) -> Result<Vec<DeliveryRecord>, StoreError> {
     let mut deliveries = txn.open_table(DELIVERIES)?;
     let mut by_event = txn.open_table(EVENT_DELIVERIES)?;
     let mut due = txn.open_table(DUE)?;
     let mut out = Vec::with_capacity(destination_ids.len());
-    for &destination_id in destination_ids {
+    for (index, &destination_id) in destination_ids.iter().enumerate() {
+        // At most `limits.destinations_per_source` (≤ 65,536) targets.
         let d = DeliveryRecord {
-            id: DeliveryId::new(),
+            id: id_of(u16::try_from(index).unwrap_or(u16::MAX)),
             event_id,
             source_id,
             destination_id,

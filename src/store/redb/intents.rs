@@ -259,8 +259,11 @@ impl RedbStore {
         &self,
         event: EventRecord,
     ) -> Result<IngestOutcome, StoreError> {
-        let size = event.body.len();
-        self.write_sized(size, move |txn| events::ingest(txn, &event))
+        // Durable once the record is in the write-ahead log; redb applies
+        // it right after without an fsync (see `writer`).
+        let record = events::logged_ingest(&event);
+        self.writer
+            .write_logged(record, move |txn| events::ingest(txn, &event))
             .await
     }
 
@@ -528,7 +531,10 @@ impl RedbStore {
         &self,
         outcome: AttemptOutcome,
     ) -> Result<Recorded, StoreError> {
-        self.write(move |txn| deliveries::record_attempt(txn, &outcome))
+        // Not individually durable: a crash may forget the last second of
+        // outcomes, and the deliveries they concern are attempted again.
+        self.writer
+            .write_volatile(move |txn| deliveries::record_attempt(txn, &outcome))
             .await
     }
 

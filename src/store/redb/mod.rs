@@ -18,6 +18,7 @@ mod sessions;
 mod sources;
 mod tables;
 mod test_events;
+mod wal;
 mod writer;
 
 use crate::model::ids::SourceId;
@@ -29,7 +30,7 @@ use std::time::Duration;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 
 pub(super) use backup::restore;
-use writer::{Writer, WriterLimits};
+use writer::{Writer, WriterLimits, WriterSetup};
 
 use super::crypto::SecretBox;
 use super::{Page, StoreError};
@@ -70,7 +71,33 @@ impl RedbStore {
             quick_repair: config.quick_repair,
             enqueue_timeout: Duration::from_secs(5),
         };
-        let writer = Writer::start(db.clone(), limits, healthy.clone(), metrics);
+        // Bring the database forward through whatever the log holds past
+        // its last checkpoint (events acknowledged before a crash) before
+        // anyone reads it.
+        let wal_dir = dir.join(wal::WAL_DIR);
+        let started = std::time::Instant::now();
+        let checkpoint = applied_lsn(&*db.get()?)?;
+        let mut log = wal::Wal::open(&wal_dir, checkpoint)?;
+        let replayer: writer::Replayer = Arc::new(events::replay_logged);
+        let applied = writer::catch_up(&*db.get()?, &wal_dir, checkpoint, u64::MAX, &replayer)?;
+        if applied > checkpoint {
+            tracing::info!(
+                records = applied - checkpoint,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "applied the write-ahead log after an unclean stop"
+            );
+        }
+        log.retire_through(applied);
+        let writer = Writer::start(WriterSetup {
+            db: db.clone(),
+            wal: log,
+            wal_dir,
+            applied_lsn: applied,
+            replayer,
+            limits,
+            healthy: healthy.clone(),
+            metrics,
+        });
         Ok(RedbStore {
             db,
             writer,
@@ -141,9 +168,10 @@ impl RedbStore {
     }
 
     /// False from a failed commit until the writer has reopened the file
-    /// and written to it again; `/readyz` reports it.
+    /// and written to it again, and while the write-ahead log cannot be
+    /// appended to; `/readyz` reports it.
     pub(super) fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::SeqCst)
+        self.healthy.load(Ordering::SeqCst) && self.writer.log_healthy()
     }
 
     /// Commits queued writes and stops the writer.
@@ -170,6 +198,17 @@ fn read_with<T>(
     let db = db.get()?;
     let txn = db.begin_read().map_err(|e| unhealthy(e.into()))?;
     f(&txn).map_err(unhealthy)
+}
+
+/// The last write-ahead log record the database holds durably (0 for a
+/// new or restored database).
+fn applied_lsn(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read()?;
+    match txn.open_table(tables::WAL_STATE) {
+        Ok(table) => Ok(table.get(tables::APPLIED_LSN)?.map_or(0, |v| v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Creates the data directory 0700. One that exists keeps its mode (the
@@ -307,6 +346,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(tables::KEY_SESSIONS)?;
     txn.open_table(tables::HEALTH)?;
     txn.open_table(tables::REPLAYS)?;
+    txn.open_table(tables::WAL_STATE)?;
     txn.commit()?;
     Ok(())
 }

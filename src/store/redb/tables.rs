@@ -55,3 +55,10 @@ pub const HEALTH: TableDefinition<&str, i64> = TableDefinition::new("health");
 /// jobs, keyed by source first so a source's jobs are one range (newest
 /// last), and small enough to scan whole for the running ones at start-up.
 pub const REPLAYS: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new("replays");
+
+/// `APPLIED_LSN` → the last write-ahead log record the database holds, as
+/// of its last durable commit (a checkpoint): where replay starts after a
+/// crash. Not backed up: a restored database starts a new log.
+pub const WAL_STATE: TableDefinition<&str, u64> = TableDefinition::new("wal_state");
+/// The one key of [`WAL_STATE`].
+pub const APPLIED_LSN: &str = "applied_lsn";

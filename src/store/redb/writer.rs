@@ -1,23 +1,65 @@
-//! The single writer: every change to the database goes through here.
+//! The writer: every change to the database goes through here.
 //!
-//! redb allows one write transaction at a time and each durable commit costs
-//! an fsync (1–3 ms here). One thread owns all writes: it takes whatever
-//! operations are queued (up to a count and a byte budget), applies them in
-//! one transaction, commits once, and only then answers each caller. Work
-//! that arrives during one fsync forms the next batch, so there is no
-//! artificial linger when idle and throughput grows with concurrency.
+//! redb allows one write transaction at a time, and a commit that must
+//! survive power loss costs an fsync plus the copy-on-write of every page it
+//! touches. Two threads split that work:
+//!
+//! - the **log thread** takes queued ingests (their records already encoded
+//!   by the callers), appends them to the write-ahead log ([`super::wal`])
+//!   and syncs it once per group — the only fsync an ingest waits for;
+//! - the **apply thread** owns redb: it folds whatever is queued (logged
+//!   ingests handed over by the log thread, delivery outcomes, and the rare
+//!   control-plane changes) into one transaction and commits it. Logged and
+//!   outcome-only batches commit without an fsync (`Durability::None`); a
+//!   batch with a control-plane change, or one that falls due (every
+//!   [`CHECKPOINT_INTERVAL`] or [`CHECKPOINT_BYTES`] of log, and when idle),
+//!   commits durably and records how far into the log the database is: a
+//!   checkpoint, behind which the log is deleted.
+//!
+//! Callers are answered only after the commit that applied their write, so
+//! an acknowledged event is readable at once; ingests additionally wait for
+//! the log sync before they are applied, so nothing is visible that a crash
+//! could take back. Delivery outcomes are not individually durable: a
+//! crash loses at most the last [`CHECKPOINT_INTERVAL`] of them, and losing
+//! one only means its delivery is attempted again (at least once).
+//!
+//! Work that arrives while a group is being synced or applied forms the
+//! next group, so there is no artificial linger when idle and batches grow
+//! with load; the two threads overlap, so the log's fsync and redb's CPU
+//! work proceed at the same time.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{Database, WriteTransaction};
+use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
+use super::tables::{APPLIED_LSN, WAL_STATE};
+use super::wal::{self, Wal};
 use super::{DbSlot, StoreError};
 use crate::metrics::Metrics;
+
+/// Longest time non-durable commits wait for a checkpoint: bounds the log
+/// to replay after a crash and the outcomes a crash can forget.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A checkpoint is also due once this much log has been applied since the
+/// last one, so replay after a crash stays short under heavy ingest.
+pub const CHECKPOINT_BYTES: usize = 32 * 1024 * 1024;
+
+/// How often a failing write-ahead log is probed when no ingest arrives.
+const LOG_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Log records applied per transaction while catching up after a crash.
+const CATCH_UP_CHUNK: usize = 2048;
+
+/// Applies one write-ahead log record (an encoded ingest) to a transaction.
+/// Must be idempotent: a record may be applied again after a crash.
+pub type Replayer = Arc<dyn Fn(&WriteTransaction, &[u8]) -> Result<(), StoreError> + Send + Sync>;
 
 /// One operation in a batch. `apply` runs inside the shared transaction;
 /// `finish` answers the caller once the batch's fate is known.
@@ -34,10 +76,24 @@ enum Applied {
     Broken,
 }
 
+/// Work for the apply thread.
 enum Job {
     Write {
         op: Box<dyn PendingWrite>,
         size: usize,
+        /// The log position of a logged ingest.
+        lsn: Option<u64>,
+        /// Must be durable when answered (commits with an fsync).
+        durable: bool,
+    },
+    Stop,
+}
+
+/// Work for the log thread.
+enum LogJob {
+    Write {
+        op: Box<dyn PendingWrite>,
+        payload: Vec<u8>,
     },
     Stop,
 }
@@ -89,37 +145,99 @@ pub struct WriterLimits {
     pub enqueue_timeout: Duration,
 }
 
-/// Handle to the writer thread; cheap to share behind the store.
+/// What the writer needs to start: the database, the log opened at start-up
+/// (after catching up, see [`catch_up`]) and how to replay it.
+pub struct WriterSetup {
+    pub db: Arc<DbSlot>,
+    pub wal: Wal,
+    pub wal_dir: PathBuf,
+    /// The last log position the database holds durably.
+    pub applied_lsn: u64,
+    pub replayer: Replayer,
+    pub limits: WriterLimits,
+    /// Goes false when a commit fails (redb then refuses everything until
+    /// the file is reopened) and true again once it has been reopened.
+    pub healthy: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The log thread's and the apply thread's handles (`None` once joined, or
+/// if one could not be started).
+type Threads = (Option<JoinHandle<()>>, Option<JoinHandle<()>>);
+
+/// Handle to the writer threads; cheap to share behind the store.
 pub struct Writer {
-    tx: mpsc::Sender<Job>,
-    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    log_tx: mpsc::Sender<LogJob>,
+    apply_tx: mpsc::Sender<Job>,
+    /// The log thread's and the apply thread's handles, joined on stop.
+    threads: std::sync::Mutex<Threads>,
     enqueue_timeout: Duration,
+    /// False while appending to the log fails (e.g. a full disk).
+    log_healthy: Arc<AtomicBool>,
 }
 
 impl Writer {
-    /// Starts the writer thread over `db`. `healthy` goes false when a
-    /// commit fails (redb then refuses everything until the file is
-    /// reopened) and true again once the writer has reopened it.
-    pub(crate) fn start(
-        db: Arc<DbSlot>,
-        limits: WriterLimits,
-        healthy: Arc<AtomicBool>,
-        metrics: Arc<Metrics>,
-    ) -> Writer {
-        let (tx, rx) = mpsc::channel(limits.queue_capacity);
-        let thread = std::thread::Builder::new()
+    /// Starts the log and apply threads.
+    pub(crate) fn start(setup: WriterSetup) -> Writer {
+        let WriterSetup {
+            db,
+            wal,
+            wal_dir,
+            applied_lsn,
+            replayer,
+            limits,
+            healthy,
+            metrics,
+        } = setup;
+        let (log_tx, log_rx) = mpsc::channel(limits.queue_capacity);
+        let (apply_tx, apply_rx) = mpsc::channel(limits.queue_capacity);
+        let checkpointed = Arc::new(AtomicU64::new(applied_lsn));
+        let log_healthy = Arc::new(AtomicBool::new(true));
+        let logger = Logger {
+            wal,
+            rx: log_rx,
+            apply_tx: apply_tx.clone(),
+            checkpointed: checkpointed.clone(),
+            limits,
+            healthy: log_healthy.clone(),
+            metrics: metrics.clone(),
+        };
+        let applier = Applier {
+            db,
+            rx: apply_rx,
+            limits,
+            healthy,
+            metrics,
+            checkpointed,
+            wal_dir,
+            replayer,
+            applied_lsn,
+            received_lsn: applied_lsn,
+            logged_bytes: 0,
+            unsynced_since: None,
+        };
+        let log_thread = std::thread::Builder::new()
+            .name("krafter-wal".into())
+            .spawn(move || logger.run())
+            .map_err(|e| tracing::error!(error = %e, "cannot start the write-ahead log thread"))
+            .ok();
+        let apply_thread = std::thread::Builder::new()
             .name("krafter-writer".into())
-            .spawn(move || run(db, rx, limits, healthy, metrics))
+            .spawn(move || applier.run())
+            .map_err(|e| tracing::error!(error = %e, "cannot start the writer thread"))
             .ok();
         Writer {
-            tx,
-            thread: std::sync::Mutex::new(thread),
+            log_tx,
+            apply_tx,
+            threads: std::sync::Mutex::new((log_thread, apply_thread)),
             enqueue_timeout: limits.enqueue_timeout,
+            log_healthy,
         }
     }
 
     /// Runs `f` inside the next batch's transaction and returns its result
-    /// once the batch is durably committed.
+    /// once the batch is durably committed. For control-plane changes: each
+    /// costs an fsync of the database (shared with whatever is queued).
     ///
     /// Contract for `f`: check everything that can fail for logical reasons
     /// (not found, conflict) *before* writing, so an `Err` never leaves half
@@ -129,17 +247,34 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        let op = Box::new(Op {
-            f: Some(f),
-            result: None,
-            reply,
-        });
-        let job = Job::Write {
-            op,
-            size: size_hint,
-        };
-        match tokio::time::timeout(self.enqueue_timeout, self.tx.send(job)).await {
+        self.direct(size_hint, true, f).await
+    }
+
+    /// Like [`Writer::write`], but answers once the change is committed and
+    /// visible, before it is durable: a crash within
+    /// [`CHECKPOINT_INTERVAL`] may forget it. Only for changes whose loss
+    /// the system tolerates (a delivery outcome: the delivery is simply
+    /// attempted again).
+    pub async fn write_volatile<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.direct(0, false, f).await
+    }
+
+    /// Appends `payload` to the write-ahead log, and once it is synced runs
+    /// `f` in the next batch; answers after that commit. After a crash the
+    /// record is applied again by the [`Replayer`], so `f` must do exactly
+    /// what replaying `payload` does.
+    pub async fn write_logged<T, F>(&self, payload: Vec<u8>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (op, answer) = op(f);
+        let job = LogJob::Write { op, payload };
+        match tokio::time::timeout(self.enqueue_timeout, self.log_tx.send(job)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(StoreError::Unavailable("the writer has stopped")),
             Err(_) => return Err(StoreError::Unavailable("the write queue is full")),
@@ -149,73 +284,383 @@ impl Writer {
             .unwrap_or(Err(StoreError::Unavailable("the writer has stopped")))
     }
 
-    /// Commits what is queued, then stops the thread. Later writes fail
-    /// with `Unavailable`.
-    pub async fn stop(&self) {
-        let _ = self.tx.send(Job::Stop).await;
-        let handle = match self.thread.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
+    async fn direct<T, F>(&self, size: usize, durable: bool, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (op, answer) = op(f);
+        let job = Job::Write {
+            op,
+            size,
+            lsn: None,
+            durable,
         };
-        if let Some(handle) = handle {
+        match tokio::time::timeout(self.enqueue_timeout, self.apply_tx.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(StoreError::Unavailable("the writer has stopped")),
+            Err(_) => return Err(StoreError::Unavailable("the write queue is full")),
+        }
+        answer
+            .await
+            .unwrap_or(Err(StoreError::Unavailable("the writer has stopped")))
+    }
+
+    /// False while the write-ahead log cannot be appended to.
+    pub fn log_healthy(&self) -> bool {
+        self.log_healthy.load(Ordering::SeqCst)
+    }
+
+    /// Commits what is queued (durably), then stops both threads. Later
+    /// writes fail with `Unavailable`.
+    pub async fn stop(&self) {
+        // The log thread forwards its queue and then a stop to the apply
+        // thread; the direct stop covers a log thread that never started.
+        let _ = self.log_tx.send(LogJob::Stop).await;
+        let (log_thread, apply_thread) = match self.threads.lock() {
+            Ok(mut guard) => (guard.0.take(), guard.1.take()),
+            Err(poisoned) => {
+                let mut guard = poisoned.into_inner();
+                (guard.0.take(), guard.1.take())
+            }
+        };
+        if let Some(handle) = log_thread {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        let _ = self.apply_tx.send(Job::Stop).await;
+        if let Some(handle) = apply_thread {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
 }
 
-fn run(
-    db: Arc<DbSlot>,
-    mut rx: mpsc::Receiver<Job>,
+fn op<T, F>(
+    f: F,
+) -> (
+    Box<dyn PendingWrite>,
+    oneshot::Receiver<Result<T, StoreError>>,
+)
+where
+    T: Send + 'static,
+    F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+{
+    let (reply, answer) = oneshot::channel();
+    let op = Box::new(Op {
+        f: Some(f),
+        result: None,
+        reply,
+    });
+    (op, answer)
+}
+
+/// The log thread: groups queued ingests, appends and syncs them, and hands
+/// them to the apply thread in log order.
+struct Logger {
+    wal: Wal,
+    rx: mpsc::Receiver<LogJob>,
+    apply_tx: mpsc::Sender<Job>,
+    /// The last lsn the database holds durably (set by the apply thread).
+    checkpointed: Arc<AtomicU64>,
     limits: WriterLimits,
     healthy: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
-) {
-    let mut stopping = false;
-    while !stopping {
-        let Some(first) = rx.blocking_recv() else {
-            break;
-        };
-        let mut batch: Vec<Box<dyn PendingWrite>> = Vec::new();
-        let mut bytes = 0usize;
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Write { op, size } => {
-                    bytes += size;
-                    batch.push(op);
+}
+
+impl Logger {
+    fn run(mut self) {
+        // A timer to probe the log while it is failing, so `/readyz` turns
+        // healthy again once it works even if no ingest arrives.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| tracing::warn!(error = %e, "no write-ahead log probe timer"))
+            .ok();
+        let mut buffer = Vec::new();
+        let mut stopping = false;
+        while !stopping {
+            let first = match &timer {
+                Some(timer) if !self.healthy.load(Ordering::SeqCst) => {
+                    let rx = &mut self.rx;
+                    match timer
+                        .block_on(async { tokio::time::timeout(LOG_PROBE_EVERY, rx.recv()).await })
+                    {
+                        Ok(job) => job,
+                        Err(_) => {
+                            if self.wal.probe().is_ok() {
+                                tracing::warn!("the write-ahead log is writable again");
+                                self.healthy.store(true, Ordering::SeqCst);
+                            }
+                            continue;
+                        }
+                    }
                 }
-                Job::Stop => stopping = true,
+                _ => self.rx.blocking_recv(),
+            };
+            let Some(first) = first else {
+                break;
+            };
+            let mut ops = Vec::new();
+            let mut payloads: Vec<Vec<u8>> = Vec::new();
+            let mut bytes = 0usize;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    LogJob::Write { op, payload } => {
+                        bytes += payload.len();
+                        ops.push(op);
+                        payloads.push(payload);
+                    }
+                    LogJob::Stop => stopping = true,
+                }
+                let room =
+                    ops.len() < self.limits.max_batch_ops && bytes < self.limits.max_batch_bytes;
+                if stopping || room {
+                    next = self.rx.try_recv().ok();
+                }
             }
-            // After a stop request, drain everything already queued so no
-            // accepted write is dropped on shutdown.
-            let room = batch.len() < limits.max_batch_ops && bytes < limits.max_batch_bytes;
-            if stopping || room {
-                next = rx.try_recv().ok();
+            if ops.is_empty() {
+                continue;
+            }
+            crash_point("wal-append");
+            let started = Instant::now();
+            match self
+                .wal
+                .append(payloads.iter().map(Vec::as_slice), &mut buffer)
+            {
+                Ok(first_lsn) => {
+                    self.healthy.store(true, Ordering::SeqCst);
+                    self.metrics.observe_wal_sync(started.elapsed(), ops.len());
+                    crash_point("wal-synced");
+                    for (lsn, (op, payload)) in (first_lsn..).zip(ops.into_iter().zip(payloads)) {
+                        let job = Job::Write {
+                            op,
+                            size: payload.len(),
+                            lsn: Some(lsn),
+                            durable: false,
+                        };
+                        if let Err(mpsc::error::SendError(Job::Write { op, .. })) =
+                            self.apply_tx.blocking_send(job)
+                        {
+                            op.finish(false);
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.healthy.store(false, Ordering::SeqCst);
+                    tracing::error!(error = %e, "cannot append to the write-ahead log; ingest is refused until it works again");
+                    for op in ops {
+                        op.finish(false);
+                    }
+                }
+            }
+            self.wal
+                .retire_through(self.checkpointed.load(Ordering::SeqCst));
+        }
+        self.rx.close();
+        while let Ok(LogJob::Write { op, .. }) = self.rx.try_recv() {
+            op.finish(false);
+        }
+        let _ = self.apply_tx.blocking_send(Job::Stop);
+    }
+}
+
+/// The apply thread: the only one that writes to redb.
+struct Applier {
+    db: Arc<DbSlot>,
+    rx: mpsc::Receiver<Job>,
+    limits: WriterLimits,
+    healthy: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    checkpointed: Arc<AtomicU64>,
+    wal_dir: PathBuf,
+    replayer: Replayer,
+    /// The highest lsn applied by a committed transaction.
+    applied_lsn: u64,
+    /// The highest lsn handed over by the log thread (applied or not).
+    received_lsn: u64,
+    /// Log bytes applied since the last checkpoint.
+    logged_bytes: usize,
+    /// When the oldest commit not yet made durable by a checkpoint was made.
+    unsynced_since: Option<Instant>,
+}
+
+impl Applier {
+    fn run(mut self) {
+        // A timer for the idle checkpoint; without one the thread still
+        // works, checkpointing only when writes arrive.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| tracing::warn!(error = %e, "no idle checkpoint timer"))
+            .ok();
+        let mut stopping = false;
+        while !stopping {
+            let first = match (&timer, self.unsynced_since) {
+                (Some(timer), Some(since)) => {
+                    let wait = CHECKPOINT_INTERVAL.saturating_sub(since.elapsed());
+                    // The timeout is made inside the runtime (it needs its timer).
+                    let rx = &mut self.rx;
+                    match timer.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                        Ok(job) => job,
+                        Err(_) => {
+                            // Idle with commits not yet durable: checkpoint.
+                            if !self.commit(&mut [], true, None) {
+                                self.recover(&mut stopping);
+                            }
+                            continue;
+                        }
+                    }
+                }
+                _ => self.rx.blocking_recv(),
+            };
+            let Some(first) = first else {
+                break;
+            };
+            let mut batch: Vec<Box<dyn PendingWrite>> = Vec::new();
+            let mut bytes = 0usize;
+            let mut durable = false;
+            let mut max_lsn = None;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Write {
+                        op,
+                        size,
+                        lsn,
+                        durable: needs_sync,
+                    } => {
+                        bytes += size;
+                        durable |= needs_sync;
+                        if let Some(lsn) = lsn {
+                            self.logged_bytes += size;
+                            self.received_lsn = self.received_lsn.max(lsn);
+                            max_lsn = Some(lsn);
+                        }
+                        batch.push(op);
+                    }
+                    Job::Stop => stopping = true,
+                }
+                // After a stop request, drain everything already queued so
+                // no accepted write is dropped on shutdown.
+                let room =
+                    batch.len() < self.limits.max_batch_ops && bytes < self.limits.max_batch_bytes;
+                if stopping || room {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            if batch.is_empty() && !stopping {
+                continue;
+            }
+            let durable = durable || stopping || self.checkpoint_due();
+            let committed = self.commit(&mut batch, durable, max_lsn);
+            for op in batch {
+                op.finish(committed);
+            }
+            if !committed {
+                self.recover(&mut stopping);
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
-        let started = Instant::now();
-        let committed = match db.get() {
-            Ok(current) => commit_batch(&current, &mut batch, limits.quick_repair),
-            Err(_) => false,
-        };
-        metrics.observe_commit(started.elapsed(), batch.len());
-        if !committed {
-            healthy.store(false, Ordering::SeqCst);
-        }
-        for op in batch {
-            op.finish(committed);
-        }
-        if !committed {
-            recover(&db, &mut rx, &healthy, &mut stopping);
+        self.rx.close();
+        // Anything that raced in after the stop is refused, not silently lost.
+        while let Ok(Job::Write { op, .. }) = self.rx.try_recv() {
+            op.finish(false);
         }
     }
-    rx.close();
-    // Anything that raced in after the stop is refused, not silently lost.
-    while let Ok(Job::Write { op, .. }) = rx.try_recv() {
-        op.finish(false);
+
+    fn checkpoint_due(&self) -> bool {
+        self.unsynced_since
+            .is_some_and(|since| since.elapsed() >= CHECKPOINT_INTERVAL)
+            || self.logged_bytes >= CHECKPOINT_BYTES
+    }
+
+    /// Applies `batch` in one transaction; a durable commit is a checkpoint.
+    fn commit(
+        &mut self,
+        batch: &mut [Box<dyn PendingWrite>],
+        durable: bool,
+        max_lsn: Option<u64>,
+    ) -> bool {
+        let started = Instant::now();
+        let applied = max_lsn.map_or(self.applied_lsn, |lsn| lsn.max(self.applied_lsn));
+        let committed = match self.db.get() {
+            Ok(db) => commit_batch(
+                &db,
+                batch,
+                durable.then_some(applied),
+                self.limits.quick_repair,
+            ),
+            Err(_) => false,
+        };
+        if !batch.is_empty() {
+            self.metrics.observe_commit(started.elapsed(), batch.len());
+        }
+        if !committed {
+            self.healthy.store(false, Ordering::SeqCst);
+            return false;
+        }
+        self.applied_lsn = applied;
+        if durable {
+            self.checkpointed.store(applied, Ordering::SeqCst);
+            self.logged_bytes = 0;
+            self.unsynced_since = None;
+        } else if self.unsynced_since.is_none() {
+            self.unsynced_since = Some(Instant::now());
+        }
+        true
+    }
+
+    /// Reopens the database after a failed commit, retrying with backoff
+    /// until it is writable again (e.g. once disk space is freed), then
+    /// applies the log again from the last checkpoint: the reopened file is
+    /// back at that checkpoint, and the ingests acknowledged since live only
+    /// in the log. Writes queued in the meantime are refused at once, so
+    /// callers answer 503 promptly instead of waiting out the queue timeout
+    /// (a refused ingest that was already logged is applied by this replay:
+    /// the provider's retry then finds it a duplicate).
+    fn recover(&mut self, stopping: &mut bool) {
+        let mut delay = FIRST_REOPEN_DELAY;
+        loop {
+            let until = Instant::now() + delay;
+            while Instant::now() < until {
+                match self.rx.try_recv() {
+                    Ok(Job::Write { op, lsn, .. }) => {
+                        if let Some(lsn) = lsn {
+                            self.received_lsn = self.received_lsn.max(lsn);
+                        }
+                        op.finish(false);
+                    }
+                    Ok(Job::Stop) => {
+                        *stopping = true;
+                        return;
+                    }
+                    Err(TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
+            let reopened = self.db.reopen().and_then(|()| {
+                let db = self.db.get()?;
+                catch_up(
+                    &db,
+                    &self.wal_dir,
+                    self.checkpointed.load(Ordering::SeqCst),
+                    self.received_lsn,
+                    &self.replayer,
+                )
+            });
+            match reopened {
+                Ok(applied) => {
+                    self.applied_lsn = applied.max(self.checkpointed.load(Ordering::SeqCst));
+                    self.checkpointed.store(self.applied_lsn, Ordering::SeqCst);
+                    self.logged_bytes = 0;
+                    self.unsynced_since = None;
+                    self.healthy.store(true, Ordering::SeqCst);
+                    tracing::warn!("storage reopened after a failed write; writes resume");
+                    return;
+                }
+                Err(e) => tracing::error!(error = %e, "storage cannot be reopened yet"),
+            }
+            delay = (delay * 2).min(MAX_REOPEN_DELAY);
+        }
     }
 }
 
@@ -226,38 +671,58 @@ const FIRST_REOPEN_DELAY: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts to reopen the database.
 const MAX_REOPEN_DELAY: Duration = Duration::from_secs(5);
 
-/// Reopens the database after a failed commit, retrying with backoff until
-/// it is writable again (e.g. once disk space is freed). Writes queued in
-/// the meantime are refused at once, so callers answer 503 promptly
-/// instead of waiting out the queue timeout.
-fn recover(db: &DbSlot, rx: &mut mpsc::Receiver<Job>, healthy: &AtomicBool, stopping: &mut bool) {
-    let mut delay = FIRST_REOPEN_DELAY;
-    loop {
-        let until = Instant::now() + delay;
-        while Instant::now() < until {
-            match rx.try_recv() {
-                Ok(Job::Write { op, .. }) => op.finish(false),
-                Ok(Job::Stop) => {
-                    *stopping = true;
-                    return;
-                }
-                Err(TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(10)),
-                Err(TryRecvError::Disconnected) => return,
+/// Applies every log record after `after_lsn` (up to `up_to_lsn`) to `db`
+/// and makes the result durable, recording the new position; returns it.
+/// Run at start-up before anyone is served, and after a reopen.
+pub fn catch_up(
+    db: &Database,
+    wal_dir: &std::path::Path,
+    after_lsn: u64,
+    up_to_lsn: u64,
+    replayer: &Replayer,
+) -> Result<u64, StoreError> {
+    let mut txn: Option<WriteTransaction> = None;
+    let mut in_txn = 0usize;
+    let last = wal::replay(wal_dir, after_lsn, up_to_lsn, |_, payload| {
+        let current = match txn.take() {
+            Some(t) => t,
+            None => {
+                let mut t = db.begin_write()?;
+                t.set_durability(Durability::None)
+                    .map_err(|e| StoreError::Backend(Box::new(e)))?;
+                t
             }
+        };
+        replayer(&current, payload)?;
+        in_txn += 1;
+        if in_txn == CATCH_UP_CHUNK {
+            current.commit()?;
+            in_txn = 0;
+        } else {
+            txn = Some(current);
         }
-        match db.reopen() {
-            Ok(()) => {
-                healthy.store(true, Ordering::SeqCst);
-                tracing::warn!("storage reopened after a failed write; writes resume");
-                return;
-            }
-            Err(e) => tracing::error!(error = %e, "storage cannot be reopened yet"),
-        }
-        delay = (delay * 2).min(MAX_REOPEN_DELAY);
+        Ok(())
+    })?;
+    if let Some(t) = txn {
+        t.commit()?;
     }
+    if last > after_lsn {
+        let mut t = db.begin_write()?;
+        t.set_quick_repair(true);
+        t.open_table(WAL_STATE)?.insert(APPLIED_LSN, last)?;
+        t.commit()?;
+    }
+    Ok(last)
 }
 
-fn commit_batch(db: &Database, batch: &mut [Box<dyn PendingWrite>], quick_repair: bool) -> bool {
+/// Applies a batch in one transaction and commits it; `checkpoint` makes
+/// the commit durable and records that lsn as applied.
+fn commit_batch(
+    db: &Database,
+    batch: &mut [Box<dyn PendingWrite>],
+    checkpoint: Option<u64>,
+    quick_repair: bool,
+) -> bool {
     let mut txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
@@ -265,7 +730,16 @@ fn commit_batch(db: &Database, batch: &mut [Box<dyn PendingWrite>], quick_repair
             return false;
         }
     };
-    txn.set_quick_repair(quick_repair);
+    match checkpoint {
+        Some(_) => txn.set_quick_repair(quick_repair),
+        None => {
+            if let Err(e) = txn.set_durability(Durability::None) {
+                tracing::error!(error = %e, "cannot make a non-durable commit");
+                let _ = txn.abort();
+                return false;
+            }
+        }
+    }
     for op in batch.iter_mut() {
         if let Applied::Broken = op.apply(&txn) {
             tracing::error!("a write failed inside redb; aborting the batch");
@@ -273,11 +747,59 @@ fn commit_batch(db: &Database, batch: &mut [Box<dyn PendingWrite>], quick_repair
             return false;
         }
     }
+    if let Some(lsn) = checkpoint {
+        let recorded = match txn.open_table(WAL_STATE) {
+            Ok(mut table) => table
+                .insert(APPLIED_LSN, lsn)
+                .map(|_| ())
+                .map_err(StoreError::from),
+            Err(e) => Err(StoreError::from(e)),
+        };
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "cannot record the checkpoint");
+            let _ = txn.abort();
+            return false;
+        }
+        crash_point("checkpoint");
+    } else {
+        crash_point("apply");
+    }
     match txn.commit() {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(error = %e, "commit failed; storage is marked unavailable");
             false
+        }
+    }
+}
+
+/// Crash tests: `KRAFTER_TEST_CRASH_AT=<point>` kills the process with
+/// SIGKILL (exactly kill -9: no cleanup, no flush) the first time the writer reaches `point`
+/// after `KRAFTER_TEST_CRASH_AFTER` (default 50) passes — so a test can
+/// crash right inside a window the write-ahead design opens: `wal-append`
+/// (a group read, not yet in the log), `wal-synced` (in the log, not yet
+/// applied or answered), `apply` (a non-durable commit about to be made)
+/// and `checkpoint` (a durable commit about to be made).
+fn crash_point(point: &str) {
+    use std::sync::OnceLock;
+    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static PASSES: AtomicU64 = AtomicU64::new(0);
+    let target = TARGET.get_or_init(|| {
+        let at = std::env::var("KRAFTER_TEST_CRASH_AT").ok()?;
+        let after = std::env::var("KRAFTER_TEST_CRASH_AFTER")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(50);
+        Some((at, after))
+    });
+    if let Some((at, after)) = target {
+        if at == point && PASSES.fetch_add(1, Ordering::SeqCst) >= *after {
+            eprintln!("KRAFTER_TEST_CRASH_AT={point}: killing this process");
+            // SAFETY: kill(2) on our own pid has no memory-safety
+            // preconditions; SIGKILL does not return.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
         }
     }
 }
@@ -304,12 +826,17 @@ mod tests {
             enqueue_timeout: Duration::from_millis(timeout_ms),
         };
         let metrics = Arc::new(Metrics::new());
-        let w = Writer::start(
-            slot,
+        let wal_dir = dir.path().join("wal");
+        let w = Writer::start(WriterSetup {
+            db: slot,
+            wal: Wal::open(&wal_dir, 0).unwrap(),
+            wal_dir,
+            applied_lsn: 0,
+            replayer: Arc::new(|_, _| Ok(())),
             limits,
-            Arc::new(AtomicBool::new(true)),
-            metrics.clone(),
-        );
+            healthy: Arc::new(AtomicBool::new(true)),
+            metrics: metrics.clone(),
+        });
         (db, Arc::new(w), metrics)
     }
 
@@ -349,7 +876,7 @@ mod tests {
             let w = w.clone();
             tokio::spawn(async move { w.write(0, |_| Ok(1)).await })
         };
-        until("the queue slot to fill", || w.tx.capacity() == 0).await;
+        until("the queue slot to fill", || w.apply_tx.capacity() == 0).await;
         let started = std::time::Instant::now();
         let refused = w.write(0, |_| Ok(2)).await;
         let waited = started.elapsed();

@@ -1280,3 +1280,15 @@ pub fn blocking_get_status(url: &str) -> std::io::Result<u16> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("no status"))
 }
+
+/// Stops a spawned server the way systemd does (SIGTERM) and waits for a
+/// clean exit: it commits what it holds first, including delivery outcomes,
+/// which are not individually durable (a kill -9 may forget the last second
+/// of them, and those deliveries are sent again).
+pub fn stop_gracefully(child: &mut KillOnDrop) {
+    // SAFETY: kill(2) with a child's pid has no memory-safety preconditions.
+    let sent = unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(sent, 0, "SIGTERM");
+    let status = child.0.wait().expect("wait for krafter");
+    assert!(status.success(), "krafter exited with {status:?}");
+}
