@@ -14,6 +14,11 @@
 //! - `events`: ingests `--events` into one source, then times listing the
 //!   newest page and a deep page, and a bulk replay of all of them
 //!   (deliveries queued/s).
+//! - `recovery` (redb): queues `--events` × 4 deliveries to a sink that never
+//!   answers, then kills the server with SIGKILL in the middle of full ingest
+//!   load (so the write-ahead log holds up to a checkpoint's worth of
+//!   acknowledged events redb has not made durable) and times the restart
+//!   until `/healthz` answers, per GiB of data directory.
 //!
 //! It starts `krafter serve` (release build) on a free loopback port with a
 //! temp data dir, creates a Stripe source with two matching destinations
@@ -97,6 +102,9 @@ enum Scenario {
     Backlog,
     /// `--events` in one source; list pages and a bulk replay of them all.
     Events,
+    /// `--events` × 4 deliveries pending, kill -9 under full ingest load,
+    /// then time until the restarted server is ready (redb).
+    Recovery,
 }
 
 impl Scenario {
@@ -209,6 +217,7 @@ async fn run(o: &Options) {
         Scenario::Fanout => fanout(o).await,
         Scenario::Backlog => backlog(o).await,
         Scenario::Events => events_listing(o).await,
+        Scenario::Recovery => recovery(o).await,
     }
 }
 
@@ -597,6 +606,76 @@ async fn events_listing(o: &Options) {
     println!("krafter RSS: {} MiB", server.rss_mib());
 }
 
+async fn recovery(o: &Options) {
+    if o.postgres.is_some() {
+        refuse("the recovery scenario measures the redb backend's restart after a crash");
+    }
+    let hang_addr = start_hanging_sink().await;
+    let mut server = Server::start(&[], None).await;
+    let slug = setup_source(&server, &[hang_addr, hang_addr, hang_addr, hang_addr]).await;
+    let stored = drive_count(&[server.addr], format!("/in/{slug}"), o, o.events).await;
+    println!(
+        "stored {} events ({} errors) in {:.1} s, {} deliveries pending",
+        stored.ok,
+        stored.errors,
+        stored.elapsed.as_secs_f64(),
+        server.metric("krafter_deliveries_pending").await
+    );
+    // Full load again, and SIGKILL in the middle of it: past the first
+    // checkpoint interval, so the log holds what redb has not synced.
+    let addrs = [server.addr];
+    let child = &mut server.child;
+    let kill = async move {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+    };
+    let load = drive_with(
+        &addrs,
+        format!("/in/{slug}"),
+        o,
+        true,
+        MAX_REQUESTS,
+        Duration::from_secs(4),
+    );
+    let (during, ()) = tokio::join!(load, kill);
+    let data = server._dir.path().join("data");
+    let size = |dir: &Path| -> u64 {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let (db_bytes, wal_bytes) = (size(&data), size(&data.join("wal")));
+    let gib = (db_bytes + wal_bytes) as f64 / (1u64 << 30) as f64;
+    println!(
+        "killed (SIGKILL) under load: {} events acknowledged in the last {:.1} s; data directory {:.0} MiB (write-ahead log {:.1} MiB)",
+        during.ok,
+        during.elapsed.as_secs_f64(),
+        (db_bytes + wal_bytes) as f64 / (1u64 << 20) as f64,
+        wal_bytes as f64 / (1u64 << 20) as f64
+    );
+    let port = free_port();
+    let started = Instant::now();
+    let mut child = spawn_krafter(server._dir.path(), port, &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base).await;
+    let ready = started.elapsed();
+    println!(
+        "recovery: ready {:.0} ms after the restart = {:.2} s per GiB of store (goal: at most 1 s per GiB)",
+        ready.as_secs_f64() * 1000.0,
+        ready.as_secs_f64() / gib.max(f64::EPSILON)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Now plus `offset_s` seconds, as RFC 3339.
 fn time_now_rfc3339(offset_s: i64) -> String {
     let now = std::time::SystemTime::now()
@@ -614,7 +693,11 @@ fn free_port() -> u16 {
 }
 
 fn spawn_krafter(dir: &std::path::Path, port: u16, extra_env: &[(&str, &str)]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_krafter"));
+    // `KRAFTER_LOAD_BINARY` runs another build (e.g. the last release's)
+    // under the same load, for before/after figures in one session.
+    let binary = std::env::var_os("KRAFTER_LOAD_BINARY")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_krafter").into());
+    let mut cmd = Command::new(binary);
     cmd.envs(extra_env.iter().copied());
     cmd.arg("serve")
         .env("KRAFTER_SERVER__LISTEN", format!("127.0.0.1:{port}"))

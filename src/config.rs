@@ -287,7 +287,7 @@ impl Default for StorageConfig {
             backend: StorageBackend::Redb,
             path: PathBuf::from("./krafter-data"),
             cache_size_bytes: 64 * 1024 * 1024,
-            quick_repair: false,
+            quick_repair: true,
             max_batch_ops: 1024,
             queue_capacity: 8192,
             retention_interval: Duration::from_secs(60),

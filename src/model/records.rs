@@ -112,6 +112,7 @@ pub struct EventRecord {
     pub provider_event_id: Option<String>,
     /// Lower-case names, hop-by-hop headers removed, values as raw bytes.
     pub headers: Vec<(String, Vec<u8>)>,
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 

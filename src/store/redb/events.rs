@@ -18,7 +18,12 @@ use crate::store::{EventQuery, IngestOutcome, MAX_SCAN_PER_PAGE};
 /// it is a duplicate. The destinations are read inside the same write
 /// transaction, so a destination created or disabled concurrently is either
 /// fully in or fully out of this event's fan-out.
-pub fn ingest(txn: &WriteTransaction, event: &EventRecord) -> Result<IngestOutcome, StoreError> {
+/// `encoded` is `event` as stored ([`Record::encode`]).
+pub fn ingest(
+    txn: &WriteTransaction,
+    event: &EventRecord,
+    encoded: &[u8],
+) -> Result<IngestOutcome, StoreError> {
     let mut dedup = txn.open_table(DEDUP)?;
     if let Some(pid) = &event.provider_event_id {
         let original = dedup
@@ -55,7 +60,7 @@ pub fn ingest(txn: &WriteTransaction, event: &EventRecord) -> Result<IngestOutco
             event.id.as_u128(),
         )?;
     }
-    let deliveries = store_with_deliveries(txn, event, &targets)?;
+    let deliveries = store_with_deliveries(txn, event, encoded, &targets)?;
     Ok(IngestOutcome::Stored { deliveries })
 }
 
@@ -70,7 +75,7 @@ pub fn replay_logged(txn: &WriteTransaction, record: &[u8]) -> Result<(), StoreE
     if txn.open_table(EVENTS)?.get(event.id.as_u128())?.is_some() {
         return Ok(());
     }
-    match ingest(txn, &event) {
+    match ingest(txn, &event, record) {
         Ok(_) | Err(StoreError::NotFound) => Ok(()),
         Err(e) => Err(e),
     }
@@ -87,10 +92,11 @@ pub fn logged_ingest(event: &EventRecord) -> Vec<u8> {
 pub fn store_with_deliveries(
     txn: &WriteTransaction,
     event: &EventRecord,
+    encoded: &[u8],
     targets: &[DestinationId],
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
     txn.open_table(EVENTS)?
-        .insert(event.id.as_u128(), event.encode().as_slice())?;
+        .insert(event.id.as_u128(), encoded)?;
     let summary = EventSummary {
         event_type: event.event_type.clone(),
         provider_event_id: event.provider_event_id.clone(),

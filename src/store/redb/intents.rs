@@ -261,9 +261,12 @@ impl RedbStore {
     ) -> Result<IngestOutcome, StoreError> {
         // Durable once the record is in the write-ahead log; redb applies
         // it right after without an fsync (see `writer`).
-        let record = events::logged_ingest(&event);
+        // Encoded once, here on the caller's thread: the same bytes are the
+        // log record and the stored event.
+        let record: std::sync::Arc<[u8]> = events::logged_ingest(&event).into();
+        let stored = record.clone();
         self.writer
-            .write_logged(record, move |txn| events::ingest(txn, &event))
+            .write_logged(record, move |txn| events::ingest(txn, &event, &stored))
             .await
     }
 

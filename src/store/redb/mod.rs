@@ -81,7 +81,7 @@ impl RedbStore {
         let replayer: writer::Replayer = Arc::new(events::replay_logged);
         let applied = writer::catch_up(&*db.get()?, &wal_dir, checkpoint, u64::MAX, &replayer)?;
         if applied > checkpoint {
-            tracing::info!(
+            tracing::warn!(
                 records = applied - checkpoint,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "applied the write-ahead log after an unclean stop"

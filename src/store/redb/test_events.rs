@@ -36,5 +36,5 @@ pub fn store(
             }
         }
     }
-    store_with_deliveries(txn, event, &targets)
+    store_with_deliveries(txn, event, &event.encode(), &targets)
 }

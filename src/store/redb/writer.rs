@@ -93,7 +93,7 @@ enum Job {
 enum LogJob {
     Write {
         op: Box<dyn PendingWrite>,
-        payload: Vec<u8>,
+        payload: Arc<[u8]>,
     },
     Stop,
 }
@@ -267,7 +267,7 @@ impl Writer {
     /// `f` in the next batch; answers after that commit. After a crash the
     /// record is applied again by the [`Replayer`], so `f` must do exactly
     /// what replaying `payload` does.
-    pub async fn write_logged<T, F>(&self, payload: Vec<u8>, f: F) -> Result<T, StoreError>
+    pub async fn write_logged<T, F>(&self, payload: Arc<[u8]>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
@@ -400,7 +400,7 @@ impl Logger {
                 break;
             };
             let mut ops = Vec::new();
-            let mut payloads: Vec<Vec<u8>> = Vec::new();
+            let mut payloads: Vec<Arc<[u8]>> = Vec::new();
             let mut bytes = 0usize;
             let mut next = Some(first);
             while let Some(job) = next.take() {
@@ -425,7 +425,7 @@ impl Logger {
             let started = Instant::now();
             match self
                 .wal
-                .append(payloads.iter().map(Vec::as_slice), &mut buffer)
+                .append(payloads.iter().map(|p| &p[..]), &mut buffer)
             {
                 Ok(first_lsn) => {
                     self.healthy.store(true, Ordering::SeqCst);
