@@ -365,6 +365,37 @@ pub struct SessionRecord {
 mod tests {
     use super::*;
 
+    /// An event as releases before `serde_bytes` wrote it: the body as a
+    /// plain sequence of bytes.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct EventBeforeSerdeBytes {
+        id: EventId,
+        source_id: SourceId,
+        received_at_ms: i64,
+        event_type: String,
+        provider_event_id: Option<String>,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Vec<u8>,
+    }
+
+    #[test]
+    fn event_bodies_keep_their_stored_bytes() {
+        let body: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+        let old = EventBeforeSerdeBytes {
+            id: EventId::from_u128(7),
+            source_id: SourceId::from_u128(9),
+            received_at_ms: 1_700_000_000_000,
+            event_type: "invoice.paid".into(),
+            provider_event_id: Some("evt_1".into()),
+            headers: vec![("x-a".into(), b"\xff\x00".to_vec())],
+            body: body.clone(),
+        };
+        let stored = postcard::to_stdvec(&old).unwrap();
+        let now: EventRecord = postcard::from_bytes(&stored).unwrap();
+        assert_eq!(now.body, body);
+        assert_eq!(postcard::to_stdvec(&now).unwrap(), stored);
+    }
+
     /// What releases before `ErrorKind` stored: the name as text.
     #[derive(Serialize)]
     struct OldAttempt {
