@@ -220,6 +220,10 @@ async fn a_large_replay_is_a_job_with_progress_that_completes() {
 /// match exactly the deliveries it made: every event at or before the
 /// cursor has `before + 1` deliveries, every later one `before`. Returns
 /// the job's state.
+///
+/// Store-level on purpose: the job's cursor is shown by no API, and the
+/// state to check is the one the kill left — a restarted server (the only
+/// way to ask the API) resumes the job at once, changing it under the read.
 async fn chunks_are_atomic(
     data: &Path,
     sid: &str,

@@ -265,6 +265,26 @@ impl TestServer {
         Self::start_resolving(dir, config, resolver, database).await
     }
 
+    /// Stops the server gracefully and starts it again on the same data,
+    /// in place (for a test that holds the server by `&mut`): what a test
+    /// then reads through the API is what the stop left on disk, read as a
+    /// user would read it.
+    pub async fn reopen(&mut self) {
+        self.stop().await;
+        if let Some(database) = &self.database {
+            databases().insert(self.config.storage.path.clone(), Arc::downgrade(database));
+        }
+        let server = server::start_with_resolver(self.config.clone(), self.resolver.clone())
+            .await
+            .expect("server starts again on the same data");
+        self.base = format!("http://{}", server.addr());
+        self.admin_key = std::fs::read_to_string(self.config.storage.path.join("admin.key"))
+            .expect("admin.key survives a restart")
+            .trim()
+            .to_string();
+        self.server = Some(server);
+    }
+
     /// Stops the server (graceful shutdown).
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
