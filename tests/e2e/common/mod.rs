@@ -1206,9 +1206,11 @@ fn read_served(child: &mut std::process::Child, path: &Path) -> Option<String> {
 }
 
 /// A loopback port for a spawned program that cannot report the port it
-/// bound: the README's quickstart (run verbatim, ports substituted) and
-/// chromedriver. `krafter serve` binds port 0 and reports its address
-/// instead ([`serve_command`], [`served_base`]), which has no race at all.
+/// bound: the README's quickstart (run verbatim, ports substituted; it
+/// runs once more on fresh ports if one was taken before it bound).
+/// `krafter serve` binds port 0 and reports its address instead
+/// ([`serve_command`], [`served_base`]), and so does chromedriver
+/// (`--port=0`), which has no race at all.
 ///
 /// Ports bound to `:0` (receivers, in-process servers, every outgoing
 /// connection) come from the kernel's ephemeral range (32768+), so a port
