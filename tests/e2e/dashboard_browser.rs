@@ -93,33 +93,66 @@ fn browser_programs() -> Option<(PathBuf, PathBuf)> {
     None
 }
 
+/// Starts chromedriver on a port the system picks (`--port=0`): it says
+/// which on stdout ("ChromeDriver was started successfully on port N."),
+/// so no port is chosen before it binds and none can be taken in between.
 async fn start_driver(chromedriver: PathBuf, chromium: PathBuf) -> Driver {
+    use std::io::BufRead;
     use std::os::unix::process::CommandExt;
-    let port = common::free_port();
     let profile = tempfile::tempdir().expect("profile dir");
     let profile_dir = profile.path().to_path_buf();
-    let child = Command::new(&chromedriver)
-        .arg(format!("--port={port}"))
+    let mut child = Command::new(&chromedriver)
+        .arg("--port=0")
         .arg("--allowed-ips=127.0.0.1")
         // No desktop session bus to find or start (keyring lookups).
         .env("DBUS_SESSION_BUS_ADDRESS", "disabled:")
         // Never the test's own stdin: the browser must not read from it.
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
         .expect("chromedriver starts");
-    let url = format!("http://127.0.0.1:{port}");
-    let driver = Driver {
+    // Read stdout to its end (so chromedriver never blocks on a full pipe),
+    // passing on the port it reports.
+    let stdout = child.stdout.take().expect("chromedriver's stdout");
+    let (port_tx, port_rx) = std::sync::mpsc::channel::<u16>();
+    std::thread::spawn(move || {
+        const STARTED: &str = "ChromeDriver was started successfully on port ";
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split(STARTED).nth(1) {
+                if let Ok(port) = rest.trim_end_matches('.').trim().parse() {
+                    let _ = port_tx.send(port);
+                }
+            }
+        }
+    });
+    let mut driver = Driver {
         child,
-        url,
+        url: String::new(),
         _profile: profile,
         chromium,
         profile_dir,
     };
-    let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        if let Ok(port) = port_rx.try_recv() {
+            break port;
+        }
+        if let Ok(Some(status)) = driver.child.try_wait() {
+            panic!("chromedriver exited ({status}) before reporting its port");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not report its port (\"{}\") within 30 s",
+            "ChromeDriver was started successfully on port N"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(port, 0, "chromedriver reported port 0");
+    driver.url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
     loop {
         if let Ok(resp) = http.get(format!("{}/status", driver.url)).send().await {
             if resp.status().is_success() {

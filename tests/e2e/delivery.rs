@@ -20,10 +20,8 @@ use crate::common::{
 };
 use krafter::config::Config;
 use krafter::delivery::resolve::Resolver;
-use krafter::metrics::Metrics;
 use krafter::model::ids::{DestinationId, EventId, SourceId};
-use krafter::model::records::{AttemptRecord, DeliveryRecord, DeliveryStatus};
-use krafter::store::Store;
+use krafter::model::records::DeliveryStatus;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -134,12 +132,36 @@ fn expected_signature(r: &Received, secret: &str) -> String {
     )
 }
 
-/// What the store holds for one delivery.
-#[derive(Debug)]
+/// One delivery of an event with its attempts, as the API lists it
+/// (`GET .../events/{id}/deliveries`).
+#[derive(Debug, serde::Deserialize)]
 struct Stored {
     destination_id: String,
-    delivery: DeliveryRecord,
-    attempts: Vec<AttemptRecord>,
+    #[serde(flatten)]
+    delivery: DeliveryView,
+    attempts: Vec<AttemptView>,
+}
+
+/// A delivery's own fields in the API's listing.
+#[derive(Debug, serde::Deserialize)]
+struct DeliveryView {
+    /// `pending`, `succeeded`, `failed` or `cancelled`.
+    status: String,
+    next_attempt_at: Option<String>,
+}
+
+/// One attempt in the API's listing.
+#[derive(Debug, serde::Deserialize)]
+struct AttemptView {
+    number: u32,
+    /// RFC 3339 with milliseconds, so text order is time order.
+    started_at: String,
+    duration_ms: u64,
+    status_code: Option<u16>,
+    error_kind: Option<String>,
+    error_message: Option<String>,
+    /// The first 1 KiB of the response body (lossy UTF-8).
+    response_body: String,
 }
 
 impl Stored {
@@ -150,40 +172,65 @@ impl Stored {
     fn kinds(&self) -> Vec<Option<&str>> {
         self.attempts
             .iter()
-            .map(|a| a.error_kind.map(|k| k.as_str()))
+            .map(|a| a.error_kind.as_deref())
             .collect()
     }
 }
 
-async fn read_deliveries(store: &Store, event_ids: &[&str]) -> HashMap<String, Vec<Stored>> {
+/// The deliveries, with their attempts, of `event_ids` as the API at `base`
+/// lists them, each event looked up under whichever source holds it.
+async fn api_deliveries(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    event_ids: &[&str],
+) -> HashMap<String, Vec<Stored>> {
+    let get = |path: String| async move {
+        let resp = client
+            .get(format!("{base}{path}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("the API answers");
+        let status = resp.status();
+        (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let (status, sources) = get(format!("{SOURCES}?limit=250")).await;
+    assert_eq!(status, StatusCode::OK, "{sources}");
+    let sources: Vec<String> = sources["data"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .map(|s| s["id"].as_str().expect("source id").to_string())
+        .collect();
     let mut out = HashMap::new();
     for id in event_ids {
-        let raw = EventId::parse(id).expect("event id");
-        let event = store.event(raw).await.expect("stored event");
-        let mut list = Vec::new();
-        for (delivery, attempts) in store
-            .deliveries_with_attempts(event.source_id, raw)
-            .await
-            .expect("read deliveries")
-        {
-            list.push(Stored {
-                destination_id: delivery.destination_id.to_string(),
-                attempts,
-                delivery,
-            });
+        let mut found = None;
+        for sid in &sources {
+            let (status, body) = get(format!("{SOURCES}/{sid}/events/{id}/deliveries")).await;
+            if status == StatusCode::NOT_FOUND {
+                continue;
+            }
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let list: Vec<Stored> =
+                serde_json::from_value(body["data"].clone()).expect("the API's delivery shape");
+            found = Some(list);
+            break;
         }
+        let list = found.unwrap_or_else(|| panic!("event {id} not stored"));
         out.insert(id.to_string(), list);
     }
     out
 }
 
-/// Stops the server (in-flight attempts finish and are recorded) and reads
-/// the deliveries, with their attempts, of `event_ids` from its store.
+/// Stops the server (in-flight attempts finish and are recorded), starts
+/// it again on the same data, and reads the deliveries, with their
+/// attempts, of `event_ids` through its API. Every caller reads deliveries
+/// that are over or whose next attempt is seconds away, so the restarted
+/// server changes nothing before the read.
 async fn stored(server: &mut TestServer, event_ids: &[&str]) -> HashMap<String, Vec<Stored>> {
-    let store = server.open_store().await;
-    let out = read_deliveries(&store, event_ids).await;
-    store.close().await;
-    out
+    server.reopen().await;
+    api_deliveries(&server.client, &server.base, &server.admin_key, event_ids).await
 }
 
 /// The single delivery of an event.
@@ -349,9 +396,9 @@ async fn failed_attempts_are_retried_until_success_and_recorded() {
     let mut map = stored(&mut server, &[&event]).await;
     let d = only(&mut map, &event);
     assert_eq!(d.destination_id, dest.id);
-    assert_eq!(d.delivery.status, DeliveryStatus::Succeeded);
-    assert_eq!(d.delivery.attempts, 3);
-    assert_eq!(d.delivery.next_attempt_ms, None);
+    assert_eq!(d.delivery.status, "succeeded");
+    assert_eq!(d.attempts.len(), 3);
+    assert_eq!(d.delivery.next_attempt_at, None);
     let numbers: Vec<u32> = d.attempts.iter().map(|a| a.number).collect();
     assert_eq!(numbers, vec![1, 2, 3]);
     assert_eq!(d.codes(), vec![Some(500), Some(500), Some(200)]);
@@ -359,9 +406,9 @@ async fn failed_attempts_are_retried_until_success_and_recorded() {
         d.kinds(),
         vec![Some("http_status"), Some("http_status"), None]
     );
-    assert_eq!(d.attempts[0].response_snippet, error_body[..1024].to_vec());
-    assert_eq!(d.attempts[1].response_snippet, error_body[..1024].to_vec());
-    assert_eq!(d.attempts[2].response_snippet, b"thanks".to_vec());
+    assert_eq!(d.attempts[0].response_body.as_bytes(), &error_body[..1024]);
+    assert_eq!(d.attempts[1].response_body.as_bytes(), &error_body[..1024]);
+    assert_eq!(d.attempts[2].response_body, "thanks");
     assert!(d.attempts[0]
         .error_message
         .as_deref()
@@ -369,7 +416,7 @@ async fn failed_attempts_are_retried_until_success_and_recorded() {
     assert!(d
         .attempts
         .windows(2)
-        .all(|w| w[1].started_at_ms > w[0].started_at_ms));
+        .all(|w| w[1].started_at > w[0].started_at));
 }
 
 /// 3. Always 500: the 1st attempt and one per schedule step, then `failed`.
@@ -388,9 +435,9 @@ async fn delivery_fails_after_the_last_step_and_stops() {
 
     let mut map = stored(&mut server, &[&event]).await;
     let d = only(&mut map, &event);
-    assert_eq!(d.delivery.status, DeliveryStatus::Failed);
-    assert_eq!(d.delivery.attempts, 3);
-    assert_eq!(d.delivery.next_attempt_ms, None);
+    assert_eq!(d.delivery.status, "failed");
+    assert_eq!(d.attempts.len(), 3);
+    assert_eq!(d.delivery.next_attempt_at, None);
     assert_eq!(d.codes(), vec![Some(500); 3]);
     assert_eq!(d.kinds(), vec![Some("http_status"); 3]);
 }
@@ -441,9 +488,7 @@ async fn retry_after_is_honoured_and_capped() {
             vec![Some(503), Some(200)],
         ]
     );
-    assert!(list
-        .iter()
-        .all(|d| d.delivery.status == DeliveryStatus::Succeeded));
+    assert!(list.iter().all(|d| d.delivery.status == "succeeded"));
 }
 
 /// 5. A 3xx is a failed attempt; the redirect is not followed.
@@ -472,7 +517,7 @@ async fn redirects_are_failures_and_not_followed() {
 
     let mut map = stored(&mut server, &[&event]).await;
     let d = only(&mut map, &event);
-    assert_eq!(d.delivery.status, DeliveryStatus::Failed);
+    assert_eq!(d.delivery.status, "failed");
     assert_eq!(d.codes(), vec![Some(302), Some(302)]);
     assert_eq!(d.kinds(), vec![Some("http_status"); 2]);
 }
@@ -498,11 +543,11 @@ async fn a_slow_receiver_times_out() {
 
     let mut map = stored(&mut server, &[&event]).await;
     let d = only(&mut map, &event);
-    assert_eq!(d.delivery.status, DeliveryStatus::Pending, "retried later");
-    assert!(d.delivery.next_attempt_ms.is_some());
+    assert_eq!(d.delivery.status, "pending", "retried later");
+    assert!(d.delivery.next_attempt_at.is_some());
     assert_eq!(d.attempts.len(), 1);
     let a = &d.attempts[0];
-    assert_eq!(a.error_kind.map(|k| k.as_str()), Some("timeout"));
+    assert_eq!(a.error_kind.as_deref(), Some("timeout"));
     assert_eq!(a.status_code, None);
     assert!(a.error_message.as_deref().is_some_and(|m| !m.is_empty()));
     assert!(
@@ -600,7 +645,7 @@ async fn https_destinations_use_the_extra_ca() {
     let list = map.remove(&event).expect("deliveries");
     assert_eq!(list.len(), 2);
     for d in &list {
-        assert_eq!(d.delivery.status, DeliveryStatus::Succeeded, "{d:?}");
+        assert_eq!(d.delivery.status, "succeeded", "{d:?}");
         assert_eq!(d.codes(), vec![Some(200)]);
     }
 
@@ -618,11 +663,11 @@ async fn https_destinations_use_the_extra_ca() {
     let mut map = stored(&mut server, &[&event]).await;
     let d = only(&mut map, &event);
     assert_eq!(receiver.count_to("/untrusted"), 0);
-    assert_eq!(d.delivery.status, DeliveryStatus::Pending);
+    assert_eq!(d.delivery.status, "pending");
     assert_eq!(d.attempts.len(), 1);
     let a = &d.attempts[0];
     assert_eq!(a.status_code, None);
-    assert_eq!(a.error_kind.map(|k| k.as_str()), Some("tls"), "{a:?}");
+    assert_eq!(a.error_kind.as_deref(), Some("tls"), "{a:?}");
     let message = a.error_message.as_deref().unwrap_or("").to_lowercase();
     assert!(message.contains("certificate"), "{message}");
 }
@@ -667,14 +712,10 @@ async fn private_destinations_are_refused_at_delivery_time() {
     let list = map.remove(&event).expect("deliveries");
     assert_eq!(list.len(), 3);
     for d in &list {
-        assert_eq!(d.delivery.status, DeliveryStatus::Pending, "{d:?}");
+        assert_eq!(d.delivery.status, "pending", "{d:?}");
         assert_eq!(d.attempts.len(), 1, "{d:?}");
         let a = &d.attempts[0];
-        assert_eq!(
-            a.error_kind.map(|k| k.as_str()),
-            Some("ssrf_refused"),
-            "{a:?}"
-        );
+        assert_eq!(a.error_kind.as_deref(), Some("ssrf_refused"), "{a:?}");
         assert_eq!(a.status_code, None);
         assert!(a.error_message.as_deref().is_some_and(|m| !m.is_empty()));
     }
@@ -851,23 +892,26 @@ async fn disabling_cancels_pending_retries_and_enabling_resumes() {
 
     let mut map = stored(&mut server, &[&first, &while_disabled, &second]).await;
     let d = only(&mut map, &first);
-    assert_eq!(d.delivery.status, DeliveryStatus::Cancelled);
-    assert_eq!(d.delivery.next_attempt_ms, None);
+    assert_eq!(d.delivery.status, "cancelled");
+    assert_eq!(d.delivery.next_attempt_at, None);
     assert_eq!(d.attempts.len(), 1);
     assert!(
         map[&while_disabled].is_empty(),
         "delivery to a disabled destination"
     );
-    assert_eq!(
-        only(&mut map, &second).delivery.status,
-        DeliveryStatus::Succeeded
-    );
+    assert_eq!(only(&mut map, &second).delivery.status, "succeeded");
 }
 
 /// 11b. Deliveries already taken from the queue but waiting for their
 /// rate-limit slot are not sent once the destination is disabled.
+///
+/// Judged on counts, not on how fast the PATCH is: whatever had arrived
+/// when the disable answered (and at most the one send that may have been
+/// on the wire then) is all the receiver ever gets, and every delivery it
+/// did not get ends `cancelled`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_a_rate_limited_destination_stops_queued_sends() {
+    const EVENTS: usize = 5;
     let receiver = Receiver::ok().await;
     let mut server = server_with(|_| {}).await;
     let source = none_source(&server).await;
@@ -877,35 +921,57 @@ async fn disabling_a_rate_limited_destination_stops_queued_sends() {
         json!({"url": receiver.url("/slow-lane"), "rate_limit": 1}),
     )
     .await;
-    let ids = ingest_many(&server, &source, 4).await;
-    let first = receiver.wait_for(1, Duration::from_secs(10)).await[0].at;
+    let ids = ingest_many(&server, &source, EVENTS).await;
+    let first = receiver.wait_for(1, Duration::from_secs(30)).await[0].at;
     let (status, resp) = server
         .patch(&dest_path(&source, &dest), json!({"enabled": false}))
         .await;
     assert_eq!(status, StatusCode::OK, "{resp}");
+    let sent_before: HashSet<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.must("webhook-id").to_string())
+        .collect();
+    // At 1/s a late PATCH lets a few through; the test needs some left.
     assert!(
-        first.elapsed() < ms(800),
-        "disabled too late to test anything"
+        sent_before.len() + 1 < EVENTS,
+        "disabled too late to test anything: {} of {EVENTS} sent first",
+        sent_before.len()
     );
-    // At 1/s, the 2nd and 3rd would go at +1 s and +2 s.
-    tokio::time::sleep_until((first + ms(2300)).into()).await;
-    assert_eq!(
-        receiver.count(),
-        1,
-        "sent after the destination was disabled"
+    // At 1/s the last of them would go at +(EVENTS - 1) s: wait past it.
+    let last_slot = first + Duration::from_secs(EVENTS as u64 - 1);
+    tokio::time::sleep_until((last_slot + ms(700)).into()).await;
+    let sent: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.must("webhook-id").to_string())
+        .collect();
+    assert!(
+        sent.len() <= sent_before.len() + 1,
+        "sent after the destination was disabled: {} before the PATCH answered, {} in all",
+        sent_before.len(),
+        sent.len()
     );
 
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let mut map = stored(&mut server, &refs).await;
-    let mut statuses: Vec<&str> = refs
-        .iter()
-        .map(|id| only(&mut map, id).delivery.status.as_str())
-        .collect();
-    statuses.sort();
-    assert_eq!(
-        statuses,
-        vec!["cancelled", "cancelled", "cancelled", "succeeded"]
-    );
+    let mut cancelled = 0;
+    for id in &refs {
+        let status = only(&mut map, id).delivery.status;
+        if sent_before.contains(*id) {
+            assert_eq!(status, "succeeded", "{id}: sent before the disable");
+        } else if sent.iter().any(|s| s == id) {
+            // The one send on the wire when the disable came.
+            assert!(
+                status == "succeeded" || status == "cancelled",
+                "{id}: {status}"
+            );
+        } else {
+            assert_eq!(status, "cancelled", "{id}: never sent");
+            cancelled += 1;
+        }
+    }
+    assert!(cancelled >= 1, "nothing was left to cancel");
 }
 
 /// 11c. A graceful stop does not wait for a rate-limited backlog to drain;
@@ -922,26 +988,46 @@ async fn graceful_stop_is_not_held_up_by_a_rate_limit() {
     )
     .await;
     let ids = ingest_many(&server, &source, 10).await;
-    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let first = receiver.wait_for(1, Duration::from_secs(30)).await[0].at;
 
     let stopping = Instant::now();
     server.stop().await;
     let took = stopping.elapsed();
     let sent = receiver.count();
-    assert!(took < ms(2500), "graceful stop took {took:?}");
-    assert!(sent <= 3, "{sent} sent at 1/s during a {took:?} stop");
+    // Draining the backlog at 1/s would take 9 s from the first send; a
+    // stop that returns well before that did not wait for it, however
+    // slowly this machine ran it.
+    assert!(took < Duration::from_secs(6), "graceful stop took {took:?}");
+    // And the limit held while stopping: one send per started second.
+    let allowed = 1 + first.elapsed().as_secs() as usize + 1;
+    assert!(
+        sent <= allowed && sent < 10,
+        "{sent} sent at 1/s within {:?} of the first",
+        first.elapsed()
+    );
 
-    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let mut map = stored(&mut server, &refs).await;
+    // Store-level on purpose: the state to check is the one the stop left,
+    // and a restarted server (the only way to ask the API) resumes the
+    // backlog at once, changing it under the read.
+    let store = server.open_store().await;
+    let source_id = SourceId::parse(&source.id).expect("source id");
     let mut pending = 0;
-    for id in &refs {
-        match only(&mut map, id).delivery.status {
+    for id in &ids {
+        let event = EventId::parse(id).expect("event id");
+        let list = store
+            .deliveries_with_attempts(source_id, event)
+            .await
+            .expect("read deliveries");
+        assert_eq!(list.len(), 1, "{id}: {list:?}");
+        match list[0].0.status {
             DeliveryStatus::Pending => pending += 1,
             DeliveryStatus::Succeeded => {}
             other => panic!("{id}: {other:?}"),
         }
     }
+    store.close().await;
     assert_eq!(pending, 10 - sent, "unsent deliveries stay pending");
+    assert!(pending > 0, "the backlog drained before the stop returned");
 }
 
 /// 11c'. A graceful stop with delivery attempts on the wire and ingest
@@ -1041,7 +1127,7 @@ async fn re_enabling_resets_the_failure_run() {
     let dest = destination(&server, &source, &receiver.url("/bad")).await;
     let path = dest_path(&source, &dest);
     ingest_type(&server, &source, "x").await;
-    poll(Duration::from_secs(8), "auto-disable", || async {
+    poll(Duration::from_secs(30), "auto-disable", || async {
         let (_, body) = server.get(&path).await;
         (body["data"]["enabled"] == false).then_some(())
     })
@@ -1050,8 +1136,18 @@ async fn re_enabling_resets_the_failure_run() {
     let (status, resp) = server.patch(&path, json!({"enabled": true})).await;
     assert_eq!(status, StatusCode::OK, "{resp}");
 
-    server.stop().await;
-    let store = Store::open(&server.config.storage, Arc::new(Metrics::new())).expect("store");
+    // What a user sees, after a restart: enabled, no reason, no time.
+    server.reopen().await;
+    let (status, body) = server.get(&path).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["enabled"], true, "{body}");
+    assert!(body["data"]["disabled_reason"].is_null(), "{body}");
+    assert!(body["data"]["disabled_at"].is_null(), "{body}");
+
+    // Store-level on purpose: the start of the failure run is not shown by
+    // the API, and reading it any other way means waiting out the
+    // disable period on a loaded machine.
+    let store = server.open_store().await;
     let (source_id, dest_id) = (
         SourceId::parse(&source.id).expect("source id"),
         DestinationId::parse(&dest.id).expect("destination id"),
@@ -1093,7 +1189,7 @@ async fn deleting_a_destination_cancels_its_pending_retries() {
 
     let mut map = stored(&mut server, &[&event]).await;
     let d = only(&mut map, &event);
-    assert_eq!(d.delivery.status, DeliveryStatus::Cancelled);
+    assert_eq!(d.delivery.status, "cancelled");
     assert_eq!(d.attempts.len(), 1);
 }
 
@@ -1145,9 +1241,12 @@ async fn rate_limit_spaces_deliveries() {
     let free_spread = free[14] - free[0];
     let limited_spread = limited[14] - limited[0];
     eprintln!("15 deliveries: unlimited over {free_spread:?}, 5/s over {limited_spread:?}");
+    // Control, on order rather than a time a loaded machine may miss: the
+    // same events were all at the unlimited lane before the limited one
+    // had its last, so its pace is its limit's, not ingest's.
     assert!(
-        free_spread < ms(1500),
-        "control: ingest was slow ({free_spread:?})"
+        free[14] < limited[14],
+        "control: the unlimited lane was no faster ({free_spread:?} vs {limited_spread:?})"
     );
     // 14 intervals of 200 ms = 2.8 s.
     assert!(limited_spread >= ms(2300), "5/s over {limited_spread:?}");
@@ -1171,7 +1270,7 @@ async fn failing_destinations_are_auto_disabled() {
     let path = dest_path(&source, &dest);
     let first = ingest_type(&server, &source, "x").await;
 
-    let view = poll(Duration::from_secs(8), "auto-disable", || async {
+    let view = poll(Duration::from_secs(30), "auto-disable", || async {
         let (status, body) = server.get(&path).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         (body["data"]["enabled"] == false).then_some(body["data"].clone())
@@ -1184,15 +1283,55 @@ async fn failing_destinations_are_auto_disabled() {
         "{view}"
     );
     assert_timestamp(&view["disabled_at"]);
-    let failures = receiver.requests();
-    let span = failures.last().expect("attempts").at - failures[0].at;
-    // Not before `disable_after` (500 ms) of failures, and at the first
-    // failure after it: the schedule (60 × 50 ms) would go on for 3 s.
+    // Both bounds on the server's own record of its attempts, not on how
+    // fast this machine ran them: the run starts at the first failure; no
+    // attempt that ended within `disable_after` (500 ms) of it disabled
+    // the destination, and the first that ended after it did.
+    let (status, body) = server
+        .get(&format!(
+            "{SOURCES}/{}/events/{first}/deliveries",
+            source.id
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let attempts = body["data"][0]["attempts"].as_array().expect("attempts");
+    let ms_of = |text: &Value| {
+        let parsed = time::OffsetDateTime::parse(
+            text.as_str().expect("a time"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("RFC 3339");
+        (parsed.unix_timestamp_nanos() / 1_000_000) as i64
+    };
+    // (started, ended) of an attempt, in Unix ms.
+    let at_ms = |attempt: &Value| {
+        let started = ms_of(&attempt["started_at"]);
+        let took = attempt["duration_ms"].as_i64().expect("duration_ms");
+        (started, started + took)
+    };
+    let since = at_ms(&attempts[0]).0;
+    let (last, earlier) = attempts.split_last().expect("attempts");
+    assert!(!earlier.is_empty(), "disabled on the first failure: {body}");
+    for attempt in earlier {
+        assert!(
+            at_ms(attempt).1 - since < 500,
+            "a failure {} ms into the run did not disable: {body}",
+            at_ms(attempt).1 - since
+        );
+    }
+    let ended = at_ms(last).1;
     assert!(
-        failures.len() >= 3 && span >= ms(400) && span < ms(1500),
-        "disabled after {} attempts over {span:?}",
-        failures.len()
+        ended - since >= 500,
+        "disabled {} ms into the run: {body}",
+        ended - since
     );
+    assert_eq!(
+        ms_of(&view["disabled_at"]),
+        ended,
+        "disabled by the attempt that ended then: {body}"
+    );
+    assert_eq!(body["data"][0]["status"], "cancelled", "{body}");
+    assert_eq!(receiver.count(), attempts.len(), "every attempt recorded");
     let text = server.metrics_text().await;
     assert_eq!(
         parse_metric(&text, "krafter_destinations_auto_disabled_total"),
@@ -1216,14 +1355,8 @@ async fn failing_destinations_are_auto_disabled() {
         .await;
 
     let mut map = stored(&mut server, &[&first, &second]).await;
-    assert_eq!(
-        only(&mut map, &first).delivery.status,
-        DeliveryStatus::Cancelled
-    );
-    assert_eq!(
-        only(&mut map, &second).delivery.status,
-        DeliveryStatus::Succeeded
-    );
+    assert_eq!(only(&mut map, &first).delivery.status, "cancelled");
+    assert_eq!(only(&mut map, &second).delivery.status, "succeeded");
 }
 
 /// `krafter serve` on a port the system picks, once it serves; returns it
@@ -1393,18 +1526,16 @@ async fn no_delivery_is_lost_across_kill_9() {
         },
     )
     .await;
-    let mut child = _child;
-    common::stop_gracefully(&mut child);
-
-    let store = common::open_store_at(&data);
+    // Read back through the API of the server that came back after the
+    // kill, as a user would.
     let ids: Vec<&str> = acked.iter().map(String::as_str).collect();
-    let map = read_deliveries(&store, &ids).await;
-    store.close().await;
+    let map = api_deliveries(&client, &base, key, &ids).await;
+    drop(_child);
     for id in &ids {
         let list = &map[*id];
         assert_eq!(list.len(), 2, "{id}: {list:?}");
         for d in list {
-            assert_eq!(d.delivery.status, DeliveryStatus::Succeeded, "{id}: {d:?}");
+            assert_eq!(d.delivery.status, "succeeded", "{id}: {d:?}");
             assert_eq!(d.attempts.last().and_then(|a| a.status_code), Some(200));
         }
     }

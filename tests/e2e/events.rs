@@ -1428,6 +1428,10 @@ async fn retention_removes_expired_events_with_everything_they_own() {
         long_deliveries.push(uid::<DeliveryId>(list[0]["id"].as_str().expect("id")));
     }
 
+    // Store-level on purpose: the sweep runs with the clock moved days on
+    // (no API moves time), and what it must leave behind — queue entries,
+    // attempts and dedup keys of removed events — is shown by no API.
+    // What the API shows after the sweep is checked through it below.
     let store = server.open_store().await;
     let now = unix_ms();
     let count = |source: &str| {
@@ -1540,7 +1544,8 @@ async fn retention_removes_expired_events_with_everything_they_own() {
     let (status, body) = event_detail(&server, &short, &short_events[0]).await;
     assert_error(status, &body, 404, "not_found");
 
-    // A month on, the rest expires too.
+    // A month on, the rest expires too (store-level, as above: a moved
+    // clock, and rows no API lists).
     let store = server.open_store().await;
     let removed = store
         .sweep_retention(unix_ms() + 31 * DAY_MS)
@@ -1589,6 +1594,8 @@ async fn file_size_stays_bounded_when_retention_churns() {
     // Every event gets a (never attempted) delivery too: nothing listens on
     // the discard port, and the server is stopped before any event arrives.
     destination(&server, &src, "http://127.0.0.1:9/sink", Value::Null).await;
+    // Store-level on purpose: 16,000 events with a moved clock and the
+    // file's size after each sweep; neither is an API's business.
     let store = server.open_store().await;
     // On PostgreSQL the size is a gauge sampled every 30 s and deleted rows'
     // space comes back through (auto)vacuum on PostgreSQL's own schedule:
@@ -1688,6 +1695,9 @@ async fn the_server_removes_expired_events_on_its_own_schedule() {
     let fresh = server.ingest_json(&slug, &json!({"type": "fresh"})).await;
     let source_id = SourceId::parse(&src).expect("source id");
     let mut server = server;
+    // Store-level setup only: ingest stamps events with the current time,
+    // so the two-day-old event is written directly; what happens to it is
+    // read through the API below.
     let store = server.open_store().await;
     let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
     let old_id = EventId::from_u128(u128::from(ulid::Ulid::from_datetime(two_days_ago)));

@@ -28,19 +28,59 @@ fn block(readme: &str, marker: &str) -> String {
     rest[open..open + len + 1].to_string()
 }
 
-#[test]
-fn readme_quickstart_runs_end_to_end() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+/// One run of the quickstart script, kept for the checks.
+struct Run {
+    /// The run's TMPDIR (`mktemp -d` makes the README's directory here).
+    tmp: tempfile::TempDir,
+    state: std::path::PathBuf,
+    /// `None` when it hung.
+    status: Option<std::process::ExitStatus>,
+    stdout: String,
+    stderr: String,
+    /// The server's and the receiver's ports.
+    ports: [u16; 2],
+}
+
+impl Run {
+    /// See [`port_taken`].
+    fn port_taken(&self) -> bool {
+        port_taken(self.tmp.path(), &self.stderr, &self.ports)
+    }
+}
+
+/// Whether a run failed because another process took one of its `ports`
+/// between [`common::free_port`]'s check and the bind: `krafter serve` (in
+/// its log, in the README's directory under `tmp`) or `krafter receive`
+/// (on `stderr`) said "cannot listen on 127.0.0.1:<port>: Address already
+/// in use".
+fn port_taken(tmp: &Path, stderr: &str, ports: &[u16]) -> bool {
+    let mut said = stderr.to_string();
+    if let Ok(dirs) = std::fs::read_dir(tmp) {
+        for dir in dirs.flatten() {
+            if let Ok(log) = std::fs::read_to_string(dir.path().join("krafter.log")) {
+                said.push_str(&log);
+            }
+        }
+    }
+    said.lines().any(|line| {
+        line.contains("in use")
+            && ports
+                .iter()
+                .any(|p| line.contains(&format!("cannot listen on 127.0.0.1:{p}:")))
+    })
+}
+
+/// Runs the README's blocks (ports moved to free ones) once.
+fn run_once(readme: &str) -> Run {
     let server_port = common::free_port();
     let receiver_port = common::free_port();
     let ports = |text: String| {
         text.replace("127.0.0.1:8080", &format!("127.0.0.1:{server_port}"))
             .replace("127.0.0.1:9000", &format!("127.0.0.1:{receiver_port}"))
     };
-    let run = ports(block(&readme, "<!-- quickstart:run"));
-    let verify = ports(block(&readme, "<!-- quickstart:verify"));
-    let stop = ports(block(&readme, "<!-- quickstart:stop"));
+    let run = ports(block(readme, "<!-- quickstart:run"));
+    let verify = ports(block(readme, "<!-- quickstart:verify"));
+    let stop = ports(block(readme, "<!-- quickstart:stop"));
     assert!(run.contains("krafter send-test-event") && run.contains("krafter receive"));
     assert!(verify.contains("standardwebhooks"));
 
@@ -94,11 +134,14 @@ fn readme_quickstart_runs_end_to_end() {
         s
     });
     let deadline = Instant::now() + Duration::from_secs(600);
+    let ports = [server_port, receiver_port];
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
         }
-        if Instant::now() > deadline {
+        // A server that could not bind leaves the script waiting on
+        // whatever holds its port: no need to wait that out.
+        if Instant::now() > deadline || port_taken(tmp.path(), "", &ports) {
             break None;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -109,8 +152,49 @@ fn readme_quickstart_runs_end_to_end() {
         .stderr(Stdio::null())
         .status();
     let _ = child.wait();
-    let stdout = out_reader.join().unwrap();
-    let stderr = err_reader.join().unwrap();
+    Run {
+        tmp,
+        state,
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+        ports,
+    }
+}
+
+/// The README's commands run verbatim on free ports. A port is free when
+/// chosen but the README's programs bind fixed ports, so another process
+/// can take one in between; then (and only then: the bind error names the
+/// port) the whole quickstart runs once more on fresh ports and a fresh
+/// directory. Asserting the port free beforehand would not close that
+/// window, and any other failure still fails at once.
+#[test]
+fn readme_quickstart_runs_end_to_end() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let mut run = run_once(&readme);
+    if run.port_taken() {
+        eprintln!(
+            "ports {:?} were taken before the quickstart bound them; once more on fresh ports\n\
+             --- stdout\n{}\n--- stderr\n{}",
+            run.ports, run.stdout, run.stderr
+        );
+        run = run_once(&readme);
+        assert!(
+            !run.port_taken(),
+            "ports {:?} were taken too before the quickstart bound them\n--- stdout\n{}\n--- stderr\n{}",
+            run.ports,
+            run.stdout,
+            run.stderr
+        );
+    }
+    let Run {
+        state,
+        status,
+        stdout,
+        stderr,
+        ..
+    } = &run;
     let status = status.unwrap_or_else(|| panic!("the quickstart hung\n{stdout}\n{stderr}"));
     let context = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
     assert!(status.success(), "the quickstart failed\n{context}");

@@ -265,6 +265,26 @@ impl TestServer {
         Self::start_resolving(dir, config, resolver, database).await
     }
 
+    /// Stops the server gracefully and starts it again on the same data,
+    /// in place (for a test that holds the server by `&mut`): what a test
+    /// then reads through the API is what the stop left on disk, read as a
+    /// user would read it.
+    pub async fn reopen(&mut self) {
+        self.stop().await;
+        if let Some(database) = &self.database {
+            databases().insert(self.config.storage.path.clone(), Arc::downgrade(database));
+        }
+        let server = server::start_with_resolver(self.config.clone(), self.resolver.clone())
+            .await
+            .expect("server starts again on the same data");
+        self.base = format!("http://{}", server.addr());
+        self.admin_key = std::fs::read_to_string(self.config.storage.path.join("admin.key"))
+            .expect("admin.key survives a restart")
+            .trim()
+            .to_string();
+        self.server = Some(server);
+    }
+
     /// Stops the server (graceful shutdown).
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
@@ -1186,9 +1206,11 @@ fn read_served(child: &mut std::process::Child, path: &Path) -> Option<String> {
 }
 
 /// A loopback port for a spawned program that cannot report the port it
-/// bound: the README's quickstart (run verbatim, ports substituted) and
-/// chromedriver. `krafter serve` binds port 0 and reports its address
-/// instead ([`serve_command`], [`served_base`]), which has no race at all.
+/// bound: the README's quickstart (run verbatim, ports substituted; it
+/// runs once more on fresh ports if one was taken before it bound).
+/// `krafter serve` binds port 0 and reports its address instead
+/// ([`serve_command`], [`served_base`]), and so does chromedriver
+/// (`--port=0`), which has no race at all.
 ///
 /// Ports bound to `:0` (receivers, in-process servers, every outgoing
 /// connection) come from the kernel's ephemeral range (32768+), so a port
@@ -1279,16 +1301,4 @@ pub fn blocking_get_status(url: &str) -> std::io::Result<u16> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("no status"))
-}
-
-/// Stops a spawned server the way systemd does (SIGTERM) and waits for a
-/// clean exit: it commits what it holds first, including delivery outcomes,
-/// which are not individually durable (a kill -9 may forget the last second
-/// of them, and those deliveries are sent again).
-pub fn stop_gracefully(child: &mut KillOnDrop) {
-    // SAFETY: kill(2) with a child's pid has no memory-safety preconditions.
-    let sent = unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(sent, 0, "SIGTERM");
-    let status = child.0.wait().expect("wait for krafter");
-    assert!(status.success(), "krafter exited with {status:?}");
 }
