@@ -74,13 +74,19 @@ fn refine_operation(path: &str, method: &str, op: &mut Value) {
                 "required": false,
                 "content": {"*/*": {"schema": {}}}
             });
-            // A Slack source answers its handshakes instead of storing them.
+            // Slack and Zoom sources answer their handshakes instead of
+            // storing them.
             op["responses"]["200"]["content"] = json!({
                 "application/json": {"schema": {"oneOf": [
                     {"$ref": "#/components/schemas/Data_Accepted"},
                     {"type": "object", "required": ["challenge"], "additionalProperties": false,
                      "properties": {"challenge": {}},
-                     "description": "Slack `url_verification` handshake"}
+                     "description": "Slack `url_verification` handshake"},
+                    {"type": "object", "required": ["plainToken", "encryptedToken"],
+                     "additionalProperties": false,
+                     "properties": {"plainToken": {"type": "string"},
+                                    "encryptedToken": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+                     "description": "Zoom `endpoint.url_validation` handshake"}
                 ]}},
                 "text/plain": {"schema": {"type": "string", "maxLength": 0,
                     "description": "Slack `ssl_check` handshake"}}

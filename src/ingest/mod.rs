@@ -147,7 +147,9 @@ impl Ingest {
             tracing::warn!(source = %source.id.to_string(), "accepting an unverified webhook (provider `none`)");
         }
         let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-        if let Some(reply) = provider.post_verification_handshake(&inbound, json.as_ref()) {
+        if let Some(reply) =
+            provider.post_verification_handshake(&inbound, json.as_ref(), &secret_refs)
+        {
             return Ok(Received::Handshake(reply));
         }
         // `received_at` is the id's own millisecond, so time filters on the

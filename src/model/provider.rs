@@ -79,6 +79,9 @@ provider_kinds! {
     /// `X-Twilio-Signature: <base64>` HMAC-SHA1 over the public URL and the
     /// form parameters (or `bodySHA256` for JSON bodies).
     Twilio = 11, "twilio";
+    /// `x-zm-signature: v0=<hex>` over `"v0:{x-zm-request-timestamp}:" +
+    /// body`; answers `endpoint.url_validation`.
+    Zoom = 12, "zoom";
 }
 
 impl ProviderKind {

@@ -114,7 +114,7 @@ fn form(params: &[(&str, &str)]) -> Vec<u8> {
         .into_bytes()
 }
 
-type Headers = Vec<(&'static str, String)>;
+pub(crate) type Headers = Vec<(&'static str, String)>;
 
 fn stripe_headers(secret: &str, t: i64, body: &[u8]) -> Headers {
     vec![
@@ -242,7 +242,7 @@ fn test_signers_reproduce_the_documented_vectors() {
 // ---------------------------------------------------------------------------
 
 /// Creates a source and returns `(id, slug)`.
-async fn create_source(
+pub(crate) async fn create_source(
     server: &TestServer,
     provider: &str,
     secret: Option<&str>,
@@ -277,7 +277,7 @@ async fn create_destination(server: &TestServer, source_id: &str, filter: Option
 
 /// Asserts SPEC §7's answer `{"data": {"event_id": "evt_...", "duplicate": d}}`
 /// and returns the event id.
-fn assert_accepted(status: StatusCode, body: &Value, duplicate: bool) -> String {
+pub(crate) fn assert_accepted(status: StatusCode, body: &Value, duplicate: bool) -> String {
     assert_eq!(status, StatusCode::OK, "{body}");
     let data = body["data"]
         .as_object()
@@ -290,13 +290,13 @@ fn assert_accepted(status: StatusCode, body: &Value, duplicate: bool) -> String 
     id.to_string()
 }
 
-fn assert_invalid_signature(status: StatusCode, body: &Value, case: &str) {
+pub(crate) fn assert_invalid_signature(status: StatusCode, body: &Value, case: &str) {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "case `{case}`: {body}");
     assert_error(status, body, 401, "invalid_signature");
 }
 
 /// Sends every case and asserts each is refused with 401 `invalid_signature`.
-async fn assert_all_rejected(
+pub(crate) async fn assert_all_rejected(
     server: &TestServer,
     slug: &str,
     cases: Vec<(&str, Headers, Vec<u8>)>,
@@ -307,7 +307,7 @@ async fn assert_all_rejected(
     }
 }
 
-async fn stored_event(store: &Store, event_id: &str) -> EventRecord {
+pub(crate) async fn stored_event(store: &Store, event_id: &str) -> EventRecord {
     let id = EventId::parse(event_id).expect("event id");
     store
         .event(id)
@@ -315,7 +315,7 @@ async fn stored_event(store: &Store, event_id: &str) -> EventRecord {
         .unwrap_or_else(|e| panic!("event {event_id} not stored: {e:?}"))
 }
 
-async fn stored_count(store: &Store, source_id: &str) -> u64 {
+pub(crate) async fn stored_count(store: &Store, source_id: &str) -> u64 {
     let id = SourceId::parse(source_id).expect("source id");
     store.event_count(id).await.expect("count")
 }
@@ -329,7 +329,7 @@ async fn stored_deliveries(store: &Store, event_id: &str) -> Vec<DeliveryRecord>
         .2
 }
 
-fn header<'e>(event: &'e EventRecord, name: &str) -> Option<&'e [u8]> {
+pub(crate) fn header<'e>(event: &'e EventRecord, name: &str) -> Option<&'e [u8]> {
     event
         .headers
         .iter()
@@ -355,7 +355,7 @@ fn assert_headers_clean(event: &EventRecord) {
     );
 }
 
-fn assert_event(
+pub(crate) fn assert_event(
     event: &EventRecord,
     source_id: &str,
     body: &[u8],
@@ -369,7 +369,7 @@ fn assert_event(
     assert_headers_clean(event);
 }
 
-fn custom() -> (&'static str, String) {
+pub(crate) fn custom() -> (&'static str, String) {
     ("X-Custom", "1".to_string())
 }
 

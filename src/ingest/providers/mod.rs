@@ -34,6 +34,7 @@ mod square;
 mod standard_webhooks;
 mod stripe;
 mod twilio;
+mod zoom;
 
 pub use crate::model::provider::{GenericHmacConfig, ProviderKind, SignatureEncoding};
 pub use common::{MAX_EVENT_FIELD_BYTES, MAX_SIGNATURE_HEADER_BYTES};
@@ -177,12 +178,14 @@ pub trait Provider: Sync {
 
     /// A verified request answered and never stored (Slack
     /// `url_verification` → 200 `{"challenge": ...}`). `json` is the body
-    /// parsed once by the caller (`None` when it is not JSON). None by
-    /// default.
+    /// parsed once by the caller (`None` when it is not JSON); `secrets` are
+    /// the ones [`Provider::verify`] was given, for answers computed under
+    /// the secret that verified (Zoom's `encryptedToken`). None by default.
     fn post_verification_handshake(
         &self,
         _inbound: &Inbound<'_>,
         _json: Option<&serde_json::Value>,
+        _secrets: &[&[u8]],
     ) -> Option<HandshakeReply> {
         None
     }
@@ -246,6 +249,7 @@ registry! {
     StandardWebhooks => standard_webhooks::StandardWebhooks,
     Svix => standard_webhooks::Svix,
     GenericHmac => generic_hmac::GenericHmac,
+    Zoom => zoom::Zoom,
     None => none::NoVerification,
 }
 
@@ -254,7 +258,7 @@ mod tests {
     use super::*;
     use http::{HeaderMap, HeaderName, HeaderValue};
 
-    const ALL: [ProviderKind; 12] = [
+    const ALL: [ProviderKind; 13] = [
         ProviderKind::Stripe,
         ProviderKind::Github,
         ProviderKind::Shopify,
@@ -267,6 +271,7 @@ mod tests {
         ProviderKind::Linear,
         ProviderKind::Square,
         ProviderKind::Twilio,
+        ProviderKind::Zoom,
     ];
 
     // The dispatch tests below were written against one free function per
@@ -294,7 +299,7 @@ mod tests {
         inbound: &Inbound<'_>,
         json: Option<&serde_json::Value>,
     ) -> Option<HandshakeReply> {
-        get(kind).post_verification_handshake(inbound, json)
+        get(kind).post_verification_handshake(inbound, json, &[b"whsec_AAAA"])
     }
 
     fn event_type(
@@ -658,6 +663,8 @@ mod tests {
             "linear-signature",
             "x-square-hmacsha256-signature",
             "x-twilio-signature",
+            "x-zm-signature",
+            "x-zm-request-timestamp",
         ];
         let values: Vec<Vec<u8>> = vec![
             b"".to_vec(),
@@ -795,7 +802,8 @@ mod tests {
                 "paddle",
                 "linear",
                 "square",
-                "twilio"
+                "twilio",
+                "zoom"
             ])
         );
         for kind in ALL {

@@ -58,6 +58,7 @@ impl Provider for Slack {
         &self,
         _inbound: &Inbound<'_>,
         json: Option<&Value>,
+        _secrets: &[&[u8]],
     ) -> Option<HandshakeReply> {
         post_verification_handshake(json)
     }
