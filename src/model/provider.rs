@@ -82,6 +82,8 @@ provider_kinds! {
     /// `x-zm-signature: v0=<hex>` over `"v0:{x-zm-request-timestamp}:" +
     /// body`; answers `endpoint.url_validation`.
     Zoom = 12, "zoom";
+    /// `X-Hub-Signature: sha1=<hex>`, HMAC-SHA1 of the body.
+    Intercom = 13, "intercom";
 }
 
 impl ProviderKind {

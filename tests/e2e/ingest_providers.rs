@@ -158,3 +158,102 @@ async fn zoom_url_validation_is_answered_and_events_are_stored() {
     );
     store.close().await;
 }
+
+// ---------------------------------------------------------------------------
+// Intercom
+// ---------------------------------------------------------------------------
+
+const INTERCOM_SECRET: &str = "intercomsecret";
+
+/// `X-Hub-Signature`: `sha1=` + hex HMAC-SHA1 of the body.
+fn intercom_headers(secret: &str, body: &[u8]) -> Headers {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("any key");
+    mac.update(body);
+    vec![
+        (
+            "X-Hub-Signature",
+            format!("sha1={}", hex::encode(mac.finalize().into_bytes())),
+        ),
+        ("Content-Type", "application/json".to_string()),
+        custom(),
+    ]
+}
+
+#[test]
+fn intercom_signer_reproduces_the_documented_vector() {
+    let body = br#"{"type":"notification_event","topic":"ping","id":"notif_1"}"#;
+    assert_eq!(
+        intercom_headers(INTERCOM_SECRET, body)[0].1,
+        "sha1=d6d3cd87dfe3f0c17e462ce5a235d4c90ec84656"
+    );
+}
+
+#[tokio::test]
+async fn intercom_notifications_are_verified_deduplicated_and_stored() {
+    let mut server = TestServer::start().await;
+    let (src, slug) = create_source(&server, "intercom", Some(INTERCOM_SECRET), None).await;
+
+    // The documented ping is stored like any notification.
+    let ping = br#"{"type":"notification_event","topic":"ping","id":"notif_1"}"#.to_vec();
+    let (status, resp) = server
+        .post_in(
+            &slug,
+            &intercom_headers(INTERCOM_SECRET, &ping),
+            ping.clone(),
+        )
+        .await;
+    let ping_evt = assert_accepted(status, &resp, false);
+
+    let body = br#"{"type":"notification_event","app_id":"a86dr8yl","data":{"type":"notification_event_data","item":{"type":"conversation","id":"1"}},"id":"notif_78c122d0","topic":"conversation.user.created","delivery_attempts":1}"#.to_vec();
+    let headers = intercom_headers(INTERCOM_SECRET, &body);
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
+    let evt = assert_accepted(status, &resp, false);
+    // Intercom's retry of the same notification is a duplicate.
+    let (status, resp) = server.post_in(&slug, &headers, body.clone()).await;
+    assert_eq!(assert_accepted(status, &resp, true), evt);
+
+    let mut tampered = body.clone();
+    tampered[10] ^= 1;
+    let mut upper = headers.clone();
+    upper[0].1 = upper[0].1.to_uppercase().replace("SHA1=", "sha1=");
+    let mut sha256 = headers.clone();
+    sha256[0].1 = format!(
+        "sha1={}",
+        hex::encode(hmac_sha256(INTERCOM_SECRET.as_bytes(), &[&body]))
+    );
+    assert_all_rejected(
+        &server,
+        &slug,
+        vec![
+            ("tampered body", headers.clone(), tampered),
+            ("uppercase hex", upper, body.clone()),
+            ("sha256 mac", sha256, body.clone()),
+            (
+                "wrong secret",
+                intercom_headers("other", &body),
+                body.clone(),
+            ),
+            ("no signature", vec![custom()], body.clone()),
+        ],
+    )
+    .await;
+
+    let store = server.open_store().await;
+    assert_event(
+        &stored_event(&store, &ping_evt).await,
+        &src,
+        &ping,
+        "ping",
+        Some("notif_1"),
+    );
+    assert_event(
+        &stored_event(&store, &evt).await,
+        &src,
+        &body,
+        "conversation.user.created",
+        Some("notif_78c122d0"),
+    );
+    assert_eq!(stored_count(&store, &src).await, 2);
+    store.close().await;
+}

@@ -25,6 +25,7 @@ use std::borrow::Cow;
 mod common;
 mod generic_hmac;
 mod github;
+mod intercom;
 mod linear;
 mod none;
 mod paddle;
@@ -250,6 +251,7 @@ registry! {
     Svix => standard_webhooks::Svix,
     GenericHmac => generic_hmac::GenericHmac,
     Zoom => zoom::Zoom,
+    Intercom => intercom::Intercom,
     None => none::NoVerification,
 }
 
@@ -258,7 +260,7 @@ mod tests {
     use super::*;
     use http::{HeaderMap, HeaderName, HeaderValue};
 
-    const ALL: [ProviderKind; 13] = [
+    const ALL: [ProviderKind; 14] = [
         ProviderKind::Stripe,
         ProviderKind::Github,
         ProviderKind::Shopify,
@@ -272,6 +274,7 @@ mod tests {
         ProviderKind::Square,
         ProviderKind::Twilio,
         ProviderKind::Zoom,
+        ProviderKind::Intercom,
     ];
 
     // The dispatch tests below were written against one free function per
@@ -665,6 +668,7 @@ mod tests {
             "x-twilio-signature",
             "x-zm-signature",
             "x-zm-request-timestamp",
+            "x-hub-signature",
         ];
         let values: Vec<Vec<u8>> = vec![
             b"".to_vec(),
@@ -803,7 +807,8 @@ mod tests {
                 "linear",
                 "square",
                 "twilio",
-                "zoom"
+                "zoom",
+                "intercom"
             ])
         );
         for kind in ALL {
