@@ -74,8 +74,8 @@ fn refine_operation(path: &str, method: &str, op: &mut Value) {
                 "required": false,
                 "content": {"*/*": {"schema": {}}}
             });
-            // Slack and Zoom sources answer their handshakes instead of
-            // storing them.
+            // Slack, Zoom and Twitch sources answer their handshakes
+            // instead of storing them.
             op["responses"]["200"]["content"] = json!({
                 "application/json": {"schema": {"oneOf": [
                     {"$ref": "#/components/schemas/Data_Accepted"},
@@ -88,8 +88,9 @@ fn refine_operation(path: &str, method: &str, op: &mut Value) {
                                     "encryptedToken": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
                      "description": "Zoom `endpoint.url_validation` handshake"}
                 ]}},
-                "text/plain": {"schema": {"type": "string", "maxLength": 0,
-                    "description": "Slack `ssl_check` handshake"}}
+                "text/plain": {"schema": {"type": "string",
+                    "description": "Slack `ssl_check` handshake (empty), or Twitch \
+                        `webhook_callback_verification` (the raw challenge)"}}
             });
         }
         ("post", p) if p.ends_with("/events/{event_id}/replay") => {

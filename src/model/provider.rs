@@ -84,6 +84,9 @@ provider_kinds! {
     Zoom = 12, "zoom";
     /// `X-Hub-Signature: sha1=<hex>`, HMAC-SHA1 of the body.
     Intercom = 13, "intercom";
+    /// `Twitch-Eventsub-Message-Signature: sha256=<hex>` over message id +
+    /// timestamp + body; answers `webhook_callback_verification`.
+    Twitch = 14, "twitch";
 }
 
 impl ProviderKind {

@@ -257,3 +257,144 @@ async fn intercom_notifications_are_verified_deduplicated_and_stored() {
     assert_eq!(stored_count(&store, &src).await, 2);
     store.close().await;
 }
+
+// ---------------------------------------------------------------------------
+// Twitch
+// ---------------------------------------------------------------------------
+
+const TWITCH_SECRET: &str = "twitchsecret123";
+
+/// An RFC 3339 UTC time with nanoseconds, as Twitch writes it, `ago`
+/// seconds before now.
+fn twitch_time(ago: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() - time::Duration::seconds(ago);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("format")
+}
+
+/// Twitch's headers: `sha256=` + hex HMAC-SHA256 of `id + timestamp + body`.
+fn twitch_headers(secret: &str, kind: &str, id: &str, ts: &str, body: &[u8]) -> Headers {
+    let sig = hmac_sha256(secret.as_bytes(), &[id.as_bytes(), ts.as_bytes(), body]);
+    vec![
+        ("Twitch-Eventsub-Message-Id", id.to_string()),
+        ("Twitch-Eventsub-Message-Timestamp", ts.to_string()),
+        (
+            "Twitch-Eventsub-Message-Signature",
+            format!("sha256={}", hex::encode(sig)),
+        ),
+        ("Twitch-Eventsub-Message-Type", kind.to_string()),
+        (
+            "Twitch-Eventsub-Subscription-Type",
+            "channel.follow".to_string(),
+        ),
+        ("Twitch-Eventsub-Subscription-Version", "2".to_string()),
+        ("Content-Type", "application/json".to_string()),
+        custom(),
+    ]
+}
+
+#[test]
+fn twitch_signer_reproduces_the_documented_vector() {
+    let headers = twitch_headers(
+        TWITCH_SECRET,
+        "notification",
+        "e76c6bd4-55c9-4987-8304-da1588d8988b",
+        "2019-11-16T10:11:12.634234626Z",
+        br#"{"subscription":{"type":"channel.follow"}}"#,
+    );
+    assert_eq!(
+        headers[2].1,
+        "sha256=7b96b4bf06f0ce9143edd8d5d7747267517bb18a8ba571af5f914603f1ecb395"
+    );
+}
+
+#[tokio::test]
+async fn twitch_challenge_is_answered_and_notifications_are_stored() {
+    let mut server = TestServer::start().await;
+    let (src, slug) = create_source(&server, "twitch", Some(TWITCH_SECRET), None).await;
+
+    // The callback verification: the raw challenge, as text/plain.
+    let challenge = br#"{"challenge":"pogchamp-kappa-360noscope-vohiyo","subscription":{"id":"f1c2a387","status":"webhook_callback_verification_pending","type":"channel.follow","version":"2","condition":{"broadcaster_user_id":"12826"},"transport":{"method":"webhook","callback":"https://example.invalid/webhooks/callback"},"created_at":"2019-11-16T10:11:12.634234626Z"}}"#.to_vec();
+    let headers = twitch_headers(
+        TWITCH_SECRET,
+        "webhook_callback_verification",
+        "msg-verify-1",
+        &twitch_time(0),
+        &challenge,
+    );
+    let (status, content_type, body) = post_raw(&server, &slug, &headers, challenge.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    assert_eq!(body, b"pogchamp-kappa-360noscope-vohiyo");
+    // Not verified: no challenge echoed.
+    let wrong = twitch_headers(
+        "wrongsecret123",
+        "webhook_callback_verification",
+        "msg-verify-1",
+        &twitch_time(0),
+        &challenge,
+    );
+    let (status, resp) = server.post_in(&slug, &wrong, challenge.clone()).await;
+    assert_invalid_signature(status, &resp, "wrongly signed challenge");
+
+    // A notification, stored with the subscription type and message id.
+    let event = br#"{"subscription":{"id":"f1c2a387","type":"channel.follow","version":"2"},"event":{"user_id":"1234","user_login":"cool_user","broadcaster_user_id":"1337","followed_at":"2020-07-15T18:16:11.17106713Z"}}"#.to_vec();
+    let ts = twitch_time(5);
+    let headers = twitch_headers(TWITCH_SECRET, "notification", "msg-1", &ts, &event);
+    let (status, resp) = server.post_in(&slug, &headers, event.clone()).await;
+    let evt = assert_accepted(status, &resp, false);
+    // Twitch resends with the same message id: a duplicate.
+    let (status, resp) = server.post_in(&slug, &headers, event.clone()).await;
+    assert_eq!(assert_accepted(status, &resp, true), evt);
+
+    let mut tampered = event.clone();
+    tampered[4] ^= 1;
+    let old = twitch_time(11 * 60);
+    let mut moved = headers.clone();
+    moved[1].1 = twitch_time(0);
+    assert_all_rejected(
+        &server,
+        &slug,
+        vec![
+            ("tampered body", headers.clone(), tampered),
+            (
+                "older than 10 minutes",
+                twitch_headers(TWITCH_SECRET, "notification", "msg-2", &old, &event),
+                event.clone(),
+            ),
+            ("timestamp changed", moved, event.clone()),
+            (
+                "wrong secret",
+                twitch_headers("wrongsecret123", "notification", "msg-3", &ts, &event),
+                event.clone(),
+            ),
+            (
+                "not RFC 3339",
+                twitch_headers(
+                    TWITCH_SECRET,
+                    "notification",
+                    "msg-4",
+                    &unix_secs().to_string(),
+                    &event,
+                ),
+                event.clone(),
+            ),
+        ],
+    )
+    .await;
+
+    let store = server.open_store().await;
+    assert_event(
+        &stored_event(&store, &evt).await,
+        &src,
+        &event,
+        "channel.follow",
+        Some("msg-1"),
+    );
+    assert_eq!(
+        stored_count(&store, &src).await,
+        1,
+        "challenges are not stored"
+    );
+    store.close().await;
+}

@@ -35,6 +35,7 @@ mod square;
 mod standard_webhooks;
 mod stripe;
 mod twilio;
+mod twitch;
 mod zoom;
 
 pub use crate::model::provider::{GenericHmacConfig, ProviderKind, SignatureEncoding};
@@ -252,6 +253,7 @@ registry! {
     GenericHmac => generic_hmac::GenericHmac,
     Zoom => zoom::Zoom,
     Intercom => intercom::Intercom,
+    Twitch => twitch::Twitch,
     None => none::NoVerification,
 }
 
@@ -260,7 +262,7 @@ mod tests {
     use super::*;
     use http::{HeaderMap, HeaderName, HeaderValue};
 
-    const ALL: [ProviderKind; 14] = [
+    const ALL: [ProviderKind; 15] = [
         ProviderKind::Stripe,
         ProviderKind::Github,
         ProviderKind::Shopify,
@@ -275,6 +277,7 @@ mod tests {
         ProviderKind::Twilio,
         ProviderKind::Zoom,
         ProviderKind::Intercom,
+        ProviderKind::Twitch,
     ];
 
     // The dispatch tests below were written against one free function per
@@ -669,6 +672,9 @@ mod tests {
             "x-zm-signature",
             "x-zm-request-timestamp",
             "x-hub-signature",
+            "twitch-eventsub-message-signature",
+            "twitch-eventsub-message-id",
+            "twitch-eventsub-message-timestamp",
         ];
         let values: Vec<Vec<u8>> = vec![
             b"".to_vec(),
@@ -808,7 +814,8 @@ mod tests {
                 "square",
                 "twilio",
                 "zoom",
-                "intercom"
+                "intercom",
+                "twitch"
             ])
         );
         for kind in ALL {
