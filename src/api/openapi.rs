@@ -74,8 +74,8 @@ fn refine_operation(path: &str, method: &str, op: &mut Value) {
                 "required": false,
                 "content": {"*/*": {"schema": {}}}
             });
-            // Slack, Zoom and Twitch sources answer their handshakes
-            // instead of storing them.
+            // Slack, Zoom, Twitch and Discord sources answer their
+            // handshakes instead of storing them.
             op["responses"]["200"]["content"] = json!({
                 "application/json": {"schema": {"oneOf": [
                     {"$ref": "#/components/schemas/Data_Accepted"},
@@ -86,7 +86,10 @@ fn refine_operation(path: &str, method: &str, op: &mut Value) {
                      "additionalProperties": false,
                      "properties": {"plainToken": {"type": "string"},
                                     "encryptedToken": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
-                     "description": "Zoom `endpoint.url_validation` handshake"}
+                     "description": "Zoom `endpoint.url_validation` handshake"},
+                    {"type": "object", "required": ["type"], "additionalProperties": false,
+                     "properties": {"type": {"const": 1}},
+                     "description": "Discord interactions PING answer"}
                 ]}},
                 "text/plain": {"schema": {"type": "string",
                     "description": "Slack `ssl_check` handshake (empty), or Twitch \

@@ -87,6 +87,9 @@ provider_kinds! {
     /// `Twitch-Eventsub-Message-Signature: sha256=<hex>` over message id +
     /// timestamp + body; answers `webhook_callback_verification`.
     Twitch = 14, "twitch";
+    /// `X-Signature-Ed25519: <hex>` over `X-Signature-Timestamp` + body,
+    /// verified with the application's hex Ed25519 public key; answers PINGs.
+    Discord = 15, "discord";
 }
 
 impl ProviderKind {

@@ -9,7 +9,7 @@
 //! `tests/fixtures/providers/` (made by the script beside them with
 //! Python's `cryptography`).
 
-use crate::common::{hmac_sha256, unix_secs, TestServer};
+use crate::common::{assert_invalid_field, hmac_sha256, unix_secs, TestServer};
 use crate::ingest::{
     assert_accepted, assert_all_rejected, assert_event, assert_invalid_signature, create_source,
     custom, stored_count, stored_event, Headers,
@@ -17,6 +17,7 @@ use crate::ingest::{
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+const SOURCES: &str = "/api/v1/webhooks/sources";
 const ZOOM_SECRET: &str = "zoomsecret";
 
 /// What a handshake answered: status, content type and body.
@@ -396,5 +397,188 @@ async fn twitch_challenge_is_answered_and_notifications_are_stored() {
         1,
         "challenges are not stored"
     );
+    store.close().await;
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures signed by tests/fixtures/providers/make_fixtures.py
+// ---------------------------------------------------------------------------
+
+/// The committed fixtures: Ed25519 (Discord) and ECDSA P-256 (SendGrid)
+/// signatures made with Python's `cryptography`.
+const FIXTURES: &str = include_str!("../fixtures/providers/signed.json");
+
+/// One signed request from the fixtures.
+struct Signed {
+    timestamp: String,
+    body: Vec<u8>,
+    signature: String,
+}
+
+fn fixtures() -> Value {
+    serde_json::from_str(FIXTURES).expect("fixture JSON")
+}
+
+/// The public key `field` of `provider` in the fixtures.
+fn fixture_key(provider: &str, field: &str) -> String {
+    fixtures()[provider][field]
+        .as_str()
+        .expect("fixture key")
+        .to_string()
+}
+
+/// The signed request `name` of `provider` in the fixtures.
+fn fixture(provider: &str, name: &str) -> Signed {
+    let all = fixtures();
+    let case = all[provider]["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no fixture {provider}/{name}"))
+        .clone();
+    let text = |k: &str| case[k].as_str().expect("fixture text").to_string();
+    Signed {
+        timestamp: text("timestamp"),
+        body: text("body").into_bytes(),
+        signature: text("signature"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Discord
+// ---------------------------------------------------------------------------
+
+fn discord_headers(signed: &Signed) -> Headers {
+    vec![
+        ("X-Signature-Ed25519", signed.signature.clone()),
+        ("X-Signature-Timestamp", signed.timestamp.clone()),
+        ("Content-Type", "application/json".to_string()),
+        custom(),
+    ]
+}
+
+#[tokio::test]
+async fn discord_public_key_is_validated_at_creation() {
+    let server = TestServer::start().await;
+    for bad in [
+        "not-a-key",
+        "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531",
+        "0200000000000000000000000000000000000000000000000000000000000000",
+    ] {
+        let (status, resp) = server
+            .post(
+                SOURCES,
+                json!({"name": "discord", "provider": "discord", "signing_secret": bad}),
+            )
+            .await;
+        assert_invalid_field(status, &resp, "signing_secret");
+    }
+    let (id, _) = create_source(
+        &server,
+        "discord",
+        Some(&fixture_key("discord", "public_key")),
+        None,
+    )
+    .await;
+    let (status, resp) = server
+        .patch(
+            &format!("{SOURCES}/{id}"),
+            json!({"signing_secret": "whsec_not_a_public_key"}),
+        )
+        .await;
+    assert_invalid_field(status, &resp, "signing_secret");
+}
+
+#[tokio::test]
+async fn discord_pings_are_answered_bad_signatures_refused_and_events_stored() {
+    let mut server = TestServer::start().await;
+    let key = fixture_key("discord", "public_key");
+    let (src, slug) = create_source(&server, "discord", Some(&key), None).await;
+
+    // Interactions PING (the PROVIDERS.md vector) → {"type":1}.
+    let ping = fixture("discord", "interaction_ping");
+    let (status, content_type, body) =
+        post_raw(&server, &slug, &discord_headers(&ping), ping.body.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).ok(),
+        Some(json!({"type": 1}))
+    );
+
+    // Discord's probe: the same PING with a bad signature must be 401.
+    let mut probe = discord_headers(&ping);
+    probe[0].1 = format!("{}00", &ping.signature[..126]);
+    let (status, resp) = server.post_in(&slug, &probe, ping.body.clone()).await;
+    assert_invalid_signature(status, &resp, "PING with a bad signature");
+    let other = fixture("discord", "interaction_ping_other_key");
+    let (status, resp) = server
+        .post_in(&slug, &discord_headers(&other), other.body.clone())
+        .await;
+    assert_invalid_signature(status, &resp, "PING signed by another key");
+
+    // Webhook-events PING → 204, no body.
+    let webhook_ping = fixture("discord", "webhook_ping");
+    let (status, _, body) = post_raw(
+        &server,
+        &slug,
+        &discord_headers(&webhook_ping),
+        webhook_ping.body.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(body.is_empty());
+
+    // A webhook event and an interaction are stored.
+    let event = fixture("discord", "webhook_event");
+    let (status, resp) = server
+        .post_in(&slug, &discord_headers(&event), event.body.clone())
+        .await;
+    let event_id = assert_accepted(status, &resp, false);
+    let command = fixture("discord", "interaction_command");
+    let (status, resp) = server
+        .post_in(&slug, &discord_headers(&command), command.body.clone())
+        .await;
+    let command_id = assert_accepted(status, &resp, false);
+
+    let mut tampered = event.body.clone();
+    tampered[3] ^= 1;
+    let mut moved = discord_headers(&event);
+    moved[1].1 = "1700000001".to_string();
+    assert_all_rejected(
+        &server,
+        &slug,
+        vec![
+            ("tampered body", discord_headers(&event), tampered),
+            ("timestamp changed", moved, event.body.clone()),
+            (
+                "no signature",
+                discord_headers(&event)[1..].to_vec(),
+                event.body.clone(),
+            ),
+        ],
+    )
+    .await;
+
+    let store = server.open_store().await;
+    assert_event(
+        &stored_event(&store, &event_id).await,
+        &src,
+        &event.body,
+        "APPLICATION_AUTHORIZED",
+        None,
+    );
+    assert_event(
+        &stored_event(&store, &command_id).await,
+        &src,
+        &command.body,
+        "2",
+        None,
+    );
+    assert_eq!(stored_count(&store, &src).await, 2, "PINGs are not stored");
     store.close().await;
 }

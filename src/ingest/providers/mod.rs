@@ -23,6 +23,7 @@
 use std::borrow::Cow;
 
 mod common;
+mod discord;
 mod generic_hmac;
 mod github;
 mod intercom;
@@ -94,11 +95,13 @@ pub enum VerifyError {
     MalformedBodyField(Cow<'static, str>),
 }
 
-/// A reply to a provider handshake: always HTTP 200, never stored or
-/// forwarded.
+/// A reply to a provider handshake, never stored or forwarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandshakeReply {
-    /// Value of the `Content-Type` header.
+    /// 200, or 204 where the provider expects no body (Discord's
+    /// webhook-events PING).
+    pub status: http::StatusCode,
+    /// Value of the `Content-Type` header (not sent with a 204).
     pub content_type: &'static str,
     /// Response body.
     pub body: Vec<u8>,
@@ -254,6 +257,7 @@ registry! {
     Zoom => zoom::Zoom,
     Intercom => intercom::Intercom,
     Twitch => twitch::Twitch,
+    Discord => discord::Discord,
     None => none::NoVerification,
 }
 
@@ -262,7 +266,7 @@ mod tests {
     use super::*;
     use http::{HeaderMap, HeaderName, HeaderValue};
 
-    const ALL: [ProviderKind; 15] = [
+    const ALL: [ProviderKind; 16] = [
         ProviderKind::Stripe,
         ProviderKind::Github,
         ProviderKind::Shopify,
@@ -278,6 +282,7 @@ mod tests {
         ProviderKind::Zoom,
         ProviderKind::Intercom,
         ProviderKind::Twitch,
+        ProviderKind::Discord,
     ];
 
     // The dispatch tests below were written against one free function per
@@ -675,6 +680,8 @@ mod tests {
             "twitch-eventsub-message-signature",
             "twitch-eventsub-message-id",
             "twitch-eventsub-message-timestamp",
+            "x-signature-ed25519",
+            "x-signature-timestamp",
         ];
         let values: Vec<Vec<u8>> = vec![
             b"".to_vec(),
@@ -815,7 +822,8 @@ mod tests {
                 "twilio",
                 "zoom",
                 "intercom",
-                "twitch"
+                "twitch",
+                "discord"
             ])
         );
         for kind in ALL {

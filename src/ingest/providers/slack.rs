@@ -115,6 +115,7 @@ fn pre_verification_handshake(inbound: &Inbound<'_>) -> Option<HandshakeReply> {
         .split(|b| *b == b'&')
         .any(|pair| pair == b"ssl_check=1")
         .then(|| HandshakeReply {
+            status: http::StatusCode::OK,
             content_type: "text/plain; charset=utf-8",
             body: Vec::new(),
         })
@@ -130,6 +131,7 @@ fn post_verification_handshake(json: Option<&Value>) -> Option<HandshakeReply> {
     let challenge = json.get("challenge").cloned().unwrap_or(Value::Null);
     let body = serde_json::to_vec(&serde_json::json!({ "challenge": challenge })).ok()?;
     Some(HandshakeReply {
+        status: http::StatusCode::OK,
         content_type: "application/json",
         body,
     })

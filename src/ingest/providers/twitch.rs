@@ -124,6 +124,7 @@ fn post_verification_handshake(
     }
     let challenge = json?.get("challenge")?.as_str()?;
     Some(HandshakeReply {
+        status: http::StatusCode::OK,
         content_type: "text/plain; charset=utf-8",
         body: challenge.as_bytes().to_vec(),
     })

@@ -112,6 +112,7 @@ fn post_verification_handshake(
     }))
     .ok()?;
     Some(HandshakeReply {
+        status: http::StatusCode::OK,
         content_type: "application/json",
         body,
     })
