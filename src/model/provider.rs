@@ -90,6 +90,9 @@ provider_kinds! {
     /// `X-Signature-Ed25519: <hex>` over `X-Signature-Timestamp` + body,
     /// verified with the application's hex Ed25519 public key; answers PINGs.
     Discord = 15, "discord";
+    /// Signature inside the JSON body (`signature.{timestamp,token,signature}`),
+    /// hex HMAC-SHA256 of `timestamp + token`; tokens are single-use.
+    Mailgun = 16, "mailgun";
 }
 
 impl ProviderKind {

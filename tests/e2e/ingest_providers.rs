@@ -582,3 +582,144 @@ async fn discord_pings_are_answered_bad_signatures_refused_and_events_stored() {
     assert_eq!(stored_count(&store, &src).await, 2, "PINGs are not stored");
     store.close().await;
 }
+
+// ---------------------------------------------------------------------------
+// Mailgun
+// ---------------------------------------------------------------------------
+
+const MAILGUN_KEY: &str = "key-mailgunsecret";
+
+/// A Mailgun webhook body: `signature` holds the hex HMAC-SHA256 of
+/// `timestamp + token` under the signing key (Mailgun's documented scheme).
+fn mailgun_body(key: &str, ts: i64, token: &str, event: &str, id: &str) -> Vec<u8> {
+    let sig = hmac_sha256(
+        key.as_bytes(),
+        &[ts.to_string().as_bytes(), token.as_bytes()],
+    );
+    format!(
+        r#"{{"signature":{{"timestamp":"{ts}","token":"{token}","signature":"{}"}},"event-data":{{"event":"{event}","id":"{id}","timestamp":{ts}.5,"recipient":"alice@example.invalid","message":{{"headers":{{"message-id":"20240101.1@example.invalid"}}}}}}}}"#,
+        hex::encode(sig)
+    )
+    .into_bytes()
+}
+
+fn mailgun_headers() -> Headers {
+    vec![("Content-Type", "application/json".to_string()), custom()]
+}
+
+#[test]
+fn mailgun_signer_reproduces_the_fixture() {
+    let fixture = &fixtures()["mailgun"];
+    let body = mailgun_body(
+        fixture["signing_key"].as_str().expect("key"),
+        1_700_000_000,
+        fixture["token"].as_str().expect("token"),
+        "delivered",
+        "x",
+    );
+    let json: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["signature"]["signature"], fixture["signature"]);
+}
+
+#[tokio::test]
+async fn mailgun_events_are_verified_and_reused_tokens_refused() {
+    let mut server = TestServer::start().await;
+    let (src, slug) = create_source(&server, "mailgun", Some(MAILGUN_KEY), None).await;
+    let token = "e0b5477167110d68991efc6b9f89f0a11066af27834600e1a1";
+    let ts = unix_secs();
+
+    let body = mailgun_body(
+        MAILGUN_KEY,
+        ts,
+        token,
+        "delivered",
+        "CPgfbmQMTCKtHW6uIWtuVe",
+    );
+    let (status, resp) = server
+        .post_in(&slug, &mailgun_headers(), body.clone())
+        .await;
+    let evt = assert_accepted(status, &resp, false);
+
+    // Mailgun's retry of the same event with the same token: a duplicate.
+    let (status, resp) = server
+        .post_in(&slug, &mailgun_headers(), body.clone())
+        .await;
+    assert_eq!(assert_accepted(status, &resp, true), evt);
+
+    // The same (timestamp, token, signature) on another event: a replay.
+    let replay = mailgun_body(MAILGUN_KEY, ts, token, "failed", "another-event-id");
+    let (status, resp) = server.post_in(&slug, &mailgun_headers(), replay).await;
+    assert_invalid_signature(status, &resp, "token reused with another event");
+
+    // A new token is a new event.
+    let body2 = mailgun_body(
+        MAILGUN_KEY,
+        ts,
+        "f1c6588278221e79aa2fdd7c8aa0b22177bf38945711f2234b",
+        "opened",
+        "second-event",
+    );
+    let (status, resp) = server
+        .post_in(&slug, &mailgun_headers(), body2.clone())
+        .await;
+    let evt2 = assert_accepted(status, &resp, false);
+
+    let forged_sig = String::from_utf8(mailgun_body(MAILGUN_KEY, ts, "t3", "delivered", "e3"))
+        .expect("utf-8")
+        .replace(r#""token":"t3""#, r#""token":"t4""#)
+        .into_bytes();
+    assert_all_rejected(
+        &server,
+        &slug,
+        vec![
+            (
+                "stale by 6 minutes",
+                mailgun_headers(),
+                mailgun_body(MAILGUN_KEY, ts - 360, "t1", "delivered", "e1"),
+            ),
+            (
+                "6 minutes in the future",
+                mailgun_headers(),
+                mailgun_body(MAILGUN_KEY, ts + 360, "t2", "delivered", "e2"),
+            ),
+            ("token changed", mailgun_headers(), forged_sig),
+            (
+                "wrong key",
+                mailgun_headers(),
+                mailgun_body("key-other", ts, "t5", "delivered", "e5"),
+            ),
+            (
+                "no signature object",
+                mailgun_headers(),
+                br#"{"event-data":{"event":"delivered","id":"e6"}}"#.to_vec(),
+            ),
+            (
+                "legacy form body",
+                vec![(
+                    "Content-Type",
+                    "application/x-www-form-urlencoded".to_string(),
+                )],
+                format!("timestamp={ts}&token=t7&signature=00").into_bytes(),
+            ),
+        ],
+    )
+    .await;
+
+    let store = server.open_store().await;
+    assert_event(
+        &stored_event(&store, &evt).await,
+        &src,
+        &body,
+        "delivered",
+        Some("CPgfbmQMTCKtHW6uIWtuVe"),
+    );
+    assert_event(
+        &stored_event(&store, &evt2).await,
+        &src,
+        &body2,
+        "opened",
+        Some("second-event"),
+    );
+    assert_eq!(stored_count(&store, &src).await, 2);
+    store.close().await;
+}

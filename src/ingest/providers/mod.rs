@@ -28,6 +28,7 @@ mod generic_hmac;
 mod github;
 mod intercom;
 mod linear;
+mod mailgun;
 mod none;
 mod paddle;
 mod shopify;
@@ -41,6 +42,9 @@ mod zoom;
 
 pub use crate::model::provider::{GenericHmacConfig, ProviderKind, SignatureEncoding};
 pub use common::{MAX_EVENT_FIELD_BYTES, MAX_SIGNATURE_HEADER_BYTES};
+/// How long Mailgun's signed timestamp is accepted, either way (seconds);
+/// single-use tokens are remembered for twice that.
+pub(crate) use mailgun::TOLERANCE_SECS as SINGLE_USE_TOKEN_WINDOW_SECS;
 
 /// What the ingest route hands a provider: the request as received. The
 /// clock is passed in (not read) so verification stays pure and testable.
@@ -90,9 +94,14 @@ pub enum VerifyError {
     #[error("the source has no generic_hmac configuration")]
     MissingConfig,
     /// A signed body field the scheme requires (Linear's
-    /// `webhookTimestamp`) is absent, or the body is not the JSON it must be.
+    /// `webhookTimestamp`, Mailgun's `signature`) is absent, or the body is
+    /// not the JSON it must be.
     #[error("missing or malformed body field `{0}`")]
     MalformedBodyField(Cow<'static, str>),
+    /// A single-use signature token (Mailgun's) already came with another
+    /// event: a replayed signature.
+    #[error("the signature's token was already used")]
+    ReusedToken,
 }
 
 /// A reply to a provider handshake, never stored or forwarded.
@@ -195,6 +204,14 @@ pub trait Provider: Sync {
         None
     }
 
+    /// A value the signature covers that the provider uses once (Mailgun's
+    /// `signature.token`, as Mailgun advises receivers to remember): the
+    /// ingest route accepts a verified token with one event only, for
+    /// `mailgun::TOLERANCE_SECS` either way. None by default.
+    fn single_use_token(&self, _json: Option<&serde_json::Value>) -> Option<String> {
+        None
+    }
+
     /// The event type per SPEC §8 (destinations filter on it), or
     /// `"unknown"` (`"twilio.request"` for a Twilio request that names no
     /// event). Longer than [`MAX_EVENT_FIELD_BYTES`] → truncated at a
@@ -258,6 +275,7 @@ registry! {
     Intercom => intercom::Intercom,
     Twitch => twitch::Twitch,
     Discord => discord::Discord,
+    Mailgun => mailgun::Mailgun,
     None => none::NoVerification,
 }
 
@@ -266,7 +284,7 @@ mod tests {
     use super::*;
     use http::{HeaderMap, HeaderName, HeaderValue};
 
-    const ALL: [ProviderKind; 16] = [
+    const ALL: [ProviderKind; 17] = [
         ProviderKind::Stripe,
         ProviderKind::Github,
         ProviderKind::Shopify,
@@ -283,6 +301,7 @@ mod tests {
         ProviderKind::Intercom,
         ProviderKind::Twitch,
         ProviderKind::Discord,
+        ProviderKind::Mailgun,
     ];
 
     // The dispatch tests below were written against one free function per
@@ -823,7 +842,8 @@ mod tests {
                 "zoom",
                 "intercom",
                 "twitch",
-                "discord"
+                "discord",
+                "mailgun"
             ])
         );
         for kind in ALL {
