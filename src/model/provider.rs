@@ -93,6 +93,9 @@ provider_kinds! {
     /// Signature inside the JSON body (`signature.{timestamp,token,signature}`),
     /// hex HMAC-SHA256 of `timestamp + token`; tokens are single-use.
     Mailgun = 16, "mailgun";
+    /// `X-Twilio-Email-Event-Webhook-Signature`: ECDSA P-256 / SHA-256 (base64
+    /// DER) over the timestamp header + body, with the base64 SPKI public key.
+    Sendgrid = 17, "sendgrid";
 }
 
 impl ProviderKind {

@@ -723,3 +723,115 @@ async fn mailgun_events_are_verified_and_reused_tokens_refused() {
     assert_eq!(stored_count(&store, &src).await, 2);
     store.close().await;
 }
+
+// ---------------------------------------------------------------------------
+// SendGrid
+// ---------------------------------------------------------------------------
+
+fn sendgrid_headers(signed: &Signed) -> Headers {
+    vec![
+        (
+            "X-Twilio-Email-Event-Webhook-Signature",
+            signed.signature.clone(),
+        ),
+        (
+            "X-Twilio-Email-Event-Webhook-Timestamp",
+            signed.timestamp.clone(),
+        ),
+        ("Content-Type", "application/json".to_string()),
+        custom(),
+    ]
+}
+
+#[tokio::test]
+async fn sendgrid_batches_are_verified_and_stored_as_one_event() {
+    let mut server = TestServer::start().await;
+    // The public key is validated at creation.
+    let (status, resp) = server
+        .post(
+            SOURCES,
+            json!({"name": "sg", "provider": "sendgrid", "signing_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),
+        )
+        .await;
+    assert_invalid_field(status, &resp, "signing_secret");
+    let key = fixture_key("sendgrid", "public_key");
+    let (src, slug) = create_source(&server, "sendgrid", Some(&key), None).await;
+
+    // Two `delivered` items: one event typed `delivered`, no dedup id.
+    let same = fixture("sendgrid", "same_event");
+    let (status, resp) = server
+        .post_in(&slug, &sendgrid_headers(&same), same.body.clone())
+        .await;
+    let same_evt = assert_accepted(status, &resp, false);
+    // Mixed items: `sendgrid.batch`.
+    let mixed = fixture("sendgrid", "mixed_events");
+    let (status, resp) = server
+        .post_in(&slug, &sendgrid_headers(&mixed), mixed.body.clone())
+        .await;
+    let mixed_evt = assert_accepted(status, &resp, false);
+    // One item: its type and its sg_event_id, so a resend is a duplicate
+    // (here with a high-S signature of the same bytes).
+    let single = fixture("sendgrid", "single_event");
+    let (status, resp) = server
+        .post_in(&slug, &sendgrid_headers(&single), single.body.clone())
+        .await;
+    let single_evt = assert_accepted(status, &resp, false);
+    let high_s = fixture("sendgrid", "single_event_high_s");
+    let (status, resp) = server
+        .post_in(&slug, &sendgrid_headers(&high_s), high_s.body.clone())
+        .await;
+    assert_eq!(assert_accepted(status, &resp, true), single_evt);
+
+    let other = fixture("sendgrid", "same_event_other_key");
+    let mut tampered = same.body.clone();
+    tampered[5] ^= 1;
+    let mut moved = sendgrid_headers(&same);
+    moved[1].1 = "1700000001".to_string();
+    let mut swapped = sendgrid_headers(&same);
+    swapped[0].1 = mixed.signature.clone();
+    assert_all_rejected(
+        &server,
+        &slug,
+        vec![
+            (
+                "signed by another key",
+                sendgrid_headers(&other),
+                other.body.clone(),
+            ),
+            ("tampered body", sendgrid_headers(&same), tampered),
+            ("timestamp changed", moved, same.body.clone()),
+            ("another body's signature", swapped, same.body.clone()),
+            (
+                "no signature",
+                sendgrid_headers(&same)[1..].to_vec(),
+                same.body.clone(),
+            ),
+        ],
+    )
+    .await;
+
+    let store = server.open_store().await;
+    assert_event(
+        &stored_event(&store, &same_evt).await,
+        &src,
+        &same.body,
+        "delivered",
+        None,
+    );
+    assert_event(
+        &stored_event(&store, &mixed_evt).await,
+        &src,
+        &mixed.body,
+        "sendgrid.batch",
+        None,
+    );
+    assert_event(
+        &stored_event(&store, &single_evt).await,
+        &src,
+        &single.body,
+        "bounce",
+        Some("sg_ev_5"),
+    );
+    assert_eq!(stored_count(&store, &src).await, 3);
+    store.close().await;
+}

@@ -31,6 +31,7 @@ mod linear;
 mod mailgun;
 mod none;
 mod paddle;
+mod sendgrid;
 mod shopify;
 mod slack;
 mod square;
@@ -276,6 +277,7 @@ registry! {
     Twitch => twitch::Twitch,
     Discord => discord::Discord,
     Mailgun => mailgun::Mailgun,
+    Sendgrid => sendgrid::Sendgrid,
     None => none::NoVerification,
 }
 
@@ -284,7 +286,7 @@ mod tests {
     use super::*;
     use http::{HeaderMap, HeaderName, HeaderValue};
 
-    const ALL: [ProviderKind; 17] = [
+    const ALL: [ProviderKind; 18] = [
         ProviderKind::Stripe,
         ProviderKind::Github,
         ProviderKind::Shopify,
@@ -302,6 +304,7 @@ mod tests {
         ProviderKind::Twitch,
         ProviderKind::Discord,
         ProviderKind::Mailgun,
+        ProviderKind::Sendgrid,
     ];
 
     // The dispatch tests below were written against one free function per
@@ -701,6 +704,8 @@ mod tests {
             "twitch-eventsub-message-timestamp",
             "x-signature-ed25519",
             "x-signature-timestamp",
+            "x-twilio-email-event-webhook-signature",
+            "x-twilio-email-event-webhook-timestamp",
         ];
         let values: Vec<Vec<u8>> = vec![
             b"".to_vec(),
@@ -843,7 +848,8 @@ mod tests {
                 "intercom",
                 "twitch",
                 "discord",
-                "mailgun"
+                "mailgun",
+                "sendgrid"
             ])
         );
         for kind in ALL {
