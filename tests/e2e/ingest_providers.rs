@@ -464,7 +464,7 @@ async fn discord_public_key_is_validated_at_creation() {
     for bad in [
         "not-a-key",
         "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531",
-        "0200000000000000000000000000000000000000000000000000000000000000",
+        "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEINBqXZh33l/vrZlZ7paWjVmWTnyCZvh2ePjalqpXPsfCzV9EJUQqp9M+AIUWqDE+Bf/F3XWyDw01IfKr3xd/3w==",
     ] {
         let (status, resp) = server
             .post(

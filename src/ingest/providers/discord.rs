@@ -5,7 +5,10 @@
 //! As Discord's `discord-interactions` libraries verify: the signed message
 //! is the timestamp header exactly as sent followed by the body; the
 //! signature is 64 bytes in hex, the key 32 bytes in hex (the source's
-//! `signing_secret`, checked when it is set). Verification is strict
+//! `signing_secret`: exactly 64 hex characters, checked when it is set,
+//! the same rule the OpenAPI document states; a string of that shape that
+//! is not a curve point can verify nothing, so such a source answers 401
+//! "no usable signing secret"). Verification is strict
 //! Ed25519 (`ed25519-dalek`'s `verify_strict`: no small-order keys, no
 //! non-canonical signatures), which every signature Discord makes passes.
 //! Discord checks no time window, and neither does Krafter (PROVIDERS.md).
@@ -48,7 +51,11 @@ impl Provider for Discord {
     }
 
     fn validate_secret(&self, secret: &[u8]) -> Result<(), &'static str> {
-        public_key(secret).map(|_| ()).ok_or(BAD_KEY)
+        if secret.len() == 64 && secret.iter().all(u8::is_ascii_hexdigit) {
+            Ok(())
+        } else {
+            Err(BAD_KEY)
+        }
     }
 
     fn verify(
@@ -79,12 +86,11 @@ impl Provider for Discord {
     }
 }
 
-/// The public key a secret holds: 64 hex characters (either case,
-/// surrounding whitespace ignored) that decode to a valid Ed25519 point.
+/// The public key a secret holds: 64 hex characters (either case) that
+/// decode to a valid Ed25519 point.
 fn public_key(secret: &[u8]) -> Option<VerifyingKey> {
-    let text = std::str::from_utf8(secret).ok()?.trim();
     let mut bytes = [0u8; 32];
-    hex::decode_to_slice(text, &mut bytes).ok()?;
+    hex::decode_to_slice(secret, &mut bytes).ok()?;
     VerifyingKey::from_bytes(&bytes).ok()
 }
 
@@ -230,7 +236,7 @@ mod tests {
             check(Some(TS), Some(PING_SIG), PING, &[KEY.as_bytes()]),
             Ok(())
         );
-        // Upper-case hex and whitespace around the key are fine.
+        // Upper-case hex is fine.
         let upper = KEY.to_uppercase();
         assert_eq!(
             check(
@@ -351,7 +357,7 @@ mod tests {
     fn keys_are_validated() {
         assert_eq!(Discord.validate_secret(KEY.as_bytes()), Ok(()));
         assert_eq!(
-            Discord.validate_secret(format!(" {KEY}\n").as_bytes()),
+            Discord.validate_secret(KEY.to_uppercase().as_bytes()),
             Ok(())
         );
         for bad in [
@@ -359,9 +365,8 @@ mod tests {
             "not hex",
             &KEY[..62],
             &format!("{KEY}00"),
+            &format!(" {KEY}"),
             "whsec_abc",
-            // Not a point on the curve (y = 2 has no x).
-            "0200000000000000000000000000000000000000000000000000000000000000",
         ] {
             assert_eq!(
                 Discord.validate_secret(bad.as_bytes()),
@@ -369,6 +374,16 @@ mod tests {
                 "{bad}"
             );
         }
+        // The right shape but not a point on the curve (y = 2 has no x):
+        // accepted as a secret (the OpenAPI pattern cannot tell), and it
+        // verifies nothing.
+        let not_a_point = "0200000000000000000000000000000000000000000000000000000000000000";
+        assert_eq!(Discord.validate_secret(not_a_point.as_bytes()), Ok(()));
+        assert!(public_key(not_a_point.as_bytes()).is_none());
+        assert_eq!(
+            check(Some(TS), Some(PING_SIG), PING, &[not_a_point.as_bytes()]),
+            Err(VerifyError::NoSecret)
+        );
         assert_eq!(
             check(Some(TS), Some(PING_SIG), PING, &[b"not a key"]),
             Err(VerifyError::NoSecret)

@@ -2,12 +2,17 @@
 //! is an ECDSA P-256 / SHA-256 signature (base64 DER) over
 //! `X-Twilio-Email-Event-Webhook-Timestamp + raw body`, verified with the
 //! webhook's public key (the source's `signing_secret`: base64 DER
-//! SubjectPublicKeyInfo, as SendGrid shows it; PEM armour is tolerated).
+//! SubjectPublicKeyInfo of an uncompressed P-256 point, exactly as SendGrid
+//! shows it).
 //!
 //! As SendGrid's `EventWebhook` helpers verify: the timestamp header as
 //! sent, then the body; no time window (PROVIDERS.md). Like those helpers
 //! (OpenSSL, Node, Java, Go underneath), a signature with a "high" S is
-//! accepted. The key is checked when it is set (422 otherwise).
+//! accepted. The key's shape is checked when it is set (422 otherwise):
+//! standard padded base64 of the 27-byte P-256 SPKI header and 64 bytes of
+//! coordinates, the rule the OpenAPI document states as a pattern. A key
+//! of that shape whose point is not on the curve verifies nothing (401 "no
+//! usable signing secret").
 //!
 //! One request carries an array of SendGrid events and is stored as one
 //! Krafter event (SPEC §18): its type is the items' common `event` (e.g.
@@ -50,7 +55,11 @@ impl Provider for Sendgrid {
     }
 
     fn validate_secret(&self, secret: &[u8]) -> Result<(), &'static str> {
-        public_key(secret).map(|_| ()).ok_or(BAD_KEY)
+        let der = base64::engine::general_purpose::STANDARD.decode(secret);
+        match der {
+            Ok(der) if der.len() == SPKI_LEN && der.starts_with(&SPKI_PREFIX) => Ok(()),
+            _ => Err(BAD_KEY),
+        }
     }
 
     fn verify(
@@ -81,17 +90,20 @@ impl Provider for Sendgrid {
     }
 }
 
-/// The public key a secret holds: base64 (whitespace and PEM armour lines
-/// ignored) of a DER SubjectPublicKeyInfo for a P-256 point.
+/// The DER SubjectPublicKeyInfo of an uncompressed P-256 key up to its
+/// coordinates: SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 },
+/// BIT STRING { 0x04, ... } }.
+const SPKI_PREFIX: [u8; 27] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04,
+];
+/// [`SPKI_PREFIX`] and 64 bytes of coordinates.
+const SPKI_LEN: usize = 91;
+
+/// The public key a secret holds: base64 of a DER SubjectPublicKeyInfo for
+/// a point on P-256.
 fn public_key(secret: &[u8]) -> Option<VerifyingKey> {
-    let text = std::str::from_utf8(secret).ok()?;
-    let b64: String = text
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("-----"))
-        .flat_map(|line| line.chars())
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    let der = BASE64_LENIENT.decode(b64).ok()?;
+    let der = BASE64_LENIENT.decode(secret).ok()?;
     VerifyingKey::from_public_key_der(&der).ok()
 }
 
@@ -344,12 +356,11 @@ mod tests {
     fn keys_are_validated() {
         let good = key("public_key");
         assert_eq!(Sendgrid.validate_secret(good.as_bytes()), Ok(()));
-        let pem = format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n{}\n-----END PUBLIC KEY-----\n",
-            &good[..64],
-            &good[64..]
+        assert_eq!(
+            Sendgrid.validate_secret(key("other_public_key").as_bytes()),
+            Ok(())
         );
-        assert_eq!(Sendgrid.validate_secret(pem.as_bytes()), Ok(()));
+        let pem = format!("-----BEGIN PUBLIC KEY-----\n{good}\n-----END PUBLIC KEY-----\n");
         // An Ed25519 key (Discord's kind) in SPKI form is not a P-256 key.
         let ed25519_spki = "MCowBQYDK2VwAyEAA6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
         for bad in [
@@ -357,6 +368,9 @@ mod tests {
             "not base64!",
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             &good[..good.len() - 8],
+            &good[..good.len() - 2],
+            &format!("{good}\n"),
+            &pem,
             ed25519_spki,
             "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8",
         ] {
@@ -366,7 +380,15 @@ mod tests {
                 "{bad:.20}"
             );
         }
+        // The right shape but not a point on the curve: accepted as a
+        // secret (the OpenAPI pattern cannot tell), and it verifies nothing.
+        let not_a_point = format!("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE{}AA==", "A".repeat(84));
+        assert_eq!(Sendgrid.validate_secret(not_a_point.as_bytes()), Ok(()));
         let c = case("same_event");
+        assert_eq!(
+            check_case(&c, &[not_a_point.as_bytes()]),
+            Err(VerifyError::NoSecret)
+        );
         assert_eq!(check_case(&c, &[b"not a key"]), Err(VerifyError::NoSecret));
         assert_eq!(check_case(&c, &[b"not a key", good.as_bytes()]), Ok(()));
     }
