@@ -28,7 +28,7 @@ impl Provider for Intercom {
     }
 
     fn setup_hint(&self) -> &'static str {
-        "In the Intercom Developer Hub: your app → Webhooks, paste this URL as the endpoint URL and pick the topics; the signing secret is the app's client_secret (Basic Information page)."
+        "In the Intercom Developer Hub: your app → Webhooks, paste this URL as the endpoint URL and pick the topics; the signing secret is the app's client_secret (its Basic Info page)."
     }
 
     fn verify(

@@ -64,7 +64,7 @@ impl Provider for Mailgun {
     }
 
     fn setup_hint(&self) -> &'static str {
-        "In Mailgun: Send → Sending → Webhooks → Add webhook, pick the event types and paste this URL; the signing secret is your HTTP webhook signing key (shown on the Webhooks page and under API Security)."
+        "In Mailgun: Send → Sending → Webhooks → Add webhook, pick the event types and paste this URL; the signing secret is your HTTP webhook signing key (not the API key)."
     }
 
     fn verify(

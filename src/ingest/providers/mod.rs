@@ -372,6 +372,52 @@ mod tests {
         }
     }
 
+    /// Each SPEC §16 provider tells the dashboard where its URL and secret
+    /// go, in its own words (not the generic hint).
+    #[test]
+    fn spec_16_providers_have_their_own_setup_hints() {
+        struct Generic;
+        impl Provider for Generic {
+            fn label(&self) -> &'static str {
+                "generic"
+            }
+            fn verify(
+                &self,
+                _: Option<&GenericHmacConfig>,
+                _: &Inbound<'_>,
+                _: &[&[u8]],
+            ) -> Result<(), VerifyError> {
+                Err(VerifyError::NoSecret)
+            }
+            fn event_type(
+                &self,
+                _: Option<&GenericHmacConfig>,
+                _: &Inbound<'_>,
+                _: Option<&serde_json::Value>,
+            ) -> String {
+                String::new()
+            }
+        }
+        for (kind, name) in [
+            (ProviderKind::Zoom, "Zoom"),
+            (ProviderKind::Intercom, "Intercom"),
+            (ProviderKind::Twitch, "Twitch"),
+            (ProviderKind::Discord, "Discord"),
+            (ProviderKind::Mailgun, "Mailgun"),
+            (ProviderKind::Sendgrid, "SendGrid"),
+        ] {
+            let provider = get(kind);
+            assert_eq!(provider.label(), name);
+            let hint = provider.setup_hint();
+            assert_ne!(hint, Generic.setup_hint(), "{kind:?}");
+            assert!(hint.contains(name), "{kind:?}: {hint}");
+            assert!(
+                hint.contains("URL") && hint.contains("secret"),
+                "{kind:?}: {hint}"
+            );
+        }
+    }
+
     /// The properties the route and the API used to decide by matching on
     /// the kind.
     #[test]

@@ -36,7 +36,7 @@ impl Provider for Zoom {
     }
 
     fn setup_hint(&self) -> &'static str {
-        "In the Zoom App Marketplace: your app → Features → Access → Event Subscriptions, paste this URL as the endpoint URL and press Validate (Krafter answers the validation); use the Secret Token shown there as the signing secret here."
+        "In the Zoom App Marketplace: your app → Event Subscriptions, paste this URL as the event notification endpoint URL and press Validate (Krafter answers it); the signing secret is the app's Secret Token."
     }
 
     fn verify(
