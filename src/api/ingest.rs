@@ -38,6 +38,7 @@ pub struct Accepted {
     request_body(content = Vec<u8>, description = "the provider's payload, stored byte for byte", content_type = "*/*"),
     responses(
         (status = 200, description = "stored durably (or a duplicate, or a handshake answered)", body = Data<Accepted>),
+        (status = 204, description = "a handshake that expects no body (Discord's webhook-events PING)"),
         (status = 400, description = "bad_request: the body could not be read", body = ErrorEnvelope),
         (status = 401, description = "invalid_signature", body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
@@ -132,8 +133,11 @@ fn refused(e: IngestError) -> (IngestResult, ApiError) {
 }
 
 fn handshake(reply: HandshakeReply) -> Response {
+    if reply.status == StatusCode::NO_CONTENT {
+        return StatusCode::NO_CONTENT.into_response();
+    }
     (
-        StatusCode::OK,
+        reply.status,
         [(header::CONTENT_TYPE, reply.content_type)],
         reply.body,
     )

@@ -74,16 +74,26 @@ fn refine_operation(path: &str, method: &str, op: &mut Value) {
                 "required": false,
                 "content": {"*/*": {"schema": {}}}
             });
-            // A Slack source answers its handshakes instead of storing them.
+            // Slack, Zoom, Twitch and Discord sources answer their
+            // handshakes instead of storing them.
             op["responses"]["200"]["content"] = json!({
                 "application/json": {"schema": {"oneOf": [
                     {"$ref": "#/components/schemas/Data_Accepted"},
                     {"type": "object", "required": ["challenge"], "additionalProperties": false,
                      "properties": {"challenge": {}},
-                     "description": "Slack `url_verification` handshake"}
+                     "description": "Slack `url_verification` handshake"},
+                    {"type": "object", "required": ["plainToken", "encryptedToken"],
+                     "additionalProperties": false,
+                     "properties": {"plainToken": {"type": "string"},
+                                    "encryptedToken": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+                     "description": "Zoom `endpoint.url_validation` handshake"},
+                    {"type": "object", "required": ["type"], "additionalProperties": false,
+                     "properties": {"type": {"const": 1}},
+                     "description": "Discord interactions PING answer"}
                 ]}},
-                "text/plain": {"schema": {"type": "string", "maxLength": 0,
-                    "description": "Slack `ssl_check` handshake"}}
+                "text/plain": {"schema": {"type": "string",
+                    "description": "Slack `ssl_check` handshake (empty), or Twitch \
+                        `webhook_callback_verification` (the raw challenge)"}}
             });
         }
         ("post", p) if p.ends_with("/events/{event_id}/replay") => {
@@ -230,7 +240,14 @@ fn refine_schemas(doc: &mut Value) {
              "else": {"properties": {"provider_config": {"type": "null"}}}},
             // Standard Webhooks secrets are `whsec_` + base64.
             {"if": {"properties": {"provider": {"enum": ["standard_webhooks", "svix"]}}},
-             "then": {"properties": {"signing_secret": {"type": "string", "pattern": STANDARD_WEBHOOKS_SECRET}}}}
+             "then": {"properties": {"signing_secret": {"type": "string", "pattern": STANDARD_WEBHOOKS_SECRET}}}},
+            // Discord and SendGrid sources hold the provider's public key.
+            {"if": {"properties": {"provider": {"const": "discord"}}},
+             "then": {"properties": {"signing_secret": {"type": "string", "pattern": DISCORD_PUBLIC_KEY,
+                "description": "the application's Ed25519 public key, hex"}}}},
+            {"if": {"properties": {"provider": {"const": "sendgrid"}}},
+             "then": {"properties": {"signing_secret": {"type": "string", "pattern": SENDGRID_PUBLIC_KEY,
+                "description": "the Event Webhook's verification key: base64 DER SubjectPublicKeyInfo of a P-256 point"}}}}
         ]);
     }
 }
@@ -244,9 +261,88 @@ pub const STANDARD_WEBHOOKS_SECRET: &str = concat!(
     "|(?:[A-Za-z0-9+/][AQgw](?:==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?))$"
 );
 
+/// What `discord`'s `validate_secret` accepts: 32 bytes in hex.
+pub const DISCORD_PUBLIC_KEY: &str = "^[0-9A-Fa-f]{64}$";
+
+/// What `sendgrid`'s `validate_secret` accepts: standard padded base64 of
+/// the 27-byte DER header of an uncompressed P-256 SubjectPublicKeyInfo
+/// (`MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE`) and 64 bytes of coordinates.
+pub const SENDGRID_PUBLIC_KEY: &str =
+    "^MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE[A-Za-z0-9+/]{85}[AQgw]==$";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `signing_secret` patterns the document states accept exactly
+    /// what the providers' `validate_secret` accepts, so a client (or the
+    /// schema fuzzer) that follows the document is never refused.
+    #[test]
+    fn secret_patterns_agree_with_the_providers() {
+        use crate::ingest::providers;
+        use crate::model::provider::ProviderKind;
+        let fixtures: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/providers/signed.json"))
+                .unwrap();
+        let sendgrid = fixtures["sendgrid"]["public_key"].as_str().unwrap();
+        let discord = fixtures["discord"]["public_key"].as_str().unwrap();
+        let mut samples: Vec<String> = vec![
+            String::new(),
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            "whsec_".into(),
+            "whsec_not base64!".into(),
+            discord.into(),
+            discord.to_uppercase(),
+            format!("{discord}\n"),
+            format!(" {discord}"),
+            discord[..63].into(),
+            format!("{discord}0"),
+            "0200000000000000000000000000000000000000000000000000000000000000".into(),
+            sendgrid.into(),
+            format!("{sendgrid}\n"),
+            sendgrid.trim_end_matches('=').into(),
+            sendgrid[..120].into(),
+            format!("-----BEGIN PUBLIC KEY-----\n{sendgrid}\n-----END PUBLIC KEY-----"),
+            fixtures["sendgrid"]["other_public_key"]
+                .as_str()
+                .unwrap()
+                .into(),
+            format!("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE{}AA==", "A".repeat(84)),
+            format!("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE{}AB==", "A".repeat(84)),
+            "MCowBQYDK2VwAyEAA6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=".into(),
+        ];
+        // Every last character of the SendGrid key, valid or not.
+        let stem = &sendgrid[..121];
+        for c in ('A'..='Z')
+            .chain('a'..='z')
+            .chain('0'..='9')
+            .chain(['+', '/'])
+        {
+            samples.push(format!("{stem}{c}=="));
+        }
+        let rules: [(&[ProviderKind], &str); 3] = [
+            (
+                &[ProviderKind::StandardWebhooks, ProviderKind::Svix],
+                STANDARD_WEBHOOKS_SECRET,
+            ),
+            (&[ProviderKind::Discord], DISCORD_PUBLIC_KEY),
+            (&[ProviderKind::Sendgrid], SENDGRID_PUBLIC_KEY),
+        ];
+        for (kinds, pattern) in rules {
+            let re = regex::Regex::new(pattern).unwrap();
+            for kind in kinds {
+                let provider = providers::get(*kind);
+                for sample in &samples {
+                    assert_eq!(
+                        re.is_match(sample),
+                        provider.validate_secret(sample.as_bytes()).is_ok(),
+                        "{kind:?} {sample:?}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn four_xx_becomes_the_statuses_the_extractors_answer() {

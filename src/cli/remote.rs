@@ -240,10 +240,12 @@ pub struct CreateSourceArgs {
     #[arg(long)]
     pub name: String,
     /// stripe, github, shopify, slack, standard_webhooks, svix,
-    /// generic_hmac, paddle, linear, square, twilio or none.
+    /// generic_hmac, paddle, linear, square, twilio, zoom, intercom, twitch,
+    /// discord, mailgun, sendgrid or none.
     #[arg(long)]
     pub provider: String,
-    /// The provider's signing secret (not for `none`); never shown again.
+    /// The provider's signing secret (not for `none`; for discord and
+    /// sendgrid, the public key the provider shows); never shown again.
     #[arg(long)]
     pub secret: Option<String>,
     #[arg(long)]

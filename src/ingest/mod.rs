@@ -6,6 +6,7 @@
 //! `crate::api::ingest`.
 
 pub mod providers;
+mod tokens;
 
 use crate::model::ids::EventId;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::model::records::{EventRecord, SourceRecord};
 use crate::model::time::now_ms;
 use crate::store::{IngestOutcome, Store, StoreError};
 use providers::{HandshakeReply, Inbound, VerifyError};
+use tokens::{SeenTokens, TokenUse};
 
 /// Longest slug looked up; anything longer is an unknown URL.
 const MAX_SLUG_LEN: usize = 64;
@@ -30,6 +32,8 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     /// `server.public_url` without a trailing slash.
     public_url: Arc<str>,
+    /// Single-use signature tokens seen lately (Mailgun), per process.
+    tokens: Arc<SeenTokens>,
 }
 
 /// What became of an accepted request.
@@ -84,6 +88,7 @@ impl Ingest {
             engine,
             metrics,
             public_url,
+            tokens: Arc::default(),
         }
     }
 
@@ -147,8 +152,19 @@ impl Ingest {
             tracing::warn!(source = %source.id.to_string(), "accepting an unverified webhook (provider `none`)");
         }
         let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-        if let Some(reply) = provider.post_verification_handshake(&inbound, json.as_ref()) {
+        if let Some(reply) =
+            provider.post_verification_handshake(&inbound, json.as_ref(), &secret_refs)
+        {
             return Ok(Received::Handshake(reply));
+        }
+        let provider_event_id = provider.event_id(config, &inbound, json.as_ref());
+        if let Some(token) = provider.single_use_token(json.as_ref()) {
+            self.use_token(
+                source,
+                &token,
+                provider_event_id.as_deref(),
+                inbound.now_unix,
+            )?;
         }
         // `received_at` is the id's own millisecond, so time filters on the
         // (source, id) index are exact key bounds.
@@ -158,7 +174,7 @@ impl Ingest {
             source_id: source.id,
             received_at_ms: id.timestamp_ms() as i64,
             event_type: provider.event_type(config, &inbound, json.as_ref()),
-            provider_event_id: provider.event_id(config, &inbound, json.as_ref()),
+            provider_event_id,
             headers: stored_headers(headers),
             body: body.to_vec(),
         };
@@ -171,6 +187,30 @@ impl Ingest {
                 Ok(Received::Stored { event_id: id })
             }
             IngestOutcome::Duplicate { original } => Ok(Received::Duplicate { original }),
+        }
+    }
+
+    /// Accepts a verified single-use token (Mailgun's) once per event: the
+    /// same token again with the same provider event id is the provider's
+    /// retry (de-duplicated by the store as usual); with another id, or
+    /// without one, it is a replayed signature and refused like a bad one.
+    fn use_token(
+        &self,
+        source: &SourceRecord,
+        token: &str,
+        provider_event_id: Option<&str>,
+        now_unix: i64,
+    ) -> Result<(), IngestError> {
+        let window = providers::SINGLE_USE_TOKEN_WINDOW_SECS;
+        match self
+            .tokens
+            .check(source.id, token, provider_event_id, now_unix, window)
+        {
+            TokenUse::Fresh | TokenUse::SameEvent => Ok(()),
+            TokenUse::Reused => Err(IngestError::InvalidSignature(VerifyError::ReusedToken)),
+            TokenUse::Full => Err(IngestError::Unavailable(
+                "too many single-use signature tokens to remember right now",
+            )),
         }
     }
 

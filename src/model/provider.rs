@@ -79,6 +79,23 @@ provider_kinds! {
     /// `X-Twilio-Signature: <base64>` HMAC-SHA1 over the public URL and the
     /// form parameters (or `bodySHA256` for JSON bodies).
     Twilio = 11, "twilio";
+    /// `x-zm-signature: v0=<hex>` over `"v0:{x-zm-request-timestamp}:" +
+    /// body`; answers `endpoint.url_validation`.
+    Zoom = 12, "zoom";
+    /// `X-Hub-Signature: sha1=<hex>`, HMAC-SHA1 of the body.
+    Intercom = 13, "intercom";
+    /// `Twitch-Eventsub-Message-Signature: sha256=<hex>` over message id +
+    /// timestamp + body; answers `webhook_callback_verification`.
+    Twitch = 14, "twitch";
+    /// `X-Signature-Ed25519: <hex>` over `X-Signature-Timestamp` + body,
+    /// verified with the application's hex Ed25519 public key; answers PINGs.
+    Discord = 15, "discord";
+    /// Signature inside the JSON body (`signature.{timestamp,token,signature}`),
+    /// hex HMAC-SHA256 of `timestamp + token`; tokens are single-use.
+    Mailgun = 16, "mailgun";
+    /// `X-Twilio-Email-Event-Webhook-Signature`: ECDSA P-256 / SHA-256 (base64
+    /// DER) over the timestamp header + body, with the base64 SPKI public key.
+    Sendgrid = 17, "sendgrid";
 }
 
 impl ProviderKind {

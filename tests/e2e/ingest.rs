@@ -114,7 +114,7 @@ fn form(params: &[(&str, &str)]) -> Vec<u8> {
         .into_bytes()
 }
 
-type Headers = Vec<(&'static str, String)>;
+pub(crate) type Headers = Vec<(&'static str, String)>;
 
 fn stripe_headers(secret: &str, t: i64, body: &[u8]) -> Headers {
     vec![
@@ -242,7 +242,7 @@ fn test_signers_reproduce_the_documented_vectors() {
 // ---------------------------------------------------------------------------
 
 /// Creates a source and returns `(id, slug)`.
-async fn create_source(
+pub(crate) async fn create_source(
     server: &TestServer,
     provider: &str,
     secret: Option<&str>,
@@ -277,7 +277,7 @@ async fn create_destination(server: &TestServer, source_id: &str, filter: Option
 
 /// Asserts SPEC §7's answer `{"data": {"event_id": "evt_...", "duplicate": d}}`
 /// and returns the event id.
-fn assert_accepted(status: StatusCode, body: &Value, duplicate: bool) -> String {
+pub(crate) fn assert_accepted(status: StatusCode, body: &Value, duplicate: bool) -> String {
     assert_eq!(status, StatusCode::OK, "{body}");
     let data = body["data"]
         .as_object()
@@ -290,13 +290,13 @@ fn assert_accepted(status: StatusCode, body: &Value, duplicate: bool) -> String 
     id.to_string()
 }
 
-fn assert_invalid_signature(status: StatusCode, body: &Value, case: &str) {
+pub(crate) fn assert_invalid_signature(status: StatusCode, body: &Value, case: &str) {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "case `{case}`: {body}");
     assert_error(status, body, 401, "invalid_signature");
 }
 
 /// Sends every case and asserts each is refused with 401 `invalid_signature`.
-async fn assert_all_rejected(
+pub(crate) async fn assert_all_rejected(
     server: &TestServer,
     slug: &str,
     cases: Vec<(&str, Headers, Vec<u8>)>,
@@ -310,7 +310,7 @@ async fn assert_all_rejected(
 /// An event as the API shows it after a restart (`GET .../events/{id}`):
 /// what a user reads back, not our own decoding of the stored record.
 #[derive(Debug)]
-struct StoredEvent {
+pub(crate) struct StoredEvent {
     source_id: String,
     event_type: String,
     provider_event_id: Option<String>,
@@ -322,7 +322,7 @@ struct StoredEvent {
 
 /// Reads `event_id` through the API of the (restarted) server, under
 /// whichever source holds it (the API addresses events by source).
-async fn stored_event(server: &TestServer, event_id: &str) -> StoredEvent {
+pub(crate) async fn stored_event(server: &TestServer, event_id: &str) -> StoredEvent {
     let (status, sources) = server.get(&format!("{SOURCES}?limit=250")).await;
     assert_eq!(status, StatusCode::OK, "{sources}");
     for source in sources["data"].as_array().expect("sources") {
@@ -361,7 +361,7 @@ async fn stored_event(server: &TestServer, event_id: &str) -> StoredEvent {
 }
 
 /// How many events the API lists for `source_id` (every page).
-async fn stored_count(server: &TestServer, source_id: &str) -> u64 {
+pub(crate) async fn stored_count(server: &TestServer, source_id: &str) -> u64 {
     let mut count = 0;
     let mut cursor = String::new();
     loop {
@@ -393,7 +393,7 @@ async fn stored_deliveries(server: &TestServer, event_id: &str) -> Vec<Value> {
     body["data"].as_array().expect("deliveries").clone()
 }
 
-fn header<'e>(event: &'e StoredEvent, name: &str) -> Option<&'e [u8]> {
+pub(crate) fn header<'e>(event: &'e StoredEvent, name: &str) -> Option<&'e [u8]> {
     event
         .headers
         .iter()
@@ -419,7 +419,7 @@ fn assert_headers_clean(event: &StoredEvent) {
     );
 }
 
-fn assert_event(
+pub(crate) fn assert_event(
     event: &StoredEvent,
     source_id: &str,
     body: &[u8],
@@ -433,7 +433,7 @@ fn assert_event(
     assert_headers_clean(event);
 }
 
-fn custom() -> (&'static str, String) {
+pub(crate) fn custom() -> (&'static str, String) {
     ("X-Custom", "1".to_string())
 }
 

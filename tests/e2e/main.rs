@@ -22,6 +22,7 @@ mod events;
 mod first_hour;
 mod hardening;
 mod ingest;
+mod ingest_providers;
 mod openapi;
 mod operations;
 mod quickstart;

@@ -55,7 +55,7 @@ pub async fn list(
         @if let Some(n) = notice(&query) { (n) }
         @if page.items.is_empty() {
             (views::empty("No sources yet", html! {
-                p { "A source is one provider sending you webhooks — Stripe, GitHub, Shopify, Slack, Paddle, Linear, Square, Twilio, or anything that signs with HMAC. Each gets its own ingest URL to paste into the provider's settings." }
+                p { "A source is one provider sending you webhooks — Stripe, GitHub, Shopify, Slack, Paddle, Linear, Square, Twilio, Zoom, Intercom, Twitch, Discord, Mailgun, SendGrid, or anything that signs with HMAC. Each gets its own ingest URL to paste into the provider's settings." }
                 @if session.can_write() {
                     a.btn.primary href="/dashboard/sources/new" { "Create your first source" }
                 } @else {
@@ -127,7 +127,7 @@ fn new_form(session: &Session, refused: Option<(&Form, &Refusal)>, status: Statu
                 label for="signing_secret" { "Signing secret" }
                 input #signing_secret type="password" name="signing_secret" autocomplete="off" spellcheck="false"
                     placeholder="whsec_… (from the provider's webhook settings)";
-                p.hint { "Required for every provider except “None”. Stored encrypted and never shown again." }
+                p.hint { "Required for every provider except “None”; for Discord and SendGrid, the public key they show. Stored encrypted and never shown again." }
                 (views::field_error(failure, "signing_secret"))
                 label for="retention_days" { "Keep events for (days)" }
                 input #retention_days type="number" name="retention_days" min="1" max="3650"

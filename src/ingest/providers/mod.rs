@@ -23,20 +23,29 @@
 use std::borrow::Cow;
 
 mod common;
+mod discord;
 mod generic_hmac;
 mod github;
+mod intercom;
 mod linear;
+mod mailgun;
 mod none;
 mod paddle;
+mod sendgrid;
 mod shopify;
 mod slack;
 mod square;
 mod standard_webhooks;
 mod stripe;
 mod twilio;
+mod twitch;
+mod zoom;
 
 pub use crate::model::provider::{GenericHmacConfig, ProviderKind, SignatureEncoding};
 pub use common::{MAX_EVENT_FIELD_BYTES, MAX_SIGNATURE_HEADER_BYTES};
+/// How long Mailgun's signed timestamp is accepted, either way (seconds);
+/// single-use tokens are remembered for twice that.
+pub(crate) use mailgun::TOLERANCE_SECS as SINGLE_USE_TOKEN_WINDOW_SECS;
 
 /// What the ingest route hands a provider: the request as received. The
 /// clock is passed in (not read) so verification stays pure and testable.
@@ -86,16 +95,23 @@ pub enum VerifyError {
     #[error("the source has no generic_hmac configuration")]
     MissingConfig,
     /// A signed body field the scheme requires (Linear's
-    /// `webhookTimestamp`) is absent, or the body is not the JSON it must be.
+    /// `webhookTimestamp`, Mailgun's `signature`) is absent, or the body is
+    /// not the JSON it must be.
     #[error("missing or malformed body field `{0}`")]
     MalformedBodyField(Cow<'static, str>),
+    /// A single-use signature token (Mailgun's) already came with another
+    /// event: a replayed signature.
+    #[error("the signature's token was already used")]
+    ReusedToken,
 }
 
-/// A reply to a provider handshake: always HTTP 200, never stored or
-/// forwarded.
+/// A reply to a provider handshake, never stored or forwarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandshakeReply {
-    /// Value of the `Content-Type` header.
+    /// 200, or 204 where the provider expects no body (Discord's
+    /// webhook-events PING).
+    pub status: http::StatusCode,
+    /// Value of the `Content-Type` header (not sent with a 204).
     pub content_type: &'static str,
     /// Response body.
     pub body: Vec<u8>,
@@ -177,13 +193,23 @@ pub trait Provider: Sync {
 
     /// A verified request answered and never stored (Slack
     /// `url_verification` → 200 `{"challenge": ...}`). `json` is the body
-    /// parsed once by the caller (`None` when it is not JSON). None by
-    /// default.
+    /// parsed once by the caller (`None` when it is not JSON); `secrets` are
+    /// the ones [`Provider::verify`] was given, for answers computed under
+    /// the secret that verified (Zoom's `encryptedToken`). None by default.
     fn post_verification_handshake(
         &self,
         _inbound: &Inbound<'_>,
         _json: Option<&serde_json::Value>,
+        _secrets: &[&[u8]],
     ) -> Option<HandshakeReply> {
+        None
+    }
+
+    /// A value the signature covers that the provider uses once (Mailgun's
+    /// `signature.token`, as Mailgun advises receivers to remember): the
+    /// ingest route accepts a verified token with one event only, for
+    /// `mailgun::TOLERANCE_SECS` either way. None by default.
+    fn single_use_token(&self, _json: Option<&serde_json::Value>) -> Option<String> {
         None
     }
 
@@ -246,6 +272,12 @@ registry! {
     StandardWebhooks => standard_webhooks::StandardWebhooks,
     Svix => standard_webhooks::Svix,
     GenericHmac => generic_hmac::GenericHmac,
+    Zoom => zoom::Zoom,
+    Intercom => intercom::Intercom,
+    Twitch => twitch::Twitch,
+    Discord => discord::Discord,
+    Mailgun => mailgun::Mailgun,
+    Sendgrid => sendgrid::Sendgrid,
     None => none::NoVerification,
 }
 
@@ -254,7 +286,7 @@ mod tests {
     use super::*;
     use http::{HeaderMap, HeaderName, HeaderValue};
 
-    const ALL: [ProviderKind; 12] = [
+    const ALL: [ProviderKind; 18] = [
         ProviderKind::Stripe,
         ProviderKind::Github,
         ProviderKind::Shopify,
@@ -267,6 +299,12 @@ mod tests {
         ProviderKind::Linear,
         ProviderKind::Square,
         ProviderKind::Twilio,
+        ProviderKind::Zoom,
+        ProviderKind::Intercom,
+        ProviderKind::Twitch,
+        ProviderKind::Discord,
+        ProviderKind::Mailgun,
+        ProviderKind::Sendgrid,
     ];
 
     // The dispatch tests below were written against one free function per
@@ -294,7 +332,7 @@ mod tests {
         inbound: &Inbound<'_>,
         json: Option<&serde_json::Value>,
     ) -> Option<HandshakeReply> {
-        get(kind).post_verification_handshake(inbound, json)
+        get(kind).post_verification_handshake(inbound, json, &[b"whsec_AAAA"])
     }
 
     fn event_type(
@@ -331,6 +369,52 @@ mod tests {
         for (kind, provider) in all() {
             assert_eq!(get(*kind).label(), provider.label());
             assert_eq!(get(*kind).setup_hint(), provider.setup_hint());
+        }
+    }
+
+    /// Each SPEC §16 provider tells the dashboard where its URL and secret
+    /// go, in its own words (not the generic hint).
+    #[test]
+    fn spec_16_providers_have_their_own_setup_hints() {
+        struct Generic;
+        impl Provider for Generic {
+            fn label(&self) -> &'static str {
+                "generic"
+            }
+            fn verify(
+                &self,
+                _: Option<&GenericHmacConfig>,
+                _: &Inbound<'_>,
+                _: &[&[u8]],
+            ) -> Result<(), VerifyError> {
+                Err(VerifyError::NoSecret)
+            }
+            fn event_type(
+                &self,
+                _: Option<&GenericHmacConfig>,
+                _: &Inbound<'_>,
+                _: Option<&serde_json::Value>,
+            ) -> String {
+                String::new()
+            }
+        }
+        for (kind, name) in [
+            (ProviderKind::Zoom, "Zoom"),
+            (ProviderKind::Intercom, "Intercom"),
+            (ProviderKind::Twitch, "Twitch"),
+            (ProviderKind::Discord, "Discord"),
+            (ProviderKind::Mailgun, "Mailgun"),
+            (ProviderKind::Sendgrid, "SendGrid"),
+        ] {
+            let provider = get(kind);
+            assert_eq!(provider.label(), name);
+            let hint = provider.setup_hint();
+            assert_ne!(hint, Generic.setup_hint(), "{kind:?}");
+            assert!(hint.contains(name), "{kind:?}: {hint}");
+            assert!(
+                hint.contains("URL") && hint.contains("secret"),
+                "{kind:?}: {hint}"
+            );
         }
     }
 
@@ -658,6 +742,16 @@ mod tests {
             "linear-signature",
             "x-square-hmacsha256-signature",
             "x-twilio-signature",
+            "x-zm-signature",
+            "x-zm-request-timestamp",
+            "x-hub-signature",
+            "twitch-eventsub-message-signature",
+            "twitch-eventsub-message-id",
+            "twitch-eventsub-message-timestamp",
+            "x-signature-ed25519",
+            "x-signature-timestamp",
+            "x-twilio-email-event-webhook-signature",
+            "x-twilio-email-event-webhook-timestamp",
         ];
         let values: Vec<Vec<u8>> = vec![
             b"".to_vec(),
@@ -795,7 +889,13 @@ mod tests {
                 "paddle",
                 "linear",
                 "square",
-                "twilio"
+                "twilio",
+                "zoom",
+                "intercom",
+                "twitch",
+                "discord",
+                "mailgun",
+                "sendgrid"
             ])
         );
         for kind in ALL {

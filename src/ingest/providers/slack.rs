@@ -58,6 +58,7 @@ impl Provider for Slack {
         &self,
         _inbound: &Inbound<'_>,
         json: Option<&Value>,
+        _secrets: &[&[u8]],
     ) -> Option<HandshakeReply> {
         post_verification_handshake(json)
     }
@@ -114,6 +115,7 @@ fn pre_verification_handshake(inbound: &Inbound<'_>) -> Option<HandshakeReply> {
         .split(|b| *b == b'&')
         .any(|pair| pair == b"ssl_check=1")
         .then(|| HandshakeReply {
+            status: http::StatusCode::OK,
             content_type: "text/plain; charset=utf-8",
             body: Vec::new(),
         })
@@ -129,6 +131,7 @@ fn post_verification_handshake(json: Option<&Value>) -> Option<HandshakeReply> {
     let challenge = json.get("challenge").cloned().unwrap_or(Value::Null);
     let body = serde_json::to_vec(&serde_json::json!({ "challenge": challenge })).ok()?;
     Some(HandshakeReply {
+        status: http::StatusCode::OK,
         content_type: "application/json",
         body,
     })
