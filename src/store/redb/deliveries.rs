@@ -330,18 +330,16 @@ mod tests {
                 sources::insert(txn, &source)?;
                 destinations::insert(txn, &destination, 100)?;
                 for id in to_store {
-                    events::ingest(
-                        txn,
-                        &EventRecord {
-                            id,
-                            source_id,
-                            received_at_ms: 0,
-                            event_type: "t".into(),
-                            provider_event_id: None,
-                            headers: vec![],
-                            body: vec![],
-                        },
-                    )?;
+                    let event = EventRecord {
+                        id,
+                        source_id,
+                        received_at_ms: 0,
+                        event_type: "t".into(),
+                        provider_event_id: None,
+                        headers: vec![],
+                        body: vec![],
+                    };
+                    events::ingest(txn, &event, &event.encode())?;
                 }
                 Ok(())
             })

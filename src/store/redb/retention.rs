@@ -187,9 +187,11 @@ mod tests {
             store
                 .write(move |txn| {
                     for n in 0..400 {
-                        events::ingest(txn, &event(gone_id, batch * 1000 + n))?;
+                        let gone = event(gone_id, batch * 1000 + n);
+                        events::ingest(txn, &gone, &gone.encode())?;
                     }
-                    events::ingest(txn, &event(kept_id, batch))?;
+                    let kept = event(kept_id, batch);
+                    events::ingest(txn, &kept, &kept.encode())?;
                     Ok(())
                 })
                 .await
