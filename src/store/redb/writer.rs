@@ -370,31 +370,17 @@ impl Logger {
     fn run(mut self) {
         // A timer to probe the log while it is failing, so `/readyz` turns
         // healthy again once it works even if no ingest arrives.
-        let timer = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(|e| tracing::warn!(error = %e, "no write-ahead log probe timer"))
-            .ok();
+        let timer = timer("write-ahead log probe");
         let mut buffer = Vec::new();
         let mut stopping = false;
         while !stopping {
-            let first = match &timer {
-                Some(timer) if !self.healthy.load(Ordering::SeqCst) => {
-                    let rx = &mut self.rx;
-                    match timer
-                        .block_on(async { tokio::time::timeout(LOG_PROBE_EVERY, rx.recv()).await })
-                    {
-                        Ok(job) => job,
-                        Err(_) => {
-                            if self.wal.probe().is_ok() {
-                                tracing::warn!("the write-ahead log is writable again");
-                                self.healthy.store(true, Ordering::SeqCst);
-                            }
-                            continue;
-                        }
-                    }
+            let wait = (!self.healthy.load(Ordering::SeqCst)).then_some(LOG_PROBE_EVERY);
+            let Ok(first) = recv_within(timer.as_ref(), &mut self.rx, wait) else {
+                if self.wal.probe().is_ok() {
+                    tracing::warn!("the write-ahead log is writable again");
+                    self.healthy.store(true, Ordering::SeqCst);
                 }
-                _ => self.rx.blocking_recv(),
+                continue;
             };
             let Some(first) = first else {
                 break;
@@ -488,30 +474,18 @@ impl Applier {
     fn run(mut self) {
         // A timer for the idle checkpoint; without one the thread still
         // works, checkpointing only when writes arrive.
-        let timer = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(|e| tracing::warn!(error = %e, "no idle checkpoint timer"))
-            .ok();
+        let timer = timer("idle checkpoint");
         let mut stopping = false;
         while !stopping {
-            let first = match (&timer, self.unsynced_since) {
-                (Some(timer), Some(since)) => {
-                    let wait = CHECKPOINT_INTERVAL.saturating_sub(since.elapsed());
-                    // The timeout is made inside the runtime (it needs its timer).
-                    let rx = &mut self.rx;
-                    match timer.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-                        Ok(job) => job,
-                        Err(_) => {
-                            // Idle with commits not yet durable: checkpoint.
-                            if !self.commit(&mut [], true, None) {
-                                self.recover(&mut stopping);
-                            }
-                            continue;
-                        }
-                    }
+            let wait = self
+                .unsynced_since
+                .map(|since| CHECKPOINT_INTERVAL.saturating_sub(since.elapsed()));
+            let Ok(first) = recv_within(timer.as_ref(), &mut self.rx, wait) else {
+                // Idle with commits not yet durable: checkpoint.
+                if !self.commit(&mut [], true, None) {
+                    self.recover(&mut stopping);
                 }
-                _ => self.rx.blocking_recv(),
+                continue;
             };
             let Some(first) = first else {
                 break;
@@ -661,6 +635,32 @@ impl Applier {
             }
             delay = (delay * 2).min(MAX_REOPEN_DELAY);
         }
+    }
+}
+
+/// A timer for a writer thread's timed waits (it runs outside tokio);
+/// `None` if it cannot be built, and the thread then just waits.
+fn timer(what: &str) -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| tracing::warn!(error = %e, "no {what} timer"))
+        .ok()
+}
+
+/// The next job (`None` once every sender is gone), waiting at most `wait`
+/// when given and a timer exists: `Err` means nothing came in time.
+fn recv_within<T>(
+    timer: Option<&tokio::runtime::Runtime>,
+    rx: &mut mpsc::Receiver<T>,
+    wait: Option<Duration>,
+) -> Result<Option<T>, tokio::time::error::Elapsed> {
+    match (timer, wait) {
+        // The timeout is made inside the runtime (it needs its timer).
+        (Some(timer), Some(wait)) => {
+            timer.block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+        }
+        _ => Ok(rx.blocking_recv()),
     }
 }
 
