@@ -29,9 +29,30 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-/// What every handler can reach.
+/// What every handler can reach. One shared allocation: axum hands each
+/// request its own copy of the state, and copying one pointer costs one
+/// atomic increment where copying the parts cost one per shared handle
+/// inside them (dozens, measurable on the ingest path).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    /// Shares `parts` with every handler.
+    pub fn new(parts: AppParts) -> AppState {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct AppParts {
     pub store: Store,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::AppState;
+use crate::api::{AppParts, AppState};
 use crate::config::Config;
 use crate::delivery::engine::Engine;
 use crate::delivery::resolve::Resolver;
@@ -137,7 +137,7 @@ pub async fn start_with_resolver(
         metrics.clone(),
         public_url.clone(),
     );
-    let state = AppState {
+    let state = AppState::new(AppParts {
         ops,
         ingest,
         store: store.clone(),
@@ -145,7 +145,7 @@ pub async fn start_with_resolver(
         metrics,
         public_url,
         engine: engine.clone(),
-    };
+    });
     // In-flight attempts get their timeout to finish, within the 30 s that
     // SPEC §2 allows for the whole shutdown.
     let delivery_grace =

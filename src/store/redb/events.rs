@@ -1,7 +1,9 @@
 //! Events and the deliveries they fan out to.
 
 use crate::model::ids::{DeliveryId, DestinationId, EventId, SourceId};
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use std::collections::hash_map::{Entry, HashMap};
+
+use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 
 use super::records::{
     DeliveryRecord, DeliveryStatus, DestinationRecord, EventRecord, EventSummary, Record,
@@ -14,71 +16,176 @@ use super::StoreError;
 use crate::model::filter;
 use crate::store::{EventQuery, IngestOutcome, MAX_SCAN_PER_PAGE};
 
-/// Stores an event and its deliveries in the current transaction, or finds
-/// it is a duplicate. The destinations are read inside the same write
-/// transaction, so a destination created or disabled concurrently is either
-/// fully in or fully out of this event's fan-out.
-/// `encoded` is `event` as stored ([`Record::encode`]).
+/// The tables an ingest writes, opened once and shared by every ingest of
+/// a batch. Opening a redb table looks it up in the table tree and closing
+/// it writes its root back; done for each of the eight tables of every
+/// event, that cost more than the inserts themselves. Each source's enabled
+/// destinations are also read once per batch: nothing else writes while
+/// these tables are open (the writer drops them before any other change).
+pub struct IngestTables<'t> {
+    dedup: Table<'t, (u128, &'static str), u128>,
+    sources: Table<'t, u128, &'static [u8]>,
+    destinations: Table<'t, (u128, u128), &'static [u8]>,
+    events: Table<'t, u128, &'static [u8]>,
+    source_events: Table<'t, (u128, u128), &'static [u8]>,
+    deliveries: DeliveryTables<'t>,
+    /// Enabled destinations per source, as read in this transaction.
+    fan_out: HashMap<SourceId, Vec<DestinationRecord>>,
+}
+
+/// The tables a new pending delivery goes into.
+struct DeliveryTables<'t> {
+    deliveries: Table<'t, u128, &'static [u8]>,
+    by_event: Table<'t, (u128, u128), ()>,
+    due: Table<'t, (u128, u64, u128), u128>,
+}
+
+impl<'t> DeliveryTables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(DeliveryTables {
+            deliveries: txn.open_table(DELIVERIES)?,
+            by_event: txn.open_table(EVENT_DELIVERIES)?,
+            due: txn.open_table(DUE)?,
+        })
+    }
+}
+
+impl<'t> IngestTables<'t> {
+    /// Opens the tables for a run of ingests in `txn`.
+    pub fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(IngestTables {
+            dedup: txn.open_table(DEDUP)?,
+            sources: txn.open_table(SOURCES)?,
+            destinations: txn.open_table(DESTINATIONS)?,
+            events: txn.open_table(EVENTS)?,
+            source_events: txn.open_table(SOURCE_EVENTS)?,
+            deliveries: DeliveryTables::open(txn)?,
+            fan_out: HashMap::new(),
+        })
+    }
+
+    /// Stores an event and its deliveries, or finds it is a duplicate. The
+    /// destinations are read inside the same write transaction, so a
+    /// destination created or disabled concurrently is either fully in or
+    /// fully out of this event's fan-out.
+    /// `encoded` is `event` as stored ([`Record::encode`]).
+    pub fn ingest(
+        &mut self,
+        event: &EventRecord,
+        encoded: &[u8],
+    ) -> Result<IngestOutcome, StoreError> {
+        if let Some(pid) = &event.provider_event_id {
+            let original = self
+                .dedup
+                .get((event.source_id.as_u128(), pid.as_str()))?
+                .map(|g| EventId::from_u128(g.value()));
+            if let Some(original) = original {
+                return Ok(IngestOutcome::Duplicate { original });
+            }
+        }
+        // The source may have been deleted since the handler looked it up.
+        if self.sources.get(event.source_id.as_u128())?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let targets: Vec<DestinationId> = self
+            .enabled_destinations_of(event.source_id)?
+            .iter()
+            .filter(|d| filter::matches(&d.event_filter, &event.event_type))
+            .map(|d| d.id)
+            .collect();
+        if let Some(pid) = &event.provider_event_id {
+            self.dedup.insert(
+                (event.source_id.as_u128(), pid.as_str()),
+                event.id.as_u128(),
+            )?;
+        }
+        let deliveries = self.store_with_deliveries(event, encoded, &targets)?;
+        Ok(IngestOutcome::Stored { deliveries })
+    }
+
+    /// Writes an event, its list summary and one pending delivery (due at
+    /// once) per destination in `targets`. The caller has checked that the
+    /// source exists and chosen the targets.
+    fn store_with_deliveries(
+        &mut self,
+        event: &EventRecord,
+        encoded: &[u8],
+        targets: &[DestinationId],
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.events.insert(event.id.as_u128(), encoded)?;
+        let summary = EventSummary {
+            event_type: event.event_type.clone(),
+            provider_event_id: event.provider_event_id.clone(),
+            received_at_ms: event.received_at_ms,
+            size_bytes: event.body.len() as u64,
+        };
+        self.source_events.insert(
+            (event.source_id.as_u128(), event.id.as_u128()),
+            summary.encode().as_slice(),
+        )?;
+        // An event's first fan-out numbers its deliveries from its id, so
+        // that replaying the write-ahead log after a crash recreates the
+        // same ids.
+        insert_into(
+            &mut self.deliveries,
+            event.id,
+            event.source_id,
+            targets,
+            event.received_at_ms,
+            |index| DeliveryId::for_fan_out(event.id, index),
+        )
+    }
+
+    /// Applies one write-ahead log record (an ingest, see
+    /// [`logged_ingest`]) again after a crash: exactly what the original
+    /// ingest did, unless the database already holds the event (the record
+    /// was applied before a checkpoint the log did not yet reflect). An
+    /// ingest that failed logically then (its source deleted) fails the
+    /// same way now and is skipped.
+    pub fn replay_logged(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        let event = EventRecord::decode(record)?;
+        if self.events.get(event.id.as_u128())?.is_some() {
+            return Ok(());
+        }
+        match self.ingest(&event, record) {
+            Ok(_) | Err(StoreError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn enabled_destinations_of(
+        &mut self,
+        source_id: SourceId,
+    ) -> Result<&[DestinationRecord], StoreError> {
+        let destinations = match self.fan_out.entry(source_id) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                let mut enabled = Vec::new();
+                for entry in self
+                    .destinations
+                    .range((source_id.as_u128(), 0)..=(source_id.as_u128(), u128::MAX))?
+                {
+                    let d = DestinationRecord::decode(entry?.1.value())?;
+                    if d.enabled {
+                        enabled.push(d);
+                    }
+                }
+                slot.insert(enabled)
+            }
+        };
+        Ok(destinations)
+    }
+}
+
+/// Stores an event and its deliveries in `txn` (see
+/// [`IngestTables::ingest`]), for tests that set up stored events directly.
+#[cfg(test)]
 pub fn ingest(
     txn: &WriteTransaction,
     event: &EventRecord,
     encoded: &[u8],
 ) -> Result<IngestOutcome, StoreError> {
-    let mut dedup = txn.open_table(DEDUP)?;
-    if let Some(pid) = &event.provider_event_id {
-        let original = dedup
-            .get((event.source_id.as_u128(), pid.as_str()))?
-            .map(|g| EventId::from_u128(g.value()));
-        if let Some(original) = original {
-            return Ok(IngestOutcome::Duplicate { original });
-        }
-    }
-    // The source may have been deleted since the handler looked it up.
-    if txn
-        .open_table(SOURCES)?
-        .get(event.source_id.as_u128())?
-        .is_none()
-    {
-        return Err(StoreError::NotFound);
-    }
-    let mut targets = Vec::new();
-    {
-        let destinations = txn.open_table(DESTINATIONS)?;
-        for entry in destinations
-            .range((event.source_id.as_u128(), 0)..=(event.source_id.as_u128(), u128::MAX))?
-        {
-            let d = DestinationRecord::decode(entry?.1.value())?;
-            if d.enabled && filter::matches(&d.event_filter, &event.event_type) {
-                targets.push(d.id);
-            }
-        }
-    }
-
-    if let Some(pid) = &event.provider_event_id {
-        dedup.insert(
-            (event.source_id.as_u128(), pid.as_str()),
-            event.id.as_u128(),
-        )?;
-    }
-    let deliveries = store_with_deliveries(txn, event, encoded, &targets)?;
-    Ok(IngestOutcome::Stored { deliveries })
-}
-
-/// Applies one write-ahead log record (an ingest, see
-/// [`logged_ingest`]) again after a crash: exactly what the original
-/// [`ingest`] did, unless the database already holds the event (the
-/// record was applied before a checkpoint the log did not yet reflect).
-/// An ingest that failed logically then (its source deleted) fails the
-/// same way now and is skipped.
-pub fn replay_logged(txn: &WriteTransaction, record: &[u8]) -> Result<(), StoreError> {
-    let event = EventRecord::decode(record)?;
-    if txn.open_table(EVENTS)?.get(event.id.as_u128())?.is_some() {
-        return Ok(());
-    }
-    match ingest(txn, &event, record) {
-        Ok(_) | Err(StoreError::NotFound) => Ok(()),
-        Err(e) => Err(e),
-    }
+    IngestTables::open(txn)?.ingest(event, encoded)
 }
 
 /// The write-ahead log record of an ingest: the event record as stored.
@@ -87,36 +194,14 @@ pub fn logged_ingest(event: &EventRecord) -> Vec<u8> {
 }
 
 /// Writes an event, its list summary and one pending delivery (due at once)
-/// per destination in `targets`. The caller has checked that the source
-/// exists and chosen the targets.
+/// per destination in `targets`, chosen by the caller (a test event).
 pub fn store_with_deliveries(
     txn: &WriteTransaction,
     event: &EventRecord,
     encoded: &[u8],
     targets: &[DestinationId],
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
-    txn.open_table(EVENTS)?
-        .insert(event.id.as_u128(), encoded)?;
-    let summary = EventSummary {
-        event_type: event.event_type.clone(),
-        provider_event_id: event.provider_event_id.clone(),
-        received_at_ms: event.received_at_ms,
-        size_bytes: event.body.len() as u64,
-    };
-    txn.open_table(SOURCE_EVENTS)?.insert(
-        (event.source_id.as_u128(), event.id.as_u128()),
-        summary.encode().as_slice(),
-    )?;
-    // An event's first fan-out numbers its deliveries from its id, so that
-    // replaying the write-ahead log after a crash recreates the same ids.
-    insert_deliveries_with(
-        txn,
-        event.id,
-        event.source_id,
-        targets,
-        event.received_at_ms,
-        |index| DeliveryId::for_fan_out(event.id, index),
-    )
+    IngestTables::open(txn)?.store_with_deliveries(event, encoded, targets)
 }
 
 /// Creates one pending delivery per destination, due at `due_ms`, with new
@@ -128,24 +213,26 @@ pub fn insert_deliveries(
     destination_ids: &[DestinationId],
     due_ms: i64,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
-    insert_deliveries_with(txn, event_id, source_id, destination_ids, due_ms, |_| {
-        DeliveryId::new()
-    })
+    insert_into(
+        &mut DeliveryTables::open(txn)?,
+        event_id,
+        source_id,
+        destination_ids,
+        due_ms,
+        |_| DeliveryId::new(),
+    )
 }
 
 /// Creates one pending delivery per destination, the `i`-th with id
 /// `id_of(i)`.
-fn insert_deliveries_with(
-    txn: &WriteTransaction,
+fn insert_into(
+    tables: &mut DeliveryTables<'_>,
     event_id: EventId,
     source_id: SourceId,
     destination_ids: &[DestinationId],
     due_ms: i64,
     id_of: impl Fn(u16) -> DeliveryId,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
-    let mut deliveries = txn.open_table(DELIVERIES)?;
-    let mut by_event = txn.open_table(EVENT_DELIVERIES)?;
-    let mut due = txn.open_table(DUE)?;
     let mut out = Vec::with_capacity(destination_ids.len());
     for (index, &destination_id) in destination_ids.iter().enumerate() {
         // At most `limits.destinations_per_source` (≤ 65,536) targets.
@@ -160,9 +247,13 @@ fn insert_deliveries_with(
             created_at_ms: due_ms,
             updated_at_ms: due_ms,
         };
-        deliveries.insert(d.id.as_u128(), d.encode().as_slice())?;
-        by_event.insert((event_id.as_u128(), d.id.as_u128()), ())?;
-        due.insert(
+        tables
+            .deliveries
+            .insert(d.id.as_u128(), d.encode().as_slice())?;
+        tables
+            .by_event
+            .insert((event_id.as_u128(), d.id.as_u128()), ())?;
+        tables.due.insert(
             (
                 destination_id.as_u128(),
                 due_ms.max(0) as u64,

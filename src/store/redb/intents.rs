@@ -266,7 +266,7 @@ impl RedbStore {
         let record: std::sync::Arc<[u8]> = events::logged_ingest(&event).into();
         let stored = record.clone();
         self.writer
-            .write_logged(record, move |txn| events::ingest(txn, &event, &stored))
+            .write_logged(record, move |tables| tables.ingest(&event, &stored))
             .await
     }
 
@@ -534,8 +534,9 @@ impl RedbStore {
         &self,
         outcome: AttemptOutcome,
     ) -> Result<Recorded, StoreError> {
-        // Not individually durable: a crash may forget the last second of
-        // outcomes, and the deliveries they concern are attempted again.
+        // Not individually durable: a crash may forget the outcomes since
+        // the last checkpoint (`writer::CHECKPOINT_INTERVAL`), and the
+        // deliveries they concern are attempted again.
         self.writer
             .write_volatile(move |txn| deliveries::record_attempt(txn, &outcome))
             .await

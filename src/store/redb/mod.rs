@@ -78,7 +78,7 @@ impl RedbStore {
         let started = std::time::Instant::now();
         let checkpoint = applied_lsn(&*db.get()?)?;
         let mut log = wal::Wal::open(&wal_dir, checkpoint)?;
-        let replayer: writer::Replayer = Arc::new(events::replay_logged);
+        let replayer: writer::Replayer = Arc::new(|tables, record| tables.replay_logged(record));
         let applied = writer::catch_up(&*db.get()?, &wal_dir, checkpoint, u64::MAX, &replayer)?;
         if applied > checkpoint {
             tracing::warn!(

@@ -38,18 +38,23 @@ use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
+use super::events::IngestTables;
 use super::tables::{APPLIED_LSN, WAL_STATE};
 use super::wal::{self, Wal};
 use super::{DbSlot, StoreError};
 use crate::metrics::Metrics;
 
 /// Longest time non-durable commits wait for a checkpoint: bounds the log
-/// to replay after a crash and the outcomes a crash can forget.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// to replay after a crash and the outcomes a crash can forget. Short,
+/// because redb holds a non-durable commit's pages in memory until the
+/// next durable commit writes and syncs them all at once: the longer the
+/// interval, the longer that pause (every ingest queued behind it waits)
+/// and the more memory the pages hold.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A checkpoint is also due once this much log has been applied since the
 /// last one, so replay after a crash stays short under heavy ingest.
-pub const CHECKPOINT_BYTES: usize = 32 * 1024 * 1024;
+pub const CHECKPOINT_BYTES: usize = 8 * 1024 * 1024;
 
 /// How often a failing write-ahead log is probed when no ingest arrives.
 const LOG_PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -57,15 +62,43 @@ const LOG_PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Log records applied per transaction while catching up after a crash.
 const CATCH_UP_CHUNK: usize = 2048;
 
-/// Applies one write-ahead log record (an encoded ingest) to a transaction.
-/// Must be idempotent: a record may be applied again after a crash.
-pub type Replayer = Arc<dyn Fn(&WriteTransaction, &[u8]) -> Result<(), StoreError> + Send + Sync>;
+/// Applies one write-ahead log record (an encoded ingest) through the
+/// ingest tables of a transaction. Must be idempotent: a record may be
+/// applied again after a crash.
+pub type Replayer =
+    Arc<dyn Fn(&mut IngestTables<'_>, &[u8]) -> Result<(), StoreError> + Send + Sync>;
 
 /// One operation in a batch. `apply` runs inside the shared transaction;
 /// `finish` answers the caller once the batch's fate is known.
 trait PendingWrite: Send {
-    fn apply(&mut self, txn: &WriteTransaction) -> Applied;
+    fn apply(&mut self, batch: &mut Batch<'_>) -> Applied;
     fn finish(self: Box<Self>, committed: bool);
+}
+
+/// The transaction a batch is applied in. Consecutive ingests share one
+/// set of open ingest tables ([`IngestTables`]); any other write closes
+/// them first, so it sees (and may change) everything they wrote, and the
+/// next ingest reads destinations afresh.
+struct Batch<'t> {
+    txn: &'t WriteTransaction,
+    ingest: Option<IngestTables<'t>>,
+}
+
+impl<'t> Batch<'t> {
+    /// The bare transaction, for any write other than an ingest.
+    fn txn(&mut self) -> &'t WriteTransaction {
+        self.ingest = None;
+        self.txn
+    }
+
+    /// The ingest tables, opened by the first ingest of a run.
+    fn ingest_tables(&mut self) -> Result<&mut IngestTables<'t>, StoreError> {
+        let tables = match self.ingest.take() {
+            Some(tables) => tables,
+            None => IngestTables::open(self.txn)?,
+        };
+        Ok(self.ingest.insert(tables))
+    }
 }
 
 /// What applying one operation did to the shared transaction.
@@ -98,22 +131,67 @@ enum LogJob {
     Stop,
 }
 
-struct Op<T, F> {
+/// A write waiting for its batch: `f` runs on the bare transaction
+/// ([`Writer::write`]) or on the batch's ingest tables
+/// ([`Writer::write_logged`]).
+struct Op<F, T> {
     f: Option<F>,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
-impl<T, F> PendingWrite for Op<T, F>
+/// Marks an [`Op`] whose function takes the ingest tables.
+struct Logged<F>(F);
+
+impl<T, F> PendingWrite for Op<F, T>
 where
     T: Send + 'static,
     F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
 {
-    fn apply(&mut self, txn: &WriteTransaction) -> Applied {
+    fn apply(&mut self, batch: &mut Batch<'_>) -> Applied {
         let Some(f) = self.f.take() else {
             return Applied::Clean;
         };
-        let result = f(txn);
+        self.record(f(batch.txn()))
+    }
+
+    fn finish(self: Box<Self>, committed: bool) {
+        (*self).answer(committed)
+    }
+}
+
+impl<T, F> PendingWrite for Op<Logged<F>, T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut IngestTables<'_>) -> Result<T, StoreError> + Send + 'static,
+{
+    fn apply(&mut self, batch: &mut Batch<'_>) -> Applied {
+        let Some(Logged(f)) = self.f.take() else {
+            return Applied::Clean;
+        };
+        let result = batch.ingest_tables().and_then(f);
+        self.record(result)
+    }
+
+    fn finish(self: Box<Self>, committed: bool) {
+        (*self).answer(committed)
+    }
+}
+
+impl<F, T> Op<F, T> {
+    fn new(f: F) -> (Self, oneshot::Receiver<Result<T, StoreError>>) {
+        let (reply, answer) = oneshot::channel();
+        let op = Op {
+            f: Some(f),
+            result: None,
+            reply,
+        };
+        (op, answer)
+    }
+
+    /// Keeps `f`'s result for the answer; a failure inside redb spoils the
+    /// whole transaction.
+    fn record(&mut self, result: Result<T, StoreError>) -> Applied {
         let applied = match &result {
             Err(StoreError::Backend(_)) | Err(StoreError::Io { .. }) => Applied::Broken,
             _ => Applied::Clean,
@@ -122,7 +200,7 @@ where
         applied
     }
 
-    fn finish(self: Box<Self>, committed: bool) {
+    fn answer(self, committed: bool) {
         let answer = match (committed, self.result) {
             (true, Some(result)) => result,
             (true, None) => Err(StoreError::Unavailable("operation was not applied")),
@@ -264,16 +342,19 @@ impl Writer {
     }
 
     /// Appends `payload` to the write-ahead log, and once it is synced runs
-    /// `f` in the next batch; answers after that commit. After a crash the
-    /// record is applied again by the [`Replayer`], so `f` must do exactly
-    /// what replaying `payload` does.
+    /// `f` on the ingest tables of the next batch; answers after that
+    /// commit. After a crash the record is applied again by the
+    /// [`Replayer`], so `f` must do exactly what replaying `payload` does.
     pub async fn write_logged<T, F>(&self, payload: Arc<[u8]>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut IngestTables<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (op, answer) = op(f);
-        let job = LogJob::Write { op, payload };
+        let (op, answer) = Op::new(Logged(f));
+        let job = LogJob::Write {
+            op: Box::new(op),
+            payload,
+        };
         match tokio::time::timeout(self.enqueue_timeout, self.log_tx.send(job)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(StoreError::Unavailable("the writer has stopped")),
@@ -289,9 +370,9 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        let (op, answer) = op(f);
+        let (op, answer) = Op::new(f);
         let job = Job::Write {
-            op,
+            op: Box::new(op),
             size,
             lsn: None,
             durable,
@@ -332,25 +413,6 @@ impl Writer {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
-}
-
-fn op<T, F>(
-    f: F,
-) -> (
-    Box<dyn PendingWrite>,
-    oneshot::Receiver<Result<T, StoreError>>,
-)
-where
-    T: Send + 'static,
-    F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
-{
-    let (reply, answer) = oneshot::channel();
-    let op = Box::new(Op {
-        f: Some(f),
-        result: None,
-        reply,
-    });
-    (op, answer)
 }
 
 /// The log thread: groups queued ingests, appends and syncs them, and hands
@@ -681,30 +743,17 @@ pub fn catch_up(
     up_to_lsn: u64,
     replayer: &Replayer,
 ) -> Result<u64, StoreError> {
-    let mut txn: Option<WriteTransaction> = None;
-    let mut in_txn = 0usize;
+    let mut chunk: Vec<Vec<u8>> = Vec::with_capacity(CATCH_UP_CHUNK);
     let last = wal::replay(wal_dir, after_lsn, up_to_lsn, |_, payload| {
-        let current = match txn.take() {
-            Some(t) => t,
-            None => {
-                let mut t = db.begin_write()?;
-                t.set_durability(Durability::None)
-                    .map_err(|e| StoreError::Backend(Box::new(e)))?;
-                t
-            }
-        };
-        replayer(&current, payload)?;
-        in_txn += 1;
-        if in_txn == CATCH_UP_CHUNK {
-            current.commit()?;
-            in_txn = 0;
-        } else {
-            txn = Some(current);
+        chunk.push(payload.to_vec());
+        if chunk.len() == CATCH_UP_CHUNK {
+            apply_chunk(db, &chunk, replayer)?;
+            chunk.clear();
         }
         Ok(())
     })?;
-    if let Some(t) = txn {
-        t.commit()?;
+    if !chunk.is_empty() {
+        apply_chunk(db, &chunk, replayer)?;
     }
     if last > after_lsn {
         let mut t = db.begin_write()?;
@@ -713,6 +762,22 @@ pub fn catch_up(
         t.commit()?;
     }
     Ok(last)
+}
+
+/// Applies log records in one non-durable transaction (the checkpoint at
+/// the end of [`catch_up`] makes them durable).
+fn apply_chunk(db: &Database, records: &[Vec<u8>], replayer: &Replayer) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::None)
+        .map_err(|e| StoreError::Backend(Box::new(e)))?;
+    {
+        let mut tables = IngestTables::open(&txn)?;
+        for record in records {
+            replayer(&mut tables, record)?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// Applies a batch in one transaction and commits it; `checkpoint` makes
@@ -740,13 +805,20 @@ fn commit_batch(
             }
         }
     }
+    let mut shared = Batch {
+        txn: &txn,
+        ingest: None,
+    };
     for op in batch.iter_mut() {
-        if let Applied::Broken = op.apply(&txn) {
+        if let Applied::Broken = op.apply(&mut shared) {
             tracing::error!("a write failed inside redb; aborting the batch");
+            drop(shared);
             let _ = txn.abort();
             return false;
         }
     }
+    // Closes the ingest tables: their roots go back into the transaction.
+    drop(shared);
     if let Some(lsn) = checkpoint {
         let recorded = match txn.open_table(WAL_STATE) {
             Ok(mut table) => table
@@ -942,5 +1014,64 @@ mod tests {
             w.write(0, |_| Ok(())).await,
             Err(StoreError::Unavailable(_))
         ));
+    }
+
+    /// The ingest tables (and the destinations they read once) are shared
+    /// by consecutive ingests of a batch; a change in between must close
+    /// them, so the next ingest fans out by what the change left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ingest_after_a_destination_change_in_the_same_batch_sees_the_change() {
+        use crate::store::conformance::{destination, event_now, source};
+        use crate::store::redb::records::Record;
+        use crate::store::redb::{destinations, sources, RedbStore};
+        use crate::store::IngestOutcome;
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::StorageConfig {
+            path: dir.path().join("data"),
+            ..crate::config::StorageConfig::default()
+        };
+        let store = RedbStore::open(&config, Arc::new(Metrics::new())).unwrap();
+        let src = source("wh_batch0001");
+        let (kept, disabled) = (destination(src.id, &[]), destination(src.id, &[]));
+        let (source_id, disabled_id) = (src.id, disabled.id);
+        {
+            let (src, kept, disabled) = (src.clone(), kept.clone(), disabled.clone());
+            store
+                .write(move |txn| {
+                    sources::insert(txn, &src)?;
+                    destinations::insert(txn, &kept, 100)?;
+                    destinations::insert(txn, &disabled, 100)
+                })
+                .await
+                .unwrap();
+        }
+        let ingest = |event: crate::store::redb::records::EventRecord| {
+            Op::new(Logged(move |tables: &mut IngestTables<'_>| {
+                tables.ingest(&event, &event.encode())
+            }))
+        };
+        let (first, first_answer) = ingest(event_now(source_id, "t", None));
+        let (change, change_answer) = Op::new(move |txn: &WriteTransaction| {
+            destinations::update(txn, source_id, disabled_id, |d| {
+                d.enabled = false;
+                Ok(())
+            })
+        });
+        let (second, second_answer) = ingest(event_now(source_id, "t", None));
+        let mut batch: Vec<Box<dyn PendingWrite>> =
+            vec![Box::new(first), Box::new(change), Box::new(second)];
+        let db = store.db.get().unwrap();
+        assert!(commit_batch(&db, &mut batch, None, false));
+        for op in batch {
+            op.finish(true);
+        }
+        let fanned_out = |outcome| match outcome {
+            Ok(IngestOutcome::Stored { deliveries }) => deliveries.len(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(fanned_out(first_answer.await.unwrap()), 2);
+        assert!(change_answer.await.unwrap().is_ok());
+        assert_eq!(fanned_out(second_answer.await.unwrap()), 1);
     }
 }
