@@ -140,6 +140,27 @@ where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
 {
+    build_with_identity(config, resolver, None)
+}
+
+/// A client certificate chain and its private key, for mutual TLS.
+pub type Identity = (
+    Vec<CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// The same client presenting `identity` to servers that ask for a client
+/// certificate (a destination's `tls_client_certificate`); it has its own
+/// connection pool, so no connection made with one identity serves another.
+pub fn build_with_identity<B>(
+    config: &DeliveryConfig,
+    resolver: Resolver,
+    identity: Option<Identity>,
+) -> Result<Client<HttpsConnector<HttpConnector<GuardedResolver>>, B>, ClientError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -154,10 +175,13 @@ where
             })?;
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let tls = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
 
     let mut http = HttpConnector::new_with_resolver(GuardedResolver {
         reach: Reach::of(config),

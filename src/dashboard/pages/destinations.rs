@@ -154,6 +154,7 @@ fn read_new(form: &Form) -> Result<NewDestination, OpError> {
         event_filter: Some(f.event_filter),
         enabled: None,
         rate_limit: f.rate_limit,
+        options: Default::default(),
     })
 }
 
@@ -166,6 +167,7 @@ fn read_edit(form: &Form) -> Result<DestinationEdit, OpError> {
         event_filter: Some(f.event_filter),
         enabled: None,
         rate_limit: Some(f.rate_limit.unwrap_or(0)),
+        options: Default::default(),
     })
 }
 
@@ -182,7 +184,16 @@ pub async fn create(
         Err(e) => Err(e),
     };
     match created.map_err(Refusal::of) {
-        Ok(dest) => sources::render_show(&d, &session, sid, &query, ShowExtra::Created(dest)).await,
+        Ok(dest) => {
+            sources::render_show(
+                &d,
+                &session,
+                sid,
+                &query,
+                ShowExtra::Created(Box::new(dest)),
+            )
+            .await
+        }
         Err(Ok(refusal)) => {
             let extra = ShowExtra::Refused(&form, refusal);
             sources::render_show(&d, &session, sid, &query, extra).await

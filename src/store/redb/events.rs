@@ -11,7 +11,7 @@ use super::tables::{
     SOURCE_EVENTS,
 };
 use super::StoreError;
-use crate::model::filter;
+use crate::model::{body_filter, filter};
 use crate::store::{EventQuery, IngestOutcome, MAX_SCAN_PER_PAGE};
 
 /// Stores an event and its deliveries in the current transaction, or finds
@@ -43,12 +43,13 @@ pub fn ingest(
     }
     let mut targets = Vec::new();
     {
+        let body = body_filter::Body::new(&event.body);
         let destinations = txn.open_table(DESTINATIONS)?;
         for entry in destinations
             .range((event.source_id.as_u128(), 0)..=(event.source_id.as_u128(), u128::MAX))?
         {
             let d = DestinationRecord::decode(entry?.1.value())?;
-            if d.enabled && filter::matches(&d.event_filter, &event.event_type) {
+            if d.enabled && body_filter::destination_accepts(&d, &event.event_type, &body) {
                 targets.push(d.id);
             }
         }
