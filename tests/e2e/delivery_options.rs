@@ -4,6 +4,7 @@
 //! them (base64 of `user:password` here, not Krafter's code); certificates
 //! are made in the test with rcgen.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use base64::Engine;
@@ -743,4 +744,291 @@ async fn fifo_order_holds_across_kill_9() {
         }
     }
     assert_eq!(receiver.max_in_flight(), 1, "one attempt at a time");
+}
+
+/// A test CA, a server certificate it signed for 127.0.0.1 and localhost,
+/// and a client certificate it signed (PEM), for mutual TLS.
+struct Pki {
+    ca_pem: String,
+    server: rustls::ServerConfig,
+    client_cert_pem: String,
+    client_key_pem: String,
+}
+
+fn pki() -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair,
+    };
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "krafter test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+
+    let server_key = KeyPair::generate().unwrap();
+    let server_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
+
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "billing-relay");
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client_params.signed_by(&client_key, &ca).unwrap();
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .unwrap();
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![server_cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+        )
+        .unwrap();
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Pki {
+        ca_pem: ca.pem(),
+        server,
+        client_cert_pem: client_cert.pem(),
+        client_key_pem: client_key.serialize_pem(),
+    }
+}
+
+/// `tls_client_certificate`: an HTTPS receiver that requires a client
+/// certificate from its CA gets the delivery from a destination that has
+/// one, and refuses one that has none; `GET` shows the subject and expiry,
+/// never the key, which is sealed at rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_presents_the_destination_certificate() {
+    let pki = pki();
+    let ca_dir = tempfile::tempdir().expect("dir");
+    let ca_path = ca_dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &pki.ca_pem).expect("write CA");
+    let receiver = Receiver::start_tls(std::sync::Arc::new(pki.server), |_| Reply::ok()).await;
+    let server = server_with(|c| {
+        c.delivery.extra_ca_path = Some(ca_path.clone());
+        c.delivery.retry_schedule = vec![Duration::from_secs(60)];
+    })
+    .await;
+    let source = none_source(&server).await;
+    let with = create(
+        &server,
+        &source,
+        json!({"url": receiver.localhost_url("/with"),
+               "tls_client_certificate": {"cert_pem": pki.client_cert_pem, "key_pem": pki.client_key_pem}}),
+    )
+    .await;
+    let without = create(&server, &source, json!({"url": receiver.url("/without")})).await;
+    let (_, got) = server
+        .get(&format!("{}/{with}", destinations_path(&source)))
+        .await;
+    let shown = &got["data"]["tls_client_certificate"];
+    assert!(
+        shown["subject"]
+            .as_str()
+            .unwrap()
+            .contains("CN=billing-relay"),
+        "{shown}"
+    );
+    assert!(
+        shown["not_after"].as_str().unwrap().ends_with('Z'),
+        "{shown}"
+    );
+    assert_eq!(shown.as_object().unwrap().len(), 2, "{shown}");
+    assert!(!got.to_string().contains("PRIVATE KEY"), "{got}");
+
+    let event = server
+        .ingest_json(&source.slug, &json!({"type": "mtls.test"}))
+        .await;
+    let r = receiver
+        .wait_for_path("/with", 1, Duration::from_secs(10))
+        .await
+        .remove(0);
+    assert_eq!(r.must("webhook-id"), event);
+    let d = delivery_to(&server, &source, &event, &with, Duration::from_secs(10)).await;
+    assert_eq!(d["status"], "succeeded", "{d}");
+    let d = delivery_to(&server, &source, &event, &without, Duration::from_secs(10)).await;
+    assert_eq!(d["status"], "pending", "{d}");
+    let kind = d["attempts"][0]["error_kind"].as_str().unwrap().to_string();
+    assert!(["tls", "http", "connect"].contains(&kind.as_str()), "{d}");
+    assert_eq!(
+        receiver.count_to("/without"),
+        0,
+        "refused before any request"
+    );
+
+    // The key is sealed at rest; a broken pair is a 422 naming the part.
+    let key_body: String = pki
+        .client_key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(!server.stored_contains(&key_body.as_bytes()[..40]).await);
+    let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    for (cert, field) in [
+        (
+            json!({"cert_pem": pki.client_cert_pem, "key_pem": other_key}),
+            "tls_client_certificate.key_pem",
+        ),
+        (
+            json!({"cert_pem": "not a certificate", "key_pem": pki.client_key_pem}),
+            "tls_client_certificate.cert_pem",
+        ),
+        (
+            json!({"cert_pem": pki.client_cert_pem, "key_pem": "nope"}),
+            "tls_client_certificate.key_pem",
+        ),
+    ] {
+        let (status, body) = try_create(
+            &server,
+            &source,
+            json!({"url": receiver.url("/x"), "tls_client_certificate": cert}),
+        )
+        .await;
+        assert_invalid_field(status, &body, field);
+        assert!(!body.to_string().contains("PRIVATE KEY"), "{body}");
+    }
+}
+
+/// OAuth2 client credentials: a real token endpoint on loopback gets one
+/// client-credentials grant (HTTP basic client auth, form body), its token
+/// is reused for later deliveries, fetched again once when the receiver
+/// answers 401, and a failing endpoint is a failed attempt of kind `auth`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_tokens_are_fetched_once_reused_and_refreshed_after_a_401() {
+    const CLIENT_SECRET: &str = "cs-Vq83-never-shown-1193";
+    let revoked = std::sync::Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
+    let receiver = {
+        let revoked = revoked.clone();
+        Receiver::start(move |r| match r.path.as_str() {
+            "/token" => Reply::ok().header("content-type", "application/json").body(
+                json!({"access_token": format!("tok-{}", r.path_index),
+                           "token_type": "Bearer", "expires_in": 3600})
+                .to_string(),
+            ),
+            "/broken-token" => Reply::status(500),
+            _ => {
+                let auth = r.header("authorization").unwrap_or_default().to_string();
+                if revoked.lock().unwrap().contains(&auth) {
+                    Reply::status(401)
+                } else {
+                    Reply::ok()
+                }
+            }
+        })
+        .await
+    };
+    let server = server_with(|c| c.delivery.retry_schedule = vec![Duration::from_secs(60)]).await;
+    let source = none_source(&server).await;
+    let dest = create(
+        &server,
+        &source,
+        json!({"url": receiver.url("/hook"),
+               "auth": {"type": "oauth2_client_credentials", "token_url": receiver.url("/token"),
+                        "client_id": "krafter-relay", "client_secret": CLIENT_SECRET,
+                        "scope": "webhooks:write", "audience": "https://api.example.invalid"}}),
+    )
+    .await;
+    let (_, got) = server
+        .get(&format!("{}/{dest}", destinations_path(&source)))
+        .await;
+    assert_eq!(
+        got["data"]["auth"],
+        json!({"type": "oauth2_client_credentials", "token_url": receiver.url("/token"),
+               "client_id": "krafter-relay", "scope": "webhooks:write",
+               "audience": "https://api.example.invalid"})
+    );
+
+    for i in 0..3 {
+        server
+            .ingest_json(&source.slug, &json!({"type": "oauth.test", "n": i}))
+            .await;
+        receiver
+            .wait_for_path("/hook", i + 1, Duration::from_secs(10))
+            .await;
+    }
+    let hooks = receiver.requests_to("/hook");
+    assert!(
+        hooks
+            .iter()
+            .all(|r| r.must("authorization") == "Bearer tok-0"),
+        "{:?}",
+        hooks
+            .iter()
+            .map(|r| r.header("authorization"))
+            .collect::<Vec<_>>()
+    );
+    let tokens = receiver.requests_to("/token");
+    assert_eq!(tokens.len(), 1, "one grant for three deliveries");
+    let t = &tokens[0];
+    assert_eq!(t.method, "POST");
+    assert_eq!(t.must("content-type"), "application/x-www-form-urlencoded");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("krafter-relay:{CLIENT_SECRET}"))
+    );
+    assert_eq!(t.must("authorization"), basic);
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(&t.body).into_owned().collect();
+    assert_eq!(form["grant_type"], "client_credentials");
+    assert_eq!(form["scope"], "webhooks:write");
+    assert_eq!(form["audience"], "https://api.example.invalid");
+
+    // The receiver stops accepting tok-0: one 401, a new grant, the same
+    // attempt succeeds with tok-1.
+    revoked.lock().unwrap().insert("Bearer tok-0".into());
+    let event = server
+        .ingest_json(&source.slug, &json!({"type": "oauth.test", "n": 3}))
+        .await;
+    let hooks = receiver
+        .wait_for_path("/hook", 5, Duration::from_secs(10))
+        .await;
+    assert_eq!(hooks[3].must("authorization"), "Bearer tok-0");
+    assert_eq!(hooks[4].must("authorization"), "Bearer tok-1");
+    assert_eq!(receiver.count_to("/token"), 2);
+    let d = delivery_to(&server, &source, &event, &dest, Duration::from_secs(10)).await;
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(d["attempts"].as_array().unwrap().len(), 1, "{d}");
+
+    // A token endpoint that fails: a failed attempt of kind `auth`, and
+    // nothing sent to the receiver.
+    let broken = create(
+        &server,
+        &source,
+        json!({"url": receiver.url("/never"),
+               "auth": {"type": "oauth2_client_credentials", "token_url": receiver.url("/broken-token"),
+                        "client_id": "c", "client_secret": "s"}}),
+    )
+    .await;
+    let event = server
+        .ingest_json(&source.slug, &json!({"type": "oauth.test", "n": 4}))
+        .await;
+    let d = delivery_to(&server, &source, &event, &broken, Duration::from_secs(10)).await;
+    assert_eq!(d["status"], "pending", "{d}");
+    assert_eq!(d["attempts"][0]["error_kind"], "auth", "{d}");
+    assert!(!d.to_string().contains(CLIENT_SECRET));
+    assert_eq!(receiver.count_to("/never"), 0);
+
+    assert!(!server.stored_contains(CLIENT_SECRET.as_bytes()).await);
+    let (status, body) = try_create(
+        &server,
+        &source,
+        json!({"url": receiver.url("/x"),
+               "auth": {"type": "oauth2_client_credentials", "token_url": "ftp://127.0.0.1/t",
+                        "client_id": "c", "client_secret": "s"}}),
+    )
+    .await;
+    assert_invalid_field(status, &body, "auth.token_url");
 }
