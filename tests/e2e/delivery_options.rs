@@ -1032,3 +1032,185 @@ async fn oauth2_tokens_are_fetched_once_reused_and_refreshed_after_a_401() {
     .await;
     assert_invalid_field(status, &body, "auth.token_url");
 }
+
+/// A CONNECT proxy on loopback that counts its tunnels and records what
+/// each asked for.
+struct ConnectProxy {
+    addr: std::net::SocketAddr,
+    targets: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ConnectProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl ConnectProxy {
+    async fn start() -> ConnectProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let targets: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let seen = targets.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                        if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    let mut words = text.split_whitespace();
+                    let (method, target) = (words.next(), words.next());
+                    let (Some("CONNECT"), Some(target)) = (method, target) else {
+                        let _ = client
+                            .write_all(
+                                b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n",
+                            )
+                            .await;
+                        return;
+                    };
+                    seen.lock().unwrap().push(target.to_string());
+                    // Loopback only, whatever is asked.
+                    let upstream_addr: std::net::SocketAddr = match target.parse() {
+                        Ok(a) if matches!(a, std::net::SocketAddr::V4(v4) if v4.ip().is_loopback()) => {
+                            a
+                        }
+                        _ => {
+                            let _ = client
+                                .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    };
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(upstream_addr).await
+                    else {
+                        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                        return;
+                    };
+                    if client
+                        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                        .await
+                        .is_ok()
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        ConnectProxy {
+            addr,
+            targets,
+            accept,
+        }
+    }
+
+    fn tunnels(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
+    }
+}
+
+/// `delivery.proxy_url`: every delivery, http and https, goes through a
+/// CONNECT tunnel of the proxy, asked for the address Krafter resolved and
+/// checked; a destination the SSRF guard refuses never reaches the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_go_through_the_egress_proxy() {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let proxy = ConnectProxy::start().await;
+    let plain = Receiver::ok().await;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![ck.cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der())),
+    )
+    .unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let secure = Receiver::start_tls(std::sync::Arc::new(tls), |_| Reply::ok()).await;
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_path = ca_dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ck.cert.pem()).unwrap();
+
+    let proxy_url = format!("http://{}", proxy.addr);
+    let server = server_with(|c| {
+        c.delivery.proxy_url = Some(proxy_url.clone());
+        c.delivery.extra_ca_path = Some(ca_path.clone());
+        c.delivery.retry_schedule = vec![Duration::from_secs(60)];
+    })
+    .await;
+    let source = none_source(&server).await;
+    create(
+        &server,
+        &source,
+        json!({"url": plain.localhost_url("/plain")}),
+    )
+    .await;
+    create(
+        &server,
+        &source,
+        json!({"url": secure.localhost_url("/secure")}),
+    )
+    .await;
+    let refused = create(
+        &server,
+        &source,
+        json!({"url": format!("http://hooks.rebind.invalid:{}/x", plain.addr().port())}),
+    )
+    .await;
+    let event = server
+        .ingest_json(&source.slug, &json!({"type": "proxy.test"}))
+        .await;
+    let r = plain
+        .wait_for_path("/plain", 1, Duration::from_secs(10))
+        .await
+        .remove(0);
+    assert_eq!(r.must("webhook-id"), event);
+    secure
+        .wait_for_path("/secure", 1, Duration::from_secs(10))
+        .await;
+    let d = delivery_to(&server, &source, &event, &refused, Duration::from_secs(10)).await;
+    assert_eq!(d["attempts"][0]["error_kind"], "ssrf_refused", "{d}");
+
+    // Each went through its own tunnel to the resolved loopback address
+    // (not the name); nothing was tunnelled for the refused one.
+    let mut tunnels = proxy.tunnels();
+    tunnels.sort();
+    let mut expected = vec![
+        format!("127.0.0.1:{}", plain.addr().port()),
+        format!("127.0.0.1:{}", secure.addr().port()),
+    ];
+    expected.sort();
+    assert_eq!(tunnels, expected);
+
+    // A proxy URL the client cannot use is refused when the config loads.
+    for bad in [
+        "socks5://127.0.0.1:1080",
+        "http://user:pw@127.0.0.1:3128",
+        "http://127.0.0.1:3128/path",
+        "nope",
+    ] {
+        let mut config = Config::default();
+        config.delivery.proxy_url = Some(bad.into());
+        let err = Config::from_figment(figment::Figment::from(
+            figment::providers::Serialized::defaults(config),
+        ))
+        .expect_err(bad)
+        .to_string();
+        assert!(err.contains("delivery.proxy_url"), "{bad}: {err}");
+    }
+}
