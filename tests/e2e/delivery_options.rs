@@ -1214,3 +1214,120 @@ async fn deliveries_go_through_the_egress_proxy() {
         assert!(err.contains("delivery.proxy_url"), "{bad}: {err}");
     }
 }
+
+/// The dashboard's destination forms set the options; the secret parts
+/// are write-only there too: never shown on a page, kept when left empty,
+/// and a refused form does not echo them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_sets_options_and_never_shows_secrets() {
+    const TOKEN: &str = "tok_Dash-never-shown-7731";
+    let receiver = Receiver::ok().await;
+    let server = server_with(|_| {}).await;
+    let source = none_source(&server).await;
+    let mut b = crate::common::browser::Browser::new(&server.base);
+    let csrf = b.signed_in(&server.admin_key).await;
+    let src = format!("/dashboard/sources/{}", source.id);
+    let url = receiver.url("/dash");
+    let page = b
+        .post(
+            &format!("{src}/destinations"),
+            &[
+                ("csrf", &csrf),
+                ("url", &url),
+                ("event_filter", ""),
+                ("headers", "X-Team: payments\nX-Env: test"),
+                ("timeout", "5s"),
+                ("ordering", "fifo"),
+                ("body_filter", r#"{"amount": {"$gte": 10}}"#),
+                ("auth_type", "bearer"),
+                ("auth_secret", TOKEN),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(!page.text.contains(TOKEN));
+    let (_, list) = server.get(&destinations_path(&source)).await;
+    let d = &list["data"][0];
+    let id = d["id"].as_str().unwrap().to_string();
+    assert_eq!(d["headers"], json!({"x-team": "payments", "x-env": "test"}));
+    assert_eq!(d["timeout"], "5s");
+    assert_eq!(d["ordering"], "fifo");
+    assert_eq!(d["body_filter"], json!({"amount": {"$gte": 10}}));
+    assert_eq!(d["auth"], json!({"type": "bearer"}));
+
+    // The edit page shows the options but not the token.
+    let edit = format!("{src}/destinations/{id}");
+    let page = b.get(&edit).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text.contains("X-Team: payments") || page.text.contains("x-team: payments"));
+    assert!(!page.text.contains(TOKEN), "the token is write-only");
+
+    // Saved without a new token: the stored one is kept and still sent.
+    let page = b
+        .post(
+            &edit,
+            &[
+                ("csrf", &csrf),
+                ("url", &url),
+                ("event_filter", ""),
+                ("headers", "X-Team: billing"),
+                ("timeout", ""),
+                ("ordering", "none"),
+                ("body_filter", ""),
+                ("auth_type", "bearer"),
+                ("auth_secret", ""),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
+    server
+        .ingest_json(&source.slug, &json!({"type": "dash", "amount": 1}))
+        .await;
+    let r = receiver
+        .wait_for_path("/dash", 1, Duration::from_secs(10))
+        .await
+        .remove(0);
+    assert_eq!(r.must("authorization"), format!("Bearer {TOKEN}"));
+    assert_eq!(r.must("x-team"), "billing");
+
+    // A refused form (bad filter) shows the path and does not echo secrets.
+    let pki = pki();
+    let page = b
+        .post(
+            &edit,
+            &[
+                ("csrf", &csrf),
+                ("url", &url),
+                ("event_filter", ""),
+                ("headers", ""),
+                ("ordering", "none"),
+                ("body_filter", r#"{"amount": {"$gt": [1]}}"#),
+                ("auth_type", "bearer"),
+                ("auth_secret", "tok_new-secret-never-echoed"),
+                ("tls_cert_pem", &pki.client_cert_pem),
+                ("tls_key_pem", &pki.client_key_pem),
+            ],
+        )
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        page.text
+    );
+    assert!(
+        page.text.contains("body_filter.amount.$gt"),
+        "{}",
+        page.text
+    );
+    assert!(!page.text.contains("tok_new-secret-never-echoed"));
+    let key_line = pki
+        .client_key_pem
+        .lines()
+        .find(|l| !l.starts_with("-----"))
+        .unwrap();
+    assert!(
+        !page.text.contains(key_line),
+        "the private key is write-only"
+    );
+}
