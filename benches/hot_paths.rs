@@ -140,6 +140,7 @@ fn attempt_inputs(c: &mut Criterion) {
         failing_since_ms: None,
         created_at_ms: 0,
         updated_at_ms: 0,
+        options: Default::default(),
     };
     let id = new_id();
     let event = EventRecord {

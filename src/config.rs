@@ -224,6 +224,12 @@ pub struct DeliveryConfig {
     /// node takes over after it dies. Unused on redb (one node).
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// An HTTP proxy (`http://host:port`) every delivery goes through, with
+    /// a CONNECT tunnel for http and https alike (SPEC §13), e.g. for one
+    /// static egress address. The SSRF check still applies: the
+    /// destination's name is resolved and checked here, and the tunnel is
+    /// asked for the checked address.
+    pub proxy_url: Option<String>,
 }
 
 /// Caps that keep one tenant's data from slowing everyone else.
@@ -309,6 +315,7 @@ impl Default for DeliveryConfig {
             disable_after: Duration::from_secs(5 * 24 * 3600),
             loopback_only: false,
             lease_ttl: Duration::from_secs(45),
+            proxy_url: None,
         }
     }
 }
@@ -485,6 +492,22 @@ impl Config {
         }
         if self.delivery.timeout.is_zero() {
             return fail("delivery.timeout", "must be greater than 0");
+        }
+        if let Some(proxy) = &self.delivery.proxy_url {
+            let ok = url::Url::parse(proxy).is_ok_and(|u| {
+                u.scheme() == "http"
+                    && u.host().is_some()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+                    && matches!(u.path(), "" | "/")
+                    && u.query().is_none()
+            });
+            if !ok {
+                return fail(
+                    "delivery.proxy_url",
+                    "must be http://host:port (no credentials, path or query)",
+                );
+            }
         }
         if self.delivery.max_in_flight_per_destination == 0 {
             return fail(

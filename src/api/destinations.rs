@@ -12,9 +12,206 @@ use super::extract::{encode_cursor, ApiJson, ApiPath, ApiQuery, Data, List, List
 use super::sources::source_id;
 use super::AppState;
 use crate::model::ids::DestinationId;
-use crate::model::records::DestinationRecord;
+use std::collections::BTreeMap;
+
+use crate::model::records::{AuthRecord, DestinationRecord, Ordering};
 use crate::model::time::format_ms;
-use crate::ops::destinations::{DestinationEdit, NewDestination};
+use crate::ops::destinations::{
+    AuthInput, ClientCertInput, DestinationEdit, NewDestination, OptionsInput,
+};
+
+/// Reads a field that may be absent (keep), `null` (remove) or a value.
+/// Use with `#[serde(default, deserialize_with = "nullable")]`.
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// How deliveries authenticate to the receiver (SPEC §13). The secret
+/// parts (`password`, `token`, `client_secret`) are write-only.
+#[derive(Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthBody {
+    /// HTTP basic authentication.
+    Basic {
+        #[schema(min_length = 1, max_length = 256)]
+        username: String,
+        #[schema(max_length = 4096, write_only)]
+        password: String,
+    },
+    /// `authorization: Bearer <token>`.
+    Bearer {
+        #[schema(min_length = 1, max_length = 4096, write_only)]
+        token: String,
+    },
+    /// An OAuth2 client-credentials grant to `token_url` (form POST with
+    /// HTTP basic client auth); the token is cached until 30 s before it
+    /// expires and fetched again once on a 401.
+    Oauth2ClientCredentials {
+        #[schema(format = "uri", max_length = 2048)]
+        token_url: String,
+        #[schema(min_length = 1, max_length = 256)]
+        client_id: String,
+        #[schema(min_length = 1, max_length = 4096, write_only)]
+        client_secret: String,
+        #[schema(min_length = 1, max_length = 1024)]
+        scope: Option<String>,
+        #[schema(min_length = 1, max_length = 1024)]
+        audience: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for AuthBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthBody(<redacted>)")
+    }
+}
+
+impl From<AuthBody> for AuthInput {
+    fn from(body: AuthBody) -> AuthInput {
+        match body {
+            AuthBody::Basic { username, password } => AuthInput::Basic { username, password },
+            AuthBody::Bearer { token } => AuthInput::Bearer { token },
+            AuthBody::Oauth2ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                audience,
+            } => AuthInput::OAuth2ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                audience,
+            },
+        }
+    }
+}
+
+/// A client certificate for mutual TLS, PEM; `key_pem` is write-only.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificateBody {
+    /// The certificate (chain), leaf first.
+    #[schema(max_length = 65536)]
+    pub cert_pem: String,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    #[schema(max_length = 16384, write_only)]
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientCertificateBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientCertificateBody(<redacted>)")
+    }
+}
+
+/// `ordering` (SPEC §13).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderingName {
+    /// Any order (the default).
+    None,
+    /// One attempt at a time, in event order (`received_at`, then id); a
+    /// failing delivery holds the later ones until it succeeds or fails.
+    Fifo,
+}
+
+impl From<OrderingName> for Ordering {
+    fn from(o: OrderingName) -> Ordering {
+        match o {
+            OrderingName::None => Ordering::None,
+            OrderingName::Fifo => Ordering::Fifo,
+        }
+    }
+}
+
+impl From<Ordering> for OrderingName {
+    fn from(o: Ordering) -> OrderingName {
+        match o {
+            Ordering::None => OrderingName::None,
+            Ordering::Fifo => OrderingName::Fifo,
+        }
+    }
+}
+
+/// The delivery options of a create or change body.
+macro_rules! options_input {
+    ($b:expr) => {{
+        OptionsInput {
+            headers: $b.headers.map(|h| h.map(|h| h.into_iter().collect())),
+            auth: $b.auth.map(|a| a.map(AuthInput::from)),
+            tls_client_certificate: $b.tls_client_certificate.map(|c| {
+                c.map(|c| ClientCertInput {
+                    cert_pem: c.cert_pem,
+                    key_pem: c.key_pem,
+                })
+            }),
+            body_filter: $b.body_filter,
+            ordering: $b.ordering.map(Ordering::from),
+            timeout: $b.timeout,
+        }
+    }};
+}
+
+/// `auth` as `GET` shows it: never the secret parts.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuthView {
+    #[serde(rename = "type")]
+    #[schema(pattern = "^(basic|bearer|oauth2_client_credentials)$")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uri")]
+    pub token_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+/// `tls_client_certificate` as `GET` shows it: never the key.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClientCertificateView {
+    pub subject: String,
+    #[schema(format = DateTime)]
+    pub not_after: String,
+}
+
+fn auth_view(auth: &AuthRecord) -> AuthView {
+    let mut view = AuthView {
+        kind: auth.kind().to_string(),
+        username: None,
+        token_url: None,
+        client_id: None,
+        scope: None,
+        audience: None,
+    };
+    match auth {
+        AuthRecord::Basic { username, .. } => view.username = Some(username.clone()),
+        AuthRecord::Bearer { .. } => {}
+        AuthRecord::OAuth2ClientCredentials {
+            token_url,
+            client_id,
+            scope,
+            audience,
+            ..
+        } => {
+            view.token_url = Some(token_url.clone());
+            view.client_id = Some(client_id.clone());
+            view.scope = scope.clone();
+            view.audience = audience.clone();
+        }
+    }
+    view
+}
 
 /// Body of `POST .../destinations`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -37,6 +234,34 @@ pub struct CreateDestination {
     #[schema(minimum = 1, maximum = 10000)]
     #[serde(default, deserialize_with = "super::extract::optional_u32")]
     pub rate_limit: Option<u32>,
+    /// Extra request headers (at most 20). Hop-by-hop names, `host`,
+    /// `content-length`, `content-type`, `user-agent`, `webhook-*` and
+    /// `krafter-*` are refused. `null` removes them.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub headers: Option<Option<BTreeMap<String, String>>>,
+    /// `null` removes the credentials.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<AuthBody>)]
+    pub auth: Option<Option<AuthBody>>,
+    /// `null` removes the certificate.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<ClientCertificateBody>)]
+    pub tls_client_certificate: Option<Option<ClientCertificateBody>>,
+    /// A JSON object matched against the JSON body (operators `$eq $neq
+    /// $gt $gte $lt $lte $in $nin $exist $startsWith $endsWith $contains
+    /// $and $or $not`); a body that is not JSON never matches. `null`
+    /// removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Object>)]
+    pub body_filter: Option<Option<serde_json::Value>>,
+    /// Default `none`.
+    pub ordering: Option<OrderingName>,
+    /// This destination's attempt timeout, `"1s"` to `"120s"` (default:
+    /// `delivery.timeout`). `null` returns to the default.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+(ms|s|m)$")]
+    pub timeout: Option<Option<String>>,
 }
 
 /// Body of `PATCH .../destinations/{id}`; absent fields are kept.
@@ -57,6 +282,34 @@ pub struct UpdateDestination {
     #[schema(minimum = 0, maximum = 10000)]
     #[serde(default, deserialize_with = "super::extract::optional_u32")]
     pub rate_limit: Option<u32>,
+    /// Extra request headers (at most 20). Hop-by-hop names, `host`,
+    /// `content-length`, `content-type`, `user-agent`, `webhook-*` and
+    /// `krafter-*` are refused. `null` removes them.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub headers: Option<Option<BTreeMap<String, String>>>,
+    /// `null` removes the credentials.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<AuthBody>)]
+    pub auth: Option<Option<AuthBody>>,
+    /// `null` removes the certificate.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<ClientCertificateBody>)]
+    pub tls_client_certificate: Option<Option<ClientCertificateBody>>,
+    /// A JSON object matched against the JSON body (operators `$eq $neq
+    /// $gt $gte $lt $lte $in $nin $exist $startsWith $endsWith $contains
+    /// $and $or $not`); a body that is not JSON never matches. `null`
+    /// removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Object>)]
+    pub body_filter: Option<Option<serde_json::Value>>,
+    /// Default `none`.
+    pub ordering: Option<OrderingName>,
+    /// This destination's attempt timeout, `"1s"` to `"120s"` (default:
+    /// `delivery.timeout`). `null` returns to the default.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+(ms|s|m)$")]
+    pub timeout: Option<Option<String>>,
 }
 
 /// A destination as the API shows it. `secret` only on create and rotate.
@@ -81,6 +334,18 @@ pub struct DestinationView {
     pub created_at: String,
     #[schema(format = DateTime)]
     pub updated_at: String,
+    /// Extra request headers sent with every delivery.
+    pub headers: BTreeMap<String, String>,
+    #[schema(required = true)]
+    pub auth: Option<AuthView>,
+    #[schema(required = true)]
+    pub tls_client_certificate: Option<ClientCertificateView>,
+    #[schema(required = true, value_type = Option<Object>)]
+    pub body_filter: Option<serde_json::Value>,
+    pub ordering: OrderingName,
+    /// This destination's own attempt timeout (`"5s"`), or null for `delivery.timeout`.
+    #[schema(required = true)]
+    pub timeout: Option<String>,
     /// `whsec_` + base64; present only in create and rotate-secret responses.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String, pattern = "^whsec_[A-Za-z0-9+/]{32,}={0,2}$")]
@@ -99,6 +364,24 @@ fn view(d: &DestinationRecord, secret: Option<String>) -> DestinationView {
         disabled_at: d.disabled_at_ms.map(format_ms),
         created_at: format_ms(d.created_at_ms),
         updated_at: format_ms(d.updated_at_ms),
+        headers: d.options.headers.iter().cloned().collect(),
+        auth: d.options.auth.as_ref().map(auth_view),
+        tls_client_certificate: d.options.tls_client_certificate.as_ref().map(|c| {
+            ClientCertificateView {
+                subject: c.subject.clone(),
+                not_after: format_ms(c.not_after_ms),
+            }
+        }),
+        body_filter: d
+            .options
+            .body_filter
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok()),
+        ordering: d.options.ordering.into(),
+        timeout: d
+            .options
+            .timeout_ms
+            .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()),
         secret,
     }
 }
@@ -124,6 +407,7 @@ pub async fn create(
         event_filter: body.event_filter,
         enabled: body.enabled,
         rate_limit: body.rate_limit,
+        options: options_input!(body),
     };
     let created = state
         .ops
@@ -195,6 +479,7 @@ pub async fn update(
         event_filter: body.event_filter,
         enabled: body.enabled,
         rate_limit: body.rate_limit,
+        options: options_input!(body),
     };
     let updated = state
         .ops

@@ -69,6 +69,19 @@ impl Refusal {
         Refusal { message, details }
     }
 
+    /// Every named field starting with `prefix` (such as `headers.` or
+    /// `auth`), with its message: for form fields that stand for a whole
+    /// object (one text area of headers, one body filter).
+    pub fn fields_under<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.details
+            .iter()
+            .filter(move |d| d.field.starts_with(prefix))
+            .map(|d| (d.field.as_str(), d.message.as_str()))
+    }
+
     /// The message for one form field, if the operation named it (or one
     /// of its elements, such as `scopes[0]`).
     pub fn field(&self, name: &str) -> Option<&str> {

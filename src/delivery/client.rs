@@ -27,6 +27,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use tower::Service;
 
 use super::resolve::Resolver;
 use super::ssrf::{self, SsrfError};
@@ -34,7 +35,7 @@ use crate::config::DeliveryConfig;
 use crate::http::tls::provider;
 
 /// The pooled client every delivery uses.
-pub type DeliveryClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
+pub type DeliveryClient = Client<HttpsConnector<Connector>, Full<Bytes>>;
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,104 @@ pub enum ClientError {
     ExtraCa { path: String, message: String },
     #[error("TLS client configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("delivery.proxy_url: {0}")]
+    Proxy(String),
+}
+
+/// How deliveries reach the network: straight to the destination, or
+/// through `delivery.proxy_url` with a CONNECT tunnel (for http and https
+/// alike, so the proxy never sees a request, only the address).
+///
+/// Through the proxy, the destination's name is resolved here by the
+/// SSRF-guarded resolver and the tunnel asked for the checked address
+/// (`CONNECT 203.0.113.7:443`), so the proxy cannot be pointed at what the
+/// guard refuses; TLS still verifies the destination's name.
+#[derive(Clone)]
+pub struct Connector {
+    direct: HttpConnector<GuardedResolver>,
+    proxy: Option<ProxyRoute>,
+}
+
+#[derive(Clone)]
+struct ProxyRoute {
+    tunnel: hyper_util::client::legacy::connect::proxy::Tunnel<HttpConnector>,
+    guard: GuardedResolver,
+}
+
+type Stream = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+
+impl Service<http::Uri> for Connector {
+    type Response = Stream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        // Both inner connectors are always ready; each call readies its own.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        match self.proxy.clone() {
+            None => {
+                let mut direct = self.direct.clone();
+                Box::pin(async move {
+                    std::future::poll_fn(|cx| direct.poll_ready(cx)).await?;
+                    Ok(direct.call(uri).await?)
+                })
+            }
+            Some(ProxyRoute {
+                mut tunnel,
+                mut guard,
+            }) => Box::pin(async move {
+                let target = checked_target(&uri, &mut guard).await?;
+                std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await?;
+                Ok(tunnel.call(target).await?)
+            }),
+        }
+    }
+}
+
+/// The address a tunnel is asked for: the destination's host resolved and
+/// checked by the SSRF guard (an IP literal is checked as is), its port.
+async fn checked_target(
+    uri: &http::Uri,
+    guard: &mut GuardedResolver,
+) -> Result<http::Uri, BoxError> {
+    let host = uri.host().ok_or("the URL has no host")?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            guard.reach.check(bare, ip)?;
+            ip
+        }
+        Err(_) => {
+            use std::str::FromStr;
+            let name = Name::from_str(bare)?;
+            std::future::poll_fn(|cx| guard.poll_ready(cx)).await?;
+            guard
+                .call(name)
+                .await?
+                .next()
+                .ok_or("the name resolved to no address")?
+                .ip()
+        }
+    };
+    let authority = SocketAddr::new(ip, port).to_string();
+    Ok(http::Uri::builder()
+        .scheme(uri.scheme_str().unwrap_or("http"))
+        .authority(authority)
+        .path_and_query("/")
+        .build()?)
 }
 
 /// Which networks deliveries may reach (`delivery.allow_private_networks`
@@ -88,7 +187,7 @@ pub struct GuardedResolver {
 type Resolved = std::vec::IntoIter<SocketAddr>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-impl tower::Service<Name> for GuardedResolver {
+impl Service<Name> for GuardedResolver {
     type Response = Resolved;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Resolved, BoxError>> + Send>>;
@@ -135,7 +234,28 @@ pub fn build(config: &DeliveryConfig, resolver: Resolver) -> Result<DeliveryClie
 pub fn build_with_body<B>(
     config: &DeliveryConfig,
     resolver: Resolver,
-) -> Result<Client<HttpsConnector<HttpConnector<GuardedResolver>>, B>, ClientError>
+) -> Result<Client<HttpsConnector<Connector>, B>, ClientError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
+    build_with_identity(config, resolver, None)
+}
+
+/// A client certificate chain and its private key, for mutual TLS.
+pub type Identity = (
+    Vec<CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// The same client presenting `identity` to servers that ask for a client
+/// certificate (a destination's `tls_client_certificate`); it has its own
+/// connection pool, so no connection made with one identity serves another.
+pub fn build_with_identity<B>(
+    config: &DeliveryConfig,
+    resolver: Resolver,
+    identity: Option<Identity>,
+) -> Result<Client<HttpsConnector<Connector>, B>, ClientError>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
@@ -154,24 +274,62 @@ where
             })?;
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let tls = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
 
-    let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+    let guard = GuardedResolver {
         reach: Reach::of(config),
         resolver,
-    });
+    };
+    let connect_timeout = Some(config.timeout.min(Duration::from_secs(10)));
+    let mut http = HttpConnector::new_with_resolver(guard.clone());
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.timeout.min(Duration::from_secs(10))));
+    http.set_connect_timeout(connect_timeout);
     http.set_keepalive(Some(Duration::from_secs(60)));
+    let proxy = match &config.proxy_url {
+        None => None,
+        Some(proxy_url) => {
+            let proxy_uri: http::Uri = proxy_url
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| ClientError::Proxy(e.to_string()))?;
+            // The proxy is the operator's choice (often on a private
+            // network), so it is not held to the destination SSRF rules;
+            // under `loopback_only` it must be on loopback too.
+            if config.loopback_only {
+                let host = proxy_uri.host().unwrap_or_default();
+                let bare = host.trim_start_matches('[').trim_end_matches(']');
+                let loopback = bare
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    return Err(ClientError::Proxy(
+                        "must be a loopback address while delivery.loopback_only is true".into(),
+                    ));
+                }
+            }
+            let mut to_proxy = HttpConnector::new();
+            to_proxy.set_nodelay(true);
+            to_proxy.set_connect_timeout(connect_timeout);
+            to_proxy.set_keepalive(Some(Duration::from_secs(60)));
+            let tunnel =
+                hyper_util::client::legacy::connect::proxy::Tunnel::new(proxy_uri, to_proxy);
+            Some(ProxyRoute { tunnel, guard })
+        }
+    };
     let https = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
+        .wrap_connector(Connector {
+            direct: http,
+            proxy,
+        });
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::client::{self, ClientError, DeliveryClient};
+use super::oauth::{Grant, TokenCache};
 use super::resolve::Resolver;
 use super::retry;
 use super::signer;
@@ -40,7 +41,8 @@ use super::worker::{self, AttemptRequest};
 use crate::config::DeliveryConfig;
 use crate::metrics::Metrics;
 use crate::model::records::{
-    AttemptRecord, DeliveryStatus, DestinationRecord, ErrorKind, RetiredSecret,
+    AttemptRecord, AuthRecord, DeliveryStatus, DestinationRecord, ErrorKind, Ordering,
+    RetiredSecret,
 };
 use crate::model::time::now_ms;
 use crate::store::{Announcement, AttemptOutcome, DueItem, Next, Store, StoreError};
@@ -86,6 +88,11 @@ struct Inner {
     shared: bool,
     /// Asks the lease keeper for a round now (a new lane, lost hints).
     claim_now: Notify,
+    /// Clients of destinations with a client certificate (mTLS), by
+    /// destination, with the `updated_at` they were built for.
+    identity_clients: Mutex<HashMap<DestinationId, (i64, DeliveryClient)>>,
+    /// OAuth2 tokens of destinations using client credentials.
+    tokens: TokenCache,
 }
 
 struct Lane {
@@ -145,6 +152,8 @@ impl Engine {
                 tracker: TaskTracker::new(),
                 shared,
                 claim_now: Notify::new(),
+                identity_clients: Mutex::new(HashMap::new()),
+                tokens: TokenCache::default(),
             }),
         };
         for (source_id, destination_id) in engine.inner.store.all_destination_ids().await? {
@@ -472,11 +481,16 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
         if let Some(epoch) = epoch {
             let in_flight = lock(&lane.in_flight).clone();
             let now = now_ms().max(0) as u64;
-            match inner
-                .store
-                .due_for(lane.destination_id, now, &in_flight, free)
-                .await
-            {
+            let fifo = destination.options.ordering == Ordering::Fifo;
+            let due = if fifo {
+                fifo_due(&inner.store, lane.destination_id, now, &in_flight).await
+            } else {
+                inner
+                    .store
+                    .due_for(lane.destination_id, now, &in_flight, free)
+                    .await
+            };
+            match due {
                 Ok((items, next_due)) => {
                     if let Some(due) = next_due {
                         wait = wait.min(Duration::from_millis(due.saturating_sub(now)));
@@ -529,6 +543,27 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
     lock(&inner.lanes).remove(&lane.destination_id);
 }
 
+/// What a `fifo` destination may attempt now: nothing while one of its
+/// attempts is in flight (or not yet recorded); else the first pending
+/// delivery in event order, once it is due — a later one never overtakes
+/// it, even while it waits for a retry (SPEC §13 `ordering`).
+async fn fifo_due(
+    store: &Store,
+    destination: DestinationId,
+    now: u64,
+    in_flight: &HashSet<DeliveryId>,
+) -> Result<(Vec<DueItem>, Option<u64>), StoreError> {
+    if !in_flight.is_empty() {
+        // The lane is woken when that attempt's outcome is recorded.
+        return Ok((Vec::new(), None));
+    }
+    Ok(match store.fifo_head(destination).await? {
+        Some(head) if head.due_ms <= now => (vec![head], None),
+        Some(head) => (Vec::new(), Some(head.due_ms)),
+        None => (Vec::new(), None),
+    })
+}
+
 /// Runs one attempt of `item` and records its outcome.
 async fn deliver(
     inner: &Inner,
@@ -568,18 +603,7 @@ async fn deliver(
     };
     let number = delivery.attempts + 1;
     let started_at_ms = now_ms();
-    let result = worker::attempt(
-        &inner.client,
-        AttemptRequest {
-            url: &destination.url,
-            event: &event,
-            keys: &keys,
-            attempt: number,
-            timeout: inner.config.timeout,
-            reach: client::Reach::of(&inner.config),
-        },
-    )
-    .await;
+    let result = attempt_with_options(inner, destination, &event, &keys, number).await;
     drop(permit);
     // A slot is free: the lane can start another delivery while this
     // outcome is being committed.
@@ -671,6 +695,156 @@ async fn deliver(
         }
         delay = (delay * 2).min(MAX_RECORD_RETRY);
     }
+}
+
+impl Inner {
+    /// The client for `destination`: the shared one, or (with a client
+    /// certificate) its own, built once per version of the destination.
+    fn client_for(&self, destination: &DestinationRecord) -> Result<DeliveryClient, String> {
+        let Some(cert) = &destination.options.tls_client_certificate else {
+            return Ok(self.client.clone());
+        };
+        let mut clients = lock(&self.identity_clients);
+        if let Some((version, client)) = clients.get(&destination.id) {
+            if *version == destination.updated_at_ms {
+                return Ok(client.clone());
+            }
+        }
+        let key = self
+            .store
+            .open_secret(&cert.key_pem)
+            .map_err(|e| format!("cannot open the client certificate key: {e}"))?;
+        let key = String::from_utf8(key)
+            .map_err(|_| "the client certificate key is not PEM".to_string())?;
+        let identity = super::mtls::identity(&cert.cert_pem, &key).map_err(|e| e.to_string())?;
+        let client =
+            client::build_with_identity(&self.config, self.resolver.clone(), Some(identity))
+                .map_err(|e| e.to_string())?;
+        clients.insert(destination.id, (destination.updated_at_ms, client.clone()));
+        Ok(client)
+    }
+
+    /// The `authorization` header value of the destination's `auth`; an
+    /// OAuth2 token comes from the cache or its token endpoint.
+    async fn authorization(
+        &self,
+        client: &DeliveryClient,
+        destination: &DestinationRecord,
+        timeout: Duration,
+    ) -> Result<Option<String>, String> {
+        let open = |sealed: &[u8]| -> Result<String, String> {
+            let bytes = self
+                .store
+                .open_secret(sealed)
+                .map_err(|e| format!("cannot open the destination's credentials: {e}"))?;
+            String::from_utf8(bytes).map_err(|_| "stored credentials are not text".to_string())
+        };
+        match &destination.options.auth {
+            None => Ok(None),
+            Some(AuthRecord::Basic { username, password }) => {
+                use base64::Engine;
+                let pair = format!("{username}:{}", open(password)?);
+                Ok(Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                )))
+            }
+            Some(AuthRecord::Bearer { token }) => Ok(Some(format!("Bearer {}", open(token)?))),
+            Some(AuthRecord::OAuth2ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                audience,
+            }) => {
+                if let Some(token) = self
+                    .tokens
+                    .cached(destination.id, destination.updated_at_ms)
+                {
+                    return Ok(Some(format!("Bearer {token}")));
+                }
+                let secret = open(client_secret)?;
+                let grant = Grant {
+                    token_url,
+                    client_id,
+                    client_secret: &secret,
+                    scope: scope.as_deref(),
+                    audience: audience.as_deref(),
+                };
+                let token = self
+                    .tokens
+                    .token(
+                        client,
+                        client::Reach::of(&self.config),
+                        timeout,
+                        destination.id,
+                        destination.updated_at_ms,
+                        &grant,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(format!("Bearer {token}")))
+            }
+        }
+    }
+}
+
+/// One attempt with the destination's options (SPEC §13): its client
+/// (mTLS), timeout, headers and credentials. An OAuth2 destination that
+/// answers 401 gets one more try with a freshly fetched token.
+async fn attempt_with_options(
+    inner: &Inner,
+    destination: &DestinationRecord,
+    event: &crate::model::records::EventRecord,
+    keys: &[Vec<u8>],
+    number: u32,
+) -> worker::AttemptResult {
+    let started = std::time::Instant::now();
+    let timeout = destination
+        .options
+        .timeout_ms
+        .map_or(inner.config.timeout, Duration::from_millis);
+    let client = match inner.client_for(destination) {
+        Ok(c) => c,
+        Err(message) => return worker::AttemptResult::failure(started, ErrorKind::Tls, message),
+    };
+    let authorization = match inner.authorization(&client, destination, timeout).await {
+        Ok(a) => a,
+        Err(message) => return worker::AttemptResult::failure(started, ErrorKind::Auth, message),
+    };
+    let send = |authorization: Option<String>| {
+        let client = client.clone();
+        async move {
+            worker::attempt(
+                &client,
+                AttemptRequest {
+                    url: &destination.url,
+                    event,
+                    keys,
+                    attempt: number,
+                    timeout,
+                    reach: client::Reach::of(&inner.config),
+                    headers: &destination.options.headers,
+                    authorization: authorization.as_deref(),
+                },
+            )
+            .await
+        }
+    };
+    let mut result = send(authorization).await;
+    let oauth = matches!(
+        destination.options.auth,
+        Some(AuthRecord::OAuth2ClientCredentials { .. })
+    );
+    if oauth && result.status == Some(401) {
+        inner.tokens.forget(destination.id);
+        result = match inner.authorization(&client, destination, timeout).await {
+            Ok(fresh) => send(fresh).await,
+            Err(message) => worker::AttemptResult::failure(started, ErrorKind::Auth, message),
+        };
+        result.duration = started.elapsed();
+    }
+    result
 }
 
 /// The destination's HMAC keys: the current secret, plus the previous one

@@ -4,6 +4,8 @@
 
 pub mod client;
 pub mod engine;
+pub mod mtls;
+pub mod oauth;
 pub mod resolve;
 pub mod retry;
 pub mod signer;

@@ -34,7 +34,8 @@ impl AttemptResult {
         self.error_kind.is_none()
     }
 
-    fn failure(started: Instant, kind: ErrorKind, message: String) -> Self {
+    /// A failed attempt that got no response.
+    pub fn failure(started: Instant, kind: ErrorKind, message: String) -> Self {
         AttemptResult {
             duration: started.elapsed(),
             status: None,
@@ -55,6 +56,10 @@ pub struct AttemptRequest<'a> {
     pub attempt: u32,
     pub timeout: Duration,
     pub reach: Reach,
+    /// The destination's own headers (validated: none of Krafter's).
+    pub headers: &'a [(String, String)],
+    /// The `authorization` value its `auth` makes, if any.
+    pub authorization: Option<&'a str>,
 }
 
 /// Inbound headers forwarded: those kept with the event (events stored
@@ -151,6 +156,23 @@ fn build_request(req: &AttemptRequest<'_>) -> Result<Request<Full<Bytes>>, http:
             ) {
                 headers.append(name, value);
             }
+        }
+        // The destination's own headers replace inbound ones of that name.
+        for (name, value) in req.headers {
+            if crate::http::headers::is_refused_destination_header(name) {
+                continue;
+            }
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        if let Some(auth) = req.authorization {
+            let mut value = HeaderValue::from_str(auth)?;
+            value.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, value);
         }
         let mut set = |name: &'static str, value: String| {
             if let Ok(value) = HeaderValue::from_str(&value) {

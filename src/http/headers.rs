@@ -33,6 +33,25 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
 }
 
+/// Whether a destination may not set this header itself (SPEC §13):
+/// hop-by-hop names, `host`, `content-length`, `content-type`,
+/// `user-agent`, `webhook-*` and `krafter-*` (lower-case name).
+pub fn is_refused_destination_header(name: &str) -> bool {
+    is_hop_by_hop(name)
+        || matches!(
+            name,
+            "proxy-authorization"
+                | "proxy-authenticate"
+                | "proxy-connection"
+                | "host"
+                | "content-length"
+                | "content-type"
+                | "user-agent"
+        )
+        || name.starts_with("webhook-")
+        || name.starts_with("krafter-")
+}
+
 /// Whether an inbound header (lower-case name) is kept with an event: not
 /// hop-by-hop, not the sender's credentials or proxy hops. `connection_listed`
 /// holds the names the request's `Connection` header declared hop-by-hop.

@@ -5,6 +5,7 @@
 //! delivery, operations, the API and the dashboard can all speak it without
 //! depending on each other.
 
+pub mod body_filter;
 pub mod filter;
 pub mod ids;
 pub mod provider;

@@ -100,6 +100,128 @@ pub struct DestinationRecord {
     pub failing_since_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The per-destination delivery options of SPEC §13 (added in record
+    /// version 2; older records read as the defaults).
+    pub options: DeliveryOptions,
+}
+
+/// Per-destination delivery options (SPEC §13). Secret parts are sealed
+/// with the data directory's key, like the signing secret.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryOptions {
+    /// Extra request headers, lower-case names, in the order given.
+    pub headers: Vec<(String, String)>,
+    pub auth: Option<AuthRecord>,
+    pub tls_client_certificate: Option<ClientCertRecord>,
+    /// The body filter as compact JSON text (postcard cannot hold a free
+    /// JSON value); validated before it is stored.
+    pub body_filter: Option<String>,
+    pub ordering: Ordering,
+    /// This destination's attempt timeout, replacing `delivery.timeout`.
+    pub timeout_ms: Option<u64>,
+}
+
+/// How a destination's deliveries are ordered (SPEC §13 `ordering`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ordering {
+    /// Any order, several attempts at once.
+    #[default]
+    None,
+    /// One attempt at a time, in event order; a failing delivery holds
+    /// the later ones until it succeeds or ends failed.
+    Fifo,
+}
+
+impl Ordering {
+    /// The public name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ordering::None => "none",
+            Ordering::Fifo => "fifo",
+        }
+    }
+}
+
+/// How deliveries authenticate to the receiver (SPEC §13 `auth`). Every
+/// `Vec<u8>` here is sealed; `Debug` never shows even the sealed bytes.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub enum AuthRecord {
+    Basic {
+        username: String,
+        password: Vec<u8>,
+    },
+    Bearer {
+        token: Vec<u8>,
+    },
+    OAuth2ClientCredentials {
+        token_url: String,
+        client_id: String,
+        client_secret: Vec<u8>,
+        scope: Option<String>,
+        audience: Option<String>,
+    },
+}
+
+impl AuthRecord {
+    /// The public `type` name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthRecord::Basic { .. } => "basic",
+            AuthRecord::Bearer { .. } => "bearer",
+            AuthRecord::OAuth2ClientCredentials { .. } => "oauth2_client_credentials",
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthRecord::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"<sealed>")
+                .finish(),
+            AuthRecord::Bearer { .. } => f
+                .debug_struct("Bearer")
+                .field("token", &"<sealed>")
+                .finish(),
+            AuthRecord::OAuth2ClientCredentials {
+                token_url,
+                client_id,
+                scope,
+                audience,
+                ..
+            } => f
+                .debug_struct("OAuth2ClientCredentials")
+                .field("token_url", token_url)
+                .field("client_id", client_id)
+                .field("client_secret", &"<sealed>")
+                .field("scope", scope)
+                .field("audience", audience)
+                .finish(),
+        }
+    }
+}
+
+/// A client certificate for mTLS: the chain in clear (it is public), the
+/// private key sealed, and what `GET` shows, read once at creation.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientCertRecord {
+    pub cert_pem: String,
+    /// Sealed PEM private key.
+    pub key_pem: Vec<u8>,
+    pub subject: String,
+    pub not_after_ms: i64,
+}
+
+impl std::fmt::Debug for ClientCertRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertRecord")
+            .field("subject", &self.subject)
+            .field("not_after_ms", &self.not_after_ms)
+            .field("key_pem", &"<sealed>")
+            .finish()
+    }
 }
 
 /// One accepted inbound request, exactly as received.
@@ -229,11 +351,14 @@ pub enum ErrorKind {
     InvalidUrl,
     /// The request could not be built (e.g. a header value).
     InvalidRequest,
+    /// The destination's credentials could not be had (OAuth2 token
+    /// endpoint failure, a secret that does not open).
+    Auth,
 }
 
 impl ErrorKind {
     /// Every kind, for round-trip tests.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Timeout,
         ErrorKind::Connect,
         ErrorKind::Tls,
@@ -242,6 +367,7 @@ impl ErrorKind {
         ErrorKind::HttpStatus,
         ErrorKind::InvalidUrl,
         ErrorKind::InvalidRequest,
+        ErrorKind::Auth,
     ];
 
     /// The public name, also what is stored (so records written before this
@@ -256,6 +382,7 @@ impl ErrorKind {
             ErrorKind::HttpStatus => "http_status",
             ErrorKind::InvalidUrl => "invalid_url",
             ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Auth => "auth",
         }
     }
 

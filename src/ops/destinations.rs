@@ -12,7 +12,8 @@ use super::{Caller, Listed, OpError, Ops, Validation};
 use crate::config::Config;
 use crate::delivery::resolve::Resolver;
 use crate::delivery::ssrf;
-use crate::model::records::{DestinationRecord, Scope};
+use crate::model::body_filter;
+use crate::model::records::{AuthRecord, DeliveryOptions, DestinationRecord, Ordering, Scope};
 use crate::model::time::now_ms;
 use crate::store::{DestinationChange, NewSecret, StoreError};
 
@@ -21,6 +22,69 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_URL_LEN: usize = 2048;
 const MAX_PATTERNS: usize = 100;
 const MAX_PATTERN_LEN: usize = 256;
+/// Most extra headers a destination may send (SPEC §13).
+const MAX_HEADERS: usize = 20;
+const MAX_HEADER_VALUE: usize = 4096;
+const MAX_CREDENTIAL: usize = 4096;
+/// Bounds of a destination's own attempt timeout (SPEC §13).
+const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Credentials as a user gives them; `Debug` hides the secret parts.
+#[derive(Clone)]
+pub enum AuthInput {
+    Basic {
+        username: String,
+        password: String,
+    },
+    Bearer {
+        token: String,
+    },
+    OAuth2ClientCredentials {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        scope: Option<String>,
+        audience: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for AuthInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            AuthInput::Basic { .. } => "basic",
+            AuthInput::Bearer { .. } => "bearer",
+            AuthInput::OAuth2ClientCredentials { .. } => "oauth2_client_credentials",
+        };
+        write!(f, "AuthInput({kind}, <redacted>)")
+    }
+}
+
+/// A client certificate as given (PEM); `Debug` hides the key.
+#[derive(Clone)]
+pub struct ClientCertInput {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientCertInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientCertInput(<redacted>)")
+    }
+}
+
+/// The delivery options of a create or change (SPEC §13). `None` keeps
+/// (or, on creation, leaves out) an option; `Some(None)` removes it.
+#[derive(Debug, Clone, Default)]
+pub struct OptionsInput {
+    pub headers: Option<Option<Vec<(String, String)>>>,
+    pub auth: Option<Option<AuthInput>>,
+    pub tls_client_certificate: Option<Option<ClientCertInput>>,
+    pub body_filter: Option<Option<serde_json::Value>>,
+    pub ordering: Option<Ordering>,
+    /// Text such as `"5s"`.
+    pub timeout: Option<Option<String>>,
+}
 
 /// What a new destination needs.
 #[derive(Debug, Clone)]
@@ -29,6 +93,7 @@ pub struct NewDestination {
     pub event_filter: Option<Vec<String>>,
     pub enabled: Option<bool>,
     pub rate_limit: Option<u32>,
+    pub options: OptionsInput,
 }
 
 /// A change to a destination; `None` keeps a field.
@@ -40,6 +105,7 @@ pub struct DestinationEdit {
     pub enabled: Option<bool>,
     /// `0` removes the limit.
     pub rate_limit: Option<u32>,
+    pub options: OptionsInput,
 }
 
 /// A destination with its signing secret in clear: only what creation and
@@ -70,11 +136,15 @@ impl Ops {
             &self.inner.config,
             self.inner.engine.resolver(),
             &mut v,
+            "url",
             &new.url,
         )
         .await;
         check_filter(&mut v, &filter);
         check_rate_limit(&mut v, new.rate_limit, false);
+        let options = self
+            .delivery_options(&mut v, DeliveryOptions::default(), new.options)
+            .await;
         v.finish()?;
         let url = url.ok_or_else(|| OpError::invalid("url", "is not valid"))?;
 
@@ -94,6 +164,7 @@ impl Ops {
             failing_since_ms: None,
             created_at_ms: now,
             updated_at_ms: now,
+            options,
         };
         let limit = self.inner.config.limits.destinations_per_source;
         self.store()
@@ -154,7 +225,8 @@ impl Ops {
         edit: DestinationEdit,
     ) -> Result<DestinationRecord, OpError> {
         caller.require(Scope::Write)?;
-        self.store()
+        let current = self
+            .store()
             .destination(source_id, id)
             .await
             .map_err(not_found)?;
@@ -165,10 +237,15 @@ impl Ops {
                 &self.inner.config,
                 self.inner.engine.resolver(),
                 &mut v,
+                "url",
                 text,
             )
             .await;
         }
+        let options = self
+            .delivery_options(&mut v, current.options.clone(), edit.options)
+            .await;
+        let options = (options != current.options).then_some(options);
         if let Some(filter) = &edit.event_filter {
             check_filter(&mut v, filter);
         }
@@ -181,6 +258,7 @@ impl Ops {
             rate_limit: edit.rate_limit.map(|limit| (limit > 0).then_some(limit)),
             enabled: edit.enabled,
             new_secret: None,
+            options,
             now_ms: now_ms(),
         };
         let updated = self
@@ -245,6 +323,214 @@ impl Ops {
     }
 }
 
+impl Ops {
+    /// Validates `input` on top of `current` and returns the options to
+    /// store, secret parts sealed. Failures go to `v`, named by field path.
+    async fn delivery_options(
+        &self,
+        v: &mut Validation,
+        current: DeliveryOptions,
+        input: OptionsInput,
+    ) -> DeliveryOptions {
+        let mut options = current;
+        if let Some(headers) = input.headers {
+            options.headers = check_headers(v, headers.unwrap_or_default());
+        }
+        if let Some(auth) = input.auth {
+            options.auth = match auth {
+                None => None,
+                Some(auth) => self.check_auth(v, auth).await,
+            };
+        }
+        if let Some(cert) = input.tls_client_certificate {
+            options.tls_client_certificate = match cert {
+                None => None,
+                Some(cert) => match crate::delivery::mtls::check(&cert.cert_pem, &cert.key_pem) {
+                    Ok(info) => Some(crate::model::records::ClientCertRecord {
+                        cert_pem: cert.cert_pem,
+                        key_pem: self.store().seal(cert.key_pem.as_bytes()),
+                        subject: info.subject,
+                        not_after_ms: info.not_after_ms,
+                    }),
+                    Err(e) => {
+                        v.fail(&format!("tls_client_certificate.{}", e.field), e.message);
+                        None
+                    }
+                },
+            };
+        }
+        if let Some(filter) = input.body_filter {
+            options.body_filter = match filter {
+                None => None,
+                Some(filter) => match body_filter::validate(&filter) {
+                    Ok(text) => Some(text),
+                    Err(e) => {
+                        v.fail(&e.path, e.message);
+                        None
+                    }
+                },
+            };
+        }
+        if let Some(ordering) = input.ordering {
+            options.ordering = ordering;
+        }
+        if let Some(timeout) = input.timeout {
+            options.timeout_ms = match timeout {
+                None => None,
+                Some(text) => check_timeout(v, &text),
+            };
+        }
+        if options.auth.is_some() && options.headers.iter().any(|(n, _)| n == "authorization") {
+            v.fail(
+                "headers.authorization",
+                "conflicts with auth, which sets the authorization header",
+            );
+        }
+        options
+    }
+
+    async fn check_auth(&self, v: &mut Validation, auth: AuthInput) -> Option<AuthRecord> {
+        let store = self.store();
+        match auth {
+            AuthInput::Basic { username, password } => {
+                let ok_user = !username.is_empty()
+                    && username.len() <= 256
+                    && !username.contains(':')
+                    && !username.chars().any(char::is_control);
+                v.check(
+                    ok_user,
+                    "auth.username",
+                    "must be 1 to 256 characters, without `:` or control characters",
+                );
+                let ok_pass =
+                    password.len() <= MAX_CREDENTIAL && !password.chars().any(char::is_control);
+                v.check(
+                    ok_pass,
+                    "auth.password",
+                    format!("must be at most {MAX_CREDENTIAL} bytes, without control characters"),
+                );
+                (ok_user && ok_pass).then(|| AuthRecord::Basic {
+                    username,
+                    password: store.seal(password.as_bytes()),
+                })
+            }
+            AuthInput::Bearer { token } => {
+                let ok = !token.is_empty()
+                    && token.len() <= MAX_CREDENTIAL
+                    && token.bytes().all(|b| b.is_ascii_graphic());
+                v.check(
+                    ok,
+                    "auth.token",
+                    format!("must be 1 to {MAX_CREDENTIAL} visible ASCII characters"),
+                );
+                ok.then(|| AuthRecord::Bearer {
+                    token: store.seal(token.as_bytes()),
+                })
+            }
+            AuthInput::OAuth2ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                audience,
+            } => {
+                let url = check_url(
+                    &self.inner.config,
+                    self.inner.engine.resolver(),
+                    v,
+                    "auth.token_url",
+                    &token_url,
+                )
+                .await;
+                let text_ok = |t: &str, max: usize| {
+                    !t.is_empty() && t.len() <= max && !t.chars().any(char::is_control)
+                };
+                let id_ok = text_ok(&client_id, 256) && !client_id.contains(':');
+                v.check(
+                    id_ok,
+                    "auth.client_id",
+                    "must be 1 to 256 characters, without `:` or control characters",
+                );
+                let secret_ok = text_ok(&client_secret, MAX_CREDENTIAL);
+                v.check(
+                    secret_ok,
+                    "auth.client_secret",
+                    format!("must be 1 to {MAX_CREDENTIAL} bytes, without control characters"),
+                );
+                let scope_ok = scope.as_deref().is_none_or(|s| text_ok(s, 1024));
+                v.check(scope_ok, "auth.scope", "must be 1 to 1024 characters");
+                let audience_ok = audience.as_deref().is_none_or(|s| text_ok(s, 1024));
+                v.check(audience_ok, "auth.audience", "must be 1 to 1024 characters");
+                let token_url = url?;
+                (id_ok && secret_ok && scope_ok && audience_ok).then(|| {
+                    AuthRecord::OAuth2ClientCredentials {
+                        token_url,
+                        client_id,
+                        client_secret: store.seal(client_secret.as_bytes()),
+                        scope,
+                        audience,
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// Checks extra headers (SPEC §13) and returns them with lower-case names.
+fn check_headers(v: &mut Validation, headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    v.check(
+        headers.len() <= MAX_HEADERS,
+        "headers",
+        format!("at most {MAX_HEADERS} headers"),
+    );
+    let mut out: Vec<(String, String)> = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        let field = format!("headers.{name}");
+        if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            v.fail(&field, "is not a valid header name");
+            continue;
+        }
+        if crate::http::headers::is_refused_destination_header(&lower) {
+            v.fail(
+                &field,
+                "may not be set: hop-by-hop, host, content-length, content-type, user-agent, webhook-* and krafter-* headers are Krafter's",
+            );
+            continue;
+        }
+        let visible_ascii = value
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+        if value.len() > MAX_HEADER_VALUE
+            || !visible_ascii
+            || http::HeaderValue::from_str(&value).is_err()
+        {
+            v.fail(
+                &field,
+                format!("value must be at most {MAX_HEADER_VALUE} visible ASCII characters"),
+            );
+            continue;
+        }
+        if out.iter().any(|(n, _)| *n == lower) {
+            v.fail(&field, "is given twice (names are case-insensitive)");
+            continue;
+        }
+        out.push((lower, value));
+    }
+    out
+}
+
+/// Parses a per-destination timeout (`"1s"`..`"120s"`) into milliseconds.
+fn check_timeout(v: &mut Validation, text: &str) -> Option<u64> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if (MIN_TIMEOUT..=MAX_TIMEOUT).contains(&d) => u64::try_from(d.as_millis()).ok(),
+        _ => {
+            v.fail("timeout", "must be a duration from \"1s\" to \"120s\"");
+            None
+        }
+    }
+}
+
 /// A new destination secret: `whsec_` + base64 of 32 random bytes.
 fn new_secret() -> String {
     let mut bytes = [0u8; 32];
@@ -264,16 +550,17 @@ async fn check_url(
     config: &Config,
     resolver: &Resolver,
     v: &mut Validation,
+    field: &str,
     text: &str,
 ) -> Option<String> {
     if text.len() > MAX_URL_LEN {
-        v.fail("url", format!("must be at most {MAX_URL_LEN} characters"));
+        v.fail(field, format!("must be at most {MAX_URL_LEN} characters"));
         return None;
     }
     let url = match url::Url::parse(text) {
         Ok(url) => url,
         Err(e) => {
-            v.fail("url", format!("is not an absolute URL: {e}"));
+            v.fail(field, format!("is not an absolute URL: {e}"));
             return None;
         }
     };
@@ -285,32 +572,32 @@ async fn check_url(
         .any(|c| c == '\\' || c.is_whitespace() || c.is_control())
     {
         v.fail(
-            "url",
+            field,
             "must not contain backslashes, spaces or control characters (percent-encode them)",
         );
         return None;
     }
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        v.fail("url", "must be an http or https URL with a host");
+        v.fail(field, "must be an http or https URL with a host");
         return None;
     }
     if !url.username().is_empty() || url.password().is_some() {
         v.fail(
-            "url",
+            field,
             "must not contain credentials (user:password@): they would be shown to every reader and never sent",
         );
         return None;
     }
     if url.fragment().is_some() {
         v.fail(
-            "url",
+            field,
             "must not contain a fragment (#...): it is never sent",
         );
         return None;
     }
     let normalised = url.as_str().to_string();
     if normalised.len() > MAX_URL_LEN || http::Uri::try_from(normalised.as_str()).is_err() {
-        v.fail("url", "cannot be sent as an HTTP request target");
+        v.fail(field, "cannot be sent as an HTTP request target");
         return None;
     }
     if !config.delivery.allow_private_networks {
@@ -323,7 +610,7 @@ async fn check_url(
         .await
         {
             v.fail(
-                "url",
+                field,
                 format!("{e}; private networks are refused unless delivery.allow_private_networks is true"),
             );
         }

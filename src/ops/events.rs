@@ -5,7 +5,7 @@ use crate::model::ids::{DeliveryId, DestinationId, EventId, ReplayId, SourceId};
 use serde_json::json;
 
 use super::{Caller, Listed, OpError, Ops, Validation};
-use crate::model::filter;
+use crate::model::body_filter;
 use crate::model::records::{
     AttemptRecord, DeliveryRecord, DestinationRecord, EventRecord, EventSummary, ReplayRecord,
     ReplayState, Scope,
@@ -159,7 +159,7 @@ impl Ops {
         destination_ids: Option<Vec<String>>,
     ) -> Result<Vec<DestinationId>, OpError> {
         caller.require(Scope::Write)?;
-        let (summary, _, _) = self
+        let (summary, event, _) = self
             .store()
             .event_detail(source_id, event_id)
             .await
@@ -171,11 +171,15 @@ impl Ops {
             .map_err(not_found("event"))?;
         let targets = match destination_ids {
             Some(ids) => chosen_destinations(&all, &ids)?,
-            None => all
-                .iter()
-                .filter(|d| d.enabled && filter::matches(&d.event_filter, &summary.event_type))
-                .map(|d| d.id)
-                .collect(),
+            None => {
+                let body = body_filter::Body::new(&event.body);
+                all.iter()
+                    .filter(|d| {
+                        d.enabled && body_filter::destination_accepts(d, &summary.event_type, &body)
+                    })
+                    .map(|d| d.id)
+                    .collect()
+            }
         };
         let created = self
             .store()

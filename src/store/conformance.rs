@@ -63,6 +63,8 @@ macro_rules! conformance_suite {
                 replay_event_rechecks_destinations_in_its_commit,
                 retry_delivery_makes_failed_or_waiting_deliveries_due_now,
                 due_for_is_earliest_first_skips_in_flight_and_says_what_is_next,
+                fifo_head_is_the_first_pending_delivery_in_event_order,
+                ingest_applies_body_filters,
                 record_attempt_moves_the_delivery_and_the_queue,
                 auto_disable_counts_from_the_first_failure_after_the_last_success,
                 an_outcome_for_a_delivery_no_longer_pending_is_stale,
@@ -185,6 +187,7 @@ pub(super) fn destination(source_id: SourceId, filter: &[&str]) -> DestinationRe
         failing_since_ms: None,
         created_at_ms: T0,
         updated_at_ms: T0,
+        options: Default::default(),
     }
 }
 
@@ -1812,6 +1815,94 @@ async fn due_for_is_earliest_first_skips_in_flight_and_says_what_is_next(store: 
         (3, Some(at(1_000)))
     );
     assert_eq!(store.queue_depth(vec![idle.id]).await.unwrap(), (3, None));
+}
+
+async fn fifo_head_is_the_first_pending_delivery_in_event_order(store: &Store) {
+    let s = source("wh_fifo0001");
+    store.create_source(s.clone()).await.unwrap();
+    let d = destination(s.id, &[]);
+    store.create_destination(d.clone(), 10).await.unwrap();
+    assert_eq!(store.fifo_head(d.id).await.unwrap(), None);
+    // Stored out of event order: the head follows events, not storage.
+    let later = event_at(s.id, T0 + 2_000, "t", None);
+    let earlier = event_at(s.id, T0 + 1_000, "t", None);
+    let later_delivery = ingest_stored(store, later.clone()).await[0].id;
+    let earlier_delivery = ingest_stored(store, earlier.clone()).await[0].id;
+    let head = store.fifo_head(d.id).await.unwrap().expect("a head");
+    assert_eq!(
+        (head.event_id, head.delivery_id, head.due_ms),
+        (earlier.id, earlier_delivery, (T0 + 1_000) as u64)
+    );
+    // A replay of the later event due long after: still behind the earlier.
+    store
+        .replay_event(s.id, later.id, vec![d.id], T0 + 9_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.fifo_head(d.id).await.unwrap().map(|h| h.event_id),
+        Some(earlier.id)
+    );
+    // Once the earlier one leaves the queue, the later event is first,
+    // its original delivery before the replay.
+    let finish = |delivery_id, event_id, due_ms| AttemptOutcome {
+        destination_id: d.id,
+        source_id: s.id,
+        item: DueItem {
+            delivery_id,
+            event_id,
+            due_ms,
+        },
+        attempt: AttemptRecord {
+            number: 1,
+            started_at_ms: T0 + 3_000,
+            duration_ms: 5,
+            status_code: Some(200),
+            error_kind: None,
+            error_message: None,
+            response_snippet: Vec::new(),
+        },
+        next: Next::Succeeded,
+        disable_after_ms: i64::MAX / 4,
+        lease_epoch: 0,
+    };
+    record_under_lease(
+        store,
+        finish(earlier_delivery, earlier.id, (T0 + 1_000) as u64),
+    )
+    .await
+    .unwrap();
+    let head = store.fifo_head(d.id).await.unwrap().expect("a head");
+    assert_eq!(
+        (head.event_id, head.delivery_id),
+        (later.id, later_delivery)
+    );
+    store
+        .update_destination(s.id, d.id, disable(T0 + 10_000))
+        .await
+        .unwrap();
+    assert_eq!(store.fifo_head(d.id).await.unwrap(), None, "cancelled");
+}
+
+async fn ingest_applies_body_filters(store: &Store) {
+    let s = source("wh_bodyf001");
+    store.create_source(s.clone()).await.unwrap();
+    let all = destination(s.id, &[]);
+    let mut paid = destination(s.id, &[]);
+    paid.options.body_filter = Some(r#"{"type":{"$startsWith":"invoice."}}"#.to_string());
+    for d in [&all, &paid] {
+        store.create_destination(d.clone(), 10).await.unwrap();
+    }
+    let invoice = ingest_stored(store, event_at(s.id, T0 + 1_000, "invoice.paid", None)).await;
+    assert_eq!(destinations_of(&invoice), sorted(vec![all.id, paid.id]));
+    let charge = ingest_stored(store, event_at(s.id, T0 + 2_000, "charge.paid", None)).await;
+    assert_eq!(destinations_of(&charge), [all.id]);
+    let mut not_json = event_at(s.id, T0 + 3_000, "invoice.paid", None);
+    not_json.body = b"type=invoice.paid".to_vec();
+    let not_json = ingest_stored(store, not_json).await;
+    assert_eq!(destinations_of(&not_json), [all.id]);
+    // The stored destination keeps its options.
+    let back = store.destination(s.id, paid.id).await.unwrap();
+    assert_eq!(back.options, paid.options);
 }
 
 async fn record_attempt_moves_the_delivery_and_the_queue(store: &Store) {

@@ -313,6 +313,11 @@ intents! {
     /// Up to `limit` deliveries of `destination` due at `now_ms`, earliest
     /// first, skipping `in_flight`; plus when the next one falls due.
     fn due_for(&self, destination: DestinationId, now_ms: u64, in_flight: &HashSet<DeliveryId>, limit: usize) -> (Vec<DueItem>, Option<u64>);
+    /// The pending delivery of `destination` that comes first in event
+    /// order (event id — its `received_at`, then the rest of the id — then
+    /// delivery id), whenever it is due: the only one a `fifo` destination
+    /// may attempt (SPEC §13 `ordering`).
+    fn fifo_head(&self, destination: DestinationId) -> Option<DueItem>;
     /// What an attempt needs: the event and the delivery.
     fn attempt_inputs(&self, event_id: EventId, delivery_id: DeliveryId) -> (EventRecord, DeliveryRecord);
     /// Records an attempt: the attempt, the delivery's new state and queue

@@ -4,8 +4,8 @@
 use crate::model::ids::{DeliveryId, DestinationId, EventId, SourceId};
 use crate::model::provider::GenericHmacConfig;
 use crate::model::records::{
-    AttemptRecord, DeliveryRecord, DestinationRecord, EventSummary, ReplayState, RetiredSecret,
-    SourceRecord,
+    AttemptRecord, DeliveryOptions, DeliveryRecord, DestinationRecord, EventSummary, ReplayState,
+    RetiredSecret, SourceRecord,
 };
 
 /// A delivery waiting in a destination's queue.
@@ -299,6 +299,8 @@ pub struct DestinationChange {
     /// Rotation: the new signing secret; the current one keeps signing
     /// alongside it until `previous_until_ms`.
     pub new_secret: Option<NewSecret>,
+    /// The delivery options as a whole, when they change (SPEC §13).
+    pub options: Option<DeliveryOptions>,
     pub now_ms: i64,
 }
 
@@ -314,6 +316,9 @@ impl DestinationChange {
         }
         if let Some(limit) = self.rate_limit {
             d.rate_limit = limit;
+        }
+        if let Some(options) = self.options {
+            d.options = options;
         }
         if let Some(enabled) = self.enabled {
             if enabled && !d.enabled {

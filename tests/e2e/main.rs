@@ -16,6 +16,7 @@ mod cli;
 mod dashboard;
 mod dashboard_browser;
 mod delivery;
+mod delivery_options;
 mod destinations;
 mod durability;
 mod events;

@@ -396,6 +396,7 @@ fn collect_optional(out: &mut Vec<String>) {
     c.server.tls.cert_path = Some("x".into());
     c.server.tls.key_path = Some("x".into());
     c.delivery.extra_ca_path = Some("x".into());
+    c.delivery.proxy_url = Some("x".into());
     c.storage.secrets_key_file = Some("x".into());
     collect_keys("", &serde_json::to_value(c).unwrap(), out);
 }

@@ -15,8 +15,10 @@ use crate::dashboard::session::{Session, SignedForm};
 use crate::dashboard::views::{self, Nav};
 use crate::dashboard::Dashboard;
 use crate::model::ids::{DestinationId, SourceId};
-use crate::model::records::{DestinationRecord, SourceRecord};
-use crate::ops::destinations::{DestinationEdit, NewDestination};
+use crate::model::records::{AuthRecord, DestinationRecord, Ordering, SourceRecord};
+use crate::ops::destinations::{
+    AuthInput, ClientCertInput, DestinationEdit, NewDestination, OptionsInput,
+};
 use crate::ops::OpError;
 
 /// Destinations a page lists for one source (the most a list page holds).
@@ -122,20 +124,144 @@ pub fn new_form(
                 label for="dest-rate" { "Rate limit (deliveries per second, optional)" }
                 input #dest-rate type="number" name="rate_limit" min="1" max="10000" value=(value(form, "rate_limit", ""));
                 (views::field_error(failure, "rate_limit"))
+                (options_fields(form, failure, None))
                 div.form-actions { button.btn.primary type="submit" { "Add destination" } }
             }
         }
     }
 }
 
-/// The fields both destination forms have: URL, event types, rate limit.
+/// "Name: value" lines, as the headers field shows them.
+fn headers_text(headers: &[(String, String)]) -> String {
+    headers
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The delivery options of SPEC §13 as form fields. Secret parts
+/// (password, token, client secret, private key) are write-only: never
+/// filled in, not even with what a refused form sent.
+fn options_fields(
+    form: Option<&Form>,
+    failure: Option<&Refusal>,
+    current: Option<&DestinationRecord>,
+) -> Markup {
+    let o = current.map(|d| d.options.clone()).unwrap_or_default();
+    let headers = headers_text(&o.headers);
+    let timeout = o
+        .timeout_ms
+        .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string())
+        .unwrap_or_default();
+    let filter = o.body_filter.clone().unwrap_or_default();
+    let ordering = value(form, "ordering", o.ordering.as_str());
+    let auth_kind = value(
+        form,
+        "auth_type",
+        o.auth.as_ref().map_or("none", AuthRecord::kind),
+    );
+    let (mut username, mut token_url, mut client_id, mut scope, mut audience) = Default::default();
+    match &o.auth {
+        Some(AuthRecord::Basic { username: u, .. }) => username = u.clone(),
+        Some(AuthRecord::OAuth2ClientCredentials {
+            token_url: t,
+            client_id: c,
+            scope: s,
+            audience: a,
+            ..
+        }) => {
+            token_url = t.clone();
+            client_id = c.clone();
+            scope = s.clone().unwrap_or_default();
+            audience = a.clone().unwrap_or_default();
+        }
+        _ => {}
+    }
+    let keep = if current.is_some_and(|d| d.options.auth.is_some()) {
+        "stored; leave empty to keep it"
+    } else {
+        ""
+    };
+    html! {
+        details.options open[failure.is_some()] {
+            summary { "Delivery options" }
+            label for="dest-headers" { "Extra headers (one “Name: value” per line)" }
+            textarea #dest-headers name="headers" rows="3" { (value(form, "headers", &headers)) }
+            (views::field_error(failure, "headers"))
+            @if let Some(f) = failure { @for (field, message) in f.fields_under("headers.") {
+                p.field-error { code { (field) } " " (message) } } }
+            label for="dest-timeout" { "Timeout (1s to 120s; empty: delivery.timeout)" }
+            input #dest-timeout type="text" name="timeout" value=(value(form, "timeout", &timeout)) placeholder="10s";
+            (views::field_error(failure, "timeout"))
+            label for="dest-ordering" { "Ordering" }
+            select #dest-ordering name="ordering" {
+                option value="none" selected[ordering == "none"] { "none: any order, several at once" }
+                option value="fifo" selected[ordering == "fifo"] { "fifo: one at a time, in event order" }
+            }
+            p.hint { "FIFO sends one delivery at a time: its throughput is one delivery per receiver response time, and a failing delivery holds the ones after it until it succeeds or fails for good." }
+            label for="dest-body-filter" { "Body filter (JSON; empty: none)" }
+            textarea #dest-body-filter name="body_filter" rows="3" placeholder="{\"data\": {\"amount\": {\"$gt\": 100}}}" { (value(form, "body_filter", &filter)) }
+            (views::field_error(failure, "body_filter"))
+            @if let Some(f) = failure { @for (field, message) in f.fields_under("body_filter.") {
+                p.field-error { code { (field) } " " (message) } } }
+            label for="dest-auth" { "Authentication" }
+            select #dest-auth name="auth_type" {
+                @for (kind, label) in [("none", "none"), ("basic", "HTTP basic"), ("bearer", "bearer token"), ("oauth2_client_credentials", "OAuth2 client credentials")] {
+                    option value=(kind) selected[auth_kind == kind] { (label) }
+                }
+            }
+            label for="dest-auth-username" { "Username (basic)" }
+            input #dest-auth-username type="text" name="auth_username" autocomplete="off" value=(value(form, "auth_username", &username));
+            label for="dest-auth-secret" { "Password, token or client secret (write-only)" }
+            input #dest-auth-secret type="password" name="auth_secret" autocomplete="new-password" value="" placeholder=(keep);
+            label for="dest-auth-token-url" { "Token URL (OAuth2)" }
+            input #dest-auth-token-url type="url" name="auth_token_url" value=(value(form, "auth_token_url", &token_url));
+            label for="dest-auth-client-id" { "Client id (OAuth2)" }
+            input #dest-auth-client-id type="text" name="auth_client_id" value=(value(form, "auth_client_id", &client_id));
+            label for="dest-auth-scope" { "Scope (OAuth2, optional)" }
+            input #dest-auth-scope type="text" name="auth_scope" value=(value(form, "auth_scope", &scope));
+            label for="dest-auth-audience" { "Audience (OAuth2, optional)" }
+            input #dest-auth-audience type="text" name="auth_audience" value=(value(form, "auth_audience", &audience));
+            @if let Some(f) = failure { @for (field, message) in f.fields_under("auth") {
+                p.field-error { code { (field) } " " (message) } } }
+            label for="dest-cert" { "Client certificate for mTLS (PEM)" }
+            @if let Some(cert) = &o.tls_client_certificate {
+                p.hint { "Stored: " code { (cert.subject) } ", valid until " (views::time(cert.not_after_ms)) ". Paste a new pair to replace it." }
+                label.check { input type="checkbox" name="tls_remove" value="true"; " Remove the client certificate" }
+            }
+            textarea #dest-cert name="tls_cert_pem" rows="3" placeholder="-----BEGIN CERTIFICATE-----" { (value(form, "tls_cert_pem", "")) }
+            label for="dest-key" { "Its private key (PEM, write-only)" }
+            textarea #dest-key name="tls_key_pem" rows="3" autocomplete="off" placeholder="-----BEGIN PRIVATE KEY-----" {}
+            @if let Some(f) = failure { @for (field, message) in f.fields_under("tls_client_certificate") {
+                p.field-error { code { (field) } " " (message) } } }
+        }
+    }
+}
+
+/// The options as read-only facts (for readers without write access).
+fn options_facts(d: &DestinationRecord) -> Markup {
+    let o = &d.options;
+    html! {
+        @if !o.headers.is_empty() { dt { "Headers" } dd { code { (headers_text(&o.headers)) } } }
+        @if let Some(ms) = o.timeout_ms { dt { "Timeout" } dd { (humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()) } }
+        dt { "Ordering" } dd { (o.ordering.as_str()) }
+        @if let Some(f) = &o.body_filter { dt { "Body filter" } dd { code { (f) } } }
+        @if let Some(a) = &o.auth { dt { "Authentication" } dd { (a.kind()) } }
+        @if let Some(c) = &o.tls_client_certificate { dt { "Client certificate" } dd { code { (c.subject) } } }
+    }
+}
+
+/// The fields both destination forms have: URL, event types, rate limit,
+/// delivery options.
 struct Fields {
     url: String,
     event_filter: Vec<String>,
     rate_limit: Option<u32>,
+    options: OptionsInput,
 }
 
-fn read(form: &Form) -> Result<Fields, OpError> {
+fn read(form: &Form, current: Option<&DestinationRecord>) -> Result<Fields, OpError> {
     let mut r = Reading::default();
     let rate_limit = r.number(form, "rate_limit");
     r.finish()?;
@@ -143,29 +269,135 @@ fn read(form: &Form) -> Result<Fields, OpError> {
         url: form.get("url").unwrap_or("").trim().to_string(),
         event_filter: patterns(form.get("event_filter").unwrap_or("")),
         rate_limit,
+        options: read_options(form, current)?,
+    })
+}
+
+/// The options part of a destination form. Every field is shown, so every
+/// option is set, except the write-only secrets: left empty, the stored
+/// credentials (same type) and certificate are kept.
+fn read_options(form: &Form, current: Option<&DestinationRecord>) -> Result<OptionsInput, OpError> {
+    let text = |name: &str| form.get(name).unwrap_or("").trim().to_string();
+    let optional = |name: &str| Some(text(name)).filter(|t| !t.is_empty());
+    let mut headers = Vec::new();
+    for line in text("headers").lines().filter(|l| !l.trim().is_empty()) {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(OpError::invalid(
+                "headers",
+                format!("“{}” is not “Name: value”", line.trim()),
+            ));
+        };
+        headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    let body_filter = match optional("body_filter") {
+        None => None,
+        Some(json) => Some(
+            serde_json::from_str(&json)
+                .map_err(|e| OpError::invalid("body_filter", format!("is not JSON: {e}")))?,
+        ),
+    };
+    let ordering = match text("ordering").as_str() {
+        "fifo" => Ordering::Fifo,
+        _ => Ordering::None,
+    };
+    let stored = current.and_then(|d| d.options.auth.as_ref());
+    let secret = text("auth_secret");
+    let kind = text("auth_type");
+    let auth = match kind.as_str() {
+        "" | "none" => Some(None),
+        _ if secret.is_empty() && stored.is_some_and(|a| a.kind() == kind) => {
+            // Secrets are write-only: the same type without a new secret
+            // keeps the stored credentials, if nothing else of them changed.
+            let unchanged = match stored {
+                Some(AuthRecord::Basic { username, .. }) => *username == text("auth_username"),
+                Some(AuthRecord::OAuth2ClientCredentials {
+                    token_url,
+                    client_id,
+                    scope,
+                    audience,
+                    ..
+                }) => {
+                    *token_url == text("auth_token_url")
+                        && *client_id == text("auth_client_id")
+                        && *scope == optional("auth_scope")
+                        && *audience == optional("auth_audience")
+                }
+                _ => true,
+            };
+            if !unchanged {
+                return Err(OpError::invalid(
+                    "auth",
+                    "enter the password, token or client secret again to change the credentials",
+                ));
+            }
+            None
+        }
+        _ if secret.is_empty() => {
+            return Err(OpError::invalid(
+                "auth",
+                "enter the password, token or client secret",
+            ))
+        }
+        "basic" => Some(Some(AuthInput::Basic {
+            username: text("auth_username"),
+            password: secret,
+        })),
+        "bearer" => Some(Some(AuthInput::Bearer { token: secret })),
+        "oauth2_client_credentials" => Some(Some(AuthInput::OAuth2ClientCredentials {
+            token_url: text("auth_token_url"),
+            client_id: text("auth_client_id"),
+            client_secret: secret,
+            scope: optional("auth_scope"),
+            audience: optional("auth_audience"),
+        })),
+        _ => return Err(OpError::invalid("auth", "unknown authentication type")),
+    };
+    let tls_client_certificate = if form.get("tls_remove") == Some("true") {
+        Some(None)
+    } else {
+        match (optional("tls_cert_pem"), optional("tls_key_pem")) {
+            (None, None) => None,
+            (Some(cert_pem), Some(key_pem)) => Some(Some(ClientCertInput { cert_pem, key_pem })),
+            _ => {
+                return Err(OpError::invalid(
+                    "tls_client_certificate",
+                    "paste both the certificate and its private key",
+                ))
+            }
+        }
+    };
+    Ok(OptionsInput {
+        headers: Some(Some(headers)),
+        auth,
+        tls_client_certificate,
+        body_filter: Some(body_filter),
+        ordering: Some(ordering),
+        timeout: Some(optional("timeout")),
     })
 }
 
 /// The "Add a destination" form as an operation's input.
 fn read_new(form: &Form) -> Result<NewDestination, OpError> {
-    let f = read(form)?;
+    let f = read(form, None)?;
     Ok(NewDestination {
         url: f.url,
         event_filter: Some(f.event_filter),
         enabled: None,
         rate_limit: f.rate_limit,
+        options: f.options,
     })
 }
 
 /// The edit form as a change. The form shows every field, so every field
 /// is set; an empty rate limit removes the limit (`0`).
-fn read_edit(form: &Form) -> Result<DestinationEdit, OpError> {
-    let f = read(form)?;
+fn read_edit(form: &Form, current: &DestinationRecord) -> Result<DestinationEdit, OpError> {
+    let f = read(form, Some(current))?;
     Ok(DestinationEdit {
         url: Some(f.url),
         event_filter: Some(f.event_filter),
         enabled: None,
         rate_limit: Some(f.rate_limit.unwrap_or(0)),
+        options: f.options,
     })
 }
 
@@ -182,7 +414,16 @@ pub async fn create(
         Err(e) => Err(e),
     };
     match created.map_err(Refusal::of) {
-        Ok(dest) => sources::render_show(&d, &session, sid, &query, ShowExtra::Created(dest)).await,
+        Ok(dest) => {
+            sources::render_show(
+                &d,
+                &session,
+                sid,
+                &query,
+                ShowExtra::Created(Box::new(dest)),
+            )
+            .await
+        }
         Err(Ok(refusal)) => {
             let extra = ShowExtra::Refused(&form, refusal);
             sources::render_show(&d, &session, sid, &query, extra).await
@@ -259,12 +500,14 @@ async fn render_edit(
                     label for="dest-rate" { "Rate limit (deliveries per second; empty: none)" }
                     input #dest-rate type="number" name="rate_limit" min="1" max="10000" value=(value(form, "rate_limit", &rate));
                     (views::field_error(failure, "rate_limit"))
+                    (options_fields(form, failure, Some(&dest)))
                     div.form-actions { button.btn.primary type="submit" { "Save" } }
                 }
             } @else {
                 dl.facts {
                     dt { "URL" } dd { code { (dest.url) } }
                     dt { "Events" } dd { (filter_text(&dest.event_filter)) }
+                    (options_facts(&dest))
                 }
             }
         }
@@ -304,7 +547,8 @@ pub async fn edit(
     SignedForm { session, form }: SignedForm,
 ) -> Result<Response, DashboardError> {
     let (sid, did) = ids(&sid, &did)?;
-    let updated = match read_edit(&form) {
+    let current = d.ops.get_destination(&session.caller, sid, did).await?;
+    let updated = match read_edit(&form, &current) {
         Ok(edit) => {
             d.ops
                 .update_destination(&session.caller, sid, did, edit)

@@ -304,7 +304,7 @@ pub async fn show(
 pub enum ShowExtra<'a> {
     None,
     /// A destination was just made: its secret, once.
-    Created(WithSecret),
+    Created(Box<WithSecret>),
     /// Adding a destination was refused: the form again, with why.
     Refused(&'a Form, Refusal),
 }

@@ -40,7 +40,7 @@ use uuid::Uuid;
 use super::rows::{self, uid};
 use super::{db_error, UNREACHABLE};
 use crate::metrics::Metrics;
-use crate::model::filter;
+use crate::model::body_filter;
 use crate::model::ids::{DeliveryId, EventId, SourceId};
 use crate::model::records::{DeliveryRecord, DeliveryStatus, DestinationRecord, EventRecord};
 use crate::store::redb::records::Record;
@@ -436,12 +436,13 @@ async fn write(
     order.sort_unstable();
     for &i in &order {
         let e = &events[i];
+        let body = body_filter::Body::new(&e.body);
         let made: Vec<DeliveryRecord> = destinations
             .get(&e.source_id)
             .map(Vec::as_slice)
             .unwrap_or_default()
             .iter()
-            .filter(|d| filter::matches(&d.event_filter, &e.event_type))
+            .filter(|d| body_filter::destination_accepts(d, &e.event_type, &body))
             .map(|d| DeliveryRecord {
                 id: DeliveryId::new(),
                 event_id: e.id,
@@ -680,6 +681,7 @@ mod tests {
             failing_since_ms: None,
             created_at_ms: 0,
             updated_at_ms: 0,
+            options: Default::default(),
         }
     }
 

@@ -18,11 +18,11 @@ use uuid::Uuid;
 
 use super::rows::{self, uid, uids};
 use super::{db_error, is_unique_violation, PgStore};
-use crate::model::filter;
 use crate::model::records::{
     ApiKeyRecord, AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, EventRecord,
     EventSummary, ReplayRecord, ReplayState, SessionRecord, SourceRecord,
 };
+use crate::model::{body_filter, filter};
 use crate::store::redb::records::Record;
 use crate::store::{
     Advanced, AttemptOutcome, DestinationChange, DestinationUpdated, DueItem, EventQuery,
@@ -416,6 +416,12 @@ async fn plan_chunk(
     }
     let patterns: Vec<String> = job.type_pattern.iter().cloned().collect();
     let usable = |id: &DestinationId| destinations.get(id).filter(|d| d.enabled);
+    // Bodies are read only when a destination that may match filters on them.
+    let needs_body = job.destination_ids.is_none()
+        && job
+            .candidates
+            .iter()
+            .any(|id| usable(id).is_some_and(|d| d.options.body_filter.is_some()));
     let mut from = lower;
     let mut scanned = 0usize;
     loop {
@@ -423,13 +429,14 @@ async fn plan_chunk(
         // from "the range ended".
         let want = PLAN_BATCH.min(max_scan.saturating_sub(scanned).saturating_add(1));
         let batch = sqlx::query(
-            "SELECT id, event_type, received_at_ms FROM events \
+            "SELECT id, event_type, received_at_ms, CASE WHEN $5 THEN body END AS body FROM events \
              WHERE source_id = $1 AND id >= $2 AND id < $3 ORDER BY id LIMIT $4",
         )
         .bind(uid(job.source_id))
         .bind(uid(from))
         .bind(uid(upper))
         .bind(i64::try_from(want).unwrap_or(i64::MAX))
+        .bind(needs_body)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error)?;
@@ -478,12 +485,14 @@ async fn plan_chunk(
                 failed.dedup();
                 failed
             } else {
+                let stored_body: Option<Vec<u8>> = row.try_get("body").map_err(db_error)?;
+                let body = body_filter::Body::new(stored_body.as_deref().unwrap_or_default());
                 job.candidates
                     .iter()
                     .filter(|id| {
                         usable(id).is_some_and(|d| {
                             job.destination_ids.is_some()
-                                || filter::matches(&d.event_filter, &event_type)
+                                || body_filter::destination_accepts(d, &event_type, &body)
                         })
                     })
                     .copied()
@@ -1618,6 +1627,32 @@ impl PgStore {
             });
         }
         Ok((items, None))
+    }
+
+    pub(in crate::store) async fn fifo_head(
+        &self,
+        destination: DestinationId,
+    ) -> Result<Option<DueItem>, StoreError> {
+        // Event ids are ULIDs stored as uuids, whose byte order is the
+        // ids' order: `received_at`, then the rest of the id.
+        let row = sqlx::query(
+            "SELECT id, event_id, due_ms FROM deliveries \
+             WHERE destination_id = $1 AND status = 0 \
+             ORDER BY event_id, id LIMIT 1",
+        )
+        .bind(uid(destination))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        row.map(|row| {
+            let due: i64 = row.try_get("due_ms").map_err(db_error)?;
+            Ok(DueItem {
+                delivery_id: rows::row_id(&row, "id")?,
+                event_id: rows::row_id(&row, "event_id")?,
+                due_ms: u64::try_from(due).unwrap_or(0),
+            })
+        })
+        .transpose()
     }
 
     pub(in crate::store) async fn attempt_inputs(

@@ -43,6 +43,33 @@ pub fn due_for(
     Ok((items, None))
 }
 
+/// The destination's pending delivery first in event order (event id,
+/// then delivery id), due or not. The queue is keyed by due time, so this
+/// reads the destination's whole queue: a `fifo` destination's backlog
+/// costs a scan per attempt (documented with `ordering`).
+pub fn fifo_head(
+    txn: &ReadTransaction,
+    destination: DestinationId,
+) -> Result<Option<DueItem>, StoreError> {
+    let table = txn.open_table(DUE)?;
+    let mut head: Option<(u128, u128, u64)> = None;
+    for entry in
+        table.range((destination.as_u128(), 0, 0)..=(destination.as_u128(), u64::MAX, u128::MAX))?
+    {
+        let (key, value) = entry?;
+        let (_, due_ms, delivery_id) = key.value();
+        let event_id = value.value();
+        if head.is_none_or(|(e, d, _)| (event_id, delivery_id) < (e, d)) {
+            head = Some((event_id, delivery_id, due_ms));
+        }
+    }
+    Ok(head.map(|(event_id, delivery_id, due_ms)| DueItem {
+        delivery_id: DeliveryId::from_u128(delivery_id),
+        event_id: EventId::from_u128(event_id),
+        due_ms,
+    }))
+}
+
 /// Deliveries waiting (the queue depth).
 pub fn pending_count(txn: &ReadTransaction) -> Result<u64, StoreError> {
     Ok(txn.open_table(DUE)?.len()?)
@@ -322,6 +349,7 @@ mod tests {
             failing_since_ms: None,
             created_at_ms: 0,
             updated_at_ms: 0,
+            options: Default::default(),
         };
         let event_ids: Vec<EventId> = (0..3).map(|_| new_id()).collect();
         let to_store = event_ids.clone();

@@ -13,7 +13,7 @@ use super::tables::{
     SOURCE_EVENTS,
 };
 use super::StoreError;
-use crate::model::filter;
+use crate::model::{body_filter, filter};
 use crate::store::{EventQuery, IngestOutcome, MAX_SCAN_PER_PAGE};
 
 /// The tables an ingest writes, opened once and shared by every ingest of
@@ -87,10 +87,11 @@ impl<'t> IngestTables<'t> {
         if self.sources.get(event.source_id.as_u128())?.is_none() {
             return Err(StoreError::NotFound);
         }
+        let body = body_filter::Body::new(&event.body);
         let targets: Vec<DestinationId> = self
             .enabled_destinations_of(event.source_id)?
             .iter()
-            .filter(|d| filter::matches(&d.event_filter, &event.event_type))
+            .filter(|d| body_filter::destination_accepts(d, &event.event_type, &body))
             .map(|d| d.id)
             .collect();
         if let Some(pid) = &event.provider_event_id {

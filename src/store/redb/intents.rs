@@ -517,6 +517,13 @@ impl RedbStore {
         self.read(|txn| deliveries::due_for(txn, destination, now_ms, in_flight, limit))
     }
 
+    pub(in crate::store) async fn fifo_head(
+        &self,
+        destination: DestinationId,
+    ) -> Result<Option<DueItem>, StoreError> {
+        self.read(|txn| deliveries::fifo_head(txn, destination))
+    }
+
     pub(in crate::store) async fn attempt_inputs(
         &self,
         event_id: EventId,

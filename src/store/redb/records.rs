@@ -43,7 +43,64 @@ pub trait Record: Serialize + DeserializeOwned {
 
 impl Record for ApiKeyRecord {}
 impl Record for SourceRecord {}
-impl Record for DestinationRecord {}
+/// Version 2 added [`DeliveryOptions`] at the end; version 1 records
+/// (written before SPEC §13) read with the default options.
+impl Record for DestinationRecord {
+    const VERSION: u8 = 2;
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |e: postcard::Error| StoreError::Corrupt(format!("DestinationRecord: {e}"));
+        match bytes.split_first() {
+            Some((2, body)) => postcard::from_bytes(body).map_err(corrupt),
+            Some((1, body)) => postcard::from_bytes::<DestinationRecordV1>(body)
+                .map(DestinationRecordV1::upgrade)
+                .map_err(corrupt),
+            Some((v, _)) => Err(StoreError::Corrupt(format!(
+                "DestinationRecord: unknown record version {v}"
+            ))),
+            None => Err(StoreError::Corrupt("empty record".into())),
+        }
+    }
+}
+
+/// A destination as record version 1 laid it out (before delivery options).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DestinationRecordV1 {
+    id: crate::model::ids::DestinationId,
+    source_id: crate::model::ids::SourceId,
+    url: String,
+    event_filter: Vec<String>,
+    enabled: bool,
+    secret: Vec<u8>,
+    previous_secret: Option<RetiredSecret>,
+    rate_limit: Option<u32>,
+    disabled_reason: Option<String>,
+    disabled_at_ms: Option<i64>,
+    failing_since_ms: Option<i64>,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+}
+
+impl DestinationRecordV1 {
+    fn upgrade(self) -> DestinationRecord {
+        DestinationRecord {
+            id: self.id,
+            source_id: self.source_id,
+            url: self.url,
+            event_filter: self.event_filter,
+            enabled: self.enabled,
+            secret: self.secret,
+            previous_secret: self.previous_secret,
+            rate_limit: self.rate_limit,
+            disabled_reason: self.disabled_reason,
+            disabled_at_ms: self.disabled_at_ms,
+            failing_since_ms: self.failing_since_ms,
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+            options: DeliveryOptions::default(),
+        }
+    }
+}
 impl Record for EventRecord {}
 impl Record for EventSummary {}
 impl Record for DeliveryRecord {}
@@ -72,5 +129,55 @@ mod tests {
         assert!(ApiKeyRecord::decode(&bytes).is_err());
         assert!(ApiKeyRecord::decode(&[]).is_err());
         assert!(ApiKeyRecord::decode(&[1, 0xff]).is_err());
+    }
+
+    /// A destination stored by a release before delivery options (record
+    /// version 1) still reads, with the default options; new ones carry
+    /// their options through a round trip.
+    #[test]
+    fn old_destination_records_still_decode() {
+        use crate::model::ids::{DestinationId, SourceId};
+        let old = DestinationRecordV1 {
+            id: DestinationId::from_u128(3),
+            source_id: SourceId::from_u128(4),
+            url: "http://127.0.0.1:9/hook".into(),
+            event_filter: vec!["invoice.*".into()],
+            enabled: true,
+            secret: vec![1, 2, 3],
+            previous_secret: Some(RetiredSecret {
+                sealed: vec![9],
+                until_ms: 77,
+            }),
+            rate_limit: Some(5),
+            disabled_reason: None,
+            disabled_at_ms: None,
+            failing_since_ms: Some(11),
+            created_at_ms: 100,
+            updated_at_ms: 200,
+        };
+        let mut bytes = vec![1u8];
+        bytes.extend(postcard::to_stdvec(&old).unwrap());
+        let read = DestinationRecord::decode(&bytes).unwrap();
+        assert_eq!(read.url, "http://127.0.0.1:9/hook");
+        assert_eq!(read.event_filter, vec!["invoice.*".to_string()]);
+        assert_eq!(read.rate_limit, Some(5));
+        assert_eq!(read.failing_since_ms, Some(11));
+        assert_eq!(read.previous_secret.as_ref().unwrap().until_ms, 77);
+        assert_eq!(read.updated_at_ms, 200);
+        assert_eq!(read.options, DeliveryOptions::default());
+
+        let mut new = read.clone();
+        new.options.ordering = Ordering::Fifo;
+        new.options.timeout_ms = Some(1500);
+        new.options.headers = vec![("x-team".into(), "payments".into())];
+        new.options.auth = Some(AuthRecord::Bearer { token: vec![7; 8] });
+        new.options.body_filter = Some(r#"{"amount":{"$gt":10}}"#.into());
+        let encoded = new.encode();
+        assert_eq!(encoded[0], 2);
+        assert_eq!(
+            DestinationRecord::decode(&encoded).unwrap().options,
+            new.options
+        );
+        assert!(DestinationRecord::decode(&[3, 0]).is_err());
     }
 }

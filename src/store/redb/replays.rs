@@ -18,12 +18,14 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::events::insert_deliveries;
 use super::records::{
-    DeliveryRecord, DeliveryStatus, DestinationRecord, EventSummary, Record, ReplayRecord,
-    ReplayState,
+    DeliveryRecord, DeliveryStatus, DestinationRecord, EventRecord, EventSummary, Record,
+    ReplayRecord, ReplayState,
 };
-use super::tables::{DELIVERIES, DESTINATIONS, EVENT_DELIVERIES, REPLAYS, SOURCES, SOURCE_EVENTS};
+use super::tables::{
+    DELIVERIES, DESTINATIONS, EVENTS, EVENT_DELIVERIES, REPLAYS, SOURCES, SOURCE_EVENTS,
+};
 use super::{Page, StoreError};
-use crate::model::filter;
+use crate::model::{body_filter, filter};
 use crate::store::{Advanced, Totals, KEPT_PER_SOURCE};
 
 /// The events of one chunk and where each goes.
@@ -73,10 +75,11 @@ where
 /// whose delivery of the event failed and has not since succeeded or been
 /// queued again.
 #[allow(clippy::too_many_arguments)]
-pub fn plan_chunk<SE, ED, D>(
+pub fn plan_chunk<SE, ED, D, EV>(
     source_events: &SE,
     event_deliveries: &ED,
     deliveries: &D,
+    events: &EV,
     destinations: &HashMap<DestinationId, DestinationRecord>,
     job: &ReplayRecord,
     max_items: usize,
@@ -86,6 +89,7 @@ where
     SE: ReadableTable<(u128, u128), &'static [u8]>,
     ED: ReadableTable<(u128, u128), ()>,
     D: ReadableTable<u128, &'static [u8]>,
+    EV: ReadableTable<u128, &'static [u8]>,
 {
     let lower = ulid_floor(job.after_ms.saturating_add(1)).max(job.cursor.saturating_add(1));
     let upper = job.upper_id.min(ulid_floor(job.before_ms));
@@ -96,6 +100,12 @@ where
     }
     let patterns: Vec<String> = job.type_pattern.iter().cloned().collect();
     let usable = |id: &DestinationId| destinations.get(id).filter(|d| d.enabled);
+    // Bodies are read only when a destination that may match filters on them.
+    let needs_body = job.destination_ids.is_none()
+        && job
+            .candidates
+            .iter()
+            .any(|id| usable(id).is_some_and(|d| d.options.body_filter.is_some()));
     for (scanned, entry) in source_events
         .range((job.source_id.as_u128(), lower)..(job.source_id.as_u128(), upper))?
         .enumerate()
@@ -142,12 +152,22 @@ where
             failed.dedup();
             failed
         } else {
+            let stored_body = if needs_body {
+                events
+                    .get(event_id)?
+                    .map(|v| EventRecord::decode(v.value()))
+                    .transpose()?
+                    .map(|e| e.body)
+            } else {
+                None
+            };
+            let body = body_filter::Body::new(stored_body.as_deref().unwrap_or_default());
             job.candidates
                 .iter()
                 .filter(|id| {
                     usable(id).is_some_and(|d| {
                         job.destination_ids.is_some()
-                            || filter::matches(&d.event_filter, &summary.event_type)
+                            || body_filter::destination_accepts(d, &summary.event_type, &body)
                     })
                 })
                 .copied()
@@ -179,6 +199,7 @@ pub fn count(
             &source_events,
             &event_deliveries,
             &deliveries,
+            &txn.open_table(EVENTS)?,
             &destinations,
             &cursor,
             10_000,
@@ -312,6 +333,7 @@ pub fn advance(
             &txn.open_table(SOURCE_EVENTS)?,
             &txn.open_table(EVENT_DELIVERIES)?,
             &txn.open_table(DELIVERIES)?,
+            &txn.open_table(EVENTS)?,
             &destinations,
             &job,
             max_items,
