@@ -545,7 +545,7 @@ impl RedbStore {
         // the last checkpoint (`writer::CHECKPOINT_INTERVAL`), and the
         // deliveries they concern are attempted again.
         self.writer
-            .write_volatile(move |txn| deliveries::record_attempt(txn, &outcome))
+            .write_volatile(move |tables| tables.record_attempt(&outcome))
             .await
     }
 
