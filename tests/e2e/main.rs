@@ -19,6 +19,7 @@ mod delivery;
 mod destinations;
 mod durability;
 mod events;
+mod events_stream;
 mod first_hour;
 mod hardening;
 mod ingest;

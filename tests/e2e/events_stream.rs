@@ -1,0 +1,555 @@
+//! The live event stream (SPEC §14) end to end: a real server, real HTTP
+//! clients reading `text/event-stream` byte by byte, real storage (redb, or
+//! PostgreSQL with `KRAFTER_TEST_BACKEND=postgres`). Inbound signatures are
+//! computed here with `hmac`, never by Krafter's code.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{assert_error, stripe_signature, TestServer};
+
+/// One block of a `text/event-stream` (the lines up to a blank line).
+#[derive(Debug, Default, Clone)]
+pub struct Block {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub comments: Vec<String>,
+}
+
+/// Reads a stream's blocks from a response as bytes arrive.
+pub struct SseReader {
+    response: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl SseReader {
+    pub fn new(response: reqwest::Response) -> SseReader {
+        SseReader {
+            response,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next block, `None` when the stream ended or `within` passed.
+    pub async fn next_block(&mut self, within: Duration) -> Option<Block> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8(raw).expect("the stream is UTF-8");
+                let mut block = Block::default();
+                for line in text.lines() {
+                    if let Some(c) = line.strip_prefix(':') {
+                        block.comments.push(c.trim().to_string());
+                    } else if let Some((field, value)) = line.split_once(':') {
+                        let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+                        match field {
+                            "id" => block.id = Some(value),
+                            "event" => block.event = Some(value),
+                            "data" => {
+                                assert!(block.data.is_none(), "data is one line: {text}");
+                                block.data = Some(value)
+                            }
+                            other => panic!("unexpected field {other}: {text}"),
+                        }
+                    }
+                }
+                return Some(block);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk()).await;
+            match chunk {
+                Ok(Ok(Some(bytes))) => self.buf.extend_from_slice(&bytes),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event block (heartbeats skipped), as (id, detail object).
+    pub async fn next_event(&mut self, within: Duration) -> Option<(String, Value)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let block = self.next_block(left).await?;
+            if let Some(data) = block.data.clone() {
+                assert_eq!(block.event.as_deref(), Some("event"), "{block:?}");
+                let id = block.id.expect("every event has an id");
+                let detail: Value = serde_json::from_str(&data).expect("data is JSON");
+                assert_eq!(detail["id"], id, "the SSE id is the event id");
+                return Some((id, detail));
+            }
+        }
+    }
+
+    /// `n` events, failing if they do not all come within `within`.
+    pub async fn events(&mut self, n: usize, within: Duration) -> Vec<(String, Value)> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_event(left).await {
+                Some(e) => out.push(e),
+                None => panic!("only {} of {n} events within {within:?}", out.len()),
+            }
+        }
+        out
+    }
+}
+
+fn stream_path(source_id: &str) -> String {
+    format!("/api/v1/webhooks/sources/{source_id}/events/stream")
+}
+
+/// Opens the stream with `key` and extra headers; asserts a 200
+/// `text/event-stream` and reads past the opening comment.
+pub async fn open(
+    server: &TestServer,
+    key: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> SseReader {
+    let mut request = server
+        .client
+        .get(format!("{}{}", server.base, path_and_query))
+        .bearer_auth(key);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("the stream answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut reader = SseReader::new(response);
+    let first = reader
+        .next_block(Duration::from_secs(5))
+        .await
+        .expect("the stream opens with a comment at once");
+    assert!(first.data.is_none(), "{first:?}");
+    reader
+}
+
+/// Ingests `count` events of `event_type` into a `none` source, one after
+/// the other; returns their ids in order.
+async fn ingest_many(
+    server: &TestServer,
+    slug: &str,
+    event_type: &str,
+    count: usize,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in 0..count {
+        ids.push(
+            server
+                .ingest_json(slug, &json!({"type": event_type, "n": n}))
+                .await,
+        );
+    }
+    ids
+}
+
+#[tokio::test]
+async fn the_stream_sends_a_newly_ingested_event_with_its_detail() {
+    let server = TestServer::start().await;
+    let source = server.create_source("stripe live").await;
+    let id = source["id"].as_str().unwrap();
+    let slug = source["slug"].as_str().unwrap();
+    let (_, reader_key) = server.create_key(&["webhooks:read"]).await;
+    let mut stream = open(&server, &reader_key, &stream_path(id), &[]).await;
+
+    let body = br#"{"id":"evt_stripe_1","type":"invoice.paid","data":{"n":1}}"#.to_vec();
+    let (status, answer) = server
+        .post_in(
+            slug,
+            &[
+                ("content-type", "application/json".to_string()),
+                (
+                    "stripe-signature",
+                    stripe_signature("whsec_test_secret", &body),
+                ),
+            ],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let event_id = answer["data"]["event_id"].as_str().unwrap().to_string();
+
+    let (sent_id, detail) = stream
+        .next_event(Duration::from_secs(15))
+        .await
+        .expect("the new event arrives on the stream");
+    assert_eq!(sent_id, event_id);
+    // The detail object of SPEC §10, the same as GET .../events/{id}.
+    let (status, got) = server
+        .get(&format!("/api/v1/webhooks/sources/{id}/events/{event_id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(detail["type"], "invoice.paid");
+    assert_eq!(detail["source_id"], id);
+    assert_eq!(detail["provider_event_id"], "evt_stripe_1");
+    assert_eq!(detail["body"].as_str().unwrap().as_bytes(), &body[..]);
+    assert_eq!(detail["headers"], got["data"]["headers"]);
+    assert_eq!(detail["received_at"], got["data"]["received_at"]);
+    assert!(detail["headers"]["stripe-signature"].is_string());
+    // Nothing more was stored, so nothing more is sent.
+    assert!(stream.next_event(Duration::from_secs(3)).await.is_none());
+}
+
+#[tokio::test]
+async fn resuming_after_a_restart_has_no_gap_and_no_duplicate() {
+    const N: usize = 6;
+    let mut server = TestServer::start().await;
+    let source = server.create_none_source("resume").await;
+    let id = source["id"].as_str().unwrap().to_string();
+    let slug = source["slug"].as_str().unwrap().to_string();
+    let marker = ingest_many(&server, &slug, "marker", 1).await.remove(0);
+    let before = ingest_many(&server, &slug, "batch.one", N).await;
+
+    // ?after= sends the stored events after the marker, oldest first.
+    let key = server.admin_key.clone();
+    let mut stream = open(
+        &server,
+        &key,
+        &format!("{}?after={marker}", stream_path(&id)),
+        &[],
+    )
+    .await;
+    let first: Vec<String> = stream
+        .events(N, Duration::from_secs(20))
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(first, before);
+    let last_seen = first.last().unwrap().clone();
+    drop(stream);
+
+    server.reopen().await;
+    let after = ingest_many(&server, &slug, "batch.two", N).await;
+    let key = server.admin_key.clone();
+    let mut stream = open(
+        &server,
+        &key,
+        // The header wins over the query (a browser reconnecting keeps
+        // the URL's first ?after= and sends Last-Event-ID).
+        &format!("{}?after={marker}", stream_path(&id)),
+        &[("last-event-id", &last_seen)],
+    )
+    .await;
+    let second: Vec<String> = stream
+        .events(N, Duration::from_secs(20))
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(second, after, "exactly the events after the last one seen");
+    assert!(
+        stream.next_event(Duration::from_secs(4)).await.is_none(),
+        "no duplicate after the stored ones"
+    );
+    let all: HashSet<&String> = first.iter().chain(&second).collect();
+    assert_eq!(all.len(), 2 * N);
+}
+
+#[tokio::test]
+async fn concurrent_ingests_all_arrive_once_in_id_order() {
+    // Ids are made before the commit, so concurrent ingests commit out of
+    // id order; the stream must neither skip nor repeat any of them.
+    const TASKS: usize = 8;
+    const EACH: usize = 15;
+    let server = TestServer::start().await;
+    let source = server.create_none_source("race").await;
+    let id = source["id"].as_str().unwrap().to_string();
+    let slug = source["slug"].as_str().unwrap().to_string();
+    let key = server.admin_key.clone();
+    let mut stream = open(&server, &key, &stream_path(&id), &[]).await;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let client = server.client.clone();
+        let url = format!("{}/in/{slug}", server.base);
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..EACH {
+                let answer: Value = client
+                    .post(&url)
+                    .json(&json!({"type": "race", "t": t, "n": n}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                ids.push(answer["data"]["event_id"].as_str().unwrap().to_string());
+            }
+            ids
+        }));
+    }
+    let mut ingested = Vec::new();
+    for task in tasks {
+        ingested.extend(task.await.unwrap());
+    }
+    ingested.sort();
+    let got: Vec<String> = stream
+        .events(TASKS * EACH, Duration::from_secs(30))
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(got, ingested, "every event once, in id order");
+    assert!(stream.next_event(Duration::from_secs(3)).await.is_none());
+}
+
+#[tokio::test]
+async fn the_type_filter_uses_destination_pattern_syntax() {
+    let server = TestServer::start().await;
+    let source = server.create_none_source("typed").await;
+    let id = source["id"].as_str().unwrap().to_string();
+    let slug = source["slug"].as_str().unwrap().to_string();
+    let marker = ingest_many(&server, &slug, "marker", 1).await.remove(0);
+    let a1 = ingest_many(&server, &slug, "invoice.paid", 1).await;
+    ingest_many(&server, &slug, "charge.failed", 2).await;
+    let a2 = ingest_many(&server, &slug, "invoice.voided", 1).await;
+    let key = server.admin_key.clone();
+    let mut stream = open(
+        &server,
+        &key,
+        &format!("{}?after={marker}&type=invoice.*", stream_path(&id)),
+        &[],
+    )
+    .await;
+    let got = stream.events(2, Duration::from_secs(15)).await;
+    assert_eq!(got[0].0, a1[0]);
+    assert_eq!(got[1].0, a2[0]);
+    assert_eq!(got[1].1["type"], "invoice.voided");
+    assert!(stream.next_event(Duration::from_secs(3)).await.is_none());
+}
+
+#[tokio::test]
+async fn stream_errors_use_the_envelope() {
+    let server = TestServer::start().await;
+    let source = server.create_none_source("errors").await;
+    let id = source["id"].as_str().unwrap().to_string();
+    let path = stream_path(&id);
+
+    let (status, body) = server.call(Method::GET, &path, None, None).await;
+    assert_error(status, &body, 401, "unauthorized");
+    let (status, body) = server
+        .call(
+            Method::GET,
+            &path,
+            Some("krf_0123456789abcdefghijABCDEFGHIJ0123"),
+            None,
+        )
+        .await;
+    assert_error(status, &body, 401, "unauthorized");
+    // A revoked key stops at once.
+    let (key_id, key) = server.create_key(&["webhooks:read"]).await;
+    server.delete(&format!("/api/v1/api-keys/{key_id}")).await;
+    let (status, body) = server.call(Method::GET, &path, Some(&key), None).await;
+    assert_error(status, &body, 401, "unauthorized");
+
+    let admin = server.admin_key.clone();
+    let unknown = "src_01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    let (status, body) = server
+        .call(Method::GET, &stream_path(unknown), Some(&admin), None)
+        .await;
+    assert_error(status, &body, 404, "not_found");
+    let (status, body) = server
+        .call(Method::GET, &stream_path("nonsense"), Some(&admin), None)
+        .await;
+    assert_error(status, &body, 404, "not_found");
+    let (status, body) = server
+        .call(
+            Method::GET,
+            &format!("{path}?after=evt_nope"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_error(status, &body, 400, "bad_request");
+    let response = server
+        .client
+        .get(format!("{}{path}", server.base))
+        .bearer_auth(&admin)
+        .header("last-event-id", "12345")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_error(StatusCode::BAD_REQUEST, &body, 400, "bad_request");
+    let long = "x".repeat(2000);
+    let (status, body) = server
+        .call(
+            Method::GET,
+            &format!("{path}?type={long}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_error(status, &body, 400, "bad_request");
+}
+
+#[tokio::test]
+async fn heartbeats_keep_an_idle_stream_open_past_the_idle_timeout() {
+    // The heartbeat is min(15 s, server.idle_timeout / 2): with a 2 s idle
+    // timeout a comment comes every second, and the watchdog that closes
+    // idle connections never closes a healthy stream.
+    let server = TestServer::start_with(|c| c.server.idle_timeout = Duration::from_secs(2)).await;
+    let source = server.create_none_source("beats").await;
+    let id = source["id"].as_str().unwrap().to_string();
+    let slug = source["slug"].as_str().unwrap().to_string();
+    let key = server.admin_key.clone();
+    let mut stream = open(&server, &key, &stream_path(&id), &[]).await;
+    let started = Instant::now();
+    let mut beats = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        let block = stream
+            .next_block(Duration::from_secs(3))
+            .await
+            .expect("a heartbeat within the idle timeout");
+        assert!(block.data.is_none());
+        assert_eq!(block.comments, ["keep-alive"]);
+        beats += 1;
+    }
+    assert!(beats >= 3, "{beats} heartbeats in 5 s");
+    let sent = ingest_many(&server, &slug, "after.idle", 1).await;
+    let (got, _) = stream.next_event(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(got, sent[0], "the stream outlived the idle timeout");
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_promptly() {
+    let mut server = TestServer::start().await;
+    let source = server.create_none_source("bye").await;
+    let id = source["id"].as_str().unwrap().to_string();
+    let key = server.admin_key.clone();
+    let mut stream = open(&server, &key, &stream_path(&id), &[]).await;
+    let started = Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?} on an open stream",
+        started.elapsed()
+    );
+    assert!(stream.next_block(Duration::from_secs(5)).await.is_none());
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS");
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a number");
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_dropped_without_growing_memory() {
+    const EVENTS: usize = 2_000;
+    const BODY: usize = 64 * 1024;
+    let server = TestServer::start_with(|c| c.server.idle_timeout = Duration::from_secs(3)).await;
+    let source = server.create_none_source("stalled").await;
+    let id = source["id"].as_str().unwrap().to_string();
+    let slug = source["slug"].as_str().unwrap().to_string();
+    let key = server.admin_key.clone();
+
+    // A raw connection with a small receive buffer that asks for the
+    // stream and then never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr = server.base.trim_start_matches("http://").parse().unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {key}\r\n\r\n",
+        stream_path(&id)
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+
+    let baseline = rss_bytes();
+    let mut peak = baseline;
+    let filler = "x".repeat(BODY);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..EVENTS {
+        let client = server.client.clone();
+        let url = format!("{}/in/{slug}", server.base);
+        let body = json!({"type": "big", "n": n, "filler": filler}).to_string();
+        tasks.spawn(async move {
+            let status = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, StatusCode::OK);
+        });
+        if tasks.len() >= 8 {
+            tasks.join_next().await.unwrap().unwrap();
+            if n % 100 == 0 {
+                peak = peak.max(rss_bytes());
+            }
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    // The settle window passes, then the stream has every event to send.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    peak = peak.max(rss_bytes());
+    let total = (EVENTS * BODY) as u64;
+    eprintln!(
+        "ingested {} MiB in {:?}; RSS {} → peak {} MiB",
+        total >> 20,
+        started.elapsed(),
+        baseline >> 20,
+        peak >> 20
+    );
+    // Were the events queued for the stalled client, memory would grow by
+    // at least their size.
+    assert!(
+        peak < baseline + total / 2,
+        "RSS grew from {baseline} to {peak} with {total} bytes of events"
+    );
+    // The server still answers.
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The stalled connection was closed: what is left to read is what was
+    // in flight, then the end.
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    // Already closed by the server, while the client read nothing: what
+    // was in flight drains at once, then the end comes (a connection still
+    // open would now stream on, or idle for another timeout).
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stalled connection is still open ({received} bytes read)"
+    );
+    assert!(
+        (received as u64) < total / 4,
+        "{received} bytes were sent of {total}"
+    );
+}
