@@ -553,3 +553,364 @@ async fn a_stalled_client_is_dropped_without_growing_memory() {
         "{received} bytes were sent of {total}"
     );
 }
+
+// ---- `krafter listen` and `krafter events tail`, the real binary ----
+
+use std::io::BufRead;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+
+use crate::common::receiver::{self, Receiver, Reply};
+use crate::common::{krafter, standard_webhooks_signature, standard_webhooks_verifies};
+
+/// A spawned CLI with its stdout lines arriving on a channel.
+struct Cli {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Cli {
+    fn spawn(args: &[&str]) -> Cli {
+        let mut child = krafter()
+            .args(args)
+            .env_remove("KRAFTER_API_KEY")
+            .env_remove("KRAFTER_URL")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("krafter runs");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Cli {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next stdout line, within `within`.
+    async fn line(&mut self, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.lines.try_recv() {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    return line;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    panic!("the CLI's stdout closed; it printed {:?}", self.seen)
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line within {within:?}; printed so far {:?}",
+                self.seen
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGINT (Ctrl-C) and returns the exit code.
+    async fn interrupt(mut self) -> Option<i32> {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the CLI did not exit within 10 s of SIGINT");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server on a fixed loopback port, so a CLI pointed at it can reconnect
+/// after a restart.
+async fn server_on_fixed_port() -> TestServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    TestServer::start_with(move |c| c.server.listen = format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+}
+
+/// Checks one forwarded request against the event: body and content type
+/// as ingested, `webhook-id` the event id, and a Standard Webhooks
+/// signature that verifies under `secret` (computed here with `hmac`).
+fn assert_forwarded(hit: &receiver::Received, secret: &str, event_id: &str, body: &[u8], ct: &str) {
+    assert_eq!(hit.method, "POST");
+    assert_eq!(hit.body, body);
+    assert_eq!(hit.must("content-type"), ct);
+    assert_eq!(hit.must("webhook-id"), event_id);
+    let ts = hit.must("webhook-timestamp");
+    let now = crate::common::sign::unix_secs();
+    let sent: i64 = ts.parse().unwrap();
+    assert!((now - sent).abs() < 60, "timestamp {ts} is now");
+    assert!(
+        standard_webhooks_verifies(
+            secret,
+            event_id,
+            ts,
+            &hit.body,
+            hit.must("webhook-signature")
+        ),
+        "signature {} does not verify under {secret}",
+        hit.must("webhook-signature")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_forwards_signed_events_resumes_after_a_restart_and_exits_0_on_ctrl_c() {
+    let mut server = server_on_fixed_port().await;
+    let source = server.create_none_source("local dev").await;
+    let id = source["id"].as_str().unwrap().to_string();
+    let slug = source["slug"].as_str().unwrap().to_string();
+    let (_, key) = server.create_key(&["webhooks:read"]).await;
+    let app = Receiver::ok().await;
+    let forward = app.url("/webhooks");
+    let base = server.base.clone();
+    let mut cli = Cli::spawn(&[
+        "listen",
+        "--source",
+        &id,
+        "--forward-to",
+        &forward,
+        "--url",
+        &base,
+        "--api-key",
+        &key,
+    ]);
+    let header = cli.line(Duration::from_secs(20)).await;
+    assert!(
+        header.contains("local dev") && header.contains(&id),
+        "{header}"
+    );
+    let target = cli.line(Duration::from_secs(5)).await;
+    assert!(target.contains(&forward), "{target}");
+    let secret_line = cli.line(Duration::from_secs(5)).await;
+    let secret = secret_line
+        .split_whitespace()
+        .find(|w| w.starts_with("whsec_"))
+        .unwrap_or_else(|| panic!("no secret in {secret_line:?}"))
+        .to_string();
+    cli.line(Duration::from_secs(5)).await; // ready
+                                            // The stream is open once the CLI says so; give it a moment to connect.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let json_body = br#"{"type":"order.created","n":1}"#.to_vec();
+    let first = server
+        .ingest_bytes(&slug, "application/json", json_body.clone())
+        .await;
+    let binary_body = vec![0u8, 159, 146, 150, 255, 1];
+    let second = server
+        .ingest_bytes(&slug, "application/octet-stream", binary_body.clone())
+        .await;
+    let hits = app.wait_for(2, Duration::from_secs(20)).await;
+    assert_forwarded(&hits[0], &secret, &first, &json_body, "application/json");
+    assert_forwarded(
+        &hits[1],
+        &secret,
+        &second,
+        &binary_body,
+        "application/octet-stream",
+    );
+    for event in [&first, &second] {
+        let line = cli.line(Duration::from_secs(10)).await;
+        assert!(
+            line.contains(event.as_str()) && line.contains("-> 200"),
+            "{line}"
+        );
+    }
+
+    // The server goes away for a while; the CLI retries with a growing
+    // backoff, so events stored right after the restart are older than the
+    // settle window when it reconnects: only resuming after the last event
+    // it saw (Last-Event-ID) brings them, once, and the old ones not again.
+    server.stop().await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    server.reopen().await;
+    assert_eq!(server.base, base, "same port");
+    let third = server
+        .ingest_bytes(&slug, "application/json", b"{\"n\":3}".to_vec())
+        .await;
+    let fourth = server
+        .ingest_bytes(&slug, "application/json", b"{\"n\":4}".to_vec())
+        .await;
+    let hits = app.wait_for(4, Duration::from_secs(40)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let hits_now = app.requests();
+    assert_eq!(
+        hits_now.len(),
+        4,
+        "no duplicate forwards: {:?}",
+        hits_now
+            .iter()
+            .map(|h| h.must("webhook-id").to_string())
+            .collect::<Vec<_>>()
+    );
+    assert_forwarded(&hits[2], &secret, &third, b"{\"n\":3}", "application/json");
+    assert_forwarded(&hits[3], &secret, &fourth, b"{\"n\":4}", "application/json");
+
+    assert_eq!(cli.interrupt().await, Some(0), "Ctrl-C exits 0");
+}
+
+#[tokio::test]
+async fn listen_signs_with_a_given_secret_and_retries_when_asked() {
+    // The secret of the Standard Webhooks reference vector: the checker
+    // used here reproduces that vector, so it is the official algorithm.
+    const VECTOR_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    assert_eq!(
+        standard_webhooks_signature(
+            VECTOR_SECRET,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#
+        ),
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    );
+    let server = TestServer::start().await;
+    let source = server.create_none_source("retrying").await;
+    let id = source["id"].as_str().unwrap().to_string();
+    let slug = source["slug"].as_str().unwrap().to_string();
+    // The app fails the first try of each event, then accepts.
+    let app = Receiver::start(receiver::sequence(
+        vec![Reply::status(500), Reply::ok(), Reply::status(503)],
+        Reply::status(503),
+    ))
+    .await;
+    let forward = app.url("/hook");
+    let key = server.admin_key.clone();
+    let base = server.base.clone();
+    let mut cli = Cli::spawn(&[
+        "listen",
+        "--source",
+        &id,
+        "--forward-to",
+        &forward,
+        "--url",
+        &base,
+        "--api-key",
+        &key,
+        "--secret",
+        VECTOR_SECRET,
+        "--retry",
+        "1",
+        "--events",
+        "order.*",
+    ]);
+    for _ in 0..4 {
+        cli.line(Duration::from_secs(20)).await;
+    }
+    assert!(cli.seen[2].contains(VECTOR_SECRET), "{:?}", cli.seen);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server
+        .ingest_json(&slug, &json!({"type": "ignored.kind"}))
+        .await;
+    let event = server
+        .ingest_json(&slug, &json!({"type": "order.paid"}))
+        .await;
+    let hits = app.wait_for(2, Duration::from_secs(20)).await;
+    for (n, hit) in hits.iter().enumerate() {
+        assert_eq!(hit.must("webhook-id"), event, "only order.* is forwarded");
+        assert_eq!(hit.must("krafter-attempt"), (n + 1).to_string());
+        assert!(standard_webhooks_verifies(
+            VECTOR_SECRET,
+            &event,
+            hit.must("webhook-timestamp"),
+            &hit.body,
+            hit.must("webhook-signature")
+        ));
+    }
+    let line = cli.line(Duration::from_secs(10)).await;
+    assert!(line.contains(&event) && line.contains("-> 200"), "{line}");
+    // A third event fails twice (503, then 503): reported, not retried forever.
+    let failing = server
+        .ingest_json(&slug, &json!({"type": "order.failed"}))
+        .await;
+    let line = cli.line(Duration::from_secs(20)).await;
+    assert!(line.contains(&failing) && line.contains("-> 503"), "{line}");
+    assert_eq!(app.count(), 4, "one retry, as asked");
+    assert_eq!(cli.interrupt().await, Some(0));
+}
+
+#[tokio::test]
+async fn events_tail_prints_one_json_line_per_event() {
+    let server = TestServer::start().await;
+    let source = server.create_none_source("tailed").await;
+    let id = source["id"].as_str().unwrap().to_string();
+    let slug = source["slug"].as_str().unwrap().to_string();
+    let (_, key) = server.create_key(&["webhooks:read"]).await;
+    let base = server.base.clone();
+    let mut cli = Cli::spawn(&[
+        "events",
+        "tail",
+        "--source",
+        &id,
+        "--url",
+        &base,
+        "--api-key",
+        &key,
+    ]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let a = server
+        .ingest_json(&slug, &json!({"type": "a.one", "text": "line\nbreak"}))
+        .await;
+    let b = server.ingest_json(&slug, &json!({"type": "b.two"})).await;
+    for (want, kind) in [(&a, "a.one"), (&b, "b.two")] {
+        let line = cli.line(Duration::from_secs(20)).await;
+        let detail: Value = serde_json::from_str(&line).expect("each line is JSON");
+        assert_eq!(detail["id"], want.as_str());
+        assert_eq!(detail["type"], kind);
+        assert_eq!(detail["source_id"], id.as_str());
+        assert!(detail["headers"].is_object() && detail["body"].is_string());
+    }
+    assert_eq!(cli.interrupt().await, Some(0));
+
+    // A source that does not exist ends the command with the server's word.
+    // (Off the runtime's thread: the server answering it runs there.)
+    let mut command = krafter();
+    command.args([
+        "events",
+        "tail",
+        "--source",
+        "src_01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        "--url",
+        &base,
+        "--api-key",
+        &key,
+    ]);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("404"), "{stderr}");
+}
