@@ -914,3 +914,74 @@ async fn events_tail_prints_one_json_line_per_event() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("404"), "{stderr}");
 }
+
+// ---- The dashboard's live events page ----
+
+#[tokio::test]
+async fn the_dashboard_events_page_streams_new_events_with_the_session() {
+    use crate::common::browser::Browser;
+    let server = TestServer::start().await;
+    let source = server.create_none_source("dashboard live").await;
+    let id = source["id"].as_str().unwrap().to_string();
+    let slug = source["slug"].as_str().unwrap().to_string();
+    let page_path = format!("/dashboard/sources/{id}/events");
+    let stream_url = format!("{page_path}/stream");
+
+    // Without a session: the sign-in page, never the stream.
+    let mut b = Browser::new(&server.base);
+    b.get(&stream_url).await.assert_sign_in_redirect();
+
+    let (_, key) = server.create_key(&["webhooks:read"]).await;
+    b.sign_in(&key).await;
+    let page = b.get(&page_path).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.text.contains(&format!("data-stream=\"{stream_url}\"")),
+        "the page names its stream: {}",
+        page.text
+    );
+    // The script that reads it is the embedded one (the CSP allows no
+    // inline script), and the page stays usable without it.
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    let script = b.get("/dashboard/assets/dashboard.js").await;
+    assert!(script.text.contains("new EventSource(") && script.text.contains("data-stream"));
+    // A time range or an older page is not "live".
+    let ranged = b.get(&format!("{page_path}?after=2020-01-01T00:00")).await;
+    assert!(!ranged.text.contains("data-stream="), "{}", ranged.text);
+    let typed = b.get(&format!("{page_path}?type=order.*")).await;
+    assert!(typed
+        .text
+        .contains(&format!("data-stream=\"{stream_url}?type=order.*\"")));
+
+    // The stream itself, with the session cookie as a browser sends it.
+    let cookie = b
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let response = server
+        .client
+        .get(format!("{}{stream_url}", server.base))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut stream = SseReader::new(response);
+    stream
+        .next_block(Duration::from_secs(5))
+        .await
+        .expect("opened");
+    let event = server
+        .ingest_json(&slug, &json!({"type": "order.created"}))
+        .await;
+    let (got, detail) = stream.next_event(Duration::from_secs(15)).await.unwrap();
+    assert_eq!(got, event);
+    assert_eq!(detail["type"], "order.created");
+}
