@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod ops;
 pub mod overview;
 pub mod sources;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -121,6 +122,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(destinations::rotate_secret))
         .routes(routes!(events::list))
         .routes(routes!(events::get))
+        .routes(routes!(stream::stream))
         .routes(routes!(events::deliveries))
         .routes(routes!(events::replay))
         .routes(routes!(events::retry))

@@ -15,6 +15,7 @@ mod error;
 pub mod events;
 pub mod sessions;
 pub mod sources;
+pub mod stream;
 
 use crate::model::ids::ApiKeyId;
 use std::sync::Arc;
@@ -83,6 +84,8 @@ struct Inner {
     replays: Replays,
     retention: Arc<tokio::sync::Notify>,
     metrics: Arc<Metrics>,
+    /// Wakes and closes this node's live event streams.
+    hub: Arc<stream::Hub>,
 }
 
 impl Ops {
@@ -104,6 +107,7 @@ impl Ops {
                 replays,
                 retention,
                 metrics,
+                hub: Arc::default(),
             }),
         }
     }

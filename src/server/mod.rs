@@ -53,6 +53,8 @@ pub struct RunningServer {
     replays: crate::replay::Replays,
     delivery_grace: Duration,
     retention: JoinHandle<()>,
+    /// Ends live event streams at shutdown (they would never finish).
+    streams: Arc<crate::ops::stream::Hub>,
 }
 
 /// Binds the listener, opens storage, makes the bootstrap key if none
@@ -137,6 +139,7 @@ pub async fn start_with_resolver(
         metrics.clone(),
         public_url.clone(),
     );
+    let streams = ops.stream_hub().clone();
     let state = AppState::new(AppParts {
         ops,
         ingest,
@@ -182,6 +185,7 @@ pub async fn start_with_resolver(
         replays,
         delivery_grace,
         retention,
+        streams,
     })
 }
 
@@ -202,6 +206,7 @@ impl RunningServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.streams.close();
         // Requests and delivery attempts drain side by side, so the whole
         // stop stays within SPEC §2's 30 s (HTTP grace 25 s, delivery ≤ 20 s).
         let http = async { (&mut self.task).await.ok() };

@@ -348,6 +348,49 @@ pub fn list(
     Ok(super::Page { items, next: None })
 }
 
+/// A source's event ids with `after < id < before`, oldest first, whose
+/// type matches `type_pattern`: what the live stream (SPEC §14) sends next.
+/// `next` is the last id examined when the page was cut (by `limit` or the
+/// scan bound); every id up to it has been looked at.
+pub fn after(
+    txn: &ReadTransaction,
+    source_id: SourceId,
+    after: u128,
+    before: u128,
+    type_pattern: Option<&str>,
+    limit: usize,
+) -> Result<super::Page<EventId>, StoreError> {
+    let table = txn.open_table(SOURCE_EVENTS)?;
+    let patterns: Vec<String> = type_pattern.iter().map(|p| p.to_string()).collect();
+    let mut items = Vec::new();
+    let mut last_seen = None;
+    if after >= before {
+        return Ok(super::Page { items, next: None });
+    }
+    let lower = after.saturating_add(1);
+    for (scanned, entry) in table
+        .range((source_id.as_u128(), lower)..(source_id.as_u128(), before))?
+        .enumerate()
+    {
+        let (key, value) = entry?;
+        if items.len() == limit || scanned == MAX_SCAN_PER_PAGE {
+            return Ok(super::Page {
+                items,
+                next: last_seen,
+            });
+        }
+        let id = key.value().1;
+        last_seen = Some(id);
+        if patterns.is_empty() || {
+            let summary = EventSummary::decode(value.value())?;
+            filter::matches(&patterns, &summary.event_type)
+        } {
+            items.push(EventId::from_u128(id));
+        }
+    }
+    Ok(super::Page { items, next: None })
+}
+
 /// The smallest ULID of a millisecond.
 fn ulid_floor(ms: i64) -> u128 {
     u128::from(ms.max(0) as u64) << 80
