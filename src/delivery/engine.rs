@@ -831,13 +831,16 @@ async fn attempt_with_options(
             .await
         }
     };
+    let sent = authorization.clone();
     let mut result = send(authorization).await;
     let oauth = matches!(
         destination.options.auth,
         Some(AuthRecord::OAuth2ClientCredentials { .. })
     );
     if oauth && result.status == Some(401) {
-        inner.tokens.forget(destination.id);
+        if let Some(rejected) = sent.as_deref().and_then(|h| h.strip_prefix("Bearer ")) {
+            inner.tokens.forget(destination.id, rejected);
+        }
         result = match inner.authorization(&client, destination, timeout).await {
             Ok(fresh) => send(fresh).await,
             Err(message) => worker::AttemptResult::failure(started, ErrorKind::Auth, message),

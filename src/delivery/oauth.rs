@@ -7,7 +7,7 @@
 //! (status, shape), never what was sent or received.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -51,6 +51,10 @@ struct Cached {
 #[derive(Default)]
 pub struct TokenCache {
     tokens: Mutex<HashMap<DestinationId, Cached>>,
+    /// One fetch at a time per destination: attempts that find no token
+    /// wait for the one fetching instead of each asking the token
+    /// endpoint (which may rate-limit a burst of grants).
+    fetching: Mutex<HashMap<DestinationId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl TokenCache {
@@ -69,9 +73,25 @@ impl TokenCache {
         (c.version == version && fresh).then(|| c.token.clone())
     }
 
-    /// Drops a destination's token (the receiver answered 401).
-    pub fn forget(&self, destination: DestinationId) {
-        self.lock().remove(&destination);
+    /// Drops a destination's token that the receiver refused (401) —
+    /// only that one: a sibling attempt may already have stored a fresh
+    /// token, which must not be thrown away with it.
+    pub fn forget(&self, destination: DestinationId, rejected: &str) {
+        let mut tokens = self.lock();
+        if tokens
+            .get(&destination)
+            .is_some_and(|c| c.token == rejected)
+        {
+            tokens.remove(&destination);
+        }
+    }
+
+    fn fetch_lock(&self, destination: DestinationId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut fetching = match self.fetching.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        fetching.entry(destination).or_default().clone()
     }
 
     /// A token: the cached one, or a new one from the token endpoint.
@@ -84,6 +104,12 @@ impl TokenCache {
         version: i64,
         grant: &Grant<'_>,
     ) -> Result<String, TokenError> {
+        if let Some(token) = self.cached(destination, version) {
+            return Ok(token);
+        }
+        let fetch_lock = self.fetch_lock(destination);
+        let _fetching = fetch_lock.lock().await;
+        // Whoever held the lock before may have just fetched one.
         if let Some(token) = self.cached(destination, version) {
             return Ok(token);
         }

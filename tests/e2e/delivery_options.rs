@@ -884,6 +884,50 @@ async fn mutual_tls_presents_the_destination_certificate() {
 /// client-credentials grant (HTTP basic client auth, form body), its token
 /// is reused for later deliveries, fetched again once when the receiver
 /// answers 401, and a failing endpoint is a failed attempt of kind `auth`.
+/// Attempts that find no token share one grant: a burst of deliveries to a
+/// destination whose token endpoint answers slowly asks it once, not once
+/// per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_attempts_without_a_token_asks_the_token_endpoint_once() {
+    let receiver = Receiver::start(|r| match r.path.as_str() {
+        "/slow-token" => Reply::ok()
+            .header("content-type", "application/json")
+            .body(
+                json!({"access_token": "tok-burst", "token_type": "Bearer", "expires_in": 3600})
+                    .to_string(),
+            )
+            .delay(Duration::from_millis(500)),
+        _ => Reply::ok(),
+    })
+    .await;
+    let server = server_with(|_| {}).await;
+    let source = none_source(&server).await;
+    create(
+        &server,
+        &source,
+        json!({"url": receiver.url("/hook"),
+               "auth": {"type": "oauth2_client_credentials", "token_url": receiver.url("/slow-token"),
+                        "client_id": "burst", "client_secret": "s"}}),
+    )
+    .await;
+    for n in 0..8 {
+        server
+            .ingest_json(&source.slug, &json!({"type": "burst", "n": n}))
+            .await;
+    }
+    let hooks = receiver
+        .wait_for_path("/hook", 8, Duration::from_secs(15))
+        .await;
+    assert!(hooks
+        .iter()
+        .all(|r| r.must("authorization") == "Bearer tok-burst"));
+    assert_eq!(
+        receiver.count_to("/slow-token"),
+        1,
+        "one grant for the burst"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauth2_tokens_are_fetched_once_reused_and_refreshed_after_a_401() {
     const CLIENT_SECRET: &str = "cs-Vq83-never-shown-1193";
