@@ -85,6 +85,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub dashboard: DashboardConfig,
     pub log: LogConfig,
+    pub audit: AuditConfig,
 }
 
 /// The HTTP listener.
@@ -252,6 +253,22 @@ pub struct LimitsConfig {
 pub struct DashboardConfig {
     /// Sign-in attempts one client address may make per minute (429 past it).
     pub sign_in_per_minute: u32,
+}
+
+/// The audit log (SPEC §15).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Days an audit entry is kept; the retention loop removes older ones.
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention_days: 365,
+        }
+    }
 }
 
 /// Logging.

@@ -20,6 +20,7 @@ pub enum Nav {
     Sources,
     Events,
     ApiKeys,
+    AuditLog,
     None,
 }
 
@@ -81,6 +82,7 @@ pub fn page(title: &str, session: Option<&Session>, nav: Nav, body: Markup) -> M
                                 li { a href="/dashboard/events" aria-current=[current(nav, Nav::Events)] { "All events" } }
                                 @if session.is_admin() {
                                     li { a href="/dashboard/api-keys" aria-current=[current(nav, Nav::ApiKeys)] { "API keys" } }
+                                    li { a href="/dashboard/audit-log" aria-current=[current(nav, Nav::AuditLog)] { "Audit log" } }
                                 }
                             }
                         }

@@ -153,6 +153,7 @@ pub async fn start_with_resolver(
     let retention = tokio::spawn(retention_loop(
         store.clone(),
         state.config.storage.retention_interval,
+        state.config.audit.retention_days,
         retention_wake,
     ));
     let dashboard_url = format!("{}/dashboard", state.public_url);
@@ -223,7 +224,14 @@ impl RunningServer {
 /// or at once when woken, for as long as the server runs. With several
 /// nodes, one of them does it: the one holding the `retention` duty, which
 /// it renews on every round and another takes over when it lapses.
-async fn retention_loop(store: Store, interval: Duration, wake: Arc<tokio::sync::Notify>) {
+///
+/// The same round removes audit entries older than `audit_retention_days`.
+async fn retention_loop(
+    store: Store,
+    interval: Duration,
+    audit_retention_days: u32,
+    wake: Arc<tokio::sync::Notify>,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let duty_ttl_ms = u64::try_from((interval * 3).as_millis()).unwrap_or(u64::MAX);
@@ -244,6 +252,13 @@ async fn retention_loop(store: Store, interval: Duration, wake: Arc<tokio::sync:
             Ok(0) => {}
             Ok(n) => tracing::info!(events = n, "retention removed expired events"),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
+        }
+        let day_ms = 24 * 3600 * 1000_i64;
+        let cutoff = crate::model::time::now_ms() - i64::from(audit_retention_days) * day_ms;
+        match store.sweep_audit(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "retention removed old audit entries"),
+            Err(e) => tracing::warn!(error = %e, "audit retention sweep failed; will retry"),
         }
     }
 }

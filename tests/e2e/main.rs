@@ -12,6 +12,7 @@ mod common;
 
 mod api_errors;
 mod api_keys;
+mod audit_log;
 mod cli;
 mod dashboard;
 mod dashboard_browser;

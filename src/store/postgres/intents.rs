@@ -25,9 +25,9 @@ use crate::model::records::{
 use crate::model::{body_filter, filter};
 use crate::store::redb::records::Record;
 use crate::store::{
-    Advanced, AttemptOutcome, DestinationChange, DestinationUpdated, DueItem, EventQuery,
-    EventSearch, FoundEvent, IngestOutcome, ListedEvent, Next, Page, Recorded, SourceChange,
-    StoreError, StoreStats, Totals, KEPT_PER_SOURCE,
+    Advanced, AttemptOutcome, AuditEntry, AuditQuery, DestinationChange, DestinationUpdated,
+    DueItem, EventQuery, EventSearch, FoundEvent, IngestOutcome, ListedEvent, Next, Page, Recorded,
+    SourceChange, StoreError, StoreStats, Totals, KEPT_PER_SOURCE,
 };
 
 type Tx = Transaction<'static, Postgres>;
@@ -56,6 +56,31 @@ fn page<T, I: RawId>(mut items: Vec<T>, limit: usize, id_of: impl Fn(&T) -> I) -
         None
     };
     Page { items, next }
+}
+
+/// Records `entry` in the caller's transaction (no-op for `None`), so
+/// the entry commits with the change it describes.
+async fn insert_audit(
+    conn: &mut PgConnection,
+    entry: Option<&AuditEntry>,
+) -> Result<(), StoreError> {
+    let Some(entry) = entry else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO audit_log (id, at_ms, actor_key, actor_name, action, entry) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(uid(entry.id.as_u128()))
+    .bind(entry.at_ms)
+    .bind(entry.actor.api_key_id.as_deref())
+    .bind(&entry.actor.name)
+    .bind(&entry.action)
+    .bind(String::from_utf8_lossy(&entry.encode()).into_owned())
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
 }
 
 /// The smallest ULID of a millisecond.
@@ -590,12 +615,14 @@ pub(super) async fn insert_api_key(
 impl PgStore {
     // ---- API keys ----
 
-    pub(in crate::store) async fn create_api_key(
+    pub(in crate::store) async fn create_api_key_audited(
         &self,
         key: ApiKeyRecord,
+        audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         insert_api_key(&mut tx, &key).await?;
+        insert_audit(&mut tx, audit.as_ref()).await?;
         self.commit(tx).await
     }
 
@@ -650,16 +677,72 @@ impl PgStore {
         count_of(&row, "n")
     }
 
-    pub(in crate::store) async fn revoke_api_key(&self, id: ApiKeyId) -> Result<(), StoreError> {
+    pub(in crate::store) async fn revoke_api_key_audited(
+        &self,
+        id: ApiKeyId,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), StoreError> {
         // Its sessions go with it (ON DELETE CASCADE), in the same commit.
-        let done = self
-            .write_one(sqlx::query("DELETE FROM api_keys WHERE id = $1").bind(uid(id)))
+        let mut tx = self.begin().await?;
+        let done = sqlx::query("DELETE FROM api_keys WHERE id = $1")
+            .bind(uid(id))
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        Ok(())
+        insert_audit(&mut tx, audit.as_ref()).await?;
+        self.commit(tx).await
+    }
+
+    // ---- Audit log ----
+
+    pub(in crate::store) async fn list_audit(
+        &self,
+        query: AuditQuery,
+        before: Option<u128>,
+        limit: usize,
+    ) -> Result<Page<AuditEntry>, StoreError> {
+        let mut qb = QueryBuilder::<Postgres>::new("SELECT entry FROM audit_log WHERE true");
+        if let Some(cursor) = before {
+            qb.push(" AND id < ").push_bind(uid(cursor));
+        }
+        if let Some(actor) = &query.actor {
+            qb.push(" AND (actor_key = ")
+                .push_bind(actor.clone())
+                .push(" OR actor_name = ")
+                .push_bind(actor.clone())
+                .push(")");
+        }
+        if let Some(action) = &query.action {
+            qb.push(" AND action = ").push_bind(action.clone());
+        }
+        if let Some(after) = query.after_ms {
+            qb.push(" AND at_ms >= ").push_bind(after);
+        }
+        if let Some(before_ms) = query.before_ms {
+            qb.push(" AND at_ms < ").push_bind(before_ms);
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(limit_plus_one(limit));
+        let found = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        let items = found
+            .iter()
+            .map(|row| {
+                let text: String = row.try_get("entry").map_err(db_error)?;
+                AuditEntry::decode(text.as_bytes())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(page(items, limit, |e| e.id.as_u128()))
+    }
+
+    pub(in crate::store) async fn sweep_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = self
+            .write_one(sqlx::query("DELETE FROM audit_log WHERE at_ms < $1").bind(before_ms))
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected())
     }
 
     // ---- Dashboard sessions ----
@@ -767,23 +850,26 @@ impl PgStore {
 
     // ---- Sources ----
 
-    pub(in crate::store) async fn create_source(
+    pub(in crate::store) async fn create_source_audited(
         &self,
         source: SourceRecord,
+        audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
         if source.slug.contains('\0') {
             return Err(StoreError::Conflict("a slug cannot hold U+0000".into()));
         }
-        let done = self
-            .write_one(
-                sqlx::query("INSERT INTO sources (id, slug, record) VALUES ($1, $2, $3)")
-                    .bind(uid(source.id))
-                    .bind(&source.slug)
-                    .bind(source.encode()),
-            )
+        let mut tx = self.begin().await?;
+        let done = sqlx::query("INSERT INTO sources (id, slug, record) VALUES ($1, $2, $3)")
+            .bind(uid(source.id))
+            .bind(&source.slug)
+            .bind(source.encode())
+            .execute(&mut *tx)
             .await;
         match done {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                insert_audit(&mut tx, audit.as_ref()).await?;
+                self.commit(tx).await
+            }
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
                 "slug {} is taken",
                 source.slug
@@ -852,10 +938,11 @@ impl PgStore {
         Ok(page(items, limit, |(s, _)| s.id))
     }
 
-    pub(in crate::store) async fn update_source(
+    pub(in crate::store) async fn update_source_audited(
         &self,
         id: SourceId,
         change: SourceChange,
+        mut audit: Option<AuditEntry>,
     ) -> Result<(SourceRecord, u64), StoreError> {
         let mut tx = self.begin().await?;
         let row = sqlx::query("SELECT record FROM sources WHERE id = $1 FOR NO KEY UPDATE")
@@ -865,7 +952,14 @@ impl PgStore {
             .map_err(db_error)?
             .ok_or(StoreError::NotFound)?;
         let mut source: SourceRecord = decode(&row)?;
+        let old = source.clone();
         change.apply(&mut source);
+        if let Some(entry) = audit.as_mut() {
+            entry
+                .changes
+                .extend(crate::store::audit::source_changes(&old, &source));
+        }
+        insert_audit(&mut tx, audit.as_ref()).await?;
         sqlx::query("UPDATE sources SET record = $2 WHERE id = $1")
             .bind(uid(id))
             .bind(source.encode())
@@ -877,25 +971,33 @@ impl PgStore {
         Ok((source, count))
     }
 
-    pub(in crate::store) async fn delete_source(&self, id: SourceId) -> Result<(), StoreError> {
+    pub(in crate::store) async fn delete_source_audited(
+        &self,
+        id: SourceId,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), StoreError> {
         // Its destinations go with it (ON DELETE CASCADE); its events are
         // purged afterwards by `purge_orphans`.
-        let done = self
-            .write_one(sqlx::query("DELETE FROM sources WHERE id = $1").bind(uid(id)))
+        let mut tx = self.begin().await?;
+        let done = sqlx::query("DELETE FROM sources WHERE id = $1")
+            .bind(uid(id))
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        Ok(())
+        insert_audit(&mut tx, audit.as_ref()).await?;
+        self.commit(tx).await
     }
 
     // ---- Destinations ----
 
-    pub(in crate::store) async fn create_destination(
+    pub(in crate::store) async fn create_destination_audited(
         &self,
         destination: DestinationRecord,
         max_per_source: usize,
+        audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         // Locking the source serializes creations, so the cap holds; NO
@@ -922,6 +1024,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
+        insert_audit(&mut tx, audit.as_ref()).await?;
         self.commit(tx).await
     }
 
@@ -973,11 +1076,12 @@ impl PgStore {
         Ok(all)
     }
 
-    pub(in crate::store) async fn update_destination(
+    pub(in crate::store) async fn update_destination_audited(
         &self,
         source_id: SourceId,
         id: DestinationId,
         change: DestinationChange,
+        mut audit: Option<AuditEntry>,
     ) -> Result<DestinationUpdated, StoreError> {
         let mut tx = self.begin().await?;
         let row = sqlx::query(
@@ -990,8 +1094,15 @@ impl PgStore {
         .map_err(db_error)?
         .ok_or(StoreError::NotFound)?;
         let mut destination: DestinationRecord = decode(&row)?;
+        let old = destination.clone();
         change.apply(&mut destination);
+        if let Some(entry) = audit.as_mut() {
+            entry
+                .changes
+                .extend(crate::store::audit::destination_changes(&old, &destination));
+        }
         write_destination(&mut tx, &destination).await?;
+        insert_audit(&mut tx, audit.as_ref()).await?;
         let cancelled = if destination.enabled {
             0
         } else {
@@ -1004,10 +1115,11 @@ impl PgStore {
         })
     }
 
-    pub(in crate::store) async fn delete_destination(
+    pub(in crate::store) async fn delete_destination_audited(
         &self,
         source_id: SourceId,
         id: DestinationId,
+        audit: Option<AuditEntry>,
     ) -> Result<u64, StoreError> {
         let now = crate::model::time::now_ms();
         let mut tx = self.begin().await?;
@@ -1021,6 +1133,7 @@ impl PgStore {
             return Err(StoreError::NotFound);
         }
         let cancelled = cancel_pending(&mut tx, id, now).await?;
+        insert_audit(&mut tx, audit.as_ref()).await?;
         self.commit(tx).await?;
         Ok(cancelled)
     }
@@ -1299,12 +1412,13 @@ impl PgStore {
         count_of(&row, "n")
     }
 
-    pub(in crate::store) async fn replay_event(
+    pub(in crate::store) async fn replay_event_audited(
         &self,
         source_id: SourceId,
         event_id: EventId,
         destinations: Vec<DestinationId>,
         now_ms: i64,
+        audit: Option<AuditEntry>,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let mut tx = self.begin().await?;
         event_summary(&mut tx, source_id, event_id, true).await?;
@@ -1314,16 +1428,18 @@ impl PgStore {
         let pairs: Vec<(EventId, DestinationId)> =
             live.into_iter().map(|d| (event_id, d)).collect();
         let deliveries = insert_deliveries(&mut tx, source_id, &pairs, now_ms).await?;
+        insert_audit(&mut tx, audit.as_ref()).await?;
         self.commit(tx).await?;
         Ok(deliveries)
     }
 
-    pub(in crate::store) async fn retry_delivery(
+    pub(in crate::store) async fn retry_delivery_audited(
         &self,
         source_id: SourceId,
         event_id: EventId,
         delivery_id: DeliveryId,
         now_ms: i64,
+        audit: Option<AuditEntry>,
     ) -> Result<(DeliveryRecord, Vec<AttemptRecord>), StoreError> {
         let mut tx = self.begin().await?;
         event_summary(&mut tx, source_id, event_id, true).await?;
@@ -1384,6 +1500,7 @@ impl PgStore {
             .map_err(db_error)?;
         }
         let attempts = attempts_of(&mut tx, delivery_id).await?;
+        insert_audit(&mut tx, audit.as_ref()).await?;
         self.commit(tx).await?;
         Ok((d, attempts))
     }
@@ -1421,9 +1538,10 @@ impl PgStore {
         }
     }
 
-    pub(in crate::store) async fn create_replay(
+    pub(in crate::store) async fn create_replay_audited(
         &self,
         job: ReplayRecord,
+        audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         // Locking the source serializes a source's job creations (the
@@ -1465,6 +1583,7 @@ impl PgStore {
                 .await
                 .map_err(db_error)?;
         }
+        insert_audit(&mut tx, audit.as_ref()).await?;
         self.commit(tx).await
     }
 

@@ -54,7 +54,9 @@ fn copy_all(from: &ReadTransaction, to: &WriteTransaction) -> Result<u64, StoreE
         + copy(DUE, from, to)?
         + copy(ATTEMPTS, from, to)?
         // A running job resumes after a restore, from the snapshot's cursor.
-        + copy(REPLAYS, from, to)?)
+        + copy(REPLAYS, from, to)?
+        // Who changed what survives a restore.
+        + copy(AUDIT_LOG, from, to)?)
 }
 
 /// Tables deliberately not backed up (sessions of the dashboard: a

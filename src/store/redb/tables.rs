@@ -62,3 +62,7 @@ pub const REPLAYS: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new("
 pub const WAL_STATE: TableDefinition<&str, u64> = TableDefinition::new("wal_state");
 /// The one key of [`WAL_STATE`].
 pub const APPLIED_LSN: &str = "applied_lsn";
+
+/// Audit entry id (a ULID, so creation order) → the entry as JSON
+/// ([`crate::store::AuditEntry::encode`]).
+pub const AUDIT_LOG: TableDefinition<u128, &[u8]> = TableDefinition::new("audit_log");

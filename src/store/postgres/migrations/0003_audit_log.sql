@@ -1,0 +1,12 @@
+-- The audit log (SPEC §15): who changed what, written in the same
+-- transaction as the change. `entry` is the whole entry as JSON; the other
+-- columns exist for the list's filters and for retention.
+CREATE TABLE audit_log (
+    id         uuid PRIMARY KEY,
+    at_ms      bigint NOT NULL,
+    actor_key  text,
+    actor_name text NOT NULL,
+    action     text NOT NULL,
+    entry      text NOT NULL
+);
+CREATE INDEX audit_log_at_ms ON audit_log (at_ms);
