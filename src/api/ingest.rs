@@ -112,7 +112,12 @@ async fn handle(
             Ok((IngestResult::Duplicate, accepted(original, true)))
         }
         Ok(Received::Handshake(reply)) => Ok((IngestResult::Handshake, handshake(reply))),
-        Err(e) => Err(refused(e)),
+        Err(e) => {
+            if matches!(e, IngestError::InvalidSignature(_)) {
+                state.alerts.invalid_signature(source.id).await;
+            }
+            Err(refused(e))
+        }
     }
 }
 

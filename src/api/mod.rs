@@ -65,6 +65,8 @@ pub struct AppParts {
     pub ops: crate::ops::Ops,
     /// Takes provider webhooks in (`POST /in/{slug}`).
     pub ingest: crate::ingest::Ingest,
+    /// Alerts to the operator (invalid-signature bursts are counted here).
+    pub alerts: crate::alerts::Alerts,
 }
 
 #[derive(OpenApi)]

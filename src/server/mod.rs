@@ -34,6 +34,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Delivery(#[from] crate::delivery::engine::EngineError),
+    #[error(transparent)]
+    Alerts(#[from] crate::alerts::AlertsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -53,6 +55,9 @@ pub struct RunningServer {
     replays: crate::replay::Replays,
     delivery_grace: Duration,
     retention: JoinHandle<()>,
+    /// The alert sender, stopped through `alerts_stop`.
+    alerts_task: JoinHandle<()>,
+    alerts_stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// Binds the listener, opens storage, makes the bootstrap key if none
@@ -137,9 +142,19 @@ pub async fn start_with_resolver(
         metrics.clone(),
         public_url.clone(),
     );
+    let alerts = crate::alerts::Alerts::new(
+        store.clone(),
+        &config.alerts,
+        &config.delivery,
+        engine.resolver().clone(),
+    )?;
+    engine.set_alerts(alerts.clone());
+    let (alerts_stop, alerts_stopped) = tokio::sync::watch::channel(false);
+    let alerts_task = tokio::spawn(alerts.clone().run(alerts_stopped));
     let state = AppState::new(AppParts {
         ops,
         ingest,
+        alerts,
         store: store.clone(),
         config,
         metrics,
@@ -183,6 +198,8 @@ pub async fn start_with_resolver(
         replays,
         delivery_grace,
         retention,
+        alerts_task,
+        alerts_stop,
     })
 }
 
@@ -216,6 +233,9 @@ impl RunningServer {
         // Abort is asynchronous: wait until the task (and its Store clone)
         // is dropped, or the database stays open after shutdown returns.
         let _ = (&mut self.retention).await;
+        // The sender finishes the alert in hand (its queue is durable).
+        let _ = self.alerts_stop.send(true);
+        let _ = (&mut self.alerts_task).await;
         self.store.close().await;
     }
 }

@@ -77,7 +77,8 @@ macro_rules! conformance_suite {
                 sweep_retention_removes_only_expired_events,
                 purge_events_removes_events_with_their_deliveries_and_dedup,
                 audit_entries_commit_with_their_change_and_only_then,
-                audit_entries_list_newest_first_filtered_and_are_swept;
+                audit_entries_list_newest_first_filtered_and_are_swept,
+                the_alert_queue_answers_what_is_due_and_settles;
             multi_thread:
                 one_provider_event_id_ingested_concurrently_is_stored_once,
                 a_destination_disabled_during_concurrent_ingest_is_fully_in_or_out,
@@ -3441,4 +3442,44 @@ async fn audit_entries_list_newest_first_filtered_and_are_swept(store: &Store) {
         ["key_6", "key_5", "key_4", "key_3"]
     );
     assert_eq!(store.sweep_audit(T0 + 3000).await.unwrap(), 0);
+}
+
+/// Alerts wait until due, oldest first; a retry moves one, a sent one goes.
+async fn the_alert_queue_answers_what_is_due_and_settles(store: &Store) {
+    let alert = |raw: u128, due: i64| super::AlertRecord {
+        id: raw,
+        body: format!("{{\"n\":{raw}}}"),
+        attempts: 0,
+        next_attempt_ms: due,
+    };
+    let (a, b, c) = (
+        alert(new_id::<u128>(), T0),
+        alert(new_id::<u128>(), T0 + 10),
+        alert(new_id::<u128>(), T0 + 100),
+    );
+    for x in [&c, &a, &b] {
+        store.enqueue_alert(x.clone()).await.unwrap();
+    }
+    assert_eq!(store.due_alerts(T0 - 1, 10).await.unwrap(), vec![]);
+    assert_eq!(
+        store.due_alerts(T0 + 10, 10).await.unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(
+        store.due_alerts(T0 + 100, 1).await.unwrap(),
+        vec![a.clone()]
+    );
+    let mut retried = a.clone();
+    retried.attempts = 1;
+    retried.next_attempt_ms = T0 + 500;
+    store.settle_alert(retried.clone(), false).await.unwrap();
+    store.settle_alert(b.clone(), true).await.unwrap();
+    assert_eq!(
+        store.due_alerts(T0 + 100, 10).await.unwrap(),
+        vec![c.clone()]
+    );
+    assert_eq!(
+        store.due_alerts(T0 + 500, 10).await.unwrap(),
+        vec![retried, c]
+    );
 }

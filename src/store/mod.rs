@@ -219,6 +219,15 @@ intents! {
     /// commit as its change: both are durable, or neither.
     fn list_audit(&self, query: AuditQuery, before: Option<u128>, limit: usize) -> Page<AuditEntry>;
 
+    // ---- The alert queue (SPEC §15) ----
+
+    /// Queues an alert durably (answers once it is stored).
+    fn enqueue_alert(&self, alert: AlertRecord) -> ();
+    /// Up to `limit` queued alerts due at `now_ms`, oldest first.
+    fn due_alerts(&self, now_ms: i64, limit: usize) -> Vec<AlertRecord>;
+    /// Removes a sent (or given up) alert, or stores its next attempt.
+    fn settle_alert(&self, alert: AlertRecord, done: bool) -> ();
+
     // ---- Dashboard sessions ----
 
     /// Starts a session stored under `id_hash`; in the same commit the

@@ -346,3 +346,32 @@ pub struct DestinationUpdated {
     pub destination: DestinationRecord,
     pub cancelled: u64,
 }
+
+/// One alert waiting to be sent to `alerts.url` (SPEC §15): the durable
+/// alert queue's row. Kept apart from the delivery queue on purpose: an
+/// alert has no source, event or destination of its own, and must keep
+/// flowing while every destination is disabled.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AlertRecord {
+    /// A ULID (creation order); also the alert's `webhook-id`.
+    pub id: u128,
+    /// The JSON body `{"type", "timestamp", "data"}`, exactly as signed.
+    pub body: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When it is next due (Unix ms).
+    pub next_attempt_ms: i64,
+}
+
+impl AlertRecord {
+    /// The stored form (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads the stored form.
+    pub fn decode(bytes: &[u8]) -> Result<AlertRecord, crate::store::StoreError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| crate::store::StoreError::Corrupt(format!("alert: {e}")))
+    }
+}

@@ -10,6 +10,7 @@
 
 mod common;
 
+mod alerts;
 mod api_errors;
 mod api_keys;
 mod audit_log;

@@ -745,6 +745,62 @@ impl PgStore {
         Ok(done.rows_affected())
     }
 
+    // ---- The alert queue ----
+
+    pub(in crate::store) async fn enqueue_alert(
+        &self,
+        alert: crate::store::AlertRecord,
+    ) -> Result<(), StoreError> {
+        self.write_one(
+            sqlx::query("INSERT INTO alerts (id, next_attempt_ms, record) VALUES ($1, $2, $3)")
+                .bind(uid(alert.id))
+                .bind(alert.next_attempt_ms)
+                .bind(String::from_utf8_lossy(&alert.encode()).into_owned()),
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    pub(in crate::store) async fn due_alerts(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::store::AlertRecord>, StoreError> {
+        let found = sqlx::query(
+            "SELECT record FROM alerts WHERE next_attempt_ms <= $1 ORDER BY id LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        found
+            .iter()
+            .map(|row| {
+                let text: String = row.try_get("record").map_err(db_error)?;
+                crate::store::AlertRecord::decode(text.as_bytes())
+            })
+            .collect()
+    }
+
+    pub(in crate::store) async fn settle_alert(
+        &self,
+        alert: crate::store::AlertRecord,
+        done: bool,
+    ) -> Result<(), StoreError> {
+        let query = if done {
+            sqlx::query("DELETE FROM alerts WHERE id = $1").bind(uid(alert.id))
+        } else {
+            sqlx::query("UPDATE alerts SET next_attempt_ms = $2, record = $3 WHERE id = $1")
+                .bind(uid(alert.id))
+                .bind(alert.next_attempt_ms)
+                .bind(String::from_utf8_lossy(&alert.encode()).into_owned())
+        };
+        self.write_one(query).await.map_err(db_error)?;
+        Ok(())
+    }
+
     // ---- Dashboard sessions ----
 
     pub(in crate::store) async fn create_session(

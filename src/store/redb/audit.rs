@@ -94,3 +94,56 @@ pub async fn sweep(store: &RedbStore, before_ms: i64) -> Result<u64, StoreError>
         }
     }
 }
+
+/// The alert queue's operations (a sibling of the audit log: both are
+/// operator-facing records outside the delivery path).
+impl RedbStore {
+    pub(in crate::store) async fn enqueue_alert(
+        &self,
+        alert: crate::store::AlertRecord,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            txn.open_table(super::tables::ALERTS)?
+                .insert(alert.id, alert.encode().as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn due_alerts(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::store::AlertRecord>, StoreError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for entry in txn.open_table(super::tables::ALERTS)?.iter()? {
+                let alert = crate::store::AlertRecord::decode(entry?.1.value())?;
+                if alert.next_attempt_ms <= now_ms {
+                    out.push(alert);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub(in crate::store) async fn settle_alert(
+        &self,
+        alert: crate::store::AlertRecord,
+        done: bool,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            let mut table = txn.open_table(super::tables::ALERTS)?;
+            if done {
+                table.remove(alert.id)?;
+            } else {
+                table.insert(alert.id, alert.encode().as_slice())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}

@@ -56,7 +56,9 @@ fn copy_all(from: &ReadTransaction, to: &WriteTransaction) -> Result<u64, StoreE
         // A running job resumes after a restore, from the snapshot's cursor.
         + copy(REPLAYS, from, to)?
         // Who changed what survives a restore.
-        + copy(AUDIT_LOG, from, to)?)
+        + copy(AUDIT_LOG, from, to)?
+        // Alerts not yet sent are still sent after a restore.
+        + copy(ALERTS, from, to)?)
 }
 
 /// Tables deliberately not backed up (sessions of the dashboard: a

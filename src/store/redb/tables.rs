@@ -66,3 +66,7 @@ pub const APPLIED_LSN: &str = "applied_lsn";
 /// Audit entry id (a ULID, so creation order) → the entry as JSON
 /// ([`crate::store::AuditEntry::encode`]).
 pub const AUDIT_LOG: TableDefinition<u128, &[u8]> = TableDefinition::new("audit_log");
+
+/// Alert id → [`crate::store::AlertRecord`] as JSON: the durable queue of
+/// alerts to `alerts.url`. Small (alerts are coalesced), so it is scanned.
+pub const ALERTS: TableDefinition<u128, &[u8]> = TableDefinition::new("alerts");

@@ -10,3 +10,11 @@ CREATE TABLE audit_log (
     entry      text NOT NULL
 );
 CREATE INDEX audit_log_at_ms ON audit_log (at_ms);
+
+-- The durable queue of alerts to `alerts.url` (SPEC §15); `record` is
+-- the queued alert as JSON.
+CREATE TABLE alerts (
+    id              uuid PRIMARY KEY,
+    next_attempt_ms bigint NOT NULL,
+    record          text NOT NULL
+);
