@@ -15,13 +15,13 @@ use crate::common::{self, hmac_sha256, poll, TestServer};
 
 const KEY: &[u8] = b"alert-receiver-key-0123456789";
 
-fn secret() -> String {
+pub(crate) fn secret() -> String {
     format!("whsec_{}", STANDARD.encode(KEY))
 }
 
 /// Checks the Standard Webhooks signature of `r` with our own HMAC and
 /// answers its JSON body.
-fn verified(r: &Received) -> Value {
+pub(crate) fn verified(r: &Received) -> Value {
     let id = r.must("webhook-id");
     let ts = r.must("webhook-timestamp");
     let expected = format!(
