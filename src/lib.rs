@@ -19,4 +19,5 @@ pub mod model;
 pub mod ops;
 pub mod replay;
 pub mod server;
+pub mod stats;
 pub mod store;

@@ -106,6 +106,7 @@ async fn handle(
     };
     match state.ingest.accept(source, url, &headers, &body).await {
         Ok(Received::Stored { event_id }) => {
+            state.stats.event_in();
             Ok((IngestResult::Accepted, accepted(event_id, false)))
         }
         Ok(Received::Duplicate { original }) => {

@@ -67,6 +67,8 @@ pub struct AppParts {
     pub ingest: crate::ingest::Ingest,
     /// Alerts to the operator (invalid-signature bursts are counted here).
     pub alerts: crate::alerts::Alerts,
+    /// The dashboard overview's counters (events in are counted here).
+    pub stats: crate::stats::Stats,
 }
 
 #[derive(OpenApi)]

@@ -97,7 +97,7 @@ where
         public_url,
         metrics,
     };
-    use pages::{audit, auth, destinations, events, keys, overview, sources};
+    use pages::{audit, auth, destinations, events, home, keys, overview, sources};
     Router::new()
         .route("/", get(root))
         .route("/dashboard", get(home))
@@ -111,6 +111,7 @@ where
         .route("/dashboard/api-keys", get(keys::list).post(keys::create))
         .route("/dashboard/api-keys/{id}/revoke", post(keys::revoke))
         .route("/dashboard/audit-log", get(audit::list))
+        .route("/dashboard/overview", get(home::show))
         .route(
             "/dashboard/sources",
             get(sources::list).post(sources::create),

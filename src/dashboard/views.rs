@@ -21,6 +21,7 @@ pub enum Nav {
     Events,
     ApiKeys,
     AuditLog,
+    Overview,
     None,
 }
 
@@ -78,6 +79,7 @@ pub fn page(title: &str, session: Option<&Session>, nav: Nav, body: Markup) -> M
                     @if let Some(session) = session {
                         nav aria-label="Main" {
                             ul {
+                                li { a href="/dashboard/overview" aria-current=[current(nav, Nav::Overview)] { "Overview" } }
                                 li { a href="/dashboard/sources" aria-current=[current(nav, Nav::Sources)] { "Sources" } }
                                 li { a href="/dashboard/events" aria-current=[current(nav, Nav::Events)] { "All events" } }
                                 @if session.is_admin() {

@@ -94,6 +94,8 @@ struct Inner {
     /// Where attempts' outcomes are reported for alerts (set once at
     /// start-up; none in tools that run the engine alone).
     alerts: std::sync::OnceLock<crate::alerts::Alerts>,
+    /// The overview's counters (set once at start-up).
+    stats: std::sync::OnceLock<crate::stats::Stats>,
     /// OAuth2 tokens of destinations using client credentials.
     tokens: TokenCache,
 }
@@ -157,6 +159,7 @@ impl Engine {
                 claim_now: Notify::new(),
                 identity_clients: Mutex::new(HashMap::new()),
                 alerts: std::sync::OnceLock::new(),
+                stats: std::sync::OnceLock::new(),
                 tokens: TokenCache::default(),
             }),
         };
@@ -178,6 +181,11 @@ impl Engine {
             }
         }
         Ok(engine)
+    }
+
+    /// Counts attempts into `stats` from now on (the dashboard overview).
+    pub fn set_stats(&self, stats: crate::stats::Stats) {
+        let _ = self.inner.stats.set(stats);
     }
 
     /// Reports attempts' outcomes to `alerts` from now on (SPEC §15).
@@ -689,6 +697,15 @@ async fn deliver(
                         destination = %lane.destination_id.to_string(),
                         "destination disabled: every delivery failed for delivery.disable_after"
                     );
+                }
+                if let Some(stats) = inner.stats.get() {
+                    if !recorded.fenced_off && !recorded.stale {
+                        stats.attempt(
+                            lane.destination_id,
+                            outcome.next == Next::Succeeded,
+                            Duration::from_millis(outcome.attempt.duration_ms),
+                        );
+                    }
                 }
                 if let Some(alerts) = inner.alerts.get() {
                     if !recorded.fenced_off && !recorded.stale {

@@ -16,6 +16,7 @@ mod error;
 pub mod events;
 pub mod sessions;
 pub mod sources;
+pub mod stats;
 
 use crate::model::ids::ApiKeyId;
 use std::sync::Arc;

@@ -57,6 +57,7 @@ pub struct RunningServer {
     retention: JoinHandle<()>,
     /// The alert sender, stopped through `alerts_stop`.
     alerts_task: JoinHandle<()>,
+    stats_task: JoinHandle<()>,
     alerts_stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -150,11 +151,16 @@ pub async fn start_with_resolver(
     )?;
     engine.set_alerts(alerts.clone());
     let (alerts_stop, alerts_stopped) = tokio::sync::watch::channel(false);
-    let alerts_task = tokio::spawn(alerts.clone().run(alerts_stopped));
+    let alerts_task = tokio::spawn(alerts.clone().run(alerts_stopped.clone()));
+    let stats = crate::stats::Stats::new(store.clone());
+    engine.set_stats(stats.clone());
+    // Stopped with the alerts (after delivery has drained), flushing last.
+    let stats_task = tokio::spawn(stats.clone().run(alerts_stopped));
     let state = AppState::new(AppParts {
         ops,
         ingest,
         alerts,
+        stats,
         store: store.clone(),
         config,
         metrics,
@@ -199,6 +205,7 @@ pub async fn start_with_resolver(
         delivery_grace,
         retention,
         alerts_task,
+        stats_task,
         alerts_stop,
     })
 }
@@ -236,6 +243,7 @@ impl RunningServer {
         // The sender finishes the alert in hand (its queue is durable).
         let _ = self.alerts_stop.send(true);
         let _ = (&mut self.alerts_task).await;
+        let _ = (&mut self.stats_task).await;
         self.store.close().await;
     }
 }

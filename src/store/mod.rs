@@ -228,6 +228,17 @@ intents! {
     /// Removes a sent (or given up) alert, or stores its next attempt.
     fn settle_alert(&self, alert: AlertRecord, done: bool) -> ();
 
+    // ---- Overview counters ----
+
+    /// Adds `stats` into its minute's row (creating it) and drops rows
+    /// older than [`STATS_KEEP_MINUTES`], in one commit.
+    fn add_minute_stats(&self, stats: MinuteStats) -> ();
+    /// The minute rows from `from_minute` on, oldest first.
+    fn minute_stats(&self, from_minute: i64) -> Vec<MinuteStats>;
+    /// A destination's pending deliveries (counted up to `max`) and the
+    /// earliest due time among them (Unix ms).
+    fn destination_backlog(&self, destination: DestinationId, max: usize) -> (u64, Option<i64>);
+
     // ---- Dashboard sessions ----
 
     /// Starts a session stored under `id_hash`; in the same commit the

@@ -28,6 +28,7 @@ mod ingest;
 mod ingest_providers;
 mod openapi;
 mod operations;
+mod overview;
 mod quickstart;
 mod replay_jobs;
 mod server;

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod destinations;
 pub mod events;
+pub mod home;
 pub mod keys;
 pub mod overview;
 pub mod sources;

@@ -801,6 +801,89 @@ impl PgStore {
         Ok(())
     }
 
+    // ---- Overview counters ----
+
+    pub(in crate::store) async fn add_minute_stats(
+        &self,
+        stats: crate::store::MinuteStats,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        // Several nodes add into one row: insert it, then lock it.
+        sqlx::query(
+            "INSERT INTO minute_stats (minute, record) VALUES ($1, '{}') ON CONFLICT DO NOTHING",
+        )
+        .bind(stats.minute)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let row = sqlx::query("SELECT record FROM minute_stats WHERE minute = $1 FOR UPDATE")
+            .bind(stats.minute)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let text: String = row.try_get("record").map_err(db_error)?;
+        let mut current = if text == "{}" {
+            crate::store::MinuteStats {
+                minute: stats.minute,
+                ..Default::default()
+            }
+        } else {
+            crate::store::MinuteStats::decode(text.as_bytes())?
+        };
+        current.merge(&stats);
+        sqlx::query("UPDATE minute_stats SET record = $2 WHERE minute = $1")
+            .bind(stats.minute)
+            .bind(String::from_utf8_lossy(&current.encode()).into_owned())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query("DELETE FROM minute_stats WHERE minute < $1")
+            .bind(stats.minute - crate::store::STATS_KEEP_MINUTES)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        self.commit(tx).await
+    }
+
+    pub(in crate::store) async fn minute_stats(
+        &self,
+        from_minute: i64,
+    ) -> Result<Vec<crate::store::MinuteStats>, StoreError> {
+        let found = sqlx::query(
+            "SELECT record FROM minute_stats WHERE minute >= $1 AND record <> '{}' ORDER BY minute",
+        )
+        .bind(from_minute)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        found
+            .iter()
+            .map(|row| {
+                let text: String = row.try_get("record").map_err(db_error)?;
+                crate::store::MinuteStats::decode(text.as_bytes())
+            })
+            .collect()
+    }
+
+    pub(in crate::store) async fn destination_backlog(
+        &self,
+        destination: DestinationId,
+        max: usize,
+    ) -> Result<(u64, Option<i64>), StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n, min(due_ms) AS first FROM \
+             (SELECT due_ms FROM deliveries WHERE destination_id = $1 AND status = 0 LIMIT $2) AS p",
+        )
+        .bind(uid(destination))
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let n: i64 = row.try_get("n").map_err(db_error)?;
+        let first: Option<i64> = row.try_get("first").map_err(db_error)?;
+        Ok((u64::try_from(n).unwrap_or(0), first))
+    }
+
     // ---- Dashboard sessions ----
 
     pub(in crate::store) async fn create_session(

@@ -147,3 +147,66 @@ impl RedbStore {
         .await
     }
 }
+
+/// The overview's counters and a destination's backlog.
+impl RedbStore {
+    pub(in crate::store) async fn add_minute_stats(
+        &self,
+        stats: crate::store::MinuteStats,
+    ) -> Result<(), StoreError> {
+        use super::tables::MINUTE_STATS;
+        self.write(move |txn| {
+            let mut table = txn.open_table(MINUTE_STATS)?;
+            let mut row = match table.get(stats.minute)? {
+                Some(bytes) => crate::store::MinuteStats::decode(bytes.value())?,
+                None => crate::store::MinuteStats {
+                    minute: stats.minute,
+                    ..Default::default()
+                },
+            };
+            row.merge(&stats);
+            table.insert(stats.minute, row.encode().as_slice())?;
+            let cutoff = stats.minute - crate::store::STATS_KEEP_MINUTES;
+            table.retain_in(..cutoff, |_, _| false)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn minute_stats(
+        &self,
+        from_minute: i64,
+    ) -> Result<Vec<crate::store::MinuteStats>, StoreError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for entry in txn
+                .open_table(super::tables::MINUTE_STATS)?
+                .range(from_minute..)?
+            {
+                out.push(crate::store::MinuteStats::decode(entry?.1.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    pub(in crate::store) async fn destination_backlog(
+        &self,
+        destination: crate::model::ids::DestinationId,
+        max: usize,
+    ) -> Result<(u64, Option<i64>), StoreError> {
+        self.read(|txn| {
+            let d = destination.as_u128();
+            let table = txn.open_table(super::tables::DUE)?;
+            let mut count = 0u64;
+            let mut first = None;
+            for entry in table.range((d, 0, 0)..=(d, u64::MAX, u128::MAX))?.take(max) {
+                let (key, _) = entry?;
+                if first.is_none() {
+                    first = Some(i64::try_from(key.value().1).unwrap_or(i64::MAX));
+                }
+                count += 1;
+            }
+            Ok((count, first))
+        })
+    }
+}

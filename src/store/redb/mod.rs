@@ -349,6 +349,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(tables::REPLAYS)?;
     txn.open_table(tables::AUDIT_LOG)?;
     txn.open_table(tables::ALERTS)?;
+    txn.open_table(tables::MINUTE_STATS)?;
     txn.open_table(tables::WAL_STATE)?;
     txn.commit()?;
     Ok(())

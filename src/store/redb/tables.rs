@@ -70,3 +70,7 @@ pub const AUDIT_LOG: TableDefinition<u128, &[u8]> = TableDefinition::new("audit_
 /// Alert id → [`crate::store::AlertRecord`] as JSON: the durable queue of
 /// alerts to `alerts.url`. Small (alerts are coalesced), so it is scanned.
 pub const ALERTS: TableDefinition<u128, &[u8]> = TableDefinition::new("alerts");
+
+/// Unix minute → [`crate::store::MinuteStats`] as JSON: the overview's
+/// counters, one row per minute, kept [`crate::store::STATS_KEEP_MINUTES`].
+pub const MINUTE_STATS: TableDefinition<i64, &[u8]> = TableDefinition::new("minute_stats");

@@ -18,3 +18,10 @@ CREATE TABLE alerts (
     next_attempt_ms bigint NOT NULL,
     record          text NOT NULL
 );
+
+-- The dashboard overview's counters, one row per minute (SPEC §15);
+-- `record` is the minute's counts as JSON. Several nodes add into a row.
+CREATE TABLE minute_stats (
+    minute bigint PRIMARY KEY,
+    record text NOT NULL
+);
