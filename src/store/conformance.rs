@@ -78,7 +78,8 @@ macro_rules! conformance_suite {
                 purge_events_removes_events_with_their_deliveries_and_dedup,
                 audit_entries_commit_with_their_change_and_only_then,
                 audit_entries_list_newest_first_filtered_and_are_swept,
-                the_alert_queue_answers_what_is_due_and_settles;
+                the_alert_queue_answers_what_is_due_and_settles,
+                minute_stats_add_up_per_minute_and_old_ones_go;
             multi_thread:
                 one_provider_event_id_ingested_concurrently_is_stored_once,
                 a_destination_disabled_during_concurrent_ingest_is_fully_in_or_out,
@@ -3482,4 +3483,49 @@ async fn the_alert_queue_answers_what_is_due_and_settles(store: &Store) {
         store.due_alerts(T0 + 500, 10).await.unwrap(),
         vec![retried, c]
     );
+}
+
+/// Counts added twice into one minute add up (several nodes share a row);
+/// rows older than the kept span go with the next addition.
+async fn minute_stats_add_up_per_minute_and_old_ones_go(store: &Store) {
+    let minute = T0 / 60_000;
+    let stats = |m: i64, events_in: u64| {
+        let mut s = super::MinuteStats {
+            minute: m,
+            events_in,
+            delivered: 1,
+            ..Default::default()
+        };
+        s.destinations.insert(
+            "dst_a".into(),
+            super::DestinationMinute {
+                attempts: 2,
+                succeeded: 1,
+                latency: vec![1, 0, 1],
+            },
+        );
+        s
+    };
+    store.add_minute_stats(stats(minute - 5, 7)).await.unwrap();
+    store.add_minute_stats(stats(minute, 2)).await.unwrap();
+    store.add_minute_stats(stats(minute, 3)).await.unwrap();
+    let rows = store.minute_stats(minute - 10).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].minute, rows[0].events_in), (minute - 5, 7));
+    let now = &rows[1];
+    assert_eq!((now.minute, now.events_in, now.delivered), (minute, 5, 2));
+    assert_eq!(
+        now.destinations["dst_a"],
+        super::DestinationMinute {
+            attempts: 4,
+            succeeded: 2,
+            latency: vec![2, 0, 2],
+        }
+    );
+    assert_eq!(store.minute_stats(minute).await.unwrap().len(), 1);
+    // A week and a day later, the old rows are gone.
+    let later = minute + super::STATS_KEEP_MINUTES + 1;
+    store.add_minute_stats(stats(later, 1)).await.unwrap();
+    let rows = store.minute_stats(0).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.minute).collect::<Vec<_>>(), [later]);
 }
