@@ -704,6 +704,15 @@ impl PgStore {
         before: Option<u128>,
         limit: usize,
     ) -> Result<Page<AuditEntry>, StoreError> {
+        // PostgreSQL text cannot hold U+0000, and no stored name holds one:
+        // such a filter matches nothing (rather than failing the query).
+        let has_nul = |f: &Option<String>| f.as_deref().is_some_and(|t| t.contains('\0'));
+        if has_nul(&query.actor) || has_nul(&query.action) {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        }
         let mut qb = QueryBuilder::<Postgres>::new("SELECT entry FROM audit_log WHERE true");
         if let Some(cursor) = before {
             qb.push(" AND id < ").push_bind(uid(cursor));
