@@ -1,7 +1,9 @@
 //! The command line: `serve`, `check-config`, `api-keys ...`, the API
 //! client commands (`sources`, `destinations`, `events`, `replay`,
-//! `send-test-event`), the `receive` test receiver, completions and man page.
+//! `send-test-event`), `listen` and `events tail` (the live stream), the
+//! `receive` test receiver, completions and man page.
 
+pub mod listen;
 pub mod output;
 pub mod receive;
 pub mod remote;
@@ -100,6 +102,14 @@ pub enum Command {
     SendTestEvent {
         #[command(flatten)]
         args: test_event::SendTestEventArgs,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+    },
+    /// Forward a source's live events to a local URL, signed with Standard
+    /// Webhooks (SPEC §14), until Ctrl-C.
+    Listen {
+        #[command(flatten)]
+        args: listen::ListenArgs,
         #[command(flatten)]
         remote: remote::RemoteArgs,
     },
@@ -214,6 +224,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 test_event::run(&api, args).await
             })
         }
+        Command::Listen { args, remote } => {
+            return remote_command(cli.config.as_deref(), &remote, |api| async move {
+                listen::listen(&api, args).await
+            })
+        }
         _ => {}
     }
     let located = Config::locate(cli.config.as_deref())?;
@@ -273,7 +288,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Destinations { .. }
         | Command::Events { .. }
         | Command::Replay { .. }
-        | Command::SendTestEvent { .. } => Ok(()),
+        | Command::SendTestEvent { .. }
+        | Command::Listen { .. } => Ok(()),
     }
 }
 

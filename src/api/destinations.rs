@@ -260,7 +260,7 @@ pub struct CreateDestination {
     /// This destination's attempt timeout, `"1s"` to `"120s"` (default:
     /// `delivery.timeout`). `null` returns to the default.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, pattern = "^[0-9]+(ms|s|m)$")]
+    #[schema(value_type = Option<String>, pattern = "^([1-9]|[1-9][0-9]|1[01][0-9]|120)s$")]
     pub timeout: Option<Option<String>>,
 }
 
@@ -308,7 +308,7 @@ pub struct UpdateDestination {
     /// This destination's attempt timeout, `"1s"` to `"120s"` (default:
     /// `delivery.timeout`). `null` returns to the default.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, pattern = "^[0-9]+(ms|s|m)$")]
+    #[schema(value_type = Option<String>, pattern = "^([1-9]|[1-9][0-9]|1[01][0-9]|120)s$")]
     pub timeout: Option<Option<String>>,
 }
 
@@ -378,10 +378,7 @@ fn view(d: &DestinationRecord, secret: Option<String>) -> DestinationView {
             .as_deref()
             .and_then(|text| serde_json::from_str(text).ok()),
         ordering: d.options.ordering.into(),
-        timeout: d
-            .options
-            .timeout_ms
-            .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()),
+        timeout: d.options.timeout_ms.map(|ms| format!("{}s", ms / 1000)),
         secret,
     }
 }

@@ -320,11 +320,24 @@ pub async fn get(
     ApiPath((source, event)): ApiPath<(String, String)>,
 ) -> Result<Json<Data<EventDetail>>, ApiError> {
     let (source, event) = (source_id(&source)?, event_id(&event)?);
+    let detail = state.ops.get_event(&caller, source, event).await?;
+    Ok(Json(Data {
+        data: detail_view(source, event, detail),
+    }))
+}
+
+/// The detail object of SPEC §10 (the event plus its headers and body),
+/// as `GET .../events/{id}` answers it and the live stream sends it.
+pub(crate) fn detail_view(
+    source: SourceId,
+    event: EventId,
+    detail: events::EventDetail,
+) -> EventDetail {
     let events::EventDetail {
         summary,
         event: record,
         deliveries: list,
-    } = state.ops.get_event(&caller, source, event).await?;
+    } = detail;
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &record.headers {
         let value = String::from_utf8_lossy(value).into_owned();
@@ -343,14 +356,12 @@ pub async fn get(
             Some(base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
         ),
     };
-    Ok(Json(Data {
-        data: EventDetail {
-            event: event_view(source, event, &summary, &list),
-            headers,
-            body,
-            body_base64,
-        },
-    }))
+    EventDetail {
+        event: event_view(source, event, &summary, &list),
+        headers,
+        body,
+        body_base64,
+    }
 }
 
 fn attempt_view(a: AttemptRecord) -> AttemptView {

@@ -107,6 +107,8 @@ async fn handle(
     match state.ingest.accept(source, url, &headers, &body).await {
         Ok(Received::Stored { event_id }) => {
             state.stats.event_in();
+            // After the commit: this node's live streams look again.
+            state.ops.stream_hub().committed();
             Ok((IngestResult::Accepted, accepted(event_id, false)))
         }
         Ok(Received::Duplicate { original }) => {

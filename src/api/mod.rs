@@ -18,6 +18,7 @@ pub mod openapi;
 pub mod ops;
 pub mod overview;
 pub mod sources;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -128,6 +129,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(destinations::rotate_secret))
         .routes(routes!(events::list))
         .routes(routes!(events::get))
+        .routes(routes!(stream::stream))
         .routes(routes!(events::deliveries))
         .routes(routes!(events::replay))
         .routes(routes!(events::retry))

@@ -180,6 +180,20 @@ impl Api {
 
     /// The underlying HTTP client (for requests outside the API, such as
     /// the ingest URL).
+    /// A request to `path` on the server with the key, for calls that
+    /// read the answer themselves (the live stream).
+    pub fn request(&self, method: Method, path: &str) -> anyhow::Result<http::request::Builder> {
+        Ok(http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.key)))
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub fn http(&self) -> &HttpClient {
         &self.client
     }
@@ -307,6 +321,15 @@ pub enum EventsCommand {
         limit: u32,
         #[command(flatten)]
         out: OutputArgs,
+    },
+    /// Follow a source's new events live, one JSON line each (the event
+    /// detail object), until Ctrl-C; reconnects and resumes by itself.
+    Tail {
+        #[arg(long)]
+        source: String,
+        /// Event type, exact or with `*`.
+        #[arg(long = "type", value_name = "PATTERN")]
+        event_type: Option<String>,
     },
     /// One event: headers, body, and each delivery with its attempts.
     Get {
@@ -503,6 +526,9 @@ fn deliveries_summary(d: &Value) -> String {
 /// Runs `events ...`.
 pub async fn events(api: &Api, cmd: EventsCommand) -> anyhow::Result<()> {
     match cmd {
+        EventsCommand::Tail { source, event_type } => {
+            super::listen::tail(api, &source, event_type.as_deref()).await
+        }
         EventsCommand::List {
             source,
             event_type,

@@ -6,8 +6,9 @@
 //! Server-rendered HTML (maud, checked at compile time and escaping every
 //! value) with one small stylesheet and one small script embedded in the
 //! binary: no build step, no CDN, no request leaves the server. Pages work
-//! without JavaScript; the script only adds copy buttons and keeps
-//! relative times fresh.
+//! without JavaScript; the script only adds copy buttons, keeps relative
+//! times fresh and adds new events to a source's events page as they
+//! arrive (the live stream of SPEC §14, read with the session).
 //!
 //! The dashboard has no rules of its own. After checking the session (see
 //! [`session`]) every handler turns its form or query into the typed input
@@ -156,6 +157,10 @@ where
             post(overview::send_test_event),
         )
         .route("/dashboard/sources/{sid}/events", get(events::list))
+        .route(
+            "/dashboard/sources/{sid}/events/stream",
+            get(events::stream),
+        )
         .route("/dashboard/sources/{sid}/replay", post(events::bulk_replay))
         .route("/dashboard/sources/{sid}/events/{eid}", get(events::show))
         .route(

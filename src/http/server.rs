@@ -17,7 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -92,9 +92,12 @@ pub async fn serve(
         // Handlers that limit per client (dashboard sign-in) read the peer
         // address from the request, as axum's `ConnectInfo`.
         let router = router.clone();
+        let kill = ConnectionKill::default();
+        let kill_switch = kill.0.clone();
         let service = TowerToHyperService::new(tower::service_fn(
             move |mut request: http::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
+                request.extensions_mut().insert(kill.clone());
                 router.clone().oneshot(request)
             },
         ));
@@ -108,7 +111,7 @@ pub async fn serve(
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(io), service)
                         .into_owned();
-                    guard(watcher.watch(conn), clock, limits, closing).await;
+                    guard(watcher.watch(conn), clock, limits, closing, kill_switch).await;
                     drop(slot);
                 });
             }
@@ -133,7 +136,7 @@ pub async fn serve(
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(io), service)
                         .into_owned();
-                    guard(watcher.watch(conn), clock, limits, closing).await;
+                    guard(watcher.watch(conn), clock, limits, closing, kill_switch).await;
                     drop(slot);
                 });
             }
@@ -150,6 +153,20 @@ pub async fn serve(
     }
 }
 
+/// Lets a handler close its own connection at once: a long response (the
+/// live event stream) whose client stopped reading cannot end through its
+/// body, because the connection no longer asks the body for more. Found in
+/// every request's extensions.
+#[derive(Clone, Default)]
+pub struct ConnectionKill(Arc<Notify>);
+
+impl ConnectionKill {
+    /// Closes the connection this request came on (its watchdog drops it).
+    pub fn kill(&self) {
+        self.0.notify_one();
+    }
+}
+
 /// Drives one connection, dropping (and so closing) it once it has been
 /// silent past its limit, or, during shutdown, if it never sent a byte.
 async fn guard(
@@ -157,12 +174,19 @@ async fn guard(
     clock: Arc<Clock>,
     limits: ConnectionLimits,
     mut closing: watch::Receiver<bool>,
+    kill: Arc<Notify>,
 ) {
     tokio::pin!(conn);
+    let killed = kill.notified();
+    tokio::pin!(killed);
     loop {
         let deadline = clock.deadline(limits.header_read_timeout, limits.idle_timeout);
         tokio::select! {
             _ = &mut conn => return,
+            () = &mut killed => {
+                tracing::debug!("closing a connection its handler gave up on");
+                return;
+            }
             () = tokio::time::sleep_until(deadline) => {
                 if clock.deadline(limits.header_read_timeout, limits.idle_timeout)
                     <= tokio::time::Instant::now()

@@ -179,7 +179,8 @@ pub fn validate(filter: &Value) -> Result<String, FilterError> {
             message: "must be a JSON object".into(),
         });
     }
-    check(filter, &root, 0)?;
+    // Size first: the walk below copies each path, so it must only ever
+    // see a small filter.
     let text = filter.to_string();
     if text.len() > MAX_BYTES {
         return Err(FilterError {
@@ -187,6 +188,7 @@ pub fn validate(filter: &Value) -> Result<String, FilterError> {
             message: format!("must be at most {MAX_BYTES} bytes as JSON"),
         });
     }
+    check(filter, &root, 0)?;
     Ok(text)
 }
 

@@ -402,6 +402,7 @@ impl Ops {
         for d in &deliveries {
             self.inner.engine.wake(d.source_id, d.destination_id);
         }
+        self.inner.hub.committed();
         Ok(TestEvent {
             event_id,
             summary,

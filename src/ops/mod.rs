@@ -17,6 +17,7 @@ pub mod events;
 pub mod sessions;
 pub mod sources;
 pub mod stats;
+pub mod stream;
 
 use crate::model::ids::ApiKeyId;
 use std::sync::Arc;
@@ -125,6 +126,8 @@ struct Inner {
     replays: Replays,
     retention: Arc<tokio::sync::Notify>,
     metrics: Arc<Metrics>,
+    /// Wakes and closes this node's live event streams.
+    hub: Arc<stream::Hub>,
 }
 
 impl Ops {
@@ -146,6 +149,7 @@ impl Ops {
                 replays,
                 retention,
                 metrics,
+                hub: Arc::default(),
             }),
         }
     }

@@ -59,6 +59,8 @@ pub struct RunningServer {
     alerts_task: JoinHandle<()>,
     stats_task: JoinHandle<()>,
     alerts_stop: tokio::sync::watch::Sender<bool>,
+    /// Ends live event streams at shutdown (they would never finish).
+    streams: Arc<crate::ops::stream::Hub>,
 }
 
 /// Binds the listener, opens storage, makes the bootstrap key if none
@@ -156,6 +158,7 @@ pub async fn start_with_resolver(
     engine.set_stats(stats.clone());
     // Stopped with the alerts (after delivery has drained), flushing last.
     let stats_task = tokio::spawn(stats.clone().run(alerts_stopped));
+    let streams = ops.stream_hub().clone();
     let state = AppState::new(AppParts {
         ops,
         ingest,
@@ -207,6 +210,7 @@ pub async fn start_with_resolver(
         alerts_task,
         stats_task,
         alerts_stop,
+        streams,
     })
 }
 
@@ -227,6 +231,7 @@ impl RunningServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.streams.close();
         // Requests and delivery attempts drain side by side, so the whole
         // stop stays within SPEC §2's 30 s (HTTP grace 25 s, delivery ≤ 20 s).
         let http = async { (&mut self.task).await.ok() };

@@ -57,6 +57,7 @@ macro_rules! conformance_suite {
                 ingest_deduplicates_provider_event_ids_per_source,
                 strings_from_outside_keep_every_character,
                 list_events_newest_first_with_bounds_pattern_and_cursor,
+                events_after_oldest_first_within_bounds_and_pattern,
                 search_events_across_sources,
                 event_detail_event_and_deliveries_with_attempts,
                 test_events_ignore_filters_and_reach_every_enabled_destination,
@@ -1197,6 +1198,91 @@ async fn strings_from_outside_keep_every_character(store: &Store) {
     assert_eq!(
         found.items.iter().map(|f| f.event_id).collect::<Vec<_>>(),
         [odd.id]
+    );
+}
+
+/// The live stream's read: ids strictly between two bounds, oldest first,
+/// type-filtered, cut pages saying where to go on; another source's events
+/// never appear; an unknown source is `NotFound`.
+async fn events_after_oldest_first_within_bounds_and_pattern(store: &Store) {
+    let s = source("wh_after01");
+    store.create_source(s.clone()).await.unwrap();
+    let other = source("wh_after02");
+    store.create_source(other.clone()).await.unwrap();
+    let kinds = [
+        "invoice.paid",
+        "charge.x",
+        "invoice.failed",
+        "charge.y",
+        "invoice.paid",
+    ];
+    let mut e = Vec::new();
+    for (n, kind) in kinds.iter().enumerate() {
+        let event = event_at(s.id, T0 + 1_000 * (n as i64 + 1), kind, None);
+        ingest_stored(store, event.clone()).await;
+        e.push(event.id);
+        // Interleaved: the other source's events share the id range.
+        let foreign = event_at(other.id, T0 + 1_000 * (n as i64 + 1) + 1, kind, None);
+        ingest_stored(store, foreign).await;
+    }
+    let raw = |n: usize| e[n].as_u128();
+    let all = store
+        .events_after(s.id, 0, u128::MAX, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(all.items, e);
+    assert_eq!(all.next, None);
+
+    // Both bounds exclusive.
+    let mid = store
+        .events_after(s.id, raw(0), raw(4), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(mid.items, [e[1], e[2], e[3]]);
+    assert_eq!(mid.next, None);
+
+    // A cut page names the last id examined; going on from it adds up.
+    let first = store
+        .events_after(s.id, 0, u128::MAX, None, 2)
+        .await
+        .unwrap();
+    assert_eq!(first.items, [e[0], e[1]]);
+    assert_eq!(first.next, Some(raw(1)));
+    let rest = store
+        .events_after(s.id, raw(1), u128::MAX, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.items, [e[2], e[3], e[4]]);
+
+    // Type pattern, same syntax as destination filters.
+    let invoices = store
+        .events_after(s.id, 0, u128::MAX, Some("invoice.*".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(invoices.items, [e[0], e[2], e[4]]);
+    let exact = store
+        .events_after(s.id, raw(0), u128::MAX, Some("invoice.paid".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(exact.items, [e[4]]);
+
+    // Empty and inverted ranges are empty, not errors.
+    let none = store
+        .events_after(s.id, raw(4), u128::MAX, None, 10)
+        .await
+        .unwrap();
+    assert!(none.items.is_empty());
+    let inverted = store
+        .events_after(s.id, raw(3), raw(1), None, 10)
+        .await
+        .unwrap();
+    assert!(inverted.items.is_empty());
+
+    assert_err!(
+        store
+            .events_after(new_id::<SourceId>(), 0, u128::MAX, None, 10)
+            .await,
+        StoreError::NotFound
     );
 }
 

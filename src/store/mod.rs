@@ -301,6 +301,12 @@ intents! {
     /// A page of a source's events, newest first, each with its
     /// deliveries (`NotFound` without the source).
     fn list_events(&self, source_id: SourceId, query: EventQuery, limit: usize) -> Page<ListedEvent>;
+    /// A source's event ids with `after < id < before`, oldest first, of
+    /// a type matching `type_pattern`: what the live stream (SPEC §14)
+    /// sends next. `next` is the last id examined when the page was cut
+    /// (continue after it); `None` means the whole range was examined.
+    /// `NotFound` without the source.
+    fn events_after(&self, source_id: SourceId, after: u128, before: u128, type_pattern: Option<String>, limit: usize) -> Page<EventId>;
     /// Events across every source (the overview), newest first, or those
     /// with an id / provider event id, each with its deliveries.
     fn search_events(&self, search: EventSearch, before: Option<u128>, limit: usize) -> Page<FoundEvent>;

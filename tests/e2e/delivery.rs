@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::receiver::{sequence, Received, Receiver, Reply};
 use crate::common::{
-    assert_timestamp, parse_metric, poll, standard_webhooks_signature, unix_secs, KillOnDrop,
-    TestServer,
+    assert_timestamp, none_source, parse_metric, poll, server_with, standard_webhooks_signature,
+    unix_secs, KillOnDrop, Source, TestServer,
 };
-use krafter::config::Config;
 use krafter::delivery::resolve::Resolver;
 use krafter::model::ids::{DestinationId, EventId, SourceId};
 use krafter::model::records::DeliveryStatus;
@@ -35,28 +34,6 @@ fn ms(n: u64) -> Duration {
 
 fn attempts_with(result: &str) -> String {
     format!("krafter_delivery_attempts_total{{result=\"{result}\"}}")
-}
-
-/// A server that may deliver to loopback, with `tweak` applied on top.
-async fn server_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
-    TestServer::start_with(|c| {
-        c.delivery.allow_private_networks = true;
-        tweak(c);
-    })
-    .await
-}
-
-struct Source {
-    id: String,
-    slug: String,
-}
-
-async fn none_source(server: &TestServer) -> Source {
-    let s = server.create_none_source("delivery test").await;
-    Source {
-        id: s["id"].as_str().expect("id").to_string(),
-        slug: s["slug"].as_str().expect("slug").to_string(),
-    }
 }
 
 struct Dest {

@@ -13,34 +13,12 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::common::receiver::{Received, Receiver, Reply};
-use crate::common::{assert_invalid_field, poll, TestServer};
+use crate::common::{assert_invalid_field, none_source, poll, server_with, Source, TestServer};
 
 const SOURCES: &str = "/api/v1/webhooks/sources";
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// A server that may deliver to loopback, with `tweak` applied on top.
-async fn server_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
-    TestServer::start_with(|c| {
-        c.delivery.allow_private_networks = true;
-        tweak(c);
-    })
-    .await
-}
-
-struct Source {
-    id: String,
-    slug: String,
-}
-
-async fn none_source(server: &TestServer) -> Source {
-    let s = server.create_none_source("options test").await;
-    Source {
-        id: s["id"].as_str().expect("id").to_string(),
-        slug: s["slug"].as_str().expect("slug").to_string(),
-    }
 }
 
 fn destinations_path(source: &Source) -> String {

@@ -22,6 +22,7 @@ mod delivery_options;
 mod destinations;
 mod durability;
 mod events;
+mod events_stream;
 mod first_hour;
 mod hardening;
 mod ingest;

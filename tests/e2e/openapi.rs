@@ -110,6 +110,13 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, u16)> {
             None,
             200,
         ),
+        // Endless: only its head is read (SPEC §14).
+        (
+            Method::GET,
+            "/api/v1/webhooks/sources/{id}/events/stream",
+            None,
+            200,
+        ),
         (
             Method::GET,
             "/api/v1/webhooks/sources/{id}/events/{event_id}/deliveries",
@@ -366,18 +373,31 @@ async fn every_listed_route_answers_on_the_server() {
     for (method, template, body, expected) in routes() {
         let ids = fresh_ids(&server).await;
         let path = concrete(template, &ids);
-        let resp = server
-            .call_raw(method.clone(), &path, Some(&server.admin_key), body)
-            .await;
-        assert_eq!(
-            resp.status.as_u16(),
-            expected,
-            "{method} {template} ({path}): {}",
-            resp.text
-        );
-        if expected != 204 && template != "/metrics" && template != "/api/v1/backup" {
-            let v = resp.json();
-            assert!(!v.is_null(), "{method} {template}: not JSON: {}", resp.text);
+        if template.ends_with("/events/stream") {
+            // An endless text/event-stream: the head says it all.
+            let head = server
+                .client
+                .get(format!("{}{path}", server.base))
+                .bearer_auth(&server.admin_key)
+                .send()
+                .await
+                .expect("the stream answers");
+            assert_eq!(head.status().as_u16(), expected, "{template}");
+            assert_eq!(head.headers()["content-type"], "text/event-stream");
+        } else {
+            let resp = server
+                .call_raw(method.clone(), &path, Some(&server.admin_key), body)
+                .await;
+            assert_eq!(
+                resp.status.as_u16(),
+                expected,
+                "{method} {template} ({path}): {}",
+                resp.text
+            );
+            if expected != 204 && template != "/metrics" && template != "/api/v1/backup" {
+                let v = resp.json();
+                assert!(!v.is_null(), "{method} {template}: not JSON: {}", resp.text);
+            }
         }
         // The same route with a well-formed unknown id is the route's own 404,
         // never the router's "no such route" or a 405.

@@ -1,6 +1,7 @@
 // Krafter dashboard: small progressive enhancements. Every page works
 // without this script; it adds copy buttons, confirmations, fresh relative
-// times and shows the generic-HMAC settings only when they apply.
+// times, shows the generic-HMAC settings only when they apply and adds
+// new events to a source's events page live.
 (function () {
   "use strict";
 
@@ -91,4 +92,73 @@
     if (event.target && event.target.id === "provider") { syncProvider(); }
   });
   document.addEventListener("DOMContentLoaded", syncProvider);
+  // Live events (SPEC §14): on a source's events page showing the newest
+  // events, new ones are added at the top of the table as the server
+  // streams them (same-origin EventSource, authorised by the session
+  // cookie; it resumes by itself with Last-Event-ID after a break).
+  function sizeText(n) {
+    if (n < 1024) { return n + " B"; }
+    if (n < 1048576) { return (n / 1024).toFixed(1) + " KiB"; }
+    return (n / 1048576).toFixed(1) + " MiB";
+  }
+  function startLive() {
+    var marker = document.getElementById("live-events");
+    if (!marker || !window.EventSource) { return; }
+    var stream = new EventSource(marker.getAttribute("data-stream"));
+    var base = window.location.pathname.replace(/\/$/, "");
+    stream.addEventListener("event", function (message) {
+      var e;
+      try { e = JSON.parse(message.data); } catch (err) { return; }
+      var table = document.getElementById("events");
+      if (!table) {
+        // The "no events yet" page: show the first one the usual way.
+        stream.close();
+        window.location.reload();
+        return;
+      }
+      var rows = table.tBodies[0].rows;
+      for (var i = 0; i < rows.length; i++) {
+        if (rows[i].getAttribute("data-event") === e.id) { return; }
+      }
+      var row = document.createElement("tr");
+      row.setAttribute("data-event", e.id);
+      row.className = "live-new";
+      function cell(child, cls) {
+        var td = document.createElement("td");
+        if (cls) { td.className = cls; }
+        td.appendChild(child);
+        row.appendChild(td);
+      }
+      function link(text, cls, asCode) {
+        var a = document.createElement("a");
+        a.href = base + "/" + encodeURIComponent(e.id);
+        if (cls) { a.className = cls; }
+        if (asCode) {
+          var code = document.createElement("code");
+          code.textContent = text;
+          a.appendChild(code);
+        } else {
+          a.textContent = text;
+        }
+        return a;
+      }
+      cell(link(e.type, "", true));
+      var time = document.createElement("time");
+      time.setAttribute("datetime", e.received_at);
+      time.title = e.received_at;
+      time.textContent = relative(Date.parse(e.received_at));
+      cell(time);
+      var d = e.deliveries || {};
+      var parts = [];
+      ["succeeded", "failed", "pending", "cancelled"].forEach(function (k) {
+        if (d[k]) { parts.push(d[k] + " " + k); }
+      });
+      cell(document.createTextNode(parts.length ? parts.join(", ") : "none (no destination matched)"), "counts");
+      cell(document.createTextNode(sizeText(e.size_bytes || 0)), "num");
+      cell(link(e.id, "muted small", false));
+      var body = table.tBodies[0];
+      body.insertBefore(row, body.firstChild);
+    });
+  }
+  document.addEventListener("DOMContentLoaded", startLive);
 })();

@@ -152,7 +152,7 @@ fn options_fields(
     let headers = headers_text(&o.headers);
     let timeout = o
         .timeout_ms
-        .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string())
+        .map(|ms| format!("{}s", ms / 1000))
         .unwrap_or_default();
     let filter = o.body_filter.clone().unwrap_or_default();
     let ordering = value(form, "ordering", o.ordering.as_str());
@@ -244,7 +244,7 @@ fn options_facts(d: &DestinationRecord) -> Markup {
     let o = &d.options;
     html! {
         @if !o.headers.is_empty() { dt { "Headers" } dd { code { (headers_text(&o.headers)) } } }
-        @if let Some(ms) = o.timeout_ms { dt { "Timeout" } dd { (humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()) } }
+        @if let Some(ms) = o.timeout_ms { dt { "Timeout" } dd { (ms / 1000) "s" } }
         dt { "Ordering" } dd { (o.ordering.as_str()) }
         @if let Some(f) = &o.body_filter { dt { "Body filter" } dd { code { (f) } } }
         @if let Some(a) = &o.auth { dt { "Authentication" } dd { (a.kind()) } }

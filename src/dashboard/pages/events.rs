@@ -113,6 +113,18 @@ pub async fn list(
         }
         q.finish()
     };
+    let live = refused.is_none()
+        && !query.contains_key("cursor")
+        && !active.iter().any(|(k, _)| *k == "after" || *k == "before");
+    let live_url = match active.iter().find(|(k, _)| *k == "type") {
+        Some((_, t)) => format!(
+            "{base}/stream?{}",
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("type", t)
+                .finish()
+        ),
+        None => format!("{base}/stream"),
+    };
     let body = html! {
         (super::source_header(&source, SourceTab::Events, &session))
         @if let Some(n) = notice(&query) { (n) }
@@ -137,6 +149,11 @@ pub async fn list(
             }
         }
         @if let Some(message) = &refused { div.alert role="alert" { (message) } }
+        // New events are added live (dashboard.js) while the newest page
+        // is shown without a time range; without JavaScript, Refresh.
+        @if live {
+            p.muted.small #live-events data-stream=(live_url) aria-live="polite" { "New events appear here as they arrive." }
+        }
         @if page.items.is_empty() && refused.is_none() {
             @if active.is_empty() && !query.contains_key("cursor") {
                 (views::empty("No events yet", html! {
@@ -185,6 +202,29 @@ pub async fn list(
         Nav::Sources,
         body,
     )))
+}
+
+/// The source's live event stream (SPEC §14) for the events page's script,
+/// authorised by the session like every page: the same stream as the
+/// API's, as the signed-in key's caller.
+pub async fn stream(
+    State(d): State<Dashboard>,
+    session: Session,
+    Path(sid): Path<String>,
+    Query(query): Query<QueryMap>,
+    kill: Option<axum::Extension<crate::http::server::ConnectionKill>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, DashboardError> {
+    let sid = id_of::<SourceId>(&sid)?;
+    let mut request = crate::api::stream::stream_request(
+        &headers,
+        query.get("after").map(String::as_str),
+        query.get("type").cloned(),
+    )
+    .map_err(|_| DashboardError::BadRequest("after / Last-Event-ID must be an event id".into()))?;
+    request.on_stall = kill.map(|axum::Extension(k)| Box::new(move || k.kill()) as _);
+    let events = d.ops.open_stream(&session.caller, sid, request).await?;
+    Ok(crate::api::stream::sse_response(events))
 }
 
 /// The filters and cursor of the events page as a query; what is wrong

@@ -1387,6 +1387,42 @@ impl PgStore {
         })
     }
 
+    pub(in crate::store) async fn events_after(
+        &self,
+        source_id: SourceId,
+        after: u128,
+        before: u128,
+        type_pattern: Option<String>,
+        limit: usize,
+    ) -> Result<Page<EventId>, StoreError> {
+        if after >= before {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        let mut tx = self.snapshot().await?;
+        source_exists(&mut tx, source_id, false).await?;
+        let mut qb = QueryBuilder::<Postgres>::new("SELECT id FROM events WHERE source_id = ");
+        qb.push_bind(uid(source_id));
+        qb.push(" AND id > ").push_bind(uid(after));
+        qb.push(" AND id < ").push_bind(uid(before));
+        if let Some(pattern) = &type_pattern {
+            qb.push(" AND event_type LIKE ")
+                .push_bind(like_pattern(pattern).into_bytes());
+        }
+        qb.push(" ORDER BY id ASC LIMIT ")
+            .push_bind(limit_plus_one(limit));
+        let found = qb.build().fetch_all(&mut *tx).await.map_err(db_error)?;
+        done(tx).await?;
+        let mut ids = Vec::with_capacity(found.len());
+        for row in &found {
+            ids.push(rows::row_id::<EventId>(row, "id")?);
+        }
+        // Oldest first: the page's last id is where the next one starts.
+        Ok(page(ids, limit, |id| *id))
+    }
+
     pub(in crate::store) async fn search_events(
         &self,
         search: EventSearch,

@@ -5,8 +5,9 @@ use std::collections::HashSet;
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
+use super::hot::{DeliveryTables, HotTables};
 use super::records::{AttemptRecord, DeliveryRecord, DeliveryStatus, DestinationRecord, Record};
-use super::tables::{ATTEMPTS, DELIVERIES, DESTINATIONS, DUE};
+use super::tables::{ATTEMPTS, DELIVERIES, DUE};
 use super::StoreError;
 use crate::store::{AttemptOutcome, DueItem, Next, Recorded};
 
@@ -95,97 +96,112 @@ pub fn oldest_due(
     Ok(oldest)
 }
 
-/// Records an attempt: the attempt row, the delivery's new state and queue
-/// position, and the destination's failure run (auto-disable).
+/// Records an attempt in `txn` (see [`HotTables::record_attempt`]), for
+/// tests that drive the queue directly.
+#[cfg(test)]
 pub fn record_attempt(txn: &WriteTransaction, o: &AttemptOutcome) -> Result<Recorded, StoreError> {
-    let mut deliveries = txn.open_table(DELIVERIES)?;
-    let Some(mut delivery) = deliveries
-        .get(o.item.delivery_id.as_u128())?
-        .map(|b| DeliveryRecord::decode(b.value()))
-        .transpose()?
-    else {
-        // The event (or its source) was deleted meanwhile.
-        return Ok(Recorded {
-            stale: true,
-            ..Recorded::default()
-        });
-    };
-    let mut destinations = txn.open_table(DESTINATIONS)?;
-    let destination = destinations
-        .get((o.source_id.as_u128(), o.destination_id.as_u128()))?
-        .map(|b| DestinationRecord::decode(b.value()))
-        .transpose()?;
+    HotTables::open(txn)?.record_attempt(o)
+}
 
-    txn.open_table(ATTEMPTS)?.insert(
-        (delivery.id.as_u128(), o.attempt.number),
-        o.attempt.encode().as_slice(),
-    )?;
-    let now = o.attempt.started_at_ms + o.attempt.duration_ms as i64;
-    let mut due = txn.open_table(DUE)?;
-    let queued = due
-        .remove((
-            o.destination_id.as_u128(),
-            o.item.due_ms,
-            delivery.id.as_u128(),
-        ))?
-        .is_some();
-    let mut recorded = Recorded::default();
-    if delivery.status != DeliveryStatus::Pending || !queued {
-        recorded.stale = true;
-        delivery.attempts = delivery.attempts.max(o.attempt.number);
-        // Cancelled (destination disabled or deleted) while this attempt
-        // was already on the wire, and the receiver took it: it was
-        // delivered, and the record says so rather than "cancelled".
-        if delivery.status == DeliveryStatus::Cancelled && o.next == Next::Succeeded {
-            delivery.status = DeliveryStatus::Succeeded;
-            delivery.next_attempt_ms = None;
+impl HotTables<'_> {
+    /// Records an attempt: the attempt row, the delivery's new state and
+    /// queue position, and the destination's failure run (auto-disable).
+    pub fn record_attempt(&mut self, o: &AttemptOutcome) -> Result<Recorded, StoreError> {
+        let Some(mut delivery) = self
+            .deliveries
+            .deliveries
+            .get(o.item.delivery_id.as_u128())?
+            .map(|b| DeliveryRecord::decode(b.value()))
+            .transpose()?
+        else {
+            // The event (or its source) was deleted meanwhile.
+            return Ok(Recorded {
+                stale: true,
+                ..Recorded::default()
+            });
+        };
+        let destination = self
+            .destinations
+            .get((o.source_id.as_u128(), o.destination_id.as_u128()))?
+            .map(|b| DestinationRecord::decode(b.value()))
+            .transpose()?;
+
+        self.attempts.insert(
+            (delivery.id.as_u128(), o.attempt.number),
+            o.attempt.encode().as_slice(),
+        )?;
+        let now = o.attempt.started_at_ms + o.attempt.duration_ms as i64;
+        let queued = self
+            .deliveries
+            .due
+            .remove((
+                o.destination_id.as_u128(),
+                o.item.due_ms,
+                delivery.id.as_u128(),
+            ))?
+            .is_some();
+        let mut recorded = Recorded::default();
+        if delivery.status != DeliveryStatus::Pending || !queued {
+            recorded.stale = true;
+            delivery.attempts = delivery.attempts.max(o.attempt.number);
+            // Cancelled (destination disabled or deleted) while this attempt
+            // was already on the wire, and the receiver took it: it was
+            // delivered, and the record says so rather than "cancelled".
+            if delivery.status == DeliveryStatus::Cancelled && o.next == Next::Succeeded {
+                delivery.status = DeliveryStatus::Succeeded;
+                delivery.next_attempt_ms = None;
+            }
+            delivery.updated_at_ms = now;
+            self.deliveries
+                .deliveries
+                .insert(delivery.id.as_u128(), delivery.encode().as_slice())?;
+            return Ok(recorded);
         }
+        delivery.attempts = o.attempt.number;
         delivery.updated_at_ms = now;
-        deliveries.insert(delivery.id.as_u128(), delivery.encode().as_slice())?;
-        return Ok(recorded);
-    }
-    delivery.attempts = o.attempt.number;
-    delivery.updated_at_ms = now;
-    match o.next {
-        Next::Succeeded => {
-            delivery.status = DeliveryStatus::Succeeded;
-            delivery.next_attempt_ms = None;
+        match o.next {
+            Next::Succeeded => {
+                delivery.status = DeliveryStatus::Succeeded;
+                delivery.next_attempt_ms = None;
+            }
+            Next::Failed => {
+                delivery.status = DeliveryStatus::Failed;
+                delivery.next_attempt_ms = None;
+            }
+            Next::RetryAt(at) => {
+                delivery.next_attempt_ms = Some(at);
+                self.deliveries.due.insert(
+                    (
+                        o.destination_id.as_u128(),
+                        at.max(0) as u64,
+                        delivery.id.as_u128(),
+                    ),
+                    delivery.event_id.as_u128(),
+                )?;
+            }
         }
-        Next::Failed => {
-            delivery.status = DeliveryStatus::Failed;
-            delivery.next_attempt_ms = None;
-        }
-        Next::RetryAt(at) => {
-            delivery.next_attempt_ms = Some(at);
-            due.insert(
-                (
-                    o.destination_id.as_u128(),
-                    at.max(0) as u64,
-                    delivery.id.as_u128(),
-                ),
-                delivery.event_id.as_u128(),
-            )?;
-        }
-    }
-    deliveries.insert(delivery.id.as_u128(), delivery.encode().as_slice())?;
-    drop(due);
-    drop(deliveries);
+        self.deliveries
+            .deliveries
+            .insert(delivery.id.as_u128(), delivery.encode().as_slice())?;
 
-    if let Some(mut d) = destination {
-        let (changed, disabled) = o.apply_to_destination(&mut d);
-        recorded.disabled_destination = disabled;
-        if changed {
-            destinations.insert(
-                (o.source_id.as_u128(), o.destination_id.as_u128()),
-                d.encode().as_slice(),
-            )?;
+        if let Some(mut d) = destination {
+            let (changed, disabled) = o.apply_to_destination(&mut d);
+            recorded.disabled_destination = disabled;
+            if changed {
+                self.destinations.insert(
+                    (o.source_id.as_u128(), o.destination_id.as_u128()),
+                    d.encode().as_slice(),
+                )?;
+                // The next ingest of this source reads its destinations
+                // again (this one may have just been disabled).
+                self.fan_out.remove(&o.source_id);
+            }
+            if recorded.disabled_destination {
+                cancel_pending_in(&mut self.deliveries, o.destination_id, now)?;
+            }
         }
-        drop(destinations);
-        if recorded.disabled_destination {
-            cancel_pending(txn, o.destination_id, now)?;
-        }
+        Ok(recorded)
     }
-    Ok(recorded)
 }
 
 /// Cancels every queued delivery of a destination (disabled or deleted).
@@ -194,8 +210,16 @@ pub fn cancel_pending(
     destination: DestinationId,
     now_ms: i64,
 ) -> Result<u64, StoreError> {
-    let mut due = txn.open_table(DUE)?;
-    let mut deliveries = txn.open_table(DELIVERIES)?;
+    cancel_pending_in(&mut DeliveryTables::open(txn)?, destination, now_ms)
+}
+
+/// [`cancel_pending`] through tables already open.
+fn cancel_pending_in(
+    tables: &mut DeliveryTables<'_>,
+    destination: DestinationId,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let (due, deliveries) = (&mut tables.due, &mut tables.deliveries);
     let mut cancelled = 0;
     let queued: Vec<u128> = due
         .extract_from_if(

@@ -1,69 +1,22 @@
 //! Events and the deliveries they fan out to.
 
 use crate::model::ids::{DeliveryId, DestinationId, EventId, SourceId};
-use std::collections::hash_map::{Entry, HashMap};
+use std::collections::hash_map::Entry;
 
-use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
+use super::hot::{DeliveryTables, HotTables};
 use super::records::{
     DeliveryRecord, DeliveryStatus, DestinationRecord, EventRecord, EventSummary, Record,
 };
 use super::tables::{
-    ATTEMPTS, DEDUP, DELIVERIES, DESTINATIONS, DUE, EVENTS, EVENT_DELIVERIES, SOURCES,
-    SOURCE_EVENTS,
+    ATTEMPTS, DEDUP, DELIVERIES, DESTINATIONS, DUE, EVENTS, EVENT_DELIVERIES, SOURCE_EVENTS,
 };
 use super::StoreError;
 use crate::model::{body_filter, filter};
 use crate::store::{EventQuery, IngestOutcome, MAX_SCAN_PER_PAGE};
 
-/// The tables an ingest writes, opened once and shared by every ingest of
-/// a batch. Opening a redb table looks it up in the table tree and closing
-/// it writes its root back; done for each of the eight tables of every
-/// event, that cost more than the inserts themselves. Each source's enabled
-/// destinations are also read once per batch: nothing else writes while
-/// these tables are open (the writer drops them before any other change).
-pub struct IngestTables<'t> {
-    dedup: Table<'t, (u128, &'static str), u128>,
-    sources: Table<'t, u128, &'static [u8]>,
-    destinations: Table<'t, (u128, u128), &'static [u8]>,
-    events: Table<'t, u128, &'static [u8]>,
-    source_events: Table<'t, (u128, u128), &'static [u8]>,
-    deliveries: DeliveryTables<'t>,
-    /// Enabled destinations per source, as read in this transaction.
-    fan_out: HashMap<SourceId, Vec<DestinationRecord>>,
-}
-
-/// The tables a new pending delivery goes into.
-struct DeliveryTables<'t> {
-    deliveries: Table<'t, u128, &'static [u8]>,
-    by_event: Table<'t, (u128, u128), ()>,
-    due: Table<'t, (u128, u64, u128), u128>,
-}
-
-impl<'t> DeliveryTables<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
-        Ok(DeliveryTables {
-            deliveries: txn.open_table(DELIVERIES)?,
-            by_event: txn.open_table(EVENT_DELIVERIES)?,
-            due: txn.open_table(DUE)?,
-        })
-    }
-}
-
-impl<'t> IngestTables<'t> {
-    /// Opens the tables for a run of ingests in `txn`.
-    pub fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
-        Ok(IngestTables {
-            dedup: txn.open_table(DEDUP)?,
-            sources: txn.open_table(SOURCES)?,
-            destinations: txn.open_table(DESTINATIONS)?,
-            events: txn.open_table(EVENTS)?,
-            source_events: txn.open_table(SOURCE_EVENTS)?,
-            deliveries: DeliveryTables::open(txn)?,
-            fan_out: HashMap::new(),
-        })
-    }
-
+impl HotTables<'_> {
     /// Stores an event and its deliveries, or finds it is a duplicate. The
     /// destinations are read inside the same write transaction, so a
     /// destination created or disabled concurrently is either fully in or
@@ -179,14 +132,14 @@ impl<'t> IngestTables<'t> {
 }
 
 /// Stores an event and its deliveries in `txn` (see
-/// [`IngestTables::ingest`]), for tests that set up stored events directly.
+/// [`HotTables::ingest`]), for tests that set up stored events directly.
 #[cfg(test)]
 pub fn ingest(
     txn: &WriteTransaction,
     event: &EventRecord,
     encoded: &[u8],
 ) -> Result<IngestOutcome, StoreError> {
-    IngestTables::open(txn)?.ingest(event, encoded)
+    HotTables::open(txn)?.ingest(event, encoded)
 }
 
 /// The write-ahead log record of an ingest: the event record as stored.
@@ -202,7 +155,7 @@ pub fn store_with_deliveries(
     encoded: &[u8],
     targets: &[DestinationId],
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
-    IngestTables::open(txn)?.store_with_deliveries(event, encoded, targets)
+    HotTables::open(txn)?.store_with_deliveries(event, encoded, targets)
 }
 
 /// Creates one pending delivery per destination, due at `due_ms`, with new
@@ -390,6 +343,49 @@ pub fn list(
             && query.before_ms.is_none_or(|b| summary.received_at_ms < b);
         if in_time && filter::matches(&patterns, &summary.event_type) {
             items.push((EventId::from_u128(id), summary));
+        }
+    }
+    Ok(super::Page { items, next: None })
+}
+
+/// A source's event ids with `after < id < before`, oldest first, whose
+/// type matches `type_pattern`: what the live stream (SPEC §14) sends next.
+/// `next` is the last id examined when the page was cut (by `limit` or the
+/// scan bound); every id up to it has been looked at.
+pub fn after(
+    txn: &ReadTransaction,
+    source_id: SourceId,
+    after: u128,
+    before: u128,
+    type_pattern: Option<&str>,
+    limit: usize,
+) -> Result<super::Page<EventId>, StoreError> {
+    let table = txn.open_table(SOURCE_EVENTS)?;
+    let patterns: Vec<String> = type_pattern.iter().map(|p| p.to_string()).collect();
+    let mut items = Vec::new();
+    let mut last_seen = None;
+    if after >= before {
+        return Ok(super::Page { items, next: None });
+    }
+    let lower = after.saturating_add(1);
+    for (scanned, entry) in table
+        .range((source_id.as_u128(), lower)..(source_id.as_u128(), before))?
+        .enumerate()
+    {
+        let (key, value) = entry?;
+        if items.len() == limit || scanned == MAX_SCAN_PER_PAGE {
+            return Ok(super::Page {
+                items,
+                next: last_seen,
+            });
+        }
+        let id = key.value().1;
+        last_seen = Some(id);
+        if patterns.is_empty() || {
+            let summary = EventSummary::decode(value.value())?;
+            filter::matches(&patterns, &summary.event_type)
+        } {
+            items.push(EventId::from_u128(id));
         }
     }
     Ok(super::Page { items, next: None })

@@ -367,6 +367,27 @@ impl RedbStore {
         })
     }
 
+    pub(in crate::store) async fn events_after(
+        &self,
+        source_id: SourceId,
+        after: u128,
+        before: u128,
+        type_pattern: Option<String>,
+        limit: usize,
+    ) -> Result<Page<EventId>, StoreError> {
+        self.read(|txn| {
+            sources::get(txn, source_id)?;
+            events::after(
+                txn,
+                source_id,
+                after,
+                before,
+                type_pattern.as_deref(),
+                limit,
+            )
+        })
+    }
+
     pub(in crate::store) async fn search_events(
         &self,
         search: EventSearch,
@@ -620,7 +641,7 @@ impl RedbStore {
         // the last checkpoint (`writer::CHECKPOINT_INTERVAL`), and the
         // deliveries they concern are attempted again.
         self.writer
-            .write_volatile(move |txn| deliveries::record_attempt(txn, &outcome))
+            .write_volatile(move |tables| tables.record_attempt(&outcome))
             .await
     }
 

@@ -10,6 +10,7 @@ mod backup;
 mod deliveries;
 mod destinations;
 mod events;
+mod hot;
 mod intents;
 mod overview;
 pub(super) mod records;

@@ -38,7 +38,7 @@ use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::events::IngestTables;
+use super::hot::HotTables;
 use super::tables::{APPLIED_LSN, WAL_STATE};
 use super::wal::{self, Wal};
 use super::{DbSlot, StoreError};
@@ -63,10 +63,9 @@ const LOG_PROBE_EVERY: Duration = Duration::from_secs(1);
 const CATCH_UP_CHUNK: usize = 2048;
 
 /// Applies one write-ahead log record (an encoded ingest) through the
-/// ingest tables of a transaction. Must be idempotent: a record may be
+/// hot tables of a transaction. Must be idempotent: a record may be
 /// applied again after a crash.
-pub type Replayer =
-    Arc<dyn Fn(&mut IngestTables<'_>, &[u8]) -> Result<(), StoreError> + Send + Sync>;
+pub type Replayer = Arc<dyn Fn(&mut HotTables<'_>, &[u8]) -> Result<(), StoreError> + Send + Sync>;
 
 /// One operation in a batch. `apply` runs inside the shared transaction;
 /// `finish` answers the caller once the batch's fate is known.
@@ -75,29 +74,29 @@ trait PendingWrite: Send {
     fn finish(self: Box<Self>, committed: bool);
 }
 
-/// The transaction a batch is applied in. Consecutive ingests share one
-/// set of open ingest tables ([`IngestTables`]); any other write closes
-/// them first, so it sees (and may change) everything they wrote, and the
-/// next ingest reads destinations afresh.
+/// The transaction a batch is applied in. Consecutive hot writes (ingests
+/// and delivery outcomes) share one set of open tables ([`HotTables`]);
+/// any other write closes them first, so it sees (and may change)
+/// everything they wrote, and the next ingest reads destinations afresh.
 struct Batch<'t> {
     txn: &'t WriteTransaction,
-    ingest: Option<IngestTables<'t>>,
+    hot: Option<HotTables<'t>>,
 }
 
 impl<'t> Batch<'t> {
-    /// The bare transaction, for any write other than an ingest.
+    /// The bare transaction, for any write other than a hot one.
     fn txn(&mut self) -> &'t WriteTransaction {
-        self.ingest = None;
+        self.hot = None;
         self.txn
     }
 
-    /// The ingest tables, opened by the first ingest of a run.
-    fn ingest_tables(&mut self) -> Result<&mut IngestTables<'t>, StoreError> {
-        let tables = match self.ingest.take() {
+    /// The hot tables, opened by the first hot write of a run.
+    fn hot_tables(&mut self) -> Result<&mut HotTables<'t>, StoreError> {
+        let tables = match self.hot.take() {
             Some(tables) => tables,
-            None => IngestTables::open(self.txn)?,
+            None => HotTables::open(self.txn)?,
         };
-        Ok(self.ingest.insert(tables))
+        Ok(self.hot.insert(tables))
     }
 }
 
@@ -132,16 +131,16 @@ enum LogJob {
 }
 
 /// A write waiting for its batch: `f` runs on the bare transaction
-/// ([`Writer::write`]) or on the batch's ingest tables
-/// ([`Writer::write_logged`]).
+/// ([`Writer::write`]) or on the batch's hot tables
+/// ([`Writer::write_logged`], [`Writer::write_volatile`]).
 struct Op<F, T> {
     f: Option<F>,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
-/// Marks an [`Op`] whose function takes the ingest tables.
-struct Logged<F>(F);
+/// Marks an [`Op`] whose function takes the hot tables.
+struct Hot<F>(F);
 
 impl<T, F> PendingWrite for Op<F, T>
 where
@@ -160,16 +159,16 @@ where
     }
 }
 
-impl<T, F> PendingWrite for Op<Logged<F>, T>
+impl<T, F> PendingWrite for Op<Hot<F>, T>
 where
     T: Send + 'static,
-    F: FnOnce(&mut IngestTables<'_>) -> Result<T, StoreError> + Send + 'static,
+    F: FnOnce(&mut HotTables<'_>) -> Result<T, StoreError> + Send + 'static,
 {
     fn apply(&mut self, batch: &mut Batch<'_>) -> Applied {
-        let Some(Logged(f)) = self.f.take() else {
+        let Some(Hot(f)) = self.f.take() else {
             return Applied::Clean;
         };
-        let result = batch.ingest_tables().and_then(f);
+        let result = batch.hot_tables().and_then(f);
         self.record(result)
     }
 
@@ -325,32 +324,34 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        self.direct(size_hint, true, f).await
+        let (op, answer) = Op::new(f);
+        self.direct(Box::new(op), answer, size_hint, true).await
     }
 
     /// Like [`Writer::write`], but answers once the change is committed and
     /// visible, before it is durable: a crash within
     /// [`CHECKPOINT_INTERVAL`] may forget it. Only for changes whose loss
     /// the system tolerates (a delivery outcome: the delivery is simply
-    /// attempted again).
+    /// attempted again). `f` runs on the batch's hot tables.
     pub async fn write_volatile<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut HotTables<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        self.direct(0, false, f).await
+        let (op, answer) = Op::new(Hot(f));
+        self.direct(Box::new(op), answer, 0, false).await
     }
 
     /// Appends `payload` to the write-ahead log, and once it is synced runs
-    /// `f` on the ingest tables of the next batch; answers after that
+    /// `f` on the hot tables of the next batch; answers after that
     /// commit. After a crash the record is applied again by the
     /// [`Replayer`], so `f` must do exactly what replaying `payload` does.
     pub async fn write_logged<T, F>(&self, payload: Arc<[u8]>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut IngestTables<'_>) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut HotTables<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (op, answer) = Op::new(Logged(f));
+        let (op, answer) = Op::new(Hot(f));
         let job = LogJob::Write {
             op: Box::new(op),
             payload,
@@ -365,14 +366,15 @@ impl Writer {
             .unwrap_or(Err(StoreError::Unavailable("the writer has stopped")))
     }
 
-    async fn direct<T, F>(&self, size: usize, durable: bool, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
-    {
-        let (op, answer) = Op::new(f);
+    async fn direct<T>(
+        &self,
+        op: Box<dyn PendingWrite>,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+        size: usize,
+        durable: bool,
+    ) -> Result<T, StoreError> {
         let job = Job::Write {
-            op: Box::new(op),
+            op,
             size,
             lsn: None,
             durable,
@@ -771,7 +773,7 @@ fn apply_chunk(db: &Database, records: &[Vec<u8>], replayer: &Replayer) -> Resul
     txn.set_durability(Durability::None)
         .map_err(|e| StoreError::Backend(Box::new(e)))?;
     {
-        let mut tables = IngestTables::open(&txn)?;
+        let mut tables = HotTables::open(&txn)?;
         for record in records {
             replayer(&mut tables, record)?;
         }
@@ -807,7 +809,7 @@ fn commit_batch(
     }
     let mut shared = Batch {
         txn: &txn,
-        ingest: None,
+        hot: None,
     };
     for op in batch.iter_mut() {
         if let Applied::Broken = op.apply(&mut shared) {
@@ -1047,7 +1049,7 @@ mod tests {
                 .unwrap();
         }
         let ingest = |event: crate::store::redb::records::EventRecord| {
-            Op::new(Logged(move |tables: &mut IngestTables<'_>| {
+            Op::new(Hot(move |tables: &mut HotTables<'_>| {
                 tables.ingest(&event, &event.encode())
             }))
         };
@@ -1072,6 +1074,92 @@ mod tests {
         };
         assert_eq!(fanned_out(first_answer.await.unwrap()), 2);
         assert!(change_answer.await.unwrap().is_ok());
+        assert_eq!(fanned_out(second_answer.await.unwrap()), 1);
+    }
+
+    /// A delivery outcome that disables a destination, applied through the
+    /// same open tables between two ingests of a batch, makes the second
+    /// ingest read that source's destinations again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outcome_that_disables_a_destination_mid_batch_stops_its_fan_out_at_once() {
+        use crate::store::conformance::{attempt, destination, event_now, outcome, source};
+        use crate::store::redb::records::Record;
+        use crate::store::redb::{destinations, sources, RedbStore};
+        use crate::store::{DueItem, IngestOutcome, Next};
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::StorageConfig {
+            path: dir.path().join("data"),
+            ..crate::config::StorageConfig::default()
+        };
+        let store = RedbStore::open(&config, Arc::new(Metrics::new())).unwrap();
+        let src = source("wh_batch0002");
+        let kept = destination(src.id, &[]);
+        // Failing for long enough that the next failure disables it.
+        let mut failing = destination(src.id, &[]);
+        failing.failing_since_ms = Some(0);
+        let source_id = src.id;
+        {
+            let (src, kept, failing) = (src.clone(), kept.clone(), failing.clone());
+            store
+                .write(move |txn| {
+                    sources::insert(txn, &src)?;
+                    destinations::insert(txn, &kept, 100)?;
+                    destinations::insert(txn, &failing, 100)
+                })
+                .await
+                .unwrap();
+        }
+        let earlier = event_now(source_id, "t", None);
+        let queued = store
+            .writer
+            .write_logged(earlier.encode().into(), move |tables| {
+                tables.ingest(&earlier, &earlier.encode())
+            })
+            .await
+            .unwrap();
+        let IngestOutcome::Stored { deliveries } = queued else {
+            panic!("{queued:?}");
+        };
+        let to_failing = deliveries
+            .iter()
+            .find(|d| d.destination_id == failing.id)
+            .unwrap();
+        let mut disabling = outcome(
+            &failing,
+            DueItem {
+                delivery_id: to_failing.id,
+                event_id: to_failing.event_id,
+                due_ms: to_failing.next_attempt_ms.unwrap() as u64,
+            },
+            attempt(1, crate::model::time::now_ms(), false),
+            Next::Failed,
+        );
+        disabling.disable_after_ms = 0;
+
+        let ingest = |event: crate::store::redb::records::EventRecord| {
+            Op::new(Hot(move |tables: &mut HotTables<'_>| {
+                tables.ingest(&event, &event.encode())
+            }))
+        };
+        let (first, first_answer) = ingest(event_now(source_id, "t", None));
+        let (record, record_answer) = Op::new(Hot(move |tables: &mut HotTables<'_>| {
+            tables.record_attempt(&disabling)
+        }));
+        let (second, second_answer) = ingest(event_now(source_id, "t", None));
+        let mut batch: Vec<Box<dyn PendingWrite>> =
+            vec![Box::new(first), Box::new(record), Box::new(second)];
+        let db = store.db.get().unwrap();
+        assert!(commit_batch(&db, &mut batch, None, false));
+        for op in batch {
+            op.finish(true);
+        }
+        let fanned_out = |outcome| match outcome {
+            Ok(IngestOutcome::Stored { deliveries }) => deliveries.len(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(fanned_out(first_answer.await.unwrap()), 2);
+        assert!(record_answer.await.unwrap().unwrap().disabled_destination);
         assert_eq!(fanned_out(second_answer.await.unwrap()), 1);
     }
 }

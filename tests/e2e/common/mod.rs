@@ -1302,3 +1302,28 @@ pub fn blocking_get_status(url: &str) -> std::io::Result<u16> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("no status"))
 }
+
+/// A server that may deliver to loopback (the delivery tests' receivers),
+/// with `tweak` applied on top.
+pub async fn server_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    TestServer::start_with(|c| {
+        c.delivery.allow_private_networks = true;
+        tweak(c);
+    })
+    .await
+}
+
+/// A source's id and ingest slug.
+pub struct Source {
+    pub id: String,
+    pub slug: String,
+}
+
+/// A new unsigned (`none`) source.
+pub async fn none_source(server: &TestServer) -> Source {
+    let s = server.create_none_source("test source").await;
+    Source {
+        id: s["id"].as_str().expect("id").to_string(),
+        slug: s["slug"].as_str().expect("slug").to_string(),
+    }
+}
