@@ -85,6 +85,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub dashboard: DashboardConfig,
     pub log: LogConfig,
+    pub audit: AuditConfig,
+    pub alerts: AlertsConfig,
 }
 
 /// The HTTP listener.
@@ -252,6 +254,56 @@ pub struct LimitsConfig {
 pub struct DashboardConfig {
     /// Sign-in attempts one client address may make per minute (429 past it).
     pub sign_in_per_minute: u32,
+}
+
+/// The audit log (SPEC §15).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Days an audit entry is kept; the retention loop removes older ones.
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention_days: 365,
+        }
+    }
+}
+
+/// Alerts to an operator's webhook receiver (SPEC §15); off while `url`
+/// is empty.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Where alerts are POSTed (checked against the SSRF rules of
+    /// `delivery`, like a destination). Empty: no alerts.
+    pub url: String,
+    /// `whsec_…`: alerts are signed with it per Standard Webhooks.
+    pub secret: String,
+    /// Consecutive failed attempts of one destination before
+    /// `destination.failing` (once, until a success).
+    pub failing_after: u32,
+    /// At most one `delivery.failed` per destination per this interval
+    /// (the ones in between are counted into the next).
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// Invalid signatures at one source within 5 minutes that make an
+    /// `ingest.invalid_signatures` alert.
+    pub invalid_signature_burst: u32,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            url: String::new(),
+            secret: String::new(),
+            failing_after: 10,
+            min_interval: Duration::from_secs(300),
+            invalid_signature_burst: 20,
+        }
+    }
 }
 
 /// Logging.

@@ -6,6 +6,7 @@
 //! and benchmarks can run the real server in-process. The layers and the
 //! path of one webhook through them: `docs/ARCHITECTURE.md`.
 
+pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -18,4 +19,5 @@ pub mod model;
 pub mod ops;
 pub mod replay;
 pub mod server;
+pub mod stats;
 pub mod store;

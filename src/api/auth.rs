@@ -20,7 +20,11 @@ impl FromRequestParts<AppState> for Caller {
         let key = bearer_token(parts).ok_or_else(|| {
             ApiError::unauthorized("send an API key as `Authorization: Bearer krf_...`")
         })?;
-        match api_keys::authenticate(&state.store, key, Via::Api).await? {
+        let via = match parts.headers.get(header::USER_AGENT) {
+            Some(agent) if agent.as_bytes().starts_with(b"krafter-cli/") => Via::Cli,
+            _ => Via::Api,
+        };
+        match api_keys::authenticate(&state.store, key, via).await? {
             Some(caller) => Ok(caller),
             None => Err(ApiError::unauthorized("unknown or revoked API key")),
         }

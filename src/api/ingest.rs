@@ -106,6 +106,7 @@ async fn handle(
     };
     match state.ingest.accept(source, url, &headers, &body).await {
         Ok(Received::Stored { event_id }) => {
+            state.stats.event_in();
             // After the commit: this node's live streams look again.
             state.ops.stream_hub().committed();
             Ok((IngestResult::Accepted, accepted(event_id, false)))
@@ -114,7 +115,12 @@ async fn handle(
             Ok((IngestResult::Duplicate, accepted(original, true)))
         }
         Ok(Received::Handshake(reply)) => Ok((IngestResult::Handshake, handshake(reply))),
-        Err(e) => Err(refused(e)),
+        Err(e) => {
+            if matches!(e, IngestError::InvalidSignature(_)) {
+                state.alerts.invalid_signature(source.id).await;
+            }
+            Err(refused(e))
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! built from the same list the router serves and cannot drift from it.
 
 pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod destinations;
@@ -65,6 +66,10 @@ pub struct AppParts {
     pub ops: crate::ops::Ops,
     /// Takes provider webhooks in (`POST /in/{slug}`).
     pub ingest: crate::ingest::Ingest,
+    /// Alerts to the operator (invalid-signature bursts are counted here).
+    pub alerts: crate::alerts::Alerts,
+    /// The dashboard overview's counters (events in are counted here).
+    pub stats: crate::stats::Stats,
 }
 
 #[derive(OpenApi)]
@@ -76,6 +81,7 @@ pub struct AppParts {
     modifiers(&BearerAuth),
     tags(
         (name = "api-keys", description = "API keys (admin scope)"),
+        (name = "audit-log", description = "Who changed what, when, through which door (admin scope)"),
         (name = "sources", description = "Sources: where providers send webhooks"),
         (name = "destinations", description = "Destinations: where Krafter forwards them"),
         (name = "events", description = "Events, deliveries, replay and retry"),
@@ -111,6 +117,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::delete))
+        .routes(routes!(audit::list))
         .routes(routes!(sources::create, sources::list))
         .routes(routes!(sources::get, sources::update, sources::delete))
         .routes(routes!(destinations::create, destinations::list))

@@ -112,7 +112,9 @@ impl Api {
         let mut request = http::Request::builder()
             .method(method)
             .uri(&url)
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.key));
+            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.key))
+            // Names the door in the audit log (`via: "cli"`).
+            .header(http::header::USER_AGENT, crate::ops::CLI_USER_AGENT);
         let bytes = match body {
             Some(body) => {
                 request = request.header(http::header::CONTENT_TYPE, "application/json");

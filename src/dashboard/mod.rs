@@ -98,7 +98,7 @@ where
         public_url,
         metrics,
     };
-    use pages::{auth, destinations, events, keys, overview, sources};
+    use pages::{audit, auth, destinations, events, home, keys, overview, sources};
     Router::new()
         .route("/", get(root))
         .route("/dashboard", get(home))
@@ -111,6 +111,8 @@ where
         .route("/dashboard/sign-out", post(auth::sign_out))
         .route("/dashboard/api-keys", get(keys::list).post(keys::create))
         .route("/dashboard/api-keys/{id}/revoke", post(keys::revoke))
+        .route("/dashboard/audit-log", get(audit::list))
+        .route("/dashboard/overview", get(home::show))
         .route(
             "/dashboard/sources",
             get(sources::list).post(sources::create),

@@ -20,6 +20,8 @@ pub enum Nav {
     Sources,
     Events,
     ApiKeys,
+    AuditLog,
+    Overview,
     None,
 }
 
@@ -77,10 +79,12 @@ pub fn page(title: &str, session: Option<&Session>, nav: Nav, body: Markup) -> M
                     @if let Some(session) = session {
                         nav aria-label="Main" {
                             ul {
+                                li { a href="/dashboard/overview" aria-current=[current(nav, Nav::Overview)] { "Overview" } }
                                 li { a href="/dashboard/sources" aria-current=[current(nav, Nav::Sources)] { "Sources" } }
                                 li { a href="/dashboard/events" aria-current=[current(nav, Nav::Events)] { "All events" } }
                                 @if session.is_admin() {
                                     li { a href="/dashboard/api-keys" aria-current=[current(nav, Nav::ApiKeys)] { "API keys" } }
+                                    li { a href="/dashboard/audit-log" aria-current=[current(nav, Nav::AuditLog)] { "Audit log" } }
                                 }
                             }
                         }

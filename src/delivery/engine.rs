@@ -91,6 +91,11 @@ struct Inner {
     /// Clients of destinations with a client certificate (mTLS), by
     /// destination, with the `updated_at` they were built for.
     identity_clients: Mutex<HashMap<DestinationId, (i64, DeliveryClient)>>,
+    /// Where attempts' outcomes are reported for alerts (set once at
+    /// start-up; none in tools that run the engine alone).
+    alerts: std::sync::OnceLock<crate::alerts::Alerts>,
+    /// The overview's counters (set once at start-up).
+    stats: std::sync::OnceLock<crate::stats::Stats>,
     /// OAuth2 tokens of destinations using client credentials.
     tokens: TokenCache,
 }
@@ -153,6 +158,8 @@ impl Engine {
                 shared,
                 claim_now: Notify::new(),
                 identity_clients: Mutex::new(HashMap::new()),
+                alerts: std::sync::OnceLock::new(),
+                stats: std::sync::OnceLock::new(),
                 tokens: TokenCache::default(),
             }),
         };
@@ -174,6 +181,16 @@ impl Engine {
             }
         }
         Ok(engine)
+    }
+
+    /// Counts attempts into `stats` from now on (the dashboard overview).
+    pub fn set_stats(&self, stats: crate::stats::Stats) {
+        let _ = self.inner.stats.set(stats);
+    }
+
+    /// Reports attempts' outcomes to `alerts` from now on (SPEC §15).
+    pub fn set_alerts(&self, alerts: crate::alerts::Alerts) {
+        let _ = self.inner.alerts.set(alerts);
     }
 
     /// The resolver deliveries connect with, so that the SSRF check at
@@ -680,6 +697,34 @@ async fn deliver(
                         destination = %lane.destination_id.to_string(),
                         "destination disabled: every delivery failed for delivery.disable_after"
                     );
+                }
+                if let Some(stats) = inner.stats.get() {
+                    if !recorded.fenced_off && !recorded.stale {
+                        stats.attempt(
+                            lane.destination_id,
+                            outcome.next == Next::Succeeded,
+                            Duration::from_millis(outcome.attempt.duration_ms),
+                        );
+                    }
+                }
+                if let Some(alerts) = inner.alerts.get() {
+                    if !recorded.fenced_off && !recorded.stale {
+                        alerts.after_attempt(&destination.url, &outcome).await;
+                    }
+                    if recorded.disabled_destination {
+                        let reason = format!(
+                            "every delivery failed for {} (delivery.disable_after)",
+                            humantime::format_duration(inner.config.disable_after)
+                        );
+                        alerts
+                            .destination_disabled(
+                                lane.destination_id,
+                                lane.source_id,
+                                &destination.url,
+                                &reason,
+                            )
+                            .await;
+                    }
                 }
                 return;
             }

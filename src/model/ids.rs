@@ -184,6 +184,12 @@ define_id!(
     "delivery"
 );
 define_id!(
+    /// An audit log entry's id (`aud_...`).
+    AuditId,
+    "aud_",
+    "audit log entry"
+);
+define_id!(
     /// A bulk replay job's id (`rpl_...`).
     ReplayId,
     "rpl_",

@@ -8,6 +8,7 @@ use crate::model::ids::ApiKeyId;
 use std::path::PathBuf;
 
 use rand::distributions::{Alphanumeric, DistString};
+use serde_json::{json, Value};
 
 use super::{Caller, Listed, OpError, Ops, Validation, Via};
 use crate::model::records::{ApiKeyRecord, Scope};
@@ -116,7 +117,15 @@ pub async fn create(
     caller.require(Scope::Admin)?;
     let scopes = validate_key_request(name, scopes)?;
     let new = generate_key(name.trim(), scopes);
-    store.create_api_key(new.record.clone()).await?;
+    let scope_names: Vec<&str> = new.record.scopes.iter().map(|s| s.as_str()).collect();
+    let entry = caller
+        .audit("api_key.create", new.record.id)
+        .change("name", Value::Null, json!(new.record.name))
+        .change("scopes", Value::Null, json!(scope_names))
+        .change("prefix", Value::Null, json!(new.record.prefix));
+    store
+        .create_api_key_audited(new.record.clone(), Some(entry))
+        .await?;
     Ok(new)
 }
 
@@ -136,7 +145,7 @@ pub async fn list(
 pub async fn revoke(store: &Store, caller: &Caller, id: ApiKeyId) -> Result<(), OpError> {
     caller.require(Scope::Admin)?;
     store
-        .revoke_api_key(id)
+        .revoke_api_key_audited(id, Some(caller.audit("api_key.revoke", id)))
         .await
         .map_err(|e| OpError::from_store(e, "API key"))
 }
@@ -153,10 +162,14 @@ pub async fn authenticate(store: &Store, key: &str, via: Via) -> Result<Option<C
         .await?
         .map(|record| Caller {
             key_id: record.id,
+            key_name: record.name,
             scopes: record.scopes,
             via,
         }))
 }
+
+/// The audit log's actor name for the local operator (no API key).
+pub const LOCAL_OPERATOR: &str = "local operator";
 
 impl Caller {
     /// The operator at the machine (`krafter api-keys ...` on the data
@@ -164,6 +177,7 @@ impl Caller {
     pub fn local_admin() -> Caller {
         Caller {
             key_id: ApiKeyId::from_u128(0),
+            key_name: LOCAL_OPERATOR.to_owned(),
             scopes: vec![Scope::Admin],
             via: Via::Cli,
         }

@@ -167,8 +167,16 @@ impl Ops {
             options,
         };
         let limit = self.inner.config.limits.destinations_per_source;
+        let mut entry = caller.audit("destination.create", record.id);
+        entry.changes =
+            crate::store::audit::all_fields(crate::store::audit::destination_fields(&record), true);
+        entry = entry.change(
+            "source_id",
+            serde_json::Value::Null,
+            serde_json::json!(source_id.to_string()),
+        );
         self.store()
-            .create_destination(record.clone(), limit)
+            .create_destination_audited(record.clone(), limit, Some(entry))
             .await
             .map_err(|e| match e {
                 StoreError::LimitReached(limit) => OpError::invalid(
@@ -261,9 +269,11 @@ impl Ops {
             options,
             now_ms: now_ms(),
         };
+        // The store adds the changed fields, diffed inside its commit.
+        let entry = caller.audit("destination.update", id);
         let updated = self
             .store()
-            .update_destination(source_id, id, change)
+            .update_destination_audited(source_id, id, change, Some(entry))
             .await
             .map_err(not_found)?
             .destination;
@@ -282,8 +292,18 @@ impl Ops {
         id: DestinationId,
     ) -> Result<(), OpError> {
         caller.require(Scope::Write)?;
+        let current = self
+            .store()
+            .destination(source_id, id)
+            .await
+            .map_err(not_found)?;
+        let mut entry = caller.audit("destination.delete", id);
+        entry.changes = crate::store::audit::all_fields(
+            crate::store::audit::destination_fields(&current),
+            false,
+        );
         self.store()
-            .delete_destination(source_id, id)
+            .delete_destination_audited(source_id, id, Some(entry))
             .await
             .map_err(not_found)?;
         // The lane notices its destination is gone and stops.
@@ -310,9 +330,10 @@ impl Ops {
             now_ms: now,
             ..DestinationChange::default()
         };
+        let entry = caller.audit("destination.rotate_secret", id);
         let destination = self
             .store()
-            .update_destination(source_id, id, change)
+            .update_destination_audited(source_id, id, change, Some(entry))
             .await
             .map_err(not_found)?
             .destination;

@@ -181,9 +181,15 @@ impl Ops {
                     .collect()
             }
         };
+        let names: Vec<String> = targets.iter().map(|d| d.to_string()).collect();
+        let entry = caller.audit("event.replay", event_id).change(
+            "destination_ids",
+            serde_json::Value::Null,
+            serde_json::json!(names),
+        );
         let created = self
             .store()
-            .replay_event(source_id, event_id, targets.clone(), now_ms())
+            .replay_event_audited(source_id, event_id, targets.clone(), now_ms(), Some(entry))
             .await
             .map_err(not_found("event"))?;
         for d in &created {
@@ -203,7 +209,13 @@ impl Ops {
         caller.require(Scope::Write)?;
         let (delivery, attempts) = self
             .store()
-            .retry_delivery(source_id, event_id, delivery_id, now_ms())
+            .retry_delivery_audited(
+                source_id,
+                event_id,
+                delivery_id,
+                now_ms(),
+                Some(caller.audit("delivery.retry", delivery_id)),
+            )
             .await
             .map_err(not_found("delivery"))?;
         self.inner.engine.wake(source_id, delivery.destination_id);
@@ -265,8 +277,24 @@ impl Ops {
         };
         job.events_total = totals.events;
         job.deliveries_total = totals.deliveries;
+        let null = serde_json::Value::Null;
+        let entry = caller
+            .audit("source.bulk_replay", source_id)
+            .change(
+                "replay_id",
+                null.clone(),
+                serde_json::json!(job.id.to_string()),
+            )
+            .change("after_ms", null.clone(), serde_json::json!(job.after_ms))
+            .change("before_ms", null.clone(), serde_json::json!(job.before_ms))
+            .change(
+                "event_type",
+                null.clone(),
+                serde_json::json!(job.type_pattern),
+            )
+            .change("only_failed", null, serde_json::json!(job.only_failed));
         self.store()
-            .create_replay(job.clone())
+            .create_replay_audited(job.clone(), Some(entry))
             .await
             .map_err(not_found("source"))?;
         let outcome = self.inner.replays.start(source_id, job.id);

@@ -93,10 +93,11 @@ pub async fn find(store: &Store, cookie_id: &str, now_ms: i64) -> Result<Option<
         id_hash,
         created_at_ms: record.created_at_ms,
         csrf: record.csrf,
-        key_name: key.name,
+        key_name: key.name.clone(),
         key_prefix: key.prefix,
         caller: Caller {
             key_id: key.id,
+            key_name: key.name,
             scopes: key.scopes,
             via: Via::Dashboard,
         },

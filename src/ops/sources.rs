@@ -87,7 +87,13 @@ impl Ops {
         };
         // 62^8 slugs make a clash rare; pick again rather than fail.
         for _ in 0..8 {
-            match store.create_source(source.clone()).await {
+            let fields = crate::store::audit::source_fields(&source);
+            let mut entry = caller.audit("source.create", source.id);
+            entry.changes = crate::store::audit::all_fields(fields, true);
+            match store
+                .create_source_audited(source.clone(), Some(entry))
+                .await
+            {
                 Ok(()) => return Ok(source),
                 Err(StoreError::Conflict(_)) => source.slug = new_slug(),
                 Err(e) => return Err(e.into()),
@@ -162,6 +168,19 @@ impl Ops {
         }
         v.finish()?;
 
+        // A change of the secret alone is a rotation (SPEC §18 names it).
+        let rotation = edit.signing_secret.is_some()
+            && edit.name.is_none()
+            && edit.enabled.is_none()
+            && edit.retention_days.is_none()
+            && edit.provider_config.is_none();
+        let action = if rotation {
+            "source.rotate_secret"
+        } else {
+            "source.update"
+        };
+        // The store adds the changed fields, diffed inside its commit.
+        let entry = caller.audit(action, id);
         let now = now_ms();
         let change = SourceChange {
             name: edit.name.map(|n| n.trim().to_string()),
@@ -177,7 +196,7 @@ impl Ops {
         };
         let (source, destinations) = self
             .store()
-            .update_source(id, change)
+            .update_source_audited(id, change, Some(entry))
             .await
             .map_err(not_found)?;
         Ok(SourceSummary {
@@ -190,7 +209,14 @@ impl Ops {
     /// deliveries are purged right after by the retention task.
     pub async fn delete_source(&self, caller: &Caller, id: SourceId) -> Result<(), OpError> {
         caller.require(Scope::Write)?;
-        self.store().delete_source(id).await.map_err(not_found)?;
+        let current = self.store().source(id).await.map_err(not_found)?;
+        let mut entry = caller.audit("source.delete", id);
+        entry.changes =
+            crate::store::audit::all_fields(crate::store::audit::source_fields(&current), false);
+        self.store()
+            .delete_source_audited(id, Some(entry))
+            .await
+            .map_err(not_found)?;
         self.inner.retention.notify_one();
         Ok(())
     }

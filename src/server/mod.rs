@@ -34,6 +34,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Delivery(#[from] crate::delivery::engine::EngineError),
+    #[error(transparent)]
+    Alerts(#[from] crate::alerts::AlertsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -53,6 +55,10 @@ pub struct RunningServer {
     replays: crate::replay::Replays,
     delivery_grace: Duration,
     retention: JoinHandle<()>,
+    /// The alert sender, stopped through `alerts_stop`.
+    alerts_task: JoinHandle<()>,
+    stats_task: JoinHandle<()>,
+    alerts_stop: tokio::sync::watch::Sender<bool>,
     /// Ends live event streams at shutdown (they would never finish).
     streams: Arc<crate::ops::stream::Hub>,
 }
@@ -139,10 +145,25 @@ pub async fn start_with_resolver(
         metrics.clone(),
         public_url.clone(),
     );
+    let alerts = crate::alerts::Alerts::new(
+        store.clone(),
+        &config.alerts,
+        &config.delivery,
+        engine.resolver().clone(),
+    )?;
+    engine.set_alerts(alerts.clone());
+    let (alerts_stop, alerts_stopped) = tokio::sync::watch::channel(false);
+    let alerts_task = tokio::spawn(alerts.clone().run(alerts_stopped.clone()));
+    let stats = crate::stats::Stats::new(store.clone());
+    engine.set_stats(stats.clone());
+    // Stopped with the alerts (after delivery has drained), flushing last.
+    let stats_task = tokio::spawn(stats.clone().run(alerts_stopped));
     let streams = ops.stream_hub().clone();
     let state = AppState::new(AppParts {
         ops,
         ingest,
+        alerts,
+        stats,
         store: store.clone(),
         config,
         metrics,
@@ -156,6 +177,7 @@ pub async fn start_with_resolver(
     let retention = tokio::spawn(retention_loop(
         store.clone(),
         state.config.storage.retention_interval,
+        state.config.audit.retention_days,
         retention_wake,
     ));
     let dashboard_url = format!("{}/dashboard", state.public_url);
@@ -185,6 +207,9 @@ pub async fn start_with_resolver(
         replays,
         delivery_grace,
         retention,
+        alerts_task,
+        stats_task,
+        alerts_stop,
         streams,
     })
 }
@@ -220,6 +245,10 @@ impl RunningServer {
         // Abort is asynchronous: wait until the task (and its Store clone)
         // is dropped, or the database stays open after shutdown returns.
         let _ = (&mut self.retention).await;
+        // The sender finishes the alert in hand (its queue is durable).
+        let _ = self.alerts_stop.send(true);
+        let _ = (&mut self.alerts_task).await;
+        let _ = (&mut self.stats_task).await;
         self.store.close().await;
     }
 }
@@ -228,7 +257,14 @@ impl RunningServer {
 /// or at once when woken, for as long as the server runs. With several
 /// nodes, one of them does it: the one holding the `retention` duty, which
 /// it renews on every round and another takes over when it lapses.
-async fn retention_loop(store: Store, interval: Duration, wake: Arc<tokio::sync::Notify>) {
+///
+/// The same round removes audit entries older than `audit_retention_days`.
+async fn retention_loop(
+    store: Store,
+    interval: Duration,
+    audit_retention_days: u32,
+    wake: Arc<tokio::sync::Notify>,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let duty_ttl_ms = u64::try_from((interval * 3).as_millis()).unwrap_or(u64::MAX);
@@ -249,6 +285,13 @@ async fn retention_loop(store: Store, interval: Duration, wake: Arc<tokio::sync:
             Ok(0) => {}
             Ok(n) => tracing::info!(events = n, "retention removed expired events"),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
+        }
+        let day_ms = 24 * 3600 * 1000_i64;
+        let cutoff = crate::model::time::now_ms() - i64::from(audit_retention_days) * day_ms;
+        match store.sweep_audit(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "retention removed old audit entries"),
+            Err(e) => tracing::warn!(error = %e, "audit retention sweep failed; will retry"),
         }
     }
 }

@@ -76,7 +76,11 @@ macro_rules! conformance_suite {
                 a_replay_is_cancelled_when_its_source_is_deleted,
                 finished_replays_are_kept_up_to_the_bound,
                 sweep_retention_removes_only_expired_events,
-                purge_events_removes_events_with_their_deliveries_and_dedup;
+                purge_events_removes_events_with_their_deliveries_and_dedup,
+                audit_entries_commit_with_their_change_and_only_then,
+                audit_entries_list_newest_first_filtered_and_are_swept,
+                the_alert_queue_answers_what_is_due_and_settles,
+                minute_stats_add_up_per_minute_and_old_ones_go;
             multi_thread:
                 one_provider_event_id_ingested_concurrently_is_stored_once,
                 a_destination_disabled_during_concurrent_ingest_is_fully_in_or_out,
@@ -3247,4 +3251,367 @@ async fn many_concurrent_ingests_are_all_stored_listed_and_queued(store: &Store)
     assert_eq!(sorted(queued_ids), sorted(answered));
     let stats = store.stats().await.unwrap();
     assert_eq!(stats.events, EVENTS as u64);
+}
+
+fn audit_entry(action: &str, target: String, at_ms: i64) -> super::AuditEntry {
+    super::AuditEntry::new(
+        super::AuditActor {
+            api_key_id: Some("key_test".into()),
+            name: "tester".into(),
+            via: "api".into(),
+        },
+        action,
+        target,
+        at_ms,
+    )
+}
+
+async fn all_audit(store: &Store) -> Vec<super::AuditEntry> {
+    store
+        .list_audit(super::AuditQuery::default(), None, 250)
+        .await
+        .unwrap()
+        .items
+}
+
+/// An audit entry is part of its change's commit: a change that commits
+/// has its entry (with the fields the commit changed, diffed inside it),
+/// and a change refused inside the commit leaves no entry behind.
+async fn audit_entries_commit_with_their_change_and_only_then(store: &Store) {
+    let s = source("wh_audit001");
+    store
+        .create_source_audited(
+            s.clone(),
+            Some(audit_entry("source.create", s.id.to_string(), T0)),
+        )
+        .await
+        .unwrap();
+    let d = destination(s.id, &[]);
+    store
+        .create_destination_audited(
+            d.clone(),
+            1,
+            Some(audit_entry("destination.create", d.id.to_string(), T0 + 1)),
+        )
+        .await
+        .unwrap();
+    // Refused inside the commit: past the cap, a taken slug, a missing
+    // destination, a missing key. None of them leaves an entry.
+    let over = destination(s.id, &[]);
+    let refused = store
+        .create_destination_audited(
+            over.clone(),
+            1,
+            Some(audit_entry(
+                "destination.create",
+                over.id.to_string(),
+                T0 + 2,
+            )),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::LimitReached(1))),
+        "{refused:?}"
+    );
+    let mut twin = source("wh_audit001");
+    twin.id = SourceId::new();
+    assert!(store
+        .create_source_audited(
+            twin.clone(),
+            Some(audit_entry("source.create", twin.id.to_string(), T0 + 3))
+        )
+        .await
+        .is_err());
+    let missing = DestinationId::new();
+    let change = DestinationChange {
+        url: Some("http://127.0.0.1:9/else".into()),
+        now_ms: T0 + 4,
+        ..DestinationChange::default()
+    };
+    assert!(matches!(
+        store
+            .update_destination_audited(
+                s.id,
+                missing,
+                change,
+                Some(audit_entry(
+                    "destination.update",
+                    missing.to_string(),
+                    T0 + 4
+                )),
+            )
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let gone = ApiKeyId::new();
+    assert!(store
+        .revoke_api_key_audited(
+            gone,
+            Some(audit_entry("api_key.revoke", gone.to_string(), T0 + 5))
+        )
+        .await
+        .is_err());
+    let actions: Vec<String> = all_audit(store)
+        .await
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["destination.create", "source.create"]);
+
+    // A committed update: its entry carries what the commit changed, old
+    // and new, and a rotated secret only as "(secret)".
+    let change = DestinationChange {
+        url: Some("http://127.0.0.1:9/new".into()),
+        enabled: Some(false),
+        new_secret: Some(NewSecret {
+            sealed: store.seal(b"whsec_new"),
+            previous_until_ms: T0 + 10,
+        }),
+        now_ms: T0 + 6,
+        ..DestinationChange::default()
+    };
+    let updated = store
+        .update_destination_audited(
+            s.id,
+            d.id,
+            change,
+            Some(audit_entry("destination.update", d.id.to_string(), T0 + 6)),
+        )
+        .await
+        .unwrap();
+    assert!(!updated.destination.enabled);
+    let entries = all_audit(store).await;
+    assert_eq!(entries.len(), 3);
+    let newest = &entries[0];
+    assert_eq!(newest.action, "destination.update");
+    assert_eq!(newest.target_id, d.id.to_string());
+    assert_eq!(
+        newest.changes["url"],
+        [
+            serde_json::json!(d.url),
+            serde_json::json!("http://127.0.0.1:9/new")
+        ]
+    );
+    assert_eq!(
+        newest.changes["enabled"],
+        [serde_json::json!(true), serde_json::json!(false)]
+    );
+    assert_eq!(
+        newest.changes["secret"],
+        [serde_json::json!("(secret)"), serde_json::json!("(secret)")]
+    );
+    assert_eq!(newest.changes.len(), 3, "{newest:?}");
+    // The stored change and the entry agree.
+    let stored = store.destination(s.id, d.id).await.unwrap();
+    assert_eq!(stored.url, "http://127.0.0.1:9/new");
+
+    // A source's update is diffed the same way; unchanged fields are not listed.
+    let change = SourceChange {
+        name: Some(s.name.clone()),
+        retention_days: Some(s.retention_days + 1),
+        now_ms: T0 + 7,
+        ..SourceChange::default()
+    };
+    store
+        .update_source_audited(
+            s.id,
+            change,
+            Some(audit_entry("source.update", s.id.to_string(), T0 + 7)),
+        )
+        .await
+        .unwrap();
+    let newest = all_audit(store).await.remove(0);
+    assert_eq!(newest.action, "source.update");
+    assert_eq!(
+        newest.changes.keys().collect::<Vec<_>>(),
+        ["retention_days"],
+        "{newest:?}"
+    );
+}
+
+/// The list is newest first with a stable cursor, applies every filter,
+/// and the retention sweep removes only entries older than its cutoff.
+async fn audit_entries_list_newest_first_filtered_and_are_swept(store: &Store) {
+    let key = api_key("audited", 71);
+    let mut ids = Vec::new();
+    for i in 0..7_i64 {
+        let mut entry = audit_entry(
+            if i % 2 == 0 {
+                "api_key.create"
+            } else {
+                "api_key.revoke"
+            },
+            format!("key_{i}"),
+            T0 + i * 1000,
+        );
+        if i == 3 {
+            entry.actor.api_key_id = Some("key_other".into());
+            entry.actor.name = "other".into();
+        }
+        ids.push(entry.id);
+        // Only the first carries a real change; the rest ride on revokes
+        // of keys that exist.
+        let k = api_key(&format!("k{i}"), 80 + i as u8);
+        store.create_api_key(k.clone()).await.unwrap();
+        if i == 0 {
+            store
+                .create_api_key_audited(key.clone(), Some(entry))
+                .await
+                .unwrap();
+        } else {
+            store
+                .revoke_api_key_audited(k.id, Some(entry))
+                .await
+                .unwrap();
+        }
+    }
+    let newest_first: Vec<_> = ids.iter().rev().copied().collect();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_audit(super::AuditQuery::default(), cursor, 3)
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|e| e.id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, newest_first);
+    let query = |q: super::AuditQuery| async move {
+        store
+            .list_audit(q, None, 250)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| e.target_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        query(super::AuditQuery {
+            action: Some("api_key.revoke".into()),
+            ..Default::default()
+        })
+        .await,
+        ["key_5", "key_3", "key_1"]
+    );
+    assert_eq!(
+        query(super::AuditQuery {
+            actor: Some("key_other".into()),
+            ..Default::default()
+        })
+        .await,
+        ["key_3"]
+    );
+    assert_eq!(
+        query(super::AuditQuery {
+            actor: Some("other".into()),
+            ..Default::default()
+        })
+        .await,
+        ["key_3"]
+    );
+    assert_eq!(
+        query(super::AuditQuery {
+            after_ms: Some(T0 + 2000),
+            before_ms: Some(T0 + 5000),
+            ..Default::default()
+        })
+        .await,
+        ["key_4", "key_3", "key_2"]
+    );
+    assert_eq!(store.sweep_audit(T0 + 3000).await.unwrap(), 3);
+    assert_eq!(
+        query(super::AuditQuery::default()).await,
+        ["key_6", "key_5", "key_4", "key_3"]
+    );
+    assert_eq!(store.sweep_audit(T0 + 3000).await.unwrap(), 0);
+}
+
+/// Alerts wait until due, oldest first; a retry moves one, a sent one goes.
+async fn the_alert_queue_answers_what_is_due_and_settles(store: &Store) {
+    let alert = |raw: u128, due: i64| super::AlertRecord {
+        id: raw,
+        body: format!("{{\"n\":{raw}}}"),
+        attempts: 0,
+        next_attempt_ms: due,
+    };
+    let (a, b, c) = (
+        alert(new_id::<u128>(), T0),
+        alert(new_id::<u128>(), T0 + 10),
+        alert(new_id::<u128>(), T0 + 100),
+    );
+    for x in [&c, &a, &b] {
+        store.enqueue_alert(x.clone()).await.unwrap();
+    }
+    assert_eq!(store.due_alerts(T0 - 1, 10).await.unwrap(), vec![]);
+    assert_eq!(
+        store.due_alerts(T0 + 10, 10).await.unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(
+        store.due_alerts(T0 + 100, 1).await.unwrap(),
+        vec![a.clone()]
+    );
+    let mut retried = a.clone();
+    retried.attempts = 1;
+    retried.next_attempt_ms = T0 + 500;
+    store.settle_alert(retried.clone(), false).await.unwrap();
+    store.settle_alert(b.clone(), true).await.unwrap();
+    assert_eq!(
+        store.due_alerts(T0 + 100, 10).await.unwrap(),
+        vec![c.clone()]
+    );
+    assert_eq!(
+        store.due_alerts(T0 + 500, 10).await.unwrap(),
+        vec![retried, c]
+    );
+}
+
+/// Counts added twice into one minute add up (several nodes share a row);
+/// rows older than the kept span go with the next addition.
+async fn minute_stats_add_up_per_minute_and_old_ones_go(store: &Store) {
+    let minute = T0 / 60_000;
+    let stats = |m: i64, events_in: u64| {
+        let mut s = super::MinuteStats {
+            minute: m,
+            events_in,
+            delivered: 1,
+            ..Default::default()
+        };
+        s.destinations.insert(
+            "dst_a".into(),
+            super::DestinationMinute {
+                attempts: 2,
+                succeeded: 1,
+                latency: vec![1, 0, 1],
+            },
+        );
+        s
+    };
+    store.add_minute_stats(stats(minute - 5, 7)).await.unwrap();
+    store.add_minute_stats(stats(minute, 2)).await.unwrap();
+    store.add_minute_stats(stats(minute, 3)).await.unwrap();
+    let rows = store.minute_stats(minute - 10).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].minute, rows[0].events_in), (minute - 5, 7));
+    let now = &rows[1];
+    assert_eq!((now.minute, now.events_in, now.delivered), (minute, 5, 2));
+    assert_eq!(
+        now.destinations["dst_a"],
+        super::DestinationMinute {
+            attempts: 4,
+            succeeded: 2,
+            latency: vec![2, 0, 2],
+        }
+    );
+    assert_eq!(store.minute_stats(minute).await.unwrap().len(), 1);
+    // A week and a day later, the old rows are gone.
+    let later = minute + super::STATS_KEEP_MINUTES + 1;
+    store.add_minute_stats(stats(later, 1)).await.unwrap();
+    let rows = store.minute_stats(0).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.minute).collect::<Vec<_>>(), [later]);
 }

@@ -20,6 +20,7 @@
 //! `match` on one variant costs nothing, while `async` methods on a `dyn`
 //! trait would box every future.
 
+pub mod audit;
 pub mod crypto;
 mod error;
 mod postgres;
@@ -33,6 +34,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use audit::{AuditActor, AuditEntry, AuditQuery};
 pub use error::StoreError;
 pub use types::*;
 
@@ -197,7 +199,7 @@ intents! {
     // ---- API keys ----
 
     /// Stores a new key (only its hash); `Conflict` if an identical key exists.
-    fn create_api_key(&self, key: ApiKeyRecord) -> ();
+    fn create_api_key_audited(&self, key: ApiKeyRecord, audit: Option<AuditEntry>) -> ();
     /// The key whose SHA-256 is `hash` (compared in constant time), if any.
     fn api_key_by_hash(&self, hash: [u8; 32]) -> Option<ApiKeyRecord>;
     /// Keys, newest first, below the cursor `before`.
@@ -208,7 +210,34 @@ intents! {
     /// starting at once make one bootstrap key); answers whether it did.
     fn create_first_api_key(&self, key: ApiKeyRecord) -> bool;
     /// Revokes a key and ends its dashboard sessions in the same commit.
-    fn revoke_api_key(&self, id: ApiKeyId) -> ();
+    fn revoke_api_key_audited(&self, id: ApiKeyId, audit: Option<AuditEntry>) -> ();
+
+    // ---- Audit log ----
+
+    /// Audit entries, newest first, below the cursor `before`, that pass
+    /// `query`. Every `*_audited` intent writes its entry in the same
+    /// commit as its change: both are durable, or neither.
+    fn list_audit(&self, query: AuditQuery, before: Option<u128>, limit: usize) -> Page<AuditEntry>;
+
+    // ---- The alert queue (SPEC §15) ----
+
+    /// Queues an alert durably (answers once it is stored).
+    fn enqueue_alert(&self, alert: AlertRecord) -> ();
+    /// Up to `limit` queued alerts due at `now_ms`, oldest first.
+    fn due_alerts(&self, now_ms: i64, limit: usize) -> Vec<AlertRecord>;
+    /// Removes a sent (or given up) alert, or stores its next attempt.
+    fn settle_alert(&self, alert: AlertRecord, done: bool) -> ();
+
+    // ---- Overview counters ----
+
+    /// Adds `stats` into its minute's row (creating it) and drops rows
+    /// older than [`STATS_KEEP_MINUTES`], in one commit.
+    fn add_minute_stats(&self, stats: MinuteStats) -> ();
+    /// The minute rows from `from_minute` on, oldest first.
+    fn minute_stats(&self, from_minute: i64) -> Vec<MinuteStats>;
+    /// A destination's pending deliveries (counted up to `max`) and the
+    /// earliest due time among them (Unix ms).
+    fn destination_backlog(&self, destination: DestinationId, max: usize) -> (u64, Option<i64>);
 
     // ---- Dashboard sessions ----
 
@@ -224,7 +253,7 @@ intents! {
     // ---- Sources ----
 
     /// Stores a new source; `Conflict` when its slug is taken.
-    fn create_source(&self, source: SourceRecord) -> ();
+    fn create_source_audited(&self, source: SourceRecord, audit: Option<AuditEntry>) -> ();
     /// One source.
     fn source(&self, id: SourceId) -> SourceRecord;
     /// The source an ingest slug names.
@@ -234,16 +263,16 @@ intents! {
     /// Sources newest first, each with its number of destinations.
     fn list_sources(&self, before: Option<u128>, limit: usize) -> Page<(SourceRecord, u64)>;
     /// Applies `change` to a source; answers it with its destination count.
-    fn update_source(&self, id: SourceId, change: SourceChange) -> (SourceRecord, u64);
+    fn update_source_audited(&self, id: SourceId, change: SourceChange, audit: Option<AuditEntry>) -> (SourceRecord, u64);
     /// Removes a source, its slug and destinations at once; its events and
     /// deliveries are purged afterwards by [`Store::purge_orphans`].
-    fn delete_source(&self, id: SourceId) -> ();
+    fn delete_source_audited(&self, id: SourceId, audit: Option<AuditEntry>) -> ();
 
     // ---- Destinations ----
 
     /// Stores a new destination of an existing source; `LimitReached`
     /// when the source already has `max_per_source`.
-    fn create_destination(&self, destination: DestinationRecord, max_per_source: usize) -> ();
+    fn create_destination_audited(&self, destination: DestinationRecord, max_per_source: usize, audit: Option<AuditEntry>) -> ();
     /// One destination of a source.
     fn destination(&self, source_id: SourceId, id: DestinationId) -> DestinationRecord;
     /// A source's destinations, newest first (`NotFound` without the source).
@@ -252,10 +281,10 @@ intents! {
     fn destinations_of_source(&self, source_id: SourceId) -> Vec<DestinationRecord>;
     /// Applies `change`; a destination that ends up disabled has its
     /// pending deliveries cancelled in the same commit.
-    fn update_destination(&self, source_id: SourceId, id: DestinationId, change: DestinationChange) -> DestinationUpdated;
+    fn update_destination_audited(&self, source_id: SourceId, id: DestinationId, change: DestinationChange, audit: Option<AuditEntry>) -> DestinationUpdated;
     /// Removes a destination and cancels its pending deliveries; answers
     /// how many were cancelled.
-    fn delete_destination(&self, source_id: SourceId, id: DestinationId) -> u64;
+    fn delete_destination_audited(&self, source_id: SourceId, id: DestinationId, audit: Option<AuditEntry>) -> u64;
     /// Every destination as (source id, destination id): the lanes to run.
     fn all_destination_ids(&self) -> Vec<(SourceId, DestinationId)>;
 
@@ -291,11 +320,11 @@ intents! {
     fn event_count(&self, source_id: SourceId) -> u64;
     /// Queues a new delivery of a stored event to each of `destinations`
     /// that still exists and is enabled in the commit (checked there).
-    fn replay_event(&self, source_id: SourceId, event_id: EventId, destinations: Vec<DestinationId>, now_ms: i64) -> Vec<DeliveryRecord>;
+    fn replay_event_audited(&self, source_id: SourceId, event_id: EventId, destinations: Vec<DestinationId>, now_ms: i64, audit: Option<AuditEntry>) -> Vec<DeliveryRecord>;
     /// Makes a failed or waiting delivery of this event due now (see
     /// SPEC §10); `Conflict` for one that succeeded or was cancelled, or
     /// whose destination is disabled or deleted.
-    fn retry_delivery(&self, source_id: SourceId, event_id: EventId, delivery_id: DeliveryId, now_ms: i64) -> (DeliveryRecord, Vec<AttemptRecord>);
+    fn retry_delivery_audited(&self, source_id: SourceId, event_id: EventId, delivery_id: DeliveryId, now_ms: i64, audit: Option<AuditEntry>) -> (DeliveryRecord, Vec<AttemptRecord>);
 
     // ---- Bulk replay jobs ----
 
@@ -304,7 +333,7 @@ intents! {
     fn count_replay(&self, job: ReplayRecord, max_matched: u64) -> Option<Totals>;
     /// Stores a new job of an existing source, dropping the oldest finished
     /// ones beyond the source's keep count.
-    fn create_replay(&self, job: ReplayRecord) -> ();
+    fn create_replay_audited(&self, job: ReplayRecord, audit: Option<AuditEntry>) -> ();
     /// One job of a source.
     fn replay(&self, source_id: SourceId, id: ReplayId) -> ReplayRecord;
     /// A source's jobs, newest first (`NotFound` without the source).
@@ -357,9 +386,125 @@ intents! {
     /// `now_ms`, and the events of deleted sources, in short commits;
     /// answers how many went.
     fn sweep_retention(&self, now_ms: i64) -> u64;
+    /// Removes audit entries older than `before_ms`, in short commits;
+    /// answers how many went.
+    fn sweep_audit(&self, before_ms: i64) -> u64;
     /// Purges, in short commits, what deleted sources left behind.
     fn purge_orphans(&self) -> u64;
     /// Removes these events with their deliveries, attempts and dedup
     /// entries in one commit (a retention chunk); unknown ids are skipped.
     fn purge_events(&self, event_ids: Vec<EventId>) -> ();
+}
+
+/// The plain forms of the audited intents.
+impl Store {
+    /// [`Store::create_api_key_audited`] without an audit entry: for internal
+    /// changes and tests; every user's change goes through `ops`, which
+    /// always records one.
+    pub async fn create_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError> {
+        self.create_api_key_audited(key, None).await
+    }
+
+    /// [`Store::revoke_api_key_audited`] without an audit entry: for internal
+    /// changes and tests; every user's change goes through `ops`, which
+    /// always records one.
+    pub async fn revoke_api_key(&self, id: ApiKeyId) -> Result<(), StoreError> {
+        self.revoke_api_key_audited(id, None).await
+    }
+
+    /// [`Store::create_source_audited`] without an audit entry: for internal
+    /// changes and tests; every user's change goes through `ops`, which
+    /// always records one.
+    pub async fn create_source(&self, source: SourceRecord) -> Result<(), StoreError> {
+        self.create_source_audited(source, None).await
+    }
+
+    /// [`Store::update_source_audited`] without an audit entry: for internal
+    /// changes and tests; every user's change goes through `ops`, which
+    /// always records one.
+    pub async fn update_source(
+        &self,
+        id: SourceId,
+        change: SourceChange,
+    ) -> Result<(SourceRecord, u64), StoreError> {
+        self.update_source_audited(id, change, None).await
+    }
+
+    /// [`Store::delete_source_audited`] without an audit entry: for internal
+    /// changes and tests; every user's change goes through `ops`, which
+    /// always records one.
+    pub async fn delete_source(&self, id: SourceId) -> Result<(), StoreError> {
+        self.delete_source_audited(id, None).await
+    }
+
+    /// [`Store::create_destination_audited`] without an audit entry: for internal
+    /// changes and tests; every user's change goes through `ops`, which
+    /// always records one.
+    pub async fn create_destination(
+        &self,
+        destination: DestinationRecord,
+        max_per_source: usize,
+    ) -> Result<(), StoreError> {
+        self.create_destination_audited(destination, max_per_source, None)
+            .await
+    }
+
+    /// [`Store::update_destination_audited`] without an audit entry: for internal
+    /// changes and tests; every user's change goes through `ops`, which
+    /// always records one.
+    pub async fn update_destination(
+        &self,
+        source_id: SourceId,
+        id: DestinationId,
+        change: DestinationChange,
+    ) -> Result<DestinationUpdated, StoreError> {
+        self.update_destination_audited(source_id, id, change, None)
+            .await
+    }
+
+    /// [`Store::delete_destination_audited`] without an audit entry: for internal
+    /// changes and tests; every user's change goes through `ops`, which
+    /// always records one.
+    pub async fn delete_destination(
+        &self,
+        source_id: SourceId,
+        id: DestinationId,
+    ) -> Result<u64, StoreError> {
+        self.delete_destination_audited(source_id, id, None).await
+    }
+
+    /// [`Store::replay_event_audited`] without an audit entry: for internal
+    /// changes and tests; every user's change goes through `ops`, which
+    /// always records one.
+    pub async fn replay_event(
+        &self,
+        source_id: SourceId,
+        event_id: EventId,
+        destinations: Vec<DestinationId>,
+        now_ms: i64,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.replay_event_audited(source_id, event_id, destinations, now_ms, None)
+            .await
+    }
+
+    /// [`Store::retry_delivery_audited`] without an audit entry: for internal
+    /// changes and tests; every user's change goes through `ops`, which
+    /// always records one.
+    pub async fn retry_delivery(
+        &self,
+        source_id: SourceId,
+        event_id: EventId,
+        delivery_id: DeliveryId,
+        now_ms: i64,
+    ) -> Result<(DeliveryRecord, Vec<AttemptRecord>), StoreError> {
+        self.retry_delivery_audited(source_id, event_id, delivery_id, now_ms, None)
+            .await
+    }
+
+    /// [`Store::create_replay_audited`] without an audit entry: for internal
+    /// changes and tests; every user's change goes through `ops`, which
+    /// always records one.
+    pub async fn create_replay(&self, job: ReplayRecord) -> Result<(), StoreError> {
+        self.create_replay_audited(job, None).await
+    }
 }

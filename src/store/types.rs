@@ -346,3 +346,95 @@ pub struct DestinationUpdated {
     pub destination: DestinationRecord,
     pub cancelled: u64,
 }
+
+/// One alert waiting to be sent to `alerts.url` (SPEC §15): the durable
+/// alert queue's row. Kept apart from the delivery queue on purpose: an
+/// alert has no source, event or destination of its own, and must keep
+/// flowing while every destination is disabled.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AlertRecord {
+    /// A ULID (creation order); also the alert's `webhook-id`.
+    pub id: u128,
+    /// The JSON body `{"type", "timestamp", "data"}`, exactly as signed.
+    pub body: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When it is next due (Unix ms).
+    pub next_attempt_ms: i64,
+}
+
+impl AlertRecord {
+    /// The stored form (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads the stored form.
+    pub fn decode(bytes: &[u8]) -> Result<AlertRecord, crate::store::StoreError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| crate::store::StoreError::Corrupt(format!("alert: {e}")))
+    }
+}
+
+/// Upper bounds (ms) of the attempt-latency buckets the overview keeps;
+/// a last, open bucket holds the rest.
+pub const LATENCY_BUCKETS_MS: [u64; 11] =
+    [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000];
+
+/// One destination's attempts within one minute.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DestinationMinute {
+    pub attempts: u64,
+    pub succeeded: u64,
+    /// Attempts per latency bucket ([`LATENCY_BUCKETS_MS`], then the rest).
+    pub latency: Vec<u64>,
+}
+
+/// The dashboard overview's counters for one minute (SPEC §15): compact
+/// (one row per minute, whatever the traffic) and stored, so the charts
+/// survive restarts on every backend. Several nodes add into one row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MinuteStats {
+    /// Unix time in minutes.
+    pub minute: i64,
+    pub events_in: u64,
+    /// Deliveries that succeeded.
+    pub delivered: u64,
+    pub failed_attempts: u64,
+    /// By destination id (`dst_...`).
+    pub destinations: std::collections::BTreeMap<String, DestinationMinute>,
+}
+
+impl MinuteStats {
+    /// Adds `other`'s counts into this minute.
+    pub fn merge(&mut self, other: &MinuteStats) {
+        self.events_in += other.events_in;
+        self.delivered += other.delivered;
+        self.failed_attempts += other.failed_attempts;
+        for (id, d) in &other.destinations {
+            let mine = self.destinations.entry(id.clone()).or_default();
+            mine.attempts += d.attempts;
+            mine.succeeded += d.succeeded;
+            if mine.latency.len() < d.latency.len() {
+                mine.latency.resize(d.latency.len(), 0);
+            }
+            for (m, n) in mine.latency.iter_mut().zip(&d.latency) {
+                *m += n;
+            }
+        }
+    }
+
+    /// The stored form (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads the stored form.
+    pub fn decode(bytes: &[u8]) -> Result<MinuteStats, crate::store::StoreError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| crate::store::StoreError::Corrupt(format!("minute stats: {e}")))
+    }
+}
+
+/// How long minute counters are kept: the week chart plus a day.
+pub const STATS_KEEP_MINUTES: i64 = 8 * 24 * 60;

@@ -676,3 +676,69 @@ async fn an_http2_stream_without_data_is_cut_off() {
     let text = response.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&text).contains("bad_request"));
 }
+
+/// SPEC §15 `storage.unhealthy`: when the disk fills and storage stops
+/// accepting writes, the alert receiver hears of it once (sent from
+/// memory: the store cannot queue it), signed like every alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_sends_one_storage_unhealthy_alert() {
+    if common::redb_only("fills the filesystem under the redb file") {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(tmpfs) = Tmpfs::mount(scratch.path(), 24 * 1024 * 1024) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must run the full-disk test"
+        );
+        eprintln!(
+            "SKIPPED a_full_disk_sends_one_storage_unhealthy_alert: mounting a tmpfs needs root"
+        );
+        return;
+    };
+    let receiver = Receiver::ok().await;
+    let data = tmpfs.path.join("data");
+    let alerts_url = receiver.url("/alerts");
+    let server = TestServer::start_with(|c| {
+        c.storage.path = data.clone();
+        c.delivery.allow_private_networks = true;
+        c.alerts.url = alerts_url;
+        c.alerts.secret = crate::alerts::secret();
+    })
+    .await;
+    let source = server.create_none_source("full").await;
+    let slug = source["slug"].as_str().unwrap().to_string();
+    let filler = tmpfs.fill();
+    let body = serde_json::to_vec(&json!({"type": "t", "pad": "x".repeat(64 * 1024)})).unwrap();
+    for _ in 0..3 {
+        let refused = server
+            .raw(
+                Method::POST,
+                &format!("/in/{slug}"),
+                None,
+                Some("application/json"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let alert = poll(Duration::from_secs(10), "storage.unhealthy", || async {
+        receiver
+            .requests_to("/alerts")
+            .first()
+            .map(crate::alerts::verified)
+    })
+    .await;
+    assert_eq!(alert["type"], "storage.unhealthy");
+    assert!(alert["data"]["reason"]
+        .as_str()
+        .is_some_and(|r| !r.is_empty()));
+    std::fs::remove_file(&filler).unwrap();
+    poll(Duration::from_secs(20), "/readyz 200 again", || async {
+        let (ready, _) = server.call(Method::GET, "/readyz", None, None).await;
+        (ready == StatusCode::OK).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.count_to("/alerts"), 1, "one alert per outage");
+}

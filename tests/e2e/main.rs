@@ -10,8 +10,10 @@
 
 mod common;
 
+mod alerts;
 mod api_errors;
 mod api_keys;
+mod audit_log;
 mod cli;
 mod dashboard;
 mod dashboard_browser;
@@ -27,6 +29,7 @@ mod ingest;
 mod ingest_providers;
 mod openapi;
 mod operations;
+mod overview;
 mod quickstart;
 mod replay_jobs;
 mod server;

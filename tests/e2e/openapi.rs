@@ -25,6 +25,7 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>, u16)> {
         ),
         (Method::GET, "/api/v1/api-keys", None, 200),
         (Method::DELETE, "/api/v1/api-keys/{id}", None, 204),
+        (Method::GET, "/api/v1/audit-log", None, 200),
         (
             Method::POST,
             "/api/v1/webhooks/sources",

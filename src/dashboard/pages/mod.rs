@@ -1,9 +1,11 @@
 //! One file per section of the dashboard: each handler checks the session,
 //! calls the operations as the signed-in key and renders what they answer.
 
+pub mod audit;
 pub mod auth;
 pub mod destinations;
 pub mod events;
+pub mod home;
 pub mod keys;
 pub mod overview;
 pub mod sources;

@@ -25,9 +25,9 @@ use crate::model::records::{
 use crate::model::{body_filter, filter};
 use crate::store::redb::records::Record;
 use crate::store::{
-    Advanced, AttemptOutcome, DestinationChange, DestinationUpdated, DueItem, EventQuery,
-    EventSearch, FoundEvent, IngestOutcome, ListedEvent, Next, Page, Recorded, SourceChange,
-    StoreError, StoreStats, Totals, KEPT_PER_SOURCE,
+    Advanced, AttemptOutcome, AuditEntry, AuditQuery, DestinationChange, DestinationUpdated,
+    DueItem, EventQuery, EventSearch, FoundEvent, IngestOutcome, ListedEvent, Next, Page, Recorded,
+    SourceChange, StoreError, StoreStats, Totals, KEPT_PER_SOURCE,
 };
 
 type Tx = Transaction<'static, Postgres>;
@@ -56,6 +56,31 @@ fn page<T, I: RawId>(mut items: Vec<T>, limit: usize, id_of: impl Fn(&T) -> I) -
         None
     };
     Page { items, next }
+}
+
+/// Records `entry` in the caller's transaction (no-op for `None`), so
+/// the entry commits with the change it describes.
+async fn insert_audit(
+    conn: &mut PgConnection,
+    entry: Option<&AuditEntry>,
+) -> Result<(), StoreError> {
+    let Some(entry) = entry else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO audit_log (id, at_ms, actor_key, actor_name, action, entry) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(uid(entry.id.as_u128()))
+    .bind(entry.at_ms)
+    .bind(entry.actor.api_key_id.as_deref())
+    .bind(&entry.actor.name)
+    .bind(&entry.action)
+    .bind(String::from_utf8_lossy(&entry.encode()).into_owned())
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
 }
 
 /// The smallest ULID of a millisecond.
@@ -590,12 +615,14 @@ pub(super) async fn insert_api_key(
 impl PgStore {
     // ---- API keys ----
 
-    pub(in crate::store) async fn create_api_key(
+    pub(in crate::store) async fn create_api_key_audited(
         &self,
         key: ApiKeyRecord,
+        audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         insert_api_key(&mut tx, &key).await?;
+        insert_audit(&mut tx, audit.as_ref()).await?;
         self.commit(tx).await
     }
 
@@ -650,16 +677,220 @@ impl PgStore {
         count_of(&row, "n")
     }
 
-    pub(in crate::store) async fn revoke_api_key(&self, id: ApiKeyId) -> Result<(), StoreError> {
+    pub(in crate::store) async fn revoke_api_key_audited(
+        &self,
+        id: ApiKeyId,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), StoreError> {
         // Its sessions go with it (ON DELETE CASCADE), in the same commit.
-        let done = self
-            .write_one(sqlx::query("DELETE FROM api_keys WHERE id = $1").bind(uid(id)))
+        let mut tx = self.begin().await?;
+        let done = sqlx::query("DELETE FROM api_keys WHERE id = $1")
+            .bind(uid(id))
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        insert_audit(&mut tx, audit.as_ref()).await?;
+        self.commit(tx).await
+    }
+
+    // ---- Audit log ----
+
+    pub(in crate::store) async fn list_audit(
+        &self,
+        query: AuditQuery,
+        before: Option<u128>,
+        limit: usize,
+    ) -> Result<Page<AuditEntry>, StoreError> {
+        // PostgreSQL text cannot hold U+0000, and no stored name holds one:
+        // such a filter matches nothing (rather than failing the query).
+        let has_nul = |f: &Option<String>| f.as_deref().is_some_and(|t| t.contains('\0'));
+        if has_nul(&query.actor) || has_nul(&query.action) {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        let mut qb = QueryBuilder::<Postgres>::new("SELECT entry FROM audit_log WHERE true");
+        if let Some(cursor) = before {
+            qb.push(" AND id < ").push_bind(uid(cursor));
+        }
+        if let Some(actor) = &query.actor {
+            qb.push(" AND (actor_key = ")
+                .push_bind(actor.clone())
+                .push(" OR actor_name = ")
+                .push_bind(actor.clone())
+                .push(")");
+        }
+        if let Some(action) = &query.action {
+            qb.push(" AND action = ").push_bind(action.clone());
+        }
+        if let Some(after) = query.after_ms {
+            qb.push(" AND at_ms >= ").push_bind(after);
+        }
+        if let Some(before_ms) = query.before_ms {
+            qb.push(" AND at_ms < ").push_bind(before_ms);
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(limit_plus_one(limit));
+        let found = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        let items = found
+            .iter()
+            .map(|row| {
+                let text: String = row.try_get("entry").map_err(db_error)?;
+                AuditEntry::decode(text.as_bytes())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(page(items, limit, |e| e.id.as_u128()))
+    }
+
+    pub(in crate::store) async fn sweep_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = self
+            .write_one(sqlx::query("DELETE FROM audit_log WHERE at_ms < $1").bind(before_ms))
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
+    // ---- The alert queue ----
+
+    pub(in crate::store) async fn enqueue_alert(
+        &self,
+        alert: crate::store::AlertRecord,
+    ) -> Result<(), StoreError> {
+        self.write_one(
+            sqlx::query("INSERT INTO alerts (id, next_attempt_ms, record) VALUES ($1, $2, $3)")
+                .bind(uid(alert.id))
+                .bind(alert.next_attempt_ms)
+                .bind(String::from_utf8_lossy(&alert.encode()).into_owned()),
+        )
+        .await
+        .map_err(db_error)?;
         Ok(())
+    }
+
+    pub(in crate::store) async fn due_alerts(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::store::AlertRecord>, StoreError> {
+        let found = sqlx::query(
+            "SELECT record FROM alerts WHERE next_attempt_ms <= $1 ORDER BY id LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        found
+            .iter()
+            .map(|row| {
+                let text: String = row.try_get("record").map_err(db_error)?;
+                crate::store::AlertRecord::decode(text.as_bytes())
+            })
+            .collect()
+    }
+
+    pub(in crate::store) async fn settle_alert(
+        &self,
+        alert: crate::store::AlertRecord,
+        done: bool,
+    ) -> Result<(), StoreError> {
+        let query = if done {
+            sqlx::query("DELETE FROM alerts WHERE id = $1").bind(uid(alert.id))
+        } else {
+            sqlx::query("UPDATE alerts SET next_attempt_ms = $2, record = $3 WHERE id = $1")
+                .bind(uid(alert.id))
+                .bind(alert.next_attempt_ms)
+                .bind(String::from_utf8_lossy(&alert.encode()).into_owned())
+        };
+        self.write_one(query).await.map_err(db_error)?;
+        Ok(())
+    }
+
+    // ---- Overview counters ----
+
+    pub(in crate::store) async fn add_minute_stats(
+        &self,
+        stats: crate::store::MinuteStats,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        // Several nodes add into one row: insert it, then lock it.
+        sqlx::query(
+            "INSERT INTO minute_stats (minute, record) VALUES ($1, '{}') ON CONFLICT DO NOTHING",
+        )
+        .bind(stats.minute)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let row = sqlx::query("SELECT record FROM minute_stats WHERE minute = $1 FOR UPDATE")
+            .bind(stats.minute)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let text: String = row.try_get("record").map_err(db_error)?;
+        let mut current = if text == "{}" {
+            crate::store::MinuteStats {
+                minute: stats.minute,
+                ..Default::default()
+            }
+        } else {
+            crate::store::MinuteStats::decode(text.as_bytes())?
+        };
+        current.merge(&stats);
+        sqlx::query("UPDATE minute_stats SET record = $2 WHERE minute = $1")
+            .bind(stats.minute)
+            .bind(String::from_utf8_lossy(&current.encode()).into_owned())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query("DELETE FROM minute_stats WHERE minute < $1")
+            .bind(stats.minute - crate::store::STATS_KEEP_MINUTES)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        self.commit(tx).await
+    }
+
+    pub(in crate::store) async fn minute_stats(
+        &self,
+        from_minute: i64,
+    ) -> Result<Vec<crate::store::MinuteStats>, StoreError> {
+        let found = sqlx::query(
+            "SELECT record FROM minute_stats WHERE minute >= $1 AND record <> '{}' ORDER BY minute",
+        )
+        .bind(from_minute)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        found
+            .iter()
+            .map(|row| {
+                let text: String = row.try_get("record").map_err(db_error)?;
+                crate::store::MinuteStats::decode(text.as_bytes())
+            })
+            .collect()
+    }
+
+    pub(in crate::store) async fn destination_backlog(
+        &self,
+        destination: DestinationId,
+        max: usize,
+    ) -> Result<(u64, Option<i64>), StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n, min(due_ms) AS first FROM \
+             (SELECT due_ms FROM deliveries WHERE destination_id = $1 AND status = 0 LIMIT $2) AS p",
+        )
+        .bind(uid(destination))
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let n: i64 = row.try_get("n").map_err(db_error)?;
+        let first: Option<i64> = row.try_get("first").map_err(db_error)?;
+        Ok((u64::try_from(n).unwrap_or(0), first))
     }
 
     // ---- Dashboard sessions ----
@@ -767,23 +998,26 @@ impl PgStore {
 
     // ---- Sources ----
 
-    pub(in crate::store) async fn create_source(
+    pub(in crate::store) async fn create_source_audited(
         &self,
         source: SourceRecord,
+        audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
         if source.slug.contains('\0') {
             return Err(StoreError::Conflict("a slug cannot hold U+0000".into()));
         }
-        let done = self
-            .write_one(
-                sqlx::query("INSERT INTO sources (id, slug, record) VALUES ($1, $2, $3)")
-                    .bind(uid(source.id))
-                    .bind(&source.slug)
-                    .bind(source.encode()),
-            )
+        let mut tx = self.begin().await?;
+        let done = sqlx::query("INSERT INTO sources (id, slug, record) VALUES ($1, $2, $3)")
+            .bind(uid(source.id))
+            .bind(&source.slug)
+            .bind(source.encode())
+            .execute(&mut *tx)
             .await;
         match done {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                insert_audit(&mut tx, audit.as_ref()).await?;
+                self.commit(tx).await
+            }
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
                 "slug {} is taken",
                 source.slug
@@ -852,10 +1086,11 @@ impl PgStore {
         Ok(page(items, limit, |(s, _)| s.id))
     }
 
-    pub(in crate::store) async fn update_source(
+    pub(in crate::store) async fn update_source_audited(
         &self,
         id: SourceId,
         change: SourceChange,
+        mut audit: Option<AuditEntry>,
     ) -> Result<(SourceRecord, u64), StoreError> {
         let mut tx = self.begin().await?;
         let row = sqlx::query("SELECT record FROM sources WHERE id = $1 FOR NO KEY UPDATE")
@@ -865,7 +1100,14 @@ impl PgStore {
             .map_err(db_error)?
             .ok_or(StoreError::NotFound)?;
         let mut source: SourceRecord = decode(&row)?;
+        let old = source.clone();
         change.apply(&mut source);
+        if let Some(entry) = audit.as_mut() {
+            entry
+                .changes
+                .extend(crate::store::audit::source_changes(&old, &source));
+        }
+        insert_audit(&mut tx, audit.as_ref()).await?;
         sqlx::query("UPDATE sources SET record = $2 WHERE id = $1")
             .bind(uid(id))
             .bind(source.encode())
@@ -877,25 +1119,33 @@ impl PgStore {
         Ok((source, count))
     }
 
-    pub(in crate::store) async fn delete_source(&self, id: SourceId) -> Result<(), StoreError> {
+    pub(in crate::store) async fn delete_source_audited(
+        &self,
+        id: SourceId,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), StoreError> {
         // Its destinations go with it (ON DELETE CASCADE); its events are
         // purged afterwards by `purge_orphans`.
-        let done = self
-            .write_one(sqlx::query("DELETE FROM sources WHERE id = $1").bind(uid(id)))
+        let mut tx = self.begin().await?;
+        let done = sqlx::query("DELETE FROM sources WHERE id = $1")
+            .bind(uid(id))
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        Ok(())
+        insert_audit(&mut tx, audit.as_ref()).await?;
+        self.commit(tx).await
     }
 
     // ---- Destinations ----
 
-    pub(in crate::store) async fn create_destination(
+    pub(in crate::store) async fn create_destination_audited(
         &self,
         destination: DestinationRecord,
         max_per_source: usize,
+        audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         // Locking the source serializes creations, so the cap holds; NO
@@ -922,6 +1172,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
+        insert_audit(&mut tx, audit.as_ref()).await?;
         self.commit(tx).await
     }
 
@@ -973,11 +1224,12 @@ impl PgStore {
         Ok(all)
     }
 
-    pub(in crate::store) async fn update_destination(
+    pub(in crate::store) async fn update_destination_audited(
         &self,
         source_id: SourceId,
         id: DestinationId,
         change: DestinationChange,
+        mut audit: Option<AuditEntry>,
     ) -> Result<DestinationUpdated, StoreError> {
         let mut tx = self.begin().await?;
         let row = sqlx::query(
@@ -990,8 +1242,15 @@ impl PgStore {
         .map_err(db_error)?
         .ok_or(StoreError::NotFound)?;
         let mut destination: DestinationRecord = decode(&row)?;
+        let old = destination.clone();
         change.apply(&mut destination);
+        if let Some(entry) = audit.as_mut() {
+            entry
+                .changes
+                .extend(crate::store::audit::destination_changes(&old, &destination));
+        }
         write_destination(&mut tx, &destination).await?;
+        insert_audit(&mut tx, audit.as_ref()).await?;
         let cancelled = if destination.enabled {
             0
         } else {
@@ -1004,10 +1263,11 @@ impl PgStore {
         })
     }
 
-    pub(in crate::store) async fn delete_destination(
+    pub(in crate::store) async fn delete_destination_audited(
         &self,
         source_id: SourceId,
         id: DestinationId,
+        audit: Option<AuditEntry>,
     ) -> Result<u64, StoreError> {
         let now = crate::model::time::now_ms();
         let mut tx = self.begin().await?;
@@ -1021,6 +1281,7 @@ impl PgStore {
             return Err(StoreError::NotFound);
         }
         let cancelled = cancel_pending(&mut tx, id, now).await?;
+        insert_audit(&mut tx, audit.as_ref()).await?;
         self.commit(tx).await?;
         Ok(cancelled)
     }
@@ -1335,12 +1596,13 @@ impl PgStore {
         count_of(&row, "n")
     }
 
-    pub(in crate::store) async fn replay_event(
+    pub(in crate::store) async fn replay_event_audited(
         &self,
         source_id: SourceId,
         event_id: EventId,
         destinations: Vec<DestinationId>,
         now_ms: i64,
+        audit: Option<AuditEntry>,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let mut tx = self.begin().await?;
         event_summary(&mut tx, source_id, event_id, true).await?;
@@ -1350,16 +1612,18 @@ impl PgStore {
         let pairs: Vec<(EventId, DestinationId)> =
             live.into_iter().map(|d| (event_id, d)).collect();
         let deliveries = insert_deliveries(&mut tx, source_id, &pairs, now_ms).await?;
+        insert_audit(&mut tx, audit.as_ref()).await?;
         self.commit(tx).await?;
         Ok(deliveries)
     }
 
-    pub(in crate::store) async fn retry_delivery(
+    pub(in crate::store) async fn retry_delivery_audited(
         &self,
         source_id: SourceId,
         event_id: EventId,
         delivery_id: DeliveryId,
         now_ms: i64,
+        audit: Option<AuditEntry>,
     ) -> Result<(DeliveryRecord, Vec<AttemptRecord>), StoreError> {
         let mut tx = self.begin().await?;
         event_summary(&mut tx, source_id, event_id, true).await?;
@@ -1420,6 +1684,7 @@ impl PgStore {
             .map_err(db_error)?;
         }
         let attempts = attempts_of(&mut tx, delivery_id).await?;
+        insert_audit(&mut tx, audit.as_ref()).await?;
         self.commit(tx).await?;
         Ok((d, attempts))
     }
@@ -1457,9 +1722,10 @@ impl PgStore {
         }
     }
 
-    pub(in crate::store) async fn create_replay(
+    pub(in crate::store) async fn create_replay_audited(
         &self,
         job: ReplayRecord,
+        audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         // Locking the source serializes a source's job creations (the
@@ -1501,6 +1767,7 @@ impl PgStore {
                 .await
                 .map_err(db_error)?;
         }
+        insert_audit(&mut tx, audit.as_ref()).await?;
         self.commit(tx).await
     }
 

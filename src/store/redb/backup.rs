@@ -54,7 +54,13 @@ fn copy_all(from: &ReadTransaction, to: &WriteTransaction) -> Result<u64, StoreE
         + copy(DUE, from, to)?
         + copy(ATTEMPTS, from, to)?
         // A running job resumes after a restore, from the snapshot's cursor.
-        + copy(REPLAYS, from, to)?)
+        + copy(REPLAYS, from, to)?
+        // Who changed what survives a restore.
+        + copy(AUDIT_LOG, from, to)?
+        // Alerts not yet sent are still sent after a restore.
+        + copy(ALERTS, from, to)?
+        // The overview's charts survive a restore.
+        + copy(MINUTE_STATS, from, to)?)
 }
 
 /// Tables deliberately not backed up (sessions of the dashboard: a

@@ -17,23 +17,28 @@ use super::records::{
 };
 use super::tables::{ATTEMPTS, DEDUP, DELIVERIES, DESTINATIONS, DUE, EVENTS, SOURCES};
 use super::{
-    api_keys, deliveries, destinations, events, overview, replays, retention, sessions, sources,
-    test_events, RedbStore,
+    api_keys, audit, deliveries, destinations, events, overview, replays, retention, sessions,
+    sources, test_events, RedbStore,
 };
 use crate::store::{
-    Advanced, AttemptOutcome, DestinationChange, DestinationUpdated, DueItem, EventQuery,
-    EventSearch, FoundEvent, IngestOutcome, LaneClaim, ListedEvent, Page, Recorded, SourceChange,
-    StoreError, StoreStats, Totals,
+    Advanced, AttemptOutcome, AuditEntry, AuditQuery, DestinationChange, DestinationUpdated,
+    DueItem, EventQuery, EventSearch, FoundEvent, IngestOutcome, LaneClaim, ListedEvent, Page,
+    Recorded, SourceChange, StoreError, StoreStats, Totals,
 };
 
 impl RedbStore {
     // ---- API keys ----
 
-    pub(in crate::store) async fn create_api_key(
+    pub(in crate::store) async fn create_api_key_audited(
         &self,
         key: ApiKeyRecord,
+        audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
-        self.write(move |txn| api_keys::insert(txn, &key)).await
+        self.write(move |txn| {
+            api_keys::insert(txn, &key)?;
+            audit::insert(txn, audit.as_ref())
+        })
+        .await
     }
 
     pub(in crate::store) async fn api_key_by_hash(
@@ -63,8 +68,31 @@ impl RedbStore {
             .await
     }
 
-    pub(in crate::store) async fn revoke_api_key(&self, id: ApiKeyId) -> Result<(), StoreError> {
-        self.write(move |txn| api_keys::delete(txn, id)).await
+    pub(in crate::store) async fn revoke_api_key_audited(
+        &self,
+        id: ApiKeyId,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            api_keys::delete(txn, id)?;
+            audit::insert(txn, audit.as_ref())
+        })
+        .await
+    }
+
+    // ---- Audit log ----
+
+    pub(in crate::store) async fn list_audit(
+        &self,
+        query: AuditQuery,
+        before: Option<u128>,
+        limit: usize,
+    ) -> Result<Page<AuditEntry>, StoreError> {
+        self.read(|txn| audit::list(txn, &query, before, limit))
+    }
+
+    pub(in crate::store) async fn sweep_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
+        audit::sweep(self, before_ms).await
     }
 
     // ---- Dashboard sessions ----
@@ -99,11 +127,16 @@ impl RedbStore {
 
     // ---- Sources ----
 
-    pub(in crate::store) async fn create_source(
+    pub(in crate::store) async fn create_source_audited(
         &self,
         source: SourceRecord,
+        audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
-        self.write(move |txn| sources::insert(txn, &source)).await
+        self.write(move |txn| {
+            sources::insert(txn, &source)?;
+            audit::insert(txn, audit.as_ref())
+        })
+        .await
     }
 
     pub(in crate::store) async fn source(&self, id: SourceId) -> Result<SourceRecord, StoreError> {
@@ -148,36 +181,57 @@ impl RedbStore {
         })
     }
 
-    pub(in crate::store) async fn update_source(
+    pub(in crate::store) async fn update_source_audited(
         &self,
         id: SourceId,
         change: SourceChange,
+        mut audit: Option<AuditEntry>,
     ) -> Result<(SourceRecord, u64), StoreError> {
         let source = self
             .write(move |txn| {
-                sources::update(txn, id, |s| {
+                let source = sources::update(txn, id, |s| {
+                    let old = s.clone();
                     change.apply(s);
+                    if let Some(entry) = audit.as_mut() {
+                        entry
+                            .changes
+                            .extend(crate::store::audit::source_changes(&old, s));
+                    }
                     Ok(())
-                })
+                })?;
+                audit::insert(txn, audit.as_ref())?;
+                Ok(source)
             })
             .await?;
         let count = self.read(|txn| destinations::count_of_source(txn, id))?;
         Ok((source, count))
     }
 
-    pub(in crate::store) async fn delete_source(&self, id: SourceId) -> Result<(), StoreError> {
-        self.write(move |txn| sources::delete(txn, id)).await
+    pub(in crate::store) async fn delete_source_audited(
+        &self,
+        id: SourceId,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            sources::delete(txn, id)?;
+            audit::insert(txn, audit.as_ref())
+        })
+        .await
     }
 
     // ---- Destinations ----
 
-    pub(in crate::store) async fn create_destination(
+    pub(in crate::store) async fn create_destination_audited(
         &self,
         destination: DestinationRecord,
         max_per_source: usize,
+        audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
-        self.write(move |txn| destinations::insert(txn, &destination, max_per_source))
-            .await
+        self.write(move |txn| {
+            destinations::insert(txn, &destination, max_per_source)?;
+            audit::insert(txn, audit.as_ref())
+        })
+        .await
     }
 
     pub(in crate::store) async fn destination(
@@ -210,17 +264,25 @@ impl RedbStore {
         })
     }
 
-    pub(in crate::store) async fn update_destination(
+    pub(in crate::store) async fn update_destination_audited(
         &self,
         source_id: SourceId,
         id: DestinationId,
         change: DestinationChange,
+        mut audit: Option<AuditEntry>,
     ) -> Result<DestinationUpdated, StoreError> {
         self.write(move |txn| {
             let destination = destinations::update(txn, source_id, id, |d| {
+                let old = d.clone();
                 change.apply(d);
+                if let Some(entry) = audit.as_mut() {
+                    entry
+                        .changes
+                        .extend(crate::store::audit::destination_changes(&old, d));
+                }
                 Ok(())
             })?;
+            audit::insert(txn, audit.as_ref())?;
             let cancelled = if destination.enabled {
                 0
             } else {
@@ -234,14 +296,16 @@ impl RedbStore {
         .await
     }
 
-    pub(in crate::store) async fn delete_destination(
+    pub(in crate::store) async fn delete_destination_audited(
         &self,
         source_id: SourceId,
         id: DestinationId,
+        audit: Option<AuditEntry>,
     ) -> Result<u64, StoreError> {
         let now = crate::model::time::now_ms();
         self.write(move |txn| {
             destinations::delete(txn, source_id, id)?;
+            audit::insert(txn, audit.as_ref())?;
             deliveries::cancel_pending(txn, id, now)
         })
         .await
@@ -409,29 +473,33 @@ impl RedbStore {
         self.read(|txn| events::count_of_source(txn, source_id))
     }
 
-    pub(in crate::store) async fn replay_event(
+    pub(in crate::store) async fn replay_event_audited(
         &self,
         source_id: SourceId,
         event_id: EventId,
         destinations: Vec<DestinationId>,
         now_ms: i64,
+        audit: Option<AuditEntry>,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         self.write(move |txn| {
             events::summary_in_write(txn, source_id, event_id)?;
             // Re-checked in the write: a destination disabled or deleted
             // since the caller chose it gets no delivery.
             let live = events::enabled_destinations(txn, source_id, &destinations)?;
-            events::insert_deliveries(txn, event_id, source_id, &live, now_ms)
+            let queued = events::insert_deliveries(txn, event_id, source_id, &live, now_ms)?;
+            audit::insert(txn, audit.as_ref())?;
+            Ok(queued)
         })
         .await
     }
 
-    pub(in crate::store) async fn retry_delivery(
+    pub(in crate::store) async fn retry_delivery_audited(
         &self,
         source_id: SourceId,
         event_id: EventId,
         delivery_id: DeliveryId,
         now_ms: i64,
+        audit: Option<AuditEntry>,
     ) -> Result<(DeliveryRecord, Vec<AttemptRecord>), StoreError> {
         let updated = self
             .write(move |txn| {
@@ -452,7 +520,9 @@ impl RedbStore {
                         "its destination is disabled or was deleted; enable the destination (or replay the event to another) first".into(),
                     ));
                 }
-                deliveries::retry(txn, delivery_id, now_ms)
+                let retried = deliveries::retry(txn, delivery_id, now_ms)?;
+                audit::insert(txn, audit.as_ref())?;
+                Ok(retried)
             })
             .await?;
         let attempts = self.read(|txn| deliveries::attempts_of(txn, delivery_id))?;
@@ -477,11 +547,16 @@ impl RedbStore {
         .map_err(|_| StoreError::Unavailable("the replay count was interrupted"))?
     }
 
-    pub(in crate::store) async fn create_replay(
+    pub(in crate::store) async fn create_replay_audited(
         &self,
         job: ReplayRecord,
+        audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
-        self.write(move |txn| replays::insert(txn, &job)).await
+        self.write(move |txn| {
+            replays::insert(txn, &job)?;
+            audit::insert(txn, audit.as_ref())
+        })
+        .await
     }
 
     pub(in crate::store) async fn replay(

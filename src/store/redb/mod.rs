@@ -5,6 +5,7 @@
 //! out and drop the transaction before returning.
 
 mod api_keys;
+mod audit;
 mod backup;
 mod deliveries;
 mod destinations;
@@ -347,6 +348,9 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(tables::KEY_SESSIONS)?;
     txn.open_table(tables::HEALTH)?;
     txn.open_table(tables::REPLAYS)?;
+    txn.open_table(tables::AUDIT_LOG)?;
+    txn.open_table(tables::ALERTS)?;
+    txn.open_table(tables::MINUTE_STATS)?;
     txn.open_table(tables::WAL_STATE)?;
     txn.commit()?;
     Ok(())

@@ -62,3 +62,15 @@ pub const REPLAYS: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new("
 pub const WAL_STATE: TableDefinition<&str, u64> = TableDefinition::new("wal_state");
 /// The one key of [`WAL_STATE`].
 pub const APPLIED_LSN: &str = "applied_lsn";
+
+/// Audit entry id (a ULID, so creation order) → the entry as JSON
+/// ([`crate::store::AuditEntry::encode`]).
+pub const AUDIT_LOG: TableDefinition<u128, &[u8]> = TableDefinition::new("audit_log");
+
+/// Alert id → [`crate::store::AlertRecord`] as JSON: the durable queue of
+/// alerts to `alerts.url`. Small (alerts are coalesced), so it is scanned.
+pub const ALERTS: TableDefinition<u128, &[u8]> = TableDefinition::new("alerts");
+
+/// Unix minute → [`crate::store::MinuteStats`] as JSON: the overview's
+/// counters, one row per minute, kept [`crate::store::STATS_KEEP_MINUTES`].
+pub const MINUTE_STATS: TableDefinition<i64, &[u8]> = TableDefinition::new("minute_stats");
