@@ -45,16 +45,17 @@ use super::{DbSlot, StoreError};
 use crate::metrics::Metrics;
 
 /// Longest time non-durable commits wait for a checkpoint: bounds the log
-/// to replay after a crash and the outcomes a crash can forget. Short,
-/// because redb holds a non-durable commit's pages in memory until the
-/// next durable commit writes and syncs them all at once: the longer the
-/// interval, the longer that pause (every ingest queued behind it waits)
-/// and the more memory the pages hold.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+/// to replay after a crash and the outcomes a crash can forget. redb holds
+/// a non-durable commit's pages in memory until the next durable commit
+/// writes and syncs them all at once, a pause every ingest queued behind it
+/// waits out (~80 ms at 17,000 events/s here). Measured: every 250 ms cut
+/// that pause to ~35 ms but, paid four times as often, raised p99 from
+/// ~7 ms to ~25 ms; once a second keeps p99 within the 10 ms goal.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A checkpoint is also due once this much log has been applied since the
 /// last one, so replay after a crash stays short under heavy ingest.
-pub const CHECKPOINT_BYTES: usize = 8 * 1024 * 1024;
+pub const CHECKPOINT_BYTES: usize = 32 * 1024 * 1024;
 
 /// How often a failing write-ahead log is probed when no ingest arrives.
 const LOG_PROBE_EVERY: Duration = Duration::from_secs(1);
