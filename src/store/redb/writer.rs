@@ -1019,36 +1019,53 @@ mod tests {
         ));
     }
 
-    /// The ingest tables (and the destinations they read once) are shared
-    /// by consecutive ingests of a batch; a change in between must close
-    /// them, so the next ingest fans out by what the change left.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_ingest_after_a_destination_change_in_the_same_batch_sees_the_change() {
-        use crate::store::conformance::{destination, event_now, source};
-        use crate::store::redb::records::Record;
+    /// A store holding one source with two destinations, the second as
+    /// `second` leaves it.
+    async fn store_with_two_destinations(
+        dir: &tempfile::TempDir,
+        second: impl FnOnce(&mut crate::model::records::DestinationRecord),
+    ) -> (
+        crate::store::redb::RedbStore,
+        crate::model::ids::SourceId,
+        crate::model::records::DestinationRecord,
+    ) {
+        use crate::store::conformance::{destination, source};
         use crate::store::redb::{destinations, sources, RedbStore};
-        use crate::store::IngestOutcome;
 
-        let dir = tempfile::tempdir().unwrap();
         let config = crate::config::StorageConfig {
             path: dir.path().join("data"),
             ..crate::config::StorageConfig::default()
         };
         let store = RedbStore::open(&config, Arc::new(Metrics::new())).unwrap();
         let src = source("wh_batch0001");
-        let (kept, disabled) = (destination(src.id, &[]), destination(src.id, &[]));
-        let (source_id, disabled_id) = (src.id, disabled.id);
-        {
-            let (src, kept, disabled) = (src.clone(), kept.clone(), disabled.clone());
-            store
-                .write(move |txn| {
-                    sources::insert(txn, &src)?;
-                    destinations::insert(txn, &kept, 100)?;
-                    destinations::insert(txn, &disabled, 100)
-                })
-                .await
-                .unwrap();
-        }
+        let first = destination(src.id, &[]);
+        let mut other = destination(src.id, &[]);
+        second(&mut other);
+        let (source_id, stored) = (src.id, other.clone());
+        store
+            .write(move |txn| {
+                sources::insert(txn, &src)?;
+                destinations::insert(txn, &first, 100)?;
+                destinations::insert(txn, &other, 100)
+            })
+            .await
+            .unwrap();
+        (store, source_id, stored)
+    }
+
+    /// The ingest tables (and the destinations they read once) are shared
+    /// by consecutive ingests of a batch; a change in between must close
+    /// them, so the next ingest fans out by what the change left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ingest_after_a_destination_change_in_the_same_batch_sees_the_change() {
+        use crate::store::conformance::event_now;
+        use crate::store::redb::destinations;
+        use crate::store::redb::records::Record;
+        use crate::store::IngestOutcome;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, source_id, disabled) = store_with_two_destinations(&dir, |_| {}).await;
+        let disabled_id = disabled.id;
         let ingest = |event: crate::store::redb::records::EventRecord| {
             Op::new(Hot(move |tables: &mut HotTables<'_>| {
                 tables.ingest(&event, &event.encode())
@@ -1083,34 +1100,14 @@ mod tests {
     /// ingest read that source's destinations again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_outcome_that_disables_a_destination_mid_batch_stops_its_fan_out_at_once() {
-        use crate::store::conformance::{attempt, destination, event_now, outcome, source};
+        use crate::store::conformance::{attempt, event_now, outcome};
         use crate::store::redb::records::Record;
-        use crate::store::redb::{destinations, sources, RedbStore};
         use crate::store::{DueItem, IngestOutcome, Next};
 
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::StorageConfig {
-            path: dir.path().join("data"),
-            ..crate::config::StorageConfig::default()
-        };
-        let store = RedbStore::open(&config, Arc::new(Metrics::new())).unwrap();
-        let src = source("wh_batch0002");
-        let kept = destination(src.id, &[]);
         // Failing for long enough that the next failure disables it.
-        let mut failing = destination(src.id, &[]);
-        failing.failing_since_ms = Some(0);
-        let source_id = src.id;
-        {
-            let (src, kept, failing) = (src.clone(), kept.clone(), failing.clone());
-            store
-                .write(move |txn| {
-                    sources::insert(txn, &src)?;
-                    destinations::insert(txn, &kept, 100)?;
-                    destinations::insert(txn, &failing, 100)
-                })
-                .await
-                .unwrap();
-        }
+        let (store, source_id, failing) =
+            store_with_two_destinations(&dir, |d| d.failing_since_ms = Some(0)).await;
         let earlier = event_now(source_id, "t", None);
         let queued = store
             .writer
