@@ -18,6 +18,10 @@ const BODY_MARKER: &str = "body-marker-7b3e91";
 struct Binary {
     child: Child,
     base: String,
+    /// Reads the server's stderr as it is written: a pipe nobody drains
+    /// fills up (64 KiB) and then blocks the server's logging, and with it
+    /// the runtime thread that logs — the server would never exit.
+    logs: std::thread::JoinHandle<String>,
 }
 
 /// `krafter serve` on a port the system picks, once it serves.
@@ -35,8 +39,14 @@ async fn spawn(data: &Path, env: &[(&str, &str)]) -> Binary {
         .stderr(Stdio::piped());
     common::database_env(&mut command, common::database_for(data).as_deref());
     let mut child = command.spawn().expect("spawn krafter");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let logs = std::thread::spawn(move || {
+        let mut logs = String::new();
+        stderr.read_to_string(&mut logs).expect("logs");
+        logs
+    });
     let base = common::served_base(&mut child, &addr_file).await;
-    Binary { child, base }
+    Binary { child, base, logs }
 }
 
 /// SIGTERM, wait for exit 0, return everything it logged.
@@ -47,14 +57,7 @@ fn stop(mut b: Binary) -> String {
         .expect("kill");
     let status = b.child.wait().expect("wait");
     assert!(status.success(), "exit status {status:?}");
-    let mut logs = String::new();
-    b.child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut logs)
-        .expect("logs");
-    logs
+    b.logs.join().expect("the log reader")
 }
 
 /// POSTs JSON with a bearer key and returns the JSON answer.
