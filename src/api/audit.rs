@@ -96,8 +96,10 @@ impl AuditEntryView {
     }
 }
 
+/// An optional RFC 3339 bound; given but empty is refused like any other
+/// value that is not a time (the OpenAPI document says `date-time`).
 fn time(field: &str, text: Option<&str>) -> Result<Option<i64>, ApiError> {
-    match text.filter(|t| !t.is_empty()) {
+    match text {
         None => Ok(None),
         Some(t) => parse_rfc3339_ms(t).map(Some).ok_or_else(|| {
             ApiError::bad_request(format!(

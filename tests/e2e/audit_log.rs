@@ -340,6 +340,7 @@ async fn filters_and_cursors_page_through_the_log() {
     for bad in [
         "after=yesterday",
         "before=1",
+        "before=",
         "limit=0",
         "limit=251",
         "cursor=nope",
