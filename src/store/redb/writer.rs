@@ -1053,6 +1053,27 @@ mod tests {
         (store, source_id, stored)
     }
 
+    /// Applies `batch` in one transaction, as the apply thread does, and
+    /// answers its callers.
+    fn commit_as_one_batch(
+        store: &crate::store::redb::RedbStore,
+        mut batch: Vec<Box<dyn PendingWrite>>,
+    ) {
+        let db = store.db.get().unwrap();
+        assert!(commit_batch(&db, &mut batch, None, false));
+        for op in batch {
+            op.finish(true);
+        }
+    }
+
+    /// How many deliveries a stored event fanned out to.
+    fn fanned_out(outcome: Result<crate::store::IngestOutcome, StoreError>) -> usize {
+        match outcome {
+            Ok(crate::store::IngestOutcome::Stored { deliveries }) => deliveries.len(),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// The ingest tables (and the destinations they read once) are shared
     /// by consecutive ingests of a batch; a change in between must close
     /// them, so the next ingest fans out by what the change left.
@@ -1061,7 +1082,6 @@ mod tests {
         use crate::store::conformance::event_now;
         use crate::store::redb::destinations;
         use crate::store::redb::records::Record;
-        use crate::store::IngestOutcome;
 
         let dir = tempfile::tempdir().unwrap();
         let (store, source_id, disabled) = store_with_two_destinations(&dir, |_| {}).await;
@@ -1079,17 +1099,9 @@ mod tests {
             })
         });
         let (second, second_answer) = ingest(event_now(source_id, "t", None));
-        let mut batch: Vec<Box<dyn PendingWrite>> =
+        let batch: Vec<Box<dyn PendingWrite>> =
             vec![Box::new(first), Box::new(change), Box::new(second)];
-        let db = store.db.get().unwrap();
-        assert!(commit_batch(&db, &mut batch, None, false));
-        for op in batch {
-            op.finish(true);
-        }
-        let fanned_out = |outcome| match outcome {
-            Ok(IngestOutcome::Stored { deliveries }) => deliveries.len(),
-            other => panic!("{other:?}"),
-        };
+        commit_as_one_batch(&store, batch);
         assert_eq!(fanned_out(first_answer.await.unwrap()), 2);
         assert!(change_answer.await.unwrap().is_ok());
         assert_eq!(fanned_out(second_answer.await.unwrap()), 1);
@@ -1145,17 +1157,9 @@ mod tests {
             tables.record_attempt(&disabling)
         }));
         let (second, second_answer) = ingest(event_now(source_id, "t", None));
-        let mut batch: Vec<Box<dyn PendingWrite>> =
+        let batch: Vec<Box<dyn PendingWrite>> =
             vec![Box::new(first), Box::new(record), Box::new(second)];
-        let db = store.db.get().unwrap();
-        assert!(commit_batch(&db, &mut batch, None, false));
-        for op in batch {
-            op.finish(true);
-        }
-        let fanned_out = |outcome| match outcome {
-            Ok(IngestOutcome::Stored { deliveries }) => deliveries.len(),
-            other => panic!("{other:?}"),
-        };
+        commit_as_one_batch(&store, batch);
         assert_eq!(fanned_out(first_answer.await.unwrap()), 2);
         assert!(record_answer.await.unwrap().unwrap().disabled_destination);
         assert_eq!(fanned_out(second_answer.await.unwrap()), 1);
