@@ -1339,21 +1339,15 @@ async fn failing_destinations_are_auto_disabled() {
 /// `krafter serve` on a port the system picks, once it serves; returns it
 /// and its base URL.
 async fn spawn_krafter(dir: &Path, data: &Path) -> (KillOnDrop, String) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("krafter.log"))
-        .expect("log file");
-    let mut command = common::serve_command(data);
-    command
-        .current_dir(dir)
-        .env_remove("KRAFTER_CONFIG")
-        .env(
+    common::spawn_logged_server(
+        dir,
+        data,
+        &[(
             "KRAFTER_DELIVERY__RETRY_SCHEDULE",
             r#"["300ms","300ms","300ms","300ms"]"#,
-        )
-        .stderr(log);
-    common::spawn_serving(&mut command, data).await
+        )],
+    )
+    .await
 }
 
 /// Ingests events numbered from `next` until `total` are acknowledged or

@@ -621,22 +621,18 @@ async fn spawn_fifo_server(
     dir: &std::path::Path,
     data: &std::path::Path,
 ) -> (crate::common::KillOnDrop, String) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("krafter.log"))
-        .expect("log file");
-    let mut command = crate::common::serve_command(data);
-    command
-        .current_dir(dir)
-        .env_remove("KRAFTER_CONFIG")
-        .env(
-            "KRAFTER_DELIVERY__RETRY_SCHEDULE",
-            r#"["200ms","200ms","200ms","200ms"]"#,
-        )
-        .env("KRAFTER_DELIVERY__MAX_IN_FLIGHT_PER_DESTINATION", "8")
-        .stderr(log);
-    crate::common::spawn_serving(&mut command, data).await
+    crate::common::spawn_logged_server(
+        dir,
+        data,
+        &[
+            (
+                "KRAFTER_DELIVERY__RETRY_SCHEDULE",
+                r#"["200ms","200ms","200ms","200ms"]"#,
+            ),
+            ("KRAFTER_DELIVERY__MAX_IN_FLIGHT_PER_DESTINATION", "8"),
+        ],
+    )
+    .await
 }
 
 /// FIFO across `kill -9`: the order is kept by what is on disk, so a

@@ -1327,3 +1327,25 @@ pub async fn none_source(server: &TestServer) -> Source {
         slug: s["slug"].as_str().expect("slug").to_string(),
     }
 }
+
+/// A real `krafter serve` over `data`, logging to `dir/krafter.log`
+/// (appended, so a restart's log follows the first), with `env` on top;
+/// returns once it serves.
+pub async fn spawn_logged_server(
+    dir: &Path,
+    data: &Path,
+    env: &[(&str, &str)],
+) -> (KillOnDrop, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("krafter.log"))
+        .expect("log file");
+    let mut command = serve_command(data);
+    command
+        .current_dir(dir)
+        .env_remove("KRAFTER_CONFIG")
+        .envs(env.iter().copied())
+        .stderr(log);
+    spawn_serving(&mut command, data).await
+}
