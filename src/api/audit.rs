@@ -9,9 +9,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorEnvelope};
-use super::extract::{encode_cursor, ApiQuery, List, ListParams};
+use super::extract::{encode_cursor, query_time, ApiQuery, List, ListParams};
 use super::AppState;
-use crate::model::time::{format_ms, parse_rfc3339_ms};
+use crate::model::time::format_ms;
 use crate::store::{AuditEntry, AuditQuery};
 
 /// Filters and paging of `GET /api/v1/audit-log`.
@@ -96,19 +96,6 @@ impl AuditEntryView {
     }
 }
 
-/// An optional RFC 3339 bound; given but empty is refused like any other
-/// value that is not a time (the OpenAPI document says `date-time`).
-fn time(field: &str, text: Option<&str>) -> Result<Option<i64>, ApiError> {
-    match text {
-        None => Ok(None),
-        Some(t) => parse_rfc3339_ms(t).map(Some).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "{field} must be an RFC 3339 time, e.g. 2026-11-27T14:48:08Z"
-            ))
-        }),
-    }
-}
-
 /// Lists audit entries, newest first.
 #[utoipa::path(get, path = "/api/v1/audit-log", tag = "audit-log",
     params(AuditParams),
@@ -127,8 +114,8 @@ pub async fn list(
     let query = AuditQuery {
         actor: params.actor.filter(|a| !a.is_empty()),
         action: params.action.filter(|a| !a.is_empty()),
-        after_ms: time("after", params.after.as_deref())?,
-        before_ms: time("before", params.before.as_deref())?,
+        after_ms: query_time("after", params.after.as_deref())?,
+        before_ms: query_time("before", params.before.as_deref())?,
     };
     let page = state.ops.list_audit(&caller, query, cursor, limit).await?;
     Ok(Json(List {

@@ -13,8 +13,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Caller;
 use super::error::{ApiError, ErrorEnvelope, Validation};
 use super::extract::{
-    encode_cursor, ApiPath, ApiQuery, Data, List, ListParams, OptionalJson, DEFAULT_LIMIT,
-    MAX_LIMIT,
+    encode_cursor, query_time, ApiPath, ApiQuery, Data, List, ListParams, OptionalJson,
+    DEFAULT_LIMIT, MAX_LIMIT,
 };
 use super::sources::source_id;
 use super::AppState;
@@ -284,14 +284,8 @@ pub async fn list(
                 .0,
         ),
     };
-    let mut v = Validation::default();
-    let after_ms = parse_time(&mut v, "after", params.after.as_deref());
-    let before_ms = parse_time(&mut v, "before", params.before.as_deref());
-    if v.finish().is_err() {
-        return Err(ApiError::bad_request(
-            "after and before must be RFC 3339 times",
-        ));
-    }
+    let after_ms = query_time("after", params.after.as_deref())?;
+    let before_ms = query_time("before", params.before.as_deref())?;
     let query = EventQuery {
         before_id,
         after_ms,

@@ -218,6 +218,22 @@ impl ListParams {
     }
 }
 
+/// An optional RFC 3339 time from a query string (`after`, `before`), in
+/// Unix ms. Given but not a time — empty included, as the OpenAPI
+/// document's `date-time` format says — is a 400 naming `field`.
+pub fn query_time(field: &str, text: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match text {
+        None => Ok(None),
+        Some(t) => crate::model::time::parse_rfc3339_ms(t)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{field} must be an RFC 3339 time, e.g. 2026-11-27T14:48:08Z"
+                ))
+            }),
+    }
+}
+
 /// The cursor text for a page's continuation.
 pub fn encode_cursor(next: Option<u128>) -> Option<String> {
     next.map(|id| ulid::Ulid(id).to_string())

@@ -17,6 +17,7 @@ use std::cell::OnceCell;
 
 use serde_json::Value;
 
+use super::ids::DestinationId;
 use super::records::DestinationRecord;
 
 /// Deepest nesting of a filter (objects and operator lists).
@@ -56,26 +57,60 @@ impl<'a> Body<'a> {
     }
 }
 
-/// Whether an event (its type and body) gets a delivery to `destination`:
-/// its event-type filter and, when it has one, its body filter.
+/// A destination as fan-out matches it: its id, its event-type filter and
+/// its body filter parsed once — a stored filter is JSON text, and parsing
+/// it for every event it is matched against would repeat the same work
+/// inside the storage writer.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub id: DestinationId,
+    event_filter: Vec<String>,
+    /// `None`: no body filter. `Some(None)`: a stored filter that no longer
+    /// parses, which matches nothing rather than everything.
+    body_filter: Option<Option<Value>>,
+}
+
+impl Target {
+    /// The filters of `destination`, ready to match.
+    pub fn of(destination: &DestinationRecord) -> Target {
+        Target {
+            id: destination.id,
+            event_filter: destination.event_filter.clone(),
+            body_filter: destination
+                .options
+                .body_filter
+                .as_deref()
+                .map(|text| serde_json::from_str(text).ok()),
+        }
+    }
+
+    /// Whether an event (its type and body) gets a delivery here: the
+    /// event-type filter and, when there is one, the body filter.
+    pub fn accepts(&self, event_type: &str, body: &Body) -> bool {
+        super::filter::matches(&self.event_filter, event_type)
+            && match &self.body_filter {
+                None => true,
+                Some(filter) => matches_parsed(filter.as_ref(), body),
+            }
+    }
+}
+
+/// [`Target::accepts`] for a destination matched once (replay).
 pub fn destination_accepts(destination: &DestinationRecord, event_type: &str, body: &Body) -> bool {
-    super::filter::matches(&destination.event_filter, event_type)
-        && destination
-            .options
-            .body_filter
-            .as_deref()
-            .is_none_or(|filter| matches_text(filter, body))
+    Target::of(destination).accepts(event_type, body)
 }
 
 /// Whether `body` matches a stored filter (compact JSON text). A filter that
 /// no longer parses matches nothing rather than everything.
-pub fn matches_text(filter: &str, body: &Body) -> bool {
-    let Ok(filter) = serde_json::from_str::<Value>(filter) else {
-        return false;
-    };
-    match body.json() {
-        Some(json) => matches(&filter, json),
-        None => false,
+#[cfg(test)]
+fn matches_text(filter: &str, body: &Body) -> bool {
+    matches_parsed(serde_json::from_str::<Value>(filter).ok().as_ref(), body)
+}
+
+fn matches_parsed(filter: Option<&Value>, body: &Body) -> bool {
+    match (filter, body.json()) {
+        (Some(filter), Some(json)) => matches(filter, json),
+        _ => false,
     }
 }
 

@@ -652,11 +652,7 @@ impl Drop for Cli {
 /// A server on a fixed loopback port, so a CLI pointed at it can reconnect
 /// after a restart.
 async fn server_on_fixed_port() -> TestServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     TestServer::start_with(move |c| c.server.listen = format!("127.0.0.1:{port}").parse().unwrap())
         .await
 }

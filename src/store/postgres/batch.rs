@@ -337,7 +337,7 @@ async fn write(
             .collect::<Result<_, _>>()?;
 
     // 2. Their enabled destinations, each source's in id order.
-    let mut destinations: HashMap<SourceId, Vec<DestinationRecord>> = HashMap::new();
+    let mut destinations: HashMap<SourceId, Vec<body_filter::Target>> = HashMap::new();
     if !present.is_empty() {
         let found = sqlx::query(
             "SELECT record FROM destinations WHERE source_id = ANY($1) AND enabled \
@@ -349,7 +349,10 @@ async fn write(
         for row in &found {
             let d = DestinationRecord::decode(&rows::bytes(row, "record")?)?;
             if d.enabled {
-                destinations.entry(d.source_id).or_default().push(d);
+                destinations
+                    .entry(d.source_id)
+                    .or_default()
+                    .push(body_filter::Target::of(&d));
             }
         }
     }
@@ -442,7 +445,7 @@ async fn write(
             .map(Vec::as_slice)
             .unwrap_or_default()
             .iter()
-            .filter(|d| body_filter::destination_accepts(d, &e.event_type, &body))
+            .filter(|d| d.accepts(&e.event_type, &body))
             .map(|d| DeliveryRecord {
                 id: DeliveryId::new(),
                 event_id: e.id,

@@ -44,7 +44,7 @@ impl HotTables<'_> {
         let targets: Vec<DestinationId> = self
             .enabled_destinations_of(event.source_id)?
             .iter()
-            .filter(|d| body_filter::destination_accepts(d, &event.event_type, &body))
+            .filter(|d| d.accepts(&event.event_type, &body))
             .map(|d| d.id)
             .collect();
         if let Some(pid) = &event.provider_event_id {
@@ -110,7 +110,7 @@ impl HotTables<'_> {
     fn enabled_destinations_of(
         &mut self,
         source_id: SourceId,
-    ) -> Result<&[DestinationRecord], StoreError> {
+    ) -> Result<&[body_filter::Target], StoreError> {
         let destinations = match self.fan_out.entry(source_id) {
             Entry::Occupied(known) => known.into_mut(),
             Entry::Vacant(slot) => {
@@ -121,7 +121,7 @@ impl HotTables<'_> {
                 {
                     let d = DestinationRecord::decode(entry?.1.value())?;
                     if d.enabled {
-                        enabled.push(d);
+                        enabled.push(body_filter::Target::of(&d));
                     }
                 }
                 slot.insert(enabled)

@@ -12,12 +12,12 @@ use std::collections::HashMap;
 
 use redb::{Table, WriteTransaction};
 
-use super::records::DestinationRecord;
 use super::tables::{
     ATTEMPTS, DEDUP, DELIVERIES, DESTINATIONS, DUE, EVENTS, EVENT_DELIVERIES, SOURCES,
     SOURCE_EVENTS,
 };
 use super::StoreError;
+use crate::model::body_filter::Target;
 use crate::model::ids::SourceId;
 
 /// Open hot tables of one write transaction (see the module doc).
@@ -29,9 +29,10 @@ pub struct HotTables<'t> {
     pub(super) source_events: Table<'t, (u128, u128), &'static [u8]>,
     pub(super) deliveries: DeliveryTables<'t>,
     pub(super) attempts: Table<'t, (u128, u32), &'static [u8]>,
-    /// Each source's enabled destinations, read once for a run of ingests;
-    /// a write to a destination through these tables forgets its source's.
-    pub(super) fan_out: HashMap<SourceId, Vec<DestinationRecord>>,
+    /// Each source's enabled destinations, read (and their filters parsed)
+    /// once for a run of ingests; a write to a destination through these
+    /// tables forgets its source's.
+    pub(super) fan_out: HashMap<SourceId, Vec<Target>>,
 }
 
 /// The tables a pending delivery lives in.
