@@ -475,7 +475,9 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
             .destination(lane.source_id, lane.destination_id)
             .await
         {
-            Ok(d) => d,
+            // Shared by the attempts this pass starts (the record carries
+            // its delivery options: headers, certificates, filters).
+            Ok(d) => Arc::new(d),
             Err(StoreError::NotFound) => break,
             Err(e) => {
                 tracing::error!(error = %e, "delivery lane cannot read its destination");
@@ -876,12 +878,13 @@ async fn attempt_with_options(
             .await
         }
     };
-    let sent = authorization.clone();
-    let mut result = send(authorization).await;
     let oauth = matches!(
         destination.options.auth,
         Some(AuthRecord::OAuth2ClientCredentials { .. })
     );
+    // Only an OAuth2 token is refetched after a 401, so only it is kept.
+    let sent = if oauth { authorization.clone() } else { None };
+    let mut result = send(authorization).await;
     if oauth && result.status == Some(401) {
         if let Some(rejected) = sent.as_deref().and_then(|h| h.strip_prefix("Bearer ")) {
             inner.tokens.forget(destination.id, rejected);

@@ -40,13 +40,7 @@ pub fn is_refused_destination_header(name: &str) -> bool {
     is_hop_by_hop(name)
         || matches!(
             name,
-            "proxy-authorization"
-                | "proxy-authenticate"
-                | "proxy-connection"
-                | "host"
-                | "content-length"
-                | "content-type"
-                | "user-agent"
+            "host" | "content-length" | "content-type" | "user-agent"
         )
         || name.starts_with("webhook-")
         || name.starts_with("krafter-")

@@ -218,6 +218,12 @@ impl DeliveryId {
     }
 }
 
+/// The smallest ULID of a millisecond (Unix ms; negative counts as 0): a
+/// key bound for "received at or after" on tables keyed by ULID.
+pub fn ulid_floor(ms: i64) -> u128 {
+    u128::from(ms.max(0) as u64) << 80
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -134,14 +134,9 @@ pub struct StreamRequest {
 /// The receiving end of an open stream: the response reads it.
 pub type EventStream = mpsc::Receiver<StreamItem>;
 
-/// The smallest ULID of a millisecond.
-fn ulid_floor(ms: i64) -> u128 {
-    u128::from(ms.max(0) as u64) << 80
-}
-
 /// Ids below this have settled (see [`SETTLE`]).
 fn horizon() -> u128 {
-    ulid_floor(now_ms() - SETTLE.as_millis() as i64)
+    crate::model::ids::ulid_floor(now_ms() - SETTLE.as_millis() as i64)
 }
 
 impl Ops {

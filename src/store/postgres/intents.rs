@@ -83,11 +83,6 @@ async fn insert_audit(
     Ok(())
 }
 
-/// The smallest ULID of a millisecond.
-fn ulid_floor(ms: i64) -> u128 {
-    u128::from(ms.max(0) as u64) << 80
-}
-
 /// A type filter (`invoice.paid`, `invoice.*`) as a `LIKE` pattern with
 /// `\` as the escape: the same matches as `crate::model::filter`.
 fn like_pattern(pattern: &str) -> String {
@@ -432,8 +427,11 @@ async fn plan_chunk(
     max_items: usize,
     max_scan: usize,
 ) -> Result<ChunkPlan, StoreError> {
-    let lower = ulid_floor(job.after_ms.saturating_add(1)).max(job.cursor.saturating_add(1));
-    let upper = job.upper_id.min(ulid_floor(job.before_ms));
+    let lower = crate::model::ids::ulid_floor(job.after_ms.saturating_add(1))
+        .max(job.cursor.saturating_add(1));
+    let upper = job
+        .upper_id
+        .min(crate::model::ids::ulid_floor(job.before_ms));
     let mut plan = ChunkPlan::default();
     if lower >= upper {
         plan.exhausted = true;
@@ -1338,7 +1336,7 @@ impl PgStore {
         source_exists(&mut tx, source_id, false).await?;
         let mut upper = query.before_id;
         if let Some(before) = query.before_ms {
-            let floor = ulid_floor(before);
+            let floor = crate::model::ids::ulid_floor(before);
             upper = Some(upper.map_or(floor, |u| u.min(floor)));
         }
         let mut qb = QueryBuilder::<Postgres>::new(format!(
@@ -1351,7 +1349,7 @@ impl PgStore {
         }
         if let Some(after) = query.after_ms {
             qb.push(" AND id >= ")
-                .push_bind(uid(ulid_floor(after.saturating_add(1))));
+                .push_bind(uid(crate::model::ids::ulid_floor(after.saturating_add(1))));
             qb.push(" AND received_at_ms > ").push_bind(after);
         }
         if let Some(before) = query.before_ms {

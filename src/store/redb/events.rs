@@ -315,11 +315,11 @@ pub fn list(
     // key bounds (the exact check below guards the edges).
     let mut upper = query.before_id.unwrap_or(u128::MAX);
     if let Some(before) = query.before_ms {
-        upper = upper.min(ulid_floor(before));
+        upper = upper.min(crate::model::ids::ulid_floor(before));
     }
     let lower = query
         .after_ms
-        .map(|after| ulid_floor(after.saturating_add(1)))
+        .map(|after| crate::model::ids::ulid_floor(after.saturating_add(1)))
         .unwrap_or(0);
     let patterns: Vec<String> = query.type_pattern.iter().cloned().collect();
     let mut items = Vec::new();
@@ -389,11 +389,6 @@ pub fn after(
         }
     }
     Ok(super::Page { items, next: None })
-}
-
-/// The smallest ULID of a millisecond.
-fn ulid_floor(ms: i64) -> u128 {
-    u128::from(ms.max(0) as u64) << 80
 }
 
 /// One event's summary, read inside a write (an event checked and changed

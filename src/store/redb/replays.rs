@@ -43,11 +43,6 @@ pub struct ChunkPlan {
     pub exhausted: bool,
 }
 
-/// The smallest ULID of a millisecond.
-fn ulid_floor(ms: i64) -> u128 {
-    u128::from(ms.max(0) as u64) << 80
-}
-
 /// A source's destinations by id.
 pub fn destinations_of<T>(
     table: &T,
@@ -91,8 +86,11 @@ where
     D: ReadableTable<u128, &'static [u8]>,
     EV: ReadableTable<u128, &'static [u8]>,
 {
-    let lower = ulid_floor(job.after_ms.saturating_add(1)).max(job.cursor.saturating_add(1));
-    let upper = job.upper_id.min(ulid_floor(job.before_ms));
+    let lower = crate::model::ids::ulid_floor(job.after_ms.saturating_add(1))
+        .max(job.cursor.saturating_add(1));
+    let upper = job
+        .upper_id
+        .min(crate::model::ids::ulid_floor(job.before_ms));
     let mut plan = ChunkPlan::default();
     if lower >= upper {
         plan.exhausted = true;
