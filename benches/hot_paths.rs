@@ -151,6 +151,7 @@ fn attempt_inputs(c: &mut Criterion) {
         provider_event_id: Some("evt_123".into()),
         headers: vec![("content-type".into(), b"application/json".to_vec()); 8],
         body: vec![b'x'; 1024],
+        trace: None,
     };
     let delivery = runtime.block_on(async {
         store.create_source(source).await.expect("source");

@@ -87,6 +87,7 @@ pub struct Config {
     pub log: LogConfig,
     pub audit: AuditConfig,
     pub alerts: AlertsConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// The HTTP listener.
@@ -303,6 +304,59 @@ impl Default for AlertsConfig {
             min_interval: Duration::from_secs(300),
             invalid_signature_burst: 20,
         }
+    }
+}
+
+/// OpenTelemetry tracing (SPEC §15); off while `otlp_endpoint` is unset.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP base URL of a collector (`http://127.0.0.1:4318`); spans
+    /// are POSTed as protobuf to `<otlp_endpoint>/v1/traces`. Unset or
+    /// empty: tracing is off and costs nothing.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans (several relays can tell
+    /// themselves apart).
+    pub service_name: String,
+    /// Share of new traces recorded, 0.0–1.0 (by trace id). A trace that
+    /// arrives with an inbound `traceparent` follows the sender's sampled
+    /// flag instead, so a trace is never cut in half.
+    pub sample_ratio: f64,
+    /// Finished spans are sent in batches at most this far apart.
+    #[serde(with = "humantime_serde")]
+    pub batch_interval: Duration,
+    /// One export's whole time budget (connect, send, answer), retries
+    /// included; spans that cannot be sent in it are dropped.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "krafter".to_string(),
+            sample_ratio: 1.0,
+            batch_interval: Duration::from_secs(5),
+            export_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The collector URL when tracing is on (an empty value is off).
+    pub fn endpoint(&self) -> Option<&str> {
+        self.otlp_endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+    }
+
+    /// Where spans are POSTed: the base URL plus `/v1/traces` (OTLP/HTTP's
+    /// path for traces), when tracing is on.
+    pub fn traces_url(&self) -> Option<String> {
+        self.endpoint()
+            .map(|e| format!("{}/v1/traces", e.trim_end_matches('/')))
     }
 }
 
@@ -567,6 +621,36 @@ impl Config {
                 "must be greater than 0",
             );
         }
+        if let Some(endpoint) = self.telemetry.endpoint() {
+            let ok = url::Url::parse(endpoint).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+            });
+            if !ok {
+                return fail(
+                    "telemetry.otlp_endpoint",
+                    "must be an http(s)://host:port base URL (no credentials, query or fragment), e.g. http://127.0.0.1:4318",
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return fail("telemetry.sample_ratio", "must be between 0.0 and 1.0");
+        }
+        if self.telemetry.service_name.trim().is_empty() {
+            return fail("telemetry.service_name", "must not be empty");
+        }
+        for (key, value) in [
+            ("telemetry.batch_interval", self.telemetry.batch_interval),
+            ("telemetry.export_timeout", self.telemetry.export_timeout),
+        ] {
+            if value.is_zero() {
+                return fail(key, "must be greater than 0");
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return fail("log.level", &e.to_string());
         }
@@ -754,6 +838,67 @@ mod tests {
         );
         let c = from_toml("[limits]\nbulk_replay_events = 1\n").unwrap();
         assert_eq!(c.limits.bulk_replay_events, 1);
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_its_values_are_checked() {
+        let c = Config::default();
+        assert_eq!(c.telemetry.endpoint(), None);
+        assert_eq!(c.telemetry.traces_url(), None);
+        assert_eq!(c.telemetry.service_name, "krafter");
+        assert_eq!(c.telemetry.sample_ratio, 1.0);
+        // An empty value (e.g. an empty environment variable) is off too.
+        let c = from_toml("[telemetry]\notlp_endpoint = \"\"\n").unwrap();
+        assert_eq!(c.telemetry.endpoint(), None);
+
+        let c = from_toml("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318/\"\n").unwrap();
+        assert_eq!(
+            c.telemetry.traces_url().as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        let c =
+            from_toml("[telemetry]\notlp_endpoint = \"https://collector.invalid/otlp\"\n").unwrap();
+        assert_eq!(
+            c.telemetry.traces_url().as_deref(),
+            Some("https://collector.invalid/otlp/v1/traces")
+        );
+        for bad in [
+            "[telemetry]\notlp_endpoint = \"127.0.0.1:4318\"\n",
+            "[telemetry]\notlp_endpoint = \"grpc://127.0.0.1:4317\"\n",
+            "[telemetry]\notlp_endpoint = \"http://u:p@127.0.0.1:4318\"\n",
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318?x=1\"\n",
+        ] {
+            let err = from_toml(bad).unwrap_err();
+            assert!(
+                err.to_string().contains("telemetry.otlp_endpoint"),
+                "{bad}: {err}"
+            );
+        }
+        for (bad, key) in [
+            (
+                "[telemetry]\nsample_ratio = 1.5\n",
+                "telemetry.sample_ratio",
+            ),
+            (
+                "[telemetry]\nsample_ratio = -0.1\n",
+                "telemetry.sample_ratio",
+            ),
+            (
+                "[telemetry]\nservice_name = \" \"\n",
+                "telemetry.service_name",
+            ),
+            (
+                "[telemetry]\nbatch_interval = \"0s\"\n",
+                "telemetry.batch_interval",
+            ),
+            (
+                "[telemetry]\nexport_timeout = \"0s\"\n",
+                "telemetry.export_timeout",
+            ),
+        ] {
+            let err = from_toml(bad).unwrap_err();
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -21,3 +21,4 @@ pub mod replay;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod telemetry;

@@ -23,6 +23,7 @@ use crate::ingest::providers::HandshakeReply;
 use crate::ingest::{IngestError, Received};
 use crate::metrics::IngestResult;
 use crate::model::records::SourceRecord;
+use crate::telemetry::IngestSpan;
 
 /// Answer to an accepted (or duplicate) event.
 #[derive(Debug, Serialize, ToSchema)]
@@ -51,6 +52,10 @@ pub async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let started = state
+        .telemetry
+        .as_ref()
+        .map(|_| std::time::SystemTime::now());
     let source = match state.ingest.source(&slug).await {
         Ok(source) => source,
         Err(e) => {
@@ -60,12 +65,23 @@ pub async fn receive(
             return error.into_response();
         }
     };
+    // Tracing on: the span starts with the request (the source lookup
+    // included) but only once a source is found, so unknown URLs make no
+    // spans; off, nothing is built.
+    let mut span = match (&state.telemetry, started) {
+        (Some(telemetry), Some(at)) => Some(telemetry.ingest_span(at, source.id, &headers)),
+        _ => None,
+    };
     let url = state.ingest.signed_url(&source, query.as_deref());
-    let (result, response) = match handle(&state, &source, &url, headers, body).await {
+    let (result, response) = match handle(&state, &source, &url, headers, body, span.as_mut()).await
+    {
         Ok((result, response)) => (result, response),
         Err((result, error)) => (result, error.into_response()),
     };
     state.metrics.observe_ingest(&source.id.to_string(), result);
+    if let Some(span) = span {
+        span.finish(response.status().as_u16());
+    }
     response
 }
 
@@ -79,6 +95,7 @@ async fn handle(
     url: &str,
     headers: HeaderMap,
     body: Body,
+    mut span: Option<&mut IngestSpan>,
 ) -> Handled {
     let limit = state.config.server.max_body_bytes;
     let too_large = |_| (IngestResult::TooLarge, ApiError::payload_too_large(limit));
@@ -104,7 +121,11 @@ async fn handle(
             ))
         }
     };
-    match state.ingest.accept(source, url, &headers, &body).await {
+    match state
+        .ingest
+        .accept(source, url, &headers, &body, span.as_deref_mut())
+        .await
+    {
         Ok(Received::Stored { event_id }) => {
             state.stats.event_in();
             // After the commit: this node's live streams look again.
@@ -112,6 +133,9 @@ async fn handle(
             Ok((IngestResult::Accepted, accepted(event_id, false)))
         }
         Ok(Received::Duplicate { original }) => {
+            if let Some(span) = span {
+                span.record_duplicate(original);
+            }
             Ok((IngestResult::Duplicate, accepted(original, true)))
         }
         Ok(Received::Handshake(reply)) => Ok((IngestResult::Handshake, handshake(reply))),

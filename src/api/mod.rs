@@ -70,6 +70,8 @@ pub struct AppParts {
     pub alerts: crate::alerts::Alerts,
     /// The dashboard overview's counters (events in are counted here).
     pub stats: crate::stats::Stats,
+    /// Tracing, when `telemetry.otlp_endpoint` is set (SPEC §15).
+    pub telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 #[derive(OpenApi)]

@@ -96,6 +96,8 @@ struct Inner {
     alerts: std::sync::OnceLock<crate::alerts::Alerts>,
     /// The overview's counters (set once at start-up).
     stats: std::sync::OnceLock<crate::stats::Stats>,
+    /// Tracing (set once at start-up when it is on): a span per attempt.
+    telemetry: std::sync::OnceLock<crate::telemetry::Telemetry>,
     /// OAuth2 tokens of destinations using client credentials.
     tokens: TokenCache,
 }
@@ -160,6 +162,7 @@ impl Engine {
                 identity_clients: Mutex::new(HashMap::new()),
                 alerts: std::sync::OnceLock::new(),
                 stats: std::sync::OnceLock::new(),
+                telemetry: std::sync::OnceLock::new(),
                 tokens: TokenCache::default(),
             }),
         };
@@ -186,6 +189,12 @@ impl Engine {
     /// Counts attempts into `stats` from now on (the dashboard overview).
     pub fn set_stats(&self, stats: crate::stats::Stats) {
         let _ = self.inner.stats.set(stats);
+    }
+
+    /// Traces every attempt from now on (SPEC §15), each in the trace of
+    /// the ingest that stored its event.
+    pub fn set_telemetry(&self, telemetry: crate::telemetry::Telemetry) {
+        let _ = self.inner.telemetry.set(telemetry);
     }
 
     /// Reports attempts' outcomes to `alerts` from now on (SPEC §15).
@@ -622,7 +631,15 @@ async fn deliver(
     };
     let number = delivery.attempts + 1;
     let started_at_ms = now_ms();
-    let result = attempt_with_options(inner, destination, &event, &keys, number).await;
+    let span = inner
+        .telemetry
+        .get()
+        .map(|t| t.attempt_span(&event, lane.destination_id, item.delivery_id, number));
+    let trace = span.as_ref().and_then(|s| s.context());
+    let result = attempt_with_options(inner, destination, &event, &keys, number, trace).await;
+    if let Some(span) = span {
+        span.finish(&result);
+    }
     drop(permit);
     // A slot is free: the lane can start another delivery while this
     // outcome is being committed.
@@ -845,6 +862,7 @@ async fn attempt_with_options(
     event: &crate::model::records::EventRecord,
     keys: &[Vec<u8>],
     number: u32,
+    trace: Option<crate::model::trace::TraceContext>,
 ) -> worker::AttemptResult {
     let started = std::time::Instant::now();
     let timeout = destination
@@ -873,6 +891,7 @@ async fn attempt_with_options(
                     reach: client::Reach::of(&inner.config),
                     headers: &destination.options.headers,
                     authorization: authorization.as_deref(),
+                    trace,
                 },
             )
             .await

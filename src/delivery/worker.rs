@@ -12,6 +12,7 @@ use super::client::{guard_literal, is_ssrf_refusal, DeliveryClient, Reach};
 use super::retry::parse_retry_after;
 use super::signer;
 use crate::model::records::{ErrorKind, EventRecord};
+use crate::model::trace::{TraceContext, TRACEPARENT, TRACESTATE};
 
 /// Largest part of a response body kept with the attempt.
 pub const SNIPPET_BYTES: usize = 1024;
@@ -60,6 +61,9 @@ pub struct AttemptRequest<'a> {
     pub headers: &'a [(String, String)],
     /// The `authorization` value its `auth` makes, if any.
     pub authorization: Option<&'a str>,
+    /// Tracing on: the attempt span's context, sent as `traceparent` in
+    /// place of an inbound one (off: an inbound one is forwarded as is).
+    pub trace: Option<TraceContext>,
 }
 
 /// Inbound headers forwarded: those kept with the event (events stored
@@ -169,6 +173,9 @@ fn build_request(req: &AttemptRequest<'_>) -> Result<Request<Full<Bytes>>, http:
                 headers.insert(name, value);
             }
         }
+        if let Some(trace) = req.trace {
+            set_traceparent(headers, trace);
+        }
         if let Some(auth) = req.authorization {
             let mut value = HeaderValue::from_str(auth)?;
             value.set_sensitive(true);
@@ -192,6 +199,24 @@ fn build_request(req: &AttemptRequest<'_>) -> Result<Request<Full<Bytes>>, http:
         set("content-length", req.event.body.len().to_string());
     }
     builder.body(Full::new(Bytes::from(req.event.body.clone())))
+}
+
+/// Sends the attempt's own trace context. An inbound `tracestate` goes
+/// along only while the trace is still the one it was sent with (W3C: vendor
+/// data belongs to its trace); an inbound `traceparent` is replaced.
+fn set_traceparent(headers: &mut http::HeaderMap, trace: TraceContext) {
+    let inbound = TraceContext::from_headers(
+        headers
+            .get_all(TRACEPARENT)
+            .iter()
+            .map(|value| value.as_bytes()),
+    );
+    if inbound.map(|c| c.trace_id) != Some(trace.trace_id) {
+        headers.remove(TRACESTATE);
+    }
+    if let Ok(value) = HeaderValue::from_str(&trace.to_traceparent()) {
+        headers.insert(HeaderName::from_static(TRACEPARENT), value);
+    }
 }
 
 /// Reads at most [`SNIPPET_BYTES`] of a response; the rest is dropped.

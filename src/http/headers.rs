@@ -35,12 +35,19 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 
 /// Whether a destination may not set this header itself (SPEC §13):
 /// hop-by-hop names, `host`, `content-length`, `content-type`,
-/// `user-agent`, `webhook-*` and `krafter-*` (lower-case name).
+/// `user-agent`, `webhook-*` and `krafter-*` (lower-case name), and the
+/// W3C trace context (`traceparent`, `tracestate`), which with tracing on
+/// names the attempt's span (SPEC §15) and must not be overridden.
 pub fn is_refused_destination_header(name: &str) -> bool {
     is_hop_by_hop(name)
         || matches!(
             name,
-            "host" | "content-length" | "content-type" | "user-agent"
+            "host"
+                | "content-length"
+                | "content-type"
+                | "user-agent"
+                | "traceparent"
+                | "tracestate"
         )
         || name.starts_with("webhook-")
         || name.starts_with("krafter-")

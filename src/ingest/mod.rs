@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::model::records::{EventRecord, SourceRecord};
 use crate::model::time::now_ms;
 use crate::store::{IngestOutcome, Store, StoreError};
+use crate::telemetry::IngestSpan;
 use providers::{HandshakeReply, Inbound, VerifyError};
 use tokens::{SeenTokens, TokenUse};
 
@@ -130,6 +131,7 @@ impl Ingest {
         url: &str,
         headers: &HeaderMap,
         body: &[u8],
+        span: Option<&mut IngestSpan>,
     ) -> Result<Received, IngestError> {
         let provider = providers::get(source.provider);
         let now = now_ms();
@@ -169,14 +171,22 @@ impl Ingest {
         // `received_at` is the id's own millisecond, so time filters on the
         // (source, id) index are exact key bounds.
         let id = EventId::new();
+        let event_type = provider.event_type(config, &inbound, json.as_ref());
+        // Tracing on: the ingest span names the event, and its context is
+        // stored with it for the delivery attempts to join.
+        let trace = span.and_then(|span| {
+            span.record_event(id, &event_type);
+            span.context()
+        });
         let event = EventRecord {
             id,
             source_id: source.id,
             received_at_ms: id.timestamp_ms() as i64,
-            event_type: provider.event_type(config, &inbound, json.as_ref()),
+            event_type,
             provider_event_id,
             headers: stored_headers(headers),
             body: body.to_vec(),
+            trace,
         };
         match self.store.ingest(event).await? {
             IngestOutcome::Stored { deliveries } => {

@@ -11,3 +11,4 @@ pub mod ids;
 pub mod provider;
 pub mod records;
 pub mod time;
+pub mod trace;

@@ -516,7 +516,7 @@ fn check_headers(v: &mut Validation, headers: Vec<(String, String)>) -> Vec<(Str
         if crate::http::headers::is_refused_destination_header(&lower) {
             v.fail(
                 &field,
-                "may not be set: hop-by-hop, host, content-length, content-type, user-agent, webhook-* and krafter-* headers are Krafter's",
+                "may not be set: hop-by-hop, host, content-length, content-type, user-agent, traceparent, tracestate, webhook-* and krafter-* headers are Krafter's",
             );
             continue;
         }

@@ -386,6 +386,7 @@ impl Ops {
                 ),
             ],
             body,
+            trace: None,
         };
         let summary = EventSummary {
             event_type: event.event_type.clone(),

@@ -36,6 +36,8 @@ pub enum StartError {
     Delivery(#[from] crate::delivery::engine::EngineError),
     #[error(transparent)]
     Alerts(#[from] crate::alerts::AlertsError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -61,6 +63,8 @@ pub struct RunningServer {
     alerts_stop: tokio::sync::watch::Sender<bool>,
     /// Ends live event streams at shutdown (they would never finish).
     streams: Arc<crate::ops::stream::Hub>,
+    /// Tracing, flushed last at shutdown (`None`: off).
+    telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 /// Binds the listener, opens storage, makes the bootstrap key if none
@@ -93,6 +97,9 @@ pub async fn start_with_resolver(
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
     };
+    // A collector URL the exporter refuses fails before the data
+    // directory is touched, too.
+    let telemetry = crate::telemetry::Telemetry::start(&config.telemetry)?;
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&config.storage, metrics.clone())?;
     let admin_key_file = crate::ops::api_keys::ensure_bootstrap_key(&store).await?;
@@ -152,6 +159,9 @@ pub async fn start_with_resolver(
         engine.resolver().clone(),
     )?;
     engine.set_alerts(alerts.clone());
+    if let Some(telemetry) = &telemetry {
+        engine.set_telemetry(telemetry.clone());
+    }
     let (alerts_stop, alerts_stopped) = tokio::sync::watch::channel(false);
     let alerts_task = tokio::spawn(alerts.clone().run(alerts_stopped.clone()));
     let stats = crate::stats::Stats::new(store.clone());
@@ -169,6 +179,7 @@ pub async fn start_with_resolver(
         metrics,
         public_url,
         engine: engine.clone(),
+        telemetry: telemetry.clone(),
     });
     // In-flight attempts get their timeout to finish, within the 30 s that
     // SPEC §2 allows for the whole shutdown.
@@ -211,6 +222,7 @@ pub async fn start_with_resolver(
         stats_task,
         alerts_stop,
         streams,
+        telemetry,
     })
 }
 
@@ -250,6 +262,10 @@ impl RunningServer {
         let _ = (&mut self.alerts_task).await;
         let _ = (&mut self.stats_task).await;
         self.store.close().await;
+        // Last: the spans of every request and attempt drained above.
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.shutdown().await;
+        }
     }
 }
 

@@ -60,6 +60,7 @@ macro_rules! conformance_suite {
                 events_after_oldest_first_within_bounds_and_pattern,
                 search_events_across_sources,
                 event_detail_event_and_deliveries_with_attempts,
+                the_trace_context_is_kept_with_the_event,
                 test_events_ignore_filters_and_reach_every_enabled_destination,
                 replay_event_rechecks_destinations_in_its_commit,
                 retry_delivery_makes_failed_or_waiting_deliveries_due_now,
@@ -211,6 +212,7 @@ pub(super) fn event_at(
         provider_event_id: pid.map(str::to_string),
         headers: vec![("content-type".to_string(), b"application/json".to_vec())],
         body: format!("{{\"type\":\"{event_type}\"}}").into_bytes(),
+        trace: None,
     }
 }
 
@@ -1584,6 +1586,44 @@ async fn event_detail_event_and_deliveries_with_attempts(store: &Store) {
         store.deliveries_with_attempts(other.id, e.id).await,
         StoreError::NotFound
     );
+}
+
+/// SPEC §15: the ingest span's context is stored with the event, so that
+/// every attempt (after a restart, on another node) joins its trace; an
+/// event stored without one reads back without one.
+async fn the_trace_context_is_kept_with_the_event(store: &Store) {
+    use crate::model::trace::TraceContext;
+    let s = source("wh_trace001");
+    store.create_source(s.clone()).await.unwrap();
+    store
+        .create_destination(destination(s.id, &[]), 10)
+        .await
+        .unwrap();
+    let sampled =
+        TraceContext::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+    let unsampled =
+        TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+    let mut traced = event_at(s.id, T0 + 1_000, "invoice.paid", Some("in_t1"));
+    traced.trace = Some(sampled);
+    let mut quiet = event_at(s.id, T0 + 2_000, "invoice.paid", Some("in_t2"));
+    quiet.trace = Some(unsampled);
+    let untraced = event_at(s.id, T0 + 3_000, "invoice.paid", Some("in_t3"));
+    let mut deliveries = Vec::new();
+    for e in [&traced, &quiet, &untraced] {
+        deliveries.push(ingest_stored(store, e.clone()).await[0].id);
+    }
+    for (e, delivery) in [&traced, &quiet, &untraced].into_iter().zip(&deliveries) {
+        assert_eq!(store.event(e.id).await.unwrap().trace, e.trace);
+        let (event, _) = store.attempt_inputs(e.id, *delivery).await.unwrap();
+        assert_eq!(event.trace, e.trace, "what an attempt is built from");
+        let (_, record, _) = store.event_detail(s.id, e.id).await.unwrap();
+        assert_eq!(record.trace, e.trace);
+    }
+    // Test events are written another way on some backends.
+    let mut test = event_at(s.id, T0 + 4_000, "krafter.test", None);
+    test.trace = Some(sampled);
+    store.store_test_event(test.clone()).await.unwrap();
+    assert_eq!(store.event(test.id).await.unwrap().trace, Some(sampled));
 }
 
 async fn test_events_ignore_filters_and_reach_every_enabled_destination(store: &Store) {

@@ -1580,6 +1580,7 @@ fn churn_event(source_id: SourceId, round: usize, i: usize) -> EventRecord {
         provider_event_id: Some(format!("p-{round}-{i}")),
         headers: vec![("content-type".into(), b"application/json".to_vec())],
         body,
+        trace: None,
     }
 }
 
@@ -1712,6 +1713,7 @@ async fn the_server_removes_expired_events_on_its_own_schedule() {
         provider_event_id: None,
         headers: vec![],
         body: b"{\"type\":\"old\"}".to_vec(),
+        trace: None,
     };
     store.ingest(old).await.expect("old event written");
     store.close().await;

@@ -35,3 +35,4 @@ mod replay_jobs;
 mod server;
 mod several_nodes;
 mod sources;
+mod tracing;

@@ -398,6 +398,7 @@ fn collect_optional(out: &mut Vec<String>) {
     c.delivery.extra_ca_path = Some("x".into());
     c.delivery.proxy_url = Some("x".into());
     c.storage.secrets_key_file = Some("x".into());
+    c.telemetry.otlp_endpoint = Some("x".into());
     collect_keys("", &serde_json::to_value(c).unwrap(), out);
 }
 

@@ -518,6 +518,7 @@ async fn insert_events(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let mut traces: Vec<Option<String>> = Vec::with_capacity(n);
     for &i in which {
         let e = &events[i];
         sources.push(uid(e.source_id));
@@ -528,16 +529,18 @@ async fn insert_events(
         sizes.push(i64::try_from(e.body.len()).unwrap_or(i64::MAX));
         headers.push(rows::encode_headers(&e.headers));
         bodies.push(e.body.as_slice());
+        traces.push(e.trace.map(|t| t.to_traceparent()));
     }
     // The dedup key is the provider event id (ingest always de-duplicates).
     let written = sqlx::query(
         "INSERT INTO events (source_id, id, received_at_ms, event_type, provider_event_id, \
-         dedup_key, size_bytes, headers, body) \
+         dedup_key, size_bytes, headers, body, traceparent) \
          SELECT e.source_id, e.id, e.received_at_ms, e.event_type, e.pid, e.pid, e.size_bytes, \
-         e.headers, e.body \
+         e.headers, e.body, e.traceparent \
          FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::bytea[], $5::bytea[], $6::int8[], \
-         $7::bytea[], $8::bytea[]) WITH ORDINALITY \
-         AS e(source_id, id, received_at_ms, event_type, pid, size_bytes, headers, body, n) \
+         $7::bytea[], $8::bytea[], $9::text[]) WITH ORDINALITY \
+         AS e(source_id, id, received_at_ms, event_type, pid, size_bytes, headers, body, \
+         traceparent, n) \
          ORDER BY e.n \
          ON CONFLICT (source_id, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING \
          RETURNING id",
@@ -550,6 +553,7 @@ async fn insert_events(
     .bind(&sizes)
     .bind(&headers)
     .bind(&bodies)
+    .bind(&traces)
     .fetch_all(&mut *tx)
     .await?;
     Ok(written
@@ -698,6 +702,7 @@ mod tests {
             provider_event_id: pid.map(str::to_string),
             headers: Vec::new(),
             body: b"{}".to_vec(),
+            trace: None,
         }
     }
 

@@ -267,7 +267,8 @@ async fn destination_row(
 async fn insert_event(conn: &mut PgConnection, event: &EventRecord) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO events (source_id, id, received_at_ms, event_type, provider_event_id, \
-         dedup_key, size_bytes, headers, body) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8)",
+         dedup_key, size_bytes, headers, body, traceparent) \
+         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $9)",
     )
     .bind(uid(event.source_id))
     .bind(uid(event.id))
@@ -277,6 +278,7 @@ async fn insert_event(conn: &mut PgConnection, event: &EventRecord) -> Result<()
     .bind(i64::try_from(event.body.len()).unwrap_or(i64::MAX))
     .bind(rows::encode_headers(&event.headers))
     .bind(&event.body)
+    .bind(event.trace.map(|t| t.to_traceparent()))
     .execute(conn)
     .await
     .map_err(db_error)?;

@@ -11,6 +11,7 @@ use crate::model::records::{
     ApiKeyRecord, AttemptRecord, DeliveryRecord, DeliveryStatus, ErrorKind, EventRecord,
     EventSummary, Scope, SessionRecord,
 };
+use crate::model::trace::TraceContext;
 use crate::store::StoreError;
 
 /// A ULID as the `uuid` it is stored as (same 16 bytes, same order).
@@ -121,7 +122,7 @@ pub(super) fn summary(row: &PgRow) -> Result<EventSummary, StoreError> {
 
 /// Columns of a whole event.
 pub(super) const EVENT_COLUMNS: &str =
-    "id, source_id, received_at_ms, event_type, provider_event_id, headers, body";
+    "id, source_id, received_at_ms, event_type, provider_event_id, headers, body, traceparent";
 
 /// A whole event (headers and body).
 pub(super) fn event(row: &PgRow) -> Result<EventRecord, StoreError> {
@@ -135,6 +136,11 @@ pub(super) fn event(row: &PgRow) -> Result<EventRecord, StoreError> {
         headers: postcard::from_bytes(&headers)
             .map_err(|e| StoreError::Corrupt(format!("event headers: {e}")))?,
         body: get(row, "body")?,
+        // Advisory: a value that does not parse loses the trace link, never
+        // the event.
+        trace: get::<Option<String>>(row, "traceparent")?
+            .as_deref()
+            .and_then(TraceContext::parse),
     })
 }
 

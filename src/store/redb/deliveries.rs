@@ -390,6 +390,7 @@ mod tests {
                         provider_event_id: None,
                         headers: vec![],
                         body: vec![],
+                        trace: None,
                     };
                     events::ingest(txn, &event, &event.encode())?;
                 }

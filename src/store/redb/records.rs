@@ -101,7 +101,54 @@ impl DestinationRecordV1 {
         }
     }
 }
-impl Record for EventRecord {}
+/// Version 2 added the ingest span's trace context at the end (SPEC §15);
+/// version 1 events (and write-ahead log records written before) read
+/// with none.
+impl Record for EventRecord {
+    const VERSION: u8 = 2;
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |e: postcard::Error| StoreError::Corrupt(format!("EventRecord: {e}"));
+        match bytes.split_first() {
+            Some((2, body)) => postcard::from_bytes(body).map_err(corrupt),
+            Some((1, body)) => postcard::from_bytes::<EventRecordV1>(body)
+                .map(EventRecordV1::upgrade)
+                .map_err(corrupt),
+            Some((v, _)) => Err(StoreError::Corrupt(format!(
+                "EventRecord: unknown record version {v}"
+            ))),
+            None => Err(StoreError::Corrupt("empty record".into())),
+        }
+    }
+}
+
+/// An event as record version 1 laid it out (before the trace context).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EventRecordV1 {
+    id: crate::model::ids::EventId,
+    source_id: crate::model::ids::SourceId,
+    received_at_ms: i64,
+    event_type: String,
+    provider_event_id: Option<String>,
+    headers: Vec<(String, Vec<u8>)>,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+}
+
+impl EventRecordV1 {
+    fn upgrade(self) -> EventRecord {
+        EventRecord {
+            id: self.id,
+            source_id: self.source_id,
+            received_at_ms: self.received_at_ms,
+            event_type: self.event_type,
+            provider_event_id: self.provider_event_id,
+            headers: self.headers,
+            body: self.body,
+            trace: None,
+        }
+    }
+}
 impl Record for EventSummary {}
 impl Record for DeliveryRecord {}
 impl Record for AttemptRecord {}
@@ -179,5 +226,46 @@ mod tests {
             new.options
         );
         assert!(DestinationRecord::decode(&[3, 0]).is_err());
+    }
+
+    /// An event stored (or logged to the write-ahead log) by a release
+    /// before tracing (record version 1) still reads, with no trace
+    /// context; new ones carry theirs through a round trip.
+    #[test]
+    fn old_event_records_still_decode() {
+        use crate::model::ids::{EventId, SourceId};
+        use crate::model::trace::TraceContext;
+        let old = EventRecordV1 {
+            id: EventId::from_u128(5),
+            source_id: SourceId::from_u128(6),
+            received_at_ms: 1_700_000_000_000,
+            event_type: "invoice.paid".into(),
+            provider_event_id: Some("evt_1".into()),
+            headers: vec![("content-type".into(), b"application/json".to_vec())],
+            body: b"{\"a\":1}".to_vec(),
+        };
+        let mut bytes = vec![1u8];
+        bytes.extend(postcard::to_stdvec(&old).unwrap());
+        let read = EventRecord::decode(&bytes).unwrap();
+        assert_eq!(read.id, EventId::from_u128(5));
+        assert_eq!(read.event_type, "invoice.paid");
+        assert_eq!(read.provider_event_id.as_deref(), Some("evt_1"));
+        assert_eq!(read.headers, old.headers);
+        assert_eq!(read.body, old.body);
+        assert_eq!(read.trace, None);
+
+        let mut new = read.clone();
+        new.trace = TraceContext::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        assert!(new.trace.is_some());
+        let encoded = new.encode();
+        assert_eq!(encoded[0], 2);
+        let back = EventRecord::decode(&encoded).unwrap();
+        assert_eq!(back.trace, new.trace);
+        assert_eq!(back.body, new.body);
+        // A version-2 record without a context reads back without one.
+        let none = read.encode();
+        assert_eq!(EventRecord::decode(&none).unwrap().trace, None);
+        assert!(EventRecord::decode(&[3, 0]).is_err());
+        assert!(EventRecord::decode(&[1, 0xff]).is_err());
     }
 }

@@ -162,6 +162,7 @@ mod tests {
             provider_event_id: Some(format!("p{n}")),
             headers: vec![],
             body: vec![b'x'; 100],
+            trace: None,
         }
     }
 
