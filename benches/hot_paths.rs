@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the per-event hot paths: signature verification,
-//! filter matching, and what the store reads per delivery attempt.
+//! filter matching, what the store reads per delivery attempt, and the W3C
+//! trace context tracing reads and writes.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
@@ -170,11 +171,27 @@ fn attempt_inputs(c: &mut Criterion) {
     runtime.block_on(store.close());
 }
 
+/// What tracing adds per event when it is on: reading an inbound
+/// `traceparent` (ingest) and writing the attempt's (delivery). Off, neither
+/// runs.
+fn trace_context(c: &mut Criterion) {
+    use krafter::model::trace::TraceContext;
+    let inbound = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    c.bench_function("traceparent: parse inbound + format outbound", |b| {
+        b.iter(|| {
+            TraceContext::parse(black_box(inbound))
+                .map(|c| c.to_traceparent())
+                .expect("valid")
+        })
+    });
+}
+
 criterion_group!(
     benches,
     stripe_verify,
     provider_dispatch,
     filter_matching,
-    attempt_inputs
+    attempt_inputs,
+    trace_context
 );
 criterion_main!(benches);

@@ -206,6 +206,8 @@ impl Telemetry {
             ]);
         IngestSpan {
             span: self.inner.tracer.build_with_context(builder, &parent),
+            event: None,
+            duplicate_of: None,
         }
     }
 
@@ -263,9 +265,15 @@ impl Telemetry {
     }
 }
 
-/// The span of one ingest request; ends when finished or dropped.
+/// The span of one ingest request; ends when finished or dropped. What is
+/// learnt on the way is set once, at the end (a span's attributes are a
+/// list: setting a key twice would export it twice).
 pub struct IngestSpan {
     span: opentelemetry_sdk::trace::Span,
+    /// The event being stored: id and type.
+    event: Option<(EventId, String)>,
+    /// The event first stored, when this request is its duplicate.
+    duplicate_of: Option<EventId>,
 }
 
 impl IngestSpan {
@@ -277,25 +285,32 @@ impl IngestSpan {
 
     /// Names the event this request is storing.
     pub fn record_event(&mut self, event_id: EventId, event_type: &str) {
-        self.span.set_attributes([
-            KeyValue::new("krafter.event.id", event_id.to_string()),
-            KeyValue::new("krafter.event.type", bounded(event_type)),
-        ]);
+        self.event = Some((event_id, bounded(event_type)));
     }
 
     /// Marks the request as a duplicate of the event first stored (which
-    /// the answer names; the event id recorded before is replaced).
+    /// the answer names, and so does the span).
     pub fn record_duplicate(&mut self, original: EventId) {
-        self.span.set_attributes([
-            KeyValue::new("krafter.event.id", original.to_string()),
-            KeyValue::new("krafter.duplicate", true),
-        ]);
+        self.duplicate_of = Some(original);
     }
 
     /// Ends the span with the answer's status. A 5xx marks the span as an
     /// error (as OpenTelemetry's HTTP conventions do for servers; a 4xx is
     /// the sender's problem).
     pub fn finish(mut self, status: u16) {
+        let event_id = self.duplicate_of.or(self.event.as_ref().map(|e| e.0));
+        if let Some(id) = event_id {
+            self.span
+                .set_attribute(KeyValue::new("krafter.event.id", id.to_string()));
+        }
+        if let Some((_, event_type)) = self.event.take() {
+            self.span
+                .set_attribute(KeyValue::new("krafter.event.type", event_type));
+        }
+        if self.duplicate_of.is_some() {
+            self.span
+                .set_attribute(KeyValue::new("krafter.duplicate", true));
+        }
         self.span.set_attribute(KeyValue::new(
             "http.response.status_code",
             i64::from(status),

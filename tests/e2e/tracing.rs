@@ -330,6 +330,71 @@ async fn an_inbound_traceparent_parents_the_ingest_span_and_the_attempt_joins_it
 }
 
 #[tokio::test]
+async fn a_duplicate_ingest_span_names_the_event_first_stored() {
+    let collector = Collector::start().await;
+    let mut server = traced_server(&collector).await;
+    let (status, created) = server
+        .post(
+            "/api/v1/webhooks/sources",
+            json!({"name": "gh", "provider": "github", "signing_secret": "gh-secret"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let slug = created["data"]["slug"].as_str().expect("slug").to_string();
+    let body = br#"{"action":"opened"}"#;
+    // GitHub's signature, computed here: sha256= hex HMAC-SHA256 of the body.
+    let signature = format!(
+        "sha256={}",
+        hex::encode(crate::common::sign::hmac_sha256(b"gh-secret", &[body]))
+    );
+    let headers = [
+        ("content-type", "application/json".to_string()),
+        ("x-github-event", "issues".to_string()),
+        (
+            "x-github-delivery",
+            "72d3162e-cc78-11e3-81ab-4c9367dc0958".to_string(),
+        ),
+        ("x-hub-signature-256", signature),
+    ];
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let (status, answer) = server.post_in(&slug, &headers, body.to_vec()).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answers.push(answer["data"].clone());
+    }
+    assert_eq!(answers[1]["duplicate"], true, "{answers:?}");
+    let original = answers[0]["event_id"]
+        .as_str()
+        .expect("event id")
+        .to_string();
+    let spans = collector
+        .wait_for("two ingest spans", |spans| {
+            let named: Vec<Exported> = spans
+                .iter()
+                .filter(|s| s.name == "ingest" && s.attr("krafter.event.id").is_some())
+                .cloned()
+                .collect();
+            (named.len() >= 2).then_some(named)
+        })
+        .await;
+    let duplicate = one(&spans, "the duplicate's span", |s| {
+        s.attr("krafter.duplicate") == Some(&AttrValue::Bool(true))
+    });
+    assert_eq!(duplicate.text("krafter.event.id"), original);
+    assert_eq!(duplicate.text("krafter.event.type"), "issues");
+    assert_eq!(duplicate.int("http.response.status_code"), 200);
+    // Each attribute once: a collector must not have to pick between two.
+    for span in &spans {
+        let mut keys: Vec<&str> = span.attributes.iter().map(|(k, _)| k.as_str()).collect();
+        let all = keys.len();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), all, "repeated attributes: {span:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn without_a_valid_traceparent_a_new_trace_starts_and_the_attempt_joins_it() {
     let collector = Collector::start().await;
     let destination = Receiver::ok().await;
