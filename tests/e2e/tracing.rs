@@ -650,3 +650,31 @@ async fn a_destination_cannot_set_the_trace_context_headers() {
         assert!(body.to_string().contains("traceparent"), "{body}");
     }
 }
+
+#[tokio::test]
+async fn a_collector_that_is_down_costs_neither_ingest_nor_shutdown() {
+    // Nothing listens there: every export fails to connect.
+    let endpoint = format!("http://127.0.0.1:{}", crate::common::free_port());
+    let destination = Receiver::ok().await;
+    let mut server = server_with(move |c| {
+        c.telemetry.otlp_endpoint = Some(endpoint);
+        c.telemetry.batch_interval = Duration::from_millis(100);
+        c.telemetry.export_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let source = none_source(&server).await;
+    destination_to(&server, &source, &destination.url("/hook")).await;
+    for i in 0..20 {
+        ingest(&server, &source, &[], &format!(r#"{{"type":"t{i}"}}"#)).await;
+    }
+    destination
+        .wait_for_path("/hook", 20, Duration::from_secs(10))
+        .await;
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
