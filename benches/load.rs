@@ -437,6 +437,10 @@ async fn fanout(o: &Options) {
     let used = nodes.usage(o).await.since(&before, load.ok);
     sampler.abort();
     let rss = server.rss_mib();
+    let commits = server
+        .metric("krafter_storage_commit_batch_size_count")
+        .await;
+    let committed_ops = server.metric("krafter_storage_commit_batch_size_sum").await;
     let mut latencies = sink
         .latencies_us
         .lock()
@@ -450,6 +454,10 @@ async fn fanout(o: &Options) {
     };
     println!("ingest during fan-out: {}", load.describe());
     println!("  where the time went (ingest and all deliveries, per event): {used}");
+    println!(
+        "  writer: {commits:.0} commits, {:.1} operations per commit",
+        committed_ops / commits.max(1.0)
+    );
     println!(
         "deliveries while ingesting: {:.0}/s ({} in {:.1} s); backlog at end of ingest: {backlog_at_end}",
         delivered_during as f64 / during.as_secs_f64(),

@@ -671,6 +671,7 @@ async fn deliver(
         next,
         disable_after_ms: inner.config.disable_after.as_millis() as i64,
         lease_epoch,
+        lane_waits: destination.options.ordering == Ordering::Fifo,
     };
     // The item stays in the lane's in-flight set until its outcome is
     // recorded, so it is not handed out (and sent) again meanwhile. When

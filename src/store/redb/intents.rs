@@ -641,7 +641,9 @@ impl RedbStore {
         // the last checkpoint (`writer::CHECKPOINT_INTERVAL`), and the
         // deliveries they concern are attempted again.
         self.writer
-            .write_volatile(move |tables| tables.record_attempt(&outcome))
+            .write_volatile(!outcome.lane_waits, move |tables| {
+                tables.record_attempt(&outcome)
+            })
             .await
     }
 
