@@ -294,6 +294,8 @@ pub struct Writer {
     enqueue_timeout: Duration,
     /// False while appending to the log fails (e.g. a full disk).
     log_healthy: Arc<AtomicBool>,
+    /// See [`Writer::settings_version`].
+    settings_version: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -313,6 +315,7 @@ impl Writer {
         let (apply_tx, apply_rx) = mpsc::channel(limits.queue_capacity);
         let checkpointed = Arc::new(AtomicU64::new(applied_lsn));
         let log_healthy = Arc::new(AtomicBool::new(true));
+        let settings_version = Arc::new(AtomicU64::new(0));
         let logger = Logger {
             wal,
             rx: log_rx,
@@ -335,6 +338,7 @@ impl Writer {
             received_lsn: applied_lsn,
             logged_bytes: 0,
             unsynced_since: None,
+            settings_version: settings_version.clone(),
         };
         let log_thread = std::thread::Builder::new()
             .name("krafter-wal".into())
@@ -352,6 +356,7 @@ impl Writer {
             threads: std::sync::Mutex::new((log_thread, apply_thread)),
             enqueue_timeout: limits.enqueue_timeout,
             log_healthy,
+            settings_version,
         }
     }
 
@@ -437,6 +442,21 @@ impl Writer {
         answer
             .await
             .unwrap_or(Err(StoreError::Unavailable("the writer has stopped")))
+    }
+
+    /// A number that moves on after every commit holding a control-plane
+    /// write ([`Writer::write`]: sources, destinations, keys...) and after
+    /// [`Writer::settings_changed`]: while it stays the same, a record read
+    /// before is still current, so delivery lanes keep their destination
+    /// instead of reading it for every attempt.
+    pub fn settings_version(&self) -> u64 {
+        self.settings_version.load(Ordering::SeqCst)
+    }
+
+    /// Moves [`Writer::settings_version`] on after a hot write changed
+    /// settings (an outcome that disabled its destination).
+    pub fn settings_changed(&self) {
+        self.settings_version.fetch_add(1, Ordering::SeqCst);
     }
 
     /// False while the write-ahead log cannot be appended to.
@@ -583,6 +603,8 @@ struct Applier {
     logged_bytes: usize,
     /// When the oldest commit not yet made durable by a checkpoint was made.
     unsynced_since: Option<Instant>,
+    /// Moved on after commits of control-plane writes ([`Writer::settings_version`]).
+    settings_version: Arc<AtomicU64>,
 }
 
 impl Applier {
@@ -627,8 +649,15 @@ impl Applier {
             if batch.is_empty() && !stopping {
                 continue;
             }
+            // Only control-plane writes ask for durability themselves.
+            let settings = durable;
             let durable = durable || stopping || self.checkpoint_due();
             let committed = self.commit(&mut batch, durable, max_lsn);
+            if settings {
+                // After the commit: whoever reads the version and then the
+                // record sees the record current for that version or newer.
+                self.settings_version.fetch_add(1, Ordering::SeqCst);
+            }
             for op in batch {
                 op.finish(committed);
             }
@@ -793,6 +822,8 @@ impl Applier {
                     self.checkpointed.store(self.applied_lsn, Ordering::SeqCst);
                     self.logged_bytes = 0;
                     self.unsynced_since = None;
+                    // The file is back at its last checkpoint.
+                    self.settings_version.fetch_add(1, Ordering::SeqCst);
                     self.healthy.store(true, Ordering::SeqCst);
                     tracing::warn!("storage reopened after a failed write; writes resume");
                     return;
