@@ -286,6 +286,13 @@ impl Nodes {
             krafter_cpu,
             ..Usage::default()
         };
+        if o.postgres.is_none() {
+            let server = self.first();
+            usage.commits = server
+                .metric("krafter_storage_commit_batch_size_count")
+                .await;
+            usage.committed_ops = server.metric("krafter_storage_commit_batch_size_sum").await;
+        }
         if let (Some(pg), Some(url)) = (&o.postgres, &self.database) {
             usage.postgres = Some(pg.usage(url).await);
         }
@@ -1047,6 +1054,9 @@ fn parent_of(pid: u32) -> Option<u32> {
 #[derive(Default, Clone)]
 struct Usage {
     krafter_cpu: f64,
+    /// Writer commits and the operations they held (the redb backend).
+    commits: f64,
+    committed_ops: f64,
     postgres: Option<PgUsage>,
 }
 
@@ -1065,6 +1075,8 @@ struct PgUsage {
 struct Used {
     events: u64,
     krafter_cpu: f64,
+    commits: f64,
+    committed_ops: f64,
     postgres: Option<PgUsage>,
 }
 
@@ -1073,6 +1085,8 @@ impl Usage {
         Used {
             events,
             krafter_cpu: self.krafter_cpu - before.krafter_cpu,
+            commits: self.commits - before.commits,
+            committed_ops: self.committed_ops - before.committed_ops,
             postgres: match (&self.postgres, &before.postgres) {
                 (Some(a), Some(b)) => Some(PgUsage {
                     commits: a.commits - b.commits,
@@ -1092,6 +1106,14 @@ impl std::fmt::Display for Used {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.events.max(1) as f64;
         write!(f, "krafter CPU {:.0} µs/event", self.krafter_cpu * 1e6 / n)?;
+        if self.commits > 0.0 {
+            write!(
+                f,
+                "; writer {:.0} commits, {:.1} operations each",
+                self.commits,
+                self.committed_ops / self.commits
+            )?;
+        }
         if let Some(pg) = &self.postgres {
             write!(
                 f,

@@ -20,9 +20,8 @@ use super::error::{ApiError, ErrorEnvelope};
 use super::extract::{ApiPath, Data};
 use super::AppState;
 use crate::ingest::providers::HandshakeReply;
-use crate::ingest::{IngestError, Received};
+use crate::ingest::{IngestError, Received, Source};
 use crate::metrics::IngestResult;
-use crate::model::records::SourceRecord;
 use crate::telemetry::IngestSpan;
 
 /// Answer to an accepted (or duplicate) event.
@@ -91,7 +90,7 @@ type Handled = Result<(IngestResult, Response), (IngestResult, ApiError)>;
 /// rest), then hands the request to ingest.
 async fn handle(
     state: &AppState,
-    source: &SourceRecord,
+    source: &Source,
     url: &str,
     headers: HeaderMap,
     body: Body,

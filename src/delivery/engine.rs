@@ -24,7 +24,7 @@
 //! poll, so a lost hint only delays.
 
 use crate::model::ids::{DeliveryId, DestinationId, SourceId};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -470,29 +470,84 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-/// A lane's loop: take what is due (up to the free slots), start attempts,
-/// sleep until woken or until the next delivery falls due.
+/// Due deliveries a lane (on one node) reads beyond its free slots, and
+/// starts from memory as slots free up: one queue read then serves many
+/// attempts instead of one read (skipping every in-flight entry) per
+/// completed attempt.
+const READ_AHEAD: usize = 64;
+
+/// A lane's destination as last read, with its signing keys opened, used
+/// again while [`Store::settings_version`] says nothing changed.
+struct Current {
+    version: Option<u64>,
+    record: Arc<DestinationRecord>,
+    /// The keys, or why they could not be opened.
+    keys: Result<Arc<[Vec<u8>]>, String>,
+    /// When the keys must be opened again (a retired secret expires).
+    keys_until_ms: Option<i64>,
+}
+
+impl Current {
+    /// The destination, read again only when something may have changed.
+    async fn refresh(
+        known: Option<Current>,
+        inner: &Inner,
+        lane: &Lane,
+    ) -> Result<Current, StoreError> {
+        // The version is read before the record: a change committed in
+        // between moves it on, and the next pass reads again.
+        let version = inner.store.settings_version();
+        if let Some(known) = known {
+            let keys_current = known.keys_until_ms.is_none_or(|until| until > now_ms());
+            if version.is_some() && known.version == version && keys_current {
+                return Ok(known);
+            }
+        }
+        let record = inner
+            .store
+            .destination(lane.source_id, lane.destination_id)
+            .await?;
+        let keys = signing_keys(&inner.store, &record)
+            .map(Arc::from)
+            .map_err(|e| e.to_string());
+        let keys_until_ms = record
+            .previous_secret
+            .as_ref()
+            .map(|retired| retired.until_ms)
+            .filter(|until| *until > now_ms());
+        Ok(Current {
+            version,
+            record: Arc::new(record),
+            keys,
+            keys_until_ms,
+        })
+    }
+}
+
+/// A lane's loop: read what is due (up to the free slots, and on one node
+/// [`READ_AHEAD`] more), start attempts as slots are free, sleep until
+/// woken or until the next delivery falls due.
 async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
     let mut stop = inner.stop.subscribe();
     let mut next_slot = Instant::now();
+    let mut current: Option<Current> = None;
+    // Read from the queue, marked in flight, not yet started.
+    let mut ahead: VecDeque<DueItem> = VecDeque::new();
     loop {
         if *stop.borrow() {
             break;
         }
-        let destination = match inner
-            .store
-            .destination(lane.source_id, lane.destination_id)
-            .await
-        {
-            // Shared by the attempts this pass starts (the record carries
-            // its delivery options: headers, certificates, filters).
-            Ok(d) => Arc::new(d),
+        current = match Current::refresh(current.take(), &inner, &lane).await {
+            Ok(c) => Some(c),
             Err(StoreError::NotFound) => break,
             Err(e) => {
                 tracing::error!(error = %e, "delivery lane cannot read its destination");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
+        };
+        let Some(destination) = current.as_ref() else {
+            continue;
         };
         let mut wait = IDLE_RECHECK;
         let free = lane.permits.available_permits();
@@ -505,58 +560,81 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
         // With several nodes, only while this one holds the lane's lease.
         let epoch = lane
             .usable_epoch(inner.attempt_margin())
-            .filter(|_| destination.enabled && free > 0 && writable);
-        if let Some(epoch) = epoch {
-            let in_flight = lock(&lane.in_flight).clone();
+            .filter(|_| destination.record.enabled && writable);
+        let fifo = destination.record.options.ordering == Ordering::Fifo;
+        if (epoch.is_none() || fifo) && !ahead.is_empty() {
+            // Not sent now (or, the destination now `fifo`, maybe out of
+            // order): back to the queue, read again when they may be.
+            let mut in_flight = lock(&lane.in_flight);
+            for item in ahead.drain(..) {
+                in_flight.remove(&item.delivery_id);
+            }
+        }
+        if let Some(epoch) = epoch.filter(|_| free > 0) {
             let now = now_ms().max(0) as u64;
-            let fifo = destination.options.ordering == Ordering::Fifo;
-            let due = if fifo {
-                fifo_due(&inner.store, lane.destination_id, now, &in_flight).await
+            let read = if fifo {
+                let in_flight = lock(&lane.in_flight).clone();
+                Some(fifo_due(&inner.store, lane.destination_id, now, &in_flight).await)
+            } else if ahead.len() < free {
+                let in_flight = lock(&lane.in_flight).clone();
+                // Several nodes: read no more than this one starts now, so
+                // a lane it hands over has nothing waiting here.
+                let extra = if inner.shared { 0 } else { READ_AHEAD };
+                let limit = free - ahead.len() + extra;
+                Some(
+                    inner
+                        .store
+                        .due_for(lane.destination_id, now, &in_flight, limit)
+                        .await,
+                )
             } else {
-                inner
-                    .store
-                    .due_for(lane.destination_id, now, &in_flight, free)
-                    .await
+                None
             };
-            match due {
-                Ok((items, next_due)) => {
+            match read {
+                Some(Ok((items, next_due))) => {
                     if let Some(due) = next_due {
                         wait = wait.min(Duration::from_millis(due.saturating_sub(now)));
                     }
+                    let mut in_flight = lock(&lane.in_flight);
                     for item in items {
-                        let Ok(permit) = lane.permits.clone().acquire_owned().await else {
-                            break;
-                        };
-                        if let Some(rate) = destination.rate_limit.filter(|r| *r > 0) {
-                            let now = Instant::now();
-                            if next_slot > now {
-                                // Shutdown doesn't wait for a rate-limited
-                                // backlog: what is not sent stays queued.
-                                tokio::select! {
-                                    _ = tokio::time::sleep_until(next_slot) => {}
-                                    _ = stop.changed() => break,
-                                }
-                                if *stop.borrow() {
-                                    break;
-                                }
-                            }
-                            next_slot =
-                                next_slot.max(now) + Duration::from_secs_f64(1.0 / f64::from(rate));
-                        }
-                        lock(&lane.in_flight).insert(item.delivery_id);
-                        let (inner, lane) = (inner.clone(), lane.clone());
-                        let destination = destination.clone();
-                        inner.tracker.clone().spawn(async move {
-                            deliver(&inner, &lane, &destination, item, epoch, permit).await;
-                            lock(&lane.in_flight).remove(&item.delivery_id);
-                            lane.wake.notify_one();
-                        });
+                        in_flight.insert(item.delivery_id);
+                        ahead.push_back(item);
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     tracing::error!(error = %e, "delivery lane cannot read its queue");
                     wait = Duration::from_secs(1);
                 }
+                None => {}
+            }
+            while let Some(item) = ahead.front().copied() {
+                let Ok(permit) = lane.permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                if let Some(rate) = destination.record.rate_limit.filter(|r| *r > 0) {
+                    let now = Instant::now();
+                    if next_slot > now {
+                        // Shutdown doesn't wait for a rate-limited
+                        // backlog: what is not sent stays queued.
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(next_slot) => {}
+                            _ = stop.changed() => break,
+                        }
+                        if *stop.borrow() {
+                            break;
+                        }
+                    }
+                    next_slot = next_slot.max(now) + Duration::from_secs_f64(1.0 / f64::from(rate));
+                }
+                ahead.pop_front();
+                let (inner, lane) = (inner.clone(), lane.clone());
+                let destination = destination.record.clone();
+                let keys = destination_keys(current.as_ref());
+                inner.tracker.clone().spawn(async move {
+                    deliver(&inner, &lane, &destination, keys, item, epoch, permit).await;
+                    lock(&lane.in_flight).remove(&item.delivery_id);
+                    lane.wake.notify_one();
+                });
             }
         }
         if *stop.borrow() {
@@ -569,6 +647,14 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
         }
     }
     lock(&inner.lanes).remove(&lane.destination_id);
+}
+
+/// The opened signing keys of the lane's destination, or why not.
+fn destination_keys(current: Option<&Current>) -> Result<Arc<[Vec<u8>]>, String> {
+    current.map_or_else(
+        || Err("the destination is not loaded".to_string()),
+        |c| c.keys.clone(),
+    )
 }
 
 /// What a `fifo` destination may attempt now: nothing while one of its
@@ -597,6 +683,7 @@ async fn deliver(
     inner: &Inner,
     lane: &Lane,
     destination: &DestinationRecord,
+    keys: Result<Arc<[Vec<u8>]>, String>,
     item: DueItem,
     lease_epoch: u64,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -621,7 +708,7 @@ async fn deliver(
     if delivery.status != DeliveryStatus::Pending {
         return;
     }
-    let keys = match signing_keys(&inner.store, destination) {
+    let keys = match keys {
         Ok(keys) => keys,
         Err(e) => {
             tracing::error!(destination = %destination.id.to_string(), error = %e, "cannot open the destination secret");
@@ -688,6 +775,7 @@ async fn deliver(
         next,
         disable_after_ms: inner.config.disable_after.as_millis() as i64,
         lease_epoch,
+        lane_waits: destination.options.ordering == Ordering::Fifo,
     };
     // The item stays in the lane's in-flight set until its outcome is
     // recorded, so it is not handed out (and sent) again meanwhile. When

@@ -6,6 +6,7 @@
 //! `crate::api::ingest`.
 
 pub mod providers;
+mod sources;
 mod tokens;
 
 use crate::model::ids::EventId;
@@ -20,6 +21,8 @@ use crate::model::time::now_ms;
 use crate::store::{IngestOutcome, Store, StoreError};
 use crate::telemetry::IngestSpan;
 use providers::{HandshakeReply, Inbound, VerifyError};
+pub use sources::Source;
+use sources::SourceCache;
 use tokens::{SeenTokens, TokenUse};
 
 /// Longest slug looked up; anything longer is an unknown URL.
@@ -35,6 +38,8 @@ pub struct Ingest {
     public_url: Arc<str>,
     /// Single-use signature tokens seen lately (Mailgun), per process.
     tokens: Arc<SeenTokens>,
+    /// Enabled sources by slug, with their secrets opened.
+    sources: Arc<SourceCache>,
 }
 
 /// What became of an accepted request.
@@ -90,18 +95,16 @@ impl Ingest {
             metrics,
             public_url,
             tokens: Arc::default(),
+            sources: Arc::default(),
         }
     }
 
     /// The enabled source an ingest slug names.
-    pub async fn source(&self, slug: &str) -> Result<SourceRecord, IngestError> {
+    pub async fn source(&self, slug: &str) -> Result<Arc<Source>, IngestError> {
         if slug.len() > MAX_SLUG_LEN {
             return Err(IngestError::NotFound);
         }
-        match self.store.source_by_slug(slug).await? {
-            source if source.enabled => Ok(source),
-            _ => Err(IngestError::NotFound),
-        }
+        Ok(self.sources.get(&self.store, slug).await?)
     }
 
     /// The URL the provider called, as the providers that sign it (Square,
@@ -127,7 +130,7 @@ impl Ingest {
     /// duplicate) and the lanes of its deliveries are woken.
     pub async fn accept(
         &self,
-        source: &SourceRecord,
+        source: &Source,
         url: &str,
         headers: &HeaderMap,
         body: &[u8],
@@ -145,7 +148,7 @@ impl Ingest {
         if let Some(reply) = provider.pre_verification_handshake(&inbound) {
             return Ok(Received::Handshake(reply));
         }
-        let secrets = self.open_secrets(source, now)?;
+        let secrets = source.secrets(&self.store, now)?;
         let secret_refs: Vec<&[u8]> = secrets.iter().map(Vec::as_slice).collect();
         provider
             .verify(config, &inbound, &secret_refs)
@@ -222,21 +225,6 @@ impl Ingest {
                 "too many single-use signature tokens to remember right now",
             )),
         }
-    }
-
-    /// The secrets a source accepts now: current, then the previous one
-    /// while its 24 h overlap lasts.
-    fn open_secrets(&self, source: &SourceRecord, now: i64) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut out = Vec::with_capacity(2);
-        if let Some(sealed) = &source.signing_secret {
-            out.push(self.store.open_secret(sealed)?);
-        }
-        if let Some(previous) = &source.previous_secret {
-            if previous.until_ms > now {
-                out.push(self.store.open_secret(&previous.sealed)?);
-            }
-        }
-        Ok(out)
     }
 }
 

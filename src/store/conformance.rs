@@ -301,6 +301,7 @@ pub(super) fn outcome(
         disable_after_ms: DAY,
         // Set by `record_under_lease`, which holds the lane first.
         lease_epoch: 0,
+        lane_waits: false,
     }
 }
 
@@ -1994,6 +1995,7 @@ async fn fifo_head_is_the_first_pending_delivery_in_event_order(store: &Store) {
         next: Next::Succeeded,
         disable_after_ms: i64::MAX / 4,
         lease_epoch: 0,
+        lane_waits: false,
     };
     record_under_lease(
         store,

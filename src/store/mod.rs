@@ -137,6 +137,17 @@ impl Store {
         }
     }
 
+    /// A number that stays the same while no source, destination or key
+    /// has changed, so a destination read earlier may be used again without
+    /// a read; `None` when the backend cannot tell (several nodes: another
+    /// one may change a destination at any time), and callers read again.
+    pub fn settings_version(&self) -> Option<u64> {
+        match &self.backend {
+            Backend::Redb(b) => Some(b.settings_version()),
+            Backend::Postgres(_) => None,
+        }
+    }
+
     /// Whether several nodes may share this store (PostgreSQL): delivery
     /// then runs each destination under a lease ([`Store::claim_lanes`])
     /// and wake-ups travel between nodes ([`Store::announce_due`]).

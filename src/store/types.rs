@@ -39,6 +39,10 @@ pub struct AttemptOutcome {
     /// a backend shared by several nodes records the outcome only while
     /// this node still holds that epoch.
     pub lease_epoch: u64,
+    /// The lane starts nothing more for its destination until this is
+    /// recorded (a `fifo` destination): a backend records it without
+    /// delay; others may be held back briefly to share a commit.
+    pub lane_waits: bool,
 }
 
 impl AttemptOutcome {

@@ -441,6 +441,7 @@ mod tests {
             },
             disable_after_ms: DISABLE_AFTER_MS,
             lease_epoch: 0,
+            lane_waits: false,
         };
         store
             .write(move |txn| record_attempt(txn, &outcome))

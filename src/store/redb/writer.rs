@@ -63,6 +63,46 @@ const LOG_PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Log records applied per transaction while catching up after a crash.
 const CATCH_UP_CHUNK: usize = 2048;
 
+/// A batch made only of delivery outcomes that nobody waits on (see
+/// [`Writer::write_volatile`]) waits up to this long for more writes before it
+/// commits. A commit has a fixed cost (table roots, page checksums, the
+/// copy-on-write of every page it touches), and outcomes arriving one by
+/// one made commits of ~7 operations under fan-out.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// Outcomes enough for a batch not to linger.
+const LINGER_OPS: usize = 64;
+
+/// The writes gathered for the next commit.
+struct Gathered {
+    batch: Vec<Box<dyn PendingWrite>>,
+    bytes: usize,
+    /// Some write must be durable when answered.
+    durable: bool,
+    /// The highest log position among the batch's logged writes.
+    max_lsn: Option<u64>,
+    /// Every write may wait for company ([`Writer::write_volatile`]).
+    may_linger: bool,
+}
+
+impl Default for Gathered {
+    fn default() -> Self {
+        Gathered {
+            batch: Vec::new(),
+            bytes: 0,
+            durable: false,
+            max_lsn: None,
+            may_linger: true,
+        }
+    }
+}
+
+impl Gathered {
+    fn has_room(&self, limits: &WriterLimits) -> bool {
+        self.batch.len() < limits.max_batch_ops && self.bytes < limits.max_batch_bytes
+    }
+}
+
 /// Applies one write-ahead log record (an encoded ingest) through the
 /// hot tables of a transaction. Must be idempotent: a record may be
 /// applied again after a crash.
@@ -118,6 +158,8 @@ enum Job {
         lsn: Option<u64>,
         /// Must be durable when answered (commits with an fsync).
         durable: bool,
+        /// May wait up to [`LINGER`] for company (see [`Writer::write_volatile`]).
+        may_linger: bool,
     },
     Stop,
 }
@@ -252,6 +294,8 @@ pub struct Writer {
     enqueue_timeout: Duration,
     /// False while appending to the log fails (e.g. a full disk).
     log_healthy: Arc<AtomicBool>,
+    /// See [`Writer::settings_version`].
+    settings_version: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -271,6 +315,7 @@ impl Writer {
         let (apply_tx, apply_rx) = mpsc::channel(limits.queue_capacity);
         let checkpointed = Arc::new(AtomicU64::new(applied_lsn));
         let log_healthy = Arc::new(AtomicBool::new(true));
+        let settings_version = Arc::new(AtomicU64::new(0));
         let logger = Logger {
             wal,
             rx: log_rx,
@@ -293,6 +338,7 @@ impl Writer {
             received_lsn: applied_lsn,
             logged_bytes: 0,
             unsynced_since: None,
+            settings_version: settings_version.clone(),
         };
         let log_thread = std::thread::Builder::new()
             .name("krafter-wal".into())
@@ -310,6 +356,7 @@ impl Writer {
             threads: std::sync::Mutex::new((log_thread, apply_thread)),
             enqueue_timeout: limits.enqueue_timeout,
             log_healthy,
+            settings_version,
         }
     }
 
@@ -326,21 +373,26 @@ impl Writer {
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
         let (op, answer) = Op::new(f);
-        self.direct(Box::new(op), answer, size_hint, true).await
+        self.direct(Box::new(op), answer, size_hint, true, false)
+            .await
     }
 
     /// Like [`Writer::write`], but answers once the change is committed and
     /// visible, before it is durable: a crash within
     /// [`CHECKPOINT_INTERVAL`] may forget it. Only for changes whose loss
     /// the system tolerates (a delivery outcome: the delivery is simply
-    /// attempted again). `f` runs on the batch's hot tables.
-    pub async fn write_volatile<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// attempted again). `f` runs on the batch's hot tables. With
+    /// `may_linger`, a batch of such writes alone waits up to [`LINGER`] for
+    /// more before committing (cheaper commits, later answers): for callers
+    /// that do not wait on the answer to go on.
+    pub async fn write_volatile<T, F>(&self, may_linger: bool, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut HotTables<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (op, answer) = Op::new(Hot(f));
-        self.direct(Box::new(op), answer, 0, false).await
+        self.direct(Box::new(op), answer, 0, false, may_linger)
+            .await
     }
 
     /// Appends `payload` to the write-ahead log, and once it is synced runs
@@ -373,12 +425,14 @@ impl Writer {
         answer: oneshot::Receiver<Result<T, StoreError>>,
         size: usize,
         durable: bool,
+        may_linger: bool,
     ) -> Result<T, StoreError> {
         let job = Job::Write {
             op,
             size,
             lsn: None,
             durable,
+            may_linger,
         };
         match tokio::time::timeout(self.enqueue_timeout, self.apply_tx.send(job)).await {
             Ok(Ok(())) => {}
@@ -388,6 +442,21 @@ impl Writer {
         answer
             .await
             .unwrap_or(Err(StoreError::Unavailable("the writer has stopped")))
+    }
+
+    /// A number that moves on after every commit holding a control-plane
+    /// write ([`Writer::write`]: sources, destinations, keys...) and after
+    /// [`Writer::settings_changed`]: while it stays the same, a record read
+    /// before is still current, so delivery lanes keep their destination
+    /// instead of reading it for every attempt.
+    pub fn settings_version(&self) -> u64 {
+        self.settings_version.load(Ordering::SeqCst)
+    }
+
+    /// Moves [`Writer::settings_version`] on after a hot write changed
+    /// settings (an outcome that disabled its destination).
+    pub fn settings_changed(&self) {
+        self.settings_version.fetch_add(1, Ordering::SeqCst);
     }
 
     /// False while the write-ahead log cannot be appended to.
@@ -488,6 +557,7 @@ impl Logger {
                             size: payload.len(),
                             lsn: Some(lsn),
                             durable: false,
+                            may_linger: false,
                         };
                         if let Err(mpsc::error::SendError(Job::Write { op, .. })) =
                             self.apply_tx.blocking_send(job)
@@ -533,6 +603,8 @@ struct Applier {
     logged_bytes: usize,
     /// When the oldest commit not yet made durable by a checkpoint was made.
     unsynced_since: Option<Instant>,
+    /// Moved on after commits of control-plane writes ([`Writer::settings_version`]).
+    settings_version: Arc<AtomicU64>,
 }
 
 impl Applier {
@@ -555,43 +627,37 @@ impl Applier {
             let Some(first) = first else {
                 break;
             };
-            let mut batch: Vec<Box<dyn PendingWrite>> = Vec::new();
-            let mut bytes = 0usize;
-            let mut durable = false;
-            let mut max_lsn = None;
+            let mut gathered = Gathered::default();
             let mut next = Some(first);
             while let Some(job) = next.take() {
-                match job {
-                    Job::Write {
-                        op,
-                        size,
-                        lsn,
-                        durable: needs_sync,
-                    } => {
-                        bytes += size;
-                        durable |= needs_sync;
-                        if let Some(lsn) = lsn {
-                            self.logged_bytes += size;
-                            self.received_lsn = self.received_lsn.max(lsn);
-                            max_lsn = Some(lsn);
-                        }
-                        batch.push(op);
-                    }
-                    Job::Stop => stopping = true,
-                }
+                stopping |= self.take(job, &mut gathered);
                 // After a stop request, drain everything already queued so
                 // no accepted write is dropped on shutdown.
-                let room =
-                    batch.len() < self.limits.max_batch_ops && bytes < self.limits.max_batch_bytes;
-                if stopping || room {
+                if stopping || gathered.has_room(&self.limits) {
                     next = self.rx.try_recv().ok();
                 }
             }
+            if !stopping && gathered.may_linger && gathered.batch.len() < LINGER_OPS {
+                stopping = self.linger(timer.as_ref(), &mut gathered);
+            }
+            let Gathered {
+                mut batch,
+                durable,
+                max_lsn,
+                ..
+            } = gathered;
             if batch.is_empty() && !stopping {
                 continue;
             }
+            // Only control-plane writes ask for durability themselves.
+            let settings = durable;
             let durable = durable || stopping || self.checkpoint_due();
             let committed = self.commit(&mut batch, durable, max_lsn);
+            if settings {
+                // After the commit: whoever reads the version and then the
+                // record sees the record current for that version or newer.
+                self.settings_version.fetch_add(1, Ordering::SeqCst);
+            }
             for op in batch {
                 op.finish(committed);
             }
@@ -604,6 +670,70 @@ impl Applier {
         while let Ok(Job::Write { op, .. }) = self.rx.try_recv() {
             op.finish(false);
         }
+    }
+
+    /// Adds `job` to the batch being gathered; true for a stop request.
+    fn take(&mut self, job: Job, gathered: &mut Gathered) -> bool {
+        match job {
+            Job::Write {
+                op,
+                size,
+                lsn,
+                durable,
+                may_linger,
+            } => {
+                gathered.bytes += size;
+                gathered.durable |= durable;
+                gathered.may_linger &= may_linger;
+                if let Some(lsn) = lsn {
+                    self.logged_bytes += size;
+                    self.received_lsn = self.received_lsn.max(lsn);
+                    gathered.max_lsn = Some(lsn);
+                }
+                gathered.batch.push(op);
+                false
+            }
+            Job::Stop => true,
+        }
+    }
+
+    /// Waits (up to [`LINGER`]) for more writes to join a small batch of
+    /// delivery outcomes; true if a stop request came meanwhile.
+    fn linger(&mut self, timer: Option<&tokio::runtime::Runtime>, gathered: &mut Gathered) -> bool {
+        // Without a timer a wait could not be bounded: commit at once.
+        if timer.is_none() {
+            return false;
+        }
+        let deadline = Instant::now() + LINGER;
+        while gathered.may_linger
+            && gathered.batch.len() < LINGER_OPS
+            && gathered.has_room(&self.limits)
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match recv_within(timer, &mut self.rx, Some(left)) {
+                Ok(Some(job)) => {
+                    if self.take(job, gathered) {
+                        return true;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // Whatever else is already queued joins too.
+        while gathered.has_room(&self.limits) {
+            match self.rx.try_recv() {
+                Ok(job) => {
+                    if self.take(job, gathered) {
+                        return true;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        false
     }
 
     fn checkpoint_due(&self) -> bool {
@@ -692,6 +822,8 @@ impl Applier {
                     self.checkpointed.store(self.applied_lsn, Ordering::SeqCst);
                     self.logged_bytes = 0;
                     self.unsynced_since = None;
+                    // The file is back at its last checkpoint.
+                    self.settings_version.fetch_add(1, Ordering::SeqCst);
                     self.healthy.store(true, Ordering::SeqCst);
                     tracing::warn!("storage reopened after a failed write; writes resume");
                     return;
@@ -969,6 +1101,50 @@ mod tests {
         w.stop().await;
     }
 
+    /// The commits counted so far.
+    fn commits(metrics: &Metrics) -> f64 {
+        let exposition = metrics.render();
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix("krafter_storage_commit_duration_seconds_count "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no commit count in {exposition}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outcomes_arriving_one_by_one_share_commits_when_nobody_waits_on_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, w, metrics) = writer(&dir, 1024, 5_000);
+        let before = commits(&metrics);
+        // 24 writes a quarter of a millisecond apart: an idle writer would
+        // commit each alone.
+        let runtime = tokio::runtime::Handle::current();
+        let issuer = {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                for _ in 0..24 {
+                    let w = w.clone();
+                    answers.push(
+                        runtime
+                            .spawn(async move { w.write_volatile(true, |_tables| Ok(())).await }),
+                    );
+                    std::thread::sleep(Duration::from_micros(250));
+                }
+                answers
+            })
+        };
+        for answer in issuer.join().unwrap() {
+            answer.await.unwrap().unwrap();
+        }
+        let lingering = commits(&metrics) - before;
+        assert!(
+            lingering <= 12.0,
+            "{lingering} commits for 24 outcomes arriving over ~6 ms"
+        );
+        w.stop().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_commits_and_a_refused_op_does_not_spoil_the_batch() {
         let dir = tempfile::tempdir().unwrap();
@@ -998,12 +1174,7 @@ mod tests {
         }
         assert_eq!(ok, 180);
         // 200 writes arrived together: they shared commits (fsyncs).
-        let exposition = metrics.render();
-        let commits: f64 = exposition
-            .lines()
-            .find_map(|l| l.strip_prefix("krafter_storage_commit_duration_seconds_count "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no commit count in {exposition}"));
+        let commits = commits(&metrics);
         assert!(
             (1.0..=100.0).contains(&commits),
             "{commits} commits for 200 concurrent writes"
