@@ -447,3 +447,22 @@ fn alert_record(kind: &str, data: Value) -> AlertRecord {
         next_attempt_ms: now,
     }
 }
+
+impl crate::delivery::engine::AttemptListener for Alerts {
+    fn attempted<'a>(
+        &'a self,
+        url: &'a str,
+        outcome: &'a AttemptOutcome,
+    ) -> crate::delivery::engine::Listened<'a> {
+        Box::pin(self.after_attempt(url, outcome))
+    }
+
+    fn disabled<'a>(
+        &'a self,
+        url: &'a str,
+        outcome: &'a AttemptOutcome,
+        reason: &'a str,
+    ) -> crate::delivery::engine::Listened<'a> {
+        Box::pin(self.destination_disabled(outcome.destination_id, outcome.source_id, url, reason))
+    }
+}

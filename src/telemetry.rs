@@ -52,8 +52,8 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 
 use crate::config::TelemetryConfig;
-use crate::delivery::worker::AttemptResult;
 use crate::model::ids::{DeliveryId, DestinationId, EventId, SourceId};
+use crate::model::records::ErrorKind;
 use crate::model::records::EventRecord;
 use crate::model::trace::{TraceContext, TRACEPARENT, TRACESTATE};
 
@@ -338,22 +338,27 @@ impl AttemptSpan {
     /// Ends the span with the attempt's outcome: the status code when the
     /// destination answered, the error kind (never the message, which may
     /// name the destination) when it failed.
-    pub fn finish(mut self, result: &AttemptResult) {
-        let outcome = result.error_kind.map_or("succeeded", |k| k.as_str());
+    pub fn finish(
+        mut self,
+        status: Option<u16>,
+        error_kind: Option<ErrorKind>,
+        duration: Duration,
+    ) {
+        let outcome = error_kind.map_or("succeeded", |k| k.as_str());
         self.span.set_attributes([
             KeyValue::new("krafter.outcome", outcome),
             KeyValue::new(
                 "krafter.duration_ms",
-                i64::try_from(result.duration.as_millis()).unwrap_or(i64::MAX),
+                i64::try_from(duration.as_millis()).unwrap_or(i64::MAX),
             ),
         ]);
-        if let Some(status) = result.status {
+        if let Some(status) = status {
             self.span.set_attribute(KeyValue::new(
                 "http.response.status_code",
                 i64::from(status),
             ));
         }
-        match result.error_kind {
+        match error_kind {
             None => self.span.set_status(Status::Ok),
             Some(kind) => self.span.set_status(Status::error(kind.as_str())),
         }
@@ -435,17 +440,10 @@ impl std::fmt::Debug for OtlpClient {
 
 impl OtlpClient {
     fn new(runtime: tokio::runtime::Handle, timeout: Duration) -> Result<Self, TelemetryError> {
-        let mut roots = rustls::RootCertStore::empty();
-        // A malformed system certificate is skipped, as browsers do.
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = rustls::ClientConfig::builder_with_provider(crate::http::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(crate::http::tls::native_roots())
+            .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

@@ -260,12 +260,7 @@ where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
 {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        // A malformed system certificate is skipped, as browsers do.
-        let _ = roots.add(cert);
-    }
+    let mut roots = crate::http::tls::native_roots();
     if let Some(path) = &config.extra_ca_path {
         for cert in load_pem(path)? {
             roots.add(cert).map_err(|e| ClientError::ExtraCa {

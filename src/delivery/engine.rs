@@ -68,6 +68,25 @@ const CLAIM_RETRY: Duration = Duration::from_secs(1);
 /// Shortest pause between two rounds of the lease keeper.
 const MIN_CLAIM_GAP: Duration = Duration::from_millis(200);
 
+/// Hears about attempts' outcomes once they are recorded: the alerts
+/// (SPEC §15), set at start-up with [`Engine::set_alerts`]. A trait so
+/// that delivery does not depend on who listens.
+pub trait AttemptListener: Send + Sync {
+    /// After an attempt's outcome was recorded (not stale, not fenced off).
+    fn attempted<'a>(&'a self, url: &'a str, outcome: &'a AttemptOutcome) -> Listened<'a>;
+
+    /// After `outcome` disabled its destination, for `reason`.
+    fn disabled<'a>(
+        &'a self,
+        url: &'a str,
+        outcome: &'a AttemptOutcome,
+        reason: &'a str,
+    ) -> Listened<'a>;
+}
+
+/// What an [`AttemptListener`] does, awaited by the attempt's task.
+pub type Listened<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
 /// Handle to the running engine; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -93,7 +112,7 @@ struct Inner {
     identity_clients: Mutex<HashMap<DestinationId, (i64, DeliveryClient)>>,
     /// Where attempts' outcomes are reported for alerts (set once at
     /// start-up; none in tools that run the engine alone).
-    alerts: std::sync::OnceLock<crate::alerts::Alerts>,
+    alerts: std::sync::OnceLock<Arc<dyn AttemptListener>>,
     /// The overview's counters (set once at start-up).
     stats: std::sync::OnceLock<crate::stats::Stats>,
     /// Tracing (set once at start-up when it is on): a span per attempt.
@@ -198,7 +217,7 @@ impl Engine {
     }
 
     /// Reports attempts' outcomes to `alerts` from now on (SPEC §15).
-    pub fn set_alerts(&self, alerts: crate::alerts::Alerts) {
+    pub fn set_alerts(&self, alerts: Arc<dyn AttemptListener>) {
         let _ = self.inner.alerts.set(alerts);
     }
 
@@ -507,14 +526,12 @@ impl Current {
             .store
             .destination(lane.source_id, lane.destination_id)
             .await?;
-        let keys = signing_keys(&inner.store, &record)
+        // One `now` for both: the keys opened are those live until then.
+        let now = now_ms();
+        let keys = signing_keys(&inner.store, &record, now)
             .map(Arc::from)
             .map_err(|e| e.to_string());
-        let keys_until_ms = record
-            .previous_secret
-            .as_ref()
-            .map(|retired| retired.until_ms)
-            .filter(|until| *until > now_ms());
+        let keys_until_ms = RetiredSecret::live_until(record.previous_secret.as_ref(), now);
         Ok(Current {
             version,
             record: Arc::new(record),
@@ -537,17 +554,14 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
         if *stop.borrow() {
             break;
         }
-        current = match Current::refresh(current.take(), &inner, &lane).await {
-            Ok(c) => Some(c),
+        let destination = match Current::refresh(current.take(), &inner, &lane).await {
+            Ok(c) => current.insert(c),
             Err(StoreError::NotFound) => break,
             Err(e) => {
                 tracing::error!(error = %e, "delivery lane cannot read its destination");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-        };
-        let Some(destination) = current.as_ref() else {
-            continue;
         };
         let mut wait = IDLE_RECHECK;
         let free = lane.permits.available_permits();
@@ -628,10 +642,9 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
                 }
                 ahead.pop_front();
                 let (inner, lane) = (inner.clone(), lane.clone());
-                let destination = destination.record.clone();
-                let keys = destination_keys(current.as_ref());
+                let (record, keys) = (destination.record.clone(), destination.keys.clone());
                 inner.tracker.clone().spawn(async move {
-                    deliver(&inner, &lane, &destination, keys, item, epoch, permit).await;
+                    deliver(&inner, &lane, &record, keys, item, epoch, permit).await;
                     lock(&lane.in_flight).remove(&item.delivery_id);
                     lane.wake.notify_one();
                 });
@@ -647,14 +660,6 @@ async fn run(inner: Arc<Inner>, lane: Arc<Lane>) {
         }
     }
     lock(&inner.lanes).remove(&lane.destination_id);
-}
-
-/// The opened signing keys of the lane's destination, or why not.
-fn destination_keys(current: Option<&Current>) -> Result<Arc<[Vec<u8>]>, String> {
-    current.map_or_else(
-        || Err("the destination is not loaded".to_string()),
-        |c| c.keys.clone(),
-    )
 }
 
 /// What a `fifo` destination may attempt now: nothing while one of its
@@ -725,7 +730,7 @@ async fn deliver(
     let trace = span.as_ref().and_then(|s| s.context());
     let result = attempt_with_options(inner, destination, &event, &keys, number, trace).await;
     if let Some(span) = span {
-        span.finish(&result);
+        span.finish(result.status, result.error_kind, result.duration);
     }
     drop(permit);
     // A slot is free: the lane can start another delivery while this
@@ -816,21 +821,14 @@ async fn deliver(
                 }
                 if let Some(alerts) = inner.alerts.get() {
                     if !recorded.fenced_off && !recorded.stale {
-                        alerts.after_attempt(&destination.url, &outcome).await;
+                        alerts.attempted(&destination.url, &outcome).await;
                     }
                     if recorded.disabled_destination {
                         let reason = format!(
                             "every delivery failed for {} (delivery.disable_after)",
                             humantime::format_duration(inner.config.disable_after)
                         );
-                        alerts
-                            .destination_disabled(
-                                lane.destination_id,
-                                lane.source_id,
-                                &destination.url,
-                                &reason,
-                            )
-                            .await;
+                        alerts.disabled(&destination.url, &outcome, &reason).await;
                     }
                 }
                 return;
@@ -1010,12 +1008,13 @@ async fn attempt_with_options(
 fn signing_keys(
     store: &Store,
     d: &DestinationRecord,
+    now: i64,
 ) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error + Send + Sync>> {
     let mut keys = Vec::with_capacity(2);
     let current = String::from_utf8(store.open_secret(&d.secret)?)?;
     keys.push(signer::secret_key(&current)?);
     if let Some(RetiredSecret { sealed, until_ms }) = &d.previous_secret {
-        if *until_ms > now_ms() {
+        if *until_ms > now {
             let previous = String::from_utf8(store.open_secret(sealed)?)?;
             keys.push(signer::secret_key(&previous)?);
         }

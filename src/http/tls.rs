@@ -27,6 +27,17 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The system's trusted certificate authorities, for outgoing HTTPS
+/// (deliveries, the OTLP exporter). A malformed system certificate is
+/// skipped, as browsers do.
+pub fn native_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
 /// Builds an acceptor from PEM files; advertises h2 and http/1.1 via ALPN.
 pub fn acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, TlsError> {
     let certs = CertificateDer::pem_file_iter(cert_path)

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
-use crate::model::records::SourceRecord;
+use crate::model::records::{RetiredSecret, SourceRecord};
 use crate::model::time::now_ms;
 use crate::store::{Store, StoreError};
 
@@ -26,7 +26,7 @@ pub struct Source {
     record: SourceRecord,
     /// The current secret, then the previous one while its overlap lasts;
     /// `None` if they could not be opened (asked again, to report why).
-    secrets: Option<Vec<Vec<u8>>>,
+    secrets: Option<Arc<[Vec<u8>]>>,
     /// When the previous secret stops being accepted (then read again).
     secrets_until_ms: Option<i64>,
 }
@@ -42,25 +42,21 @@ impl Deref for Source {
 impl Source {
     /// Opens `record`'s secrets as of `now`.
     fn open(store: &Store, record: SourceRecord, now: i64) -> Source {
-        let secrets_until_ms = record
-            .previous_secret
-            .as_ref()
-            .map(|previous| previous.until_ms)
-            .filter(|until| *until > now);
+        let secrets_until_ms = RetiredSecret::live_until(record.previous_secret.as_ref(), now);
         Source {
-            secrets: open_secrets(store, &record, now).ok(),
+            secrets: open_secrets(store, &record, now).ok().map(Arc::from),
             record,
             secrets_until_ms,
         }
     }
 
     /// The secrets the source accepts now.
-    pub fn secrets(&self, store: &Store, now: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+    pub fn secrets(&self, store: &Store, now: i64) -> Result<Arc<[Vec<u8>]>, StoreError> {
         match &self.secrets {
             Some(secrets) if self.secrets_until_ms.is_none_or(|until| until > now) => {
                 Ok(secrets.clone())
             }
-            _ => open_secrets(store, &self.record, now),
+            _ => open_secrets(store, &self.record, now).map(Arc::from),
         }
     }
 }
@@ -105,12 +101,16 @@ impl SourceCache {
         let version = store.settings_version();
         if let Some(version) = version {
             let mut kept = lock(&self.kept);
-            if kept.version != version {
+            // Versions only grow; a lookup that read an older one than the
+            // cache holds just reads the store.
+            if kept.version < version {
                 kept.by_slug.clear();
                 kept.version = version;
-            } else if let Some(source) = kept.by_slug.get(slug) {
+            } else if kept.version == version {
                 // Past a retired secret's overlap: read again.
-                if source.secrets_until_ms.is_none_or(|until| until > now_ms()) {
+                let live =
+                    |s: &&Arc<Source>| s.secrets_until_ms.is_none_or(|until| until > now_ms());
+                if let Some(source) = kept.by_slug.get(slug).filter(live) {
                     return Ok(source.clone());
                 }
             }

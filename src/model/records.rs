@@ -62,6 +62,17 @@ pub struct RetiredSecret {
     pub until_ms: i64,
 }
 
+impl RetiredSecret {
+    /// Until when `previous` (a record's retired secret, if any) is still
+    /// accepted, as of `now_ms`; `None` once it is not (or there is none).
+    /// What keeps opened secrets in memory must open them again then.
+    pub fn live_until(previous: Option<&RetiredSecret>, now_ms: i64) -> Option<i64> {
+        previous
+            .map(|retired| retired.until_ms)
+            .filter(|until| *until > now_ms)
+    }
+}
+
 /// A source: one third-party origin.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceRecord {
@@ -496,42 +507,6 @@ pub struct SessionRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An event as releases before `serde_bytes` wrote it: the body as a
-    /// plain sequence of bytes.
-    #[derive(Serialize, Deserialize, Debug, PartialEq)]
-    struct EventBeforeSerdeBytes {
-        id: EventId,
-        source_id: SourceId,
-        received_at_ms: i64,
-        event_type: String,
-        provider_event_id: Option<String>,
-        headers: Vec<(String, Vec<u8>)>,
-        body: Vec<u8>,
-    }
-
-    #[test]
-    fn event_bodies_keep_their_stored_bytes() {
-        let body: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
-        let old = EventBeforeSerdeBytes {
-            id: EventId::from_u128(7),
-            source_id: SourceId::from_u128(9),
-            received_at_ms: 1_700_000_000_000,
-            event_type: "invoice.paid".into(),
-            provider_event_id: Some("evt_1".into()),
-            headers: vec![("x-a".into(), b"\xff\x00".to_vec())],
-            body: body.clone(),
-        };
-        // The trace context came later, at the end (a record version of
-        // its own, see `store::redb::records`): an absent one is postcard's
-        // `None`, one zero byte after the old layout.
-        let mut stored = postcard::to_stdvec(&old).unwrap();
-        stored.push(0);
-        let now: EventRecord = postcard::from_bytes(&stored).unwrap();
-        assert_eq!(now.body, body);
-        assert_eq!(now.trace, None);
-        assert_eq!(postcard::to_stdvec(&now).unwrap(), stored);
-    }
 
     /// What releases before `ErrorKind` stored: the name as text.
     #[derive(Serialize)]

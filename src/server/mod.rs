@@ -158,7 +158,7 @@ pub async fn start_with_resolver(
         &config.delivery,
         engine.resolver().clone(),
     )?;
-    engine.set_alerts(alerts.clone());
+    engine.set_alerts(Arc::new(alerts.clone()));
     if let Some(telemetry) = &telemetry {
         engine.set_telemetry(telemetry.clone());
     }

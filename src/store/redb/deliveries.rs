@@ -188,6 +188,7 @@ impl HotTables<'_> {
             let (changed, disabled) = o.apply_to_destination(&mut d);
             recorded.disabled_destination = disabled;
             if changed {
+                super::writer::note_settings_written();
                 self.destinations.insert(
                     (o.source_id.as_u128(), o.destination_id.as_u128()),
                     d.encode().as_slice(),

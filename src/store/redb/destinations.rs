@@ -30,6 +30,7 @@ pub fn insert(
     if existing >= max_per_source {
         return Err(StoreError::LimitReached(max_per_source));
     }
+    super::writer::note_settings_written();
     table.insert(
         (destination.source_id.as_u128(), destination.id.as_u128()),
         destination.encode().as_slice(),
@@ -99,6 +100,7 @@ pub fn update(
         None => return Err(StoreError::NotFound),
     };
     change(&mut destination)?;
+    super::writer::note_settings_written();
     table.insert(
         (source_id.as_u128(), id.as_u128()),
         destination.encode().as_slice(),
@@ -112,6 +114,7 @@ pub fn delete(
     source_id: SourceId,
     id: DestinationId,
 ) -> Result<(), StoreError> {
+    super::writer::note_settings_written();
     match txn
         .open_table(DESTINATIONS)?
         .remove((source_id.as_u128(), id.as_u128()))?

@@ -640,16 +640,11 @@ impl RedbStore {
         // Not individually durable: a crash may forget the outcomes since
         // the last checkpoint (`writer::CHECKPOINT_INTERVAL`), and the
         // deliveries they concern are attempted again.
-        let recorded = self
-            .writer
+        self.writer
             .write_volatile(!outcome.lane_waits, move |tables| {
                 tables.record_attempt(&outcome)
             })
-            .await?;
-        if recorded.disabled_destination {
-            self.writer.settings_changed();
-        }
-        Ok(recorded)
+            .await
     }
 
     /// One node: it holds every lane, for ever, at epoch 0.

@@ -228,21 +228,35 @@ mod tests {
         assert!(DestinationRecord::decode(&[3, 0]).is_err());
     }
 
+    /// An event as releases before tracing wrote it (record version 1), and
+    /// before `serde_bytes`: the body as a plain sequence of bytes.
+    #[derive(serde::Serialize)]
+    struct EventWithPlainBody {
+        id: crate::model::ids::EventId,
+        source_id: crate::model::ids::SourceId,
+        received_at_ms: i64,
+        event_type: String,
+        provider_event_id: Option<String>,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Vec<u8>,
+    }
+
     /// An event stored (or logged to the write-ahead log) by a release
-    /// before tracing (record version 1) still reads, with no trace
+    /// before tracing (record version 1), even one from before
+    /// `serde_bytes`, still reads with every body byte and no trace
     /// context; new ones carry theirs through a round trip.
     #[test]
     fn old_event_records_still_decode() {
         use crate::model::ids::{EventId, SourceId};
         use crate::model::trace::TraceContext;
-        let old = EventRecordV1 {
+        let old = EventWithPlainBody {
             id: EventId::from_u128(5),
             source_id: SourceId::from_u128(6),
             received_at_ms: 1_700_000_000_000,
             event_type: "invoice.paid".into(),
             provider_event_id: Some("evt_1".into()),
-            headers: vec![("content-type".into(), b"application/json".to_vec())],
-            body: b"{\"a\":1}".to_vec(),
+            headers: vec![("x-a".into(), b"\xff\x00".to_vec())],
+            body: (0..=255u8).chain(0..=255u8).collect(),
         };
         let mut bytes = vec![1u8];
         bytes.extend(postcard::to_stdvec(&old).unwrap());

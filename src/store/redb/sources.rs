@@ -16,6 +16,7 @@ pub fn insert(txn: &WriteTransaction, source: &SourceRecord) -> Result<(), Store
             source.slug
         )));
     }
+    super::writer::note_settings_written();
     slugs.insert(source.slug.as_str(), source.id.as_u128())?;
     txn.open_table(SOURCES)?
         .insert(source.id.as_u128(), source.encode().as_slice())?;
@@ -62,6 +63,7 @@ pub fn update(
         None => return Err(StoreError::NotFound),
     };
     change(&mut source)?;
+    super::writer::note_settings_written();
     table.insert(id.as_u128(), source.encode().as_slice())?;
     Ok(source)
 }
@@ -74,6 +76,7 @@ pub fn delete(txn: &WriteTransaction, id: SourceId) -> Result<(), StoreError> {
         Some(bytes) => SourceRecord::decode(bytes.value())?,
         None => return Err(StoreError::NotFound),
     };
+    super::writer::note_settings_written();
     table.remove(id.as_u128())?;
     txn.open_table(SOURCE_SLUGS)?.remove(source.slug.as_str())?;
     txn.open_table(DESTINATIONS)?

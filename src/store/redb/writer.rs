@@ -103,6 +103,21 @@ impl Gathered {
     }
 }
 
+thread_local! {
+    /// Set by writes to the sources or destinations tables
+    /// ([`note_settings_written`]) on the apply thread, taken after the
+    /// batch commits.
+    static SETTINGS_WRITTEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the batch being applied as changing a source or a destination:
+/// once it commits, [`Writer::settings_version`] moves on. Called by the
+/// table-level functions that write those tables, so no operation composed
+/// of them can forget it.
+pub fn note_settings_written() {
+    SETTINGS_WRITTEN.with(|written| written.set(true));
+}
+
 /// Applies one write-ahead log record (an encoded ingest) through the
 /// hot tables of a transaction. Must be idempotent: a record may be
 /// applied again after a crash.
@@ -444,19 +459,14 @@ impl Writer {
             .unwrap_or(Err(StoreError::Unavailable("the writer has stopped")))
     }
 
-    /// A number that moves on after every commit holding a control-plane
-    /// write ([`Writer::write`]: sources, destinations, keys...) and after
-    /// [`Writer::settings_changed`]: while it stays the same, a record read
-    /// before is still current, so delivery lanes keep their destination
-    /// instead of reading it for every attempt.
+    /// A number that moves on after every commit that wrote a source or a
+    /// destination ([`note_settings_written`]), before its callers are
+    /// answered, and after the file is reopened: while it stays the same, a
+    /// record read before is still current, so delivery lanes keep their
+    /// destination and ingest its sources instead of reading them per
+    /// request.
     pub fn settings_version(&self) -> u64 {
         self.settings_version.load(Ordering::SeqCst)
-    }
-
-    /// Moves [`Writer::settings_version`] on after a hot write changed
-    /// settings (an outcome that disabled its destination).
-    pub fn settings_changed(&self) {
-        self.settings_version.fetch_add(1, Ordering::SeqCst);
     }
 
     /// False while the write-ahead log cannot be appended to.
@@ -603,7 +613,7 @@ struct Applier {
     logged_bytes: usize,
     /// When the oldest commit not yet made durable by a checkpoint was made.
     unsynced_since: Option<Instant>,
-    /// Moved on after commits of control-plane writes ([`Writer::settings_version`]).
+    /// Moved on after commits that wrote settings ([`Writer::settings_version`]).
     settings_version: Arc<AtomicU64>,
 }
 
@@ -649,13 +659,13 @@ impl Applier {
             if batch.is_empty() && !stopping {
                 continue;
             }
-            // Only control-plane writes ask for durability themselves.
-            let settings = durable;
             let durable = durable || stopping || self.checkpoint_due();
             let committed = self.commit(&mut batch, durable, max_lsn);
-            if settings {
-                // After the commit: whoever reads the version and then the
-                // record sees the record current for that version or newer.
+            if SETTINGS_WRITTEN.with(|written| written.replace(false)) && committed {
+                // After the commit, before anyone is answered: whoever
+                // reads the version and then the record sees the record
+                // current for that version or newer. (A failed commit is
+                // followed by a reopen, which moves it on too.)
                 self.settings_version.fetch_add(1, Ordering::SeqCst);
             }
             for op in batch {
@@ -1109,6 +1119,39 @@ mod tests {
             .find_map(|l| l.strip_prefix("krafter_storage_commit_duration_seconds_count "))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no commit count in {exposition}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_settings_version_moves_on_only_after_a_commit_that_wrote_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, w, _metrics) = writer(&dir, 64, 5_000);
+        let start = w.settings_version();
+        w.write(0, |txn| {
+            txn.open_table(T)?.insert(1, 1)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        w.write_volatile(true, |_tables| Ok(())).await.unwrap();
+        assert_eq!(w.settings_version(), start, "nothing changed settings");
+        w.write(0, |txn| {
+            note_settings_written();
+            txn.open_table(T)?.insert(2, 2)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        // Moved on before the writer answered.
+        let after_write = w.settings_version();
+        assert!(after_write > start);
+        w.write_volatile(false, |_tables| {
+            note_settings_written();
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert!(w.settings_version() > after_write);
+        w.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
