@@ -49,17 +49,37 @@ impl Record for DestinationRecord {
     const VERSION: u8 = 2;
 
     fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = |e: postcard::Error| StoreError::Corrupt(format!("DestinationRecord: {e}"));
-        match bytes.split_first() {
-            Some((2, body)) => postcard::from_bytes(body).map_err(corrupt),
-            Some((1, body)) => postcard::from_bytes::<DestinationRecordV1>(body)
-                .map(DestinationRecordV1::upgrade)
-                .map_err(corrupt),
-            Some((v, _)) => Err(StoreError::Corrupt(format!(
-                "DestinationRecord: unknown record version {v}"
-            ))),
-            None => Err(StoreError::Corrupt("empty record".into())),
-        }
+        decode_or_upgrade(
+            "DestinationRecord",
+            Self::VERSION,
+            bytes,
+            DestinationRecordV1::upgrade,
+        )
+    }
+}
+
+/// Decodes a record written at `current` version, or at the version before
+/// it as `Old`, upgraded: the shape of every record with one older layout.
+fn decode_or_upgrade<T, Old>(
+    name: &str,
+    current: u8,
+    bytes: &[u8],
+    upgrade: fn(Old) -> T,
+) -> Result<T, StoreError>
+where
+    T: serde::de::DeserializeOwned,
+    Old: serde::de::DeserializeOwned,
+{
+    let corrupt = |e: postcard::Error| StoreError::Corrupt(format!("{name}: {e}"));
+    match bytes.split_first() {
+        Some((v, body)) if *v == current => postcard::from_bytes(body).map_err(corrupt),
+        Some((v, body)) if *v + 1 == current => postcard::from_bytes::<Old>(body)
+            .map(upgrade)
+            .map_err(corrupt),
+        Some((v, _)) => Err(StoreError::Corrupt(format!(
+            "{name}: unknown record version {v}"
+        ))),
+        None => Err(StoreError::Corrupt("empty record".into())),
     }
 }
 
@@ -108,17 +128,7 @@ impl Record for EventRecord {
     const VERSION: u8 = 2;
 
     fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = |e: postcard::Error| StoreError::Corrupt(format!("EventRecord: {e}"));
-        match bytes.split_first() {
-            Some((2, body)) => postcard::from_bytes(body).map_err(corrupt),
-            Some((1, body)) => postcard::from_bytes::<EventRecordV1>(body)
-                .map(EventRecordV1::upgrade)
-                .map_err(corrupt),
-            Some((v, _)) => Err(StoreError::Corrupt(format!(
-                "EventRecord: unknown record version {v}"
-            ))),
-            None => Err(StoreError::Corrupt("empty record".into())),
-        }
+        decode_or_upgrade("EventRecord", Self::VERSION, bytes, EventRecordV1::upgrade)
     }
 }
 
