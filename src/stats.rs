@@ -54,10 +54,9 @@ impl Stats {
     fn with_minute(&self, f: impl FnOnce(&mut MinuteStats)) {
         let minute = minute_now();
         let mut pending = self.lock();
-        let row = pending.entry(minute).or_insert_with(|| MinuteStats {
-            minute,
-            ..Default::default()
-        });
+        let row = pending
+            .entry(minute)
+            .or_insert_with(|| MinuteStats::at(minute));
         f(row);
     }
 
@@ -69,13 +68,15 @@ impl Stats {
     /// An attempt was recorded: `succeeded` when it delivered.
     pub fn attempt(&self, destination: DestinationId, succeeded: bool, latency: Duration) {
         let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        // Formatted before the lock every attempt takes.
+        let destination = destination.to_string();
         self.with_minute(|m| {
             if succeeded {
                 m.delivered += 1;
             } else {
                 m.failed_attempts += 1;
             }
-            let d = m.destinations.entry(destination.to_string()).or_default();
+            let d = m.destinations.entry(destination).or_default();
             d.attempts += 1;
             d.succeeded += u64::from(succeeded);
             if d.latency.len() <= LATENCY_BUCKETS_MS.len() {
@@ -95,10 +96,7 @@ impl Stats {
                 let mut pending = self.lock();
                 pending
                     .entry(row.minute)
-                    .or_insert_with(|| MinuteStats {
-                        minute: row.minute,
-                        ..Default::default()
-                    })
+                    .or_insert_with(|| MinuteStats::at(row.minute))
                     .merge(&row);
             }
         }

@@ -14,7 +14,6 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorEnvelope, Validation};
 use super::extract::{
     encode_cursor, query_time, ApiPath, ApiQuery, Data, List, ListParams, OptionalJson,
-    DEFAULT_LIMIT, MAX_LIMIT,
 };
 use super::sources::source_id;
 use super::AppState;
@@ -267,23 +266,11 @@ pub async fn list(
     ApiQuery(params): ApiQuery<EventListParams>,
 ) -> Result<Json<List<EventView>>, ApiError> {
     let source = source_id(&id)?;
-    let limit = match params.limit {
-        None => DEFAULT_LIMIT,
-        Some(n) if (1..=MAX_LIMIT as u32).contains(&n) => n as usize,
-        Some(_) => {
-            return Err(ApiError::bad_request(format!(
-                "limit must be between 1 and {MAX_LIMIT}"
-            )))
-        }
+    let paging = ListParams {
+        limit: params.limit,
+        cursor: params.cursor.clone(),
     };
-    let before_id = match params.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(
-            ulid::Ulid::from_string(c)
-                .map_err(|_| ApiError::bad_request("invalid cursor"))?
-                .0,
-        ),
-    };
+    let (limit, before_id) = (paging.limit()?, paging.cursor()?);
     let after_ms = query_time("after", params.after.as_deref())?;
     let before_ms = query_time("before", params.before.as_deref())?;
     let query = EventQuery {

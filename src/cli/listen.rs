@@ -21,7 +21,6 @@ use bytes::Bytes;
 use clap::Args;
 use http::Method;
 use http_body_util::{BodyExt, Full};
-use rand::RngCore;
 use serde_json::Value;
 
 use super::output::outln;
@@ -209,7 +208,7 @@ where
     if let Some(p) = pattern {
         path.push_str(&format!("?type={}", enc(p)));
     }
-    let mut request = api.request(Method::GET, &path)?;
+    let mut request = api.request(Method::GET, &path);
     request = request.header(http::header::ACCEPT, "text/event-stream");
     if let Some(id) = last.as_deref() {
         request = request.header("last-event-id", id);
@@ -282,13 +281,6 @@ pub async fn tail(api: &Api, source: &str, pattern: Option<&str>) -> anyhow::Res
     .await
 }
 
-/// A new signing secret: `whsec_` + base64 of 32 random bytes.
-fn new_secret() -> String {
-    let mut key = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut key);
-    format!("whsec_{}", STANDARD.encode(key))
-}
-
 /// The body bytes of a detail object (`body`, or `body_base64`).
 fn body_of(detail: &Value) -> anyhow::Result<Vec<u8>> {
     if let Some(text) = detail["body"].as_str() {
@@ -317,7 +309,7 @@ pub async fn listen(api: &Api, args: ListenArgs) -> anyhow::Result<()> {
     if !matches!(target.scheme_str(), Some("http" | "https")) || target.host().is_none() {
         bail!("--forward-to must be an http:// or https:// URL");
     }
-    let secret = args.secret.clone().unwrap_or_else(new_secret);
+    let secret = args.secret.clone().unwrap_or_else(signer::new_secret);
     let key = signer::secret_key(&secret).map_err(|_| {
         anyhow::anyhow!("--secret must be `whsec_` followed by base64 (as destination secrets are)")
     })?;
@@ -504,13 +496,5 @@ mod tests {
         let binary = serde_json::json!({"body_base64": STANDARD.encode([0u8, 255, 1])});
         assert_eq!(body_of(&binary).unwrap(), vec![0u8, 255, 1]);
         assert!(body_of(&serde_json::json!({"body_base64": "!!"})).is_err());
-    }
-
-    #[test]
-    fn new_secrets_are_whsec_base64_of_32_bytes_and_differ() {
-        let a = new_secret();
-        let b = new_secret();
-        assert_ne!(a, b);
-        assert_eq!(signer::secret_key(&a).unwrap().len(), 32);
     }
 }

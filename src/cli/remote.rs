@@ -109,12 +109,7 @@ impl Api {
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.key))
-            // Names the door in the audit log (`via: "cli"`).
-            .header(http::header::USER_AGENT, crate::ops::CLI_USER_AGENT);
+        let mut request = self.request(method, path);
         let bytes = match body {
             Some(body) => {
                 request = request.header(http::header::CONTENT_TYPE, "application/json");
@@ -178,15 +173,15 @@ impl Api {
         .into())
     }
 
-    /// The underlying HTTP client (for requests outside the API, such as
-    /// the ingest URL).
     /// A request to `path` on the server with the key, for calls that
     /// read the answer themselves (the live stream).
-    pub fn request(&self, method: Method, path: &str) -> anyhow::Result<http::request::Builder> {
-        Ok(http::Request::builder()
+    pub fn request(&self, method: Method, path: &str) -> http::request::Builder {
+        http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.key)))
+            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.key))
+            // Names the door in the audit log (`via: "cli"`).
+            .header(http::header::USER_AGENT, crate::ops::CLI_USER_AGENT)
     }
 
     /// The server's base URL.
@@ -194,6 +189,8 @@ impl Api {
         &self.base
     }
 
+    /// The underlying HTTP client (for requests outside the API, such as
+    /// the ingest URL).
     pub fn http(&self) -> &HttpClient {
         &self.client
     }

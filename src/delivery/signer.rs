@@ -15,6 +15,15 @@ use sha2::Sha256;
 #[error("the destination secret is not `whsec_` + base64")]
 pub struct BadSecret;
 
+/// A new signing secret: `whsec_` + base64 of 32 random bytes (a
+/// destination's, or one `krafter listen` signs its forwards with).
+pub fn new_secret() -> String {
+    use rand::RngCore;
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    format!("whsec_{}", STANDARD.encode(key))
+}
+
 /// Decodes a `whsec_...` secret into HMAC key bytes.
 pub fn secret_key(secret: &str) -> Result<Vec<u8>, BadSecret> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
@@ -50,6 +59,14 @@ pub fn signature_header(keys: &[Vec<u8>], msg_id: &str, timestamp: i64, body: &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_secrets_are_whsec_base64_of_32_bytes_and_differ() {
+        let a = new_secret();
+        let b = new_secret();
+        assert_ne!(a, b);
+        assert_eq!(secret_key(&a).unwrap().len(), 32);
+    }
 
     /// The vector from standard-webhooks' own test suite (PROVIDERS.md).
     #[test]

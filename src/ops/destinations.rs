@@ -4,9 +4,6 @@
 use crate::model::ids::{DestinationId, SourceId};
 use std::time::Duration;
 
-use base64::Engine;
-use rand::RngCore;
-
 use super::sources::SECRET_OVERLAP_MS;
 use super::{Caller, Listed, OpError, Ops, Validation};
 use crate::config::Config;
@@ -148,7 +145,7 @@ impl Ops {
         v.finish()?;
         let url = url.ok_or_else(|| OpError::invalid("url", "is not valid"))?;
 
-        let secret = new_secret();
+        let secret = crate::delivery::signer::new_secret();
         let now = now_ms();
         let record = DestinationRecord {
             id: DestinationId::new(),
@@ -320,7 +317,7 @@ impl Ops {
         id: DestinationId,
     ) -> Result<WithSecret, OpError> {
         caller.require(Scope::Write)?;
-        let secret = new_secret();
+        let secret = crate::delivery::signer::new_secret();
         let now = now_ms();
         let change = DestinationChange {
             new_secret: Some(NewSecret {
@@ -555,16 +552,6 @@ fn check_timeout(v: &mut Validation, text: &str) -> Option<u64> {
         v.fail("timeout", "must be whole seconds from \"1s\" to \"120s\"");
     }
     seconds.map(|n| n * 1000)
-}
-
-/// A new destination secret: `whsec_` + base64 of 32 random bytes.
-fn new_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
 }
 
 /// Checks a destination URL's shape, then (unless private networks are

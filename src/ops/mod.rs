@@ -74,7 +74,7 @@ impl Caller {
     pub fn audit(&self, action: &str, target_id: impl ToString) -> AuditEntry {
         // The local operator has no key: id 0 stands for "none".
         let api_key_id = (self.key_id.as_u128() != 0).then(|| self.key_id.to_string());
-        let mut entry = AuditEntry::new(
+        AuditEntry::new(
             AuditActor {
                 api_key_id,
                 name: self.key_name.clone(),
@@ -82,12 +82,7 @@ impl Caller {
             },
             action,
             target_id.to_string(),
-            0,
-        );
-        // The entry's time is its id's, so the log's id order (its cursor)
-        // and time order (its filters, retention) agree.
-        entry.at_ms = i64::try_from(entry.id.timestamp_ms()).unwrap_or(i64::MAX);
-        entry
+        )
     }
 
     /// `Forbidden` unless one of the key's scopes grants `needed`.

@@ -47,10 +47,13 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     /// A new entry made now, with no changes yet.
-    pub fn new(actor: AuditActor, action: &str, target_id: String, at_ms: i64) -> AuditEntry {
+    pub fn new(actor: AuditActor, action: &str, target_id: String) -> AuditEntry {
+        let id = AuditId::new();
         AuditEntry {
-            id: AuditId::new(),
-            at_ms,
+            id,
+            // The entry's time is its id's, so the log's id order (its
+            // cursor) and time order (its filters, retention) agree.
+            at_ms: i64::try_from(id.timestamp_ms()).unwrap_or(i64::MAX),
             actor,
             action: action.to_owned(),
             target_id,

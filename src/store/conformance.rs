@@ -3295,8 +3295,9 @@ async fn many_concurrent_ingests_are_all_stored_listed_and_queued(store: &Store)
     assert_eq!(stats.events, EVENTS as u64);
 }
 
+/// An entry dated `at_ms` (in the past, to be swept), whatever its id says.
 fn audit_entry(action: &str, target: String, at_ms: i64) -> super::AuditEntry {
-    super::AuditEntry::new(
+    let mut entry = super::AuditEntry::new(
         super::AuditActor {
             api_key_id: Some("key_test".into()),
             name: "tester".into(),
@@ -3304,8 +3305,9 @@ fn audit_entry(action: &str, target: String, at_ms: i64) -> super::AuditEntry {
         },
         action,
         target,
-        at_ms,
-    )
+    );
+    entry.at_ms = at_ms;
+    entry
 }
 
 async fn all_audit(store: &Store) -> Vec<super::AuditEntry> {

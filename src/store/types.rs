@@ -410,6 +410,14 @@ pub struct MinuteStats {
 }
 
 impl MinuteStats {
+    /// An empty row for `minute`.
+    pub fn at(minute: i64) -> MinuteStats {
+        MinuteStats {
+            minute,
+            ..Default::default()
+        }
+    }
+
     /// Adds `other`'s counts into this minute.
     pub fn merge(&mut self, other: &MinuteStats) {
         self.events_in += other.events_in;

@@ -832,10 +832,7 @@ impl PgStore {
             .map_err(db_error)?;
         let text: String = row.try_get("record").map_err(db_error)?;
         let mut current = if text == "{}" {
-            crate::store::MinuteStats {
-                minute: stats.minute,
-                ..Default::default()
-            }
+            crate::store::MinuteStats::at(stats.minute)
         } else {
             crate::store::MinuteStats::decode(text.as_bytes())?
         };
@@ -880,8 +877,11 @@ impl PgStore {
         max: usize,
     ) -> Result<(u64, Option<i64>), StoreError> {
         let row = sqlx::query(
-            "SELECT count(*) AS n, min(due_ms) AS first FROM \
-             (SELECT due_ms FROM deliveries WHERE destination_id = $1 AND status = 0 LIMIT $2) AS p",
+            // The count stops at `max`; the oldest is over the whole
+            // backlog (a due-queue index lookup), as on redb.
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM deliveries \
+             WHERE destination_id = $1 AND status = 0 LIMIT $2) AS p) AS n, \
+             (SELECT min(due_ms) FROM deliveries WHERE destination_id = $1 AND status = 0) AS first",
         )
         .bind(uid(destination))
         .bind(i64::try_from(max).unwrap_or(i64::MAX))

@@ -159,10 +159,7 @@ impl RedbStore {
             let mut table = txn.open_table(MINUTE_STATS)?;
             let mut row = match table.get(stats.minute)? {
                 Some(bytes) => crate::store::MinuteStats::decode(bytes.value())?,
-                None => crate::store::MinuteStats {
-                    minute: stats.minute,
-                    ..Default::default()
-                },
+                None => crate::store::MinuteStats::at(stats.minute),
             };
             row.merge(&stats);
             table.insert(stats.minute, row.encode().as_slice())?;

@@ -169,14 +169,14 @@ impl RedbStore {
             .unwrap_or(0)
     }
 
-    /// False from a failed commit until the writer has reopened the file
-    /// and written to it again, and while the write-ahead log cannot be
-    /// appended to; `/readyz` reports it.
     /// See [`writer::Writer::settings_version`].
     pub(super) fn settings_version(&self) -> u64 {
         self.writer.settings_version()
     }
 
+    /// False from a failed commit until the writer has reopened the file
+    /// and written to it again, and while the write-ahead log cannot be
+    /// appended to; `/readyz` reports it.
     pub(super) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::SeqCst) && self.writer.log_healthy()
     }
