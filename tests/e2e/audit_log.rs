@@ -336,6 +336,14 @@ async fn filters_and_cursors_page_through_the_log() {
     assert_eq!(only[0]["target_id"], made[4].as_str());
     let before = all_entries(&server, &format!("&before={at}")).await;
     assert!(before.iter().all(|e| e["id"] != newest["id"]));
+    // Exactly the entries made earlier than the newest one (several may
+    // share its millisecond, so the count comes from the full list).
+    let earlier = all_entries(&server, "")
+        .await
+        .iter()
+        .filter(|e| e["at"].as_str() < Some(at))
+        .count();
+    assert_eq!(before.len(), earlier);
 
     // A filter no entry can match (a NUL byte, which PostgreSQL text
     // cannot hold) is an empty page, not an error.

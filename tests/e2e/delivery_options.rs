@@ -876,10 +876,6 @@ async fn mutual_tls_presents_the_destination_certificate() {
     }
 }
 
-/// OAuth2 client credentials: a real token endpoint on loopback gets one
-/// client-credentials grant (HTTP basic client auth, form body), its token
-/// is reused for later deliveries, fetched again once when the receiver
-/// answers 401, and a failing endpoint is a failed attempt of kind `auth`.
 /// Attempts that find no token share one grant: a burst of deliveries to a
 /// destination whose token endpoint answers slowly asks it once, not once
 /// per attempt.
@@ -924,6 +920,10 @@ async fn a_burst_of_attempts_without_a_token_asks_the_token_endpoint_once() {
     );
 }
 
+/// OAuth2 client credentials: a real token endpoint on loopback gets one
+/// client-credentials grant (HTTP basic client auth, form body), its token
+/// is reused for later deliveries, fetched again once when the receiver
+/// answers 401, and a failing endpoint is a failed attempt of kind `auth`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauth2_tokens_are_fetched_once_reused_and_refreshed_after_a_401() {
     const CLIENT_SECRET: &str = "cs-Vq83-never-shown-1193";

@@ -103,11 +103,11 @@ async fn the_overview_charts_traffic_and_rates_from_storage_across_a_restart() {
     assert!(text.contains("): 3</title>"), "a bar carries its figure");
 
     let good_row = row(text, &good);
-    assert!(good_row.contains("100.0%"), "{good_row}");
+    assert!(good_row.contains("<td>100.0% "), "{good_row}");
     assert!(good_row.contains(">enabled<"), "{good_row}");
     assert!(good_row.contains("ms"), "a p95 latency: {good_row}");
     let bad_row = row(text, &bad);
-    assert!(bad_row.contains("0.0%"), "{bad_row}");
+    assert!(bad_row.contains("<td>0.0% "), "{bad_row}");
     assert!(bad_row.contains(">failing<"), "{bad_row}");
     assert!(
         bad_row.contains("<td>3</td>"),
