@@ -292,6 +292,15 @@ impl Nodes {
                 .metric("krafter_storage_commit_batch_size_count")
                 .await;
             usage.committed_ops = server.metric("krafter_storage_commit_batch_size_sum").await;
+            usage.commit_seconds = server
+                .metric("krafter_storage_commit_duration_seconds_sum")
+                .await;
+            usage.wal_syncs = server
+                .metric("krafter_storage_wal_sync_duration_seconds_count")
+                .await;
+            usage.wal_sync_seconds = server
+                .metric("krafter_storage_wal_sync_duration_seconds_sum")
+                .await;
         }
         if let (Some(pg), Some(url)) = (&o.postgres, &self.database) {
             usage.postgres = Some(pg.usage(url).await);
@@ -1057,6 +1066,11 @@ struct Usage {
     /// Writer commits and the operations they held (the redb backend).
     commits: f64,
     committed_ops: f64,
+    /// Time spent applying and committing those batches.
+    commit_seconds: f64,
+    /// Write-ahead log appends (each synced) and the time they took.
+    wal_syncs: f64,
+    wal_sync_seconds: f64,
     postgres: Option<PgUsage>,
 }
 
@@ -1077,6 +1091,9 @@ struct Used {
     krafter_cpu: f64,
     commits: f64,
     committed_ops: f64,
+    commit_seconds: f64,
+    wal_syncs: f64,
+    wal_sync_seconds: f64,
     postgres: Option<PgUsage>,
 }
 
@@ -1087,6 +1104,9 @@ impl Usage {
             krafter_cpu: self.krafter_cpu - before.krafter_cpu,
             commits: self.commits - before.commits,
             committed_ops: self.committed_ops - before.committed_ops,
+            commit_seconds: self.commit_seconds - before.commit_seconds,
+            wal_syncs: self.wal_syncs - before.wal_syncs,
+            wal_sync_seconds: self.wal_sync_seconds - before.wal_sync_seconds,
             postgres: match (&self.postgres, &before.postgres) {
                 (Some(a), Some(b)) => Some(PgUsage {
                     commits: a.commits - b.commits,
@@ -1109,9 +1129,19 @@ impl std::fmt::Display for Used {
         if self.commits > 0.0 {
             write!(
                 f,
-                "; writer {:.0} commits, {:.1} operations each",
+                "; writer {:.0} commits, {:.1} operations each, {:.2} ms each",
                 self.commits,
-                self.committed_ops / self.commits
+                self.committed_ops / self.commits,
+                self.commit_seconds * 1e3 / self.commits
+            )?;
+        }
+        if self.wal_syncs > 0.0 {
+            write!(
+                f,
+                "; log {:.0} appends, {:.1} events and {:.2} ms each",
+                self.wal_syncs,
+                n / self.wal_syncs,
+                self.wal_sync_seconds * 1e3 / self.wal_syncs
             )?;
         }
         if let Some(pg) = &self.postgres {
