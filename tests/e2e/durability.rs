@@ -180,8 +180,10 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
 }
 
 /// The write-ahead design opens windows a random kill may rarely hit: a
-/// group read but not yet logged (`wal-append`), logged and synced but not
-/// yet applied or answered (`wal-synced`), a non-durable commit about to be
+/// group read but not yet logged (`wal-append`), written to the log and
+/// handed to the writer but not yet synced (`wal-written`: the writer may be
+/// applying it), logged and synced but not yet committed or answered
+/// (`wal-synced`), a non-durable commit about to be
 /// made (`apply`) and a checkpoint about to be made (`checkpoint`). The
 /// server kills itself with SIGKILL right inside each one (test hook
 /// `KRAFTER_TEST_CRASH_AT`) while 16 clients ingest; after a restart every
@@ -197,6 +199,7 @@ async fn a_crash_inside_every_write_ahead_window_loses_no_event_and_no_delivery(
     // events were acknowledged and delivered before it.
     for (point, after) in [
         ("wal-append", 150),
+        ("wal-written", 150),
         ("wal-synced", 150),
         ("apply", 100),
         ("checkpoint", 4),

@@ -44,6 +44,16 @@ pub struct Wal {
     current_len: u64,
     /// First lsn of every closed segment, oldest first, then of the open one.
     segments: Vec<u64>,
+    /// The lsn after the last synced record.
+    next_lsn: u64,
+    /// A group written but not yet synced.
+    unsynced: Option<Unsynced>,
+}
+
+/// What [`Wal::write`] added beyond the synced end of the log.
+struct Unsynced {
+    bytes: u64,
+    /// The lsn after the group's last record.
     next_lsn: u64,
 }
 
@@ -92,6 +102,7 @@ impl Wal {
             current_len: 0,
             segments,
             next_lsn,
+            unsynced: None,
         };
         if wal.segments.last() != Some(&next_lsn) {
             wal.segments.push(next_lsn);
@@ -99,20 +110,38 @@ impl Wal {
         Ok(wal)
     }
 
-    /// The lsn the next record gets.
-    #[cfg(test)]
+    /// The lsn the next record gets (every one before it is synced).
     pub fn next_lsn(&self) -> u64 {
         self.next_lsn
     }
 
     /// Appends `payloads` as consecutive records and syncs them to disk;
-    /// returns the lsn of the first. On failure the log is cut back to
-    /// where it was, so a half-written group never precedes later ones.
+    /// returns the lsn of the first ([`Wal::write`] then [`Wal::sync`]).
+    #[cfg(test)]
     pub fn append<'a>(
         &mut self,
         payloads: impl Iterator<Item = &'a [u8]>,
         buffer: &mut Vec<u8>,
     ) -> io::Result<u64> {
+        let first = self.write(payloads, buffer)?;
+        self.sync()?;
+        Ok(first)
+    }
+
+    /// Writes `payloads` as consecutive records after the last synced one,
+    /// without syncing; returns the lsn of the first. They are in the log
+    /// only once [`Wal::sync`] succeeds: until then nothing may be made
+    /// visible or durable on their account (the writer applies them
+    /// meanwhile, and commits only behind the sync). On failure the log is
+    /// cut back to where it was, so a half-written group never precedes
+    /// later ones, and their lsns are given again.
+    pub fn write<'a>(
+        &mut self,
+        payloads: impl Iterator<Item = &'a [u8]>,
+        buffer: &mut Vec<u8>,
+    ) -> io::Result<u64> {
+        // An unsynced group still pending is dropped: its lsns come again.
+        self.cut_back();
         let first = self.next_lsn;
         let mut lsn = first;
         buffer.clear();
@@ -120,23 +149,48 @@ impl Wal {
             encode_frame(lsn, payload, buffer);
             lsn += 1;
         }
-        let written = self
-            .current
-            .write_all(buffer)
-            .and_then(|()| self.current.sync_data());
-        if let Err(e) = written {
-            // Best effort: if even this fails the tail is torn, and the next
-            // start drops it (the lsn check stops at the first bad frame).
-            let _ = self.current.set_len(self.current_len);
-            let _ = self.current.sync_data();
+        if let Err(e) = self.current.write_all(buffer) {
+            self.cut_back();
             return Err(e);
         }
-        self.current_len += buffer.len() as u64;
-        self.next_lsn = lsn;
-        if self.current_len >= SEGMENT_BYTES {
-            self.rotate()?;
-        }
+        self.unsynced = Some(Unsynced {
+            bytes: buffer.len() as u64,
+            next_lsn: lsn,
+        });
         Ok(first)
+    }
+
+    /// Syncs what [`Wal::write`] wrote: from here on its records survive a
+    /// crash. On failure the log is cut back to before them.
+    pub fn sync(&mut self) -> io::Result<()> {
+        let Some(unsynced) = self.unsynced.take() else {
+            return Ok(());
+        };
+        if let Err(e) = self.current.sync_data() {
+            self.unsynced = Some(unsynced);
+            self.cut_back();
+            return Err(e);
+        }
+        self.current_len += unsynced.bytes;
+        self.next_lsn = unsynced.next_lsn;
+        if self.current_len >= SEGMENT_BYTES {
+            // The records are durable either way; a segment that cannot be
+            // started now is tried again after the next group.
+            if let Err(e) = self.rotate() {
+                tracing::warn!(error = %e, "cannot start a new write-ahead log segment; the current one grows");
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops a written but unsynced group. Best effort: if even this fails
+    /// the tail is torn, and the next start drops it (the lsn check stops at
+    /// the first bad frame).
+    fn cut_back(&mut self) {
+        if self.unsynced.take().is_some() {
+            let _ = self.current.set_len(self.current_len);
+            let _ = self.current.sync_data();
+        }
     }
 
     /// Proves the log writable again after a failed append (e.g. once disk

@@ -5,8 +5,9 @@
 //! touches. Two threads split that work:
 //!
 //! - the **log thread** takes queued ingests (their records already encoded
-//!   by the callers), appends them to the write-ahead log ([`super::wal`])
-//!   and syncs it once per group — the only fsync an ingest waits for;
+//!   by the callers), appends them to the write-ahead log ([`super::wal`]),
+//!   hands the group to the apply thread and syncs it — one fsync per group,
+//!   the only one an ingest waits for;
 //! - the **apply thread** owns redb: it folds whatever is queued (logged
 //!   ingests handed over by the log thread, delivery outcomes, and the rare
 //!   control-plane changes) into one transaction and commits it. Logged and
@@ -17,16 +18,18 @@
 //!   checkpoint, behind which the log is deleted.
 //!
 //! Callers are answered only after the commit that applied their write, so
-//! an acknowledged event is readable at once; ingests additionally wait for
-//! the log sync before they are applied, so nothing is visible that a crash
-//! could take back. Delivery outcomes are not individually durable: a
+//! an acknowledged event is readable at once. The apply thread applies a
+//! logged group while its fsync is still running, but commits it only once
+//! the log says it is synced ([`LogProgress`]), so nothing is visible (or
+//! checkpointed) that a crash could take back; a group whose sync fails is
+//! thrown away with the transaction that held it. Delivery outcomes are not individually durable: a
 //! crash loses at most the last [`CHECKPOINT_INTERVAL`] of them, and losing
 //! one only means its delivery is attempted again (at least once).
 //!
 //! Work that arrives while a group is being synced or applied forms the
 //! next group, so there is no artificial linger when idle and batches grow
 //! with load; the two threads overlap, so the log's fsync and redb's CPU
-//! work proceed at the same time.
+//! work for the same group proceed at the same time.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -169,12 +172,18 @@ enum Job {
     Write {
         op: Box<dyn PendingWrite>,
         size: usize,
-        /// The log position of a logged ingest.
-        lsn: Option<u64>,
         /// Must be durable when answered (commits with an fsync).
         durable: bool,
         /// May wait up to [`LINGER`] for company (see [`Writer::write_volatile`]).
         may_linger: bool,
+    },
+    /// A group of ingests written to the log (lsns from `first_lsn` on, in
+    /// order), sent as one job before its sync: the log thread then never
+    /// waits for room in the queue while the apply thread waits for that
+    /// sync. Each write comes with its record's size.
+    Logged {
+        ops: Vec<(Box<dyn PendingWrite>, usize)>,
+        first_lsn: u64,
     },
     Stop,
 }
@@ -311,6 +320,9 @@ pub struct Writer {
     log_healthy: Arc<AtomicBool>,
     /// See [`Writer::settings_version`].
     settings_version: Arc<AtomicU64>,
+    /// The log's sync progress, for tests that play the log thread.
+    #[cfg(test)]
+    progress: Arc<LogProgress>,
 }
 
 impl Writer {
@@ -331,11 +343,15 @@ impl Writer {
         let checkpointed = Arc::new(AtomicU64::new(applied_lsn));
         let log_healthy = Arc::new(AtomicBool::new(true));
         let settings_version = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(LogProgress::new(wal.next_lsn() - 1));
+        #[cfg(test)]
+        let applier_progress = progress.clone();
         let logger = Logger {
             wal,
             rx: log_rx,
             apply_tx: apply_tx.clone(),
             checkpointed: checkpointed.clone(),
+            progress: progress.clone(),
             limits,
             healthy: log_healthy.clone(),
             metrics: metrics.clone(),
@@ -351,6 +367,7 @@ impl Writer {
             replayer,
             applied_lsn,
             received_lsn: applied_lsn,
+            progress,
             logged_bytes: 0,
             unsynced_since: None,
             settings_version: settings_version.clone(),
@@ -372,6 +389,8 @@ impl Writer {
             enqueue_timeout: limits.enqueue_timeout,
             log_healthy,
             settings_version,
+            #[cfg(test)]
+            progress: applier_progress,
         }
     }
 
@@ -445,7 +464,6 @@ impl Writer {
         let job = Job::Write {
             op,
             size,
-            lsn: None,
             durable,
             may_linger,
         };
@@ -505,6 +523,8 @@ struct Logger {
     apply_tx: mpsc::Sender<Job>,
     /// The last lsn the database holds durably (set by the apply thread).
     checkpointed: Arc<AtomicU64>,
+    /// How far the log is synced (moved on here, waited on by the apply thread).
+    progress: Arc<LogProgress>,
     limits: WriterLimits,
     healthy: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -551,36 +571,59 @@ impl Logger {
             if ops.is_empty() {
                 continue;
             }
+            if self.progress.has_failed() {
+                // A failed group's writes are still being thrown away by
+                // the apply thread; what comes meanwhile is refused, so no
+                // lsn is given twice while it holds the first.
+                for op in ops {
+                    op.finish(false);
+                }
+                continue;
+            }
             crash_point("wal-append");
             let started = Instant::now();
-            match self
-                .wal
-                .append(payloads.iter().map(|p| &p[..]), &mut buffer)
-            {
-                Ok(first_lsn) => {
-                    self.healthy.store(true, Ordering::SeqCst);
-                    self.metrics.observe_wal_sync(started.elapsed(), ops.len());
-                    crash_point("wal-synced");
-                    for (lsn, (op, payload)) in (first_lsn..).zip(ops.into_iter().zip(payloads)) {
-                        let job = Job::Write {
-                            op,
-                            size: payload.len(),
-                            lsn: Some(lsn),
-                            durable: false,
-                            may_linger: false,
-                        };
-                        if let Err(mpsc::error::SendError(Job::Write { op, .. })) =
-                            self.apply_tx.blocking_send(job)
-                        {
+            let first_lsn = match self.wal.write(payloads.iter().map(|p| &p[..]), &mut buffer) {
+                Ok(first_lsn) => first_lsn,
+                Err(e) => {
+                    self.refuse_group(&e);
+                    for op in ops {
+                        op.finish(false);
+                    }
+                    continue;
+                }
+            };
+            let last_lsn = first_lsn + ops.len() as u64 - 1;
+            let group = ops.len();
+            let job = Job::Logged {
+                ops: ops
+                    .into_iter()
+                    .zip(payloads.iter().map(|p| p.len()))
+                    .collect(),
+                first_lsn,
+            };
+            let handed = match self.apply_tx.blocking_send(job) {
+                Ok(()) => true,
+                Err(mpsc::error::SendError(job)) => {
+                    if let Job::Logged { ops, .. } = job {
+                        for (op, _) in ops {
                             op.finish(false);
                         }
                     }
+                    false
+                }
+            };
+            crash_point("wal-written");
+            match self.wal.sync() {
+                Ok(()) => {
+                    self.healthy.store(true, Ordering::SeqCst);
+                    self.metrics.observe_wal_sync(started.elapsed(), group);
+                    self.progress.synced(last_lsn);
+                    crash_point("wal-synced");
                 }
                 Err(e) => {
-                    self.healthy.store(false, Ordering::SeqCst);
-                    tracing::error!(error = %e, "cannot append to the write-ahead log; ingest is refused until it works again");
-                    for op in ops {
-                        op.finish(false);
+                    self.refuse_group(&e);
+                    if handed {
+                        self.progress.failed(first_lsn);
                     }
                 }
             }
@@ -592,6 +635,13 @@ impl Logger {
             op.finish(false);
         }
         let _ = self.apply_tx.blocking_send(Job::Stop);
+    }
+
+    /// Marks the log failing after a group could not be written or synced
+    /// (the log was cut back to before it).
+    fn refuse_group(&self, e: &std::io::Error) {
+        self.healthy.store(false, Ordering::SeqCst);
+        tracing::error!(error = %e, "cannot append to the write-ahead log; ingest is refused until it works again");
     }
 }
 
@@ -609,6 +659,8 @@ struct Applier {
     applied_lsn: u64,
     /// The highest lsn handed over by the log thread (applied or not).
     received_lsn: u64,
+    /// How far the log is synced: logged writes commit only behind it.
+    progress: Arc<LogProgress>,
     /// Log bytes applied since the last checkpoint.
     logged_bytes: usize,
     /// When the oldest commit not yet made durable by a checkpoint was made.
@@ -677,8 +729,16 @@ impl Applier {
         }
         self.rx.close();
         // Anything that raced in after the stop is refused, not silently lost.
-        while let Ok(Job::Write { op, .. }) = self.rx.try_recv() {
-            op.finish(false);
+        while let Ok(job) = self.rx.try_recv() {
+            match job {
+                Job::Write { op, .. } => op.finish(false),
+                Job::Logged { ops, .. } => {
+                    for (op, _) in ops {
+                        op.finish(false);
+                    }
+                }
+                Job::Stop => {}
+            }
         }
     }
 
@@ -688,19 +748,25 @@ impl Applier {
             Job::Write {
                 op,
                 size,
-                lsn,
                 durable,
                 may_linger,
             } => {
                 gathered.bytes += size;
                 gathered.durable |= durable;
                 gathered.may_linger &= may_linger;
-                if let Some(lsn) = lsn {
-                    self.logged_bytes += size;
-                    self.received_lsn = self.received_lsn.max(lsn);
-                    gathered.max_lsn = Some(lsn);
-                }
                 gathered.batch.push(op);
+                false
+            }
+            Job::Logged { ops, first_lsn } => {
+                let last_lsn = first_lsn + ops.len() as u64 - 1;
+                self.received_lsn = self.received_lsn.max(last_lsn);
+                gathered.max_lsn = Some(last_lsn);
+                gathered.may_linger = false;
+                for (op, size) in ops {
+                    gathered.bytes += size;
+                    self.logged_bytes += size;
+                    gathered.batch.push(op);
+                }
                 false
             }
             Job::Stop => true,
@@ -766,6 +832,7 @@ impl Applier {
                 &db,
                 batch,
                 durable.then_some(applied),
+                max_lsn.map(|lsn| (&*self.progress, lsn)),
                 self.limits.quick_repair,
             ),
             Err(_) => false,
@@ -802,11 +869,12 @@ impl Applier {
             let until = Instant::now() + delay;
             while Instant::now() < until {
                 match self.rx.try_recv() {
-                    Ok(Job::Write { op, lsn, .. }) => {
-                        if let Some(lsn) = lsn {
-                            self.received_lsn = self.received_lsn.max(lsn);
+                    Ok(Job::Write { op, .. }) => op.finish(false),
+                    Ok(Job::Logged { ops, first_lsn }) => {
+                        self.received_lsn = self.received_lsn.max(first_lsn + ops.len() as u64 - 1);
+                        for (op, _) in ops {
+                            op.finish(false);
                         }
-                        op.finish(false);
                     }
                     Ok(Job::Stop) => {
                         *stopping = true;
@@ -816,6 +884,10 @@ impl Applier {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
+            // Only what the log holds synced: a group whose sync failed
+            // (or is still running) may yet be cut away, and its lsns given
+            // to other records.
+            self.received_lsn = self.received_lsn.min(self.progress.synced_through());
             let reopened = self.db.reopen().and_then(|()| {
                 let db = self.db.get()?;
                 catch_up(
@@ -834,6 +906,8 @@ impl Applier {
                     self.unsynced_since = None;
                     // The file is back at its last checkpoint.
                     self.settings_version.fetch_add(1, Ordering::SeqCst);
+                    // Every write of a failed log group is gone by now.
+                    self.progress.clear_failure();
                     self.healthy.store(true, Ordering::SeqCst);
                     tracing::warn!("storage reopened after a failed write; writes resume");
                     return;
@@ -841,6 +915,85 @@ impl Applier {
                 Err(e) => tracing::error!(error = %e, "storage cannot be reopened yet"),
             }
             delay = (delay * 2).min(MAX_REOPEN_DELAY);
+        }
+    }
+}
+
+/// How far the write-ahead log is synced. The log thread hands a group to
+/// the apply thread as soon as it is written, so redb's work on it overlaps
+/// its fsync; the apply thread commits it only once this says it is synced.
+struct LogProgress {
+    state: std::sync::Mutex<Synced>,
+    changed: std::sync::Condvar,
+}
+
+struct Synced {
+    /// Every record up to this lsn is durable in the log.
+    through: u64,
+    /// A group from this lsn on could not be synced and was cut from the
+    /// log: writes of it must not commit. Until the apply thread has thrown
+    /// them away ([`LogProgress::clear_failure`]) the log thread refuses new
+    /// groups, whose lsns would be the same.
+    failed_from: Option<u64>,
+}
+
+impl LogProgress {
+    fn new(through: u64) -> LogProgress {
+        LogProgress {
+            state: std::sync::Mutex::new(Synced {
+                through,
+                failed_from: None,
+            }),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Synced> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records through `lsn` are synced.
+    fn synced(&self, lsn: u64) {
+        self.state().through = lsn;
+        self.changed.notify_all();
+    }
+
+    /// The group from `lsn` on could not be synced.
+    fn failed(&self, lsn: u64) {
+        self.state().failed_from = Some(lsn);
+        self.changed.notify_all();
+    }
+
+    fn has_failed(&self) -> bool {
+        self.state().failed_from.is_some()
+    }
+
+    fn clear_failure(&self) {
+        self.state().failed_from = None;
+    }
+
+    fn synced_through(&self) -> u64 {
+        self.state().through
+    }
+
+    /// Waits until the record `lsn` is synced (true) or its group failed
+    /// (false). Never long: the log thread syncs a group right after
+    /// handing it over.
+    fn wait_synced(&self, lsn: u64) -> bool {
+        let mut state = self.state();
+        loop {
+            if state.failed_from.is_some_and(|from| from <= lsn) {
+                return false;
+            }
+            if state.through >= lsn {
+                return true;
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 }
@@ -926,11 +1079,15 @@ fn apply_chunk(db: &Database, records: &[Vec<u8>], replayer: &Replayer) -> Resul
 }
 
 /// Applies a batch in one transaction and commits it; `checkpoint` makes
-/// the commit durable and records that lsn as applied.
+/// the commit durable and records that lsn as applied. With `logged`, the
+/// commit waits until the log is synced through that lsn (the batch's
+/// logged writes were applied while it synced), and is abandoned if that
+/// sync failed.
 fn commit_batch(
     db: &Database,
     batch: &mut [Box<dyn PendingWrite>],
     checkpoint: Option<u64>,
+    logged: Option<(&LogProgress, u64)>,
     quick_repair: bool,
 ) -> bool {
     let mut txn = match db.begin_write() {
@@ -964,6 +1121,13 @@ fn commit_batch(
     }
     // Closes the ingest tables: their roots go back into the transaction.
     drop(shared);
+    if let Some((progress, lsn)) = logged {
+        if !progress.wait_synced(lsn) {
+            tracing::error!("the write-ahead log could not be synced; aborting the batch");
+            let _ = txn.abort();
+            return false;
+        }
+    }
     if let Some(lsn) = checkpoint {
         let recorded = match txn.open_table(WAL_STATE) {
             Ok(mut table) => table
@@ -994,8 +1158,9 @@ fn commit_batch(
 /// SIGKILL (exactly kill -9: no cleanup, no flush) the first time the writer reaches `point`
 /// after `KRAFTER_TEST_CRASH_AFTER` (default 50) passes — so a test can
 /// crash right inside a window the write-ahead design opens: `wal-append`
-/// (a group read, not yet in the log), `wal-synced` (in the log, not yet
-/// applied or answered), `apply` (a non-durable commit about to be made)
+/// (a group read, not yet in the log), `wal-written` (written and handed to
+/// the apply thread, not yet synced), `wal-synced` (in the log, not yet
+/// committed or answered), `apply` (a non-durable commit about to be made)
 /// and `checkpoint` (a durable commit about to be made).
 fn crash_point(point: &str) {
     use std::sync::OnceLock;
@@ -1024,7 +1189,7 @@ fn crash_point(point: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::ReadableDatabase;
+    use redb::{ReadableDatabase, ReadableTable};
 
     const T: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("t");
 
@@ -1108,6 +1273,73 @@ mod tests {
         release_tx.send(()).unwrap();
         assert!(busy.await.unwrap().is_ok());
         assert_eq!(queued.await.unwrap().unwrap(), 1);
+        w.stop().await;
+    }
+
+    /// Hands the apply thread a logged group of one write (setting key 1 of
+    /// `T`) at `lsn`, as the log thread does before syncing it.
+    async fn hand_logged_write(w: &Writer, lsn: u64) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (op, answer) = Op::new(|txn: &WriteTransaction| {
+            txn.open_table(T)?.insert(1, 1)?;
+            Ok(())
+        });
+        let job = Job::Logged {
+            ops: vec![(Box::new(op) as Box<dyn PendingWrite>, 8)],
+            first_lsn: lsn,
+        };
+        assert!(w.apply_tx.send(job).await.is_ok());
+        answer
+    }
+
+    fn stored(db: &Database) -> Option<u64> {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(T).ok()?;
+        table.get(1).unwrap().map(|v| v.value())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_logged_write_is_applied_during_its_sync_but_committed_only_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, w, _) = writer(&dir, 64, 5_000);
+        let mut answer = hand_logged_write(&w, 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(answer.try_recv().is_err(), "answered before its sync");
+        assert_eq!(stored(&db), None, "visible before its sync");
+        w.progress.synced(1);
+        answer.await.unwrap().unwrap();
+        assert_eq!(stored(&db), Some(1));
+        w.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_logged_write_whose_sync_fails_is_refused_and_never_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, w, _) = writer(&dir, 64, 5_000);
+        let answer = hand_logged_write(&w, 1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        w.progress.failed(1);
+        let refused = answer.await.unwrap();
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert_eq!(stored(&db), None);
+        // The store reopens the file by itself (so this handle must go), and
+        // the log thread takes groups again.
+        drop(db);
+        until("the failed group to be thrown away", || {
+            !w.progress.has_failed()
+        })
+        .await;
+        let after = w
+            .write(0, |txn| {
+                let mut table = txn.open_table(T)?;
+                table.insert(2, 2)?;
+                let before = table.get(1)?.map(|v| v.value());
+                Ok(before)
+            })
+            .await;
+        assert!(matches!(after, Ok(None)), "{after:?}");
         w.stop().await;
     }
 
@@ -1274,7 +1506,7 @@ mod tests {
         mut batch: Vec<Box<dyn PendingWrite>>,
     ) {
         let db = store.db.get().unwrap();
-        assert!(commit_batch(&db, &mut batch, None, false));
+        assert!(commit_batch(&db, &mut batch, None, None, false));
         for op in batch {
             op.finish(true);
         }
