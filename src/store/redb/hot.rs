@@ -35,7 +35,10 @@ pub struct HotTables<'t> {
     pub(super) fan_out: HashMap<SourceId, Vec<Target>>,
 }
 
-/// The tables a pending delivery lives in.
+/// The tables a pending delivery lives in: its record, its queue entry
+/// and — unless it is part of its event's first fan-out, whose ids are a
+/// key range of `deliveries` already — its row in `by_event`
+/// ([`EVENT_DELIVERIES`]).
 pub struct DeliveryTables<'t> {
     pub(super) deliveries: Table<'t, u128, &'static [u8]>,
     pub(super) by_event: Table<'t, (u128, u128), ()>,

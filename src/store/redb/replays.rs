@@ -16,10 +16,9 @@ use std::collections::HashMap;
 
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
-use super::events::insert_deliveries;
+use super::events::{insert_deliveries, stored_deliveries_of};
 use super::records::{
-    DeliveryRecord, DeliveryStatus, DestinationRecord, EventRecord, EventSummary, Record,
-    ReplayRecord, ReplayState,
+    DeliveryStatus, DestinationRecord, EventRecord, EventSummary, Record, ReplayRecord, ReplayState,
 };
 use super::tables::{
     DELIVERIES, DESTINATIONS, EVENTS, EVENT_DELIVERIES, REPLAYS, SOURCES, SOURCE_EVENTS,
@@ -122,13 +121,8 @@ where
         }
         plan.matched += 1;
         let targets: Vec<DestinationId> = if job.only_failed {
-            let mut list = Vec::new();
-            for entry in event_deliveries.range((event_id, 0)..=(event_id, u128::MAX))? {
-                let (key, _) = entry?;
-                if let Some(bytes) = deliveries.get(key.value().1)? {
-                    list.push(DeliveryRecord::decode(bytes.value())?);
-                }
-            }
+            let list =
+                stored_deliveries_of(event_deliveries, deliveries, EventId::from_u128(event_id))?;
             let settled = |dest: DestinationId| {
                 list.iter().any(|d| {
                     d.destination_id == dest

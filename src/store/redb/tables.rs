@@ -25,7 +25,16 @@ pub const SOURCE_EVENTS: TableDefinition<(u128, u128), &[u8]> =
 pub const DEDUP: TableDefinition<(u128, &str), u128> = TableDefinition::new("dedup");
 /// Delivery id → [`super::records::DeliveryRecord`].
 pub const DELIVERIES: TableDefinition<u128, &[u8]> = TableDefinition::new("deliveries");
-/// (event id, delivery id) → (): an event's deliveries.
+/// (event id, delivery id) → (): an event's deliveries *other than its
+/// first fan-out* (replays, retries of a whole event).
+///
+/// The deliveries an ingest creates have ids derived from the event's
+/// ([`crate::model::ids::DeliveryId::for_fan_out`]), so they are already
+/// one key range of [`DELIVERIES`]; leaving their rows out saves a B-tree
+/// insert per delivery on the ingest path (issue #14). Databases written
+/// before that change also hold rows for fan-out deliveries; readers go
+/// through `events::stored_deliveries_of`, which takes both and lists each
+/// delivery once.
 pub const EVENT_DELIVERIES: TableDefinition<(u128, u128), ()> =
     TableDefinition::new("event_deliveries");
 /// (destination id, due time in Unix ms, delivery id) → event id: the
