@@ -189,6 +189,7 @@ fn insert_into(
     id_of: impl Fn(u16) -> DeliveryId,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
     let mut out = Vec::with_capacity(destination_ids.len());
+    let fan_out = fan_out_range(event_id);
     for (index, &destination_id) in destination_ids.iter().enumerate() {
         // At most `limits.destinations_per_source` (≤ 65,536) targets.
         let d = DeliveryRecord {
@@ -207,7 +208,7 @@ fn insert_into(
             .insert(d.id.as_u128(), d.encode().as_slice())?;
         // A first fan-out delivery is found by its id's range alone
         // (see [`stored_deliveries_of`]); only the others need an index row.
-        if !fan_out_range(event_id).contains(&d.id.as_u128()) {
+        if !fan_out.contains(&d.id.as_u128()) {
             tables
                 .by_event
                 .insert((event_id.as_u128(), d.id.as_u128()), ())?;

@@ -110,7 +110,8 @@ impl Wal {
         Ok(wal)
     }
 
-    /// The lsn the next record gets (every one before it is synced).
+    /// The lsn the next record gets.
+    #[cfg(test)]
     pub fn next_lsn(&self) -> u64 {
         self.next_lsn
     }
@@ -140,8 +141,7 @@ impl Wal {
         payloads: impl Iterator<Item = &'a [u8]>,
         buffer: &mut Vec<u8>,
     ) -> io::Result<u64> {
-        // An unsynced group still pending is dropped: its lsns come again.
-        self.cut_back();
+        debug_assert!(self.unsynced.is_none(), "a written group was not synced");
         let first = self.next_lsn;
         let mut lsn = first;
         buffer.clear();
@@ -149,14 +149,15 @@ impl Wal {
             encode_frame(lsn, payload, buffer);
             lsn += 1;
         }
-        if let Err(e) = self.current.write_all(buffer) {
-            self.cut_back();
-            return Err(e);
-        }
+        // Pending before the write, so a partial write is cut back too.
         self.unsynced = Some(Unsynced {
             bytes: buffer.len() as u64,
             next_lsn: lsn,
         });
+        if let Err(e) = self.current.write_all(buffer) {
+            self.cut_back();
+            return Err(e);
+        }
         Ok(first)
     }
 

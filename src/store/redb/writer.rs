@@ -20,9 +20,10 @@
 //! Callers are answered only after the commit that applied their write, so
 //! an acknowledged event is readable at once. The apply thread applies a
 //! logged group while its fsync is still running, but commits it only once
-//! the log says it is synced ([`LogProgress`]), so nothing is visible (or
-//! checkpointed) that a crash could take back; a group whose sync fails is
-//! thrown away with the transaction that held it. Delivery outcomes are not individually durable: a
+//! the group's own [`GroupSync`] says it is synced, so nothing is visible
+//! (or checkpointed) that a crash could take back; a group whose sync fails
+//! is thrown away with the transaction that held it, whose writes are all
+//! refused. Delivery outcomes are not individually durable: a
 //! crash loses at most the last [`CHECKPOINT_INTERVAL`] of them, and losing
 //! one only means its delivery is attempted again (at least once).
 //!
@@ -84,6 +85,8 @@ struct Gathered {
     durable: bool,
     /// The highest log position among the batch's logged writes.
     max_lsn: Option<u64>,
+    /// The syncs of the batch's logged groups: it commits once all are done.
+    syncs: Vec<Arc<GroupSync>>,
     /// Every write may wait for company ([`Writer::write_volatile`]).
     may_linger: bool,
 }
@@ -95,6 +98,7 @@ impl Default for Gathered {
             bytes: 0,
             durable: false,
             max_lsn: None,
+            syncs: Vec::new(),
             may_linger: true,
         }
     }
@@ -184,6 +188,8 @@ enum Job {
     Logged {
         ops: Vec<(Box<dyn PendingWrite>, usize)>,
         first_lsn: u64,
+        /// Settled by the log thread once the group's sync is done.
+        sync: Arc<GroupSync>,
     },
     Stop,
 }
@@ -320,9 +326,6 @@ pub struct Writer {
     log_healthy: Arc<AtomicBool>,
     /// See [`Writer::settings_version`].
     settings_version: Arc<AtomicU64>,
-    /// The log's sync progress, for tests that play the log thread.
-    #[cfg(test)]
-    progress: Arc<LogProgress>,
 }
 
 impl Writer {
@@ -343,15 +346,11 @@ impl Writer {
         let checkpointed = Arc::new(AtomicU64::new(applied_lsn));
         let log_healthy = Arc::new(AtomicBool::new(true));
         let settings_version = Arc::new(AtomicU64::new(0));
-        let progress = Arc::new(LogProgress::new(wal.next_lsn() - 1));
-        #[cfg(test)]
-        let applier_progress = progress.clone();
         let logger = Logger {
             wal,
             rx: log_rx,
             apply_tx: apply_tx.clone(),
             checkpointed: checkpointed.clone(),
-            progress: progress.clone(),
             limits,
             healthy: log_healthy.clone(),
             metrics: metrics.clone(),
@@ -367,7 +366,6 @@ impl Writer {
             replayer,
             applied_lsn,
             received_lsn: applied_lsn,
-            progress,
             logged_bytes: 0,
             unsynced_since: None,
             settings_version: settings_version.clone(),
@@ -389,8 +387,6 @@ impl Writer {
             enqueue_timeout: limits.enqueue_timeout,
             log_healthy,
             settings_version,
-            #[cfg(test)]
-            progress: applier_progress,
         }
     }
 
@@ -523,8 +519,6 @@ struct Logger {
     apply_tx: mpsc::Sender<Job>,
     /// The last lsn the database holds durably (set by the apply thread).
     checkpointed: Arc<AtomicU64>,
-    /// How far the log is synced (moved on here, waited on by the apply thread).
-    progress: Arc<LogProgress>,
     limits: WriterLimits,
     healthy: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -571,15 +565,6 @@ impl Logger {
             if ops.is_empty() {
                 continue;
             }
-            if self.progress.has_failed() {
-                // A failed group's writes are still being thrown away by
-                // the apply thread; what comes meanwhile is refused, so no
-                // lsn is given twice while it holds the first.
-                for op in ops {
-                    op.finish(false);
-                }
-                continue;
-            }
             crash_point("wal-append");
             let started = Instant::now();
             let first_lsn = match self.wal.write(payloads.iter().map(|p| &p[..]), &mut buffer) {
@@ -592,39 +577,37 @@ impl Logger {
                     continue;
                 }
             };
-            let last_lsn = first_lsn + ops.len() as u64 - 1;
+            let written = started.elapsed();
             let group = ops.len();
+            let sync = SyncPromise::new();
             let job = Job::Logged {
                 ops: ops
                     .into_iter()
                     .zip(payloads.iter().map(|p| p.len()))
                     .collect(),
                 first_lsn,
+                sync: sync.token(),
             };
-            let handed = match self.apply_tx.blocking_send(job) {
-                Ok(()) => true,
-                Err(mpsc::error::SendError(job)) => {
-                    if let Job::Logged { ops, .. } = job {
-                        for (op, _) in ops {
-                            op.finish(false);
-                        }
-                    }
-                    false
+            if let Err(mpsc::error::SendError(Job::Logged { ops, .. })) =
+                self.apply_tx.blocking_send(job)
+            {
+                for (op, _) in ops {
+                    op.finish(false);
                 }
-            };
+            }
             crash_point("wal-written");
+            let syncing = Instant::now();
             match self.wal.sync() {
                 Ok(()) => {
                     self.healthy.store(true, Ordering::SeqCst);
-                    self.metrics.observe_wal_sync(started.elapsed(), group);
-                    self.progress.synced(last_lsn);
+                    self.metrics
+                        .observe_wal_sync(written + syncing.elapsed(), group);
+                    sync.settle(true);
                     crash_point("wal-synced");
                 }
                 Err(e) => {
                     self.refuse_group(&e);
-                    if handed {
-                        self.progress.failed(first_lsn);
-                    }
+                    sync.settle(false);
                 }
             }
             self.wal
@@ -657,10 +640,9 @@ struct Applier {
     replayer: Replayer,
     /// The highest lsn applied by a committed transaction.
     applied_lsn: u64,
-    /// The highest lsn handed over by the log thread (applied or not).
+    /// The highest lsn handed over by the log thread in a group known to be
+    /// synced (applied or not): how far a recovery replays the log.
     received_lsn: u64,
-    /// How far the log is synced: logged writes commit only behind it.
-    progress: Arc<LogProgress>,
     /// Log bytes applied since the last checkpoint.
     logged_bytes: usize,
     /// When the oldest commit not yet made durable by a checkpoint was made.
@@ -681,7 +663,7 @@ impl Applier {
                 .map(|since| CHECKPOINT_INTERVAL.saturating_sub(since.elapsed()));
             let Ok(first) = recv_within(timer.as_ref(), &mut self.rx, wait) else {
                 // Idle with commits not yet durable: checkpoint.
-                if !self.commit(&mut [], true, None) {
+                if self.commit(&mut [], true, None, &[]) != Committed::Yes {
                     self.recover(&mut stopping);
                 }
                 continue;
@@ -706,14 +688,17 @@ impl Applier {
                 mut batch,
                 durable,
                 max_lsn,
+                syncs,
                 ..
             } = gathered;
             if batch.is_empty() && !stopping {
                 continue;
             }
             let durable = durable || stopping || self.checkpoint_due();
-            let committed = self.commit(&mut batch, durable, max_lsn);
-            if SETTINGS_WRITTEN.with(|written| written.replace(false)) && committed {
+            let committed = self.commit(&mut batch, durable, max_lsn, &syncs);
+            if SETTINGS_WRITTEN.with(|written| written.replace(false))
+                && committed == Committed::Yes
+            {
                 // After the commit, before anyone is answered: whoever
                 // reads the version and then the record sees the record
                 // current for that version or newer. (A failed commit is
@@ -721,9 +706,9 @@ impl Applier {
                 self.settings_version.fetch_add(1, Ordering::SeqCst);
             }
             for op in batch {
-                op.finish(committed);
+                op.finish(committed == Committed::Yes);
             }
-            if !committed {
+            if committed == Committed::No {
                 self.recover(&mut stopping);
             }
         }
@@ -757,10 +742,13 @@ impl Applier {
                 gathered.batch.push(op);
                 false
             }
-            Job::Logged { ops, first_lsn } => {
-                let last_lsn = first_lsn + ops.len() as u64 - 1;
-                self.received_lsn = self.received_lsn.max(last_lsn);
-                gathered.max_lsn = Some(last_lsn);
+            Job::Logged {
+                ops,
+                first_lsn,
+                sync,
+            } => {
+                gathered.max_lsn = Some(first_lsn + ops.len() as u64 - 1);
+                gathered.syncs.push(sync);
                 gathered.may_linger = false;
                 for (op, size) in ops {
                     gathered.bytes += size;
@@ -819,12 +807,14 @@ impl Applier {
     }
 
     /// Applies `batch` in one transaction; a durable commit is a checkpoint.
+    /// Its logged groups' `syncs` must all succeed before it commits.
     fn commit(
         &mut self,
         batch: &mut [Box<dyn PendingWrite>],
         durable: bool,
         max_lsn: Option<u64>,
-    ) -> bool {
+        syncs: &[Arc<GroupSync>],
+    ) -> Committed {
         let started = Instant::now();
         let applied = max_lsn.map_or(self.applied_lsn, |lsn| lsn.max(self.applied_lsn));
         let committed = match self.db.get() {
@@ -832,17 +822,26 @@ impl Applier {
                 &db,
                 batch,
                 durable.then_some(applied),
-                max_lsn.map(|lsn| (&*self.progress, lsn)),
+                syncs,
                 self.limits.quick_repair,
             ),
-            Err(_) => false,
+            Err(_) => Committed::No,
         };
         if !batch.is_empty() {
             self.metrics.observe_commit(started.elapsed(), batch.len());
         }
-        if !committed {
-            self.healthy.store(false, Ordering::SeqCst);
-            return false;
+        if committed != Committed::LogFailed && syncs.iter().all(|sync| sync.wait()) {
+            // In the log for good: a recovery after a failed commit
+            // replays them.
+            if let Some(lsn) = max_lsn {
+                self.received_lsn = self.received_lsn.max(lsn);
+            }
+        }
+        if committed != Committed::Yes {
+            if committed == Committed::No {
+                self.healthy.store(false, Ordering::SeqCst);
+            }
+            return committed;
         }
         self.applied_lsn = applied;
         if durable {
@@ -852,7 +851,7 @@ impl Applier {
         } else if self.unsynced_since.is_none() {
             self.unsynced_since = Some(Instant::now());
         }
-        true
+        Committed::Yes
     }
 
     /// Reopens the database after a failed commit, retrying with backoff
@@ -870,8 +869,17 @@ impl Applier {
             while Instant::now() < until {
                 match self.rx.try_recv() {
                     Ok(Job::Write { op, .. }) => op.finish(false),
-                    Ok(Job::Logged { ops, first_lsn }) => {
-                        self.received_lsn = self.received_lsn.max(first_lsn + ops.len() as u64 - 1);
+                    Ok(Job::Logged {
+                        ops,
+                        first_lsn,
+                        sync,
+                    }) => {
+                        // Refused either way; once synced it is in the log,
+                        // and the replay below applies it.
+                        if sync.wait() {
+                            let last = first_lsn + ops.len() as u64 - 1;
+                            self.received_lsn = self.received_lsn.max(last);
+                        }
                         for (op, _) in ops {
                             op.finish(false);
                         }
@@ -884,10 +892,6 @@ impl Applier {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
-            // Only what the log holds synced: a group whose sync failed
-            // (or is still running) may yet be cut away, and its lsns given
-            // to other records.
-            self.received_lsn = self.received_lsn.min(self.progress.synced_through());
             let reopened = self.db.reopen().and_then(|()| {
                 let db = self.db.get()?;
                 catch_up(
@@ -906,8 +910,6 @@ impl Applier {
                     self.unsynced_since = None;
                     // The file is back at its last checkpoint.
                     self.settings_version.fetch_add(1, Ordering::SeqCst);
-                    // Every write of a failed log group is gone by now.
-                    self.progress.clear_failure();
                     self.healthy.store(true, Ordering::SeqCst);
                     tracing::warn!("storage reopened after a failed write; writes resume");
                     return;
@@ -919,81 +921,85 @@ impl Applier {
     }
 }
 
-/// How far the write-ahead log is synced. The log thread hands a group to
-/// the apply thread as soon as it is written, so redb's work on it overlaps
-/// its fsync; the apply thread commits it only once this says it is synced.
-struct LogProgress {
-    state: std::sync::Mutex<Synced>,
-    changed: std::sync::Condvar,
+/// What became of a batch's commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    Yes,
+    /// redb failed: the file must be reopened ([`Applier::recover`]).
+    No,
+    /// A logged group in it could not be synced: the batch is refused, the
+    /// database is fine. (Other groups of it that did sync stay in the log:
+    /// refused, yet applied if a crash comes before the next checkpoint —
+    /// the provider's retry then finds a duplicate.)
+    LogFailed,
 }
 
-struct Synced {
-    /// Every record up to this lsn is durable in the log.
-    through: u64,
-    /// A group from this lsn on could not be synced and was cut from the
-    /// log: writes of it must not commit. Until the apply thread has thrown
-    /// them away ([`LogProgress::clear_failure`]) the log thread refuses new
-    /// groups, whose lsns would be the same.
-    failed_from: Option<u64>,
+/// The fate of one logged group's sync. The log thread hands a group to the
+/// apply thread as soon as it is written, so redb's work on it overlaps its
+/// fsync; the apply thread commits it only once this says it is synced. One
+/// per group, so a group that failed (and whose lsns the log gives again)
+/// can never be taken for the one that follows it.
+#[derive(Default)]
+struct GroupSync {
+    /// `Some(true)` synced, `Some(false)` failed (cut from the log).
+    state: std::sync::Mutex<Option<bool>>,
+    settled: std::sync::Condvar,
 }
 
-impl LogProgress {
-    fn new(through: u64) -> LogProgress {
-        LogProgress {
-            state: std::sync::Mutex::new(Synced {
-                through,
-                failed_from: None,
-            }),
-            changed: std::sync::Condvar::new(),
-        }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, Synced> {
-        self.state
+impl GroupSync {
+    fn settle(&self, synced: bool) {
+        *self
+            .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(synced);
+        self.settled.notify_all();
     }
 
-    /// Records through `lsn` are synced.
-    fn synced(&self, lsn: u64) {
-        self.state().through = lsn;
-        self.changed.notify_all();
-    }
-
-    /// The group from `lsn` on could not be synced.
-    fn failed(&self, lsn: u64) {
-        self.state().failed_from = Some(lsn);
-        self.changed.notify_all();
-    }
-
-    fn has_failed(&self) -> bool {
-        self.state().failed_from.is_some()
-    }
-
-    fn clear_failure(&self) {
-        self.state().failed_from = None;
-    }
-
-    fn synced_through(&self) -> u64 {
-        self.state().through
-    }
-
-    /// Waits until the record `lsn` is synced (true) or its group failed
-    /// (false). Never long: the log thread syncs a group right after
-    /// handing it over.
-    fn wait_synced(&self, lsn: u64) -> bool {
-        let mut state = self.state();
+    /// Waits until the sync is done: true if the group is in the log. Never
+    /// long: the log thread syncs a group right after handing it over, and
+    /// settles it even if it dies first ([`SyncPromise`]).
+    fn wait(&self) -> bool {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
-            if state.failed_from.is_some_and(|from| from <= lsn) {
-                return false;
-            }
-            if state.through >= lsn {
-                return true;
+            if let Some(synced) = *state {
+                return synced;
             }
             state = self
-                .changed
+                .settled
                 .wait(state)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+/// The log thread's side of a [`GroupSync`]: settles it as failed if
+/// dropped unsettled (a panic between handing the group over and syncing
+/// it), so the apply thread never waits forever.
+struct SyncPromise(Option<Arc<GroupSync>>);
+
+impl SyncPromise {
+    fn new() -> SyncPromise {
+        SyncPromise(Some(Arc::default()))
+    }
+
+    fn token(&self) -> Arc<GroupSync> {
+        self.0.clone().unwrap_or_default()
+    }
+
+    fn settle(mut self, synced: bool) {
+        if let Some(sync) = self.0.take() {
+            sync.settle(synced);
+        }
+    }
+}
+
+impl Drop for SyncPromise {
+    fn drop(&mut self) {
+        if let Some(sync) = self.0.take() {
+            sync.settle(false);
         }
     }
 }
@@ -1079,22 +1085,21 @@ fn apply_chunk(db: &Database, records: &[Vec<u8>], replayer: &Replayer) -> Resul
 }
 
 /// Applies a batch in one transaction and commits it; `checkpoint` makes
-/// the commit durable and records that lsn as applied. With `logged`, the
-/// commit waits until the log is synced through that lsn (the batch's
-/// logged writes were applied while it synced), and is abandoned if that
-/// sync failed.
+/// the commit durable and records that lsn as applied. The commit waits
+/// for the `syncs` of the batch's logged groups (applied while they ran),
+/// and is abandoned if one failed.
 fn commit_batch(
     db: &Database,
     batch: &mut [Box<dyn PendingWrite>],
     checkpoint: Option<u64>,
-    logged: Option<(&LogProgress, u64)>,
+    syncs: &[Arc<GroupSync>],
     quick_repair: bool,
-) -> bool {
+) -> Committed {
     let mut txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
             tracing::error!(error = %e, "cannot begin a write transaction");
-            return false;
+            return Committed::No;
         }
     };
     match checkpoint {
@@ -1103,7 +1108,7 @@ fn commit_batch(
             if let Err(e) = txn.set_durability(Durability::None) {
                 tracing::error!(error = %e, "cannot make a non-durable commit");
                 let _ = txn.abort();
-                return false;
+                return Committed::No;
             }
         }
     }
@@ -1116,17 +1121,15 @@ fn commit_batch(
             tracing::error!("a write failed inside redb; aborting the batch");
             drop(shared);
             let _ = txn.abort();
-            return false;
+            return Committed::No;
         }
     }
     // Closes the ingest tables: their roots go back into the transaction.
     drop(shared);
-    if let Some((progress, lsn)) = logged {
-        if !progress.wait_synced(lsn) {
-            tracing::error!("the write-ahead log could not be synced; aborting the batch");
-            let _ = txn.abort();
-            return false;
-        }
+    if !syncs.iter().all(|sync| sync.wait()) {
+        tracing::error!("the write-ahead log could not be synced; the batch is refused");
+        let _ = txn.abort();
+        return Committed::LogFailed;
     }
     if let Some(lsn) = checkpoint {
         let recorded = match txn.open_table(WAL_STATE) {
@@ -1139,17 +1142,17 @@ fn commit_batch(
         if let Err(e) = recorded {
             tracing::error!(error = %e, "cannot record the checkpoint");
             let _ = txn.abort();
-            return false;
+            return Committed::No;
         }
         crash_point("checkpoint");
     } else {
         crash_point("apply");
     }
     match txn.commit() {
-        Ok(()) => true,
+        Ok(()) => Committed::Yes,
         Err(e) => {
             tracing::error!(error = %e, "commit failed; storage is marked unavailable");
-            false
+            Committed::No
         }
     }
 }
@@ -1189,7 +1192,7 @@ fn crash_point(point: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::{ReadableDatabase, ReadableTable};
+    use redb::ReadableDatabase;
 
     const T: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("t");
 
@@ -1277,37 +1280,43 @@ mod tests {
     }
 
     /// Hands the apply thread a logged group of one write (setting key 1 of
-    /// `T`) at `lsn`, as the log thread does before syncing it.
-    async fn hand_logged_write(w: &Writer, lsn: u64) -> oneshot::Receiver<Result<(), StoreError>> {
+    /// `T`) at `lsn`, as the log thread does before syncing it; the test
+    /// then settles its sync.
+    async fn hand_logged_write(
+        w: &Writer,
+        lsn: u64,
+    ) -> (oneshot::Receiver<Result<(), StoreError>>, Arc<GroupSync>) {
         let (op, answer) = Op::new(|txn: &WriteTransaction| {
             txn.open_table(T)?.insert(1, 1)?;
             Ok(())
         });
+        let sync = Arc::new(GroupSync::default());
         let job = Job::Logged {
             ops: vec![(Box::new(op) as Box<dyn PendingWrite>, 8)],
             first_lsn: lsn,
+            sync: sync.clone(),
         };
         assert!(w.apply_tx.send(job).await.is_ok());
-        answer
+        (answer, sync)
     }
 
-    fn stored(db: &Database) -> Option<u64> {
+    fn stored(db: &Database, key: u64) -> Option<u64> {
         let txn = db.begin_read().unwrap();
         let table = txn.open_table(T).ok()?;
-        table.get(1).unwrap().map(|v| v.value())
+        table.get(key).unwrap().map(|v| v.value())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_logged_write_is_applied_during_its_sync_but_committed_only_after() {
+    async fn a_logged_write_is_committed_only_after_its_sync() {
         let dir = tempfile::tempdir().unwrap();
         let (db, w, _) = writer(&dir, 64, 5_000);
-        let mut answer = hand_logged_write(&w, 1).await;
+        let (mut answer, sync) = hand_logged_write(&w, 1).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(answer.try_recv().is_err(), "answered before its sync");
-        assert_eq!(stored(&db), None, "visible before its sync");
-        w.progress.synced(1);
+        assert_eq!(stored(&db, 1), None, "visible before its sync");
+        sync.settle(true);
         answer.await.unwrap().unwrap();
-        assert_eq!(stored(&db), Some(1));
+        assert_eq!(stored(&db, 1), Some(1));
         w.stop().await;
     }
 
@@ -1315,32 +1324,32 @@ mod tests {
     async fn a_logged_write_whose_sync_fails_is_refused_and_never_committed() {
         let dir = tempfile::tempdir().unwrap();
         let (db, w, _) = writer(&dir, 64, 5_000);
-        let answer = hand_logged_write(&w, 1).await;
+        let (answer, sync) = hand_logged_write(&w, 1).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        w.progress.failed(1);
+        sync.settle(false);
         let refused = answer.await.unwrap();
         assert!(
             matches!(refused, Err(StoreError::Unavailable(_))),
             "{refused:?}"
         );
-        assert_eq!(stored(&db), None);
-        // The store reopens the file by itself (so this handle must go), and
-        // the log thread takes groups again.
-        drop(db);
-        until("the failed group to be thrown away", || {
-            !w.progress.has_failed()
+        assert_eq!(stored(&db, 1), None);
+        // Only that batch is refused: the next write commits at once.
+        w.write(0, |txn| {
+            txn.open_table(T)?.insert(2, 2)?;
+            Ok(())
         })
-        .await;
-        let after = w
-            .write(0, |txn| {
-                let mut table = txn.open_table(T)?;
-                table.insert(2, 2)?;
-                let before = table.get(1)?.map(|v| v.value());
-                Ok(before)
-            })
-            .await;
-        assert!(matches!(after, Ok(None)), "{after:?}");
+        .await
+        .unwrap();
+        assert_eq!((stored(&db, 1), stored(&db, 2)), (None, Some(2)));
         w.stop().await;
+    }
+
+    #[test]
+    fn a_sync_promise_dropped_unsettled_fails_its_group() {
+        let promise = SyncPromise::new();
+        let sync = promise.token();
+        drop(promise);
+        assert!(!sync.wait());
     }
 
     /// The commits counted so far.
@@ -1506,7 +1515,10 @@ mod tests {
         mut batch: Vec<Box<dyn PendingWrite>>,
     ) {
         let db = store.db.get().unwrap();
-        assert!(commit_batch(&db, &mut batch, None, None, false));
+        assert_eq!(
+            commit_batch(&db, &mut batch, None, &[], false),
+            Committed::Yes
+        );
         for op in batch {
             op.finish(true);
         }
