@@ -142,6 +142,8 @@ pub struct StorageConfig {
     /// (with PostgreSQL: `admin.key` and `secrets.key` only).
     pub path: PathBuf,
     /// redb page cache; redb's own default (1 GiB) is too much for a small VM.
+    /// 32 MiB keeps the server under 100 MiB of RSS under full fan-out load
+    /// (64 MiB measured 124–137 MiB, at the same throughput).
     pub cache_size_bytes: usize,
     /// Save allocator state with each commit so restart after a crash is
     /// near-instant instead of a walk of the whole file.
@@ -398,7 +400,7 @@ impl Default for StorageConfig {
         StorageConfig {
             backend: StorageBackend::Redb,
             path: PathBuf::from("./krafter-data"),
-            cache_size_bytes: 64 * 1024 * 1024,
+            cache_size_bytes: 32 * 1024 * 1024,
             quick_repair: true,
             max_batch_ops: 1024,
             queue_capacity: 8192,
