@@ -48,6 +48,10 @@ pub struct Wal {
     next_lsn: u64,
     /// A group written but not yet synced.
     unsynced: Option<Unsynced>,
+    /// A failed group could not be cut off the end of the file: nothing
+    /// more is appended until it is, since a reader would take its frames
+    /// for records and stop at the next group (whose lsns repeat them).
+    torn: bool,
 }
 
 /// What [`Wal::write`] added beyond the synced end of the log.
@@ -103,6 +107,7 @@ impl Wal {
             segments,
             next_lsn,
             unsynced: None,
+            torn: false,
         };
         if wal.segments.last() != Some(&next_lsn) {
             wal.segments.push(next_lsn);
@@ -142,6 +147,11 @@ impl Wal {
         buffer: &mut Vec<u8>,
     ) -> io::Result<u64> {
         debug_assert!(self.unsynced.is_none(), "a written group was not synced");
+        if self.torn && !self.cut_to_synced() {
+            return Err(io::Error::other(
+                "the end of the write-ahead log could not be cut back after a failed append",
+            ));
+        }
         let first = self.next_lsn;
         let mut lsn = first;
         buffer.clear();
@@ -189,9 +199,22 @@ impl Wal {
     /// the first bad frame).
     fn cut_back(&mut self) {
         if self.unsynced.take().is_some() {
-            let _ = self.current.set_len(self.current_len);
-            let _ = self.current.sync_data();
+            self.torn = true;
+            self.cut_to_synced();
         }
+    }
+
+    /// Cuts the file back to its synced end; true once it is.
+    fn cut_to_synced(&mut self) -> bool {
+        if self
+            .current
+            .set_len(self.current_len)
+            .and_then(|()| self.current.sync_data())
+            .is_ok()
+        {
+            self.torn = false;
+        }
+        !self.torn
     }
 
     /// Proves the log writable again after a failed append (e.g. once disk
@@ -202,11 +225,13 @@ impl Wal {
             .current
             .write_all(&[0u8; 4096])
             .and_then(|()| self.current.sync_data());
-        let restored = self
-            .current
-            .set_len(self.current_len)
-            .and_then(|()| self.current.sync_data());
-        written.and(restored)
+        self.torn = true;
+        if !self.cut_to_synced() {
+            return Err(io::Error::other(
+                "the end of the write-ahead log could not be cut back",
+            ));
+        }
+        written
     }
 
     /// Starts a new segment; the full one stays until a checkpoint covers it.

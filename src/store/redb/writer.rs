@@ -85,8 +85,8 @@ struct Gathered {
     durable: bool,
     /// The highest log position among the batch's logged writes.
     max_lsn: Option<u64>,
-    /// The syncs of the batch's logged groups: it commits once all are done.
-    syncs: Vec<Arc<GroupSync>>,
+    /// The batch's logged groups: it commits once all are synced.
+    groups: Vec<HandedGroup>,
     /// Every write may wait for company ([`Writer::write_volatile`]).
     may_linger: bool,
 }
@@ -98,7 +98,7 @@ impl Default for Gathered {
             bytes: 0,
             durable: false,
             max_lsn: None,
-            syncs: Vec::new(),
+            groups: Vec::new(),
             may_linger: true,
         }
     }
@@ -688,14 +688,14 @@ impl Applier {
                 mut batch,
                 durable,
                 max_lsn,
-                syncs,
+                groups,
                 ..
             } = gathered;
             if batch.is_empty() && !stopping {
                 continue;
             }
             let durable = durable || stopping || self.checkpoint_due();
-            let committed = self.commit(&mut batch, durable, max_lsn, &syncs);
+            let committed = self.commit(&mut batch, durable, max_lsn, &groups);
             if SETTINGS_WRITTEN.with(|written| written.replace(false))
                 && committed == Committed::Yes
             {
@@ -708,8 +708,10 @@ impl Applier {
             for op in batch {
                 op.finish(committed == Committed::Yes);
             }
-            if committed == Committed::No {
-                self.recover(&mut stopping);
+            match committed {
+                Committed::Yes => {}
+                Committed::No => self.recover(&mut stopping),
+                Committed::LogFailed => self.apply_refused_but_synced(&groups, &mut stopping),
             }
         }
         self.rx.close();
@@ -747,8 +749,9 @@ impl Applier {
                 first_lsn,
                 sync,
             } => {
-                gathered.max_lsn = Some(first_lsn + ops.len() as u64 - 1);
-                gathered.syncs.push(sync);
+                let last_lsn = first_lsn + ops.len() as u64 - 1;
+                gathered.max_lsn = Some(gathered.max_lsn.map_or(last_lsn, |m| m.max(last_lsn)));
+                gathered.groups.push(HandedGroup { sync, last_lsn });
                 gathered.may_linger = false;
                 for (op, size) in ops {
                     gathered.bytes += size;
@@ -807,13 +810,13 @@ impl Applier {
     }
 
     /// Applies `batch` in one transaction; a durable commit is a checkpoint.
-    /// Its logged groups' `syncs` must all succeed before it commits.
+    /// Its logged `groups` must all be synced before it commits.
     fn commit(
         &mut self,
         batch: &mut [Box<dyn PendingWrite>],
         durable: bool,
         max_lsn: Option<u64>,
-        syncs: &[Arc<GroupSync>],
+        groups: &[HandedGroup],
     ) -> Committed {
         let started = Instant::now();
         let applied = max_lsn.map_or(self.applied_lsn, |lsn| lsn.max(self.applied_lsn));
@@ -822,7 +825,7 @@ impl Applier {
                 &db,
                 batch,
                 durable.then_some(applied),
-                syncs,
+                groups,
                 self.limits.quick_repair,
             ),
             Err(_) => Committed::No,
@@ -830,9 +833,14 @@ impl Applier {
         if !batch.is_empty() {
             self.metrics.observe_commit(started.elapsed(), batch.len());
         }
-        if committed != Committed::LogFailed && syncs.iter().all(|sync| sync.wait()) {
-            // In the log for good: a recovery after a failed commit
-            // replays them.
+        let in_log = match committed {
+            Committed::Yes => true,
+            Committed::LogFailed => false,
+            // Possibly failed before its syncs were waited for.
+            Committed::No => groups.iter().all(|group| group.sync.wait()),
+        };
+        if in_log {
+            // A recovery after a failed commit replays them.
             if let Some(lsn) = max_lsn {
                 self.received_lsn = self.received_lsn.max(lsn);
             }
@@ -852,6 +860,46 @@ impl Applier {
             self.unsynced_since = Some(Instant::now());
         }
         Committed::Yes
+    }
+
+    /// After a batch was refused because one of its logged groups failed
+    /// to sync: the groups of it that did sync are in the log, and a crash
+    /// before the next checkpoint would replay them, so they are applied
+    /// from the log now, as a restart would (with a checkpoint). Otherwise
+    /// the database would differ from what a replay makes of the log: a
+    /// later write (a provider's retry of one of them) committed live would
+    /// meet them only after a crash. They were refused all the same: the
+    /// provider's retry finds a duplicate.
+    fn apply_refused_but_synced(&mut self, groups: &[HandedGroup], stopping: &mut bool) {
+        let Some(last) = groups
+            .iter()
+            .filter(|group| group.sync.wait())
+            .map(|group| group.last_lsn)
+            .max()
+        else {
+            return;
+        };
+        if last <= self.applied_lsn {
+            return;
+        }
+        let caught_up = self
+            .db
+            .get()
+            .and_then(|db| catch_up(&db, &self.wal_dir, self.applied_lsn, last, &self.replayer));
+        match caught_up {
+            Ok(applied) => {
+                self.applied_lsn = self.applied_lsn.max(applied);
+                self.received_lsn = self.received_lsn.max(applied);
+                self.checkpointed.store(self.applied_lsn, Ordering::SeqCst);
+                self.logged_bytes = 0;
+                self.unsynced_since = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot apply the synced part of a refused batch; reopening storage");
+                self.healthy.store(false, Ordering::SeqCst);
+                self.recover(stopping);
+            }
+        }
     }
 
     /// Reopens the database after a failed commit, retrying with backoff
@@ -928,9 +976,7 @@ enum Committed {
     /// redb failed: the file must be reopened ([`Applier::recover`]).
     No,
     /// A logged group in it could not be synced: the batch is refused, the
-    /// database is fine. (Other groups of it that did sync stay in the log:
-    /// refused, yet applied if a crash comes before the next checkpoint —
-    /// the provider's retry then finds a duplicate.)
+    /// database is fine ([`Applier::apply_refused_but_synced`]).
     LogFailed,
 }
 
@@ -978,30 +1024,41 @@ impl GroupSync {
 /// The log thread's side of a [`GroupSync`]: settles it as failed if
 /// dropped unsettled (a panic between handing the group over and syncing
 /// it), so the apply thread never waits forever.
-struct SyncPromise(Option<Arc<GroupSync>>);
+struct SyncPromise {
+    sync: Arc<GroupSync>,
+    settled: bool,
+}
 
 impl SyncPromise {
     fn new() -> SyncPromise {
-        SyncPromise(Some(Arc::default()))
+        SyncPromise {
+            sync: Arc::default(),
+            settled: false,
+        }
     }
 
     fn token(&self) -> Arc<GroupSync> {
-        self.0.clone().unwrap_or_default()
+        self.sync.clone()
     }
 
     fn settle(mut self, synced: bool) {
-        if let Some(sync) = self.0.take() {
-            sync.settle(synced);
-        }
+        self.sync.settle(synced);
+        self.settled = true;
     }
 }
 
 impl Drop for SyncPromise {
     fn drop(&mut self) {
-        if let Some(sync) = self.0.take() {
-            sync.settle(false);
+        if !self.settled {
+            self.sync.settle(false);
         }
     }
+}
+
+/// A logged group in a batch: its sync, and its last lsn.
+struct HandedGroup {
+    sync: Arc<GroupSync>,
+    last_lsn: u64,
 }
 
 /// A timer for a writer thread's timed waits (it runs outside tokio);
@@ -1086,13 +1143,13 @@ fn apply_chunk(db: &Database, records: &[Vec<u8>], replayer: &Replayer) -> Resul
 
 /// Applies a batch in one transaction and commits it; `checkpoint` makes
 /// the commit durable and records that lsn as applied. The commit waits
-/// for the `syncs` of the batch's logged groups (applied while they ran),
+/// for the syncs of the batch's logged `groups` (applied while they ran),
 /// and is abandoned if one failed.
 fn commit_batch(
     db: &Database,
     batch: &mut [Box<dyn PendingWrite>],
     checkpoint: Option<u64>,
-    syncs: &[Arc<GroupSync>],
+    groups: &[HandedGroup],
     quick_repair: bool,
 ) -> Committed {
     let mut txn = match db.begin_write() {
@@ -1126,7 +1183,7 @@ fn commit_batch(
     }
     // Closes the ingest tables: their roots go back into the transaction.
     drop(shared);
-    if !syncs.iter().all(|sync| sync.wait()) {
+    if !groups.iter().all(|group| group.sync.wait()) {
         tracing::error!("the write-ahead log could not be synced; the batch is refused");
         let _ = txn.abort();
         return Committed::LogFailed;
