@@ -321,15 +321,10 @@ pub fn retry(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::config::StorageConfig;
-    use crate::metrics::Metrics;
     use crate::model::ids::{new_id, SourceId};
-    use crate::model::provider::ProviderKind;
-    use crate::store::redb::records::{EventRecord, SourceRecord};
-    use crate::store::redb::{destinations, events, sources, RedbStore as Store};
+    use crate::store::redb::records::EventRecord;
+    use crate::store::redb::{destinations, events, fixtures, sources, RedbStore as Store};
 
     const DISABLE_AFTER_MS: i64 = 1_000;
 
@@ -340,42 +335,10 @@ mod tests {
         DestinationId,
         Vec<EventId>,
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let config = StorageConfig {
-            path: dir.path().join("data"),
-            ..StorageConfig::default()
-        };
-        let store = Store::open(&config, Arc::new(Metrics::new())).unwrap();
+        let (dir, store) = fixtures::temp_store();
         let (source_id, destination_id) = (new_id(), new_id());
-        let source = SourceRecord {
-            id: source_id,
-            slug: "wh_disable00".into(),
-            name: "s".into(),
-            provider: ProviderKind::None,
-            provider_config: None,
-            signing_secret: None,
-            previous_secret: None,
-            enabled: true,
-            retention_days: 30,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        };
-        let destination = DestinationRecord {
-            id: destination_id,
-            source_id,
-            url: "https://d.example.invalid/".into(),
-            event_filter: vec![],
-            enabled: true,
-            secret: vec![],
-            previous_secret: None,
-            rate_limit: None,
-            disabled_reason: None,
-            disabled_at_ms: None,
-            failing_since_ms: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            options: Default::default(),
-        };
+        let source = fixtures::source(source_id, "wh_disable00");
+        let destination = fixtures::destination(destination_id, source_id);
         let event_ids: Vec<EventId> = (0..3).map(|_| new_id()).collect();
         let to_store = event_ids.clone();
         store

@@ -496,62 +496,24 @@ pub fn enabled_destinations(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::config::StorageConfig;
-    use crate::metrics::Metrics;
     use crate::model::ids::new_id;
-    use crate::model::provider::ProviderKind;
-    use crate::store::redb::records::SourceRecord;
-    use crate::store::redb::{destinations, sources, RedbStore as Store};
+    use crate::store::redb::{destinations, fixtures, sources, RedbStore as Store};
 
     /// A real store holding one source with `n` enabled destinations.
     async fn store_with_destinations(
         n: usize,
     ) -> (tempfile::TempDir, Store, SourceId, Vec<DestinationId>) {
-        let dir = tempfile::tempdir().unwrap();
-        let config = StorageConfig {
-            path: dir.path().join("data"),
-            ..StorageConfig::default()
-        };
-        let store = Store::open(&config, Arc::new(Metrics::new())).unwrap();
+        let (dir, store) = fixtures::temp_store();
         let source_id: SourceId = new_id();
         let destination_ids: Vec<DestinationId> = (0..n).map(|_| new_id()).collect();
-        let source = SourceRecord {
-            id: source_id,
-            slug: "wh_fanidx00".into(),
-            name: "s".into(),
-            provider: ProviderKind::None,
-            provider_config: None,
-            signing_secret: None,
-            previous_secret: None,
-            enabled: true,
-            retention_days: 30,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        };
+        let source = fixtures::source(source_id, "wh_fanidx00");
         let ids = destination_ids.clone();
         store
             .write(move |txn| {
                 sources::insert(txn, &source)?;
                 for id in ids {
-                    let destination = DestinationRecord {
-                        id,
-                        source_id,
-                        url: "https://d.example.invalid/".into(),
-                        event_filter: vec![],
-                        enabled: true,
-                        secret: vec![],
-                        previous_secret: None,
-                        rate_limit: None,
-                        disabled_reason: None,
-                        disabled_at_ms: None,
-                        failing_since_ms: None,
-                        created_at_ms: 0,
-                        updated_at_ms: 0,
-                        options: Default::default(),
-                    };
+                    let destination = fixtures::destination(id, source_id);
                     destinations::insert(txn, &destination, 100)?;
                 }
                 Ok(())

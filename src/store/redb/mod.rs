@@ -10,6 +10,8 @@ mod backup;
 mod deliveries;
 mod destinations;
 mod events;
+#[cfg(test)]
+mod fixtures;
 mod hot;
 mod intents;
 mod overview;

@@ -126,30 +126,13 @@ fn expired_ids(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::config::StorageConfig;
-    use crate::metrics::Metrics;
     use crate::model::ids::new_id;
-    use crate::model::provider::ProviderKind;
     use crate::store::redb::records::EventRecord;
-    use crate::store::redb::{sources, RedbStore as Store};
+    use crate::store::redb::{fixtures, sources};
 
     fn source(slug: &str) -> SourceRecord {
-        SourceRecord {
-            id: new_id(),
-            slug: slug.to_string(),
-            name: slug.to_string(),
-            provider: ProviderKind::None,
-            provider_config: None,
-            signing_secret: None,
-            previous_secret: None,
-            enabled: true,
-            retention_days: 30,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        }
+        fixtures::source(new_id(), slug)
     }
 
     fn event(source_id: SourceId, n: u32) -> EventRecord {
@@ -168,12 +151,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_deleted_sources_events_are_purged_in_chunks_and_others_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = StorageConfig {
-            path: dir.path().join("data"),
-            ..StorageConfig::default()
-        };
-        let store = Store::open(&config, Arc::new(Metrics::new())).unwrap();
+        let (_dir, store) = fixtures::temp_store();
         let (gone, kept) = (source("wh_gone0000"), source("wh_kept0000"));
         let (gone_id, kept_id) = (gone.id, kept.id);
         store
