@@ -1336,15 +1336,16 @@ mod tests {
         w.stop().await;
     }
 
-    /// Hands the apply thread a logged group of one write (setting key 1 of
-    /// `T`) at `lsn`, as the log thread does before syncing it; the test
+    /// Hands the apply thread a logged group of one write (setting `key`
+    /// of `T`) at `lsn`, as the log thread does before syncing it; the test
     /// then settles its sync.
     async fn hand_logged_write(
         w: &Writer,
         lsn: u64,
+        key: u64,
     ) -> (oneshot::Receiver<Result<(), StoreError>>, Arc<GroupSync>) {
-        let (op, answer) = Op::new(|txn: &WriteTransaction| {
-            txn.open_table(T)?.insert(1, 1)?;
+        let (op, answer) = Op::new(move |txn: &WriteTransaction| {
+            txn.open_table(T)?.insert(key, key)?;
             Ok(())
         });
         let sync = Arc::new(GroupSync::default());
@@ -1367,7 +1368,7 @@ mod tests {
     async fn a_logged_write_is_committed_only_after_its_sync() {
         let dir = tempfile::tempdir().unwrap();
         let (db, w, _) = writer(&dir, 64, 5_000);
-        let (mut answer, sync) = hand_logged_write(&w, 1).await;
+        let (mut answer, sync) = hand_logged_write(&w, 1, 1).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(answer.try_recv().is_err(), "answered before its sync");
         assert_eq!(stored(&db, 1), None, "visible before its sync");
@@ -1381,7 +1382,7 @@ mod tests {
     async fn a_logged_write_whose_sync_fails_is_refused_and_never_committed() {
         let dir = tempfile::tempdir().unwrap();
         let (db, w, _) = writer(&dir, 64, 5_000);
-        let (answer, sync) = hand_logged_write(&w, 1).await;
+        let (answer, sync) = hand_logged_write(&w, 1, 1).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         sync.settle(false);
         let refused = answer.await.unwrap();
@@ -1397,6 +1398,23 @@ mod tests {
         })
         .await
         .unwrap();
+        assert_eq!((stored(&db, 1), stored(&db, 2)), (None, Some(2)));
+        w.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_with_the_lsns_of_a_failed_one_commits_on_its_own_sync() {
+        // After a failed sync the log gives the same lsns to the next group:
+        // each waits on its own sync, so the failure never reaches it.
+        let dir = tempfile::tempdir().unwrap();
+        let (db, w, _) = writer(&dir, 64, 5_000);
+        let (failed, failed_sync) = hand_logged_write(&w, 1, 1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        failed_sync.settle(false);
+        assert!(failed.await.unwrap().is_err());
+        let (next, next_sync) = hand_logged_write(&w, 1, 2).await;
+        next_sync.settle(true);
+        next.await.unwrap().unwrap();
         assert_eq!((stored(&db, 1), stored(&db, 2)), (None, Some(2)));
         w.stop().await;
     }
