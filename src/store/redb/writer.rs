@@ -83,8 +83,6 @@ struct Gathered {
     bytes: usize,
     /// Some write must be durable when answered.
     durable: bool,
-    /// The highest log position among the batch's logged writes.
-    max_lsn: Option<u64>,
     /// The batch's logged groups: it commits once all are synced.
     groups: Vec<HandedGroup>,
     /// Every write may wait for company ([`Writer::write_volatile`]).
@@ -97,7 +95,6 @@ impl Default for Gathered {
             batch: Vec::new(),
             bytes: 0,
             durable: false,
-            max_lsn: None,
             groups: Vec::new(),
             may_linger: true,
         }
@@ -663,7 +660,7 @@ impl Applier {
                 .map(|since| CHECKPOINT_INTERVAL.saturating_sub(since.elapsed()));
             let Ok(first) = recv_within(timer.as_ref(), &mut self.rx, wait) else {
                 // Idle with commits not yet durable: checkpoint.
-                if self.commit(&mut [], true, None, &[]) != Committed::Yes {
+                if self.commit(&mut [], true, &[]) != Committed::Yes {
                     self.recover(&mut stopping);
                 }
                 continue;
@@ -687,7 +684,6 @@ impl Applier {
             let Gathered {
                 mut batch,
                 durable,
-                max_lsn,
                 groups,
                 ..
             } = gathered;
@@ -695,7 +691,7 @@ impl Applier {
                 continue;
             }
             let durable = durable || stopping || self.checkpoint_due();
-            let committed = self.commit(&mut batch, durable, max_lsn, &groups);
+            let committed = self.commit(&mut batch, durable, &groups);
             if SETTINGS_WRITTEN.with(|written| written.replace(false))
                 && committed == Committed::Yes
             {
@@ -750,7 +746,6 @@ impl Applier {
                 sync,
             } => {
                 let last_lsn = first_lsn + ops.len() as u64 - 1;
-                gathered.max_lsn = Some(gathered.max_lsn.map_or(last_lsn, |m| m.max(last_lsn)));
                 gathered.groups.push(HandedGroup { sync, last_lsn });
                 gathered.may_linger = false;
                 for (op, size) in ops {
@@ -815,10 +810,11 @@ impl Applier {
         &mut self,
         batch: &mut [Box<dyn PendingWrite>],
         durable: bool,
-        max_lsn: Option<u64>,
         groups: &[HandedGroup],
     ) -> Committed {
         let started = Instant::now();
+        // The highest log position among the batch's logged writes.
+        let max_lsn = groups.iter().map(|group| group.last_lsn).max();
         let applied = max_lsn.map_or(self.applied_lsn, |lsn| lsn.max(self.applied_lsn));
         let committed = match self.db.get() {
             Ok(db) => commit_batch(
