@@ -8,7 +8,9 @@
 //!
 //! - `ingest` (default): ingest throughput and latency, vs bare hyper.
 //! - `fanout`: the same load with 4 destinations on a fast local sink:
-//!   deliveries/s, ingest-to-delivery latency, backlog over time.
+//!   deliveries/s, ingest-to-delivery latency, and the relay rate (ingest
+//!   requests + deliveries per second, first request to last delivery) as a
+//!   ratio to bare hyper measured right after.
 //! - `backlog`: queues `--events` × 4 deliveries to a sink that never
 //!   answers, and reports the server's RSS with that backlog on disk.
 //! - `events`: ingests `--events` into one source, then times listing the
@@ -449,7 +451,8 @@ async fn fanout(o: &Options) {
     while sink.count.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let drained_in = started.elapsed().saturating_sub(during);
+    let relay_elapsed = started.elapsed();
+    let drained_in = relay_elapsed.saturating_sub(during);
     let used = nodes.usage(o).await.since(&before, load.ok);
     sampler.abort();
     let rss = server.rss_mib();
@@ -486,6 +489,24 @@ async fn fanout(o: &Options) {
         latencies.len()
     );
     println!("krafter RSS: {rss} MiB");
+    // The relay figure: every HTTP exchange Krafter takes part in
+    // (ingest requests in, deliveries out), first request to last delivery,
+    // against bare hyper measured now on the same box.
+    let exchanges = load.ok + sink.count.load(Ordering::Relaxed);
+    let relay = exchanges as f64 / relay_elapsed.as_secs_f64().max(0.001);
+    let bare = drive(
+        &[start_sink(Sink::default()).await],
+        "/".to_string(),
+        o,
+        true,
+    )
+    .await;
+    println!("bare hyper 200: {}", bare.describe());
+    println!(
+        "relay: {exchanges} exchanges (ingest + deliveries) in {:.1} s = {relay:.0}/s; ratio krafter/bare: {:.2}",
+        relay_elapsed.as_secs_f64(),
+        relay / bare.rate().max(1.0)
+    );
 }
 
 async fn backlog(o: &Options) {
