@@ -5,10 +5,9 @@ use clap::Parser;
 /// mimalloc instead of glibc's malloc. The hot paths allocate on one thread
 /// and free on another (records encoded on HTTP workers and dropped by the
 /// writer, delivery buffers built by lanes and freed by connection tasks),
-/// which glibc serves through its arenas' locks and bin consolidation: a
-/// quarter of the server's CPU under fan-out. Measured with the load tool
-/// (README "Performance"): ~18 % less CPU per event under fan-out, ~8 % on
-/// ingest.
+/// which glibc serves through its arenas' locks and bin consolidation
+/// (malloc/free were 15–25 % of the server's CPU in profiles). Measured with
+/// the load tool: see README "Performance".
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -27,18 +26,21 @@ fn main() -> std::process::ExitCode {
 /// pages resident for a second: ~25 MiB more RSS than glibc under fan-out.
 /// Committing on demand and returning freed pages at once keeps it within a
 /// few MiB of glibc at the same speed (measured). An arena's commit mode is
-/// fixed when it is created, at the first allocation — before `main` — so
-/// this runs as a constructor ahead of mimalloc's own (priority 101), and
-/// touches nothing but mimalloc's option table (no allocation, no libc).
+/// fixed when it is created, at the first heap allocation, which may come
+/// before `main` (in another constructor): so this runs as a constructor of
+/// the lowest user-visible priority. It only stores defaults in mimalloc's
+/// static option table (no allocation, no libc), which a `MIMALLOC_*`
+/// environment variable still overrides.
 #[ctor::ctor(unsafe, priority = 100)]
 fn tune_allocator() {
-    // `mi_option_e` in mimalloc.h (v3); libmimalloc-sys names neither.
+    // `mi_option_e` in mimalloc.h (the same in its v2 and v3);
+    // libmimalloc-sys names neither.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: `mi_option_set` stores an integer in a static table; mimalloc
-    // reads it from then on (and skips the environment for it).
+    // SAFETY: `mi_option_set_default` stores an integer in a static table,
+    // read when mimalloc first needs the option.
     unsafe {
-        libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+        libmimalloc_sys::mi_option_set_default(ARENA_EAGER_COMMIT, 0);
+        libmimalloc_sys::mi_option_set_default(PURGE_DELAY, 0);
     }
 }
