@@ -653,43 +653,12 @@ mod tests {
     use crate::config::StorageConfig;
     use crate::metrics::Metrics;
     use crate::model::ids::{new_id, EventId, SourceId};
-    use crate::model::provider::ProviderKind;
     use crate::model::records::{DestinationRecord, EventRecord, SourceRecord};
+    use crate::store::conformance::{self, source};
     use crate::store::{IngestOutcome, Store, StoreError};
 
-    fn source(slug: &str) -> SourceRecord {
-        SourceRecord {
-            id: new_id(),
-            slug: slug.to_string(),
-            name: slug.to_string(),
-            provider: ProviderKind::None,
-            provider_config: None,
-            signing_secret: None,
-            previous_secret: None,
-            enabled: true,
-            retention_days: 30,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        }
-    }
-
     fn destination(source_id: SourceId) -> DestinationRecord {
-        DestinationRecord {
-            id: new_id(),
-            source_id,
-            url: "http://127.0.0.1:9/hook".to_string(),
-            event_filter: Vec::new(),
-            enabled: true,
-            secret: b"sealed".to_vec(),
-            previous_secret: None,
-            rate_limit: None,
-            disabled_reason: None,
-            disabled_at_ms: None,
-            failing_since_ms: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            options: Default::default(),
-        }
+        conformance::destination(source_id, &[])
     }
 
     fn event(source_id: SourceId, pid: Option<&str>) -> EventRecord {
