@@ -1,6 +1,6 @@
 //! Load tool: drives the real release server over loopback.
 //!
-//! `cargo bench --bench load -- [--scenario ingest|fanout|backlog|events] [--connections 64] [--seconds 10] [--body-bytes 1024] [--events 250000] [--backend redb|postgres] [--nodes 1|2]`
+//! `cargo bench --bench load -- [--scenario ingest|fanout|backlog|events|recovery|breakdown] [--connections 64] [--seconds 10] [--body-bytes 1024] [--events 250000] [--backend redb|postgres] [--nodes 1|2]`
 //! (the scenario may also be given alone: `cargo bench --bench load -- fanout`;
 //! `--help` lists everything). An unknown flag or scenario, or a value out of
 //! range, is refused with a message and exit status 2: a typo never runs
@@ -16,6 +16,12 @@
 //! - `events`: ingests `--events` into one source, then times listing the
 //!   newest page and a deep page, and a bulk replay of all of them
 //!   (deliveries queued/s).
+//! - `breakdown`: where an ingest's cost goes — the same load against an
+//!   unknown source (answered 404: the HTTP stack, routing and middleware),
+//!   a source without destinations (verifying, parsing, the write-ahead log,
+//!   storing the event) and a source with 2 queued deliveries (the `ingest`
+//!   scenario's first figure), each on a fresh server, then bare hyper;
+//!   rate, Krafter's CPU per request and the ratio for each.
 //! - `recovery` (redb): queues `--events` × 4 deliveries to a sink that never
 //!   answers, then kills the server with SIGKILL in the middle of full ingest
 //!   load (so the write-ahead log holds up to a checkpoint's worth of
@@ -104,6 +110,8 @@ enum Scenario {
     Backlog,
     /// `--events` in one source; list pages and a bulk replay of them all.
     Events,
+    /// Ingest against ever more of the ingest path, each vs bare hyper.
+    Breakdown,
     /// `--events` × 4 deliveries pending, kill -9 under full ingest load,
     /// then time until the restarted server is ready (redb).
     Recovery,
@@ -220,6 +228,7 @@ async fn run(o: &Options) {
         Scenario::Backlog => backlog(o).await,
         Scenario::Events => events_listing(o).await,
         Scenario::Recovery => recovery(o).await,
+        Scenario::Breakdown => breakdown(o).await,
     }
 }
 
@@ -415,6 +424,51 @@ async fn ingest(o: &Options) {
         queued_only.0.rate() / bare.rate().max(1.0),
         delivering.0.rate() / bare.rate().max(1.0)
     );
+}
+
+/// Where an ingest's cost goes (see the module documentation): each step
+/// adds a part of the path, on a fresh server, so the differences between
+/// steps are what those parts cost on this box.
+async fn breakdown(o: &Options) {
+    let hang = start_hanging_sink().await;
+    let not_found = |status: hyper::StatusCode| status == hyper::StatusCode::NOT_FOUND;
+    let steps: [(&str, Option<&[SocketAddr]>); 3] = [
+        ("unknown source (404)", None),
+        ("source without destinations", Some(&[])),
+        ("source with 2 queued deliveries", Some(&[hang, hang])),
+    ];
+    let mut measured = Vec::new();
+    for (name, destinations) in steps {
+        let nodes = Nodes::start(o).await;
+        let (path, accept): (String, fn(hyper::StatusCode) -> bool) = match destinations {
+            Some(destinations) => {
+                let slug = setup_source(nodes.first(), destinations).await;
+                (format!("/in/{slug}"), success)
+            }
+            None => ("/in/wh_no_such_source".to_string(), not_found),
+        };
+        let before = nodes.usage(o).await;
+        let load = Load { sign: true, accept };
+        let limit = Duration::from_secs(o.seconds);
+        let outcome = drive_with(&nodes.addrs(), path, o, load, MAX_REQUESTS, limit).await;
+        let used = nodes.usage(o).await.since(&before, outcome.ok);
+        measured.push((name, outcome, used));
+    }
+    let bare = drive(
+        &[start_sink(Sink::default()).await],
+        "/".to_string(),
+        o,
+        true,
+    )
+    .await;
+    for (name, outcome, used) in &measured {
+        println!(
+            "{name}: {}\n  {used}; ratio krafter/bare: {:.2}",
+            outcome.describe(),
+            outcome.rate() / bare.rate().max(1.0)
+        );
+    }
+    println!("bare hyper 200: {}", bare.describe());
 }
 
 async fn fanout(o: &Options) {
@@ -678,7 +732,10 @@ async fn recovery(o: &Options) {
         &addrs,
         format!("/in/{slug}"),
         o,
-        true,
+        Load {
+            sign: true,
+            accept: success,
+        },
         MAX_REQUESTS,
         Duration::from_secs(4),
     );
@@ -927,23 +984,51 @@ async fn drive(addrs: &[SocketAddr], path: String, o: &Options, sign: bool) -> O
         addrs,
         path,
         o,
-        sign,
+        Load {
+            sign,
+            accept: success,
+        },
         MAX_REQUESTS,
         Duration::from_secs(o.seconds),
     )
     .await
 }
 
+/// How the connections of [`drive_with`] send, and which answers they count.
+#[derive(Clone, Copy)]
+struct Load {
+    /// Sign every event as Stripe would.
+    sign: bool,
+    /// The statuses counted as answered (the others are errors).
+    accept: fn(hyper::StatusCode) -> bool,
+}
+
+/// The usual [`Load::accept`]: an event was taken.
+fn success(status: hyper::StatusCode) -> bool {
+    status.is_success()
+}
+
 /// Sends exactly `count` events (or stops after 10 minutes).
 async fn drive_count(addrs: &[SocketAddr], path: String, o: &Options, count: u64) -> Outcome {
-    drive_with(addrs, path, o, true, count, Duration::from_secs(600)).await
+    drive_with(
+        addrs,
+        path,
+        o,
+        Load {
+            sign: true,
+            accept: success,
+        },
+        count,
+        Duration::from_secs(600),
+    )
+    .await
 }
 
 async fn drive_with(
     addrs: &[SocketAddr],
     path: String,
     o: &Options,
-    sign: bool,
+    load: Load,
     cap: u64,
     limit: Duration,
 ) -> Outcome {
@@ -975,7 +1060,7 @@ async fn drive_with(
                 let mut req = Request::post(path.as_str())
                     .header("host", "127.0.0.1")
                     .header("content-type", "application/json");
-                if sign {
+                if load.sign {
                     req = req.header("stripe-signature", stripe_signature(&body));
                 }
                 let Ok(req) = req.body(Full::new(Bytes::from(body))) else {
@@ -987,7 +1072,7 @@ async fn drive_with(
                     Ok(resp) => {
                         let status = resp.status();
                         let _ = resp.into_body().collect().await;
-                        if status.is_success() {
+                        if (load.accept)(status) {
                             ok += 1;
                             latencies.push(t0.elapsed().as_micros() as u64);
                         } else {
