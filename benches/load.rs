@@ -22,7 +22,8 @@
 //!   (adds parsing, the write-ahead log and storing the event) and a source
 //!   with 2 queued deliveries (the `ingest` scenario's first figure), each
 //!   on a fresh server, then bare hyper; the rate, Krafter's CPU per request
-//!   and the ratio for each.
+//!   and the ratio for each. (With `--backend postgres` the sources are not
+//!   cached, so the 401 step also reads its source from the database.)
 //! - `recovery` (redb): queues `--events` × 4 deliveries to a sink that never
 //!   answers, then kills the server with SIGKILL in the middle of full ingest
 //!   load (so the write-ahead log holds up to a checkpoint's worth of
