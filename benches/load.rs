@@ -462,13 +462,7 @@ async fn breakdown(o: &Options) {
         let used = nodes.usage(o).await.since(&before, outcome.ok);
         measured.push((name, outcome, used));
     }
-    let bare = drive(
-        &[start_sink(Sink::default()).await],
-        "/".to_string(),
-        o,
-        true,
-    )
-    .await;
+    let bare = bare_hyper(o).await;
     for (name, outcome, used) in &measured {
         println!(
             "{name}: {}\n  {used}; ratio krafter/bare: {:.2}",
@@ -568,13 +562,7 @@ async fn fanout(o: &Options) {
     drop(nodes);
     let exchanges = load.ok + delivered;
     let relay = exchanges as f64 / relay_elapsed.as_secs_f64();
-    let bare = drive(
-        &[start_sink(Sink::default()).await],
-        "/".to_string(),
-        o,
-        true,
-    )
-    .await;
+    let bare = bare_hyper(o).await;
     println!("bare hyper 200: {}", bare.describe());
     if delivered < expected {
         println!("relay: not every delivery arrived within the drain deadline, no ratio");
@@ -749,10 +737,7 @@ async fn recovery(o: &Options) {
         &addrs,
         format!("/in/{slug}"),
         o,
-        Load {
-            sign: true,
-            accept: success,
-        },
+        SIGNED,
         MAX_REQUESTS,
         Duration::from_secs(4),
     );
@@ -1034,20 +1019,27 @@ fn success(status: hyper::StatusCode) -> bool {
     status.is_success()
 }
 
-/// Sends exactly `count` events (or stops after 10 minutes).
-async fn drive_count(addrs: &[SocketAddr], path: String, o: &Options, count: u64) -> Outcome {
-    drive_with(
-        addrs,
-        path,
+/// Signed events, counted when taken: every scenario's load but one step
+/// of `breakdown`.
+const SIGNED: Load = Load {
+    sign: true,
+    accept: success,
+};
+
+/// Bare hyper under the same load on a fresh sink: the ratios' baseline.
+async fn bare_hyper(o: &Options) -> Outcome {
+    drive(
+        &[start_sink(Sink::default()).await],
+        "/".to_string(),
         o,
-        Load {
-            sign: true,
-            accept: success,
-        },
-        count,
-        Duration::from_secs(600),
+        true,
     )
     .await
+}
+
+/// Sends exactly `count` events (or stops after 10 minutes).
+async fn drive_count(addrs: &[SocketAddr], path: String, o: &Options, count: u64) -> Outcome {
+    drive_with(addrs, path, o, SIGNED, count, Duration::from_secs(600)).await
 }
 
 async fn drive_with(

@@ -657,10 +657,6 @@ mod tests {
     use crate::store::conformance::{self, source};
     use crate::store::{IngestOutcome, Store, StoreError};
 
-    fn destination(source_id: SourceId) -> DestinationRecord {
-        conformance::destination(source_id, &[])
-    }
-
     fn event(source_id: SourceId, pid: Option<&str>) -> EventRecord {
         let id = EventId::new();
         EventRecord {
@@ -680,7 +676,7 @@ mod tests {
         let store = Store::open(config, Arc::new(Metrics::new())).unwrap();
         let s = source("wh_batch0001");
         store.create_source(s.clone()).await.unwrap();
-        let d = destination(s.id);
+        let d = conformance::destination(s.id, &[]);
         store.create_destination(d.clone(), 10).await.unwrap();
         (store, s, d)
     }
